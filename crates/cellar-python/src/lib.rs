@@ -1,0 +1,1 @@
+//! Python bindings for cellar (work in progress).
