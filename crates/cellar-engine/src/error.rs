@@ -1,0 +1,126 @@
+//! Errors of the engine. Every variant has a Display text that says what happened and, where it
+//! helps, where in the file and what to do next.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Result alias used throughout the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything the engine can fail with.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O error, with what the engine was doing.
+    Io { context: String, source: io::Error },
+    /// Another handle (possibly in another process) holds the writer lock.
+    Locked { path: PathBuf, pid: Option<u32> },
+    /// The file does not start with a valid cellar header.
+    BadHeader { path: PathBuf, reason: String },
+    /// The file was written by a newer, incompatible format version.
+    UnsupportedVersion { version: u32, flags: u32 },
+    /// A record failed its checksum or could not be parsed.
+    Corrupt { offset: u64, reason: String },
+    /// The store does not exist and `create` was not set.
+    NotFound { path: PathBuf },
+    /// A mutation on a read-only handle.
+    ReadOnly,
+    /// A mutation through a writer handle inherited across `fork()`.
+    Forked { owner_pid: u32, pid: u32 },
+    /// An earlier I/O failure left this handle unable to guarantee the log's state.
+    Poisoned { reason: String },
+    /// A key or value exceeds the engine's limits.
+    TooLarge { what: &'static str, len: u64, max: u64 },
+    /// An operation that this storage backend cannot do (e.g. compaction on in-memory storage).
+    Unsupported(&'static str),
+    /// The handle was closed.
+    Closed,
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(offset: u64, reason: impl Into<String>) -> Error {
+        Error::Corrupt {
+            offset,
+            reason: reason.into(),
+        }
+    }
+
+    /// The raw OS error code, when this is an I/O error (e.g. `ENOSPC`).
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { context, source } => write!(f, "I/O error while {context}: {source}"),
+            Error::Locked { path, pid: Some(pid) } => write!(
+                f,
+                "store {} is locked for writing by process {pid}; only one writer at a time \
+                 (open it read-only, or close the other writer)",
+                path.display()
+            ),
+            Error::Locked { path, pid: None } => write!(
+                f,
+                "store {} is locked for writing by another handle (holder pid unknown)",
+                path.display()
+            ),
+            Error::BadHeader { path, reason } => write!(
+                f,
+                "{} is not a readable cellar store: {reason} (repair() can salvage its records)",
+                path.display()
+            ),
+            Error::UnsupportedVersion { version, flags } => write!(
+                f,
+                "store uses format version {version} (flags {flags:#x}); this build reads version 1"
+            ),
+            Error::Corrupt { offset, reason } => write!(
+                f,
+                "store is damaged at byte offset {offset}: {reason} (run check() for a report, \
+                 repair() to salvage intact records)"
+            ),
+            Error::NotFound { path } => write!(
+                f,
+                "store {} does not exist (open with create to make one)",
+                path.display()
+            ),
+            Error::ReadOnly => write!(f, "store was opened read-only; mutations are refused"),
+            Error::Forked { owner_pid, pid } => write!(
+                f,
+                "this writer handle was opened by process {owner_pid} and inherited by process \
+                 {pid} through fork(); a forked child must open its own handle"
+            ),
+            Error::Poisoned { reason } => write!(
+                f,
+                "store handle refuses writes after an earlier I/O failure ({reason}); close and \
+                 reopen it to recover"
+            ),
+            Error::TooLarge { what, len, max } => {
+                write!(f, "{what} of {len} bytes exceeds the limit of {max} bytes")
+            }
+            Error::Unsupported(what) => write!(f, "{what} is not supported by this storage"),
+            Error::Closed => write!(f, "store handle is closed"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The on-disk format (docs/engine-format.md): static header, checkpoint slots, records and the
+//! checkpoint (INDEX) payload. Pure byte encoding and decoding, no I/O; fixed little-endian.
+
+use crate::error::{Error, Result};
+
+/// File magic.
+pub const MAGIC: &[u8; 8] = b"CELLARKV";
+/// Format version this build writes (and the newest it reads).
+pub const FORMAT_VERSION: u32 = 1;
+/// Offset of the first record.
+pub const LOG_START: u64 = 4096;
+/// Size of the static header.
+pub const STATIC_LEN: usize = 64;
+/// Offsets of the two checkpoint slots.
+pub const SLOT_OFFSETS: [u64; 2] = [64, 128];
+/// Size of a checkpoint slot.
+pub const SLOT_LEN: usize = 64;
+/// Offset of the writer-pid field.
+pub const PID_OFFSET: u64 = 192;
+/// Largest record header: crc 4 + kind 1 + flags 1 + varint 5 + varint 10.
+pub const MAX_REC_HEADER: usize = 21;
+/// API limit on key length.
+pub const MAX_KEY: u64 = 16 << 20;
+/// API limit on value length.
+pub const MAX_VALUE: u64 = 64 << 30;
+/// Offsets must fit in 48 bits.
+pub const MAX_OFFSET: u64 = (1 << 48) - 2;
+
+/// Record kinds.
+pub const K_PUT: u8 = 1;
+pub const K_DELETE: u8 = 2;
+pub const K_INDEX: u8 = 3;
+pub const K_DICT: u8 = 4;
+pub const K_SUPERSEDED: u8 = 5;
+
+/// Record flags.
+pub const F_CONT: u8 = 0x01;
+pub const F_ZSTD: u8 = 0x02;
+pub const F_DICT: u8 = 0x04;
+const F_KNOWN: u8 = F_CONT | F_ZSTD | F_DICT;
+
+/// How the layers above encode values; recorded in the header, never interpreted by the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ValueEncoding {
+    /// Raw bytes (plain dbm).
+    #[default]
+    Raw,
+    /// CPython pickle with the given protocol (shelve).
+    Pickle { protocol: u8 },
+    /// CPython marshal with the given version.
+    Marshal { version: u8 },
+    /// Unspecified / written by a newer layer: kind byte and version byte as stored.
+    Other { kind: u8, version: u8 },
+}
+
+impl ValueEncoding {
+    pub(crate) fn to_bytes(self) -> [u8; 2] {
+        match self {
+            ValueEncoding::Raw => [0, 0],
+            ValueEncoding::Pickle { protocol } => [1, protocol],
+            ValueEncoding::Marshal { version } => [2, version],
+            ValueEncoding::Other { kind, version } => [kind, version],
+        }
+    }
+
+    pub(crate) fn from_bytes(kind: u8, version: u8) -> ValueEncoding {
+        match kind {
+            0 => ValueEncoding::Raw,
+            1 => ValueEncoding::Pickle { protocol: version },
+            2 => ValueEncoding::Marshal { version },
+            _ => ValueEncoding::Other { kind, version },
+        }
+    }
+}
+
+/// Value compression of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Values are stored as given.
+    #[default]
+    None,
+    /// Each value of 64 bytes or more is a zstd frame at this level (if that is smaller).
+    Zstd { level: i8 },
+    /// Like `Zstd`, and compaction trains a dictionary from the store's own values.
+    ZstdDict { level: i8 },
+}
+
+impl Compression {
+    pub(crate) fn level(self) -> Option<i32> {
+        match self {
+            Compression::None => None,
+            Compression::Zstd { level } | Compression::ZstdDict { level } => Some(level as i32),
+        }
+    }
+}
+
+/// The static header (bytes 0..64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticHeader {
+    pub value_encoding: ValueEncoding,
+    pub compression: Compression,
+    pub generation: u64,
+    pub dict_offset: u64,
+}
+
+impl StaticHeader {
+    pub fn encode(&self) -> [u8; STATIC_LEN] {
+        let mut b = [0u8; STATIC_LEN];
+        b[0..8].copy_from_slice(MAGIC);
+        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let ve = self.value_encoding.to_bytes();
+        b[16] = ve[0];
+        b[17] = ve[1];
+        match self.compression {
+            Compression::None => {}
+            Compression::Zstd { level } => {
+                b[18] = 1;
+                b[19] = level as u8;
+            }
+            Compression::ZstdDict { level } => {
+                b[18] = 1;
+                b[19] = level as u8;
+                b[20] = 1;
+            }
+        }
+        b[24..32].copy_from_slice(&self.generation.to_le_bytes());
+        b[32..40].copy_from_slice(&self.dict_offset.to_le_bytes());
+        let crc = crc32c::crc32c(&b[0..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes a header; `Err(reason)` for a truncated/damaged header, `Ok(Err(..))` for a
+    /// newer version.
+    pub fn decode(b: &[u8]) -> std::result::Result<Result<StaticHeader>, String> {
+        if b.len() < STATIC_LEN {
+            return Err(format!(
+                "header is truncated ({} of {STATIC_LEN} bytes)",
+                b.len()
+            ));
+        }
+        if &b[0..8] != MAGIC {
+            return Err("bad magic (not a cellar engine file)".into());
+        }
+        let crc = u32le(&b[60..64]);
+        if crc != crc32c::crc32c(&b[0..60]) {
+            return Err("header checksum mismatch".into());
+        }
+        let version = u32le(&b[8..12]);
+        let flags = u32le(&b[12..16]);
+        if version > FORMAT_VERSION || version == 0 || flags != 0 {
+            return Ok(Err(Error::UnsupportedVersion { version, flags }));
+        }
+        let compression = match (b[18], b[20]) {
+            (0, _) => Compression::None,
+            (1, 0) => Compression::Zstd { level: b[19] as i8 },
+            (1, _) => Compression::ZstdDict { level: b[19] as i8 },
+            _ => return Ok(Err(Error::UnsupportedVersion { version, flags })),
+        };
+        Ok(Ok(StaticHeader {
+            value_encoding: ValueEncoding::from_bytes(b[16], b[17]),
+            compression,
+            generation: u64le(&b[24..32]),
+            dict_offset: u64le(&b[32..40]),
+        }))
+    }
+}
+
+/// A checkpoint slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Slot {
+    pub seq: u64,
+    pub index_offset: u64,
+    pub covers_end: u64,
+}
+
+impl Slot {
+    pub fn encode(&self) -> [u8; SLOT_LEN] {
+        let mut b = [0u8; SLOT_LEN];
+        b[0..8].copy_from_slice(&self.seq.to_le_bytes());
+        b[8..16].copy_from_slice(&self.index_offset.to_le_bytes());
+        b[16..24].copy_from_slice(&self.covers_end.to_le_bytes());
+        let crc = crc32c::crc32c(&b[0..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// `None` if empty or damaged.
+    pub fn decode(b: &[u8]) -> Option<Slot> {
+        if b.len() < SLOT_LEN || u32le(&b[60..64]) != crc32c::crc32c(&b[0..60]) {
+            return None;
+        }
+        let s = Slot {
+            seq: u64le(&b[0..8]),
+            index_offset: u64le(&b[8..16]),
+            covers_end: u64le(&b[16..24]),
+        };
+        (s.seq != 0).then_some(s)
+    }
+}
+
+pub fn u32le(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+pub fn u64le(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a LEB128 varint of at most `max_bytes`; `None` if incomplete or too long.
+fn get_varint(b: &[u8], max_bytes: usize) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for i in 0..max_bytes.min(b.len()) {
+        let byte = b[i];
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// Appends one record to `out`. Returns its length.
+pub fn encode_record(out: &mut Vec<u8>, kind: u8, flags: u8, key: &[u8], value: &[u8]) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, kind, flags]);
+    put_varint(out, key.len() as u64);
+    put_varint(out, value.len() as u64);
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+    out.len() - start
+}
+
+/// Encoded length of a record without building it.
+pub fn record_len(key_len: usize, val_len: usize) -> usize {
+    fn vl(mut v: u64) -> usize {
+        let mut n = 1;
+        while v >= 0x80 {
+            v >>= 7;
+            n += 1;
+        }
+        n
+    }
+    6 + vl(key_len as u64) + vl(val_len as u64) + key_len + val_len
+}
+
+/// A parsed record header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecHeader {
+    pub crc: u32,
+    pub kind: u8,
+    pub flags: u8,
+    pub header_len: usize,
+    pub key_len: u64,
+    pub val_len: u64,
+}
+
+impl RecHeader {
+    /// Total record length.
+    pub fn total(&self) -> u64 {
+        self.header_len as u64 + self.key_len + self.val_len
+    }
+}
+
+/// Outcome of parsing a record header from a prefix of bytes.
+#[derive(Debug)]
+pub enum HeaderParse {
+    Ok(RecHeader),
+    /// Not enough bytes to decide.
+    Incomplete,
+    /// Cannot be a valid record header.
+    Invalid(&'static str),
+}
+
+/// Parses a record header from `b` (which may be longer or shorter than the header).
+pub fn parse_header(b: &[u8]) -> HeaderParse {
+    if b.len() < 8 {
+        // Could still be valid; but reject obviously bad kind/flags early.
+        if b.len() >= 5 && !(K_PUT..=K_SUPERSEDED).contains(&b[4]) {
+            return HeaderParse::Invalid("unknown record kind");
+        }
+        if b.len() >= 6 && b[5] & !F_KNOWN != 0 {
+            return HeaderParse::Invalid("unknown record flags");
+        }
+        return HeaderParse::Incomplete;
+    }
+    let kind = b[4];
+    let flags = b[5];
+    if !(K_PUT..=K_SUPERSEDED).contains(&kind) {
+        return HeaderParse::Invalid("unknown record kind");
+    }
+    if flags & !F_KNOWN != 0 {
+        return HeaderParse::Invalid("unknown record flags");
+    }
+    let Some((key_len, n1)) = get_varint(&b[6..], 5) else {
+        return if b.len() >= 6 + 5 {
+            HeaderParse::Invalid("bad key length")
+        } else {
+            HeaderParse::Incomplete
+        };
+    };
+    if key_len > u64::from(u32::MAX) {
+        return HeaderParse::Invalid("bad key length");
+    }
+    let Some((val_len, n2)) = get_varint(&b[6 + n1..], 10) else {
+        return if b.len() >= 6 + n1 + 10 {
+            HeaderParse::Invalid("bad value length")
+        } else {
+            HeaderParse::Incomplete
+        };
+    };
+    if val_len > MAX_OFFSET {
+        return HeaderParse::Invalid("bad value length");
+    }
+    if kind != K_PUT && kind != K_DELETE && key_len != 0 {
+        return HeaderParse::Invalid("metadata record with a key");
+    }
+    if kind == K_DELETE && val_len != 0 {
+        return HeaderParse::Invalid("delete record with a value");
+    }
+    HeaderParse::Ok(RecHeader {
+        crc: u32le(&b[0..4]),
+        kind,
+        flags,
+        header_len: 6 + n1 + n2,
+        key_len,
+        val_len,
+    })
+}
+
+/// Verifies a whole record's checksum; `rec` is exactly the record bytes.
+pub fn verify(h: &RecHeader, rec: &[u8]) -> bool {
+    crc32c::crc32c(&rec[4..]) == h.crc
+}
+
+/// Checkpoint (INDEX record) payload header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IndexMeta {
+    pub covers_end: u64,
+    pub keys: u64,
+    pub tombstones: u64,
+    pub live_bytes: u64,
+    pub raw_value_bytes: u64,
+    pub stored_value_bytes: u64,
+    pub log2_capacity: u8,
+}
+
+pub const INDEX_META_LEN: usize = 56;
+
+impl IndexMeta {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        for v in [
+            self.covers_end,
+            self.keys,
+            self.tombstones,
+            self.live_bytes,
+            self.raw_value_bytes,
+            self.stored_value_bytes,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.push(self.log2_capacity);
+        out.extend_from_slice(&[0u8; 7]);
+    }
+
+    pub fn decode(b: &[u8]) -> Option<IndexMeta> {
+        if b.len() < INDEX_META_LEN || b[48] > 47 {
+            return None;
+        }
+        Some(IndexMeta {
+            covers_end: u64le(&b[0..]),
+            keys: u64le(&b[8..]),
+            tombstones: u64le(&b[16..]),
+            live_bytes: u64le(&b[24..]),
+            raw_value_bytes: u64le(&b[32..]),
+            stored_value_bytes: u64le(&b[40..]),
+            log2_capacity: b[48],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_roundtrip() {
+        let mut out = Vec::new();
+        let n = encode_record(&mut out, K_PUT, F_CONT, b"key", &[7u8; 300]);
+        assert_eq!(n, record_len(3, 300));
+        let HeaderParse::Ok(h) = parse_header(&out) else {
+            panic!("parse")
+        };
+        assert_eq!(h.total() as usize, n);
+        assert!(verify(&h, &out));
+        out[20] ^= 1;
+        assert!(!verify(&h, &out));
+    }
+
+    #[test]
+    fn header_roundtrip() {
+        let h = StaticHeader {
+            value_encoding: ValueEncoding::Pickle { protocol: 5 },
+            compression: Compression::ZstdDict { level: -3 },
+            generation: 9,
+            dict_offset: 4096,
+        };
+        let b = h.encode();
+        assert_eq!(StaticHeader::decode(&b).unwrap().unwrap(), h);
+        assert!(StaticHeader::decode(&b[..40]).is_err());
+    }
+}

@@ -1,0 +1,244 @@
+//! The in-memory hash index: an open-addressing table (linear probing) of atomic 64-bit slots
+//! `tag:16 | offset:48`, written only by the single writer and read lock-free by any thread;
+//! plus its checkpoint encoding (bitmap + occupied slots, docs/engine-format.md section 5).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+use crate::format::{u64le, IndexMeta, INDEX_META_LEN};
+
+/// An empty slot.
+pub const EMPTY: u64 = 0;
+/// A deleted slot (keeps probe chains intact).
+pub const TOMB: u64 = u64::MAX;
+const OFFSET_MASK: u64 = (1 << 48) - 1;
+/// Grow once (keys + tombstones) exceed this fraction of capacity (numerator over 16).
+const MAX_LOAD_16THS: u64 = 11;
+/// Smallest table.
+const MIN_LOG2: u8 = 10;
+
+/// Hash of a key (stable across versions, hosts and processes).
+#[inline]
+pub fn hash_key(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
+#[inline]
+fn pack(hash: u64, offset: u64) -> u64 {
+    (hash & !OFFSET_MASK) | offset
+}
+
+/// Offset stored in a live slot value.
+#[inline]
+pub fn slot_offset(v: u64) -> u64 {
+    v & OFFSET_MASK
+}
+
+/// The table.
+#[derive(Debug)]
+pub struct Table {
+    slots: Box<[AtomicU64]>,
+    log2: u8,
+}
+
+/// Where a probe ended.
+pub enum Probe {
+    /// The key lives at this offset, in this slot.
+    Found { slot: usize, offset: u64 },
+    /// Not present; `insert_at` is the slot an insert should use.
+    Missing { insert_at: usize, reuses_tomb: bool },
+}
+
+impl Table {
+    /// An empty table with `2^log2` slots.
+    pub fn with_log2(log2: u8) -> Table {
+        let log2 = log2.max(MIN_LOG2);
+        let n = 1usize << log2;
+        let slots: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(EMPTY)).collect();
+        Table {
+            slots: slots.into_boxed_slice(),
+            log2,
+        }
+    }
+
+    /// A table sized for `keys` keys.
+    pub fn for_keys(keys: u64) -> Table {
+        let want = (keys.saturating_mul(16) / MAX_LOAD_16THS).max(1) + 1;
+        let log2 = (64 - (want - 1).leading_zeros()) as u8;
+        Table::with_log2(log2)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn log2(&self) -> u8 {
+        self.log2
+    }
+
+    /// True if inserting one more entry would exceed the load limit.
+    pub fn needs_grow(&self, keys: u64, tombs: u64) -> bool {
+        (keys + tombs + 1) * 16 > self.capacity() as u64 * MAX_LOAD_16THS
+    }
+
+    /// Looks a key up. `is_key(offset)` reads the record at `offset` and says whether it holds
+    /// the key being probed for.
+    pub fn probe(
+        &self,
+        hash: u64,
+        mut is_key: impl FnMut(u64) -> Result<bool>,
+    ) -> Result<Probe> {
+        let mask = self.slots.len() - 1;
+        let tag = hash & !OFFSET_MASK;
+        let mut i = (hash as usize) & mask;
+        let mut first_tomb = None;
+        for _ in 0..self.slots.len() {
+            let v = self.slots[i].load(Ordering::Acquire);
+            if v == EMPTY {
+                return Ok(match first_tomb {
+                    Some(t) => Probe::Missing {
+                        insert_at: t,
+                        reuses_tomb: true,
+                    },
+                    None => Probe::Missing {
+                        insert_at: i,
+                        reuses_tomb: false,
+                    },
+                });
+            }
+            if v == TOMB {
+                if first_tomb.is_none() {
+                    first_tomb = Some(i);
+                }
+            } else if v & !OFFSET_MASK == tag && is_key(slot_offset(v))? {
+                return Ok(Probe::Found {
+                    slot: i,
+                    offset: slot_offset(v),
+                });
+            }
+            i = (i + 1) & mask;
+        }
+        match first_tomb {
+            Some(t) => Ok(Probe::Missing {
+                insert_at: t,
+                reuses_tomb: true,
+            }),
+            None => Err(Error::corrupt(0, "index table is full")),
+        }
+    }
+
+    /// Writer only: points `slot` at a record.
+    pub fn set(&self, slot: usize, hash: u64, offset: u64) {
+        self.slots[slot].store(pack(hash, offset), Ordering::Release);
+    }
+
+    /// Writer only: marks a slot deleted.
+    pub fn remove(&self, slot: usize) {
+        self.slots[slot].store(TOMB, Ordering::Release);
+    }
+
+    /// Inserts an entry known to be absent, into the first free slot (used when rebuilding).
+    pub fn insert_fresh(&self, hash: u64, offset: u64) {
+        let mask = self.slots.len() - 1;
+        let mut i = (hash as usize) & mask;
+        loop {
+            if self.slots[i].load(Ordering::Relaxed) == EMPTY {
+                self.slots[i].store(pack(hash, offset), Ordering::Release);
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// All live offsets (snapshot).
+    pub fn offsets(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .map(|s| s.load(Ordering::Acquire))
+            .filter(|&v| v != EMPTY && v != TOMB)
+            .map(slot_offset)
+            .collect()
+    }
+
+    /// Builds a bigger (or cleaned) table holding the same live entries; `key_hash(offset)`
+    /// returns the full hash of the key of the record at `offset`.
+    pub fn rebuilt(
+        &self,
+        keys: u64,
+        mut key_hash: impl FnMut(u64) -> Result<u64>,
+    ) -> Result<Table> {
+        let t = Table::for_keys(keys.saturating_mul(2).max(keys + 1));
+        for s in self.slots.iter() {
+            let v = s.load(Ordering::Acquire);
+            if v != EMPTY && v != TOMB {
+                let off = slot_offset(v);
+                t.insert_fresh(key_hash(off)?, off);
+            }
+        }
+        Ok(t)
+    }
+
+    /// Checkpoint payload.
+    pub fn encode(&self, meta: &IndexMeta) -> Vec<u8> {
+        let n = self.slots.len();
+        let bitmap_len = n.div_ceil(8);
+        let mut values = Vec::with_capacity(meta.keys as usize * 8 + 64);
+        let mut bitmap = vec![0u8; bitmap_len];
+        for (i, s) in self.slots.iter().enumerate() {
+            let v = s.load(Ordering::Acquire);
+            if v != EMPTY {
+                bitmap[i / 8] |= 1 << (i % 8);
+                values.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        let mut out = Vec::with_capacity(INDEX_META_LEN + bitmap_len + values.len());
+        let meta = IndexMeta {
+            log2_capacity: self.log2,
+            ..*meta
+        };
+        meta.encode(&mut out);
+        out.extend_from_slice(&bitmap);
+        out.extend_from_slice(&values);
+        out
+    }
+
+    /// Loads a checkpoint payload; `None` if it is inconsistent.
+    pub fn decode(b: &[u8]) -> Option<(IndexMeta, Table)> {
+        let meta = IndexMeta::decode(b)?;
+        if meta.log2_capacity < MIN_LOG2 || meta.log2_capacity > 40 {
+            return None;
+        }
+        let n = 1usize << meta.log2_capacity;
+        let bitmap_len = n.div_ceil(8);
+        let bitmap = b.get(INDEX_META_LEN..INDEX_META_LEN + bitmap_len)?;
+        let mut values = b.get(INDEX_META_LEN + bitmap_len..)?;
+        let slots: Vec<AtomicU64> = {
+            // calloc-speed zeroed allocation, then scatter.
+            let mut raw = vec![0u64; n];
+            for (byte_i, &byte) in bitmap.iter().enumerate() {
+                let mut bits = byte;
+                while bits != 0 {
+                    let bit = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let v = u64le(values.get(..8)?);
+                    values = &values[8..];
+                    if v == EMPTY {
+                        return None;
+                    }
+                    *raw.get_mut(byte_i * 8 + bit)? = v;
+                }
+            }
+            raw.into_iter().map(AtomicU64::new).collect()
+        };
+        if !values.is_empty() {
+            return None;
+        }
+        Some((
+            meta,
+            Table {
+                slots: slots.into_boxed_slice(),
+                log2: meta.log2_capacity,
+            },
+        ))
+    }
+}

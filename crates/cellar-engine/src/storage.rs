@@ -1,0 +1,331 @@
+//! The storage layer under the engine: a small positional-I/O trait, the real file
+//! implementation (pwrite/fdatasync, reads served from a read-only mmap of the part of the file
+//! that is known to be stable) and an in-memory implementation that tests use to inject I/O
+//! errors (ENOSPC, EIO) and to produce the file image a crash would leave behind.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+
+/// Positional I/O on one file. Implementations must be usable from many threads at once.
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// Current length of the file.
+    fn len(&self) -> io::Result<u64>;
+    /// Reads exactly `buf.len()` bytes at `offset` (`UnexpectedEof` past the end).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes all of `data` at `offset` (may have written a prefix when it fails).
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes everything written so far durable (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Truncates or extends the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Hint: bytes below `upto` are valid, committed and will never be truncated while this
+    /// handle lives, so they may be served from a memory map.
+    fn set_stable(&self, _upto: u64) {}
+    /// The underlying file, for locking and identity checks (None for in-memory storage).
+    fn file(&self) -> Option<&File> {
+        None
+    }
+}
+
+/// A real file. Reads of the stable region come from a shared read-only mapping.
+#[derive(Debug)]
+pub struct FileStorage {
+    file: File,
+    stable: AtomicU64,
+    map: ArcSwapOption<memmap2::Mmap>,
+    remap: Mutex<()>,
+}
+
+impl FileStorage {
+    /// Wraps an open file.
+    pub fn new(file: File) -> FileStorage {
+        FileStorage {
+            file,
+            stable: AtomicU64::new(0),
+            map: ArcSwapOption::empty(),
+            remap: Mutex::new(()),
+        }
+    }
+
+    fn mapped_read(&self, offset: u64, buf: &mut [u8]) -> Option<()> {
+        let end = offset.checked_add(buf.len() as u64)?;
+        if end > self.stable.load(Ordering::Acquire) {
+            return None;
+        }
+        let guard = self.map.load();
+        let m = match guard.as_ref() {
+            Some(m) if m.len() as u64 >= end => m,
+            _ => {
+                drop(guard);
+                self.grow_map(end)?;
+                return self.mapped_read_existing(offset, buf);
+            }
+        };
+        buf.copy_from_slice(&m[offset as usize..end as usize]);
+        Some(())
+    }
+
+    fn mapped_read_existing(&self, offset: u64, buf: &mut [u8]) -> Option<()> {
+        let end = offset + buf.len() as u64;
+        let guard = self.map.load();
+        let m = guard.as_ref()?;
+        if (m.len() as u64) < end {
+            return None;
+        }
+        buf.copy_from_slice(&m[offset as usize..end as usize]);
+        Some(())
+    }
+
+    fn grow_map(&self, need: u64) -> Option<()> {
+        let _g = self.remap.lock().ok()?;
+        if let Some(m) = self.map.load().as_ref() {
+            if m.len() as u64 >= need {
+                return Some(());
+            }
+        }
+        // Map generously beyond the current stable end (address space is cheap on 64-bit);
+        // pages past EOF are never touched because reads stop at `stable`.
+        let len = need.max(1 << 20).checked_next_power_of_two()?.saturating_mul(2);
+        let len = usize::try_from(len).ok()?;
+        // SAFETY: the mapping is read-only and shared. The engine only reads bytes below the
+        // `stable` watermark: records that were validated and are never truncated or rewritten
+        // while this file is open (the log is append-only; torn tails, the only thing ever
+        // truncated, are never below `stable` of any handle, see docs/engine-format.md section
+        // 4). Pages past EOF are mapped but never accessed, so no SIGBUS can occur.
+        #[allow(unsafe_code)]
+        let m = unsafe { memmap2::MmapOptions::new().len(len).map(&self.file) }.ok()?;
+        self.map.store(Some(Arc::new(m)));
+        Some(())
+    }
+}
+
+impl Storage for FileStorage {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if self.mapped_read(offset, buf).is_some() {
+            return Ok(());
+        }
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn set_stable(&self, upto: u64) {
+        self.stable.fetch_max(upto, Ordering::AcqRel);
+    }
+
+    fn file(&self) -> Option<&File> {
+        Some(&self.file)
+    }
+}
+
+/// Which I/O call a fault applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOp {
+    Write,
+    Sync,
+    SetLen,
+}
+
+/// A programmed failure: the `after`-th matching call (0 = the next one) fails with `errno`;
+/// a failing write first writes `partial` bytes of its data.
+#[derive(Debug, Clone, Copy)]
+pub struct Fault {
+    pub op: FaultOp,
+    pub after: usize,
+    pub errno: i32,
+    pub partial: usize,
+    /// Keep failing every later matching call too.
+    pub sticky: bool,
+}
+
+#[derive(Debug, Default)]
+struct MemState {
+    data: Vec<u8>,
+    /// The image as of the last successful sync.
+    synced: Vec<u8>,
+}
+
+/// In-memory storage with fault injection and crash images, for tests.
+#[derive(Debug, Default)]
+pub struct MemStorage {
+    state: Mutex<MemState>,
+    faults: Mutex<Vec<Fault>>,
+    calls: [AtomicUsize; 3],
+    fail_all: AtomicBool,
+}
+
+/// What kind of crash to simulate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crash {
+    /// The process dies (kill -9): everything written reaches the file.
+    Process,
+    /// The machine loses power: the last synced image plus the first `keep` unsynced bytes
+    /// (a torn tail), and the superblock area from either image.
+    Power { keep: usize, old_superblock: bool },
+}
+
+impl MemStorage {
+    /// An empty file.
+    pub fn new() -> MemStorage {
+        MemStorage::default()
+    }
+
+    /// A file with the given contents (all of it considered synced).
+    pub fn from_bytes(data: Vec<u8>) -> MemStorage {
+        let s = MemStorage::default();
+        if let Ok(mut st) = s.state.lock() {
+            st.synced = data.clone();
+            st.data = data;
+        }
+        s
+    }
+
+    /// Programs a failure.
+    pub fn inject(&self, fault: Fault) {
+        let idx = fault.op as usize;
+        let base = self.calls[idx].load(Ordering::SeqCst);
+        if let Ok(mut f) = self.faults.lock() {
+            f.push(Fault {
+                after: base + fault.after,
+                ..fault
+            });
+        }
+    }
+
+    /// Removes all programmed failures.
+    pub fn clear_faults(&self) {
+        if let Ok(mut f) = self.faults.lock() {
+            f.clear();
+        }
+        self.fail_all.store(false, Ordering::SeqCst);
+    }
+
+    /// Current bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.state.lock().map(|s| s.data.clone()).unwrap_or_default()
+    }
+
+    /// Bytes that the given crash would leave on "disk".
+    pub fn crash_image(&self, crash: Crash) -> Vec<u8> {
+        let Ok(st) = self.state.lock() else {
+            return Vec::new();
+        };
+        match crash {
+            Crash::Process => st.data.clone(),
+            Crash::Power {
+                keep,
+                old_superblock,
+            } => {
+                let mut img = st.synced.clone();
+                let sb = 4096.min(st.data.len());
+                if !old_superblock || img.len() < sb {
+                    if img.len() < sb {
+                        img.resize(sb, 0);
+                    }
+                    img[..sb].copy_from_slice(&st.data[..sb]);
+                }
+                let start = st.synced.len().max(sb);
+                let end = (start + keep).min(st.data.len());
+                if end > img.len() {
+                    img.resize(end, 0);
+                }
+                if end > start {
+                    img[start..end].copy_from_slice(&st.data[start..end]);
+                }
+                img
+            }
+        }
+    }
+
+    fn check_fault(&self, op: FaultOp) -> Option<Fault> {
+        let n = self.calls[op as usize].fetch_add(1, Ordering::SeqCst);
+        let faults = self.faults.lock().ok()?;
+        faults
+            .iter()
+            .find(|f| f.op == op && (f.after == n || (f.sticky && n >= f.after)))
+            .copied()
+    }
+}
+
+impl Storage for MemStorage {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.state.lock().map_err(|_| poisoned())?.data.len() as u64)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let st = self.state.lock().map_err(|_| poisoned())?;
+        let start = usize::try_from(offset).map_err(|_| eof())?;
+        let end = start.checked_add(buf.len()).ok_or_else(eof)?;
+        if end > st.data.len() {
+            return Err(eof());
+        }
+        buf.copy_from_slice(&st.data[start..end]);
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let fault = self.check_fault(FaultOp::Write);
+        let n = match fault {
+            Some(f) => f.partial.min(data.len()),
+            None => data.len(),
+        };
+        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        let start = offset as usize;
+        if st.data.len() < start + n {
+            st.data.resize(start + n, 0);
+        }
+        st.data[start..start + n].copy_from_slice(&data[..n]);
+        match fault {
+            Some(f) => Err(io::Error::from_raw_os_error(f.errno)),
+            None => Ok(()),
+        }
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        if let Some(f) = self.check_fault(FaultOp::Sync) {
+            return Err(io::Error::from_raw_os_error(f.errno));
+        }
+        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        st.synced = st.data.clone();
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        if let Some(f) = self.check_fault(FaultOp::SetLen) {
+            return Err(io::Error::from_raw_os_error(f.errno));
+        }
+        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        st.data.resize(len as usize, 0);
+        Ok(())
+    }
+}
+
+fn eof() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of file")
+}
+
+fn poisoned() -> io::Error {
+    io::Error::other("storage mutex poisoned")
+}
