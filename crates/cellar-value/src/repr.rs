@@ -356,12 +356,25 @@ fn push_bytes_repr(out: &mut String, b: &[u8]) {
 }
 
 /// Shortest round-trip digits and decimal exponent: `v == 0.d1d2d3... * 10^decpt`.
+///
+/// Rust's shortest formatting and CPython's (David Gay's dtoa, mode 0) agree on the number
+/// of digits but can break an exact tie differently (150051640137.453125 prints as ...45313
+/// in Rust, ...45312 in CPython). Re-rounding the value to that many digits with Rust's
+/// exact, ties-to-even formatting gives CPython's choice.
 fn shortest_digits(v: f64) -> (String, i32) {
-    let s = format!("{:e}", v.abs());
-    let (mant, exp) = s.split_once('e').unwrap_or((&s, "0"));
-    let digits: String = mant.chars().filter(|c| c.is_ascii_digit()).collect();
-    let exp: i32 = exp.parse().unwrap_or(0);
-    (digits, exp + 1)
+    let split = |s: &str| {
+        let (mant, exp) = s.split_once('e').unwrap_or((s, "0"));
+        let digits: String = mant.chars().filter(|c| c.is_ascii_digit()).collect();
+        (digits, exp.parse::<i32>().unwrap_or(0) + 1)
+    };
+    let a = v.abs();
+    let shortest = format!("{a:e}");
+    let (digits, decpt) = split(&shortest);
+    let rounded = format!("{a:.*e}", digits.len().saturating_sub(1));
+    if rounded.parse::<f64>().ok() == Some(a) {
+        return split(&rounded);
+    }
+    (digits, decpt)
 }
 
 /// Lays out `0.digits * 10^decpt` as CPython's `format_float_short` does.
