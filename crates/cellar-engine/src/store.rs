@@ -1150,24 +1150,24 @@ impl Inner {
         drop(g);
         let _w = lock(&self.writer);
         let g = self.gen.load_full();
-        if g.superseded.load(Ordering::Acquire) {
-            if let Some(path) = &self.path {
-                let now = path_ident(path);
-                if now.is_some() && now != g.ident {
-                    let file = File::open(path).map_err(io_err(format!("reopening {}", path.display())))?;
-                    let ident = file_ident(&file);
-                    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
-                    let ng = load_gen(storage, None, false, path, ident)?;
-                    self.gen.store(Arc::new(ng));
-                    return Ok(());
-                }
-            }
-        }
         let len = g.storage.len().map_err(io_err("checking the store's length"))?;
         if len > g.limit() {
             // A bad record here is most likely a commit still being written: stop and retry
             // on the next read.
             replay(&g, g.limit(), len)?;
+        }
+        if g.superseded.load(Ordering::Acquire) {
+            if let Some(path) = &self.path {
+                let now = path_ident(path);
+                if now.is_some() && now != g.ident {
+                    let file = File::open(path)
+                        .map_err(io_err(format!("reopening {}", path.display())))?;
+                    let ident = file_ident(&file);
+                    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
+                    let ng = load_gen(storage, None, false, path, ident)?;
+                    self.gen.store(Arc::new(ng));
+                }
+            }
         }
         Ok(())
     }
@@ -1594,6 +1594,9 @@ impl Inner {
     }
 
     fn close(&self) -> Result<()> {
+        if self.writable && std::process::id() == self.owner_pid {
+            self.join_compactor();
+        }
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }

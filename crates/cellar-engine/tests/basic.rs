@@ -1,0 +1,261 @@
+//! API behaviour: CRUD, reopen, batches, iteration, open modes, locking, compaction,
+//! compression, limits, stats.
+
+use cellar_engine::{Batch, Compression, Error, Options, Store, ValueEncoding};
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+#[test]
+fn crud_and_reopen() {
+    let d = tmp();
+    let p = d.path().join("db");
+    let s = Store::open(&p, Options::default()).unwrap();
+    assert!(s.is_empty().unwrap());
+    s.put(b"a", b"1").unwrap();
+    s.put(b"b", b"2").unwrap();
+    s.put(b"a", b"3").unwrap();
+    assert_eq!(s.get(b"a").unwrap().unwrap(), b"3");
+    assert!(s.contains(b"b").unwrap());
+    assert!(s.delete(b"b").unwrap());
+    assert!(!s.delete(b"b").unwrap());
+    assert_eq!(s.get(b"b").unwrap(), None);
+    assert_eq!(s.len().unwrap(), 1);
+    s.close().unwrap();
+    let s = Store::open(&p, Options::from_dbm_flag("r").unwrap()).unwrap();
+    assert_eq!(s.get(b"a").unwrap().unwrap(), b"3");
+    assert_eq!(s.len().unwrap(), 1);
+    assert!(matches!(s.put(b"x", b"y"), Err(Error::ReadOnly)));
+}
+
+#[test]
+fn many_keys_grow_and_iterate() {
+    let d = tmp();
+    let p = d.path().join("db");
+    let s = Store::open(&p, Options::default()).unwrap();
+    let mut b = Batch::new();
+    for i in 0..20_000u32 {
+        b.put(i.to_le_bytes().to_vec(), format!("value-{i}").into_bytes());
+    }
+    s.batch(&b).unwrap();
+    for i in (0..20_000u32).step_by(3) {
+        s.delete(&i.to_le_bytes()).unwrap();
+    }
+    let expect = (0..20_000u32).filter(|i| i % 3 != 0).count() as u64;
+    assert_eq!(s.len().unwrap(), expect);
+    let mut n = 0;
+    for item in s.iter().unwrap() {
+        let (k, v) = item.unwrap();
+        let i = u32::from_le_bytes(k.as_slice().try_into().unwrap());
+        assert_eq!(v, format!("value-{i}").into_bytes());
+        n += 1;
+    }
+    assert_eq!(n, expect);
+    assert_eq!(s.keys().unwrap().len() as u64, expect);
+    s.close().unwrap();
+    let s = Store::open(&p, Options::default()).unwrap();
+    assert_eq!(s.len().unwrap(), expect);
+    assert_eq!(s.get(&7u32.to_le_bytes()).unwrap().unwrap(), b"value-7");
+    assert_eq!(s.get(&9u32.to_le_bytes()).unwrap(), None);
+    assert!(s.check().unwrap().is_ok());
+}
+
+#[test]
+fn dbm_flags() {
+    let d = tmp();
+    let p = d.path().join("db");
+    assert!(matches!(
+        Store::open(&p, Options::from_dbm_flag("r").unwrap()),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        Store::open(&p, Options::from_dbm_flag("w").unwrap()),
+        Err(Error::NotFound { .. })
+    ));
+    let s = Store::open(&p, Options::from_dbm_flag("c").unwrap()).unwrap();
+    s.put(b"k", b"v").unwrap();
+    s.close().unwrap();
+    let s = Store::open(&p, Options::from_dbm_flag("w").unwrap()).unwrap();
+    assert_eq!(s.len().unwrap(), 1);
+    s.close().unwrap();
+    let s = Store::open(&p, Options::from_dbm_flag("ns").unwrap()).unwrap();
+    assert_eq!(s.len().unwrap(), 0);
+    s.put(b"z", b"1").unwrap();
+    s.close().unwrap();
+    let s = Store::open(&p, Options::from_dbm_flag("r").unwrap()).unwrap();
+    assert_eq!(s.keys().unwrap(), vec![b"z".to_vec()]);
+    assert!(Options::from_dbm_flag("x").is_none());
+}
+
+#[test]
+fn second_writer_names_the_holder() {
+    let d = tmp();
+    let p = d.path().join("db");
+    let s = Store::open(&p, Options::default()).unwrap();
+    let e = Store::open(&p, Options::default()).unwrap_err();
+    match &e {
+        Error::Locked { pid, .. } => assert_eq!(*pid, Some(std::process::id())),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(e.to_string().contains(&std::process::id().to_string()));
+    // Readers do not need the lock.
+    let r = Store::open(&p, Options::from_dbm_flag("r").unwrap()).unwrap();
+    s.put(b"k", b"v").unwrap();
+    assert_eq!(r.get(b"k").unwrap().unwrap(), b"v");
+    s.close().unwrap();
+    Store::open(&p, Options::default()).unwrap().close().unwrap();
+}
+
+#[test]
+fn compaction_reclaims_and_readers_follow() {
+    let d = tmp();
+    let p = d.path().join("db");
+    let s = Store::open(
+        &p,
+        Options {
+            auto_compact: false,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    for round in 0..5u8 {
+        let mut b = Batch::new();
+        for i in 0..2000u32 {
+            b.put(i.to_le_bytes().to_vec(), vec![round; 200]);
+        }
+        s.batch(&b).unwrap();
+    }
+    let r = Store::open(&p, Options::from_dbm_flag("r").unwrap()).unwrap();
+    let before = s.stats().unwrap();
+    assert!(before.dead_bytes > before.live_bytes * 3);
+    s.compact().unwrap();
+    let after = s.stats().unwrap();
+    assert_eq!(after.keys, 2000);
+    assert!(after.file_bytes < before.file_bytes / 3, "{before:?} {after:?}");
+    assert_eq!(after.generation, before.generation + 1);
+    s.put(b"new", b"after compaction").unwrap();
+    // The reader follows to the new file and sees later commits.
+    assert_eq!(r.get(b"new").unwrap().unwrap(), b"after compaction");
+    assert_eq!(r.get(&5u32.to_le_bytes()).unwrap().unwrap(), vec![4u8; 200]);
+    assert_eq!(r.stats().unwrap().generation, after.generation);
+    s.close().unwrap();
+    let s = Store::open(&p, Options::default()).unwrap();
+    assert_eq!(s.len().unwrap(), 2001);
+    assert!(s.check().unwrap().is_ok());
+}
+
+#[test]
+fn background_compaction_runs() {
+    let d = tmp();
+    let p = d.path().join("db");
+    let s = Store::open(
+        &p,
+        Options {
+            compact_min_bytes: 64 << 10,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    for round in 0..40u8 {
+        let mut b = Batch::new();
+        for i in 0..100u32 {
+            b.put(i.to_le_bytes().to_vec(), vec![round; 100]);
+        }
+        s.batch(&b).unwrap();
+    }
+    s.close().unwrap();
+    let s = Store::open(&p, Options::default()).unwrap();
+    let st = s.stats().unwrap();
+    assert!(st.generation > 1, "{st:?}");
+    assert_eq!(st.keys, 100);
+    assert_eq!(s.get(&3u32.to_le_bytes()).unwrap().unwrap(), vec![39u8; 100]);
+}
+
+#[test]
+fn compression_and_dictionary() {
+    let d = tmp();
+    let p = d.path().join("db");
+    let opts = Options {
+        compression: Compression::ZstdDict { level: 3 },
+        value_encoding: ValueEncoding::Pickle { protocol: 5 },
+        auto_compact: false,
+        ..Options::default()
+    };
+    let s = Store::open(&p, opts.clone()).unwrap();
+    let val = |i: u32| {
+        format!(
+            "{{'id': {i}, 'name': 'user{i}', 'email': 'user{i}@example.com', 'active': True, \
+             'tags': ['alpha', 'beta', 'gamma'], 'score': {}}}",
+            i * 7 % 1000
+        )
+        .into_bytes()
+    };
+    let mut b = Batch::new();
+    for i in 0..5000u32 {
+        b.put(i.to_le_bytes().to_vec(), val(i));
+    }
+    s.batch(&b).unwrap();
+    let plain = s.stats().unwrap();
+    s.compact().unwrap();
+    let st = s.stats().unwrap();
+    assert!(st.has_dictionary);
+    assert!(
+        st.compression_ratio > plain.compression_ratio,
+        "{plain:?} {st:?}"
+    );
+    assert!(st.compression_ratio > 2.0, "{st:?}");
+    s.put(&9999u32.to_le_bytes(), &val(9999)).unwrap();
+    assert_eq!(s.get(&17u32.to_le_bytes()).unwrap().unwrap(), val(17));
+    s.close().unwrap();
+    let s = Store::open(&p, Options::from_dbm_flag("r").unwrap()).unwrap();
+    assert_eq!(s.value_encoding(), ValueEncoding::Pickle { protocol: 5 });
+    assert_eq!(s.compression(), Compression::ZstdDict { level: 3 });
+    assert_eq!(s.get(&9999u32.to_le_bytes()).unwrap().unwrap(), val(9999));
+    let mut n = 0;
+    s.for_each(|k, v| {
+        let i = u32::from_le_bytes(k.try_into().unwrap());
+        assert_eq!(v, val(i));
+        n += 1;
+    })
+    .unwrap();
+    assert_eq!(n, 5001);
+}
+
+#[test]
+fn big_keys_and_values() {
+    let d = tmp();
+    let p = d.path().join("db");
+    let s = Store::open(&p, Options::default()).unwrap();
+    let key = vec![0xabu8; 64 * 1024];
+    let val: Vec<u8> = (0..(8u32 << 20)).map(|i| (i * 31) as u8).collect();
+    s.put(&key, &val).unwrap();
+    s.put(b"", b"empty key").unwrap();
+    s.put(b"empty value", b"").unwrap();
+    s.close().unwrap();
+    let s = Store::open(&p, Options::default()).unwrap();
+    assert_eq!(s.get(&key).unwrap().unwrap(), val);
+    assert_eq!(s.get(b"").unwrap().unwrap(), b"empty key");
+    assert_eq!(s.get(b"empty value").unwrap().unwrap(), b"");
+}
+
+/// Values of 2 GiB and more: needs ~7 GiB RAM and disk, so it is opt-in
+/// (`cargo test --release -p cellar-engine -- --ignored huge_value`).
+#[test]
+#[ignore]
+fn huge_value() {
+    let d = tmp();
+    let p = d.path().join("db");
+    let s = Store::open(&p, Options::default()).unwrap();
+    let val = vec![7u8; (2usize << 30) + 5];
+    s.put(b"huge", &val).unwrap();
+    s.close().unwrap();
+    let s = Store::open(&p, Options::default()).unwrap();
+    assert_eq!(s.get(b"huge").unwrap().unwrap().len(), val.len());
+}
+
+#[test]
+fn handles_are_send_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+}
