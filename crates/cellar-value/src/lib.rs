@@ -18,6 +18,7 @@ mod hash;
 mod parse;
 mod printable;
 mod repr;
+mod serde_impl;
 mod str;
 mod value;
 
@@ -26,6 +27,7 @@ pub use crate::parse::{parse, parse_float_text, ParseError, MAX_NESTING};
 pub use crate::repr::{
     bytes_repr, complex_repr, float_g17, float_repr, is_printable, repr, repr_sorted, str_repr,
 };
+pub use crate::serde_impl::{from_value, to_value, SerdeError};
 pub use crate::str::{validate_surrogatepass, CodePoints, PyStr, Utf8Error};
 pub use crate::value::{Code, Dict, Int, Set, Slice, Value};
 
