@@ -53,6 +53,7 @@ enum Frame {
         left: usize,
         slot: Option<usize>,
         height: u32,
+        reserved: usize,
     },
     Set {
         set: Set,
@@ -94,6 +95,9 @@ struct Reader<'a> {
     pos: usize,
     refs: Vec<Slot>,
     opts: &'a LoadOptions,
+    /// Item slots pre-allocated by the open sequences; kept below the bytes that remain, so
+    /// nested claims cannot add up to more memory than the input could fill.
+    reserved: usize,
 }
 
 /// Decodes one object from the start of `data`; returns it and the number of bytes used.
@@ -103,6 +107,7 @@ pub(crate) fn read_object(data: &[u8], opts: &LoadOptions) -> Result<(Value, usi
         pos: 0,
         refs: Vec::new(),
         opts,
+        reserved: 0,
     };
     let v = r.run()?;
     Ok((v, r.pos))
@@ -187,6 +192,14 @@ impl<'a> Reader<'a> {
                     at,
                 )
             })
+    }
+
+    /// A container claiming more items than bytes remain cannot be complete.
+    fn check_count(&self, n: usize) -> Result<(), DecodeError> {
+        if n > self.remaining() {
+            return Err(DecodeError::new(ErrorKind::Eof, "marshal data too short", self.pos));
+        }
+        Ok(())
     }
 
     fn reserve(&mut self, flag: bool, mutable: bool) -> Option<usize> {
@@ -338,19 +351,20 @@ impl<'a> Reader<'a> {
     fn finish(&mut self, frame: Frame, at: usize) -> Result<(Value, u32), DecodeError> {
         let (v, slot, h) = match frame {
             Frame::Seq {
-                kind: SeqKind::Tuple,
+                kind,
                 items,
                 slot,
                 height,
+                reserved,
                 ..
-            } => (Value::Tuple(Arc::new(items)), slot, height),
-            Frame::Seq {
-                kind: SeqKind::List,
-                items,
-                slot,
-                height,
-                ..
-            } => (Value::List(Arc::new(items)), slot, height),
+            } => {
+                self.reserved -= reserved;
+                let v = match kind {
+                    SeqKind::Tuple => Value::Tuple(Arc::new(items)),
+                    SeqKind::List => Value::List(Arc::new(items)),
+                };
+                (v, slot, height)
+            }
             Frame::Set {
                 set,
                 frozen,
@@ -521,14 +535,19 @@ impl<'a> Reader<'a> {
                     self.fill(slot, &v, 1);
                     return done(v);
                 }
-                // Each item takes at least one byte: never allocate beyond what the input holds.
-                let items = Vec::with_capacity(n.min(self.remaining()));
+                // Each item takes at least one byte: a count beyond the bytes left is truncated
+                // data, and pre-allocation stays within what the input could fill.
+                self.check_count(n)?;
+                let reserved = n.min(self.remaining().saturating_sub(self.reserved));
+                self.reserved += reserved;
+                let items = Vec::with_capacity(reserved);
                 stack.push(Frame::Seq {
                     kind,
                     items,
                     left: n,
                     slot,
                     height: 1,
+                    reserved,
                 });
                 Ok(Head::Opened)
             }
@@ -555,6 +574,7 @@ impl<'a> Reader<'a> {
                     self.fill(slot, &v, 1);
                     return done(v);
                 }
+                self.check_count(n)?;
                 stack.push(Frame::Set {
                     set: Set::new(),
                     frozen,
