@@ -1,0 +1,3 @@
+from cellar import marshal as marshal
+
+__all__ = ["marshal"]
