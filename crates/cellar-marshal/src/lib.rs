@@ -57,3 +57,41 @@ pub fn loads(data: &[u8]) -> Result<Value, DecodeError> {
 pub fn loads_with(data: &[u8], opts: &LoadOptions) -> Result<(Value, usize), DecodeError> {
     read::read_object(data, opts)
 }
+
+/// A failure of [`to_vec`] / [`from_slice`]: the Rust value did not map to a Python value (or
+/// back), or the marshal step failed.
+#[derive(Debug, Clone)]
+pub enum SerdeError {
+    /// Mapping between the Rust type and a Python value failed (see docs/serde.md).
+    Mapping(cellar_value::SerdeError),
+    /// The value could not be marshalled.
+    Encode(EncodeError),
+    /// The bytes are not valid marshal data.
+    Decode(DecodeError),
+}
+
+impl std::fmt::Display for SerdeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SerdeError::Mapping(e) => write!(f, "{e}"),
+            SerdeError::Encode(e) => write!(f, "{e}"),
+            SerdeError::Decode(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for SerdeError {}
+
+/// Serializes any `T: Serialize` to marshal bytes (version 4) through the mapping in
+/// docs/serde.md: structs become dicts with str keys, tuples tuples, `Vec`s lists, maps dicts.
+pub fn to_vec<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, SerdeError> {
+    let v = cellar_value::to_value(value).map_err(SerdeError::Mapping)?;
+    dumps(&v, DEFAULT_VERSION).map_err(SerdeError::Encode)
+}
+
+/// Deserializes a `T` from marshal bytes (any version; code objects are refused).
+pub fn from_slice<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, SerdeError> {
+    let opts = LoadOptions { allow_code: false, ..LoadOptions::default() };
+    let (v, _) = loads_with(data, &opts).map_err(SerdeError::Decode)?;
+    cellar_value::from_value(v).map_err(SerdeError::Mapping)
+}

@@ -478,7 +478,7 @@ pub fn float_g17(v: f64) -> String {
     while digits.len() > 1 && digits.ends_with('0') {
         digits.pop();
     }
-    let exp_form = exp < -4 || exp >= 17;
+    let exp_form = !(-4..17).contains(&exp);
     layout(v.is_sign_negative(), &digits, exp + 1, exp_form, false)
 }
 
