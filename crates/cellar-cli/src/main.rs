@@ -1,1 +1,154 @@
-fn main() {}
+//! `cellar`: the command-line face of cellar. Values are shown and read as Python literals.
+//!
+//! - `cellar marshal show FILE|-`: decode marshal data (or a `.pyc`: header, then the code
+//!   object) safely and print it in Python literal syntax.
+//! - `cellar marshal encode [--version N]`: read a Python literal on stdin, write marshal bytes.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use cellar::marshal::pyc::{PycHeader, Validation};
+use cellar::marshal::{self, LoadOptions};
+use cellar::value::{parse, repr};
+
+#[derive(Parser)]
+#[command(name = "cellar", version, about = "Python's data-persistence stack (marshal, pickle, dbm, shelve), in Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect and produce CPython marshal data (.pyc files included).
+    Marshal {
+        #[command(subcommand)]
+        command: MarshalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MarshalCommand {
+    /// Decode marshal data or a .pyc file and print it as a Python literal. Never executes anything.
+    Show {
+        /// The file to read, or - for standard input.
+        file: PathBuf,
+        /// Refuse code objects instead of printing them.
+        #[arg(long)]
+        no_code: bool,
+    },
+    /// Read a Python literal on standard input and write its marshal bytes to standard output.
+    Encode {
+        /// Marshal format version (0-5; 4 is CPython's default, 5 adds slices).
+        #[arg(long, default_value_t = marshal::DEFAULT_VERSION, value_parser = clap::value_parser!(u32).range(0..=5))]
+        version: u32,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("cellar: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Marshal { command } => match command {
+            MarshalCommand::Show { file, no_code } => show(&file, no_code),
+            MarshalCommand::Encode { version } => encode(version),
+        },
+    }
+}
+
+fn read_input(file: &PathBuf) -> Result<Vec<u8>> {
+    if file.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).context("reading standard input")?;
+        Ok(buf)
+    } else {
+        std::fs::read(file).with_context(|| format!("reading {}", file.display()))
+    }
+}
+
+fn show(file: &PathBuf, no_code: bool) -> Result<()> {
+    let data = read_input(file)?;
+    let mut out = String::new();
+    let mut body: &[u8] = &data;
+    let is_pyc = file.extension().is_some_and(|e| e == "pyc") || PycHeader::looks_like_pyc(&data);
+    if is_pyc {
+        let h = PycHeader::parse(&data).with_context(|| format!("{} is not a .pyc file", file.display()))?;
+        out.push_str(&describe_header(&h));
+        if !h.code_layout_supported() {
+            bail!(
+                "{}: magic {} ({}) uses a code object layout older than CPython 3.11, which cellar does not decode",
+                file.display(),
+                h.magic,
+                h.python_version().unwrap_or("unknown version")
+            );
+        }
+        body = &data[cellar::marshal::pyc::HEADER_LEN..];
+    }
+    let opts = LoadOptions { allow_code: !no_code, ..LoadOptions::default() };
+    let (v, used) = marshal::loads_with(body, &opts).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    out.push_str(&repr(&v));
+    out.push('\n');
+    if used < body.len() {
+        out.push_str(&format!("# {} trailing bytes after the object were ignored\n", body.len() - used));
+    }
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
+}
+
+fn describe_header(h: &PycHeader) -> String {
+    let version = h.python_version().map(|v| format!("CPython {v}")).unwrap_or_else(|| "unknown CPython".into());
+    let validation = match &h.validation {
+        Validation::Timestamp { mtime, source_size } => {
+            format!("timestamp-based: source mtime {} ({mtime}), source size {source_size} bytes", utc(*mtime as i64))
+        }
+        Validation::Hash { source_hash, check_source } => {
+            let hex: String = source_hash.iter().map(|b| format!("{b:02x}")).collect();
+            format!("hash-based: source hash {hex}, check_source={}", if *check_source { "True" } else { "False" })
+        }
+    };
+    format!("# .pyc header: magic {} ({version}), flags {:#x}, {validation}\n", h.magic, h.flags)
+}
+
+/// Seconds since the epoch as an ISO 8601 UTC timestamp (civil-from-days, proleptic Gregorian).
+fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn encode(version: u32) -> Result<()> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).context("reading a Python literal from standard input")?;
+    let v = parse(&text).map_err(|e| anyhow::anyhow!("not a Python literal: {e}"))?;
+    let bytes = marshal::dumps(&v, version).map_err(|e| anyhow::anyhow!("cannot marshal {}: {e}", repr(&v)))?;
+    std::io::stdout().write_all(&bytes)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(1_704_067_200), "2024-01-01T00:00:00Z");
+        assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

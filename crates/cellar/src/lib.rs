@@ -1,1 +1,27 @@
-//! placeholder
+//! cellar: Python's data-persistence stack (marshal, pickle, dbm, shelve) rebuilt in Rust.
+//!
+//! This facade crate is the Rust API users depend on; each layer lives in its own crate:
+//! - [`value`]: Python's data model ([`Value`]), its `repr()` and literal parser;
+//! - [`marshal`]: CPython's marshal format, versions 0-5, with serde support;
+//! - the native storage engine (`cellar-engine`), and, above it, dbm and shelve.
+//!
+//! ```
+//! let v = cellar::value::parse("{'my object': 'out', (1, 2, 3): 4}").unwrap();
+//! let bytes = cellar::marshal::dumps(&v, 4).unwrap();
+//! assert_eq!(cellar::value::repr(&cellar::marshal::loads(&bytes).unwrap()),
+//!            "{'my object': 'out', (1, 2, 3): 4}");
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub use cellar_value::Value;
+
+/// Python's data model: values, equality and hashing, `repr()` and literal parsing.
+pub mod value {
+    pub use cellar_value::*;
+}
+
+/// CPython's marshal format (see `docs/marshal.md`).
+pub mod marshal {
+    pub use cellar_marshal::*;
+}
