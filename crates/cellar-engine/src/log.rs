@@ -107,6 +107,25 @@ impl<'s> LogReader<'s> {
     pub fn find_intact(&mut self, from: u64, committed_only: bool) -> Result<Option<u64>> {
         let mut off = from + 1;
         while off < self.end {
+            // Fast skip over zero runs: a record's kind byte (offset 4) is never zero.
+            let probe = off + 4;
+            if probe < self.end {
+                let n = ((self.end - probe) as usize).min(WINDOW);
+                let w = self.window(probe, n)?;
+                match w.iter().position(|&b| b != 0) {
+                    Some(0) => {}
+                    Some(i) => {
+                        off += i as u64;
+                        continue;
+                    }
+                    None => {
+                        off += n as u64;
+                        continue;
+                    }
+                }
+            } else {
+                break;
+            }
             if let Next::Rec(_, h, _) = self.record_at(off)? {
                 if !committed_only || (h.flags & F_CONT == 0 && h.kind != K_SUPERSEDED) {
                     return Ok(Some(off));

@@ -30,6 +30,44 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn file(&self) -> Option<&File> {
         None
     }
+    /// `len` bytes at `offset`, borrowed from a mapping when possible (no copy).
+    fn view(&self, offset: u64, len: usize) -> io::Result<View> {
+        let mut v = vec![0u8; len];
+        self.read_at(offset, &mut v)?;
+        Ok(View::owned(v))
+    }
+}
+
+type MapGuard = arc_swap::Guard<Option<Arc<memmap2::Mmap>>>;
+
+/// Bytes returned by [`Storage::view`]: either borrowed from the file mapping or owned.
+pub struct View {
+    mapped: Option<MapGuard>,
+    start: usize,
+    end: usize,
+    owned: Vec<u8>,
+}
+
+impl View {
+    /// A view of owned bytes.
+    pub fn owned(v: Vec<u8>) -> View {
+        View {
+            mapped: None,
+            start: 0,
+            end: v.len(),
+            owned: v,
+        }
+    }
+}
+
+impl std::ops::Deref for View {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self.mapped.as_ref().and_then(|g| g.as_deref()) {
+            Some(m) => &m[self.start..self.end],
+            None => &self.owned[self.start..self.end],
+        }
+    }
 }
 
 /// A real file. Reads of the stable region come from a shared read-only mapping.
@@ -133,6 +171,31 @@ impl Storage for FileStorage {
 
     fn set_stable(&self, upto: u64) {
         self.stable.fetch_max(upto, Ordering::AcqRel);
+    }
+
+    fn view(&self, offset: u64, len: usize) -> io::Result<View> {
+        if let Some(end) = offset.checked_add(len as u64) {
+            if end <= self.stable.load(Ordering::Acquire) {
+                for _ in 0..2 {
+                    let g = self.map.load();
+                    if g.as_ref().is_some_and(|m| m.len() as u64 >= end) {
+                        return Ok(View {
+                            mapped: Some(g),
+                            start: offset as usize,
+                            end: end as usize,
+                            owned: Vec::new(),
+                        });
+                    }
+                    drop(g);
+                    if self.grow_map(end).is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut v = vec![0u8; len];
+        self.read_at(offset, &mut v)?;
+        Ok(View::owned(v))
     }
 
     fn file(&self) -> Option<&File> {

@@ -366,6 +366,55 @@ impl Gen {
         }
     }
 
+    /// Looks `key` up and returns its value, reading each candidate record once.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let hash = hash_key(key);
+        let t = self.index.load();
+        let limit = self.limit();
+        let mut found: Option<Vec<u8>> = None;
+        let probe = t.probe(hash, |off| {
+            let hv = self
+                .storage
+                .view(off, (MAX_REC_HEADER as u64).min(limit.saturating_sub(off)) as usize)
+                .map_err(|e| Error::io(format!("reading record at offset {off}"), e))?;
+            let h = match parse_header(&hv) {
+                HeaderParse::Ok(h) if off + h.total() <= limit => h,
+                _ => return Err(Error::corrupt(off, "indexed record is damaged")),
+            };
+            if h.key_len != key.len() as u64 {
+                return Ok(false);
+            }
+            drop(hv);
+            let total = usize::try_from(h.total())
+                .map_err(|_| Error::corrupt(off, "record too large for this platform"))?;
+            let rec = self
+                .storage
+                .view(off, total)
+                .map_err(|e| Error::io(format!("reading record at offset {off}"), e))?;
+            let k0 = h.header_len;
+            let k1 = k0 + key.len();
+            if &rec[k0..k1] != key {
+                return Ok(false);
+            }
+            if h.kind != K_PUT {
+                return Err(Error::corrupt(off, "index points at a non-PUT record"));
+            }
+            if !verify(&h, &rec) {
+                return Err(Error::corrupt(off, "record checksum mismatch"));
+            }
+            found = Some(if h.flags & F_ZSTD != 0 {
+                self.codec.decompress(h.flags, &rec[k1..], off)?
+            } else {
+                rec[k1..].to_vec()
+            });
+            Ok(true)
+        })?;
+        Ok(match probe {
+            Probe::Found { .. } => found,
+            Probe::Missing { .. } => None,
+        })
+    }
+
     fn contains(&self, key: &[u8]) -> Result<Option<u64>> {
         let t = self.index.load();
         Ok(match self.probe(&t, hash_key(key), key)? {
@@ -651,6 +700,9 @@ fn load_gen(
 #[derive(Debug, Default)]
 struct WriterState {
     since_checkpoint: u64,
+    /// The file is zero-filled up to here (0 = not yet), so appends overwrite allocated blocks
+    /// and `fdatasync` needs no metadata journal commit.
+    prealloc_end: u64,
     buf: Vec<u8>,
     cbuf: Vec<u8>,
 }
@@ -774,11 +826,7 @@ impl Store {
 
     /// The value stored under `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let g = self.inner.current()?;
-        match g.contains(key)? {
-            Some(off) => Ok(Some(g.read_value(off)?)),
-            None => Ok(None),
-        }
+        self.inner.current()?.get(key)
     }
 
     /// Whether `key` is present.
@@ -858,21 +906,30 @@ impl Store {
         let mut offsets = g.index.load().offsets();
         offsets.sort_unstable();
         let limit = g.limit();
-        let mut rd = LogReader::new(&*g.storage, LOG_START, limit);
         for off in offsets {
-            match rd.record_at(off)? {
-                Next::Rec(_, h, rec) => {
-                    let k0 = h.header_len;
-                    let k1 = k0 + h.key_len as usize;
-                    if h.flags & F_ZSTD != 0 {
-                        let v = g.codec.decompress(h.flags, &rec[k1..], off)?;
-                        f(&rec[k0..k1], &v);
-                    } else {
-                        f(&rec[k0..k1], &rec[k1..]);
-                    }
-                }
-                Next::End => return Err(Error::corrupt(off, "indexed record past end of log")),
-                Next::Bad { offset, reason } => return Err(Error::corrupt(offset, reason)),
+            let hv = g
+                .storage
+                .view(off, (MAX_REC_HEADER as u64).min(limit.saturating_sub(off)) as usize)
+                .map_err(io_err(format!("reading record at offset {off}")))?;
+            let h = match parse_header(&hv) {
+                HeaderParse::Ok(h) if off + h.total() <= limit => h,
+                _ => return Err(Error::corrupt(off, "indexed record is damaged")),
+            };
+            drop(hv);
+            let rec = g
+                .storage
+                .view(off, h.total() as usize)
+                .map_err(io_err(format!("reading record at offset {off}")))?;
+            if !verify(&h, &rec) {
+                return Err(Error::corrupt(off, "record checksum mismatch"));
+            }
+            let k0 = h.header_len;
+            let k1 = k0 + h.key_len as usize;
+            if h.flags & F_ZSTD != 0 {
+                let v = g.codec.decompress(h.flags, &rec[k1..], off)?;
+                f(&rec[k0..k1], &v);
+            } else {
+                f(&rec[k0..k1], &rec[k1..]);
             }
         }
         Ok(())
@@ -1151,7 +1208,7 @@ impl Inner {
         let _w = lock(&self.writer);
         let g = self.gen.load_full();
         let len = g.storage.len().map_err(io_err("checking the store's length"))?;
-        if len > g.limit() {
+        if len > g.limit() && !zero_at(&*g.storage, g.limit(), len)? {
             // A bad record here is most likely a commit still being written: stop and retry
             // on the next read.
             replay(&g, g.limit(), len)?;
@@ -1199,7 +1256,8 @@ impl Inner {
         self.check_writable()?;
         let g = self.gen.load_full();
         let start = g.limit();
-        let WriterState { buf, cbuf, .. } = &mut *w;
+        let mut buf = std::mem::take(&mut w.buf);
+        let mut cbuf = std::mem::take(&mut w.cbuf);
         buf.clear();
         let mut placed: Vec<(u64, RecSizes)> = Vec::with_capacity(ops.len());
         for (i, (k, v)) in ops.iter().enumerate() {
@@ -1207,12 +1265,12 @@ impl Inner {
             let off = start + buf.len() as u64;
             let (kind, flags, val): (u8, u8, &[u8]) = match v {
                 None => (K_DELETE, cont, &[]),
-                Some(v) => match g.codec.compress(v, cbuf) {
+                Some(v) => match g.codec.compress(v, &mut cbuf) {
                     Some(f) => (K_PUT, cont | f, cbuf.as_slice()),
                     None => (K_PUT, cont, v),
                 },
             };
-            let n = encode_record(buf, kind, flags, k, val);
+            let n = encode_record(&mut buf, kind, flags, k, val);
             placed.push((
                 off,
                 RecSizes {
@@ -1222,7 +1280,9 @@ impl Inner {
                 },
             ));
         }
+        w.cbuf = cbuf;
         let new_end = start + buf.len() as u64;
+        w.buf = buf;
         if new_end > MAX_OFFSET {
             return Err(Error::TooLarge {
                 what: "store file",
@@ -1230,15 +1290,10 @@ impl Inner {
                 max: MAX_OFFSET,
             });
         }
-        if let Err(e) = g.storage.write_at(start, buf) {
-            let err = Error::io("appending to the log", e);
-            if let Err(e2) = g.storage.set_len(start) {
-                self.poison(format!(
-                    "a failed append ({err}) could not be rolled back: {e2}"
-                ));
-            }
-            return Err(err);
-        }
+        let data = std::mem::take(&mut w.buf);
+        let r = self.append(&g, &mut w, &data, "appending to the log");
+        w.buf = data;
+        r?;
         g.storage.set_stable(new_end);
         g.end.store(new_end, Ordering::Release);
         for ((k, v), (off, sizes)) in ops.iter().zip(placed) {
@@ -1298,13 +1353,10 @@ impl Inner {
         w.buf.clear();
         encode_record(&mut w.buf, K_INDEX, 0, &[], &payload);
         let end = start + w.buf.len() as u64;
-        if let Err(e) = g.storage.write_at(start, &w.buf) {
-            let err = Error::io("writing an index checkpoint", e);
-            if let Err(e2) = g.storage.set_len(start) {
-                self.poison(format!("{err}; rollback failed: {e2}"));
-            }
-            return Err(err);
-        }
+        let data = std::mem::take(&mut w.buf);
+        let r = self.append(g, w, &data, "writing an index checkpoint");
+        w.buf = data;
+        r?;
         g.storage.set_stable(end);
         g.end.store(end, Ordering::Release);
         let seq = g.slot_seq.fetch_add(1, Ordering::Relaxed) + 1;
@@ -1318,6 +1370,35 @@ impl Inner {
             .write_at(at, &slot.encode())
             .map_err(io_err("writing a checkpoint slot"))?;
         w.since_checkpoint = 0;
+        Ok(())
+    }
+
+    /// Writes `data` at the end of the log (zero-filling ahead on real files). On failure the
+    /// file is cut back to the old end, or the handle is poisoned if even that fails.
+    fn append(&self, g: &Gen, w: &mut WriterState, data: &[u8], what: &str) -> Result<()> {
+        const ZEROS: [u8; 1 << 16] = [0u8; 1 << 16];
+        let start = g.limit();
+        let new_end = start + data.len() as u64;
+        if g.storage.file().is_some() && new_end > w.prealloc_end {
+            let target = new_end + (new_end / 8).clamp(1 << 20, 64 << 20);
+            let mut at = w.prealloc_end.max(start);
+            while at < target {
+                let n = ((target - at) as usize).min(ZEROS.len());
+                if g.storage.write_at(at, &ZEROS[..n]).is_err() {
+                    break;
+                }
+                at += n as u64;
+            }
+            w.prealloc_end = at;
+        }
+        if let Err(e) = g.storage.write_at(start, data) {
+            let err = Error::io(what, e);
+            w.prealloc_end = start;
+            if let Err(e2) = g.storage.set_len(start) {
+                self.poison(format!("a failed append ({err}) could not be rolled back: {e2}"));
+            }
+            return Err(err);
+        }
         Ok(())
     }
 
@@ -1590,6 +1671,7 @@ impl Inner {
         self.gen.store(Arc::new(ng));
         *lock(&self.synced) = (generation, end);
         w.since_checkpoint = 0;
+        w.prealloc_end = 0;
         Ok(())
     }
 
@@ -1612,6 +1694,12 @@ impl Inner {
         if w.since_checkpoint > 0 || g.limit() > LOG_START && !has_checkpoint(&g) {
             self.checkpoint(&g, &mut w)?;
         }
+        if w.prealloc_end > g.limit() {
+            g.storage
+                .set_len(g.limit())
+                .map_err(io_err("trimming the preallocated tail on close"))?;
+            w.prealloc_end = 0;
+        }
         drop(w);
         g.storage
             .sync_data()
@@ -1622,4 +1710,16 @@ impl Inner {
 
 fn has_checkpoint(g: &Gen) -> bool {
     g.slot_seq.load(Ordering::Relaxed) > 0
+}
+
+/// True if the byte where the next record's kind would be is zero (preallocated space: no new
+/// record yet).
+fn zero_at(st: &dyn Storage, off: u64, len: u64) -> Result<bool> {
+    if off + 5 > len {
+        return Ok(false);
+    }
+    let mut b = [0u8; 1];
+    st.read_at(off + 4, &mut b)
+        .map_err(io_err("peeking at the log tail"))?;
+    Ok(b[0] == 0)
 }
