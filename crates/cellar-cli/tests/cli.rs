@@ -60,7 +60,7 @@ fn show_pyc_prints_header_and_code() {
     assert!(ok, "{err}");
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("# .pyc header: magic "), "{out}");
-    assert!(out.contains("source size 28 bytes"), "{out}");
+    assert!(out.contains("source size 27 bytes"), "{out}");
     assert!(out.contains("<code f, file "), "{out}");
     assert!(out.contains("locals=('x' local)"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
