@@ -12,6 +12,7 @@
 //! Nesting is limited by a strict counter (2000, CPython's `MAX_MARSHAL_STACK_DEPTH`); each level
 //! costs one small Rust frame, so the limit bounds stack use.
 
+use crate::code311;
 use crate::util::{check, raise, too_short, value_error, Fail, PResult};
 use pyo3::ffi::{self, PyObject, Py_ssize_t};
 use std::os::raw::{c_char, c_long};
@@ -1016,6 +1017,31 @@ unsafe fn long_from_digits(digits: &[u16], negative: bool) -> PResult<*mut PyObj
 unsafe fn build_code(ints: &[i32; 6], f: &[*mut PyObject]) -> PResult<*mut PyObject> {
     if f.len() != 10 {
         return Err(value_error(c"bad marshal data (invalid code object)"));
+    }
+    if let Some(fast) = code311::fast() {
+        // Exactly what CPython 3.11's marshal does: validate, then _PyCode_New.
+        let mut con = code311::Constructor311 {
+            filename: f[5],
+            name: f[6],
+            qualname: f[7],
+            flags: ints[4],
+            code: f[0],
+            firstlineno: ints[5],
+            linetable: f[8],
+            consts: f[1],
+            names: f[2],
+            localsplusnames: f[3],
+            localspluskinds: f[4],
+            argcount: ints[0],
+            posonlyargcount: ints[1],
+            kwonlyargcount: ints[2],
+            stacksize: ints[3],
+            exceptiontable: f[9],
+        };
+        if (fast.validate)(&mut con) < 0 {
+            return Err(Fail);
+        }
+        return check((fast.new)(&mut con));
     }
     let (names, kinds) = (f[3], f[4]);
     if ffi::PyTuple_CheckExact(names) == 0 || ffi::PyBytes_CheckExact(kinds) == 0 {

@@ -9,6 +9,7 @@
 //! Output goes straight into a `bytes` object that is pre-sized from the value and grown in place
 //! (`_PyBytes_Resize`), so the result is never copied.
 
+use crate::code311;
 use crate::util::{check, raise, value_error, Fail, PResult, PtrBuild, _PyBytes_Resize};
 use pyo3::ffi::{self, PyObject, Py_ssize_t};
 use std::collections::HashMap;
@@ -705,6 +706,9 @@ impl Encoder {
         if !self.allow_code {
             return Err(WErr::CodeNotAllowed);
         }
+        if code311::fast().is_some() {
+            return self.w_code311(v, flag);
+        }
         let mut a: Vec<*mut PyObject> = Vec::with_capacity(17);
         let r = (|| -> WResult {
             for name in CODE_ATTRS.iter().chain([LINETABLE_ATTR, EXCTABLE_ATTR].iter()) {
@@ -748,6 +752,43 @@ impl Encoder {
         for p in a {
             ffi::Py_DECREF(p);
         }
+        r
+    }
+}
+
+impl Encoder {
+    /// CPython 3.11 layout, read straight from the (verified) struct, as CPython's marshal does.
+    unsafe fn w_code311(&mut self, v: *mut PyObject, flag: u8) -> WResult {
+        // SAFETY: `code311::fast()` is only set after the struct layout was verified on this
+        // interpreter, and `v` is a code object.
+        let c = &*(v as *const code311::Code311);
+        let code = check(code311::PyCode_GetCode(v))?;
+        let r = (|| -> WResult {
+            self.out.reserve(21)?;
+            self.out.put_unchecked(&[b'c' | flag]);
+            for x in [
+                c.co_argcount,
+                c.co_posonlyargcount,
+                c.co_kwonlyargcount,
+                c.co_stacksize,
+                c.co_flags,
+            ] {
+                self.out.put_unchecked(&x.to_le_bytes());
+            }
+            self.w_object(code, 1)?;
+            self.w_object(c.co_consts, 0)?;
+            self.w_object(c.co_names, 0)?;
+            self.w_object(c.co_localsplusnames, 0)?;
+            self.w_object(c.co_localspluskinds, 0)?;
+            self.w_object(c.co_filename, 0)?;
+            self.w_object(c.co_name, 0)?;
+            self.w_object(c.co_qualname, 0)?;
+            self.out.put(&c.co_firstlineno.to_le_bytes())?;
+            self.w_object(c.co_linetable, 0)?;
+            self.w_object(c.co_exceptiontable, 0)?;
+            Ok(())
+        })();
+        ffi::Py_DECREF(code);
         r
     }
 }

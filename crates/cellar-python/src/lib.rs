@@ -14,12 +14,12 @@
 //! it is sound. Hostile input never panics: every read is bounds-checked, nesting is limited to
 //! 2000 levels by a strict counter, and allocations are bounded by the bytes actually present.
 
+mod code311;
 mod decode;
 mod encode;
 mod util;
 
 use pyo3::exceptions::PyTypeError;
-use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -101,7 +101,8 @@ fn _cellar(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dump, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add("version", DEFAULT_VERSION)?;
-    // Keep `ffi` referenced from the crate root so the module docs' claim stays checked.
-    let _ = ffi::Py_file_input;
+    code311::init(m.py());
+    // Whether code objects use the verified CPython 3.11 struct fast path (for tests/diagnostics).
+    m.add("_code_fast_path", code311::fast().is_some())?;
     Ok(())
 }

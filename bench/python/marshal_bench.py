@@ -1,0 +1,89 @@
+"""Benchmark: cellar.marshal vs CPython's C marshal, loads and dumps, side by side in one process.
+
+Cases:
+  (a) a list of 100,000 dicts like {"id": i, "name": "user%d" % i, "tags": ("a", "b"), "score": 1.5}
+  (b) a 1 MB str (ASCII), and a 1 MB non-ASCII str as an extra row
+  (c) a large module's code object: the stdlib's largest library module with code (_pydecimal.py),
+      plus the largest .py file overall (pydoc_data/topics.py, mostly one dict of strings)
+
+Each timing is the best of --repeat runs of timeit (gc disabled during timing, timeit's default).
+Prints a markdown table; ratio = CPython time / cellar time (> 1 means cellar is faster).
+
+Usage: python bench/python/marshal_bench.py [--repeat N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import marshal as c_marshal
+import os
+import sysconfig
+import timeit
+
+import cellar.marshal as r_marshal
+
+
+def case_dicts() -> object:
+    return [
+        {"id": i, "name": "user%d" % i, "tags": ("a", "b"), "score": 1.5} for i in range(100_000)
+    ]
+
+
+def case_str_ascii() -> object:
+    return ("The quick brown fox jumps over the lazy dog. " * 30000)[: 1 << 20]
+
+
+def case_str_nonascii() -> object:
+    return ("Größe café naïve façade — ünïcödé ✓ " * 40000)[: 1 << 20]
+
+
+def module_code(relpath: str) -> object:
+    path = os.path.join(sysconfig.get_paths()["stdlib"], relpath)
+    with open(path, encoding="utf-8") as f:
+        src = f.read()
+    return compile(src, path, "exec")
+
+
+def best(fn, repeat: int) -> float:
+    t = timeit.Timer(fn)
+    n, _ = t.autorange()
+    n = max(1, n // 2)
+    return min(t.repeat(repeat=repeat, number=n)) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
+    args = ap.parse_args()
+    repeat = 2 if args.quick else args.repeat
+
+    cases = [
+        ("(a) 100k dicts", case_dicts()),
+        ("(b) 1 MB str (ASCII)", case_str_ascii()),
+        ("(b') 1 MB str (non-ASCII)", case_str_nonascii()),
+        ("(c) code: _pydecimal.py", module_code("_pydecimal.py")),
+        ("(c') code: pydoc_data/topics.py", module_code("pydoc_data/topics.py")),
+    ]
+    rows = []
+    for name, value in cases:
+        c_bytes = c_marshal.dumps(value)
+        r_bytes = r_marshal.dumps(value)
+        # Sanity: each side reads the other's output to an equal value.
+        assert c_marshal.loads(r_bytes) == value, name
+        assert r_marshal.loads(c_bytes) == value, name
+        d_c = best(lambda: c_marshal.dumps(value), repeat)
+        d_r = best(lambda: r_marshal.dumps(value), repeat)
+        l_c = best(lambda: c_marshal.loads(c_bytes), repeat)
+        l_r = best(lambda: r_marshal.loads(c_bytes), repeat)
+        rows.append((name, len(c_bytes), "dumps", d_c, d_r))
+        rows.append((name, len(c_bytes), "loads", l_c, l_r))
+
+    print("| case | marshal bytes | op | CPython marshal | cellar.marshal | speed-up (CPython/cellar) |")
+    print("|---|---:|---|---:|---:|---:|")
+    for name, size, op, tc, tr in rows:
+        print(f"| {name} | {size:,} | {op} | {tc * 1e3:.3f} ms | {tr * 1e3:.3f} ms | {tc / tr:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
