@@ -267,7 +267,7 @@ impl Encoder {
             depth,
             allow_code,
             refs: if version >= 3 {
-                Some(HashMap::default())
+                Some(HashMap::with_capacity_and_hasher(64, PtrBuild::default()))
             } else {
                 None
             },

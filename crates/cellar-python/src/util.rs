@@ -58,8 +58,7 @@ extern "C" {
         -> c_int;
 }
 
-/// A fast hasher for pointer keys: multiply-shift (the low bits of heap pointers are always zero,
-/// so the mixing multiplies them into the high bits that hashbrown uses).
+/// A fast hasher for pointer keys (multiply and fold; see `write_usize`).
 #[derive(Default, Clone, Copy)]
 pub(crate) struct PtrHasher(u64);
 
@@ -76,7 +75,10 @@ impl Hasher for PtrHasher {
     }
     #[inline(always)]
     fn write_usize(&mut self, n: usize) {
-        self.0 = (n as u64 ^ (n as u64 >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // Heap pointers are 16-byte aligned: drop the dead low bits, multiply to spread them up,
+        // then fold the well-mixed high half back down (hashbrown indexes with the low bits).
+        let x = (n as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = x ^ (x >> 32);
     }
 }
 
