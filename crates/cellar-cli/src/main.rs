@@ -15,7 +15,11 @@ use cellar::marshal::{self, LoadOptions};
 use cellar::value::{parse, repr};
 
 #[derive(Parser)]
-#[command(name = "cellar", version, about = "Python's data-persistence stack (marshal, pickle, dbm, shelve), in Rust")]
+#[command(
+    name = "cellar",
+    version,
+    about = "Python's data-persistence stack (marshal, pickle, dbm, shelve), in Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,7 +72,9 @@ fn run(cli: Cli) -> Result<()> {
 fn read_input(file: &PathBuf) -> Result<Vec<u8>> {
     if file.as_os_str() == "-" {
         let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).context("reading standard input")?;
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading standard input")?;
         Ok(buf)
     } else {
         std::fs::read(file).with_context(|| format!("reading {}", file.display()))
@@ -81,7 +87,8 @@ fn show(file: &PathBuf, no_code: bool) -> Result<()> {
     let mut body: &[u8] = &data;
     let is_pyc = file.extension().is_some_and(|e| e == "pyc") || PycHeader::looks_like_pyc(&data);
     if is_pyc {
-        let h = PycHeader::parse(&data).with_context(|| format!("{} is not a .pyc file", file.display()))?;
+        let h = PycHeader::parse(&data)
+            .with_context(|| format!("{} is not a .pyc file", file.display()))?;
         out.push_str(&describe_header(&h));
         if !h.code_layout_supported() {
             bail!(
@@ -93,29 +100,51 @@ fn show(file: &PathBuf, no_code: bool) -> Result<()> {
         }
         body = &data[cellar::marshal::pyc::HEADER_LEN..];
     }
-    let opts = LoadOptions { allow_code: !no_code, ..LoadOptions::default() };
-    let (v, used) = marshal::loads_with(body, &opts).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let opts = LoadOptions {
+        allow_code: !no_code,
+        ..LoadOptions::default()
+    };
+    let (v, used) =
+        marshal::loads_with(body, &opts).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     out.push_str(&repr(&v));
     out.push('\n');
     if used < body.len() {
-        out.push_str(&format!("# {} trailing bytes after the object were ignored\n", body.len() - used));
+        out.push_str(&format!(
+            "# {} trailing bytes after the object were ignored\n",
+            body.len() - used
+        ));
     }
     std::io::stdout().write_all(out.as_bytes())?;
     Ok(())
 }
 
 fn describe_header(h: &PycHeader) -> String {
-    let version = h.python_version().map(|v| format!("CPython {v}")).unwrap_or_else(|| "unknown CPython".into());
+    let version = h
+        .python_version()
+        .map(|v| format!("CPython {v}"))
+        .unwrap_or_else(|| "unknown CPython".into());
     let validation = match &h.validation {
         Validation::Timestamp { mtime, source_size } => {
-            format!("timestamp-based: source mtime {} ({mtime}), source size {source_size} bytes", utc(*mtime as i64))
+            format!(
+                "timestamp-based: source mtime {} ({mtime}), source size {source_size} bytes",
+                utc(*mtime as i64)
+            )
         }
-        Validation::Hash { source_hash, check_source } => {
+        Validation::Hash {
+            source_hash,
+            check_source,
+        } => {
             let hex: String = source_hash.iter().map(|b| format!("{b:02x}")).collect();
-            format!("hash-based: source hash {hex}, check_source={}", if *check_source { "True" } else { "False" })
+            format!(
+                "hash-based: source hash {hex}, check_source={}",
+                if *check_source { "True" } else { "False" }
+            )
         }
     };
-    format!("# .pyc header: magic {} ({version}), flags {:#x}, {validation}\n", h.magic, h.flags)
+    format!(
+        "# .pyc header: magic {} ({version}), flags {:#x}, {validation}\n",
+        h.magic, h.flags
+    )
 }
 
 /// Seconds since the epoch as an ISO 8601 UTC timestamp (civil-from-days, proleptic Gregorian).
@@ -131,14 +160,22 @@ fn utc(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn encode(version: u32) -> Result<()> {
     let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text).context("reading a Python literal from standard input")?;
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("reading a Python literal from standard input")?;
     let v = parse(&text).map_err(|e| anyhow::anyhow!("not a Python literal: {e}"))?;
-    let bytes = marshal::dumps(&v, version).map_err(|e| anyhow::anyhow!("cannot marshal {}: {e}", repr(&v)))?;
+    let bytes = marshal::dumps(&v, version)
+        .map_err(|e| anyhow::anyhow!("cannot marshal {}: {e}", repr(&v)))?;
     std::io::stdout().write_all(&bytes)?;
     Ok(())
 }

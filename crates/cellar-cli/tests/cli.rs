@@ -11,9 +11,18 @@ fn cellar(args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run cellar");
-    child.stdin.take().expect("stdin").write_all(stdin).expect("write stdin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
     let out = child.wait_with_output().expect("wait");
-    (out.status.success(), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -52,11 +61,25 @@ fn show_pyc_prints_header_and_code() {
     let src = dir.join("m.py");
     std::fs::write(&src, "def f(x):\n    return x + 1\n").expect("write");
     let status = Command::new(std::env::var("CELLAR_PYTHON").unwrap_or_else(|_| "python3".into()))
-        .args(["-c", &format!("import py_compile; py_compile.compile({:?}, cfile={:?})", src.display().to_string(), dir.join("m.pyc").display().to_string())])
+        .args([
+            "-c",
+            &format!(
+                "import py_compile; py_compile.compile({:?}, cfile={:?})",
+                src.display().to_string(),
+                dir.join("m.pyc").display().to_string()
+            ),
+        ])
         .status()
         .expect("python3");
     assert!(status.success());
-    let (ok, out, err) = cellar(&["marshal", "show", dir.join("m.pyc").to_str().expect("utf-8 path")], b"");
+    let (ok, out, err) = cellar(
+        &[
+            "marshal",
+            "show",
+            dir.join("m.pyc").to_str().expect("utf-8 path"),
+        ],
+        b"",
+    );
     assert!(ok, "{err}");
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("# .pyc header: magic "), "{out}");

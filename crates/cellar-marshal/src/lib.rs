@@ -91,7 +91,10 @@ pub fn to_vec<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, SerdeE
 
 /// Deserializes a `T` from marshal bytes (any version; code objects are refused).
 pub fn from_slice<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, SerdeError> {
-    let opts = LoadOptions { allow_code: false, ..LoadOptions::default() };
+    let opts = LoadOptions {
+        allow_code: false,
+        ..LoadOptions::default()
+    };
     let (v, _) = loads_with(data, &opts).map_err(SerdeError::Decode)?;
     cellar_value::from_value(v).map_err(SerdeError::Mapping)
 }

@@ -197,7 +197,11 @@ impl<'a> Reader<'a> {
     /// A container claiming more items than bytes remain cannot be complete.
     fn check_count(&self, n: usize) -> Result<(), DecodeError> {
         if n > self.remaining() {
-            return Err(DecodeError::new(ErrorKind::Eof, "marshal data too short", self.pos));
+            return Err(DecodeError::new(
+                ErrorKind::Eof,
+                "marshal data too short",
+                self.pos,
+            ));
         }
         Ok(())
     }

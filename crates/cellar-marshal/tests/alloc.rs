@@ -55,7 +55,16 @@ fn assert_proportional(name: &str, data: &[u8]) {
 fn allocation_is_bounded_by_input_size() {
     let huge = 0x7fff_ffffi32.to_le_bytes();
     let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
-    for (name, code) in [("list", b'['), ("tuple", b'('), ("set", b'<'), ("frozenset", b'>'), ("bytes", b's'), ("str", b'u'), ("ascii", b'a'), ("long", b'l')] {
+    for (name, code) in [
+        ("list", b'['),
+        ("tuple", b'('),
+        ("set", b'<'),
+        ("frozenset", b'>'),
+        ("bytes", b's'),
+        ("str", b'u'),
+        ("ascii", b'a'),
+        ("long", b'l'),
+    ] {
         let mut d = vec![code];
         d.extend_from_slice(&huge);
         d.extend_from_slice(b"NNNNN");
@@ -71,7 +80,12 @@ fn allocation_is_bounded_by_input_size() {
     // Valid but dense inputs: empty containers and references, the worst ratio of value size
     // to input bytes.
     let n = 100_000i32;
-    for (name, item) in [("empty dicts", b"{0".to_vec()), ("empty tuples", b")\x00".to_vec()), ("empty strs", b"z\x00".to_vec()), ("refs", b"r\x00\x00\x00\x00".to_vec())] {
+    for (name, item) in [
+        ("empty dicts", b"{0".to_vec()),
+        ("empty tuples", b")\x00".to_vec()),
+        ("empty strs", b"z\x00".to_vec()),
+        ("refs", b"r\x00\x00\x00\x00".to_vec()),
+    ] {
         let mut d = b"[".to_vec();
         d.extend_from_slice(&n.to_le_bytes());
         d.extend_from_slice(b"\xe9\x01\x00\x00\x00");

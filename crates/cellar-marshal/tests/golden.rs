@@ -8,7 +8,10 @@ fn version_5_fixtures() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v5");
     let manifest = std::fs::read_to_string(format!("{dir}/manifest.txt")).expect("manifest");
     let mut checked = 0;
-    for line in manifest.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in manifest
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let (name, expect) = line.split_once('\t').expect("tab-separated");
         let data = std::fs::read(format!("{dir}/{name}")).expect("fixture");
         match loads(&data) {
@@ -18,10 +21,18 @@ fn version_5_fixtures() {
                 let again = dumps(&v, 5).expect("dumps v5");
                 assert!(loads(&again).expect("reload").same(&v), "{name} round trip");
                 // ... and refuses slices below version 5.
-                assert_eq!(dumps(&v, 4).unwrap_err().message, "unmarshallable object", "{name}");
+                assert_eq!(
+                    dumps(&v, 4).unwrap_err().message,
+                    "unmarshallable object",
+                    "{name}"
+                );
             }
             Err(e) => {
-                assert_eq!(format!("{}: {}", e.kind.python_name(), e.message), expect, "{name}");
+                assert_eq!(
+                    format!("{}: {}", e.kind.python_name(), e.message),
+                    expect,
+                    "{name}"
+                );
             }
         }
         checked += 1;
@@ -32,9 +43,16 @@ fn version_5_fixtures() {
 #[test]
 fn shared_slice_is_one_object() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v5");
-    let v = loads(&std::fs::read(format!("{dir}/slice_shared.bin")).expect("fixture")).expect("loads");
-    let cellar_value::Value::Tuple(t) = &v else { panic!("tuple expected") };
-    assert_eq!(t[0].ptr_id(), t[1].ptr_id(), "the reference resolves to the same slice");
+    let v =
+        loads(&std::fs::read(format!("{dir}/slice_shared.bin")).expect("fixture")).expect("loads");
+    let cellar_value::Value::Tuple(t) = &v else {
+        panic!("tuple expected")
+    };
+    assert_eq!(
+        t[0].ptr_id(),
+        t[1].ptr_id(),
+        "the reference resolves to the same slice"
+    );
     // Written back, the second occurrence is a reference again.
     let again = dumps(&v, 5).expect("dumps");
     assert!(again.contains(&b'r'), "{again:02x?}");

@@ -27,35 +27,94 @@ fn cpython_error_types_and_messages() {
     check(b"s\x05\x00\x00\x00ab", Eof, "marshal data too short");
     check(b"Q", Value, "bad marshal data (unknown type code)");
     check(b"?", Value, "bad marshal data (unknown type code)");
-    check(b"r\x00\x00\x00\x00", Value, "bad marshal data (invalid reference)");
-    check(b"r\xff\xff\xff\xff", Value, "bad marshal data (invalid reference)");
+    check(
+        b"r\x00\x00\x00\x00",
+        Value,
+        "bad marshal data (invalid reference)",
+    );
+    check(
+        b"r\xff\xff\xff\xff",
+        Value,
+        "bad marshal data (invalid reference)",
+    );
     check(b"0", Type, "NULL object in marshal data for object");
     check(b")\x010", Type, "NULL object in marshal data for tuple");
-    check(b"[\x01\x00\x00\x000", Type, "NULL object in marshal data for list");
-    check(b"<\x01\x00\x00\x000", Type, "NULL object in marshal data for set");
-    check(b"(\xff\xff\xff\xff", Value, "bad marshal data (tuple size out of range)");
-    check(b"[\xff\xff\xff\xff", Value, "bad marshal data (list size out of range)");
-    check(b"<\xff\xff\xff\xff", Value, "bad marshal data (set size out of range)");
-    check(b"s\xff\xff\xff\xff", Value, "bad marshal data (bytes object size out of range)");
-    check(b"u\xff\xff\xff\xff", Value, "bad marshal data (string size out of range)");
-    check(b"l\x01\x00\x00\x00\x00\x80", Value, "bad marshal data (digit out of range in long)");
-    check(b"l\x02\x00\x00\x00\x01\x00\x00\x00", Value, "bad marshal data (unnormalized long data)");
+    check(
+        b"[\x01\x00\x00\x000",
+        Type,
+        "NULL object in marshal data for list",
+    );
+    check(
+        b"<\x01\x00\x00\x000",
+        Type,
+        "NULL object in marshal data for set",
+    );
+    check(
+        b"(\xff\xff\xff\xff",
+        Value,
+        "bad marshal data (tuple size out of range)",
+    );
+    check(
+        b"[\xff\xff\xff\xff",
+        Value,
+        "bad marshal data (list size out of range)",
+    );
+    check(
+        b"<\xff\xff\xff\xff",
+        Value,
+        "bad marshal data (set size out of range)",
+    );
+    check(
+        b"s\xff\xff\xff\xff",
+        Value,
+        "bad marshal data (bytes object size out of range)",
+    );
+    check(
+        b"u\xff\xff\xff\xff",
+        Value,
+        "bad marshal data (string size out of range)",
+    );
+    check(
+        b"l\x01\x00\x00\x00\x00\x80",
+        Value,
+        "bad marshal data (digit out of range in long)",
+    );
+    check(
+        b"l\x02\x00\x00\x00\x01\x00\x00\x00",
+        Value,
+        "bad marshal data (unnormalized long data)",
+    );
     check(b"{[\x00\x00\x00\x00N0", Type, "unhashable type: 'list'");
     check(b"<\x01\x00\x00\x00{0", Type, "unhashable type: 'dict'");
     assert_eq!(err(b"u\x01\x00\x00\x00\xff").kind, UnicodeDecode);
-    assert_eq!(err(b"f\x03abc").message, "could not convert string to float: b'abc'");
+    assert_eq!(
+        err(b"f\x03abc").message,
+        "could not convert string to float: b'abc'"
+    );
     // Self-references: immutable containers are invalid references, mutable ones are cycles
     // that cellar's value model refuses.
-    check(b"\xbe\x01\x00\x00\x00r\x00\x00\x00\x00", Value, "bad marshal data (invalid reference)");
-    assert!(err(b"\xdb\x01\x00\x00\x00r\x00\x00\x00\x00").message.contains("recursive reference"));
+    check(
+        b"\xbe\x01\x00\x00\x00r\x00\x00\x00\x00",
+        Value,
+        "bad marshal data (invalid reference)",
+    );
+    assert!(err(b"\xdb\x01\x00\x00\x00r\x00\x00\x00\x00")
+        .message
+        .contains("recursive reference"));
 }
 
 #[test]
 fn cpython_quirks() {
     assert_eq!(repr(&loads(b"{N0").expect("dict")), "{}");
     assert_eq!(repr(&loads(b"z\x01\xe9").expect("latin-1")), "'é'");
-    assert_eq!(repr(&loads(b"I\x00\x00\x00\x00\x01\x00\x00\x00").expect("int64")), "4294967296");
-    assert_eq!(repr(&loads(b"N trailing bytes").expect("trailing ignored")), "None");
+    assert_eq!(
+        repr(&loads(b"I\x00\x00\x00\x00\x01\x00\x00\x00").expect("int64")),
+        "4294967296"
+    );
+    assert_eq!(
+        repr(&loads(b"N trailing bytes").expect("trailing ignored")),
+        "None"
+    );
     let (_, used) = loads_with(b"i\x01\x00\x00\x00rest", &LoadOptions::default()).expect("ok");
     assert_eq!(used, 5);
 }
@@ -68,8 +127,16 @@ fn ten_bytes_claiming_two_billion_items() {
         assert_eq!(data.len(), 10);
         assert_eq!(err(&data).kind, ErrorKind::Eof);
     }
-    check(b"s\xff\xff\xff\x7fabcde", ErrorKind::Eof, "marshal data too short");
-    check(b"l\xff\xff\xff\x7fabcde", ErrorKind::Eof, "marshal data too short");
+    check(
+        b"s\xff\xff\xff\x7fabcde",
+        ErrorKind::Eof,
+        "marshal data too short",
+    );
+    check(
+        b"l\xff\xff\xff\x7fabcde",
+        ErrorKind::Eof,
+        "marshal data too short",
+    );
 }
 
 #[test]
@@ -99,7 +166,10 @@ fn nesting_limit_is_2000_and_never_overflows() {
     let data = dumps(&v, 4).expect("1999 levels dump");
     assert!(loads(&data).is_ok());
     let deeper = Value::list(vec![v]);
-    assert_eq!(dumps(&deeper, 4).unwrap_err().message, "object too deeply nested to marshal");
+    assert_eq!(
+        dumps(&deeper, 4).unwrap_err().message,
+        "object too deeply nested to marshal"
+    );
 }
 
 #[test]
@@ -121,7 +191,11 @@ fn long_reference_chains_are_refused() {
     }
     let e = err(&data);
     assert_eq!(e.kind, ErrorKind::Value);
-    assert!(e.message.starts_with("recursion limit exceeded"), "{}", e.message);
+    assert!(
+        e.message.starts_with("recursion limit exceeded"),
+        "{}",
+        e.message
+    );
     // A long chain of references to one shared object is fine (wide, not deep).
     let mut wide = b"[".to_vec();
     wide.extend_from_slice(&n.to_le_bytes());
@@ -129,13 +203,18 @@ fn long_reference_chains_are_refused() {
     for _ in 1..n {
         wide.extend_from_slice(b"r\x00\x00\x00\x00");
     }
-    let Value::List(items) = &loads(&wide).expect("wide") else { panic!("list") };
+    let Value::List(items) = &loads(&wide).expect("wide") else {
+        panic!("list")
+    };
     assert_eq!(items.len(), n as usize);
 }
 
 #[test]
 fn allow_code_false_refuses_code_objects() {
-    let opts = LoadOptions { allow_code: false, ..LoadOptions::default() };
+    let opts = LoadOptions {
+        allow_code: false,
+        ..LoadOptions::default()
+    };
     let e = loads_with(b"c\x00\x00\x00\x00", &opts).unwrap_err();
     assert_eq!(e.message, "unmarshalling code objects is disallowed");
 }
@@ -156,10 +235,14 @@ fn every_truncation_of_valid_data_fails_cleanly() {
 #[test]
 fn fixed_budget_random_inputs_never_panic() {
     let mut rng = Rng(42);
-    let seeds: Vec<Vec<u8>> = ["[1, (2, 'a'), {3: b'x'}]", "{frozenset({1}): 2.5, 'k': [None, True]}", "(1j, 1000000000000000000000000000000, 'é', set())"]
-        .iter()
-        .map(|s| dumps(&parse(s).expect("literal"), 4).expect("dumps"))
-        .collect();
+    let seeds: Vec<Vec<u8>> = [
+        "[1, (2, 'a'), {3: b'x'}]",
+        "{frozenset({1}): 2.5, 'k': [None, True]}",
+        "(1j, 1000000000000000000000000000000, 'é', set())",
+    ]
+    .iter()
+    .map(|s| dumps(&parse(s).expect("literal"), 4).expect("dumps"))
+    .collect();
     let codes = b"0NFTS.iIfgxylstr([{cu<>aAz)Z:?";
     for round in 0..200_000u32 {
         let data: Vec<u8> = if round % 2 == 0 {
@@ -167,7 +250,10 @@ fn fixed_budget_random_inputs_never_panic() {
             let len = rng.below(48) as usize;
             (0..len)
                 .map(|_| match rng.below(4) {
-                    0 => codes[rng.below(codes.len() as u64) as usize] | if rng.chance(20) { 0x80 } else { 0 },
+                    0 => {
+                        codes[rng.below(codes.len() as u64) as usize]
+                            | if rng.chance(20) { 0x80 } else { 0 }
+                    }
                     1 => [0x00, 0x01, 0x02, 0xff, 0x7f][rng.below(5) as usize],
                     _ => rng.next() as u8,
                 })

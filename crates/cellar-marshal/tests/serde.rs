@@ -50,7 +50,10 @@ fn structs_round_trip_and_look_like_python_dicts() {
 fn errors_are_clear() {
     let bytes = to_vec(&300u32).expect("int");
     let e = from_slice::<u8>(&bytes).unwrap_err();
-    assert!(e.to_string().contains("integer 300 out of range for u8"), "{e}");
+    assert!(
+        e.to_string().contains("integer 300 out of range for u8"),
+        "{e}"
+    );
     let e = from_slice::<u8>(b"i\x01").unwrap_err();
     assert!(e.to_string().starts_with("EOFError"), "{e}");
 }

@@ -1,13 +1,20 @@
-//! Python's numeric hash (CPython's `Python/pyhash.c` and `Objects/longobject.c`), so that
-//! numbers equal across types (`1`, `1.0`, `True`, `1+0j`) hash alike, and the error for
-//! unhashable values.
+//! Hashing for dict keys and set members.
+//!
+//! Equal values must hash alike across types, as in Python (`1`, `1.0`, `True` and `1+0j`
+//! are one key). CPython gets that from its numeric hash (reduction modulo 2^61-1), which is
+//! public and lets crafted input collide at will: a marshal or pickle stream of keys that all
+//! hash alike would make loading quadratic. cellar keeps the cross-type agreement but hashes
+//! the exact value with SipHash under a key chosen at random once per process (as CPython does
+//! for str with PYTHONHASHSEED): integral numbers (ints, and floats/complexes equal to one)
+//! hash as the integer, other floats by their bits. Hashes are therefore stable within a
+//! process only, like Python's.
 
-use num_bigint::{BigInt, Sign};
-use num_traits::ToPrimitive;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::OnceLock;
 
-const BITS: u32 = 61;
-const MODULUS: u64 = (1u64 << BITS) - 1;
-const INF: i64 = 314_159;
+use num_bigint::BigInt;
+use num_traits::{FromPrimitive, ToPrimitive};
 
 /// A value that cannot be hashed (a list, dict, set or bytearray, or a tuple holding one).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,82 +31,61 @@ impl std::fmt::Display for HashError {
 
 impl std::error::Error for HashError {}
 
-fn fix(h: i64) -> i64 {
-    if h == -1 {
-        -2
-    } else {
-        h
+fn state() -> &'static RandomState {
+    static STATE: OnceLock<RandomState> = OnceLock::new();
+    STATE.get_or_init(RandomState::new)
+}
+
+/// SipHash of a type tag and a value under the per-process key.
+pub(crate) fn keyed<T: Hash + ?Sized>(tag: u8, value: &T) -> u64 {
+    let mut h = state().build_hasher();
+    h.write_u8(tag);
+    value.hash(&mut h);
+    h.finish()
+}
+
+const TAG_INT: u8 = 1;
+const TAG_BIGINT: u8 = 2;
+const TAG_FLOAT: u8 = 3;
+const TAG_COMPLEX: u8 = 4;
+
+/// Hash of an integer in `i64` range (bools and integral floats hash through here too).
+pub(crate) fn hash_i64(v: i64) -> u64 {
+    keyed(TAG_INT, &v)
+}
+
+/// Hash of an integer outside `i64` range.
+pub(crate) fn hash_bigint(b: &BigInt) -> u64 {
+    match b.to_i64() {
+        Some(v) => hash_i64(v),
+        None => keyed(TAG_BIGINT, &b.to_signed_bytes_le()),
     }
 }
 
-/// `hash(n)` for an int in i64 range.
-pub fn hash_i64(v: i64) -> i64 {
-    let m = v.unsigned_abs() % MODULUS;
-    let h = if v < 0 { -(m as i64) } else { m as i64 };
-    fix(h)
-}
-
-/// `hash(n)` for an arbitrary int.
-pub fn hash_bigint(b: &BigInt) -> i64 {
-    let m = (b.magnitude() % MODULUS).to_u64().unwrap_or(0);
-    let h = if b.sign() == Sign::Minus {
-        -(m as i64)
-    } else {
-        m as i64
-    };
-    fix(h)
-}
-
-/// `hash(x)` for a float (NaN hashes to 0 here: CPython uses the object's identity, and a
-/// NaN is never equal to anything, so any value is consistent).
-pub fn hash_f64(v: f64) -> i64 {
+/// Hash of a float: as the integer it equals when integral (so `2.0` hashes like `2`, and
+/// `-0.0` like `0`), else by its bits. NaN never equals anything, so any value will do.
+pub(crate) fn hash_f64(v: f64) -> u64 {
     if v.is_nan() {
         return 0;
     }
-    if v.is_infinite() {
-        return if v > 0.0 { INF } else { -INF };
-    }
-    let (mut m, mut e) = frexp(v);
-    let mut sign: i64 = 1;
-    if m < 0.0 {
-        sign = -1;
-        m = -m;
-    }
-    let mut x: u64 = 0;
-    while m != 0.0 {
-        x = ((x << 28) & MODULUS) | (x >> (BITS - 28));
-        m *= 268_435_456.0;
-        e -= 28;
-        let y = m as u64;
-        m -= y as f64;
-        x += y;
-        if x >= MODULUS {
-            x -= MODULUS;
+    if v.is_finite() && v.fract() == 0.0 {
+        if v.abs() < 9.2e18 {
+            return hash_i64(v as i64);
+        }
+        if let Some(b) = BigInt::from_f64(v) {
+            return hash_bigint(&b);
         }
     }
-    let e = if e >= 0 {
-        (e as u32) % BITS
-    } else {
-        BITS - 1 - (((-1 - e) as u32) % BITS)
-    };
-    x = ((x << e) & MODULUS) | (x >> (BITS - e));
-    fix((x as i64).wrapping_mul(sign))
+    keyed(TAG_FLOAT, &v.to_bits())
 }
 
-/// C's `frexp`: `v == m * 2^e` with `0.5 <= |m| < 1` (for finite, non-zero `v`).
-fn frexp(v: f64) -> (f64, i32) {
-    if v == 0.0 {
-        return (v, 0);
+/// Hash of a complex: like its real part when the imaginary part is zero.
+pub(crate) fn hash_complex(re: f64, im: f64) -> u64 {
+    if im == 0.0 {
+        return hash_f64(re);
     }
-    let bits = v.to_bits();
-    let exp = ((bits >> 52) & 0x7FF) as i32;
-    if exp == 0 {
-        // Subnormal: scale into the normal range first.
-        let (m, e) = frexp(v * f64::from_bits(0x4350_0000_0000_0000)); // 2^54
-        return (m, e - 54);
-    }
-    let m = f64::from_bits((bits & !(0x7FFu64 << 52)) | (1022u64 << 52));
-    (m, exp - 1022)
+    let norm = |x: f64| if x == 0.0 { 0u64 } else { x.to_bits() };
+    keyed(TAG_COMPLEX, &(norm(re), norm(im)))
 }
 
 /// One step of a tuple hash (xxHash-like, as CPython 3.8+ combines item hashes).
@@ -116,12 +102,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn float_hashes_from_cpython() {
-        // python3 -c 'print(hash(0.1), hash(-2.5), hash(1e300), hash(5e-324))'
-        assert_eq!(hash_f64(0.1), 230584300921369408);
-        assert_eq!(hash_f64(-2.5), -1152921504606846978);
-        assert_eq!(hash_f64(1e300), 1224995262755759164);
-        assert_eq!(hash_f64(5e-324), 16777216);
-        assert_eq!(hash_bigint(&-(BigInt::from(1u128 << 100))), -549755813888);
+    fn equal_numbers_hash_alike() {
+        assert_eq!(hash_f64(2.0), hash_i64(2));
+        assert_eq!(hash_f64(-0.0), hash_i64(0));
+        assert_eq!(hash_complex(3.0, -0.0), hash_i64(3));
+        assert_eq!(hash_complex(-0.0, 1.5), hash_complex(0.0, 1.5));
+        let big = BigInt::from(1u128 << 100);
+        assert_eq!(hash_bigint(&big), hash_f64(2f64.powi(100)));
+        assert_eq!(hash_bigint(&BigInt::from(5)), hash_i64(5));
+        assert_ne!(hash_f64(0.5), hash_f64(1.5));
+    }
+
+    #[test]
+    fn crafted_cpython_collisions_do_not_collide() {
+        // In CPython, n and n + k*(2**61 - 1) share a hash; here they do not.
+        let m = (1i64 << 61) - 1;
+        assert_ne!(hash_i64(1), hash_i64(1 + m));
+        assert_ne!(
+            hash_i64(1),
+            hash_bigint(&(BigInt::from(1) + BigInt::from(m) * 4))
+        );
     }
 }
