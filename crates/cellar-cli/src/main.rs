@@ -27,6 +27,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// cellar's main job, end to end on the embedded native engine: store Python values
+    /// (marshal-encoded) in a store file, reopen it, read them back and show its statistics.
+    Demo {
+        /// The store file to create (replaced if it exists).
+        #[arg(default_value = "demo.cellar")]
+        path: PathBuf,
+        /// How many generated records to store besides the seed example.
+        #[arg(long, default_value_t = 100_000)]
+        records: u32,
+    },
     /// Inspect and produce CPython marshal data (.pyc files included).
     Marshal {
         #[command(subcommand)]
@@ -62,11 +72,80 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Demo { path, records } => demo(&path, records),
         Command::Marshal { command } => match command {
             MarshalCommand::Show { file, no_code } => show(&file, no_code),
             MarshalCommand::Encode { version } => encode(version),
         },
     }
+}
+
+fn demo(path: &PathBuf, records: u32) -> Result<()> {
+    use cellar::engine::{Batch, Options, Store, ValueEncoding};
+    use cellar::Value;
+    let t0 = std::time::Instant::now();
+    let opts = Options {
+        truncate: true,
+        value_encoding: ValueEncoding::Marshal { version: marshal::DEFAULT_VERSION as u8 },
+        ..Options::default()
+    };
+    let store = Store::open(path, opts).with_context(|| format!("creating {}", path.display()))?;
+    // The seed's example: db["test key"] = "test data"
+    store.put(b"test key", &marshal::dumps(&Value::str("test data"), 4)?)?;
+    // Then records shaped like {"id": i, "name": "user%d" % i, "tags": ("a", "b"), "score": 1.5},
+    // written in atomic batches of 1000.
+    let tags = Value::tuple(vec![Value::str("a"), Value::str("b")]);
+    let mut batch = Batch::new();
+    for i in 0..records {
+        let v = Value::dict([
+            (Value::str("id"), Value::int(i.into())),
+            (Value::str("name"), Value::from(format!("user{i}"))),
+            (Value::str("tags"), tags.clone()),
+            (Value::str("score"), Value::Float(1.5)),
+        ])?;
+        batch.put(format!("user:{i}").into_bytes(), marshal::dumps(&v, 4)?);
+        if batch.len() == 1000 {
+            store.batch(&batch)?;
+            batch = Batch::new();
+        }
+    }
+    if !batch.is_empty() {
+        store.batch(&batch)?;
+    }
+    store.sync()?;
+    store.close()?;
+    let written = t0.elapsed();
+
+    let store = Store::open(path, Options { read_only: true, create: false, ..Options::default() })?;
+    let test = store.get(b"test key")?.context("the seed key is missing")?;
+    println!("db[\"test key\"] = {}", repr(&marshal::loads(&test)?));
+    if records > 0 {
+        let last = format!("user:{}", records - 1);
+        let v = store.get(last.as_bytes())?.context("the last record is missing")?;
+        println!("db[{last:?}] = {}", repr(&marshal::loads(&v)?));
+    }
+    let mut decoded = 0u64;
+    let mut failed = None;
+    store.for_each(|_, v| match marshal::loads(v) {
+        Ok(_) => decoded += 1,
+        Err(e) => failed = Some(e),
+    })?;
+    if let Some(e) = failed {
+        bail!("a stored value does not decode: {e}");
+    }
+    let s = store.stats()?;
+    println!(
+        "{}: {} keys ({} decoded), value encoding {:?}, file {} bytes, live {} bytes, dead {} bytes",
+        path.display(),
+        s.keys,
+        decoded,
+        store.value_encoding(),
+        s.file_bytes,
+        s.live_bytes,
+        s.dead_bytes
+    );
+    println!("wrote {} records in {:.3}s, read everything back in {:.3}s", records + 1, written.as_secs_f64(), (t0.elapsed() - written).as_secs_f64());
+    Ok(())
 }
 
 fn read_input(file: &PathBuf) -> Result<Vec<u8>> {

@@ -88,3 +88,17 @@ fn show_pyc_prints_header_and_code() {
     assert!(out.contains("locals=('x' local)"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn demo_stores_and_reads_back_on_the_native_engine() {
+    let dir = std::env::temp_dir().join(format!("cellar-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let path = dir.join("demo.cellar");
+    let (ok, out, err) = cellar(&["demo", path.to_str().expect("utf-8"), "--records", "2500"], b"");
+    assert!(ok, "{err}");
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("db[\"test key\"] = 'test data'"), "{out}");
+    assert!(out.contains("db[\"user:2499\"] = {'id': 2499, 'name': 'user2499', 'tags': ('a', 'b'), 'score': 1.5}"), "{out}");
+    assert!(out.contains("2501 keys (2501 decoded)"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

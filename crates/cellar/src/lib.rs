@@ -3,7 +3,8 @@
 //! This facade crate is the Rust API users depend on; each layer lives in its own crate:
 //! - [`value`]: Python's data model ([`Value`]), its `repr()` and literal parser;
 //! - [`marshal`]: CPython's marshal format, versions 0-5, with serde support;
-//! - the native storage engine (`cellar-engine`), and, above it, dbm and shelve.
+//! - [`engine`]: the native storage engine, cellar's embedded default store; dbm and shelve
+//!   build on it.
 //!
 //! ```
 //! let v = cellar::value::parse("{'my object': 'out', (1, 2, 3): 4}").unwrap();
@@ -24,4 +25,9 @@ pub mod value {
 /// CPython's marshal format (see `docs/marshal.md`).
 pub mod marshal {
     pub use cellar_marshal::*;
+}
+
+/// The native storage engine: cellar's embedded default store (see `docs/engine-format.md`).
+pub mod engine {
+    pub use cellar_engine::*;
 }
