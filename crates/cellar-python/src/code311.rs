@@ -122,11 +122,12 @@ fn probe(py: Python<'_>) -> PyResult<Option<Fast>> {
         }
     };
     // A code object with arguments, a cell that is an argument, a plain cell and a free variable.
-    let src = "def f(a, b, *c, d=1, **e):\n    x = 1\n    def g():\n        return a + x\n    return g\n";
-    let module = py
-        .import("builtins")?
-        .getattr("compile")?
-        .call1((src, "<cellar-probe>", "exec"))?;
+    let src =
+        "def f(a, b, *c, d=1, **e):\n    x = 1\n    def g():\n        return a + x\n    return g\n";
+    let module =
+        py.import("builtins")?
+            .getattr("compile")?
+            .call1((src, "<cellar-probe>", "exec"))?;
     // The module, f, and g (found among the constants).
     let mut codes = vec![module.clone()];
     let mut i = 0;
@@ -195,9 +196,8 @@ fn layout_matches(co: &Bound<'_, PyAny>) -> PyResult<bool> {
     // SAFETY: `co` is a live code object; on 3.11 its allocation is at least this struct's size
     // (the struct is a prefix of PyCodeObject). Reads only; verified field by field below.
     let c = unsafe { &*(co.as_ptr() as *const Code311) };
-    let same = |attr: &str, p: *mut PyObject| -> PyResult<bool> {
-        Ok(co.getattr(attr)?.as_ptr() == p)
-    };
+    let same =
+        |attr: &str, p: *mut PyObject| -> PyResult<bool> { Ok(co.getattr(attr)?.as_ptr() == p) };
     let int = |attr: &str, x: c_int| -> PyResult<bool> {
         Ok(co.getattr(attr)?.extract::<i64>()? == i64::from(x))
     };

@@ -114,10 +114,10 @@ impl FileSource {
         }
         if got < 0 || got as usize > want {
             ffi::Py_DECREF(ba);
-            let msg = format!(
-                "read() returned too much data: {want} bytes requested, {got} returned\0"
-            );
-            let msg = std::ffi::CStr::from_bytes_with_nul(msg.as_bytes()).unwrap_or(c"read() returned too much data");
+            let msg =
+                format!("read() returned too much data: {want} bytes requested, {got} returned\0");
+            let msg = std::ffi::CStr::from_bytes_with_nul(msg.as_bytes())
+                .unwrap_or(c"read() returned too much data");
             return Err(value_error(msg));
         }
         let got = got as usize;
@@ -142,7 +142,11 @@ impl Source for FileSource {
     fn byte(&mut self) -> PResult<Option<u8>> {
         // SAFETY: GIL held by every caller of the decoder; the file is live for the call.
         let got = unsafe { self.fill(0, 1, true)? };
-        Ok(if got == 1 { self.buf.first().copied() } else { None })
+        Ok(if got == 1 {
+            self.buf.first().copied()
+        } else {
+            None
+        })
     }
 
     fn take(&mut self, n: usize) -> PResult<&[u8]> {
@@ -237,7 +241,13 @@ pub(crate) unsafe fn loads(data: *mut PyObject, allow_code: bool) -> *mut PyObje
         // SAFETY: an exact bytes object's buffer holds `len` bytes and is immutable; `data` stays
         // alive (borrowed by the caller) for the whole decode.
         let slice = std::slice::from_raw_parts(ffi::PyBytes_AS_STRING(data) as *const u8, len);
-        return run(SliceSource { data: slice, pos: 0 }, allow_code);
+        return run(
+            SliceSource {
+                data: slice,
+                pos: 0,
+            },
+            allow_code,
+        );
     }
     let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::zeroed();
     if ffi::PyObject_GetBuffer(data, view.as_mut_ptr(), ffi::PyBUF_SIMPLE) != 0 {
@@ -252,7 +262,13 @@ pub(crate) unsafe fn loads(data: *mut PyObject, allow_code: bool) -> *mut PyObje
         // PyBuffer_Release below.
         std::slice::from_raw_parts(view.buf as *const u8, view.len as usize)
     };
-    let r = run(SliceSource { data: slice, pos: 0 }, allow_code);
+    let r = run(
+        SliceSource {
+            data: slice,
+            pos: 0,
+        },
+        allow_code,
+    );
     ffi::PyBuffer_Release(&mut view);
     r
 }
@@ -900,7 +916,9 @@ impl<S: Source> Decoder<'_, S> {
         for c in b.chunks_exact(2) {
             let d = u16::from_le_bytes([c[0], c[1]]);
             if d > 0x7fff {
-                return Err(value_error(c"bad marshal data (digit out of range in long)"));
+                return Err(value_error(
+                    c"bad marshal data (digit out of range in long)",
+                ));
             }
             digits.push(d);
         }
@@ -1108,8 +1126,24 @@ unsafe fn build_code(ints: &[i32; 6], f: &[*mut PyObject]) -> PResult<*mut PyObj
         //      constants, names, varnames, filename, name, qualname, firstlineno, linetable,
         //      exceptiontable, freevars, cellvars)
         let args = [
-            ints_obj[0], ints_obj[1], ints_obj[2], ints_obj[3], ints_obj[4], ints_obj[5], f[0],
-            f[1], f[2], varnames, f[5], f[6], f[7], ints_obj[6], f[8], f[9], freevars, cellvars,
+            ints_obj[0],
+            ints_obj[1],
+            ints_obj[2],
+            ints_obj[3],
+            ints_obj[4],
+            ints_obj[5],
+            f[0],
+            f[1],
+            f[2],
+            varnames,
+            f[5],
+            f[6],
+            f[7],
+            ints_obj[6],
+            f[8],
+            f[9],
+            freevars,
+            cellvars,
         ];
         result = ffi::PyObject_Vectorcall(
             (&raw mut ffi::PyCode_Type) as *mut PyObject,

@@ -10,7 +10,7 @@
 //! (`_PyBytes_Resize`), so the result is never copied.
 
 use crate::code311;
-use crate::util::{check, raise, value_error, Fail, PResult, PtrBuild, _PyBytes_Resize};
+use crate::util::{_PyBytes_Resize, check, raise, value_error, Fail, PResult, PtrBuild};
 use pyo3::ffi::{self, PyObject, Py_ssize_t};
 use std::collections::HashMap;
 use std::os::raw::{c_int, c_long};
@@ -529,8 +529,7 @@ impl Encoder {
         let bytes = to_bytes_little(a, nbytes);
         ffi::Py_DECREF(a);
         let bytes = bytes?;
-        let data =
-            std::slice::from_raw_parts(ffi::PyBytes_AS_STRING(bytes) as *const u8, nbytes);
+        let data = std::slice::from_raw_parts(ffi::PyBytes_AS_STRING(bytes) as *const u8, nbytes);
         let ndigits = (nbits as usize).div_ceil(15);
         if ndigits > SIZE32_MAX {
             ffi::Py_DECREF(bytes);
@@ -636,7 +635,11 @@ impl Encoder {
             return Err(WErr::Unmarshallable);
         }
         // SAFETY: bytes start+1..start+5 were written above as the length placeholder.
-        std::ptr::copy_nonoverlapping((nbytes as u32).to_le_bytes().as_ptr(), base.add(start + 1), 4);
+        std::ptr::copy_nonoverlapping(
+            (nbytes as u32).to_le_bytes().as_ptr(),
+            base.add(start + 1),
+            4,
+        );
         self.out.len = w;
         Ok(())
     }
@@ -661,14 +664,15 @@ impl Encoder {
                 break;
             }
             // Sub-encoders inherit the depth so nested sets still bound the Rust stack.
-            let mut sub = match Encoder::new(size_hint(item), self.version, self.allow_code, self.depth) {
-                Ok(s) => s,
-                Err(_) => {
-                    ffi::Py_DECREF(item);
-                    result = Err(WErr::Set);
-                    break;
-                }
-            };
+            let mut sub =
+                match Encoder::new(size_hint(item), self.version, self.allow_code, self.depth) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        ffi::Py_DECREF(item);
+                        result = Err(WErr::Set);
+                        break;
+                    }
+                };
             // The iterator's reference to `item` is ours, not the caller's.
             if let Err(e) = sub.w_object(item, 1) {
                 ffi::Py_DECREF(item);
@@ -711,7 +715,10 @@ impl Encoder {
         }
         let mut a: Vec<*mut PyObject> = Vec::with_capacity(17);
         let r = (|| -> WResult {
-            for name in CODE_ATTRS.iter().chain([LINETABLE_ATTR, EXCTABLE_ATTR].iter()) {
+            for name in CODE_ATTRS
+                .iter()
+                .chain([LINETABLE_ATTR, EXCTABLE_ATTR].iter())
+            {
                 a.push(check(ffi::PyObject_GetAttrString(v, name.as_ptr()))?);
             }
             // a: 0 argcount 1 posonly 2 kwonly 3 stacksize 4 flags 5 code 6 consts 7 names
@@ -803,7 +810,10 @@ unsafe fn localsplus(
 ) -> PResult<(*mut PyObject, *mut PyObject)> {
     for t in [varnames, cellvars, freevars] {
         if ffi::PyTuple_Check(t) == 0 {
-            return Err(raise(ffi::PyExc_TypeError, c"code object name fields must be tuples"));
+            return Err(raise(
+                ffi::PyExc_TypeError,
+                c"code object name fields must be tuples",
+            ));
         }
     }
     let mut names: Vec<*mut PyObject> = Vec::new();

@@ -54,8 +54,10 @@ pub(crate) fn check(p: *mut ffi::PyObject) -> PResult<*mut ffi::PyObject> {
 extern "C" {
     /// Resize a bytes object that has exactly one reference (stable since Python 2; not declared
     /// publicly by pyo3-ffi).
-    pub(crate) fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t)
-        -> c_int;
+    pub(crate) fn _PyBytes_Resize(
+        bytes: *mut *mut ffi::PyObject,
+        newsize: ffi::Py_ssize_t,
+    ) -> c_int;
 }
 
 /// A fast hasher for pointer keys (multiply and fold; see `write_usize`).
