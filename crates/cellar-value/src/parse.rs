@@ -124,66 +124,82 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// expr := unary (('+' | '-') unary)*   (only real +/- imaginary, as literal_eval)
+    /// expr := signed | atom, optionally `(+|-) imaginary` after a real number: exactly the
+    /// arithmetic `ast.literal_eval` allows (`-1`, `-(1)`, `1+2j`, `(-1)-2j`; not `--1`,
+    /// `-(-1)`, `-True`, `1j+2j` or `1+2j+3j`).
     fn expr(&mut self) -> Result<Value, ParseError> {
+        self.skip_ws();
         let start = self.pos;
-        let mut left = self.unary()?;
-        loop {
-            self.skip_ws();
-            let op = match self.peek() {
-                Some(b'+') => 1.0,
-                Some(b'-') => -1.0,
-                _ => return Ok(left),
-            };
-            let op_pos = self.pos;
-            self.pos += 1;
-            let right = self.unary()?;
-            let (lre, lim) = match &left {
-                Value::Complex(re, im) => (*re, *im),
-                v if is_number(v) => (as_f64(v).unwrap_or(0.0), 0.0),
-                _ => {
-                    return Err(
-                        self.err_at(start, "'+'/'-' only join a number and an imaginary literal")
-                    )
-                }
-            };
-            let Value::Complex(rre, rim) = right else {
+        let left = match self.peek() {
+            Some(b'+' | b'-') => self.signed_number()?,
+            _ => self.atom()?,
+        };
+        self.skip_ws();
+        let op = match self.peek() {
+            Some(b'+') => 1.0,
+            Some(b'-') => -1.0,
+            _ => return Ok(left),
+        };
+        let op_pos = self.pos;
+        self.pos += 1;
+        let re = match &left {
+            Value::Int(_) | Value::Float(_) => as_f64(&left).unwrap_or(0.0),
+            _ => {
                 return Err(self.err_at(
-                    op_pos,
-                    "'+'/'-' only join a number and an imaginary literal",
-                ));
-            };
-            if matches!(left, Value::Complex(..)) && lre == 0.0 && lim != 0.0 {
-                return Err(self.err_at(
-                    op_pos,
-                    "only a real number may precede '+'/'-' an imaginary literal",
-                ));
+                    start,
+                    "only a real number may precede '+'/'-' and an imaginary literal",
+                ))
             }
-            left = Value::Complex(lre + op * rre, lim + op * rim);
-        }
+        };
+        let (_, right) = self.number_in_parens()?;
+        let Value::Complex(_, im) = right else {
+            return Err(self.err_at(op_pos, "'+'/'-' must be followed by an imaginary literal"));
+        };
+        // Python computes complex(re, 0.0) +/- complex(0.0, im) component by component, which
+        // fixes the signs of zeros: 5-0j is (5+0j), -0.0+1j is (0+1j).
+        Ok(if op > 0.0 {
+            Value::Complex(re + 0.0, 0.0 + im)
+        } else {
+            Value::Complex(re - 0.0, 0.0 - im)
+        })
     }
 
-    fn unary(&mut self) -> Result<Value, ParseError> {
-        self.skip_ws();
-        match self.peek() {
-            Some(b'-') => {
-                self.pos += 1;
-                let start = self.pos;
-                let v = self.unary()?;
-                negate(v).ok_or_else(|| self.err_at(start, "unary '-' applies only to numbers"))
-            }
-            Some(b'+') => {
-                self.pos += 1;
-                let start = self.pos;
-                let v = self.unary()?;
-                match v {
-                    Value::Bool(b) => Ok(Value::int(b as i64)),
-                    v if is_number(&v) || matches!(v, Value::Complex(..)) => Ok(v),
-                    _ => Err(self.err_at(start, "unary '+' applies only to numbers")),
-                }
-            }
-            _ => self.atom(),
+    /// `+` or `-` applied to a number literal (possibly in parentheses).
+    fn signed_number(&mut self) -> Result<Value, ParseError> {
+        let neg = self.peek() == Some(b'-');
+        self.pos += 1;
+        let (_, v) = self.number_in_parens()?;
+        if !neg {
+            return Ok(v);
         }
+        negate(v).ok_or_else(|| self.err("unary '-' applies only to numbers"))
+    }
+
+    /// A number literal, optionally wrapped in parentheses: `1`, `((2.5j))`.
+    fn number_in_parens(&mut self) -> Result<(usize, Value), ParseError> {
+        self.skip_ws();
+        let start = self.pos;
+        let mut opened = 0;
+        while self.peek() == Some(b'(') {
+            self.enter()?;
+            self.pos += 1;
+            opened += 1;
+            self.skip_ws();
+        }
+        let is_num = match self.peek() {
+            Some(c) if c.is_ascii_digit() => true,
+            Some(b'.') => self.s.get(self.pos + 1).is_some_and(|d| d.is_ascii_digit()),
+            _ => false,
+        };
+        if !is_num {
+            return Err(self.err("a sign or '+'/'-' must be followed by a number literal"));
+        }
+        let v = self.number()?;
+        for _ in 0..opened {
+            self.expect(b')')?;
+            self.depth -= 1;
+        }
+        Ok((start, v))
     }
 
     fn enter(&mut self) -> Result<(), ParseError> {

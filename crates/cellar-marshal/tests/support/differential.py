@@ -50,4 +50,5 @@ def main():
     sys.stdout.buffer.write(b"".join(out))
 
 
-main()
+if __name__ == "__main__":
+    main()
