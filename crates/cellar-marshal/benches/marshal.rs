@@ -10,28 +10,7 @@ use cellar_marshal::{dumps, loads};
 use cellar_value::{PyStr, Value};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-fn users() -> Value {
-    // [{"id": i, "name": "user%d" % i, "tags": ("a", "b"), "score": 1.5} for i in range(100_000)]
-    let (k_id, k_name, k_tags, k_score) = (
-        Value::str("id"),
-        Value::str("name"),
-        Value::str("tags"),
-        Value::str("score"),
-    );
-    let tags = Value::tuple(vec![Value::str("a"), Value::str("b")]);
-    let items = (0..100_000)
-        .map(|i| {
-            Value::dict([
-                (k_id.clone(), Value::int(i)),
-                (k_name.clone(), Value::from(format!("user{i}"))),
-                (k_tags.clone(), tags.clone()),
-                (k_score.clone(), Value::Float(1.5)),
-            ])
-            .expect("hashable keys")
-        })
-        .collect();
-    Value::list(items)
-}
+mod workload;
 
 fn big_str() -> Value {
     Value::from(PyStr::new(&"x".repeat(1 << 20)))
@@ -47,7 +26,10 @@ fn module_code() -> Option<Value> {
 }
 
 fn bench(c: &mut Criterion) {
-    let mut cases = vec![("a_100k_dicts", users()), ("b_1mb_str", big_str())];
+    let mut cases = vec![
+        ("a_100k_dicts", workload::users(100_000)),
+        ("b_1mb_str", big_str()),
+    ];
     if let Some(code) = module_code() {
         cases.push(("c_module_code", code));
     }

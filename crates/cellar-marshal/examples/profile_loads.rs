@@ -3,28 +3,12 @@
 use std::time::Instant;
 
 use cellar_marshal::{dumps, loads};
-use cellar_value::Value;
+
+#[path = "../benches/workload.rs"]
+mod workload;
 
 fn main() {
-    let (k_id, k_name, k_tags, k_score) = (
-        Value::str("id"),
-        Value::str("name"),
-        Value::str("tags"),
-        Value::str("score"),
-    );
-    let tags = Value::tuple(vec![Value::str("a"), Value::str("b")]);
-    let items = (0..100_000)
-        .map(|i| {
-            Value::dict([
-                (k_id.clone(), Value::int(i)),
-                (k_name.clone(), Value::from(format!("user{i}"))),
-                (k_tags.clone(), tags.clone()),
-                (k_score.clone(), Value::Float(1.5)),
-            ])
-            .expect("hashable")
-        })
-        .collect();
-    let v = Value::list(items);
+    let v = workload::users(100_000);
     let bytes = dumps(&v, 4).expect("dumps");
     let rounds: usize = std::env::args()
         .nth(1)
