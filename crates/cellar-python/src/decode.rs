@@ -38,6 +38,18 @@ pub(crate) trait Source {
     fn take(&mut self, n: usize) -> PResult<&[u8]>;
     /// How many bytes remain, when known (in memory); `None` for a file.
     fn remaining(&self) -> Option<usize>;
+    /// The next two bytes without consuming them, when cheap (in memory); `None` otherwise.
+    fn peek2(&self) -> Option<(u8, u8)>;
+    /// Consume `n` bytes already seen through `peek2`.
+    fn skip(&mut self, n: usize);
+    /// Exactly 4 bytes (a little-endian i32).
+    #[inline(always)]
+    fn take4(&mut self) -> PResult<[u8; 4]> {
+        let b = self.take(4)?;
+        let mut w = [0u8; 4];
+        w.copy_from_slice(b.get(..4).unwrap_or(&[0; 4]));
+        Ok(w)
+    }
 }
 
 /// An in-memory input.
@@ -74,6 +86,35 @@ impl Source for SliceSource<'_> {
     #[inline(always)]
     fn remaining(&self) -> Option<usize> {
         Some(self.data.len().saturating_sub(self.pos))
+    }
+
+    #[inline(always)]
+    fn peek2(&self) -> Option<(u8, u8)> {
+        match self.data.get(self.pos..self.pos.saturating_add(2)) {
+            Some(&[a, b]) => Some((a, b)),
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    fn skip(&mut self, n: usize) {
+        self.pos = self.pos.saturating_add(n).min(self.data.len());
+    }
+
+    #[inline(always)]
+    fn take4(&mut self) -> PResult<[u8; 4]> {
+        let w: Option<[u8; 4]> = self
+            .data
+            .get(self.pos..self.pos.wrapping_add(4))
+            .and_then(|s| s.try_into().ok());
+        match w {
+            Some(w) => {
+                self.pos += 4;
+                Ok(w)
+            }
+            // SAFETY: the decoder only runs with the GIL held.
+            None => Err(unsafe { too_short() }),
+        }
     }
 }
 
@@ -165,6 +206,12 @@ impl Source for FileSource {
     fn remaining(&self) -> Option<usize> {
         None
     }
+
+    fn peek2(&self) -> Option<(u8, u8)> {
+        None
+    }
+
+    fn skip(&mut self, _n: usize) {}
 }
 
 /// A slot in the reference table. `obj` is a strong reference, or NULL while an immutable
@@ -325,8 +372,7 @@ unsafe fn run<S: Source>(src: S, allow_code: bool) -> *mut PyObject {
 impl<S: Source> Decoder<'_, S> {
     #[inline(always)]
     unsafe fn r_i32(&mut self) -> PResult<i32> {
-        let b = self.src.take(4)?;
-        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(i32::from_le_bytes(self.src.take4()?))
     }
 
     #[inline(always)]
@@ -389,6 +435,57 @@ impl<S: Source> Decoder<'_, S> {
                 }
             }
             None => Ok(n <= FILE_PREALLOC_MAX),
+        }
+    }
+
+    /// A container item: the commonest leaves (`r`, short ASCII, small int) decoded inline, the
+    /// rest through `r_object`. Same depth rule: a leaf at depth 2001 still fails (slow path).
+    #[inline(always)]
+    unsafe fn r_item(&mut self) -> PResult<*mut PyObject> {
+        if self.depth < MAX_DEPTH {
+            if let Some((code, b1)) = self.src.peek2() {
+                match code {
+                    b'r' | 0xF2 => {
+                        self.src.skip(1);
+                        return self.r_ref();
+                    }
+                    b'z' | b'Z' | 0xFA | 0xDA => {
+                        self.src.skip(2);
+                        let v = self.r_ascii(b1 as usize, code & 0x7F == b'Z')?;
+                        self.reg(code & FLAG_REF != 0, v);
+                        return Ok(v);
+                    }
+                    b'i' | 0xE9 => {
+                        self.src.skip(1);
+                        let x = self.r_i32()?;
+                        let v = check(ffi::PyLong_FromLong(x as c_long))?;
+                        self.reg(code & FLAG_REF != 0, v);
+                        return Ok(v);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.r_object()
+    }
+
+    #[inline(always)]
+    unsafe fn r_ref(&mut self) -> PResult<*mut PyObject> {
+        let n = self.r_i32()?;
+        let slot = if n < 0 {
+            None
+        } else {
+            self.refs.get(n as usize).copied()
+        };
+        match slot {
+            Some(r) if !r.obj.is_null() => {
+                if r.building {
+                    fill_empty_slots(r.obj);
+                    self.refs[n as usize].building = false;
+                }
+                Ok(newref(r.obj))
+            }
+            _ => Err(value_error(c"bad marshal data (invalid reference)")),
         }
     }
 
@@ -531,24 +628,7 @@ impl<S: Source> Decoder<'_, S> {
                 }
                 self.r_set(n as usize, t == b'>', flag)
             }
-            b'r' => {
-                let n = self.r_i32()?;
-                let slot = if n < 0 {
-                    None
-                } else {
-                    self.refs.get(n as usize).copied()
-                };
-                match slot {
-                    Some(r) if !r.obj.is_null() => {
-                        if r.building {
-                            fill_empty_slots(r.obj);
-                            self.refs[n as usize].building = false;
-                        }
-                        Ok(newref(r.obj))
-                    }
-                    _ => Err(value_error(c"bad marshal data (invalid reference)")),
-                }
-            }
+            b'r' => self.r_ref(),
             b'c' => self.r_codeobj(flag),
             b':' => self.r_slice(flag),
             _ => Err(value_error(c"bad marshal data (unknown type code)")),
@@ -634,7 +714,7 @@ impl<S: Source> Decoder<'_, S> {
             None
         };
         for i in 0..n {
-            match self.r_object() {
+            match self.r_item() {
                 Ok(item) if !item.is_null() => {
                     let old = ffi::PyTuple_GET_ITEM(t, i as Py_ssize_t);
                     if !old.is_null() {
@@ -716,7 +796,7 @@ impl<S: Source> Decoder<'_, S> {
             None
         };
         for i in 0..n {
-            match self.r_object() {
+            match self.r_item() {
                 Ok(item) if !item.is_null() => {
                     if prealloc {
                         let old = ffi::PyList_GET_ITEM(l, i as Py_ssize_t);
@@ -758,7 +838,7 @@ impl<S: Source> Decoder<'_, S> {
         let d = check(ffi::PyDict_New())?;
         self.reg(flag, d);
         loop {
-            let k = match self.r_object() {
+            let k = match self.r_item() {
                 Ok(k) => k,
                 Err(e) => {
                     ffi::Py_DECREF(d);
@@ -768,7 +848,7 @@ impl<S: Source> Decoder<'_, S> {
             if k.is_null() {
                 break;
             }
-            let v = match self.r_object() {
+            let v = match self.r_item() {
                 Ok(v) => v,
                 Err(e) => {
                     ffi::Py_DECREF(k);
@@ -807,7 +887,7 @@ impl<S: Source> Decoder<'_, S> {
             (s, None)
         };
         for _ in 0..n {
-            match self.r_object() {
+            match self.r_item() {
                 Ok(item) if !item.is_null() => {
                     let r = ffi::PySet_Add(s, item);
                     ffi::Py_DECREF(item);
