@@ -199,10 +199,15 @@ impl Drop for Encoder {
 unsafe fn size_hint(v: *mut PyObject) -> usize {
     if ffi::PyUnicode_CheckExact(v) != 0 {
         let n = ffi::PyUnicode_GET_LENGTH(v).max(0) as usize;
+        // The widest UTF-8 the str's kind can need, so `w_str` never has to grow the buffer.
         let k = if ffi::PyUnicode_IS_ASCII(v) != 0 {
             1
         } else {
-            3
+            match ffi::PyUnicode_KIND(v) {
+                1 => 2,
+                2 => 3,
+                _ => 4,
+            }
         };
         n.saturating_mul(k) + 8
     } else if ffi::PyBytes_CheckExact(v) != 0 {
@@ -613,13 +618,42 @@ impl Encoder {
         match kind {
             1 => {
                 let s = std::slice::from_raw_parts(data as *const u8, n);
-                for &c in s {
+                // Blocks of 8: an all-ASCII block is copied as is, others char by char.
+                let mut blocks = s.chunks_exact(8);
+                for block in &mut blocks {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(block);
+                    if u64::from_ne_bytes(b) & 0x8080_8080_8080_8080 == 0 {
+                        std::ptr::copy_nonoverlapping(b.as_ptr(), base.add(w), 8);
+                        w += 8;
+                    } else {
+                        for &c in block {
+                            w += put_utf8(base.add(w), u32::from(c));
+                        }
+                    }
+                }
+                for &c in blocks.remainder() {
                     w += put_utf8(base.add(w), u32::from(c));
                 }
             }
             2 => {
                 let s = std::slice::from_raw_parts(data as *const u16, n);
-                for &c in s {
+                // Blocks of 4: an all-ASCII block is narrowed at once, others char by char.
+                let mut blocks = s.chunks_exact(4);
+                for block in &mut blocks {
+                    if let &[a, b, c, d] = block {
+                        if (a | b | c | d) < 0x80 {
+                            let out = [a as u8, b as u8, c as u8, d as u8];
+                            std::ptr::copy_nonoverlapping(out.as_ptr(), base.add(w), 4);
+                            w += 4;
+                            continue;
+                        }
+                    }
+                    for &c in block {
+                        w += put_utf8(base.add(w), u32::from(c));
+                    }
+                }
+                for &c in blocks.remainder() {
                     w += put_utf8(base.add(w), u32::from(c));
                 }
             }
