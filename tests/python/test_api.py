@@ -133,3 +133,29 @@ def test_dump_writes_to_file() -> None:
     assert bio.getvalue() == c_marshal.dumps({"a": 1}, 2)
     with pytest.raises(AttributeError):
         r_marshal.dump(1, object())  # type: ignore[arg-type]
+
+
+def test_audit_events_match_cpython() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, io, marshal as c, cellar.marshal as r\n"
+        "for m in (c, r):\n"
+        "    ev = []\n"
+        "    sys.addaudithook(lambda e, a, ev=ev: ev.append((e, a)) if e.startswith('marshal') else None)\n"
+        "    m.loads(m.dumps([1], 3)); m.load(io.BytesIO(m.dumps(2)))\n"
+        "    print(ev)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    # The second hook also sees the first module's events, so compare the cellar line's tail.
+    assert lines[0] == str(eval(lines[0]))
+    c_events = eval(lines[0])
+    r_events = eval(lines[1])[-len(c_events) :]
+    assert [e for e, _ in r_events] == [e for e, _ in c_events]
+    assert [tuple(map(type, a)) for _, a in r_events] == [tuple(map(type, a)) for _, a in c_events]
+
+
+def test_dump_returns_none() -> None:
+    assert r_marshal.dump(1, io.BytesIO()) is None

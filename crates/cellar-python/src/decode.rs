@@ -288,6 +288,9 @@ pub(crate) unsafe fn loads(data: *mut PyObject, allow_code: bool) -> *mut PyObje
         // SAFETY: an exact bytes object's buffer holds `len` bytes and is immutable; `data` stays
         // alive (borrowed by the caller) for the whole decode.
         let slice = std::slice::from_raw_parts(ffi::PyBytes_AS_STRING(data) as *const u8, len);
+        if !audit_loads(slice) {
+            return std::ptr::null_mut();
+        }
         return run(
             SliceSource {
                 data: slice,
@@ -309,13 +312,17 @@ pub(crate) unsafe fn loads(data: *mut PyObject, allow_code: bool) -> *mut PyObje
         // PyBuffer_Release below.
         std::slice::from_raw_parts(view.buf as *const u8, view.len as usize)
     };
-    let r = run(
-        SliceSource {
-            data: slice,
-            pos: 0,
-        },
-        allow_code,
-    );
+    let r = if audit_loads(slice) {
+        run(
+            SliceSource {
+                data: slice,
+                pos: 0,
+            },
+            allow_code,
+        )
+    } else {
+        std::ptr::null_mut()
+    };
     ffi::PyBuffer_Release(&mut view);
     r
 }
@@ -337,6 +344,16 @@ pub(crate) unsafe fn load(file: *mut PyObject, allow_code: bool) -> *mut PyObjec
     let r = run(src, allow_code);
     ffi::Py_DECREF(name);
     r
+}
+
+/// CPython's `marshal.loads` audit event, with the input bytes; false if a hook raised.
+unsafe fn audit_loads(data: &[u8]) -> bool {
+    crate::util::PySys_Audit(
+        c"marshal.loads".as_ptr(),
+        c"y#".as_ptr(),
+        data.as_ptr() as *const c_char,
+        data.len() as Py_ssize_t,
+    ) >= 0
 }
 
 unsafe fn run<S: Source>(src: S, allow_code: bool) -> *mut PyObject {

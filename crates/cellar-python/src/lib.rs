@@ -35,6 +35,19 @@ fn dumps<'py>(
     version: i32,
     allow_code: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: GIL held; the format matches the arguments (an object and a C int), as CPython's
+    // own `marshal.dumps` audit event.
+    if unsafe {
+        util::PySys_Audit(
+            c"marshal.dumps".as_ptr(),
+            c"Oi".as_ptr(),
+            value.as_ptr(),
+            version,
+        )
+    } < 0
+    {
+        return Err(PyErr::fetch(py));
+    }
     // SAFETY: we hold the GIL (`py`), and `value` is a live object for the whole call.
     let ptr = unsafe { encode::dumps(value.as_ptr(), version, allow_code) };
     // SAFETY: `encode::dumps` returns a new reference or NULL with an exception set.
@@ -67,7 +80,8 @@ fn dump<'py>(
     allow_code: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let data = dumps(py, value, version, allow_code)?;
-    file.call_method1(pyo3::intern!(py, "write"), (data,))
+    file.call_method1(pyo3::intern!(py, "write"), (data,))?;
+    Ok(py.None().into_bound(py))
 }
 
 /// `load(file, /, *, allow_code=True)`: read one value from a binary file, consuming exactly its
@@ -86,6 +100,10 @@ fn load<'py>(
             "file.read() returned not bytes but {}",
             probe.get_type().name()?
         )));
+    }
+    // SAFETY: GIL held; a NULL format means no arguments, as CPython's `marshal.load` event.
+    if unsafe { util::PySys_Audit(c"marshal.load".as_ptr(), std::ptr::null()) } < 0 {
+        return Err(PyErr::fetch(py));
     }
     // SAFETY: GIL held; `file` is live for the call.
     let ptr = unsafe { decode::load(file.as_ptr(), allow_code) };

@@ -52,6 +52,12 @@ pub(crate) fn check(p: *mut ffi::PyObject) -> PResult<*mut ffi::PyObject> {
 }
 
 extern "C" {
+    /// Raise an auditing event (public C API since 3.8; variadic, so not declared by pyo3-ffi).
+    pub(crate) fn PySys_Audit(
+        event: *const std::os::raw::c_char,
+        format: *const std::os::raw::c_char,
+        ...
+    ) -> c_int;
     /// Resize a bytes object that has exactly one reference (stable since Python 2; not declared
     /// publicly by pyo3-ffi).
     pub(crate) fn _PyBytes_Resize(
