@@ -181,15 +181,29 @@ struct Encoder {
     allow_code: bool,
     /// Objects given FLAG_REF so far -> their reference index (strong references, released in
     /// `Drop`). `None` below version 3.
-    refs: Option<HashMap<usize, u32, PtrBuild>>,
+    refs: Option<RefMap>,
+}
+
+type RefMap = HashMap<usize, u32, PtrBuild>;
+
+/// Largest reference table kept for reuse (clearing costs time proportional to capacity).
+const SPARE_REFS_MAX: usize = 1 << 12;
+
+std::thread_local! {
+    /// One spare reference table per thread, so small dumps do not allocate one each call.
+    static SPARE_REFS: std::cell::Cell<Option<RefMap>> = const { std::cell::Cell::new(None) };
 }
 
 impl Drop for Encoder {
     fn drop(&mut self) {
-        if let Some(refs) = self.refs.take() {
+        if let Some(mut refs) = self.refs.take() {
             for &p in refs.keys() {
                 // SAFETY: each key holds one strong reference taken in `w_ref`; GIL held.
                 unsafe { ffi::Py_DECREF(p as *mut PyObject) };
+            }
+            if refs.capacity() <= SPARE_REFS_MAX {
+                refs.clear();
+                SPARE_REFS.with(|c| c.set(Some(refs)));
             }
         }
     }
@@ -209,9 +223,11 @@ unsafe fn size_hint(v: *mut PyObject) -> usize {
                 _ => 4,
             }
         };
-        n.saturating_mul(k) + 8
+        // Type code + 4-byte length + data: exact for a long ASCII str, so `finish` need not
+        // shrink (a realloc of the whole buffer) on this memory-bound path.
+        n.saturating_mul(k) + 5
     } else if ffi::PyBytes_CheckExact(v) != 0 {
-        ffi::Py_SIZE(v).max(0) as usize + 8
+        ffi::Py_SIZE(v).max(0) as usize + 5
     } else if ffi::PyList_CheckExact(v) != 0 {
         (ffi::PyList_GET_SIZE(v).max(0) as usize).saturating_mul(32) + 64
     } else if ffi::PyTuple_CheckExact(v) != 0 {
@@ -272,7 +288,11 @@ impl Encoder {
             depth,
             allow_code,
             refs: if version >= 3 {
-                Some(HashMap::with_capacity_and_hasher(64, PtrBuild::default()))
+                Some(
+                    SPARE_REFS.with(|c| c.take()).unwrap_or_else(|| {
+                        HashMap::with_capacity_and_hasher(64, PtrBuild::default())
+                    }),
+                )
             } else {
                 None
             },
