@@ -1,0 +1,81 @@
+//! CPython's pickle format, protocols 0-5: a decoder that never imports or runs anything, an
+//! encoder CPython loads, a copyreg-style [`Registry`] and serde support.
+//!
+//! - [`loads`] reads every opcode CPython writes (framing, memo, Python 2 strings, fix_imports,
+//!   extension codes, out-of-band buffers, persistent ids) into a [`Value`]. Globals are
+//!   resolved only through the [`Registry`]: the default one allows exactly the globals CPython
+//!   writes for basic types (complex, set, frozenset, bytearray, bytes, slice, Ellipsis,
+//!   StopIteration), anything else is refused with an [`UnpicklingError`] naming
+//!   `module.name`, or, with [`LoadOptions::inert`], kept as an [`Inert`] object for
+//!   inspection. The decoder never recurses on the Rust stack, bounds nesting
+//!   ([`LoadOptions::max_depth`]) and memory ([`LoadOptions::max_bytes`]), and never panics.
+//! - [`dumps`] writes protocols 0-5 as CPython's pickler does: framing at 4+, memoized shared
+//!   objects, the same globals for complex/set/frozenset/bytearray/bytes at each protocol,
+//!   inert objects written back to an equivalent pickle, registered reducers and extension
+//!   codes.
+//!
+//! The format notes, opcode table and safety model are in docs/pickle.md.
+//!
+//! ```
+//! use cellar_pickle::{dumps, loads, LoadOptions, Registry};
+//! use cellar_value::{parse, repr};
+//!
+//! let reg = Registry::default();
+//! let v = parse("{'a': [1, 2.5, b'x'], (1, 2): {1j, frozenset()}}").unwrap();
+//! for protocol in 0..=5 {
+//!     let bytes = dumps(&v, protocol, &reg).unwrap();
+//!     assert_eq!(repr(&loads(&bytes, &reg, &LoadOptions::default()).unwrap()), repr(&v));
+//! }
+//! // Nothing outside the registry is ever resolved:
+//! let evil = b"cos\nsystem\n(S'echo hi'\ntR.";
+//! let err = loads(evil, &reg, &LoadOptions::default()).unwrap_err();
+//! assert!(err.message.contains("'os.system'"));
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod compat;
+mod error;
+mod inert;
+mod ops;
+mod read;
+mod registry;
+mod serde_api;
+mod text;
+mod write;
+
+pub use crate::error::{ErrorKind, PicklingError, RegistryError, UnpicklingError};
+pub use crate::inert::{Construct, Inert};
+pub use crate::read::{LoadOptions, PersistentLoad, DEFAULT_MAX_DEPTH};
+pub use crate::registry::{Constructor, Reducer, Registry};
+pub use crate::serde_api::{from_slice, from_slice_with, to_vec, to_vec_with, SerdeError};
+pub use crate::text::{DecodeErrors, StringEncoding};
+pub use crate::write::MAX_DUMP_DEPTH;
+pub use cellar_value::Value;
+
+/// The highest protocol (`pickle.HIGHEST_PROTOCOL`).
+pub const HIGHEST_PROTOCOL: u8 = 5;
+/// The protocol CPython 3.8-3.13 uses by default (`pickle.DEFAULT_PROTOCOL`; 5 from 3.14).
+pub const DEFAULT_PROTOCOL: u8 = 4;
+
+/// `pickle.loads(data)` restricted to `registry`: decodes the first pickle in `data` (trailing
+/// bytes are ignored, as in CPython).
+pub fn loads(data: &[u8], registry: &Registry, opts: &LoadOptions<'_>) -> Result<Value, UnpicklingError> {
+    read::Reader::new(data, registry, opts).run().map(|(v, _)| v)
+}
+
+/// [`loads`] that also returns how many bytes the pickle used (through its STOP opcode), for
+/// reading consecutive pickles from one buffer (`pickle.load` on a file).
+pub fn loads_with(
+    data: &[u8],
+    registry: &Registry,
+    opts: &LoadOptions<'_>,
+) -> Result<(Value, usize), UnpicklingError> {
+    read::Reader::new(data, registry, opts).run()
+}
+
+/// `pickle.dumps(value, protocol)` (protocol 0-5) with `registry`'s reducers and extension
+/// codes.
+pub fn dumps(value: &Value, protocol: u8, registry: &Registry) -> Result<Vec<u8>, PicklingError> {
+    write::dumps(value, protocol, registry)
+}

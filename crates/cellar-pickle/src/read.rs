@@ -1,0 +1,1571 @@
+//! The decoder: a flat opcode loop over the input with an explicit value stack (no recursion on
+//! the Rust stack), building a graph of mutable nodes (lists, dicts, sets, objects, which later
+//! opcodes may still modify through the memo), then freezing that graph into immutable
+//! [`Value`]s with an explicit DFS that keeps shared nodes shared and refuses cycles.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cellar_value::{BigInt, Dict, Int, PyStr, Set, Slice, Value};
+use num_traits::ToPrimitive;
+
+use crate::compat;
+use crate::error::{ErrorKind, UnpicklingError};
+use crate::inert::{Construct, Inert};
+use crate::ops::*;
+use crate::registry::{Allowed, Registry};
+use crate::text::{self, DecodeErrors, StringEncoding};
+
+/// The default nesting limit (containers inside containers, and MARK depth).
+pub const DEFAULT_MAX_DEPTH: usize = 2000;
+
+/// Python's limit on decimal digits for text integers (`sys.get_int_max_str_digits()`).
+const INT_MAX_STR_DIGITS: usize = 4300;
+
+/// A `persistent_load` callback: receives the persistent id, returns the object.
+pub type PersistentLoad<'a> = &'a dyn Fn(Value) -> Result<Value, String>;
+
+/// Options of [`crate::loads_with`], mirroring `pickle.loads`' keyword arguments plus the safety
+/// limits.
+#[derive(Clone, Copy)]
+pub struct LoadOptions<'a> {
+    /// Decode globals that the registry does not allow to inert objects (see [`Inert`])
+    /// instead of refusing them.
+    pub inert: bool,
+    /// Map Python 2 global names to Python 3 ones at protocols 0-2 (pickle's `fix_imports`).
+    pub fix_imports: bool,
+    /// How Python 2 strings (STRING, BINSTRING, SHORT_BINSTRING) decode.
+    pub encoding: StringEncoding,
+    /// Error handler for `encoding`.
+    pub errors: DecodeErrors,
+    /// Out-of-band buffers for NEXT_BUFFER (bytes or bytearray values), in order.
+    pub buffers: Option<&'a [Value]>,
+    /// PERSID / BINPERSID handler; without one those opcodes are refused.
+    pub persistent_load: Option<PersistentLoad<'a>>,
+    /// Maximum nesting of the decoded value and of MARKs.
+    pub max_depth: usize,
+    /// Maximum bytes the decoded value may occupy (payloads plus 16 per container item). `None`
+    /// means `max(64 * input length, 16 MiB)`.
+    pub max_bytes: Option<usize>,
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        LoadOptions {
+            inert: false,
+            fix_imports: true,
+            encoding: StringEncoding::Ascii,
+            errors: DecodeErrors::Strict,
+            buffers: None,
+            persistent_load: None,
+            max_depth: DEFAULT_MAX_DEPTH,
+            max_bytes: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for LoadOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("inert", &self.inert)
+            .field("fix_imports", &self.fix_imports)
+            .field("encoding", &self.encoding)
+            .field("errors", &self.errors)
+            .field("buffers", &self.buffers.map(<[Value]>::len))
+            .field("persistent_load", &self.persistent_load.is_some())
+            .field("max_depth", &self.max_depth)
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
+}
+
+type Res<T> = Result<T, UnpicklingError>;
+
+/// A stack / memo slot: a finished immutable value (with its nesting depth), a node of the
+/// mutable graph, or a global.
+#[derive(Clone)]
+enum Item {
+    V(Value, u32),
+    N(u32),
+    G(u32),
+}
+
+/// What a global resolves to. Only these; nothing is imported.
+#[derive(Clone)]
+enum GKind {
+    Complex,
+    Set,
+    FrozenSet,
+    ByteArray,
+    Bytes,
+    CodecsEncode,
+    Slice,
+    /// A value global: Ellipsis, StopIteration.
+    Value(Value),
+    /// Pattern helpers, only meaningful together with allowed classes.
+    Reconstructor,
+    NewObjFn,
+    NewObjExFn,
+    Getattr,
+    Partial,
+    /// A builtin type used as `_reconstructor`'s base (object, list, dict, int, ...).
+    Base,
+    /// A class or function the registry allows (or any global, in inert mode).
+    Class(Option<crate::registry::Constructor>),
+}
+
+struct Glob {
+    module: String,
+    name: String,
+    kind: GKind,
+}
+
+struct ObjNode {
+    glob: u32,
+    construct: Construct,
+    args: Vec<Item>,
+    kwargs: Option<Item>,
+    state: Option<Item>,
+    list: Vec<Item>,
+    dict: Vec<(Item, Item)>,
+}
+
+enum Node {
+    List(Vec<Item>),
+    Dict(Vec<(Item, Item)>),
+    Set(Vec<Item>),
+    FrozenSet(Vec<Item>),
+    Tuple(Vec<Item>),
+    Obj(Box<ObjNode>),
+    /// `getattr(cls, '__new__')`
+    NewOf(u32),
+    /// `functools.partial(cls.__new__)` then BUILD (func, (cls, *args), kwargs, dict)
+    Partial {
+        cls: u32,
+        built: Option<(Vec<Item>, Option<Item>)>,
+    },
+    /// Already frozen (its content moved out).
+    Taken,
+}
+
+pub(crate) struct Reader<'a, 'o> {
+    data: &'a [u8],
+    pos: usize,
+    op_pos: usize,
+    frame_end: Option<usize>,
+    opts: &'o LoadOptions<'o>,
+    reg: &'o Registry,
+    proto: u8,
+    stack: Vec<Item>,
+    marks: Vec<usize>,
+    memo: Vec<Option<Item>>,
+    memo_sparse: HashMap<u32, Item>,
+    nodes: Vec<Node>,
+    globals: Vec<Glob>,
+    glob_index: HashMap<(String, String), u32>,
+    used: usize,
+    limit: usize,
+    next_buffer: usize,
+}
+
+fn scalar(v: Value) -> Item {
+    Item::V(v, 0)
+}
+
+impl<'a, 'o> Reader<'a, 'o> {
+    pub(crate) fn new(data: &'a [u8], reg: &'o Registry, opts: &'o LoadOptions<'o>) -> Self {
+        let limit = opts
+            .max_bytes
+            .unwrap_or_else(|| data.len().saturating_mul(64).max(16 << 20));
+        Reader {
+            data,
+            pos: 0,
+            op_pos: 0,
+            frame_end: None,
+            opts,
+            reg,
+            proto: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: Vec::new(),
+            memo_sparse: HashMap::new(),
+            nodes: Vec::new(),
+            globals: Vec::new(),
+            glob_index: HashMap::new(),
+            used: 0,
+            limit,
+            next_buffer: 0,
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // errors and input
+
+    fn err(&self, msg: impl Into<String>) -> UnpicklingError {
+        UnpicklingError::new(ErrorKind::Unpickling, msg, self.op_pos)
+    }
+    fn err_kind(&self, kind: ErrorKind, msg: impl Into<String>) -> UnpicklingError {
+        UnpicklingError::new(kind, msg, self.op_pos)
+    }
+    fn truncated(&self) -> UnpicklingError {
+        self.err("pickle data was truncated")
+    }
+
+    fn charge(&mut self, n: usize) -> Res<()> {
+        self.used = self.used.saturating_add(n);
+        if self.used > self.limit {
+            return Err(self.err(format!(
+                "pickle exceeds the memory limit (max_bytes = {})",
+                self.limit
+            )));
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, n: usize) -> Res<&'a [u8]> {
+        if let Some(end) = self.frame_end {
+            if self.pos == end {
+                self.frame_end = None;
+            } else if n > end - self.pos {
+                return Err(self.err("pickle exhausted before end of frame"));
+            }
+        }
+        if n > self.data.len() - self.pos {
+            return Err(self.truncated());
+        }
+        let s = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn take_len(&mut self, n: u64) -> Res<&'a [u8]> {
+        let n = usize::try_from(n).map_err(|_| self.truncated())?;
+        self.take(n)
+    }
+
+    fn byte(&mut self) -> Res<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Res<u16> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Res<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Res<u64> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    /// A line without its `\n`.
+    fn line(&mut self) -> Res<&'a [u8]> {
+        let limit = match self.frame_end {
+            Some(end) if self.pos == end => {
+                self.frame_end = None;
+                self.data.len()
+            }
+            Some(end) => end,
+            None => self.data.len(),
+        };
+        let rest = &self.data[self.pos..limit];
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                self.pos += i + 1;
+                Ok(&rest[..i])
+            }
+            None if self.frame_end.is_some() => {
+                Err(self.err("pickle exhausted before end of frame"))
+            }
+            None => Err(self.truncated()),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // stack
+
+    fn fence(&self) -> usize {
+        self.marks.last().copied().unwrap_or(0)
+    }
+    fn underflow(&self) -> UnpicklingError {
+        self.err("unpickling stack underflow")
+    }
+    fn pop(&mut self) -> Res<Item> {
+        if self.stack.len() <= self.fence() {
+            return Err(self.underflow());
+        }
+        self.stack.pop().ok_or_else(|| self.underflow())
+    }
+    fn top(&self) -> Res<&Item> {
+        if self.stack.len() <= self.fence() {
+            return Err(self.underflow());
+        }
+        self.stack.last().ok_or_else(|| self.underflow())
+    }
+    fn pop_mark(&mut self) -> Res<Vec<Item>> {
+        let Some(m) = self.marks.pop() else {
+            return Err(self.err("could not find MARK"));
+        };
+        Ok(self.stack.split_off(m.min(self.stack.len())))
+    }
+    fn push(&mut self, it: Item) -> Res<()> {
+        self.charge(16)?;
+        self.stack.push(it);
+        Ok(())
+    }
+    fn push_v(&mut self, v: Value) -> Res<()> {
+        self.push(Item::V(v, 0))
+    }
+    fn new_node(&mut self, n: Node) -> Res<Item> {
+        self.charge(32)?;
+        let idx = u32::try_from(self.nodes.len()).map_err(|_| self.err("too many objects"))?;
+        self.nodes.push(n);
+        Ok(Item::N(idx))
+    }
+    fn check_depth(&self, d: u32) -> Res<()> {
+        if d as usize > self.opts.max_depth {
+            return Err(self.err(format!(
+                "maximum nesting depth exceeded (max_depth = {})",
+                self.opts.max_depth
+            )));
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // memo
+
+    fn memo_put(&mut self, idx: u64, it: Item) -> Res<()> {
+        let idx = u32::try_from(idx).map_err(|_| self.err("memo index out of range"))?;
+        let i = idx as usize;
+        if i < self.memo.len() {
+            self.memo[i] = Some(it);
+        } else if i == self.memo.len() {
+            self.charge(16)?;
+            self.memo.push(Some(it));
+        } else {
+            self.charge(48)?;
+            self.memo_sparse.insert(idx, it);
+        }
+        Ok(())
+    }
+    fn memo_get(&self, idx: u64) -> Res<Item> {
+        let found = u32::try_from(idx).ok().and_then(|i| {
+            match self.memo.get(i as usize) {
+                Some(Some(it)) => Some(it.clone()),
+                _ => self.memo_sparse.get(&i).cloned(),
+            }
+        });
+        found.ok_or_else(|| self.err(format!("Memo value not found at index {idx}")))
+    }
+    fn put_top(&mut self, idx: u64) -> Res<()> {
+        let it = self.top()?.clone();
+        self.memo_put(idx, it)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // the opcode loop
+
+    pub(crate) fn run(mut self) -> Res<(Value, usize)> {
+        if self.data.is_empty() {
+            return Err(UnpicklingError::new(ErrorKind::Eof, "Ran out of input", 0));
+        }
+        loop {
+            self.op_pos = self.pos;
+            let op = self.byte()?;
+            match op {
+                PROTO => {
+                    let p = self.byte()?;
+                    if p > 5 {
+                        return Err(self.err_kind(
+                            ErrorKind::Value,
+                            format!("unsupported pickle protocol: {p}"),
+                        ));
+                    }
+                    self.proto = p;
+                }
+                FRAME => {
+                    let n = self.u64()?;
+                    if let Some(end) = self.frame_end {
+                        if self.pos != end {
+                            return Err(self.err(
+                                "beginning of a new frame before end of current frame",
+                            ));
+                        }
+                    }
+                    if n > (self.data.len() - self.pos) as u64 {
+                        return Err(self.truncated());
+                    }
+                    self.frame_end = Some(self.pos + n as usize);
+                }
+                STOP => {
+                    let it = self.pop()?;
+                    let end = self.pos;
+                    let v = self.freeze(it)?;
+                    return Ok((v, end));
+                }
+                MARK => {
+                    if self.marks.len() >= self.opts.max_depth {
+                        return Err(self.err(format!(
+                            "too many nested MARKs (max_depth = {})",
+                            self.opts.max_depth
+                        )));
+                    }
+                    self.charge(8)?;
+                    self.marks.push(self.stack.len());
+                }
+                POP => {
+                    if self.stack.len() > self.fence() {
+                        self.stack.pop();
+                    } else if self.marks.pop().is_none() {
+                        return Err(self.underflow());
+                    }
+                }
+                POP_MARK => {
+                    self.pop_mark()?;
+                }
+                DUP => {
+                    let it = self.top()?.clone();
+                    self.push(it)?;
+                }
+                // ---- numbers
+                NONE => self.push_v(Value::None)?,
+                NEWTRUE => self.push_v(Value::Bool(true))?,
+                NEWFALSE => self.push_v(Value::Bool(false))?,
+                BININT1 => {
+                    let b = self.byte()?;
+                    self.push_v(Value::int(b as i64))?
+                }
+                BININT2 => {
+                    let v = self.u16()?;
+                    self.push_v(Value::int(v as i64))?
+                }
+                BININT => {
+                    let v = self.u32()? as i32;
+                    self.push_v(Value::int(v as i64))?
+                }
+                INT => {
+                    let line = self.line()?;
+                    let v = match line {
+                        b"00" => Value::Bool(false),
+                        b"01" => Value::Bool(true),
+                        _ => Value::Int(self.parse_int(line)?),
+                    };
+                    self.push_v(v)?
+                }
+                LONG => {
+                    let mut line = self.line()?;
+                    if let [rest @ .., b'L'] = line {
+                        line = rest;
+                    }
+                    let v = self.parse_int(line)?;
+                    self.push_v(Value::Int(v))?
+                }
+                LONG1 => {
+                    let n = self.byte()? as usize;
+                    let b = self.take(n)?;
+                    self.push_v(Value::bigint(BigInt::from_signed_bytes_le(b)))?
+                }
+                LONG4 => {
+                    let n = self.u32()? as i32;
+                    if n < 0 {
+                        return Err(self.err("LONG pickle has negative byte count"));
+                    }
+                    let b = self.take(n as usize)?;
+                    self.charge(b.len())?;
+                    self.push_v(Value::bigint(BigInt::from_signed_bytes_le(b)))?
+                }
+                FLOAT => {
+                    let line = self.line()?;
+                    let f = std::str::from_utf8(line)
+                        .ok()
+                        .map(|s| s.trim().replace('_', ""))
+                        .and_then(|s| s.parse::<f64>().ok())
+                        .ok_or_else(|| {
+                            self.err_kind(
+                                ErrorKind::Value,
+                                format!(
+                                    "could not convert string to float: {:?}",
+                                    String::from_utf8_lossy(line)
+                                ),
+                            )
+                        })?;
+                    self.push_v(Value::Float(f))?
+                }
+                BINFLOAT => {
+                    let b = self.take(8)?;
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    self.push_v(Value::Float(f64::from_be_bytes(a)))?
+                }
+                // ---- strings
+                STRING => {
+                    let line = self.line()?;
+                    let body = match line {
+                        [q @ (b'\'' | b'"'), body @ .., e] if q == e => body,
+                        _ => {
+                            return Err(self.err("the STRING opcode argument must be quoted"))
+                        }
+                    };
+                    let raw = text::escape_decode(body)
+                        .map_err(|m| self.err_kind(ErrorKind::Value, m))?;
+                    self.push_py2_string(&raw)?
+                }
+                BINSTRING => {
+                    let n = self.u32()? as i32;
+                    if n < 0 {
+                        return Err(self.err("BINSTRING pickle has negative byte count"));
+                    }
+                    let b = self.take(n as usize)?;
+                    self.push_py2_string(b)?
+                }
+                SHORT_BINSTRING => {
+                    let n = self.byte()? as usize;
+                    let b = self.take(n)?;
+                    self.push_py2_string(b)?
+                }
+                UNICODE => {
+                    let line = self.line()?;
+                    self.charge(line.len() * 2)?;
+                    let s = text::raw_unicode_escape_decode(line)
+                        .map_err(|m| self.err_kind(ErrorKind::UnicodeDecode, m))?;
+                    self.push_v(Value::from(s))?
+                }
+                SHORT_BINUNICODE => {
+                    let n = self.byte()? as usize;
+                    let b = self.take(n)?;
+                    self.push_utf8(b)?
+                }
+                BINUNICODE => {
+                    let n = self.u32()? as u64;
+                    let b = self.take_len(n)?;
+                    self.push_utf8(b)?
+                }
+                BINUNICODE8 => {
+                    let n = self.u64()?;
+                    let b = self.take_len(n)?;
+                    self.push_utf8(b)?
+                }
+                SHORT_BINBYTES => {
+                    let n = self.byte()? as usize;
+                    let b = self.take(n)?;
+                    self.push_v(Value::Bytes(b.into()))?
+                }
+                BINBYTES => {
+                    let n = self.u32()? as u64;
+                    let b = self.take_len(n)?;
+                    self.charge(b.len())?;
+                    self.push_v(Value::Bytes(b.into()))?
+                }
+                BINBYTES8 => {
+                    let n = self.u64()?;
+                    let b = self.take_len(n)?;
+                    self.charge(b.len())?;
+                    self.push_v(Value::Bytes(b.into()))?
+                }
+                BYTEARRAY8 => {
+                    let n = self.u64()?;
+                    let b = self.take_len(n)?;
+                    self.charge(b.len())?;
+                    self.push_v(Value::ByteArray(Arc::new(b.to_vec())))?
+                }
+                NEXT_BUFFER => {
+                    let Some(bufs) = self.opts.buffers else {
+                        return Err(self.err(
+                            "pickle stream refers to out-of-band data but no *buffers* argument was given",
+                        ));
+                    };
+                    let Some(b) = bufs.get(self.next_buffer) else {
+                        return Err(self.err("not enough out-of-band buffers"));
+                    };
+                    self.next_buffer += 1;
+                    let b = b.clone();
+                    self.push_v(b)?
+                }
+                READONLY_BUFFER => {
+                    let mut it = self.pop()?;
+                    if let Item::V(Value::ByteArray(b), d) = &it {
+                        let ro = Item::V(Value::Bytes(b[..].into()), *d);
+                        it = ro;
+                    }
+                    self.push(it)?
+                }
+                // ---- containers
+                EMPTY_TUPLE => self.push(Item::V(Value::tuple(Vec::new()), 1))?,
+                TUPLE => {
+                    let items = self.pop_mark()?;
+                    let t = self.make_tuple(items)?;
+                    self.push(t)?
+                }
+                TUPLE1 | TUPLE2 | TUPLE3 => {
+                    let n = (op - TUPLE1 + 1) as usize;
+                    if self.stack.len() < self.fence() + n {
+                        return Err(self.underflow());
+                    }
+                    let items = self.stack.split_off(self.stack.len() - n);
+                    let t = self.make_tuple(items)?;
+                    self.push(t)?
+                }
+                EMPTY_LIST => {
+                    let n = self.new_node(Node::List(Vec::new()))?;
+                    self.push(n)?
+                }
+                LIST => {
+                    let items = self.pop_mark()?;
+                    self.charge(items.len() * 16)?;
+                    let n = self.new_node(Node::List(items))?;
+                    self.push(n)?
+                }
+                EMPTY_DICT => {
+                    let n = self.new_node(Node::Dict(Vec::new()))?;
+                    self.push(n)?
+                }
+                DICT => {
+                    let items = self.pop_mark()?;
+                    let pairs = self.pairs(items, "DICT")?;
+                    let n = self.new_node(Node::Dict(pairs))?;
+                    self.push(n)?
+                }
+                EMPTY_SET => {
+                    let n = self.new_node(Node::Set(Vec::new()))?;
+                    self.push(n)?
+                }
+                FROZENSET => {
+                    let items = self.pop_mark()?;
+                    self.charge(items.len() * 16)?;
+                    let n = self.new_node(Node::FrozenSet(items))?;
+                    self.push(n)?
+                }
+                APPEND => {
+                    let v = self.pop()?;
+                    self.extend_list(vec![v])?;
+                }
+                APPENDS => {
+                    let items = self.pop_mark()?;
+                    self.extend_list(items)?;
+                }
+                SETITEM => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    self.extend_dict(vec![(k, v)])?;
+                }
+                SETITEMS => {
+                    let items = self.pop_mark()?;
+                    let pairs = self.pairs(items, "SETITEMS")?;
+                    self.extend_dict(pairs)?;
+                }
+                ADDITEMS => {
+                    let items = self.pop_mark()?;
+                    self.charge(items.len() * 16)?;
+                    let top = self.top()?.clone();
+                    match top {
+                        Item::N(n) => match &mut self.nodes[n as usize] {
+                            Node::Set(s) => s.extend(items),
+                            _ => return Err(self.err("ADDITEMS target is not a set")),
+                        },
+                        _ => return Err(self.err("ADDITEMS target is not a set")),
+                    }
+                }
+                // ---- memo
+                PUT => {
+                    let line = self.line()?;
+                    let idx = self.parse_index(line)?;
+                    if idx < 0 {
+                        return Err(self.err_kind(ErrorKind::Value, "negative PUT argument"));
+                    }
+                    self.put_top(idx as u64)?
+                }
+                BINPUT => {
+                    let i = self.byte()?;
+                    self.put_top(i as u64)?
+                }
+                LONG_BINPUT => {
+                    let i = self.u32()?;
+                    self.put_top(i as u64)?
+                }
+                MEMOIZE => {
+                    let i = (self.memo.len() + self.memo_sparse.len()) as u64;
+                    self.put_top(i)?
+                }
+                GET => {
+                    let line = self.line()?;
+                    let idx = self.parse_index(line)?;
+                    let it = if idx < 0 {
+                        return Err(self.err(format!("Memo value not found at index {idx}")));
+                    } else {
+                        self.memo_get(idx as u64)?
+                    };
+                    self.push(it)?
+                }
+                BINGET => {
+                    let i = self.byte()?;
+                    let it = self.memo_get(i as u64)?;
+                    self.push(it)?
+                }
+                LONG_BINGET => {
+                    let i = self.u32()?;
+                    let it = self.memo_get(i as u64)?;
+                    self.push(it)?
+                }
+                // ---- globals and objects
+                GLOBAL => {
+                    let module = self.line()?;
+                    let name = self.line()?;
+                    let module = self.utf8_name(module)?;
+                    let name = self.utf8_name(name)?;
+                    let g = self.find_class(&module, &name)?;
+                    self.push(Item::G(g))?
+                }
+                STACK_GLOBAL => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    let (Some(module), Some(name)) = (str_of(&module), str_of(&name)) else {
+                        return Err(self.err("STACK_GLOBAL requires str"));
+                    };
+                    let g = self.find_class(&module, &name)?;
+                    self.push(Item::G(g))?
+                }
+                EXT1 | EXT2 | EXT4 => {
+                    let code: i64 = match op {
+                        EXT1 => self.byte()? as i64,
+                        EXT2 => self.u16()? as i64,
+                        _ => self.u32()? as i32 as i64,
+                    };
+                    if code <= 0 {
+                        return Err(self.err("EXT specifies code <= 0"));
+                    }
+                    let key = i32::try_from(code)
+                        .ok()
+                        .and_then(|c| self.reg.extension(c))
+                        .map(|(m, n)| (m.to_owned(), n.to_owned()));
+                    let Some((m, n)) = key else {
+                        return Err(self.err_kind(
+                            ErrorKind::Value,
+                            format!("unregistered extension code {code}"),
+                        ));
+                    };
+                    let g = self.find_class(&m, &n)?;
+                    self.push(Item::G(g))?
+                }
+                REDUCE => {
+                    let args = self.pop()?;
+                    let callable = self.pop()?;
+                    let r = self.reduce(callable, args)?;
+                    self.push(r)?
+                }
+                NEWOBJ => {
+                    let args = self.pop()?;
+                    let cls = self.pop()?;
+                    let args = self.tuple_items(&args, "NEWOBJ args")?;
+                    let r = self.new_object(cls, Construct::NewObj, args, None)?;
+                    self.push(r)?
+                }
+                NEWOBJ_EX => {
+                    let kwargs = self.pop()?;
+                    let args = self.pop()?;
+                    let cls = self.pop()?;
+                    let args = self.tuple_items(&args, "NEWOBJ_EX args")?;
+                    let r = self.new_object(cls, Construct::NewObjEx, args, Some(kwargs))?;
+                    self.push(r)?
+                }
+                INST => {
+                    let module = self.line()?;
+                    let name = self.line()?;
+                    let module = self.utf8_name(module)?;
+                    let name = self.utf8_name(name)?;
+                    let args = self.pop_mark()?;
+                    let g = self.find_class(&module, &name)?;
+                    let r = self.new_object(Item::G(g), Construct::Reduce, args, None)?;
+                    self.push(r)?
+                }
+                OBJ => {
+                    let mut items = self.pop_mark()?;
+                    if items.is_empty() {
+                        return Err(self.underflow());
+                    }
+                    let args = items.split_off(1);
+                    let cls = items.pop().ok_or_else(|| self.underflow())?;
+                    let r = self.new_object(cls, Construct::Reduce, args, None)?;
+                    self.push(r)?
+                }
+                BUILD => {
+                    let state = self.pop()?;
+                    let target = self.top()?.clone();
+                    self.build(target, state)?;
+                }
+                PERSID => {
+                    let line = self.line()?;
+                    let Ok(pid) = std::str::from_utf8(line) else {
+                        return Err(self.err("persistent IDs in protocol 0 must be ASCII strings"));
+                    };
+                    if !pid.is_ascii() {
+                        return Err(self.err("persistent IDs in protocol 0 must be ASCII strings"));
+                    }
+                    let v = self.persistent(Value::str(pid))?;
+                    self.push(v)?
+                }
+                BINPERSID => {
+                    let pid = self.pop()?;
+                    let pid = self.freeze(pid)?;
+                    let v = self.persistent(pid)?;
+                    self.push(v)?
+                }
+                _ => {
+                    return Err(self.err(if op.is_ascii_graphic() {
+                        format!("invalid load key, '{}'.", op as char)
+                    } else {
+                        format!("invalid load key, '\\x{op:02x}'.")
+                    }))
+                }
+            }
+        }
+    }
+
+    fn persistent(&self, pid: Value) -> Res<Item> {
+        let Some(f) = self.opts.persistent_load else {
+            return Err(self.err(
+                "A load persistent id instruction was encountered, but no persistent_load function was specified.",
+            ));
+        };
+        let v = f(pid).map_err(|m| self.err(m))?;
+        Ok(Item::V(v, 1))
+    }
+
+    fn utf8_name(&self, b: &[u8]) -> Res<String> {
+        std::str::from_utf8(b).map(str::to_owned).map_err(|_| {
+            self.err_kind(
+                ErrorKind::UnicodeDecode,
+                "'utf-8' codec can't decode global name",
+            )
+        })
+    }
+
+    fn parse_index(&self, line: &[u8]) -> Res<i64> {
+        std::str::from_utf8(line)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .ok_or_else(|| {
+                self.err_kind(
+                    ErrorKind::Value,
+                    format!(
+                        "invalid literal for int() with base 10: {:?}",
+                        String::from_utf8_lossy(line)
+                    ),
+                )
+            })
+    }
+
+    fn parse_int(&self, line: &[u8]) -> Res<Int> {
+        let bad = || {
+            self.err_kind(
+                ErrorKind::Value,
+                format!(
+                    "invalid literal for int() with base 10: {:?}",
+                    String::from_utf8_lossy(line)
+                ),
+            )
+        };
+        let s = std::str::from_utf8(line).map_err(|_| bad())?.trim();
+        let digits = s.trim_start_matches(['+', '-']);
+        if digits.is_empty()
+            || s.len() - digits.len() > 1
+            || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+        {
+            return Err(bad());
+        }
+        if digits.len() > INT_MAX_STR_DIGITS {
+            return Err(self.err_kind(
+                ErrorKind::Value,
+                format!(
+                    "Exceeds the limit ({INT_MAX_STR_DIGITS} digits) for integer string conversion: value has {} digits; use sys.set_int_max_str_digits() to increase the limit",
+                    digits.len()
+                ),
+            ));
+        }
+        let clean = s.replace('_', "");
+        if let Ok(v) = clean.parse::<i64>() {
+            return Ok(Int::Small(v));
+        }
+        let b = BigInt::parse_bytes(clean.as_bytes(), 10).ok_or_else(bad)?;
+        Ok(Int::from_bigint(b))
+    }
+
+    fn push_utf8(&mut self, b: &[u8]) -> Res<()> {
+        self.charge(b.len())?;
+        let s = PyStr::from_utf8_surrogatepass(b).map_err(|e| {
+            self.err_kind(ErrorKind::UnicodeDecode, e.to_string())
+        })?;
+        self.push_v(Value::from(s))
+    }
+
+    fn push_py2_string(&mut self, b: &[u8]) -> Res<()> {
+        self.charge(b.len() * 2)?;
+        let v = if self.opts.encoding == StringEncoding::Bytes {
+            Value::Bytes(b.into())
+        } else {
+            let s = text::decode_py2(b, self.opts.encoding, self.opts.errors)
+                .map_err(|m| self.err_kind(ErrorKind::UnicodeDecode, m))?;
+            Value::from(s)
+        };
+        self.push_v(v)
+    }
+
+    fn make_tuple(&mut self, items: Vec<Item>) -> Res<Item> {
+        self.charge(items.len() * 16)?;
+        if items.iter().all(|i| matches!(i, Item::V(..))) {
+            let mut d = 0;
+            let vals: Vec<Value> = items
+                .into_iter()
+                .map(|i| match i {
+                    Item::V(v, dd) => {
+                        d = d.max(dd);
+                        v
+                    }
+                    _ => Value::None,
+                })
+                .collect();
+            self.check_depth(d + 1)?;
+            return Ok(Item::V(Value::tuple(vals), d + 1));
+        }
+        self.new_node(Node::Tuple(items))
+    }
+
+    fn pairs(&self, items: Vec<Item>, what: &str) -> Res<Vec<(Item, Item)>> {
+        if items.len() % 2 != 0 {
+            return Err(self.err(format!("odd number of items for {what}")));
+        }
+        let mut out = Vec::with_capacity(items.len() / 2);
+        let mut it = items.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+
+    fn extend_list(&mut self, items: Vec<Item>) -> Res<()> {
+        self.charge(items.len() * 16)?;
+        let top = self.top()?.clone();
+        if let Item::N(n) = top {
+            match &mut self.nodes[n as usize] {
+                Node::List(l) => {
+                    l.extend(items);
+                    return Ok(());
+                }
+                Node::Obj(o) => {
+                    o.list.extend(items);
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        Err(self.err("APPEND/APPENDS target is not a list"))
+    }
+
+    fn extend_dict(&mut self, pairs: Vec<(Item, Item)>) -> Res<()> {
+        self.charge(pairs.len() * 32)?;
+        let top = self.top()?.clone();
+        if let Item::N(n) = top {
+            match &mut self.nodes[n as usize] {
+                Node::Dict(d) => {
+                    d.extend(pairs);
+                    return Ok(());
+                }
+                Node::Obj(o) => {
+                    o.dict.extend(pairs);
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        Err(self.err("SETITEM/SETITEMS target is not a dict"))
+    }
+
+    /// The items of a tuple on the stack (a finished tuple value or a tuple node).
+    fn tuple_items(&self, it: &Item, what: &str) -> Res<Vec<Item>> {
+        match it {
+            Item::V(Value::Tuple(t), d) => {
+                Ok(t.iter().map(|v| Item::V(v.clone(), d.saturating_sub(1))).collect())
+            }
+            Item::N(n) => match &self.nodes[*n as usize] {
+                Node::Tuple(items) => Ok(items.clone()),
+                _ => Err(self.err(format!("{what} must be a tuple"))),
+            },
+            _ => Err(self.err(format!("{what} must be a tuple"))),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // globals
+
+    fn find_class(&mut self, module: &str, name: &str) -> Res<u32> {
+        let (m, n) = if self.proto < 3 && self.opts.fix_imports {
+            compat::py2_to_py3(module, name)
+        } else {
+            (module, name)
+        };
+        if let Some(&g) = self.glob_index.get(&(m.to_owned(), n.to_owned())) {
+            return Ok(g);
+        }
+        let patterns_ok = self.opts.inert || self.reg.has_classes();
+        let kind = match (m, n) {
+            ("builtins", "complex") => GKind::Complex,
+            ("builtins", "set") => GKind::Set,
+            ("builtins", "frozenset") => GKind::FrozenSet,
+            ("builtins", "bytearray") => GKind::ByteArray,
+            ("builtins", "bytes") => GKind::Bytes,
+            ("_codecs", "encode") => GKind::CodecsEncode,
+            ("builtins", "slice") => GKind::Slice,
+            ("builtins", "Ellipsis") => GKind::Value(Value::Ellipsis),
+            ("builtins", "StopIteration") => GKind::Value(Value::StopIteration),
+            _ => match self.reg.lookup(m, n) {
+                Some(Allowed::Construct(f)) => GKind::Class(Some(f.clone())),
+                Some(Allowed::Inert) => GKind::Class(None),
+                None if patterns_ok => match (m, n) {
+                    ("copyreg", "_reconstructor") => GKind::Reconstructor,
+                    ("copyreg", "__newobj__") => GKind::NewObjFn,
+                    ("copyreg", "__newobj_ex__") => GKind::NewObjExFn,
+                    ("builtins", "getattr") => GKind::Getattr,
+                    ("functools", "partial") => GKind::Partial,
+                    (
+                        "builtins",
+                        "object" | "list" | "dict" | "int" | "float" | "str" | "tuple",
+                    ) => GKind::Base,
+                    _ if self.opts.inert => GKind::Class(None),
+                    _ => return Err(self.refused(m, n)),
+                },
+                None => return Err(self.refused(m, n)),
+            },
+        };
+        let g = self.globals.len() as u32;
+        self.charge(64 + m.len() + n.len())?;
+        self.globals.push(Glob {
+            module: m.to_owned(),
+            name: n.to_owned(),
+            kind,
+        });
+        self.glob_index.insert((m.to_owned(), n.to_owned()), g);
+        Ok(g)
+    }
+
+    fn refused(&self, m: &str, n: &str) -> UnpicklingError {
+        self.err(format!(
+            "global '{m}.{n}' is forbidden: it is not in the registry (register it, or load with inert=True to inspect it)"
+        ))
+    }
+
+    fn glob_name(&self, g: u32) -> String {
+        let g = &self.globals[g as usize];
+        format!("{}.{}", g.module, g.name)
+    }
+
+    fn reduce(&mut self, callable: Item, args: Item) -> Res<Item> {
+        let g = match callable {
+            Item::G(g) => g,
+            Item::N(n) => {
+                // Calling a prepared functools.partial(cls.__new__, cls, *args, **kwargs).
+                if let Node::Partial { cls, built } = &self.nodes[n as usize] {
+                    let cls = *cls;
+                    let Some((pargs, kwargs)) = built.clone() else {
+                        return Err(self.err("functools.partial called before its state was set"));
+                    };
+                    let extra = self.tuple_items(&args, "REDUCE args")?;
+                    if !extra.is_empty() {
+                        return Err(self.err("unsupported functools.partial call"));
+                    }
+                    let mut pargs = pargs;
+                    if pargs.is_empty() || !matches!(pargs[0], Item::G(c) if c == cls) {
+                        return Err(self.err("functools.partial of cls.__new__ must pass cls first"));
+                    }
+                    pargs.remove(0);
+                    return self.new_object(Item::G(cls), Construct::NewObjEx, pargs, kwargs);
+                }
+                return Err(self.err("REDUCE target is not callable"));
+            }
+            Item::V(..) => return Err(self.err("REDUCE target is not callable")),
+        };
+        let items = self.tuple_items(&args, "REDUCE args")?;
+        let kind = self.globals[g as usize].kind.clone();
+        let bad = |s: &Self| s.err(format!("unsupported arguments for {}", s.glob_name(g)));
+        match kind {
+            GKind::Complex => {
+                let mut parts = [0.0f64; 2];
+                if items.len() > 2 {
+                    return Err(bad(self));
+                }
+                for (i, it) in items.iter().enumerate() {
+                    parts[i] = match it {
+                        Item::V(Value::Float(f), _) => *f,
+                        Item::V(Value::Int(Int::Small(v)), _) => *v as f64,
+                        Item::V(Value::Int(Int::Big(b)), _) => {
+                            b.to_f64().filter(|f| f.is_finite()).ok_or_else(|| bad(self))?
+                        }
+                        Item::V(Value::Bool(b), _) => *b as i64 as f64,
+                        _ => return Err(bad(self)),
+                    };
+                }
+                Ok(scalar(Value::Complex(parts[0], parts[1])))
+            }
+            GKind::Set | GKind::FrozenSet => {
+                let content = match items.as_slice() {
+                    [] => Vec::new(),
+                    [it] => self.iter_items(it).ok_or_else(|| bad(self))?,
+                    _ => return Err(bad(self)),
+                };
+                self.charge(content.len() * 16)?;
+                let node = if matches!(kind, GKind::Set) {
+                    Node::Set(content)
+                } else {
+                    Node::FrozenSet(content)
+                };
+                self.new_node(node)
+            }
+            GKind::ByteArray | GKind::Bytes => {
+                let data: Vec<u8> = match items.as_slice() {
+                    [] => Vec::new(),
+                    [Item::V(Value::Bytes(b), _)] => b.to_vec(),
+                    [Item::V(Value::ByteArray(b), _)] => b.to_vec(),
+                    [Item::V(Value::Str(s), _), Item::V(Value::Str(enc), _)] => {
+                        self.encode_str(s, enc).ok_or_else(|| bad(self))?
+                    }
+                    _ => return Err(bad(self)),
+                };
+                self.charge(data.len())?;
+                Ok(scalar(if matches!(kind, GKind::Bytes) {
+                    Value::Bytes(data.into())
+                } else {
+                    Value::ByteArray(Arc::new(data))
+                }))
+            }
+            GKind::CodecsEncode => {
+                let data = match items.as_slice() {
+                    [Item::V(Value::Str(s), _), Item::V(Value::Str(enc), _)] => {
+                        self.encode_str(s, enc).ok_or_else(|| bad(self))?
+                    }
+                    _ => return Err(bad(self)),
+                };
+                self.charge(data.len())?;
+                Ok(scalar(Value::Bytes(data.into())))
+            }
+            GKind::Slice => {
+                let mut vals = Vec::with_capacity(3);
+                let mut d = 0;
+                for it in items {
+                    match it {
+                        Item::V(v, dd) => {
+                            d = d.max(dd);
+                            vals.push(v)
+                        }
+                        _ => return Err(bad(self)),
+                    }
+                }
+                let (start, stop, step) = match vals.len() {
+                    1 => (Value::None, vals.pop().unwrap_or(Value::None), Value::None),
+                    2 | 3 => {
+                        let step = if vals.len() == 3 { vals.pop().unwrap_or(Value::None) } else { Value::None };
+                        let stop = vals.pop().unwrap_or(Value::None);
+                        let start = vals.pop().unwrap_or(Value::None);
+                        (start, stop, step)
+                    }
+                    _ => return Err(bad(self)),
+                };
+                self.check_depth(d + 1)?;
+                Ok(Item::V(
+                    Value::Slice(Arc::new(Slice { start, stop, step })),
+                    d + 1,
+                ))
+            }
+            GKind::Reconstructor => {
+                // copyreg._reconstructor(cls, base, state)
+                let [cls, base, state] = <[Item; 3]>::try_from(items).map_err(|_| bad(self))?;
+                let (Item::G(c), Item::G(b)) = (&cls, &base) else {
+                    return Err(bad(self));
+                };
+                let (c, b) = (*c, *b);
+                if !matches!(self.globals[c as usize].kind, GKind::Class(_)) {
+                    return Err(bad(self));
+                }
+                let base_name = (
+                    self.globals[b as usize].module.clone(),
+                    self.globals[b as usize].name.clone(),
+                );
+                let obj = match (base_name.0.as_str(), base_name.1.as_str(), &state) {
+                    ("builtins", "object", Item::V(Value::None, _)) => {
+                        self.obj_node(c, Construct::NewObj, Vec::new(), None)
+                    }
+                    ("builtins", "list", _) => {
+                        let items = self.iter_items(&state).ok_or_else(|| bad(self))?;
+                        let mut o = self.obj_node(c, Construct::NewObj, Vec::new(), None);
+                        o.list = items;
+                        o
+                    }
+                    ("builtins", "dict", Item::N(n)) => {
+                        let Node::Dict(d) = &self.nodes[*n as usize] else {
+                            return Err(bad(self));
+                        };
+                        let d = d.clone();
+                        let mut o = self.obj_node(c, Construct::NewObj, Vec::new(), None);
+                        o.dict = d;
+                        o
+                    }
+                    _ => self.obj_node(c, Construct::Reconstructor, vec![base, state], None),
+                };
+                self.new_node(Node::Obj(Box::new(obj)))
+            }
+            GKind::NewObjFn | GKind::NewObjExFn => {
+                let mut items = items;
+                if items.is_empty() {
+                    return Err(bad(self));
+                }
+                let cls = items.remove(0);
+                if matches!(kind, GKind::NewObjFn) {
+                    self.new_object(cls, Construct::NewObj, items, None)
+                } else {
+                    let [args, kwargs] = <[Item; 2]>::try_from(items).map_err(|_| bad(self))?;
+                    let args = self.tuple_items(&args, "__newobj_ex__ args")?;
+                    self.new_object(cls, Construct::NewObjEx, args, Some(kwargs))
+                }
+            }
+            GKind::Getattr => match items.as_slice() {
+                [Item::G(c), Item::V(Value::Str(s), _)]
+                    if s.as_bytes() == b"__new__"
+                        && matches!(self.globals[*c as usize].kind, GKind::Class(_)) =>
+                {
+                    let c = *c;
+                    self.new_node(Node::NewOf(c))
+                }
+                _ => Err(self.err("builtins.getattr is only allowed as getattr(cls, '__new__') of an allowed class")),
+            },
+            GKind::Partial => match items.as_slice() {
+                [Item::N(n)] => match self.nodes[*n as usize] {
+                    Node::NewOf(c) => self.new_node(Node::Partial {
+                        cls: c,
+                        built: None,
+                    }),
+                    _ => Err(bad(self)),
+                },
+                _ => Err(self.err("functools.partial is only allowed over cls.__new__ of an allowed class")),
+            },
+            GKind::Class(_) => self.new_object(Item::G(g), Construct::Reduce, items, None),
+            GKind::Value(_) | GKind::Base => {
+                Err(self.err(format!("calling {} is not supported", self.glob_name(g))))
+            }
+        }
+    }
+
+    fn encode_str(&self, s: &PyStr, enc: &PyStr) -> Option<Vec<u8>> {
+        let enc = enc.as_str()?;
+        match StringEncoding::from_name(enc)? {
+            StringEncoding::Latin1 => s
+                .code_points()
+                .map(|c| u8::try_from(c).ok())
+                .collect::<Option<Vec<u8>>>(),
+            StringEncoding::Ascii => s
+                .code_points()
+                .map(|c| u8::try_from(c).ok().filter(u8::is_ascii))
+                .collect::<Option<Vec<u8>>>(),
+            StringEncoding::Utf8 => s.as_str().map(|t| t.as_bytes().to_vec()),
+            StringEncoding::Bytes => None,
+        }
+    }
+
+    /// The items of a list/tuple/set argument (set(x), frozenset(x), _reconstructor state).
+    fn iter_items(&self, it: &Item) -> Option<Vec<Item>> {
+        match it {
+            Item::V(Value::Tuple(t) | Value::List(t), d) => {
+                Some(t.iter().map(|v| Item::V(v.clone(), d.saturating_sub(1))).collect())
+            }
+            Item::N(n) => match &self.nodes[*n as usize] {
+                Node::List(l) | Node::Tuple(l) | Node::Set(l) | Node::FrozenSet(l) => {
+                    Some(l.clone())
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn obj_node(&self, glob: u32, construct: Construct, args: Vec<Item>, kwargs: Option<Item>) -> ObjNode {
+        ObjNode {
+            glob,
+            construct,
+            args,
+            kwargs,
+            state: None,
+            list: Vec::new(),
+            dict: Vec::new(),
+        }
+    }
+
+    fn new_object(
+        &mut self,
+        cls: Item,
+        construct: Construct,
+        args: Vec<Item>,
+        kwargs: Option<Item>,
+    ) -> Res<Item> {
+        let Item::G(g) = cls else {
+            return Err(self.err("class argument must be a global"));
+        };
+        if !matches!(self.globals[g as usize].kind, GKind::Class(_)) {
+            return Err(self.err(format!(
+                "creating {} objects this way is not supported",
+                self.glob_name(g)
+            )));
+        }
+        self.charge(args.len() * 16)?;
+        let o = self.obj_node(g, construct, args, kwargs);
+        self.new_node(Node::Obj(Box::new(o)))
+    }
+
+    fn build(&mut self, target: Item, state: Item) -> Res<()> {
+        let Item::N(n) = target else {
+            return Err(self.err("BUILD target is not an object"));
+        };
+        let cls = match &mut self.nodes[n as usize] {
+            Node::Obj(o) => {
+                o.state = Some(state);
+                return Ok(());
+            }
+            Node::Partial { cls, .. } => *cls,
+            _ => return Err(self.err("BUILD target is not an object")),
+        };
+        // functools.partial state: (func, args, kwargs, __dict__)
+        let bad = |s: &Self| s.err("unsupported functools.partial state");
+        let parts = self.tuple_items(&state, "functools.partial state")?;
+        if parts.len() != 4 || !matches!(parts[3], Item::V(Value::None, _)) {
+            return Err(bad(self));
+        }
+        match &parts[0] {
+            Item::N(f) if matches!(self.nodes[*f as usize], Node::NewOf(c) if c == cls) => {}
+            _ => return Err(bad(self)),
+        }
+        let args = self.tuple_items(&parts[1], "functools.partial args")?;
+        let kwargs = match &parts[2] {
+            Item::V(Value::None, _) => None,
+            other => Some(other.clone()),
+        };
+        if let Node::Partial { built, .. } = &mut self.nodes[n as usize] {
+            *built = Some((args, kwargs));
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // freezing the graph into values
+
+    fn global_value(&self, g: u32) -> Res<Value> {
+        let glob = &self.globals[g as usize];
+        match &glob.kind {
+            GKind::Value(v) => Ok(v.clone()),
+            GKind::Class(Some(f)) => {
+                let inert = Inert::global(&glob.module, &glob.name);
+                f(&inert).map_err(|m| self.err(m))
+            }
+            GKind::Class(None) => Ok(Inert::global(&glob.module, &glob.name).to_value()),
+            _ if self.opts.inert => Ok(Inert::global(&glob.module, &glob.name).to_value()),
+            _ => Err(self.err(format!(
+                "global '{}' cannot be loaded as a value (load with inert=True to inspect it)",
+                self.glob_name(g)
+            ))),
+        }
+    }
+
+    fn children(&self, n: u32, out: &mut Vec<u32>) {
+        let mut add = |it: &Item| {
+            if let Item::N(c) = it {
+                out.push(*c);
+            }
+        };
+        match &self.nodes[n as usize] {
+            Node::List(v) | Node::Set(v) | Node::FrozenSet(v) | Node::Tuple(v) => {
+                v.iter().for_each(&mut add)
+            }
+            Node::Dict(d) => d.iter().for_each(|(k, v)| {
+                add(k);
+                add(v)
+            }),
+            Node::Obj(o) => {
+                o.args.iter().for_each(&mut add);
+                o.kwargs.iter().for_each(&mut add);
+                o.state.iter().for_each(&mut add);
+                o.list.iter().for_each(&mut add);
+                o.dict.iter().for_each(|(k, v)| {
+                    add(k);
+                    add(v)
+                });
+            }
+            Node::NewOf(_) | Node::Partial { .. } | Node::Taken => {}
+        }
+    }
+
+    fn freeze(&mut self, root: Item) -> Res<Value> {
+        let root = match root {
+            Item::V(v, _) => return Ok(v),
+            Item::G(g) => return self.global_value(g),
+            Item::N(n) => n,
+        };
+        let count = self.nodes.len();
+        let mut frozen: Vec<Option<(Value, u32)>> = vec![None; count];
+        let mut visiting = vec![0u8; count];
+        let mut work: Vec<(u32, bool)> = vec![(root, false)];
+        let mut kids = Vec::new();
+        while let Some((n, expanded)) = work.pop() {
+            if expanded {
+                let (v, d) = self.build_node(n, &frozen)?;
+                self.check_depth(d)?;
+                frozen[n as usize] = Some((v, d));
+                visiting[n as usize] = 2;
+                continue;
+            }
+            match visiting[n as usize] {
+                2 => continue,
+                1 => return Err(self.recursive()),
+                _ => {}
+            }
+            visiting[n as usize] = 1;
+            work.push((n, true));
+            kids.clear();
+            self.children(n, &mut kids);
+            for &c in &kids {
+                match visiting[c as usize] {
+                    1 => return Err(self.recursive()),
+                    0 => work.push((c, false)),
+                    _ => {}
+                }
+            }
+        }
+        match frozen[root as usize].take() {
+            Some((v, _)) => Ok(v),
+            None => Err(self.err("internal error: value not built")),
+        }
+    }
+
+    fn recursive(&self) -> UnpicklingError {
+        self.err("recursive structure: the pickle contains an object that contains itself, which cellar values cannot represent")
+    }
+
+    fn build_node(&mut self, n: u32, frozen: &[Option<(Value, u32)>]) -> Res<(Value, u32)> {
+        let node = std::mem::replace(&mut self.nodes[n as usize], Node::Taken);
+        let is_frozen = matches!(node, Node::FrozenSet(_));
+        let mut depth = 0u32;
+        let val = |s: &Self, it: Item, depth: &mut u32| -> Res<Value> {
+            match it {
+                Item::V(v, d) => {
+                    *depth = (*depth).max(d);
+                    Ok(v)
+                }
+                Item::N(c) => match &frozen[c as usize] {
+                    Some((v, d)) => {
+                        *depth = (*depth).max(*d);
+                        Ok(v.clone())
+                    }
+                    None => Err(s.recursive()),
+                },
+                Item::G(g) => s.global_value(g),
+            }
+        };
+        let hash_err = |s: &Self, e: cellar_value::HashError| s.err_kind(ErrorKind::Type, e.to_string());
+        let v = match node {
+            Node::List(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for it in items {
+                    out.push(val(self, it, &mut depth)?);
+                }
+                Value::list(out)
+            }
+            Node::Tuple(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for it in items {
+                    out.push(val(self, it, &mut depth)?);
+                }
+                Value::tuple(out)
+            }
+            Node::Dict(pairs) => {
+                let mut d = Dict::with_capacity(pairs.len());
+                for (k, v) in pairs {
+                    let k = val(self, k, &mut depth)?;
+                    let v = val(self, v, &mut depth)?;
+                    d.insert(k, v).map_err(|e| hash_err(self, e))?;
+                }
+                Value::Dict(Arc::new(d))
+            }
+            Node::Set(items) | Node::FrozenSet(items) => {
+                let mut s = Set::new();
+                for it in items {
+                    let v = val(self, it, &mut depth)?;
+                    s.insert(v).map_err(|e| hash_err(self, e))?;
+                }
+                if is_frozen {
+                    Value::FrozenSet(Arc::new(s))
+                } else {
+                    Value::Set(Arc::new(s))
+                }
+            }
+            Node::Obj(o) => {
+                let o = *o;
+                let glob = &self.globals[o.glob as usize];
+                let (module, name) = (glob.module.clone(), glob.name.clone());
+                let ctor = match &glob.kind {
+                    GKind::Class(c) => c.clone(),
+                    _ => None,
+                };
+                let mut args = Vec::with_capacity(o.args.len());
+                for it in o.args {
+                    args.push(val(self, it, &mut depth)?);
+                }
+                let kwargs = match o.kwargs {
+                    Some(k) => val(self, k, &mut depth)?,
+                    None if o.construct == Construct::NewObjEx => Value::dict([]).unwrap_or(Value::None),
+                    None => Value::None,
+                };
+                let state = match o.state {
+                    Some(s) => val(self, s, &mut depth)?,
+                    None => Value::None,
+                };
+                let mut listitems = Vec::with_capacity(o.list.len());
+                for it in o.list {
+                    listitems.push(val(self, it, &mut depth)?);
+                }
+                let mut dictitems = Vec::with_capacity(o.dict.len());
+                for (k, v) in o.dict {
+                    let k = val(self, k, &mut depth)?;
+                    let v = val(self, v, &mut depth)?;
+                    dictitems.push((k, v));
+                }
+                let inert = Inert {
+                    module,
+                    name,
+                    construct: o.construct,
+                    args: Value::tuple(args),
+                    kwargs,
+                    state,
+                    listitems,
+                    dictitems,
+                };
+                match ctor {
+                    Some(f) => f(&inert).map_err(|m| self.err(m))?,
+                    None => inert.to_value(),
+                }
+            }
+            Node::NewOf(_) | Node::Partial { .. } => {
+                return Err(self.err(
+                    "incomplete functools.partial / getattr pattern cannot be loaded as a value",
+                ))
+            }
+            Node::Taken => return Err(self.err("internal error: node frozen twice")),
+        };
+        Ok((v, depth + 1))
+    }
+
+}
+
+fn str_of(it: &Item) -> Option<String> {
+    match it {
+        Item::V(Value::Str(s), _) => s.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
