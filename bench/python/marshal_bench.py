@@ -6,7 +6,8 @@ Cases:
   (c) a large module's code object: the stdlib's largest library module with code (_pydecimal.py),
       plus the largest .py file overall (pydoc_data/topics.py, mostly one dict of strings)
 
-Each timing is the best of --repeat runs of timeit (gc disabled during timing, timeit's default).
+Each timing is the best of --repeat timeit runs (gc disabled during timing, timeit's default),
+CPython and cellar interleaved so that machine load drifts affect both alike.
 Prints a markdown table; ratio = CPython time / cellar time (> 1 means cellar is faster).
 
 Usage: python bench/python/marshal_bench.py [--repeat N] [--quick]
@@ -44,11 +45,16 @@ def module_code(relpath: str) -> object:
     return compile(src, path, "exec")
 
 
-def best(fn, repeat: int) -> float:
-    t = timeit.Timer(fn)
-    n, _ = t.autorange()
-    n = max(1, n // 2)
-    return min(t.repeat(repeat=repeat, number=n)) / n
+def best_pair(fn_c, fn_r, repeat: int) -> tuple[float, float]:
+    """Best time per call of each function, measured interleaved (C, cellar, C, cellar, ...) so
+    that drifting machine load affects both sides alike."""
+    tc, tr = timeit.Timer(fn_c), timeit.Timer(fn_r)
+    n = max(1, min(tc.autorange()[0], tr.autorange()[0]) // 2)
+    bc = br = float("inf")
+    for _ in range(repeat):
+        bc = min(bc, tc.timeit(n) / n)
+        br = min(br, tr.timeit(n) / n)
+    return bc, br
 
 
 def main() -> None:
@@ -72,10 +78,8 @@ def main() -> None:
         # Sanity: each side reads the other's output to an equal value.
         assert c_marshal.loads(r_bytes) == value, name
         assert r_marshal.loads(c_bytes) == value, name
-        d_c = best(lambda: c_marshal.dumps(value), repeat)
-        d_r = best(lambda: r_marshal.dumps(value), repeat)
-        l_c = best(lambda: c_marshal.loads(c_bytes), repeat)
-        l_r = best(lambda: r_marshal.loads(c_bytes), repeat)
+        d_c, d_r = best_pair(lambda: c_marshal.dumps(value), lambda: r_marshal.dumps(value), repeat)
+        l_c, l_r = best_pair(lambda: c_marshal.loads(c_bytes), lambda: r_marshal.loads(c_bytes), repeat)
         rows.append((name, len(c_bytes), "dumps", d_c, d_r))
         rows.append((name, len(c_bytes), "loads", l_c, l_r))
 

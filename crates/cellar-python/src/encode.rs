@@ -182,9 +182,14 @@ struct Encoder {
     /// Objects given FLAG_REF so far -> their reference index (strong references, released in
     /// `Drop`). `None` below version 3.
     refs: Option<RefMap>,
+    /// Direct-mapped cache in front of `refs` (pointer -> index). Entries stay valid for the whole
+    /// dump: every flagged object is kept alive by the table's strong reference.
+    hot: [(usize, u32); HOT_SLOTS],
 }
 
 type RefMap = HashMap<usize, u32, PtrBuild>;
+
+const HOT_SLOTS: usize = 64;
 
 /// Largest reference table kept for reuse (clearing costs time proportional to capacity).
 const SPARE_REFS_MAX: usize = 1 << 12;
@@ -287,6 +292,7 @@ impl Encoder {
             version,
             depth,
             allow_code,
+            hot: [(0, 0); HOT_SLOTS],
             refs: if version >= 3 {
                 Some(
                     SPARE_REFS.with(|c| c.take()).unwrap_or_else(|| {
@@ -332,10 +338,21 @@ impl Encoder {
         let mut flag = 0u8;
         if let Some(refs) = self.refs.as_mut() {
             if ffi::Py_REFCNT(v) - extra > 1 {
+                // Recently referenced objects first: one load and compare, no hashing.
+                let slot = ((v as usize) >> 4) & (HOT_SLOTS - 1);
+                if let Some(&(p, idx)) = self.hot.get(slot) {
+                    if p == v as usize {
+                        self.out.code_u32(b'r', idx)?;
+                        return Ok(());
+                    }
+                }
                 let next = refs.len();
                 match refs.entry(v as usize) {
                     std::collections::hash_map::Entry::Occupied(e) => {
                         let idx = *e.get();
+                        if let Some(h) = self.hot.get_mut(slot) {
+                            *h = (v as usize, idx);
+                        }
                         self.out.code_u32(b'r', idx)?;
                         return Ok(());
                     }
