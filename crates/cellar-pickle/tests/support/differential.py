@@ -1,0 +1,61 @@
+"""CPython side of the pickle differential test (crates/cellar-pickle/tests/differential.rs).
+
+stdin: records of (protocol: 1 byte, u32 LE length, cellar's pickle bytes). For each, CPython
+loads cellar's bytes with its own pickle.loads and answers with two records: the loaded value's
+canonical repr (repr with set elements sorted) or "ERROR: ...", and CPython's own
+pickle.dumps of that value at the same protocol.
+"""
+import pickle
+import struct
+import sys
+
+sys.set_int_max_str_digits(0)
+
+
+def canon(v):
+    t = type(v)
+    if t is tuple:
+        if len(v) == 1:
+            return "(" + canon(v[0]) + ",)"
+        return "(" + ", ".join(map(canon, v)) + ")"
+    if t is list:
+        return "[" + ", ".join(map(canon, v)) + "]"
+    if t is dict:
+        return "{" + ", ".join(canon(k) + ": " + canon(x) for k, x in v.items()) + "}"
+    if t is set:
+        return "{" + ", ".join(sorted(map(canon, v))) + "}" if v else "set()"
+    if t is frozenset:
+        return "frozenset({" + ", ".join(sorted(map(canon, v))) + "})" if v else "frozenset()"
+    if t is bytearray:
+        # CPython's bytearray repr escapes ' even inside double quotes; cellar_value::repr
+        # does not (reported), so compare through bytes' repr.
+        return "bytearray(" + repr(bytes(v)) + ")"
+    if t is slice:
+        return "slice(%s, %s, %s)" % (canon(v.start), canon(v.stop), canon(v.step))
+    return repr(v)
+
+
+def main():
+    data = sys.stdin.buffer.read()
+    out = []
+    pos = 0
+    while pos < len(data):
+        proto = data[pos]
+        (n,) = struct.unpack_from("<I", data, pos + 1)
+        blob = data[pos + 5 : pos + 5 + n]
+        pos += 5 + n
+        try:
+            value = pickle.loads(blob)
+            text = canon(value)
+            again = pickle.dumps(value, proto)
+        except Exception as e:  # reported to the Rust side, which fails the test
+            text = "ERROR: %s: %s" % (type(e).__name__, e)
+            again = b""
+        t = text.encode("utf-8", "surrogatepass")
+        out.append(struct.pack("<I", len(t)) + t)
+        out.append(struct.pack("<I", len(again)) + again)
+    sys.stdout.buffer.write(b"".join(out))
+
+
+if __name__ == "__main__":
+    main()
