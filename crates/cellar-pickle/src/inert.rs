@@ -20,14 +20,15 @@ pub enum Construct {
     Global,
     /// `module.name(*args)`: REDUCE, INST or OBJ.
     Reduce,
-    /// `cls.__new__(cls, *args)`: NEWOBJ (or `copyreg.__newobj__`, or
-    /// `copyreg._reconstructor(cls, object, None)` at protocols 0-1).
+    /// `cls.__new__(cls, *args)`: NEWOBJ (or `copyreg.__newobj__`).
     NewObj,
     /// `cls.__new__(cls, *args, **kwargs)`: NEWOBJ_EX (or `copyreg.__newobj_ex__`, or the
     /// `functools.partial(cls.__new__, cls, *args, **kwargs)` form of protocols 2-3).
     NewObjEx,
-    /// `copyreg._reconstructor(cls, base, state)` for a builtin base other than object, list
-    /// and dict: `args` is `(base, state)` with `base` an inert global.
+    /// `copyreg._reconstructor(cls, base, state)`, how CPython writes instances at protocols
+    /// 0-1: `args` is `(base, base_state)` with `base` an inert global (`builtins.object` with
+    /// state `None` for plain classes, `builtins.list` / `builtins.dict` with the items for
+    /// list and dict subclasses).
     Reconstructor,
 }
 

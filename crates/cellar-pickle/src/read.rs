@@ -1009,7 +1009,6 @@ impl<'a, 'o> Reader<'a, 'o> {
         if let Some(&g) = self.glob_index.get(&(m.to_owned(), n.to_owned())) {
             return Ok(g);
         }
-        let patterns_ok = self.opts.inert || self.reg.has_classes();
         let kind = match (m, n) {
             ("builtins", "complex") => GKind::Complex,
             ("builtins", "set") => GKind::Set,
@@ -1023,7 +1022,10 @@ impl<'a, 'o> Reader<'a, 'o> {
             _ => match self.reg.lookup(m, n) {
                 Some(Allowed::Construct(f)) => GKind::Class(Some(f.clone())),
                 Some(Allowed::Inert) => GKind::Class(None),
-                None if patterns_ok => match (m, n) {
+                // Pattern helpers are accepted as inert markers: they are never resolved to
+                // anything callable and only shape objects of allowed classes (anything else
+                // is refused when they are used).
+                None => match (m, n) {
                     ("copyreg", "_reconstructor") => GKind::Reconstructor,
                     ("copyreg", "__newobj__") => GKind::NewObjFn,
                     ("copyreg", "__newobj_ex__") => GKind::NewObjExFn,
@@ -1036,7 +1038,6 @@ impl<'a, 'o> Reader<'a, 'o> {
                     _ if self.opts.inert => GKind::Class(None),
                     _ => return Err(self.refused(m, n)),
                 },
-                None => return Err(self.refused(m, n)),
             },
         };
         let g = self.globals.len() as u32;
@@ -1187,31 +1188,10 @@ impl<'a, 'o> Reader<'a, 'o> {
                 if !matches!(self.globals[c as usize].kind, GKind::Class(_)) {
                     return Err(bad(self));
                 }
-                let base_name = (
-                    self.globals[b as usize].module.clone(),
-                    self.globals[b as usize].name.clone(),
-                );
-                let obj = match (base_name.0.as_str(), base_name.1.as_str(), &state) {
-                    ("builtins", "object", Item::V(Value::None, _)) => {
-                        self.obj_node(c, Construct::NewObj, Vec::new(), None)
-                    }
-                    ("builtins", "list", _) => {
-                        let items = self.iter_items(&state).ok_or_else(|| bad(self))?;
-                        let mut o = self.obj_node(c, Construct::NewObj, Vec::new(), None);
-                        o.list = items;
-                        o
-                    }
-                    ("builtins", "dict", Item::N(n)) => {
-                        let Node::Dict(d) = &self.nodes[*n as usize] else {
-                            return Err(bad(self));
-                        };
-                        let d = d.clone();
-                        let mut o = self.obj_node(c, Construct::NewObj, Vec::new(), None);
-                        o.dict = d;
-                        o
-                    }
-                    _ => self.obj_node(c, Construct::Reconstructor, vec![base, state], None),
-                };
+                let _ = b;
+                // Kept as is (object.__new__-style creation differs from cls.__new__), so it
+                // is written back the same way.
+                let obj = self.obj_node(c, Construct::Reconstructor, vec![base, state], None);
                 self.new_node(Node::Obj(Box::new(obj)))
             }
             GKind::NewObjFn | GKind::NewObjExFn => {
@@ -1513,8 +1493,15 @@ impl<'a, 'o> Reader<'a, 'o> {
                     _ => None,
                 };
                 let mut args = Vec::with_capacity(o.args.len());
-                for it in o.args {
-                    args.push(val(self, it, &mut depth)?);
+                for (i, it) in o.args.into_iter().enumerate() {
+                    match it {
+                        // _reconstructor's base class: a name, kept as an inert global.
+                        Item::G(b) if i == 0 && o.construct == Construct::Reconstructor => {
+                            let b = &self.globals[b as usize];
+                            args.push(Inert::global(&b.module, &b.name).to_value());
+                        }
+                        it => args.push(val(self, it, &mut depth)?),
+                    }
                 }
                 let kwargs = match o.kwargs {
                     Some(k) => val(self, k, &mut depth)?,

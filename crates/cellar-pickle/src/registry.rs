@@ -123,10 +123,6 @@ impl Registry {
         self.allowed.get(&(module.to_owned(), name.to_owned()))
     }
 
-    pub(crate) fn has_classes(&self) -> bool {
-        !self.allowed.is_empty()
-    }
-
     /// copyreg.add_extension: registers `code` (1..=0x7fffffff) for `module.name`. Registering
     /// the same pair again is fine; a conflicting key or code is an error.
     pub fn add_extension(&mut self, module: &str, name: &str, code: i64) -> Result<(), RegistryError> {
