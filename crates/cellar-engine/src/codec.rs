@@ -65,7 +65,10 @@ impl Codec {
         let flags = CCTX.with(|c| {
             let mut c = c.borrow_mut();
             match &self.cdict {
-                Some(cd) => c.compress_using_cdict(out, v, cd).ok().map(|_| F_ZSTD | F_DICT),
+                Some(cd) => c
+                    .compress_using_cdict(out, v, cd)
+                    .ok()
+                    .map(|_| F_ZSTD | F_DICT),
                 None => c.compress(out, v, level).ok().map(|_| F_ZSTD),
             }
         })?;

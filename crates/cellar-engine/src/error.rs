@@ -31,7 +31,11 @@ pub enum Error {
     /// An earlier I/O failure left this handle unable to guarantee the log's state.
     Poisoned { reason: String },
     /// A key or value exceeds the engine's limits.
-    TooLarge { what: &'static str, len: u64, max: u64 },
+    TooLarge {
+        what: &'static str,
+        len: u64,
+        max: u64,
+    },
     /// An operation that this storage backend cannot do (e.g. compaction on in-memory storage).
     Unsupported(&'static str),
     /// The handle was closed.
@@ -66,7 +70,10 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io { context, source } => write!(f, "I/O error while {context}: {source}"),
-            Error::Locked { path, pid: Some(pid) } => write!(
+            Error::Locked {
+                path,
+                pid: Some(pid),
+            } => write!(
                 f,
                 "store {} is locked for writing by process {pid}; only one writer at a time \
                  (open it read-only, or close the other writer)",

@@ -83,11 +83,7 @@ impl Table {
 
     /// Looks a key up. `is_key(offset)` reads the record at `offset` and says whether it holds
     /// the key being probed for.
-    pub fn probe(
-        &self,
-        hash: u64,
-        mut is_key: impl FnMut(u64) -> Result<bool>,
-    ) -> Result<Probe> {
+    pub fn probe(&self, hash: u64, mut is_key: impl FnMut(u64) -> Result<bool>) -> Result<Probe> {
         let mask = self.slots.len() - 1;
         let tag = hash & !OFFSET_MASK;
         let mut i = (hash as usize) & mask;

@@ -34,6 +34,4 @@ mod store;
 pub use error::{Error, Result};
 pub use format::{Compression, ValueEncoding, FORMAT_VERSION};
 pub use storage::{Crash, Fault, FaultOp, FileStorage, MemStorage, Storage};
-pub use store::{
-    repair, Batch, CheckReport, Damage, Iter, Options, RepairReport, Stats, Store,
-};
+pub use store::{repair, Batch, CheckReport, Damage, Iter, Options, RepairReport, Stats, Store};

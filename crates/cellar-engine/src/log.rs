@@ -41,8 +41,7 @@ impl<'s> LogReader<'s> {
     }
 
     fn window(&mut self, off: u64, len: usize) -> Result<&[u8]> {
-        let have = off >= self.buf_off
-            && off + len as u64 <= self.buf_off + self.buf.len() as u64;
+        let have = off >= self.buf_off && off + len as u64 <= self.buf_off + self.buf.len() as u64;
         if !have {
             let want = (len.max(WINDOW) as u64).min(self.end - off) as usize;
             let want = want.max(len);
@@ -71,7 +70,12 @@ impl<'s> LogReader<'s> {
                     reason: "incomplete record header at end of file",
                 })
             }
-            HeaderParse::Invalid(reason) => return Ok(Next::Bad { offset: off, reason }),
+            HeaderParse::Invalid(reason) => {
+                return Ok(Next::Bad {
+                    offset: off,
+                    reason,
+                })
+            }
         };
         if h.total() > avail {
             return Ok(Next::Bad {
@@ -146,7 +150,10 @@ pub fn read_header(st: &dyn Storage, off: u64, limit: u64) -> Result<(RecHeader,
         .map_err(|e| Error::io(format!("reading record at offset {off}"), e))?;
     match parse_header(&b[..n]) {
         HeaderParse::Ok(h) if off + h.total() <= limit => Ok((h, b)),
-        HeaderParse::Ok(_) => Err(Error::corrupt(off, "indexed record extends past end of log")),
+        HeaderParse::Ok(_) => Err(Error::corrupt(
+            off,
+            "indexed record extends past end of log",
+        )),
         HeaderParse::Incomplete => Err(Error::corrupt(off, "indexed record is incomplete")),
         HeaderParse::Invalid(r) => Err(Error::corrupt(off, r)),
     }

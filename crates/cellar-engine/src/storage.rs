@@ -128,7 +128,10 @@ impl FileStorage {
         }
         // Map generously beyond the current stable end (address space is cheap on 64-bit);
         // pages past EOF are never touched because reads stop at `stable`.
-        let len = need.max(1 << 20).checked_next_power_of_two()?.saturating_mul(2);
+        let len = need
+            .max(1 << 20)
+            .checked_next_power_of_two()?
+            .saturating_mul(2);
         let len = usize::try_from(len).ok()?;
         // SAFETY: the mapping is read-only and shared. The engine only reads bytes below the
         // `stable` watermark: records that were validated and are never truncated or rewritten
@@ -287,7 +290,10 @@ impl MemStorage {
 
     /// Current bytes.
     pub fn bytes(&self) -> Vec<u8> {
-        self.state.lock().map(|s| s.data.clone()).unwrap_or_default()
+        self.state
+            .lock()
+            .map(|s| s.data.clone())
+            .unwrap_or_default()
     }
 
     /// Bytes that the given crash would leave on "disk".

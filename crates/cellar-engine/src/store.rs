@@ -375,7 +375,10 @@ impl Gen {
         let probe = t.probe(hash, |off| {
             let hv = self
                 .storage
-                .view(off, (MAX_REC_HEADER as u64).min(limit.saturating_sub(off)) as usize)
+                .view(
+                    off,
+                    (MAX_REC_HEADER as u64).min(limit.saturating_sub(off)) as usize,
+                )
                 .map_err(|e| Error::io(format!("reading record at offset {off}"), e))?;
             let h = match parse_header(&hv) {
                 HeaderParse::Ok(h) if off + h.total() <= limit => h,
@@ -755,6 +758,22 @@ impl Store {
                 .custom_flags(libc::O_CLOEXEC)
                 .open(&path)
                 .map_err(io_err(format!("opening {}", path.display())))?;
+            // Validate the header before taking the lock, which writes our pid into it.
+            {
+                use std::os::unix::fs::FileExt;
+                let mut hb = [0u8; STATIC_LEN];
+                let n = file.read_at(&mut hb, 0).unwrap_or(0);
+                let mut n = n;
+                while n < STATIC_LEN {
+                    match file.read_at(&mut hb[n..], n as u64) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                }
+                if let Err(reason) = StaticHeader::decode(&hb[..n]) {
+                    return Err(Error::BadHeader { path, reason });
+                }
+            }
             let lock = if writable {
                 Some(WriterLock::acquire(&path, &file)?)
             } else {
@@ -909,7 +928,10 @@ impl Store {
         for off in offsets {
             let hv = g
                 .storage
-                .view(off, (MAX_REC_HEADER as u64).min(limit.saturating_sub(off)) as usize)
+                .view(
+                    off,
+                    (MAX_REC_HEADER as u64).min(limit.saturating_sub(off)) as usize,
+                )
                 .map_err(io_err(format!("reading record at offset {off}")))?;
             let h = match parse_header(&hv) {
                 HeaderParse::Ok(h) if off + h.total() <= limit => h,
@@ -1040,7 +1062,8 @@ pub fn repair(src: impl AsRef<Path>, dst: impl AsRef<Path>, opts: Options) -> Re
     let st = FileStorage::new(file);
     let len = st.len().map_err(io_err("reading the length"))?;
     let mut hb = vec![0u8; LOG_START.min(len) as usize];
-    st.read_at(0, &mut hb).map_err(io_err("reading the header"))?;
+    st.read_at(0, &mut hb)
+        .map_err(io_err("reading the header"))?;
     let mut report = RepairReport::default();
     let mut new_opts = Options {
         create: true,
@@ -1063,13 +1086,30 @@ pub fn repair(src: impl AsRef<Path>, dst: impl AsRef<Path>, opts: Options) -> Re
     let mut salvaged = 0u64;
     let mut dropped = 0u64;
     let mut last_end = LOG_START;
+    let mut skipping = false;
     let scan = scan_log(&st, len, |off, h, rec| {
-        if off != last_end && !pending.is_empty() {
-            // Damage interrupted a batch: drop it whole.
-            dropped += pending.len() as u64;
-            pending.clear();
+        if off != last_end {
+            // A damaged region: unless it is known to start at a commit boundary (nothing
+            // pending and the damaged record's header says it ended its commit), the records
+            // before it and after it up to the next commit end may belong to a damaged batch.
+            let mut hb = [0u8; MAX_REC_HEADER];
+            let n = (MAX_REC_HEADER as u64).min(len.saturating_sub(last_end)) as usize;
+            let standalone = st.read_at(last_end, &mut hb[..n]).is_ok()
+                && matches!(parse_header(&hb[..n]), HeaderParse::Ok(dh) if dh.flags & F_CONT == 0);
+            if !pending.is_empty() || !standalone {
+                dropped += pending.len() as u64;
+                pending.clear();
+                skipping = true;
+            }
         }
         last_end = off + h.total();
+        if skipping {
+            dropped += 1;
+            if h.flags & F_CONT == 0 {
+                skipping = false;
+            }
+            return Ok(());
+        }
         let k0 = h.header_len;
         let k1 = k0 + h.key_len as usize;
         match h.kind {
@@ -1199,7 +1239,10 @@ impl Inner {
 
     fn refresh(&self) -> Result<()> {
         let g = self.gen.load();
-        let len = g.storage.len().map_err(io_err("checking the store's length"))?;
+        let len = g
+            .storage
+            .len()
+            .map_err(io_err("checking the store's length"))?;
         let superseded = g.superseded.load(Ordering::Acquire);
         if len <= g.limit() && !superseded {
             return Ok(());
@@ -1207,7 +1250,10 @@ impl Inner {
         drop(g);
         let _w = lock(&self.writer);
         let g = self.gen.load_full();
-        let len = g.storage.len().map_err(io_err("checking the store's length"))?;
+        let len = g
+            .storage
+            .len()
+            .map_err(io_err("checking the store's length"))?;
         if len > g.limit() && !zero_at(&*g.storage, g.limit(), len)? {
             // A bad record here is most likely a commit still being written: stop and retry
             // on the next read.
@@ -1327,7 +1373,9 @@ impl Inner {
         let upto = g.limit();
         if let Err(e) = g.storage.sync_data() {
             let err = Error::io("syncing the store (fdatasync)", e);
-            self.poison(format!("{err}; writes since the last successful sync may be lost"));
+            self.poison(format!(
+                "{err}; writes since the last successful sync may be lost"
+            ));
             return Err(err);
         }
         *s = (generation, upto);
@@ -1395,7 +1443,9 @@ impl Inner {
             let err = Error::io(what, e);
             w.prealloc_end = start;
             if let Err(e2) = g.storage.set_len(start) {
-                self.poison(format!("a failed append ({err}) could not be rolled back: {e2}"));
+                self.poison(format!(
+                    "a failed append ({err}) could not be rolled back: {e2}"
+                ));
             }
             return Err(err);
         }
@@ -1510,7 +1560,9 @@ impl Inner {
             if let Some(d) = &dict {
                 encode_record(&mut head, K_DICT, 0, &[], d);
             }
-            storage.write_at(0, &head).map_err(io_err("writing the compacted file"))?;
+            storage
+                .write_at(0, &head)
+                .map_err(io_err("writing the compacted file"))?;
             let codec = Codec::new(header.compression.level(), dict.as_deref());
             let ng = Gen {
                 storage: Arc::clone(&storage),
@@ -1531,7 +1583,12 @@ impl Inner {
             };
             let mut out = Vec::with_capacity(1 << 20);
             let mut cbuf = Vec::new();
-            let copy = |ng: &Gen, out: &mut Vec<u8>, cbuf: &mut Vec<u8>, key: &[u8], val: &[u8]| -> Result<()> {
+            let copy = |ng: &Gen,
+                        out: &mut Vec<u8>,
+                        cbuf: &mut Vec<u8>,
+                        key: &[u8],
+                        val: &[u8]|
+             -> Result<()> {
                 let start = ng.limit() + out.len() as u64;
                 let (flags, v): (u8, &[u8]) = match ng.codec.compress(val, cbuf) {
                     Some(f) => (f, cbuf.as_slice()),
@@ -1553,7 +1610,8 @@ impl Inner {
                 ng.keys.fetch_add(1, Ordering::Relaxed);
                 ng.live_bytes.fetch_add(sizes.total, Ordering::Relaxed);
                 ng.raw_value_bytes.fetch_add(sizes.raw, Ordering::Relaxed);
-                ng.stored_value_bytes.fetch_add(sizes.stored, Ordering::Relaxed);
+                ng.stored_value_bytes
+                    .fetch_add(sizes.stored, Ordering::Relaxed);
                 Ok(())
             }
             let flush = |ng: &Gen, out: &mut Vec<u8>| -> Result<()> {
@@ -1572,7 +1630,9 @@ impl Inner {
                 let key = &body[..h.key_len as usize];
                 let raw;
                 let val: &[u8] = if h.flags & F_ZSTD != 0 {
-                    raw = g0.codec.decompress(h.flags, &body[h.key_len as usize..], off)?;
+                    raw = g0
+                        .codec
+                        .decompress(h.flags, &body[h.key_len as usize..], off)?;
                     &raw
                 } else {
                     &body[h.key_len as usize..]
@@ -1622,13 +1682,20 @@ impl Inner {
                                     // Flush so replaced records are readable for accounting.
                                     let start = ng.limit();
                                     out.clear();
-                                    let (flags, v): (u8, &[u8]) = match ng.codec.compress(&val, &mut cbuf) {
-                                        Some(f) => (f, cbuf.as_slice()),
-                                        None => (0, &val),
-                                    };
+                                    let (flags, v): (u8, &[u8]) =
+                                        match ng.codec.compress(&val, &mut cbuf) {
+                                            Some(f) => (f, cbuf.as_slice()),
+                                            None => (0, &val),
+                                        };
                                     let n = encode_record(&mut out, K_PUT, flags, &key, v);
-                                    let sizes = RecSizes { total: n as u64, stored: v.len() as u64, raw: val.len() as u64 };
-                                    ng.storage.write_at(start, &out).map_err(io_err("writing the compacted file"))?;
+                                    let sizes = RecSizes {
+                                        total: n as u64,
+                                        stored: v.len() as u64,
+                                        raw: val.len() as u64,
+                                    };
+                                    ng.storage
+                                        .write_at(start, &out)
+                                        .map_err(io_err("writing the compacted file"))?;
                                     ng.storage.set_stable(start + n as u64);
                                     ng.end.store(start + n as u64, Ordering::Release);
                                     ng.apply_put(&key, start, sizes)?;
@@ -1648,12 +1715,19 @@ impl Inner {
                 .map_err(io_err("syncing the compacted file"))?;
             // Tell readers of the old file, then switch the path over.
             let mut marker = Vec::new();
-            encode_record(&mut marker, K_SUPERSEDED, 0, &[], &ng.header.generation.to_le_bytes());
+            encode_record(
+                &mut marker,
+                K_SUPERSEDED,
+                0,
+                &[],
+                &ng.header.generation.to_le_bytes(),
+            );
             let old_end = g0.limit();
             g0.storage
                 .write_at(old_end, &marker)
                 .map_err(io_err("marking the old file superseded"))?;
-            g0.end.store(old_end + marker.len() as u64, Ordering::Release);
+            g0.end
+                .store(old_end + marker.len() as u64, Ordering::Release);
             fs::rename(&tmp, &path).map_err(io_err(format!(
                 "renaming {} over {}",
                 tmp.display(),

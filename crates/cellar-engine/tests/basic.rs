@@ -104,7 +104,10 @@ fn second_writer_names_the_holder() {
     s.put(b"k", b"v").unwrap();
     assert_eq!(r.get(b"k").unwrap().unwrap(), b"v");
     s.close().unwrap();
-    Store::open(&p, Options::default()).unwrap().close().unwrap();
+    Store::open(&p, Options::default())
+        .unwrap()
+        .close()
+        .unwrap();
 }
 
 #[test]
@@ -132,7 +135,10 @@ fn compaction_reclaims_and_readers_follow() {
     s.compact().unwrap();
     let after = s.stats().unwrap();
     assert_eq!(after.keys, 2000);
-    assert!(after.file_bytes < before.file_bytes / 3, "{before:?} {after:?}");
+    assert!(
+        after.file_bytes < before.file_bytes / 3,
+        "{before:?} {after:?}"
+    );
     assert_eq!(after.generation, before.generation + 1);
     s.put(b"new", b"after compaction").unwrap();
     // The reader follows to the new file and sees later commits.
@@ -169,7 +175,10 @@ fn background_compaction_runs() {
     let st = s.stats().unwrap();
     assert!(st.generation > 1, "{st:?}");
     assert_eq!(st.keys, 100);
-    assert_eq!(s.get(&3u32.to_le_bytes()).unwrap().unwrap(), vec![39u8; 100]);
+    assert_eq!(
+        s.get(&3u32.to_le_bytes()).unwrap().unwrap(),
+        vec![39u8; 100]
+    );
 }
 
 #[test]
