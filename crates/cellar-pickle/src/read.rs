@@ -161,6 +161,9 @@ pub(crate) struct Reader<'a, 'o> {
     memo: Vec<Option<Item>>,
     memo_sparse: HashMap<u32, Item>,
     nodes: Vec<Node>,
+    /// Nesting depth of each node as known so far (exact depths are computed when freezing;
+    /// this catches depth bombs while decoding).
+    node_depth: Vec<u32>,
     globals: Vec<Glob>,
     glob_index: HashMap<(String, String), u32>,
     used: usize,
@@ -190,6 +193,7 @@ impl<'a, 'o> Reader<'a, 'o> {
             memo: Vec::new(),
             memo_sparse: HashMap::new(),
             nodes: Vec::new(),
+            node_depth: Vec::new(),
             globals: Vec::new(),
             glob_index: HashMap::new(),
             used: 0,
@@ -322,8 +326,38 @@ impl<'a, 'o> Reader<'a, 'o> {
     fn new_node(&mut self, n: Node) -> Res<Item> {
         self.charge(32)?;
         let idx = u32::try_from(self.nodes.len()).map_err(|_| self.err("too many objects"))?;
+        let d = match &n {
+            Node::List(v) | Node::Set(v) | Node::FrozenSet(v) | Node::Tuple(v) => {
+                self.items_depth(v.iter())
+            }
+            Node::Dict(p) => self.items_depth(p.iter().flat_map(|(k, v)| [k, v])),
+            Node::Obj(o) => self.items_depth(o.args.iter()),
+            _ => 1,
+        };
+        self.check_depth(d)?;
         self.nodes.push(n);
+        self.node_depth.push(d);
         Ok(Item::N(idx))
+    }
+    fn item_depth(&self, it: &Item) -> u32 {
+        match it {
+            Item::V(_, d) => *d,
+            Item::N(n) => self.node_depth[*n as usize],
+            Item::G(_) => 0,
+        }
+    }
+    /// 1 + the deepest of `items`.
+    fn items_depth<'i>(&self, items: impl Iterator<Item = &'i Item>) -> u32 {
+        1 + items.map(|i| self.item_depth(i)).max().unwrap_or(0)
+    }
+    /// Raises node `n`'s known depth for new content of depth `d` (content depth + 1).
+    fn deepen(&mut self, n: u32, d: u32) -> Res<()> {
+        let slot = &mut self.node_depth[n as usize];
+        if d > *slot {
+            *slot = d;
+            self.check_depth(d)?;
+        }
+        Ok(())
     }
     fn check_depth(&self, d: u32) -> Res<()> {
         if d as usize > self.opts.max_depth {
@@ -661,6 +695,10 @@ impl<'a, 'o> Reader<'a, 'o> {
                     let items = self.pop_mark()?;
                     self.charge(items.len() * 16)?;
                     let top = self.top()?.clone();
+                    if let Item::N(n) = top {
+                        let d = self.items_depth(items.iter());
+                        self.deepen(n, d)?;
+                    }
                     match top {
                         Item::N(n) => match &mut self.nodes[n as usize] {
                             Node::Set(s) => s.extend(items),
@@ -949,6 +987,8 @@ impl<'a, 'o> Reader<'a, 'o> {
         self.charge(items.len() * 16)?;
         let top = self.top()?.clone();
         if let Item::N(n) = top {
+            let d = self.items_depth(items.iter());
+            self.deepen(n, d)?;
             match &mut self.nodes[n as usize] {
                 Node::List(l) => {
                     l.extend(items);
@@ -968,6 +1008,8 @@ impl<'a, 'o> Reader<'a, 'o> {
         self.charge(pairs.len() * 32)?;
         let top = self.top()?.clone();
         if let Item::N(n) = top {
+            let d = self.items_depth(pairs.iter().flat_map(|(k, v)| [k, v]));
+            self.deepen(n, d)?;
             match &mut self.nodes[n as usize] {
                 Node::Dict(d) => {
                     d.extend(pairs);
