@@ -161,10 +161,7 @@ impl Fjall {
 }
 impl Engine for Fjall {
     fn batch_durable(&self, kvs: &[Kv]) {
-        let mut b = self
-            .0
-            .batch()
-            .durability(Some(fjall::PersistMode::SyncAll));
+        let mut b = self.0.batch().durability(Some(fjall::PersistMode::SyncAll));
         for (k, v) in kvs {
             b.insert(&self.1, k.as_slice(), v.as_slice());
         }
@@ -196,7 +193,11 @@ impl Engine for Fjall {
 }
 
 // ---------------------------------------------------------------- heed (LMDB)
-struct Heed(heed::Env, heed::Database<heed::types::Bytes, heed::types::Bytes>, PathBuf);
+struct Heed(
+    heed::Env,
+    heed::Database<heed::types::Bytes, heed::types::Bytes>,
+    PathBuf,
+);
 impl Heed {
     fn open(dir: &Path) -> Heed {
         let p = dir.join("lmdb");
@@ -295,9 +296,13 @@ impl Engine for Sqlite {
     }
     fn get(&self, k: &[u8]) -> Option<usize> {
         let c = self.0.lock().unwrap();
-        let mut st = c.prepare_cached("SELECT length(v) FROM kv WHERE k = ?1").unwrap();
+        let mut st = c
+            .prepare_cached("SELECT length(v) FROM kv WHERE k = ?1")
+            .unwrap();
         let mut rows = st.query([k]).unwrap();
-        rows.next().unwrap().map(|r| r.get::<_, i64>(0).unwrap() as usize)
+        rows.next()
+            .unwrap()
+            .map(|r| r.get::<_, i64>(0).unwrap() as usize)
     }
     fn scan(&self) -> (usize, usize) {
         let c = self.0.lock().unwrap();
@@ -314,7 +319,8 @@ impl Engine for Sqlite {
     }
     fn compact(&mut self) -> bool {
         let c = self.0.lock().unwrap();
-        c.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+        c.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
         true
     }
     fn close(self: Box<Self>) {
@@ -398,12 +404,74 @@ fn random_kvs(rng: &mut StdRng, n: usize, vlen: usize) -> Vec<Kv> {
 }
 
 const WORDS: &[&str] = &[
-    "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "was", "with", "be", "by",
-    "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an",
-    "had", "they", "you", "were", "their", "one", "all", "we", "can", "her", "has", "there",
-    "been", "if", "more", "when", "will", "would", "who", "so", "no", "storage", "record",
-    "python", "shelve", "pickle", "value", "engine", "compaction", "durable", "index", "reader",
-    "writer", "process", "thread", "format", "version", "checksum", "batch", "commit", "sync",
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "was",
+    "with",
+    "be",
+    "by",
+    "on",
+    "not",
+    "he",
+    "this",
+    "are",
+    "or",
+    "his",
+    "from",
+    "at",
+    "which",
+    "but",
+    "have",
+    "an",
+    "had",
+    "they",
+    "you",
+    "were",
+    "their",
+    "one",
+    "all",
+    "we",
+    "can",
+    "her",
+    "has",
+    "there",
+    "been",
+    "if",
+    "more",
+    "when",
+    "will",
+    "would",
+    "who",
+    "so",
+    "no",
+    "storage",
+    "record",
+    "python",
+    "shelve",
+    "pickle",
+    "value",
+    "engine",
+    "compaction",
+    "durable",
+    "index",
+    "reader",
+    "writer",
+    "process",
+    "thread",
+    "format",
+    "version",
+    "checksum",
+    "batch",
+    "commit",
+    "sync",
 ];
 
 fn text_value(rng: &mut StdRng, len: usize) -> Vec<u8> {
@@ -539,8 +607,20 @@ fn main() {
             db.batch_durable(chunk);
         }
         let dt = secs(t.elapsed());
-        res.add("(a) 1M inserts, 1000/batch, durable", e, n as f64 / dt / 1000.0, "k ops/s", true);
-        res.add("(e1) disk size after (a)", e, disk_usage(&dir) as f64 / 1e6, "MB", false);
+        res.add(
+            "(a) 1M inserts, 1000/batch, durable",
+            e,
+            n as f64 / dt / 1000.0,
+            "k ops/s",
+            true,
+        );
+        res.add(
+            "(e1) disk size after (a)",
+            e,
+            disk_usage(&dir) as f64 / 1e6,
+            "MB",
+            false,
+        );
         // (c) random reads
         let t = Instant::now();
         let mut found = 0;
@@ -551,24 +631,48 @@ fn main() {
         }
         let dt = secs(t.elapsed());
         assert_eq!(found, n, "{e} lost keys");
-        res.add("(c) 1M random reads", e, n as f64 / dt / 1000.0, "k ops/s", true);
+        res.add(
+            "(c) 1M random reads",
+            e,
+            n as f64 / dt / 1000.0,
+            "k ops/s",
+            true,
+        );
         // (d) full iteration
         let t = Instant::now();
         let (items, _bytes) = db.scan();
         let dt = secs(t.elapsed());
         assert_eq!(items, n);
-        res.add("(d) full iteration", e, n as f64 / dt / 1000.0, "k items/s", true);
+        res.add(
+            "(d) full iteration",
+            e,
+            n as f64 / dt / 1000.0,
+            "k items/s",
+            true,
+        );
         // (e) overwrite every key, then compact
         for chunk in overwrite.chunks(batch) {
             db.batch_durable(chunk);
         }
-        res.add("(e2) disk size after overwrite", e, disk_usage(&dir) as f64 / 1e6, "MB", false);
+        res.add(
+            "(e2) disk size after overwrite",
+            e,
+            disk_usage(&dir) as f64 / 1e6,
+            "MB",
+            false,
+        );
         let t = Instant::now();
         let could = db.compact();
         let ct = secs(t.elapsed());
         db.close();
         if could {
-            res.add("(e3) disk size after compaction", e, disk_usage(&dir) as f64 / 1e6, "MB", false);
+            res.add(
+                "(e3) disk size after compaction",
+                e,
+                disk_usage(&dir) as f64 / 1e6,
+                "MB",
+                false,
+            );
             eprintln!("  (compaction took {ct:.2}s)");
         }
         let _ = std::fs::remove_dir_all(&dir);
@@ -627,15 +731,33 @@ fn main() {
                 db.batch_durable(chunk);
             }
             let dt = secs(t.elapsed());
-            res.add("(f1) 100k 4KiB text: load", e, n_text as f64 / dt / 1000.0, "k ops/s", true);
+            res.add(
+                "(f1) 100k 4KiB text: load",
+                e,
+                n_text as f64 / dt / 1000.0,
+                "k ops/s",
+                true,
+            );
             let t = Instant::now();
             for &i in &order {
                 assert!(db.get(&text[i].0).is_some());
             }
             let dt = secs(t.elapsed());
-            res.add("(f2) 100k 4KiB text: random reads", e, n_text as f64 / dt / 1000.0, "k ops/s", true);
+            res.add(
+                "(f2) 100k 4KiB text: random reads",
+                e,
+                n_text as f64 / dt / 1000.0,
+                "k ops/s",
+                true,
+            );
             db.close();
-            res.add("(f3) 100k 4KiB text: disk size", e, disk_usage(&dir) as f64 / 1e6, "MB", false);
+            res.add(
+                "(f3) 100k 4KiB text: disk size",
+                e,
+                disk_usage(&dir) as f64 / 1e6,
+                "MB",
+                false,
+            );
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
@@ -664,13 +786,23 @@ fn main() {
         let mut best = f64::MAX;
         for _ in 0..3 {
             let t = Instant::now();
-            let s = cellar_engine::Store::open(&path, cellar_engine::Options::from_dbm_flag("r").unwrap()).unwrap();
+            let s = cellar_engine::Store::open(
+                &path,
+                cellar_engine::Options::from_dbm_flag("r").unwrap(),
+            )
+            .unwrap();
             let dt = secs(t.elapsed());
             assert_eq!(s.len().unwrap() as usize, n_open);
             best = best.min(dt);
             drop(s);
         }
-        res.add("(g) open a 10M-key store", "cellar", best * 1000.0, "ms", false);
+        res.add(
+            "(g) open a 10M-key store",
+            "cellar",
+            best * 1000.0,
+            "ms",
+            false,
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -222,8 +222,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 /// Reads a LEB128 varint of at most `max_bytes`; `None` if incomplete or too long.
 fn get_varint(b: &[u8], max_bytes: usize) -> Option<(u64, usize)> {
     let mut v = 0u64;
-    for i in 0..max_bytes.min(b.len()) {
-        let byte = b[i];
+    for (i, &byte) in b.iter().enumerate().take(max_bytes) {
         v |= u64::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
             return Some((v, i + 1));

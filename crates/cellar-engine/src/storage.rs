@@ -12,8 +12,10 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwapOption;
 
 /// Positional I/O on one file. Implementations must be usable from many threads at once.
+#[allow(clippy::len_without_is_empty)]
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Current length of the file.
+    #[allow(clippy::len_without_is_empty)]
     fn len(&self) -> io::Result<u64>;
     /// Reads exactly `buf.len()` bytes at `offset` (`UnexpectedEof` past the end).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;

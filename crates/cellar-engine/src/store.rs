@@ -370,9 +370,10 @@ impl Gen {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let hash = hash_key(key);
         let t = self.index.load();
-        let limit = self.limit();
         let mut found: Option<Vec<u8>> = None;
         let probe = t.probe(hash, |off| {
+            // Read the end after the slot: the writer publishes the end before the slot.
+            let limit = self.limit();
             let hv = self
                 .storage
                 .view(
@@ -611,7 +612,7 @@ fn load_gen(
         .iter()
         .filter_map(|&o| Slot::decode(&hb[o as usize..o as usize + SLOT_LEN]))
         .collect();
-    slots.sort_by(|a, b| b.seq.cmp(&a.seq));
+    slots.sort_by_key(|s| std::cmp::Reverse(s.seq));
     let max_seq = slots.first().map(|s| s.seq).unwrap_or(0);
     let mut loaded = None;
     for s in &slots {
@@ -925,24 +926,19 @@ impl Store {
         let mut offsets = g.index.load().offsets();
         offsets.sort_unstable();
         let limit = g.limit();
+        // One view of the whole log: zero-copy through the mapping on real files.
+        let all = g
+            .storage
+            .view(0, limit as usize)
+            .map_err(io_err("reading the log"))?;
         for off in offsets {
-            let hv = g
-                .storage
-                .view(
-                    off,
-                    (MAX_REC_HEADER as u64).min(limit.saturating_sub(off)) as usize,
-                )
-                .map_err(io_err(format!("reading record at offset {off}")))?;
-            let h = match parse_header(&hv) {
-                HeaderParse::Ok(h) if off + h.total() <= limit => h,
+            let rest = all.get(off as usize..).unwrap_or(&[]);
+            let h = match parse_header(rest) {
+                HeaderParse::Ok(h) if h.total() <= rest.len() as u64 => h,
                 _ => return Err(Error::corrupt(off, "indexed record is damaged")),
             };
-            drop(hv);
-            let rec = g
-                .storage
-                .view(off, h.total() as usize)
-                .map_err(io_err(format!("reading record at offset {off}")))?;
-            if !verify(&h, &rec) {
+            let rec = &rest[..h.total() as usize];
+            if !verify(&h, rec) {
                 return Err(Error::corrupt(off, "record checksum mismatch"));
             }
             let k0 = h.header_len;
@@ -1424,7 +1420,7 @@ impl Inner {
     /// Writes `data` at the end of the log (zero-filling ahead on real files). On failure the
     /// file is cut back to the old end, or the handle is poisoned if even that fails.
     fn append(&self, g: &Gen, w: &mut WriterState, data: &[u8], what: &str) -> Result<()> {
-        const ZEROS: [u8; 1 << 16] = [0u8; 1 << 16];
+        static ZEROS: [u8; 1 << 16] = [0u8; 1 << 16];
         let start = g.limit();
         let new_end = start + data.len() as u64;
         if g.storage.file().is_some() && new_end > w.prealloc_end {

@@ -1,5 +1,7 @@
 //! API behaviour: CRUD, reopen, batches, iteration, open modes, locking, compaction,
 //! compression, limits, stats.
+// `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
+#![allow(clippy::manual_is_multiple_of)]
 
 use cellar_engine::{Batch, Compression, Error, Options, Store, ValueEncoding};
 

@@ -3,6 +3,8 @@
 //! moments, >= 100 rounds, then reopens the store (recovery) and checks that every acknowledged
 //! batch is there in full, nothing of an unfinished batch is visible, and deletes applied.
 //! Background compaction and checkpoints run in the child, so kills also land inside them.
+// `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
+#![allow(clippy::manual_is_multiple_of)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};

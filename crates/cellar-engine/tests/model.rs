@@ -3,6 +3,8 @@
 //! tails, on the in-memory storage). After a power loss the recovered contents must equal the
 //! model after some commit at or after the last sync (acknowledged + synced writes survive, a
 //! batch is all or nothing); after a process kill every acknowledged write must survive.
+// `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
+#![allow(clippy::manual_is_multiple_of)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! Across processes: reader processes (this test binary, re-executed) follow a writer's commits
 //! and compactions; a second writer process gets `Locked` naming the holder's pid; a fork()ed
 //! child neither writes through the inherited handle nor keeps the parent's writer lock.
+// `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
+#![allow(clippy::manual_is_multiple_of)]
 
 use std::process::Command;
 
@@ -9,7 +11,9 @@ use cellar_engine::{Batch, Error, Options, Store};
 const FINAL: u64 = 3000;
 
 fn item(i: u64) -> Vec<u8> {
-    format!("item-{i}-").repeat(1 + (i % 9) as usize).into_bytes()
+    format!("item-{i}-")
+        .repeat(1 + (i % 9) as usize)
+        .into_bytes()
 }
 
 fn ro() -> Options {
@@ -19,8 +23,10 @@ fn ro() -> Options {
 /// Reader child: polls until it has seen the final commit; every commit it sees is complete.
 #[test]
 fn reader_child() {
-    let (Ok(path), Ok(parent)) = (std::env::var("CELLAR_MP_PATH"), std::env::var("CELLAR_MP_PARENT"))
-    else {
+    let (Ok(path), Ok(parent)) = (
+        std::env::var("CELLAR_MP_PATH"),
+        std::env::var("CELLAR_MP_PARENT"),
+    ) else {
         return;
     };
     let parent: u32 = parent.parse().unwrap();
@@ -41,7 +47,10 @@ fn reader_child() {
         if c > 0 {
             assert_eq!(s.get(format!("k{c}").as_bytes()).unwrap().unwrap(), item(c));
             let probe = c / 2 + 1;
-            assert_eq!(s.get(format!("k{probe}").as_bytes()).unwrap().unwrap(), item(probe));
+            assert_eq!(
+                s.get(format!("k{probe}").as_bytes()).unwrap().unwrap(),
+                item(probe)
+            );
         }
         last = c;
         if c == FINAL {
@@ -57,7 +66,14 @@ fn reader_child() {
 fn readers_follow_writer_commits_and_compactions() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mp.db");
-    let w = Store::open(&path, Options { auto_compact: false, ..Options::default() }).unwrap();
+    let w = Store::open(
+        &path,
+        Options {
+            auto_compact: false,
+            ..Options::default()
+        },
+    )
+    .unwrap();
     w.put(b"counter", &0u64.to_le_bytes()).unwrap();
     let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..2)
@@ -100,7 +116,9 @@ fn fork_child_body(path: &std::path::Path, w: &Store, parent: u32) -> bool {
 /// Forks from a re-executed single-test process (so no other test threads exist at fork time).
 #[test]
 fn fork_child() {
-    let Ok(path) = std::env::var("CELLAR_FORK_PATH") else { return };
+    let Ok(path) = std::env::var("CELLAR_FORK_PATH") else {
+        return;
+    };
     let path = std::path::PathBuf::from(path);
     let w = Store::open(&path, Options::default()).unwrap();
     w.put(b"k", b"v").unwrap();
@@ -126,7 +144,10 @@ fn fork_child() {
         }
         let mut r = [0u8; 1];
         assert_eq!(libc::read(to_parent[0], r.as_mut_ptr().cast(), 1), 1);
-        assert_eq!(r[0], 1, "child saw wrong behaviour through the inherited handle");
+        assert_eq!(
+            r[0], 1,
+            "child saw wrong behaviour through the inherited handle"
+        );
         // The child is still alive; closing our handle must release the writer lock.
         w.close().unwrap();
         let again = Store::open(&path, Options::default());

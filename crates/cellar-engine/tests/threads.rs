@@ -1,5 +1,7 @@
 //! Multi-thread stress: readers never see a torn or foreign value while a writer overwrites,
 //! deletes, batches and compacts; concurrent sync() calls are grouped.
+// `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
+#![allow(clippy::manual_is_multiple_of)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,7 +17,11 @@ fn val(k: u32, gen: u32) -> Vec<u8> {
 fn check(k: u32, v: &[u8]) -> u32 {
     let s = std::str::from_utf8(v).unwrap();
     let mut parts = s.split(':');
-    assert_eq!(parts.next().unwrap().parse::<u32>().unwrap(), k, "value of another key");
+    assert_eq!(
+        parts.next().unwrap().parse::<u32>().unwrap(),
+        k,
+        "value of another key"
+    );
     let gen: u32 = parts.next().unwrap().parse().unwrap();
     assert_eq!(v, val(k, gen).as_slice(), "torn value");
     gen
@@ -27,7 +33,11 @@ fn readers_and_writers_under_load() {
     let s = Arc::new(
         Store::open(
             dir.path().join("db"),
-            Options { compact_min_bytes: 256 << 10, compact_ratio: 0.4, ..Options::default() },
+            Options {
+                compact_min_bytes: 256 << 10,
+                compact_ratio: 0.4,
+                ..Options::default()
+            },
         )
         .unwrap(),
     );
@@ -51,7 +61,11 @@ fn readers_and_writers_under_load() {
                 if let Some(v) = s.get(&k.to_le_bytes()).unwrap() {
                     let gen = check(k, &v);
                     // A single reader never sees a key go back in time.
-                    assert!(gen >= last[k as usize], "key {k} went from {} to {gen}", last[k as usize]);
+                    assert!(
+                        gen >= last[k as usize],
+                        "key {k} went from {} to {gen}",
+                        last[k as usize]
+                    );
                     last[k as usize] = gen;
                 }
                 reads += 1;
