@@ -142,7 +142,7 @@ enum Node {
     /// `functools.partial(cls.__new__)` then BUILD (func, (cls, *args), kwargs, dict)
     Partial {
         cls: u32,
-        built: Option<(Vec<Item>, Option<Item>)>,
+        built: Option<Box<(Vec<Item>, Option<Item>)>>,
     },
     /// Already frozen (its content moved out).
     Taken,
@@ -1111,7 +1111,7 @@ impl<'a, 'o> Reader<'a, 'o> {
                 // Calling a prepared functools.partial(cls.__new__, cls, *args, **kwargs).
                 if let Node::Partial { cls, built } = &self.nodes[n as usize] {
                     let cls = *cls;
-                    let Some((pargs, kwargs)) = built.clone() else {
+                    let Some((pargs, kwargs)) = built.as_deref().cloned() else {
                         return Err(self.err("functools.partial called before its state was set"));
                     };
                     let extra = self.tuple_items(&args, "REDUCE args")?;
@@ -1370,7 +1370,7 @@ impl<'a, 'o> Reader<'a, 'o> {
             other => Some(other.clone()),
         };
         if let Node::Partial { built, .. } = &mut self.nodes[n as usize] {
-            *built = Some((args, kwargs));
+            *built = Some(Box::new((args, kwargs)));
         }
         Ok(())
     }

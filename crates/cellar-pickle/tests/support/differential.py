@@ -35,6 +35,9 @@ def canon(v):
     return repr(v)
 
 
+PURE = "--pure" in sys.argv
+
+
 def main():
     data = sys.stdin.buffer.read()
     out = []
@@ -47,6 +50,8 @@ def main():
         try:
             value = pickle.loads(blob)
             text = canon(value)
+            if PURE and canon(pickle._loads(blob)) != text:
+                text = "ERROR: pickle.py (the pure-Python unpickler) loads something else"
             again = pickle.dumps(value, proto)
         except Exception as e:  # reported to the Rust side, which fails the test
             text = "ERROR: %s: %s" % (type(e).__name__, e)
