@@ -294,3 +294,41 @@ def test_no_crash_on_deep_dumps_of_frozensets() -> None:
     with pytest.raises(ValueError, match="too deeply nested"):
         r_marshal.dumps(v)
     sys.setrecursionlimit(sys.getrecursionlimit())
+
+
+def test_small_thread_stacks_never_crash() -> None:
+    """Deep (but legal) nesting in a thread with a small stack: an error, never a crash. (CPython's
+    own marshal segfaults here at 512 KiB.) Run in a subprocess so a crash cannot take pytest."""
+    import subprocess
+
+    code = r"""
+import threading, cellar.marshal as m
+out = []
+def run(kb):
+    for head, tail in [(b')\x01', b''), (b'[\x01\x00\x00\x00', b''), (b'{N', b'N0'),
+                       (b'>\x01\x00\x00\x00', b'')]:
+        try:
+            v = m.loads(head * 1999 + b'N' + tail * 1999)
+            m.dumps(v)
+            out.append('ok')
+        except ValueError:
+            out.append('err')
+    v = frozenset()
+    for _ in range(1990):
+        v = frozenset({v})
+    try:
+        m.dumps(v)
+        out.append('ok')
+    except ValueError:
+        out.append('err')
+    assert m.loads(m.dumps([1, (2, {3: 4})])) == [1, (2, {3: 4})]
+for kb in (2048, 1024, 512, 256, 128):
+    threading.stack_size(kb << 10)
+    t = threading.Thread(target=run, args=(kb,))
+    t.start()
+    t.join()
+print(len(out), out[:5])
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("25 ['ok', 'ok', 'ok', 'ok', 'ok']"), r.stdout

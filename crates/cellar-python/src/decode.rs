@@ -258,6 +258,8 @@ struct Decoder<'c, S: Source> {
     depth: u32,
     allow_code: bool,
     cache: Option<MutexGuard<'c, InternCache>>,
+    /// See `util::stack_floor`.
+    stack_floor: usize,
 }
 
 impl<S: Source> Drop for Decoder<'_, S> {
@@ -372,6 +374,7 @@ unsafe fn run<S: Source>(src: S, allow_code: bool) -> *mut PyObject {
         depth: 0,
         allow_code,
         cache,
+        stack_floor: crate::util::stack_floor(),
     };
     match d.r_object() {
         Ok(p) if !p.is_null() => p,
@@ -509,7 +512,7 @@ impl<S: Source> Decoder<'_, S> {
     unsafe fn r_object(&mut self) -> PResult<*mut PyObject> {
         let code = self.r_byte_or_eof()?;
         self.depth += 1;
-        if self.depth > MAX_DEPTH {
+        if self.depth > MAX_DEPTH || crate::util::stack_here() < self.stack_floor {
             self.depth -= 1;
             return Err(value_error(c"recursion limit exceeded"));
         }
@@ -661,6 +664,7 @@ impl<S: Source> Decoder<'_, S> {
     }
 
     /// A text float (versions 0/1): 1-byte length, then ASCII parsed as CPython does.
+    #[inline(never)]
     unsafe fn r_float_str(&mut self) -> PResult<f64> {
         let n = self.r_byte_or_eof()? as usize;
         let b = self.src.take(n)?;
@@ -889,6 +893,7 @@ impl<S: Source> Decoder<'_, S> {
         Ok(d)
     }
 
+    #[inline(never)]
     unsafe fn r_set(&mut self, n: usize, frozen: bool, flag: bool) -> PResult<*mut PyObject> {
         let (s, idx) = if frozen {
             let s = check(ffi::PyFrozenSet_New(std::ptr::null_mut()))?;
@@ -932,6 +937,7 @@ impl<S: Source> Decoder<'_, S> {
 
     /// Read `count` objects into `out` (owned references). `Ok(false)` if one was NULL (no
     /// exception set, CPython's behaviour: the NULL propagates to the enclosing container).
+    #[inline(never)]
     unsafe fn r_fields(&mut self, out: &mut Vec<*mut PyObject>, count: usize) -> PResult<bool> {
         for _ in 0..count {
             let p = self.r_object()?;
@@ -943,6 +949,7 @@ impl<S: Source> Decoder<'_, S> {
         Ok(true)
     }
 
+    #[inline(never)]
     unsafe fn r_slice(&mut self, flag: bool) -> PResult<*mut PyObject> {
         let idx = self.reserve(flag);
         let mut f: Vec<*mut PyObject> = Vec::with_capacity(3);
@@ -966,6 +973,7 @@ impl<S: Source> Decoder<'_, S> {
         out
     }
 
+    #[inline(never)]
     unsafe fn r_codeobj(&mut self, flag: bool) -> PResult<*mut PyObject> {
         if !self.allow_code {
             return Err(value_error(c"unmarshalling code objects is disallowed"));
@@ -998,6 +1006,7 @@ impl<S: Source> Decoder<'_, S> {
 
     /// `l`: digit count (sign = sign of the number), then base-2**15 digits, least significant
     /// first.
+    #[inline(never)]
     unsafe fn r_long(&mut self) -> PResult<*mut PyObject> {
         let n = self.r_i32()?;
         if n == 0 {

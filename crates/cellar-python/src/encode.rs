@@ -181,8 +181,15 @@ struct Encoder {
     allow_code: bool,
     /// Objects given FLAG_REF so far -> their reference index (strong references, released in
     /// `Drop`). `None` below version 3.
-    refs: Option<RefMap>,
-    /// Direct-mapped cache in front of `refs` (pointer -> index). Entries stay valid for the whole
+    refs: Option<Box<Refs>>,
+    /// See `util::stack_floor`.
+    stack_floor: usize,
+}
+
+/// The reference table, on the heap so that an `Encoder` (one per nested set level) stays small.
+struct Refs {
+    map: RefMap,
+    /// Direct-mapped cache in front of `map` (pointer -> index). Entries stay valid for the whole
     /// dump: every flagged object is kept alive by the table's strong reference.
     hot: [(usize, u32); HOT_SLOTS],
 }
@@ -196,18 +203,19 @@ const SPARE_REFS_MAX: usize = 1 << 12;
 
 std::thread_local! {
     /// One spare reference table per thread, so small dumps do not allocate one each call.
-    static SPARE_REFS: std::cell::Cell<Option<RefMap>> = const { std::cell::Cell::new(None) };
+    static SPARE_REFS: std::cell::Cell<Option<Box<Refs>>> = const { std::cell::Cell::new(None) };
 }
 
 impl Drop for Encoder {
     fn drop(&mut self) {
         if let Some(mut refs) = self.refs.take() {
-            for &p in refs.keys() {
+            for &p in refs.map.keys() {
                 // SAFETY: each key holds one strong reference taken in `w_ref`; GIL held.
                 unsafe { ffi::Py_DECREF(p as *mut PyObject) };
             }
-            if refs.capacity() <= SPARE_REFS_MAX {
-                refs.clear();
+            if refs.map.capacity() <= SPARE_REFS_MAX {
+                refs.map.clear();
+                refs.hot = [(0, 0); HOT_SLOTS];
                 SPARE_REFS.with(|c| c.set(Some(refs)));
             }
         }
@@ -292,13 +300,14 @@ impl Encoder {
             version,
             depth,
             allow_code,
-            hot: [(0, 0); HOT_SLOTS],
+            stack_floor: crate::util::stack_floor(),
             refs: if version >= 3 {
-                Some(
-                    SPARE_REFS.with(|c| c.take()).unwrap_or_else(|| {
-                        HashMap::with_capacity_and_hasher(64, PtrBuild::default())
-                    }),
-                )
+                Some(SPARE_REFS.with(|c| c.take()).unwrap_or_else(|| {
+                    Box::new(Refs {
+                        map: HashMap::with_capacity_and_hasher(64, PtrBuild::default()),
+                        hot: [(0, 0); HOT_SLOTS],
+                    })
+                }))
             } else {
                 None
             },
@@ -309,7 +318,7 @@ impl Encoder {
     /// not count towards "shared".
     unsafe fn w_object(&mut self, v: *mut PyObject, extra: isize) -> WResult {
         self.depth += 1;
-        let r = if self.depth > MAX_DEPTH {
+        let r = if self.depth > MAX_DEPTH || crate::util::stack_here() < self.stack_floor {
             Err(WErr::TooDeep)
         } else {
             self.w_dispatch(v, extra)
@@ -340,17 +349,17 @@ impl Encoder {
             if ffi::Py_REFCNT(v) - extra > 1 {
                 // Recently referenced objects first: one load and compare, no hashing.
                 let slot = ((v as usize) >> 4) & (HOT_SLOTS - 1);
-                if let Some(&(p, idx)) = self.hot.get(slot) {
+                if let Some(&(p, idx)) = refs.hot.get(slot) {
                     if p == v as usize {
                         self.out.code_u32(b'r', idx)?;
                         return Ok(());
                     }
                 }
-                let next = refs.len();
-                match refs.entry(v as usize) {
+                let next = refs.map.len();
+                match refs.map.entry(v as usize) {
                     std::collections::hash_map::Entry::Occupied(e) => {
                         let idx = *e.get();
-                        if let Some(h) = self.hot.get_mut(slot) {
+                        if let Some(h) = refs.hot.get_mut(slot) {
                             *h = (v as usize, idx);
                         }
                         self.out.code_u32(b'r', idx)?;
@@ -515,6 +524,7 @@ impl Encoder {
     }
 
     /// Text float (versions 0/1): 1-byte length + repr with 17 significant digits.
+    #[inline(never)]
     unsafe fn w_float_str(&mut self, x: f64) -> WResult {
         let p = ffi::PyOS_double_to_string(x, b'g' as _, 17, 0, std::ptr::null_mut());
         if p.is_null() {
@@ -528,6 +538,7 @@ impl Encoder {
     }
 
     /// `l` for an int that fits in i64 but not i32.
+    #[inline(never)]
     unsafe fn w_long_i64(&mut self, x: i64, flag: u8) -> PResult<()> {
         let mut mag = x.unsigned_abs();
         let mut digits = [0u16; 5];
@@ -548,6 +559,7 @@ impl Encoder {
 
     /// `l` for an int beyond i64: magnitude bytes via `abs(v).to_bytes(n, "little")`.
     #[cold]
+    #[inline(never)]
     unsafe fn w_big_long(&mut self, v: *mut PyObject, flag: u8) -> WResult {
         let negative = ffi::PyObject_RichCompareBool(v, zero()?, ffi::Py_LT);
         if negative < 0 {
@@ -715,6 +727,7 @@ impl Encoder {
         Ok(())
     }
 
+    #[inline(never)]
     unsafe fn w_set(&mut self, v: *mut PyObject, flag: u8, frozen: bool) -> WResult {
         let n = ffi::PySet_Size(v);
         if n < 0 {
@@ -734,9 +747,18 @@ impl Encoder {
                 }
                 break;
             }
-            // Sub-encoders inherit the depth so nested sets still bound the Rust stack.
+            if n <= 1 {
+                // A single item needs no ordering: skip its standalone dump (which, for nested
+                // one-item sets, would cost time exponential in the depth).
+                items.push((std::ptr::null_mut(), item));
+                continue;
+            }
+            // Sub-encoders inherit the depth so nested sets still bound the Rust stack, and live
+            // on the heap so each nesting level costs only a small stack frame.
             let mut sub =
-                match Encoder::new(size_hint(item), self.version, self.allow_code, self.depth) {
+                match Encoder::new(size_hint(item), self.version, self.allow_code, self.depth)
+                    .map(Box::new)
+                {
                     Ok(s) => s,
                     Err(_) => {
                         ffi::Py_DECREF(item);
@@ -762,7 +784,9 @@ impl Encoder {
         ffi::Py_DECREF(it);
         if result.is_ok() {
             // SAFETY: every first element is a live bytes object.
-            items.sort_by(|a, b| bytes_slice(a.0).cmp(bytes_slice(b.0)));
+            if items.len() > 1 {
+                items.sort_by(|a, b| bytes_slice(a.0).cmp(bytes_slice(b.0)));
+            }
             for &(_, item) in &items {
                 result = self.w_object(item, 1);
                 if result.is_err() {
@@ -771,12 +795,15 @@ impl Encoder {
             }
         }
         for (b, item) in items {
-            ffi::Py_DECREF(b);
+            if !b.is_null() {
+                ffi::Py_DECREF(b);
+            }
             ffi::Py_DECREF(item);
         }
         result
     }
 
+    #[inline(never)]
     unsafe fn w_code(&mut self, v: *mut PyObject, flag: u8) -> WResult {
         if !self.allow_code {
             return Err(WErr::CodeNotAllowed);
@@ -836,6 +863,7 @@ impl Encoder {
 
 impl Encoder {
     /// CPython 3.11 layout, read straight from the (verified) struct, as CPython's marshal does.
+    #[inline(never)]
     unsafe fn w_code311(&mut self, v: *mut PyObject, flag: u8) -> WResult {
         // SAFETY: `code311::fast()` is only set after the struct layout was verified on this
         // interpreter, and `v` is a code object.
