@@ -8,10 +8,18 @@
 use std::fmt;
 
 /// A Python `str` value. Equality and hashing ignore the `interned` flag.
-#[derive(Clone)]
 pub struct PyStr {
     bytes: Box<[u8]>,
     interned: bool,
+    /// The dict/set hash once computed (0 = not yet), as CPython caches `str` hashes: keys
+    /// shared through back-references are hashed once.
+    hash: std::sync::atomic::AtomicU64,
+}
+
+impl Clone for PyStr {
+    fn clone(&self) -> PyStr {
+        PyStr::with(self.bytes.clone(), self.interned)
+    }
 }
 
 /// Invalid "UTF-8 with surrogatepass" bytes: the position and reason, as Python's
@@ -41,37 +49,45 @@ impl fmt::Display for Utf8Error {
 impl std::error::Error for Utf8Error {}
 
 impl PyStr {
+    fn with(bytes: Box<[u8]>, interned: bool) -> PyStr {
+        PyStr {
+            bytes,
+            interned,
+            hash: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The cached hash, computing it with `f` the first time.
+    pub(crate) fn cached_hash(&self, f: impl FnOnce(&[u8]) -> u64) -> u64 {
+        use std::sync::atomic::Ordering;
+        let h = self.hash.load(Ordering::Relaxed);
+        if h != 0 {
+            return h;
+        }
+        let h = f(&self.bytes).max(1);
+        self.hash.store(h, Ordering::Relaxed);
+        h
+    }
+
     /// A str from Rust text (never contains surrogates).
     pub fn new(s: &str) -> PyStr {
-        PyStr {
-            bytes: s.as_bytes().into(),
-            interned: false,
-        }
+        PyStr::with(s.as_bytes().into(), false)
     }
 
     /// A str from "UTF-8 with surrogatepass" bytes, validated.
     pub fn from_utf8_surrogatepass(bytes: &[u8]) -> Result<PyStr, Utf8Error> {
         validate_surrogatepass(bytes)?;
-        Ok(PyStr {
-            bytes: bytes.into(),
-            interned: false,
-        })
+        Ok(PyStr::with(bytes.into(), false))
     }
 
     /// A str from Latin-1 bytes (every byte is one code point), as marshal's `a`/`z` codes load.
     pub fn from_latin1(bytes: &[u8]) -> PyStr {
         if bytes.is_ascii() {
-            return PyStr {
-                bytes: bytes.into(),
-                interned: false,
-            };
+            return PyStr::with(bytes.into(), false);
         }
         let mut s = String::with_capacity(bytes.len() * 2);
         s.extend(bytes.iter().map(|&b| b as char));
-        PyStr {
-            bytes: s.into_bytes().into(),
-            interned: false,
-        }
+        PyStr::with(s.into_bytes().into(), false)
     }
 
     /// A str from code points; fails on a value above U+10FFFF.
@@ -80,10 +96,7 @@ impl PyStr {
         for cp in cps {
             push_code_point(&mut out, cp)?;
         }
-        Some(PyStr {
-            bytes: out.into(),
-            interned: false,
-        })
+        Some(PyStr::with(out.into(), false))
     }
 
     /// Marks (or unmarks) this string as interned; marshal writes interned strings with the
@@ -181,10 +194,7 @@ impl From<&str> for PyStr {
 }
 impl From<String> for PyStr {
     fn from(s: String) -> PyStr {
-        PyStr {
-            bytes: s.into_bytes().into(),
-            interned: false,
-        }
+        PyStr::with(s.into_bytes().into(), false)
     }
 }
 

@@ -181,8 +181,14 @@ struct Entry {
 #[derive(Clone, Default)]
 pub struct Dict {
     entries: Vec<Entry>,
+    /// Positions by hash; empty (unallocated) while the dict has at most [`SMALL`] entries,
+    /// which are found by a scan of their stored hashes instead.
     index: hashbrown::HashTable<usize>,
 }
+
+/// Dicts and sets up to this size keep no hash index: scanning a few stored hashes is faster
+/// than probing a table and saves an allocation per small container.
+const SMALL: usize = 8;
 
 impl Dict {
     /// An empty dict.
@@ -193,7 +199,11 @@ impl Dict {
     pub fn with_capacity(n: usize) -> Dict {
         Dict {
             entries: Vec::with_capacity(n),
-            index: hashbrown::HashTable::with_capacity(n),
+            index: if n > SMALL {
+                hashbrown::HashTable::with_capacity(n)
+            } else {
+                hashbrown::HashTable::new()
+            },
         }
     }
     /// Number of entries.
@@ -206,6 +216,11 @@ impl Dict {
     }
     fn find(&self, hash: u64, key: &Value) -> Option<usize> {
         let entries = &self.entries;
+        if entries.len() <= SMALL {
+            return entries
+                .iter()
+                .position(|e| e.hash == hash && e.key.py_eq(key));
+        }
         self.index
             .find(hash, |&i| entries[i].key.py_eq(key))
             .copied()
@@ -218,15 +233,13 @@ impl Dict {
             return Ok(Some(std::mem::replace(&mut self.entries[i].value, value)));
         }
         let i = self.entries.len();
-        if i == 0 {
-            // Most dicts are small: size the first allocation for a few entries at once
-            // instead of growing (and rehashing) through 0, 3 and 7 slots.
-            self.entries.reserve(4);
-            self.index.reserve(4, |_| 0);
-        }
         self.entries.push(Entry { hash, key, value });
-        let entries = &self.entries;
-        self.index.insert_unique(hash, i, |&j| entries[j].hash);
+        if i == SMALL {
+            self.rebuild_index();
+        } else if i > SMALL {
+            let entries = &self.entries;
+            self.index.insert_unique(hash, i, |&j| entries[j].hash);
+        }
         Ok(None)
     }
     /// `d.get(key)`.
@@ -246,6 +259,9 @@ impl Dict {
     }
     fn rebuild_index(&mut self) {
         self.index.clear();
+        if self.entries.len() <= SMALL {
+            return;
+        }
         let entries = &self.entries;
         for (i, e) in entries.iter().enumerate() {
             self.index.insert_unique(e.hash, i, |&j| entries[j].hash);
@@ -301,11 +317,20 @@ impl Set {
         let i = self.items.len();
         self.items.push((hash, item));
         let items = &self.items;
-        self.index.insert_unique(hash, i, |&j| items[j].0);
+        if i == SMALL {
+            for (j, (h, _)) in items.iter().enumerate() {
+                self.index.insert_unique(*h, j, |&k| items[k].0);
+            }
+        } else if i > SMALL {
+            self.index.insert_unique(hash, i, |&j| items[j].0);
+        }
         Ok(true)
     }
     fn contains_hashed(&self, hash: u64, item: &Value) -> bool {
         let items = &self.items;
+        if items.len() <= SMALL {
+            return items.iter().any(|(h, v)| *h == hash && v.py_eq(item));
+        }
         self.index.find(hash, |&i| items[i].1.py_eq(item)).is_some()
     }
     /// `item in s`.
@@ -558,7 +583,7 @@ impl Value {
             Value::Int(Int::Big(b)) => hash_bigint(b),
             Value::Float(f) => hash_f64(*f),
             Value::Complex(re, im) => hash_complex(*re, *im),
-            Value::Str(s) => keyed(5, s.as_bytes()),
+            Value::Str(s) => s.cached_hash(|b| keyed(5, b)),
             Value::Bytes(b) => keyed(6, &b[..]),
             Value::Tuple(items) => {
                 let mut acc = mix_tuple(None, items.len() as u64);
@@ -857,5 +882,46 @@ mod tests {
         let d2 = Value::dict([(Value::int(2), Value::None), (Value::int(1), Value::None)]).unwrap();
         assert!(d1.py_eq(&d2));
         assert!(!d1.same(&d2));
+    }
+}
+
+#[cfg(test)]
+mod small_and_large {
+    use super::*;
+
+    #[test]
+    fn dicts_and_sets_across_the_index_threshold() {
+        for n in [0usize, 1, 7, 8, 9, 10, 50] {
+            let mut d = Dict::new();
+            let mut s = Set::new();
+            for i in 0..n {
+                assert!(d
+                    .insert(Value::int(i as i64), Value::int(-(i as i64)))
+                    .unwrap()
+                    .is_none());
+                assert!(s.insert(Value::int(i as i64)).unwrap());
+            }
+            for i in 0..n {
+                // Equal keys of other types find the same entry.
+                assert!(d
+                    .get(&Value::Float(i as f64))
+                    .unwrap()
+                    .unwrap()
+                    .same(&Value::int(-(i as i64))));
+                assert!(!s.insert(Value::Float(i as f64)).unwrap());
+            }
+            assert!(d.get(&Value::int(n as i64)).unwrap().is_none());
+            for i in (0..n).step_by(2) {
+                assert!(d.remove(&Value::int(i as i64)).unwrap().is_some());
+            }
+            for i in 0..n {
+                assert_eq!(
+                    d.get(&Value::int(i as i64)).unwrap().is_some(),
+                    i % 2 == 1,
+                    "n={n} i={i}"
+                );
+            }
+            assert_eq!(s.len(), n);
+        }
     }
 }
