@@ -132,7 +132,8 @@ struct ObjNode {
 
 enum Node {
     List(Vec<Item>),
-    Dict(Vec<(Item, Item)>),
+    /// Keys and values interleaved: k0, v0, k1, v1, ...
+    Dict(Vec<Item>),
     Set(Vec<Item>),
     FrozenSet(Vec<Item>),
     Tuple(Vec<Item>),
@@ -327,10 +328,9 @@ impl<'a, 'o> Reader<'a, 'o> {
         self.charge(32)?;
         let idx = u32::try_from(self.nodes.len()).map_err(|_| self.err("too many objects"))?;
         let d = match &n {
-            Node::List(v) | Node::Set(v) | Node::FrozenSet(v) | Node::Tuple(v) => {
+            Node::List(v) | Node::Set(v) | Node::FrozenSet(v) | Node::Tuple(v) | Node::Dict(v) => {
                 self.items_depth(v.iter())
             }
-            Node::Dict(p) => self.items_depth(p.iter().flat_map(|(k, v)| [k, v])),
             Node::Obj(o) => self.items_depth(o.args.iter()),
             _ => 1,
         };
@@ -659,8 +659,11 @@ impl<'a, 'o> Reader<'a, 'o> {
                 }
                 DICT => {
                     let items = self.pop_mark()?;
-                    let pairs = self.pairs(items, "DICT")?;
-                    let n = self.new_node(Node::Dict(pairs))?;
+                    if items.len() % 2 != 0 {
+                        return Err(self.err("odd number of items for DICT"));
+                    }
+                    self.charge(items.len() * 16)?;
+                    let n = self.new_node(Node::Dict(items))?;
                     self.push(n)?
                 }
                 EMPTY_SET => {
@@ -677,19 +680,25 @@ impl<'a, 'o> Reader<'a, 'o> {
                     let v = self.pop()?;
                     self.extend_list(vec![v])?;
                 }
-                APPENDS => {
-                    let items = self.pop_mark()?;
-                    self.extend_list(items)?;
-                }
+                APPENDS => self.appends_from_mark()?,
                 SETITEM => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    self.extend_dict(vec![(k, v)])?;
+                    if self.stack.len() < self.fence() + 3 {
+                        return Err(self.underflow());
+                    }
+                    let m = self.stack.len() - 2;
+                    self.setitems_from(m)?;
                 }
                 SETITEMS => {
-                    let items = self.pop_mark()?;
-                    let pairs = self.pairs(items, "SETITEMS")?;
-                    self.extend_dict(pairs)?;
+                    let Some(m) = self.marks.pop() else {
+                        return Err(self.err("could not find MARK"));
+                    };
+                    if (self.stack.len() - m) % 2 != 0 {
+                        return Err(self.err("odd number of items for SETITEMS"));
+                    }
+                    if m <= self.fence() {
+                        return Err(self.underflow());
+                    }
+                    self.setitems_from(m)?;
                 }
                 ADDITEMS => {
                     let items = self.pop_mark()?;
@@ -1004,19 +1013,53 @@ impl<'a, 'o> Reader<'a, 'o> {
         Err(self.err("APPEND/APPENDS target is not a list"))
     }
 
-    fn extend_dict(&mut self, pairs: Vec<(Item, Item)>) -> Res<()> {
-        self.charge(pairs.len() * 32)?;
-        let top = self.top()?.clone();
-        if let Item::N(n) = top {
-            let d = self.items_depth(pairs.iter().flat_map(|(k, v)| [k, v]));
+    /// APPENDS: the items above the last MARK go into the list (or list-subclass object) just
+    /// below it, drained straight from the stack.
+    fn appends_from_mark(&mut self) -> Res<()> {
+        let Some(m) = self.marks.pop() else {
+            return Err(self.err("could not find MARK"));
+        };
+        let m = m.min(self.stack.len());
+        if m <= self.fence() {
+            return Err(self.underflow());
+        }
+        self.charge((self.stack.len() - m) * 16)?;
+        if let Item::N(n) = self.stack[m - 1] {
+            let d = self.items_depth(self.stack[m..].iter());
             self.deepen(n, d)?;
             match &mut self.nodes[n as usize] {
-                Node::Dict(d) => {
-                    d.extend(pairs);
+                Node::List(l) => {
+                    l.extend(self.stack.drain(m..));
                     return Ok(());
                 }
                 Node::Obj(o) => {
-                    o.dict.extend(pairs);
+                    o.list.extend(self.stack.drain(m..));
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        Err(self.err("APPEND/APPENDS target is not a list"))
+    }
+
+    /// SETITEM(S): the key/value items from `m` up go into the dict (or dict-subclass object)
+    /// at `m - 1`.
+    fn setitems_from(&mut self, m: usize) -> Res<()> {
+        self.charge((self.stack.len() - m) * 16)?;
+        if let Item::N(n) = self.stack[m - 1] {
+            let d = self.items_depth(self.stack[m..].iter());
+            self.deepen(n, d)?;
+            match &mut self.nodes[n as usize] {
+                Node::Dict(d) => {
+                    d.extend(self.stack.drain(m..));
+                    return Ok(());
+                }
+                Node::Obj(_) => {
+                    let items: Vec<Item> = self.stack.drain(m..).collect();
+                    let pairs = self.pairs(items, "SETITEMS")?;
+                    if let Node::Obj(o) = &mut self.nodes[n as usize] {
+                        o.dict.extend(pairs);
+                    }
                     return Ok(());
                 }
                 _ => {}
@@ -1402,13 +1445,9 @@ impl<'a, 'o> Reader<'a, 'o> {
             }
         };
         match &self.nodes[n as usize] {
-            Node::List(v) | Node::Set(v) | Node::FrozenSet(v) | Node::Tuple(v) => {
+            Node::List(v) | Node::Set(v) | Node::FrozenSet(v) | Node::Tuple(v) | Node::Dict(v) => {
                 v.iter().for_each(&mut add)
             }
-            Node::Dict(d) => d.iter().for_each(|(k, v)| {
-                add(k);
-                add(v)
-            }),
             Node::Obj(o) => {
                 o.args.iter().for_each(&mut add);
                 o.kwargs.iter().for_each(&mut add);
@@ -1505,9 +1544,10 @@ impl<'a, 'o> Reader<'a, 'o> {
                 }
                 Value::tuple(out)
             }
-            Node::Dict(pairs) => {
-                let mut d = Dict::with_capacity(pairs.len());
-                for (k, v) in pairs {
+            Node::Dict(items) => {
+                let mut d = Dict::with_capacity(items.len() / 2);
+                let mut it = items.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
                     let k = val(self, k, &mut depth)?;
                     let v = val(self, v, &mut depth)?;
                     d.insert(k, v).map_err(|e| hash_err(self, e))?;

@@ -25,11 +25,32 @@ pub const MAX_DUMP_DEPTH: usize = 1500;
 
 type Res<T> = Result<T, PicklingError>;
 
+/// Memo keys are allocation addresses chosen by our own allocator, not by the input, so a
+/// multiplicative hash is enough (std's SipHash showed up in profiles).
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl std::hash::Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = ((n as u64) >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    }
+}
+
+type AddrMap = HashMap<usize, u32, std::hash::BuildHasherDefault<AddrHasher>>;
+
 pub(crate) struct Writer<'r> {
     out: Vec<u8>,
     proto: u8,
     reg: &'r Registry,
-    memo: HashMap<usize, u32>,
+    memo: AddrMap,
     glob_memo: HashMap<(String, String), u32>,
     memo_len: u32,
     frame_start: Option<usize>,
@@ -49,7 +70,7 @@ pub(crate) fn dumps(value: &Value, protocol: u8, reg: &Registry) -> Res<Vec<u8>>
         out: Vec::with_capacity(256),
         proto: protocol,
         reg,
-        memo: HashMap::new(),
+        memo: AddrMap::default(),
         glob_memo: HashMap::new(),
         memo_len: 0,
         frame_start: None,

@@ -366,3 +366,41 @@ fn random_inputs_never_panic() {
     eprintln!("{runs} random inputs in 3s");
     assert!(runs > 100);
 }
+
+/// The fuzz target's property (fuzz/fuzz_targets/pickle_loads.rs) on mutated inputs, so it
+/// runs in the ordinary test suite too.
+#[test]
+fn fuzz_property_on_mutations() {
+    let mut gen = Gen::new(0xF022);
+    let mut rng = Rng(0xFEED);
+    let reg = Registry::default();
+    let inert_opts = LoadOptions {
+        inert: true,
+        ..LoadOptions::default()
+    };
+    let start = Instant::now();
+    let mut loaded = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        let v = gen.value(3);
+        let mut data = dumps(&v, rng.below(6) as u8, &reg).expect("dumps");
+        let i = rng.below(data.len() as u64) as usize;
+        data[i] = rng.next() as u8;
+        let strict = loads(&data, &reg, &LoadOptions::default());
+        let loose = loads(&data, &reg, &inert_opts);
+        if let Ok(v) = &strict {
+            assert!(loose.as_ref().expect("inert accepts").same(v));
+        }
+        if let Ok(v) = loose {
+            loaded += 1;
+            for protocol in 0..=5u8 {
+                if let Ok(bytes) = dumps(&v, protocol, &reg) {
+                    let back = loads(&bytes, &reg, &inert_opts).expect("own output");
+                    if protocol >= 1 {
+                        assert!(back.same(&v), "p{protocol}: {} vs {}", repr(&back), repr(&v));
+                    }
+                }
+            }
+        }
+    }
+    assert!(loaded > 10, "{loaded}");
+}

@@ -1,0 +1,32 @@
+//! Fuzz pickle loads: any input either fails with an UnpicklingError or yields a value that
+//! prints, re-encodes at every protocol, and reloads to the same value. Both the strict
+//! default registry and inert mode are exercised.
+#![no_main]
+
+use cellar_pickle::{dumps, loads, LoadOptions, Registry};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let reg = Registry::default();
+    let inert = LoadOptions {
+        inert: true,
+        ..LoadOptions::default()
+    };
+    let strict = loads(data, &reg, &LoadOptions::default());
+    let loose = loads(data, &reg, &inert);
+    if let Ok(v) = &strict {
+        let w = loose.as_ref().expect("inert mode accepts what strict mode accepts");
+        assert!(w.same(v), "inert mode changed a strictly loadable value");
+    }
+    if let Ok(v) = loose {
+        let _ = cellar_value::repr(&v);
+        for protocol in 0..=5u8 {
+            if let Ok(bytes) = dumps(&v, protocol, &reg) {
+                let back = loads(&bytes, &reg, &inert).expect("cellar must load its own output");
+                if protocol >= 1 {
+                    assert!(back.same(&v), "round trip changed the value at protocol {protocol}");
+                }
+            }
+        }
+    }
+});
