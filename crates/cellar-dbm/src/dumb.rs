@@ -1,0 +1,579 @@
+//! The dumb backend, file-compatible with CPython's `dbm.dumb`, made crash safe.
+//!
+//! Files, for a database named `f`:
+//! * `f.dat` — values, each starting on a 512-byte boundary, the gap NUL padded.
+//! * `f.dir` — Latin-1 text, one line per key: `repr(key.decode('latin-1')) + ", " +
+//!   repr((pos, size)) + "\n"`. Read with [`cellar_value::parse`], never evaluated; trailing
+//!   whitespace stripped, the last duplicate wins (as CPython reads it).
+//! * `f.bak` — the previous `.dir`, left by a commit.
+//!
+//! Writes follow CPython (a new key's value is appended; an overwrite reuses the old blocks if
+//! it fits, else appends) with one change: every change of a key's `(pos, size)` also appends
+//! the key's index line to `.dir` before returning, so a write acknowledged before a crash is
+//! found by cellar and by CPython alike. A commit (sync, close, delete) writes the compact
+//! index to `f.dir.new` and renames it over `f.dir` after hard-linking the old one to `f.bak`:
+//! the same end state as CPython's unlink/rename/write, with a complete `.dir` at every instant.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use cellar_value::{PyStr, Value};
+use indexmap::IndexMap;
+
+use crate::error::{DbmError, Result};
+use crate::flag::{Access, Flag};
+use crate::whichdb::with_suffix;
+use crate::{perm, Backend, Batch, Database, Info, ItemFn};
+
+/// dbm.dumb's block size.
+pub const BLOCK: u64 = 512;
+
+pub(crate) fn bad_flag(s: &str) -> DbmError {
+    DbmError::BadFlag {
+        flag: s.to_string(),
+        message: "Flag must be one of 'r', 'w', 'c', or 'n'".to_string(),
+    }
+}
+
+fn blocks(n: u64) -> u64 {
+    n.div_ceil(BLOCK)
+}
+
+/// One index line, exactly as CPython writes it (Latin-1 bytes).
+pub(crate) fn index_line(key: &[u8], pos: u64, size: u64) -> Vec<u8> {
+    let s = format!(
+        "{}, ({pos}, {size})\n",
+        cellar_value::str_repr(&PyStr::from_latin1(key))
+    );
+    // The repr of a Latin-1 string only holds code points <= 0xFF.
+    s.chars().map(|c| c as u32 as u8).collect()
+}
+
+/// Python's `str.isspace()` within Latin-1 (what `str.rstrip()` strips).
+fn is_py_space(c: u8) -> bool {
+    matches!(
+        c,
+        b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0x1c..=0x1f | b' ' | 0x85 | 0xa0
+    )
+}
+
+fn int_of(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => i.to_i64().and_then(|n| u64::try_from(n).ok()),
+        Value::Bool(b) => Some(*b as u64),
+        _ => None,
+    }
+}
+
+/// Parses one stripped `.dir` line into `(key, pos, size)`.
+fn parse_line(line: &[u8]) -> std::result::Result<(Vec<u8>, u64, u64), String> {
+    let text: String = line.iter().map(|&b| b as char).collect();
+    let v = cellar_value::parse(&text).map_err(|e| e.to_string())?;
+    let items = match &v {
+        Value::Tuple(t) | Value::List(t) if t.len() == 2 => t.clone(),
+        _ => return Err("expected `key, (pos, size)`".to_string()),
+    };
+    let key = match &items[0] {
+        Value::Str(s) => {
+            let mut k = Vec::with_capacity(s.len());
+            for cp in s.code_points() {
+                if cp > 0xFF {
+                    return Err("the key is not Latin-1 (code point above U+00FF)".to_string());
+                }
+                k.push(cp as u8);
+            }
+            k
+        }
+        _ => return Err("the key is not a str literal".to_string()),
+    };
+    let pair = match &items[1] {
+        Value::Tuple(t) | Value::List(t) if t.len() == 2 => t.clone(),
+        _ => return Err("the position is not a (pos, size) pair".to_string()),
+    };
+    match (int_of(&pair[0]), int_of(&pair[1])) {
+        (Some(p), Some(s)) => Ok((key, p, s)),
+        _ => Err("pos and size must be non-negative integers".to_string()),
+    }
+}
+
+type Index = IndexMap<Vec<u8>, (u64, u64)>;
+
+/// Reads a `.dir` file. Returns the index and whether a torn (newline-less, unparseable) last
+/// line was dropped.
+fn read_dir(path: &Path, data: &[u8]) -> Result<(Index, bool)> {
+    let mut index = Index::new();
+    let mut torn = false;
+    let mut start = 0;
+    let mut lineno = 0;
+    while start < data.len() {
+        lineno += 1;
+        // Universal newlines, as CPython's text-mode reader: \n, \r\n or \r.
+        let (end, next, terminated) =
+            match data[start..].iter().position(|&b| b == b'\n' || b == b'\r') {
+                Some(i) => {
+                    let e = start + i;
+                    let n = if data[e] == b'\r' && data.get(e + 1) == Some(&b'\n') {
+                        e + 2
+                    } else {
+                        e + 1
+                    };
+                    (e, n, true)
+                }
+                None => (data.len(), data.len(), false),
+            };
+        let mut line = &data[start..end];
+        while let Some((&last, rest)) = line.split_last() {
+            if is_py_space(last) {
+                line = rest;
+            } else {
+                break;
+            }
+        }
+        match parse_line(line) {
+            Ok((k, p, s)) => {
+                index.insert(k, (p, s));
+            }
+            Err(_) if !terminated => torn = true,
+            Err(msg) => return Err(DbmError::Corrupt {
+                path: path.to_path_buf(),
+                message: format!(
+                    "line {lineno} of the dbm.dumb index is not `'key', (pos, size)`: {msg}: {}",
+                    cellar_value::bytes_repr(&data[start..end])
+                ),
+            }),
+        }
+        start = next;
+    }
+    Ok((index, torn))
+}
+
+#[derive(Debug)]
+struct State {
+    dat: File,
+    dat_len: u64,
+    index: Index,
+    dir_append: Option<File>,
+    modified: bool,
+}
+
+/// A dbm.dumb database.
+#[derive(Debug)]
+pub(crate) struct DumbDb {
+    path: PathBuf,
+    dat_path: PathBuf,
+    dir_path: PathBuf,
+    bak_path: PathBuf,
+    mode: u32,
+    read_only: bool,
+    state: Mutex<Option<State>>,
+}
+
+fn io_ctx(what: &str, p: &Path) -> impl FnOnce(std::io::Error) -> DbmError {
+    let ctx = format!("{what} {}", p.display());
+    move |e| DbmError::io(ctx, e)
+}
+
+fn not_a_file(p: &Path) -> Result<()> {
+    match fs::metadata(p) {
+        Ok(md) if md.is_dir() => Err(DbmError::io(
+            format!("opening {}", p.display()),
+            std::io::Error::from(ErrorKind::IsADirectory),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl DumbDb {
+    pub(crate) fn open(path: &Path, flag: Flag, mode: u32) -> Result<DumbDb> {
+        if flag.has_modifiers() {
+            return Err(bad_flag(&flag.to_string()));
+        }
+        let dat_path = with_suffix(path, ".dat");
+        let dir_path = with_suffix(path, ".dir");
+        let bak_path = with_suffix(path, ".bak");
+        let access = flag.access();
+        let creating = matches!(access, Access::Create | Access::New);
+        let read_only = access == Access::Read;
+        if access == Access::New {
+            for p in [&dat_path, &bak_path, &dir_path] {
+                let _ = fs::remove_file(p);
+            }
+        }
+        not_a_file(&dat_path)?;
+        not_a_file(&dir_path)?;
+        let dat = match OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(&dat_path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound && creating => {
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(mode & 0o7777)
+                    .open(&dat_path)
+                    .map_err(io_ctx("creating", &dat_path))?;
+                perm::apply_file(&f, &dat_path, mode)?;
+                f
+            }
+            Err(e) => return Err(io_ctx("opening", &dat_path)(e)),
+        };
+        let dat_len = dat
+            .metadata()
+            .map_err(io_ctx("reading the size of", &dat_path))?
+            .len();
+        let (index, modified) = match fs::read(&dir_path) {
+            Ok(data) => read_dir(&dir_path, &data)?,
+            Err(e) if e.kind() == ErrorKind::NotFound && creating => (Index::new(), true),
+            Err(e) => return Err(io_ctx("reading", &dir_path)(e)),
+        };
+        for (k, &(pos, size)) in &index {
+            let fits = matches!(pos.checked_add(size), Some(end) if end <= dat_len);
+            if !fits {
+                return Err(DbmError::Corrupt {
+                    path: dat_path.clone(),
+                    message: format!(
+                        "the data file is truncated: the index puts key {} at ({pos}, {size}) \
+                         but the file has {dat_len} bytes",
+                        cellar_value::bytes_repr(k)
+                    ),
+                });
+            }
+        }
+        let db = DumbDb {
+            path: path.to_path_buf(),
+            dat_path,
+            dir_path,
+            bak_path,
+            mode,
+            read_only,
+            state: Mutex::new(Some(State {
+                dat,
+                dat_len,
+                index,
+                dir_append: None,
+                modified,
+            })),
+        };
+        if modified && !read_only {
+            // A new database (or one whose torn last index line was dropped): write its
+            // `.dir` now, so `whichdb` recognises it even if this process dies.
+            let mut g = db.lock();
+            if let Some(st) = g.as_mut() {
+                db.commit(st, false)?;
+            }
+        }
+        Ok(db)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<State>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let mut g = self.lock();
+        match g.as_mut() {
+            Some(st) => f(st),
+            None => Err(DbmError::Closed),
+        }
+    }
+
+    fn with_writable<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        self.with(|st| {
+            if self.read_only {
+                return Err(DbmError::ReadOnly);
+            }
+            f(st)
+        })
+    }
+
+    /// Appends `vals` (each on a block boundary) to `.dat` in one write; returns positions.
+    fn append_values(&self, st: &mut State, vals: &[&[u8]]) -> Result<Vec<(u64, u64)>> {
+        let start = st.dat_len;
+        let mut buf = Vec::new();
+        let mut out = Vec::with_capacity(vals.len());
+        let mut end = start;
+        for v in vals {
+            let pos = blocks(end) * BLOCK;
+            buf.resize(buf.len() + (pos - end) as usize, 0);
+            buf.extend_from_slice(v);
+            end = pos + v.len() as u64;
+            out.push((pos, v.len() as u64));
+        }
+        if let Err(e) = st.dat.write_all_at(&buf, start) {
+            if let Ok(md) = st.dat.metadata() {
+                st.dat_len = md.len();
+            }
+            return Err(io_ctx("appending to", &self.dat_path)(e));
+        }
+        st.dat_len = end;
+        Ok(out)
+    }
+
+    fn append_lines(&self, st: &mut State, lines: &[u8]) -> Result<()> {
+        if st.dir_append.is_none() {
+            let f = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(self.mode & 0o7777)
+                .open(&self.dir_path)
+                .map_err(io_ctx("opening", &self.dir_path))?;
+            perm::apply_file(&f, &self.dir_path, self.mode)?;
+            st.dir_append = Some(f);
+        }
+        if let Some(f) = st.dir_append.as_mut() {
+            // One write(2) of whole lines on an O_APPEND descriptor.
+            f.write_all(lines)
+                .map_err(io_ctx("appending to", &self.dir_path))?;
+        }
+        Ok(())
+    }
+
+    /// CPython's `_commit`, made atomic: fresh `.dir` via a temporary file and a rename, the
+    /// old one kept as `.bak`. `durable` adds fsyncs (sync/close).
+    fn commit(&self, st: &mut State, durable: bool) -> Result<()> {
+        if durable {
+            st.dat
+                .sync_data()
+                .map_err(io_ctx("syncing", &self.dat_path))?;
+        }
+        if !st.modified {
+            return Ok(());
+        }
+        let mut text = Vec::with_capacity(st.index.len() * 24);
+        for (k, &(p, s)) in &st.index {
+            text.extend_from_slice(&index_line(k, p, s));
+        }
+        let tmp = with_suffix(&self.path, ".dir.new");
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(self.mode & 0o7777)
+            .open(&tmp)
+            .map_err(io_ctx("creating", &tmp))?;
+        perm::apply_file(&f, &tmp, self.mode)?;
+        let w = f
+            .write_all(&text)
+            .and_then(|_| if durable { f.sync_all() } else { Ok(()) });
+        if let Err(e) = w {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_ctx("writing", &tmp)(e));
+        }
+        drop(f);
+        let _ = fs::remove_file(&self.bak_path);
+        match fs::hard_link(&self.dir_path, &self.bak_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(_) => {
+                let _ = fs::copy(&self.dir_path, &self.bak_path);
+            }
+        }
+        if let Err(e) = fs::rename(&tmp, &self.dir_path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_ctx("renaming over", &self.dir_path)(e));
+        }
+        if durable {
+            if let Some(parent) = self.dir_path.parent() {
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+                if let Ok(d) = File::open(parent) {
+                    let _ = d.sync_all();
+                }
+            }
+        }
+        st.dir_append = None;
+        st.modified = false;
+        Ok(())
+    }
+
+    fn read_value(&self, st: &State, pos: u64, size: u64) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; size as usize];
+        st.dat.read_exact_at(&mut buf, pos).map_err(|e| {
+            if e.kind() == ErrorKind::UnexpectedEof {
+                DbmError::Corrupt {
+                    path: self.dat_path.clone(),
+                    message: format!(
+                        "the data file is truncated: a value at ({pos}, {size}) runs past its end"
+                    ),
+                }
+            } else {
+                io_ctx("reading", &self.dat_path)(e)
+            }
+        })?;
+        Ok(buf)
+    }
+}
+
+impl Drop for DumbDb {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+impl Database for DumbDb {
+    fn backend(&self) -> Backend {
+        Backend::Dumb
+    }
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.with(|st| match st.index.get(key) {
+            Some(&(p, s)) => self.read_value(st, p, s).map(Some),
+            None => Ok(None),
+        })
+    }
+    fn contains(&self, key: &[u8]) -> Result<bool> {
+        self.with(|st| Ok(st.index.contains_key(key)))
+    }
+    fn insert(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.with_writable(|st| {
+            let len = value.len() as u64;
+            let old = st.index.get(key).copied();
+            let new = match old {
+                Some((pos, siz)) if blocks(len) <= blocks(siz) => {
+                    st.dat
+                        .write_all_at(value, pos)
+                        .map_err(io_ctx("writing to", &self.dat_path))?;
+                    (pos, len)
+                }
+                _ => self.append_values(st, &[value])?[0],
+            };
+            st.modified = true;
+            if old != Some(new) {
+                self.append_lines(st, &index_line(key, new.0, new.1))?;
+            }
+            st.index.insert(key.to_vec(), new);
+            Ok(())
+        })
+    }
+    fn remove(&self, key: &[u8]) -> Result<bool> {
+        self.with_writable(|st| {
+            let Some(old) = st.index.shift_remove(key) else {
+                return Ok(false);
+            };
+            st.modified = true;
+            if let Err(e) = self.commit(st, false) {
+                st.index.insert(key.to_vec(), old);
+                return Err(e);
+            }
+            Ok(true)
+        })
+    }
+    fn len(&self) -> Result<usize> {
+        self.with(|st| Ok(st.index.len()))
+    }
+    fn keys(&self) -> Result<Vec<Vec<u8>>> {
+        self.with(|st| Ok(st.index.keys().cloned().collect()))
+    }
+    fn for_each(&self, f: &mut ItemFn<'_>) -> Result<()> {
+        self.with(|st| {
+            for (k, &(p, s)) in &st.index {
+                let v = self.read_value(st, p, s)?;
+                f(k, &v)?;
+            }
+            Ok(())
+        })
+    }
+    fn batch(&self, batch: &Batch) -> Result<()> {
+        self.with_writable(|st| {
+            // Final state per key, in first-seen order.
+            let mut last: IndexMap<&[u8], Option<&[u8]>> = IndexMap::new();
+            for (k, v) in batch.ops() {
+                last.insert(k.as_slice(), v.as_deref());
+            }
+            let puts: Vec<(&[u8], &[u8])> = last
+                .iter()
+                .filter_map(|(k, v)| v.map(|v| (*k, v)))
+                .collect();
+            let deletes = last
+                .iter()
+                .any(|(k, v)| v.is_none() && st.index.contains_key(*k));
+            // Values are appended (never overwritten in place) so that nothing the index
+            // references changes until the index itself does, in one step.
+            let vals: Vec<&[u8]> = puts.iter().map(|(_, v)| *v).collect();
+            let positions = self.append_values(st, &vals)?;
+            let before = st.index.clone();
+            for ((k, _), pos) in puts.iter().zip(&positions) {
+                st.index.insert(k.to_vec(), *pos);
+            }
+            for (k, v) in &last {
+                if v.is_none() {
+                    st.index.shift_remove(*k);
+                }
+            }
+            st.modified = true;
+            let r = if deletes {
+                self.commit(st, false)
+            } else {
+                let mut lines = Vec::new();
+                for ((k, _), (p, s)) in puts.iter().zip(&positions) {
+                    lines.extend_from_slice(&index_line(k, *p, *s));
+                }
+                if lines.is_empty() {
+                    Ok(())
+                } else {
+                    self.append_lines(st, &lines)
+                }
+            };
+            if r.is_err() {
+                st.index = before;
+            }
+            r
+        })
+    }
+    fn sync(&self) -> Result<()> {
+        self.with(|st| {
+            if self.read_only {
+                return Ok(());
+            }
+            self.commit(st, true)
+        })
+    }
+    fn close(&self) -> Result<()> {
+        let mut g = self.lock();
+        let Some(mut st) = g.take() else {
+            return Ok(());
+        };
+        if self.read_only {
+            return Ok(());
+        }
+        self.commit(&mut st, true)
+    }
+    fn compact(&self) -> Result<()> {
+        self.with(|_| {
+            Err(DbmError::Unsupported {
+                backend: "dbm.dumb",
+                what: "compaction (convert the store to rewrite it)",
+            })
+        })
+    }
+    fn info(&self) -> Result<Info> {
+        self.with(|st| {
+            let mut file_bytes = st.dat_len;
+            if let Ok(md) = fs::metadata(&self.dir_path) {
+                file_bytes += md.len();
+            }
+            let live = st.index.iter().map(|(k, &(_, s))| k.len() as u64 + s).sum();
+            Ok(Info {
+                backend: Backend::Dumb,
+                keys: st.index.len() as u64,
+                file_bytes,
+                live_bytes: live,
+            })
+        })
+    }
+}

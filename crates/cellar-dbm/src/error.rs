@@ -1,0 +1,142 @@
+//! The dbm layer's error type. Every variant has a Display text that says what happened; the
+//! texts CPython's `dbm` prints are reproduced word for word where a caller may match on them.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Result alias of the dbm layer.
+pub type Result<T, E = DbmError> = std::result::Result<T, E>;
+
+/// Which Python exception a [`DbmError`] corresponds to (for the Python bindings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PyErrorKind {
+    /// `dbm.error` (the backend's error class; `dbm.error[0]` at the top level).
+    Dbm,
+    /// `ValueError` (a bad flag, an operation on a closed database where CPython raises it).
+    Value,
+    /// `OSError` (or the errno subclass: see [`DbmError::raw_os_error`]).
+    Os,
+}
+
+/// Everything the dbm layer can fail with.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DbmError {
+    /// `open` with `'r'` or `'w'` and no database at the path.
+    DoesNotExist { path: PathBuf },
+    /// `whichdb` found a file but not a format it knows.
+    Undetermined { path: PathBuf },
+    /// A known format that cellar cannot open (`"dbm.gnu"`, `"dbm.ndbm"`).
+    Unavailable { path: PathBuf, kind: &'static str },
+    /// A flag string or modifier the backend does not accept (Python: `ValueError`).
+    BadFlag { flag: String, message: String },
+    /// A mutation on a database opened with `'r'`.
+    ReadOnly,
+    /// Any operation after `close()`.
+    Closed,
+    /// An operation the backend does not have.
+    Unsupported {
+        backend: &'static str,
+        what: &'static str,
+    },
+    /// An operating-system error, with what was being done.
+    Io { context: String, source: io::Error },
+    /// A dbm.dumb file that cannot be read as CPython writes it.
+    Corrupt { path: PathBuf, message: String },
+    /// The native engine failed.
+    Engine(cellar_engine::Error),
+    /// SQLite failed.
+    Sqlite {
+        context: String,
+        source: rusqlite::Error,
+    },
+}
+
+impl DbmError {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> DbmError {
+        DbmError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn sqlite(context: impl Into<String>, source: rusqlite::Error) -> DbmError {
+        DbmError::Sqlite {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The OS error code behind this error, if any (`ENOENT` -> Python's `FileNotFoundError`).
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            DbmError::Io { source, .. } => source.raw_os_error(),
+            DbmError::Engine(e) => e.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    /// The Python exception class the bindings should raise.
+    pub fn py_kind(&self) -> PyErrorKind {
+        match self {
+            DbmError::BadFlag { .. } => PyErrorKind::Value,
+            DbmError::Io { .. } => PyErrorKind::Os,
+            _ => PyErrorKind::Dbm,
+        }
+    }
+}
+
+impl fmt::Display for DbmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DbmError::DoesNotExist { .. } => {
+                write!(
+                    f,
+                    "db file doesn't exist; use 'c' or 'n' flag to create a new db"
+                )
+            }
+            DbmError::Undetermined { .. } => write!(f, "db type could not be determined"),
+            DbmError::Unavailable { path, kind } => write!(
+                f,
+                "db type is {kind}, but the module is not available ({}: cellar reads legacy \
+                 {kind} files read-only once its legacy-format reader lands; `cellar convert` \
+                 migrates them to a writable format)",
+                path.display()
+            ),
+            DbmError::BadFlag { message, .. } => f.write_str(message),
+            DbmError::ReadOnly => write!(f, "The database is opened for reading only"),
+            DbmError::Closed => write!(f, "DBM object has already been closed"),
+            DbmError::Unsupported { backend, what } => {
+                write!(f, "{backend} does not support {what}")
+            }
+            DbmError::Io { context, source } => write!(f, "{source} (while {context})"),
+            DbmError::Corrupt { path, message } => {
+                write!(f, "{}: {message}", path.display())
+            }
+            DbmError::Engine(e) => write!(f, "{e}"),
+            DbmError::Sqlite { context, source } => write!(f, "{source} (while {context})"),
+        }
+    }
+}
+
+impl std::error::Error for DbmError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DbmError::Io { source, .. } => Some(source),
+            DbmError::Engine(e) => Some(e),
+            DbmError::Sqlite { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<cellar_engine::Error> for DbmError {
+    fn from(e: cellar_engine::Error) -> DbmError {
+        match e {
+            cellar_engine::Error::ReadOnly => DbmError::ReadOnly,
+            cellar_engine::Error::Closed => DbmError::Closed,
+            e => DbmError::Engine(e),
+        }
+    }
+}

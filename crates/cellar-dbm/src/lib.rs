@@ -1,0 +1,282 @@
+//! cellar's dbm layer: one small [`Database`] trait over every store, CPython's
+//! `dbm.open(path, flag, mode)` semantics ([`open`]) and `dbm.whichdb` ([`whichdb`]).
+//!
+//! Backends:
+//! * [`Backend::Native`] — cellar's engine (`cellar-engine`), the default for new stores: one
+//!   file at exactly the given path.
+//! * [`Backend::Sqlite3`] — file-compatible with CPython 3.13's `dbm.sqlite3`, without its
+//!   one-fsync-per-write cost; a batch is one transaction.
+//! * [`Backend::Dumb`] — file-compatible with `dbm.dumb` (`.dat`/`.dir`/`.bak`), made crash
+//!   safe: every acknowledged write survives `kill -9`.
+//!
+//! `dbm.gnu` and `dbm.ndbm` files are recognised by [`whichdb`] and refused with a clear error
+//! (read-only support belongs to the legacy-formats work).
+//!
+//! Keys and values are bytes; the Python layer encodes `str` as UTF-8 like CPython. The format
+//! details and crash-safety arguments are in `docs/dbm.md`.
+//!
+//! ```
+//! use cellar_dbm::{open, Flag};
+//! let dir = tempfile::tempdir().unwrap();
+//! let db = open(dir.path().join("db"), Flag::Create, 0o666).unwrap();
+//! db.insert(b"key", b"value").unwrap();
+//! assert_eq!(db.get(b"key").unwrap().as_deref(), Some(&b"value"[..]));
+//! assert_eq!(cellar_dbm::whichdb(dir.path().join("db")).as_python(), Some("dbm.native"));
+//! db.close().unwrap();
+//! ```
+#![forbid(unsafe_code)]
+
+mod dumb;
+mod error;
+mod flag;
+mod native;
+mod perm;
+mod sqlite;
+mod whichdb;
+
+use std::fmt;
+use std::path::Path;
+
+pub use crate::error::{DbmError, PyErrorKind, Result};
+pub use crate::flag::{Access, Flag};
+pub use crate::whichdb::{whichdb, DbKind, WhichDb, NATIVE_MAGIC};
+
+/// The default permission bits of created files (CPython's `mode=0o666`).
+pub const DEFAULT_MODE: u32 = 0o666;
+
+/// The backends cellar can open for writing, in the order of CPython's `dbm._names` (the
+/// default first).
+pub const BACKENDS: [Backend; 3] = [Backend::Native, Backend::Sqlite3, Backend::Dumb];
+
+/// A writable backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// The native engine.
+    Native,
+    /// CPython 3.13's dbm.sqlite3 format.
+    Sqlite3,
+    /// dbm.dumb's format.
+    Dumb,
+}
+
+impl Backend {
+    /// The stdlib-style module name (`"dbm.native"`, `"dbm.sqlite3"`, `"dbm.dumb"`).
+    pub fn name(self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// The matching [`DbKind`].
+    pub fn kind(self) -> DbKind {
+        match self {
+            Backend::Native => DbKind::Native,
+            Backend::Sqlite3 => DbKind::Sqlite3,
+            Backend::Dumb => DbKind::Dumb,
+        }
+    }
+
+    /// The backend for a kind `whichdb` reported, if cellar can open it.
+    pub fn from_kind(kind: DbKind) -> Option<Backend> {
+        match kind {
+            DbKind::Native => Some(Backend::Native),
+            DbKind::Sqlite3 => Some(Backend::Sqlite3),
+            DbKind::Dumb => Some(Backend::Dumb),
+            DbKind::Gnu | DbKind::Ndbm => None,
+        }
+    }
+
+    /// Parses a CPython flag string the way this backend's CPython counterpart checks it
+    /// (dbm.dumb and dbm.sqlite3 take exactly `r w c n`, with their own messages; the native
+    /// backend accepts gnu's `f s u` modifiers).
+    pub fn parse_flag(self, s: &str) -> Result<Flag> {
+        match self {
+            Backend::Native => Flag::parse(s),
+            Backend::Dumb => match s {
+                "r" | "w" | "c" | "n" => Flag::parse(s),
+                _ => Err(dumb::bad_flag(s)),
+            },
+            Backend::Sqlite3 => match s {
+                "r" | "w" | "c" | "n" => Flag::parse(s),
+                _ => Err(sqlite::bad_flag(s)),
+            },
+        }
+    }
+
+    /// Opens (or creates) a database of this backend at `path`, like the backend module's
+    /// own `open` (`dbm.dumb.open`, `dbm.sqlite3.open`): no format detection.
+    pub fn open(self, path: impl AsRef<Path>, flag: Flag, mode: u32) -> Result<Box<dyn Database>> {
+        let path = path.as_ref();
+        Ok(match self {
+            Backend::Native => Box::new(native::NativeDb::open(path, flag, mode)?),
+            Backend::Sqlite3 => Box::new(sqlite::SqliteDb::open(path, flag, mode)?),
+            Backend::Dumb => Box::new(dumb::DumbDb::open(path, flag, mode)?),
+        })
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A group of writes applied together with [`Database::batch`]: atomically for the native
+/// and sqlite backends, and for dumb against a process crash (see `docs/dbm.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Stores `value` under `key`.
+    pub fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Batch {
+        self.ops.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Deletes `key` (no error if it is missing).
+    pub fn remove(&mut self, key: impl Into<Vec<u8>>) -> &mut Batch {
+        self.ops.push((key.into(), None));
+        self
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True when the batch holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The operations in order: `(key, Some(value))` to store, `(key, None)` to delete.
+    pub fn ops(&self) -> &[(Vec<u8>, Option<Vec<u8>>)] {
+        &self.ops
+    }
+
+    /// Removes every operation.
+    pub fn clear(&mut self) {
+        self.ops.clear();
+    }
+}
+
+/// Sizes reported by [`Database::info`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    /// The backend.
+    pub backend: Backend,
+    /// Live keys.
+    pub keys: u64,
+    /// Total bytes of the files that make up the database.
+    pub file_bytes: u64,
+    /// Bytes held by live keys and values (approximate for sqlite).
+    pub live_bytes: u64,
+}
+
+/// Callback type of [`Database::for_each`]; return an error to stop early.
+pub type ItemFn<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
+/// An open dbm database. Every method takes `&self`: objects are `Send + Sync` and may be
+/// shared between threads (wrap the box in an `Arc`). After [`close`](Database::close), every
+/// operation fails with [`DbmError::Closed`]; closing twice is fine.
+pub trait Database: Send + Sync + fmt::Debug {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+    /// The path given to `open`.
+    fn path(&self) -> &Path;
+    /// True when opened with `'r'`.
+    fn is_read_only(&self) -> bool;
+    /// The value stored under `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Stores `value` under `key`; when this returns the write has reached the OS (it survives
+    /// the process being killed).
+    fn insert(&self, key: &[u8], value: &[u8]) -> Result<()>;
+    /// Deletes `key`; returns whether it was present (Python raises `KeyError` on `false`).
+    fn remove(&self, key: &[u8]) -> Result<bool>;
+    /// Whether `key` is present.
+    fn contains(&self, key: &[u8]) -> Result<bool> {
+        Ok(self.get(key)?.is_some())
+    }
+    /// Number of keys.
+    fn len(&self) -> Result<usize>;
+    /// True when there are no keys.
+    fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// All keys (a snapshot, in the backend's order: dumb and sqlite as CPython lists them).
+    fn keys(&self) -> Result<Vec<Vec<u8>>>;
+    /// Calls `f` for every `(key, value)` pair.
+    fn for_each(&self, f: &mut ItemFn<'_>) -> Result<()>;
+    /// All `(key, value)` pairs.
+    fn items(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.for_each(&mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+    /// Applies every operation of `batch` (see [`Batch`] for atomicity).
+    fn batch(&self, batch: &Batch) -> Result<()>;
+    /// Makes everything written so far durable (survives power loss), and for dumb writes the
+    /// compact `.dir` like CPython's `sync()`. A no-op on read-only databases.
+    fn sync(&self) -> Result<()>;
+    /// Syncs and closes. Idempotent.
+    fn close(&self) -> Result<()>;
+    /// Reclaims dead space (native: engine compaction; sqlite: `VACUUM`; dumb: rewrites the
+    /// `.dat` without dead blocks, like CPython 3.15's `reorganize()`).
+    fn compact(&self) -> Result<()>;
+    /// Sizes and counts.
+    fn info(&self) -> Result<Info>;
+}
+
+/// Opens the database at `path` like CPython's `dbm.open(path, flag, mode)`: unless the flag is
+/// `'n'`, [`whichdb`] picks the backend; a missing database is created with the default
+/// backend (native) for `'c'`/`'n'` and is an error for `'r'`/`'w'`; an unknown file is
+/// "db type could not be determined"; gnu/ndbm files are refused with a message saying so.
+/// The flag is then checked by the backend as its CPython counterpart does.
+pub fn open(path: impl AsRef<Path>, flag: Flag, mode: u32) -> Result<Box<dyn Database>> {
+    let path = path.as_ref();
+    let which = if flag.access() == Access::New {
+        WhichDb::Unreadable
+    } else {
+        whichdb(path)
+    };
+    let backend = match which {
+        WhichDb::Unreadable => match flag.access() {
+            Access::Create | Access::New => Backend::Native,
+            Access::Read | Access::Write => {
+                return Err(DbmError::DoesNotExist {
+                    path: path.to_path_buf(),
+                })
+            }
+        },
+        WhichDb::Unknown => {
+            return Err(DbmError::Undetermined {
+                path: path.to_path_buf(),
+            })
+        }
+        WhichDb::Kind(kind) => match Backend::from_kind(kind) {
+            Some(b) => b,
+            None => {
+                return Err(DbmError::Unavailable {
+                    path: path.to_path_buf(),
+                    kind: kind.name(),
+                })
+            }
+        },
+    };
+    backend.parse_flag(&flag.to_string())?;
+    backend.open(path, flag, mode)
+}
+
+/// [`open`] with a CPython flag string (`"c"`, `"cf"`, `"ru"`...).
+pub fn open_str(path: impl AsRef<Path>, flag: &str, mode: u32) -> Result<Box<dyn Database>> {
+    let f = Flag::parse(flag)?;
+    open(path, f, mode)
+}

@@ -1,0 +1,156 @@
+//! The native backend: a thin adapter over `cellar_engine::Store` at exactly the given path.
+//! Flags map through `Options::from_dbm_flag` (gnu's `f`, `s`, `u` accepted); a created file
+//! gets `mode & ~umask`.
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use cellar_engine::{Options, Store};
+
+use crate::error::{DbmError, Result};
+use crate::flag::{Access, Flag};
+use crate::{perm, Backend, Batch, Database, Info, ItemFn};
+
+#[derive(Debug)]
+pub(crate) struct NativeDb {
+    path: PathBuf,
+    read_only: bool,
+    store: RwLock<Option<Store>>,
+}
+
+impl NativeDb {
+    pub(crate) fn open(path: &Path, flag: Flag, mode: u32) -> Result<NativeDb> {
+        let opts = Options::from_dbm_flag(&flag.to_string()).ok_or_else(|| DbmError::BadFlag {
+            flag: flag.to_string(),
+            message: format!("flag {flag:?} is not accepted by the native engine"),
+        })?;
+        let existed = path.exists();
+        if !existed && matches!(flag.access(), Access::Read | Access::Write) {
+            return Err(DbmError::DoesNotExist {
+                path: path.to_path_buf(),
+            });
+        }
+        let store = Store::open(path, opts)?;
+        if !existed || flag.access() == Access::New {
+            perm::apply(path, mode)?;
+        }
+        Ok(NativeDb {
+            path: path.to_path_buf(),
+            read_only: flag.access() == Access::Read,
+            store: RwLock::new(Some(store)),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
+        let g = self.store.read().unwrap_or_else(|e| e.into_inner());
+        match g.as_ref() {
+            Some(s) => f(s),
+            None => Err(DbmError::Closed),
+        }
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(DbmError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Database for NativeDb {
+    fn backend(&self) -> Backend {
+        Backend::Native
+    }
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.with(|s| Ok(s.get(key)?))
+    }
+    fn insert(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.with(|s| {
+            self.writable()?;
+            Ok(s.put(key, value)?)
+        })
+    }
+    fn remove(&self, key: &[u8]) -> Result<bool> {
+        self.with(|s| {
+            self.writable()?;
+            Ok(s.delete(key)?)
+        })
+    }
+    fn contains(&self, key: &[u8]) -> Result<bool> {
+        self.with(|s| Ok(s.contains(key)?))
+    }
+    fn len(&self) -> Result<usize> {
+        self.with(|s| Ok(s.len()? as usize))
+    }
+    fn keys(&self) -> Result<Vec<Vec<u8>>> {
+        self.with(|s| Ok(s.keys()?))
+    }
+    fn for_each(&self, f: &mut ItemFn<'_>) -> Result<()> {
+        self.with(|s| {
+            let mut err = None;
+            s.for_each(|k, v| {
+                if err.is_none() {
+                    if let Err(e) = f(k, v) {
+                        err = Some(e);
+                    }
+                }
+            })?;
+            match err {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        })
+    }
+    fn batch(&self, batch: &Batch) -> Result<()> {
+        self.with(|s| {
+            self.writable()?;
+            let mut b = cellar_engine::Batch::new();
+            for (k, v) in batch.ops() {
+                match v {
+                    Some(v) => b.put(k.as_slice(), v.as_slice()),
+                    None => b.delete(k.as_slice()),
+                };
+            }
+            Ok(s.batch(&b)?)
+        })
+    }
+    fn sync(&self) -> Result<()> {
+        self.with(|s| {
+            if self.read_only {
+                return Ok(());
+            }
+            Ok(s.sync()?)
+        })
+    }
+    fn close(&self) -> Result<()> {
+        let store = self.store.write().unwrap_or_else(|e| e.into_inner()).take();
+        match store {
+            Some(s) => Ok(s.close()?),
+            None => Ok(()),
+        }
+    }
+    fn compact(&self) -> Result<()> {
+        self.with(|s| {
+            self.writable()?;
+            Ok(s.compact()?)
+        })
+    }
+    fn info(&self) -> Result<Info> {
+        self.with(|s| {
+            let st = s.stats()?;
+            Ok(Info {
+                backend: Backend::Native,
+                keys: st.keys,
+                file_bytes: st.file_bytes,
+                live_bytes: st.live_bytes,
+            })
+        })
+    }
+}

@@ -1,0 +1,293 @@
+//! The sqlite backend, file-compatible with CPython 3.13's `dbm.sqlite3`: one table
+//! `Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)`, written with `REPLACE INTO` and
+//! `CAST(? AS BLOB)`, WAL journal tried and its failure ignored, `ro`/`rw`/`rwc` open modes.
+//!
+//! Unlike CPython (autocommit with SQLite's default `synchronous=FULL`, an fsync per write), a
+//! single write is its own transaction committed to the WAL with `synchronous=NORMAL`: it
+//! reaches the OS before returning (durable against a process crash) without an fsync;
+//! [`Database::sync`] checkpoints with fsync for power-loss durability. A batch is one
+//! transaction. The connection sits behind a mutex, so the object is `Send + Sync`.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::error::{DbmError, Result};
+use crate::flag::{Access, Flag};
+use crate::{perm, Backend, Batch, Database, Info, ItemFn};
+
+const BUILD_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)";
+const GET_SIZE: &str = "SELECT COUNT (key) FROM Dict";
+const LOOKUP_KEY: &str = "SELECT value FROM Dict WHERE key = CAST(? AS BLOB)";
+const STORE_KV: &str = "REPLACE INTO Dict (key, value) VALUES (CAST(? AS BLOB), CAST(? AS BLOB))";
+const DELETE_KEY: &str = "DELETE FROM Dict WHERE key = CAST(? AS BLOB)";
+const ITER_KEYS: &str = "SELECT key FROM Dict";
+const ITER_ITEMS: &str = "SELECT key, value FROM Dict";
+
+pub(crate) fn bad_flag(s: &str) -> DbmError {
+    DbmError::BadFlag {
+        flag: s.to_string(),
+        message: format!(
+            "Flag must be one of 'r', 'w', 'c', or 'n', not {}",
+            cellar_value::str_repr(&cellar_value::PyStr::new(s))
+        ),
+    }
+}
+
+/// A column as bytes (BLOB as written by dbm.sqlite3; TEXT tolerated).
+fn blob(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Vec<u8>> {
+    Ok(r.get_ref(i)?
+        .as_bytes_or_null()?
+        .unwrap_or_default()
+        .to_vec())
+}
+
+#[derive(Debug)]
+pub(crate) struct SqliteDb {
+    path: PathBuf,
+    read_only: bool,
+    conn: Mutex<Option<Connection>>,
+}
+
+fn touch(path: &Path, mode: u32, exist_ok: bool) -> Result<()> {
+    let mut o = OpenOptions::new();
+    o.write(true).mode(mode & 0o7777);
+    if exist_ok {
+        o.create(true);
+    } else {
+        o.create_new(true);
+    }
+    let existed = path.exists();
+    let f = o
+        .open(path)
+        .map_err(|e| DbmError::io(format!("creating {}", path.display()), e))?;
+    if !existed {
+        perm::apply_file(&f, path, mode)?;
+    }
+    Ok(())
+}
+
+impl SqliteDb {
+    pub(crate) fn open(path: &Path, flag: Flag, mode: u32) -> Result<SqliteDb> {
+        if flag.has_modifiers() {
+            return Err(bad_flag(&flag.to_string()));
+        }
+        let flags = match flag.access() {
+            Access::Read => OpenFlags::SQLITE_OPEN_READ_ONLY,
+            Access::Write => OpenFlags::SQLITE_OPEN_READ_WRITE,
+            Access::Create => {
+                touch(path, mode, true)?;
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+            }
+            Access::New => {
+                match fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(DbmError::io(format!("removing {}", path.display()), e)),
+                }
+                for suffix in ["-wal", "-shm", "-journal"] {
+                    let _ = fs::remove_file(crate::whichdb::with_suffix(path, suffix));
+                }
+                touch(path, mode, false)?;
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+            }
+        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let ctx = || format!("opening {} as a dbm.sqlite3 database", path.display());
+        if matches!(flag.access(), Access::Read | Access::Write) && !path.exists() {
+            // SQLite's own text ("unable to open database file") hides the cause.
+            return Err(DbmError::io(
+                ctx(),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(|e| DbmError::sqlite(ctx(), e))?;
+        // An optimisation only; it is fine if it fails (read-only media, old files).
+        let _ = conn.query_row("PRAGMA journal_mode = wal", [], |_| Ok(()));
+        let _ = conn.execute_batch("PRAGMA synchronous = NORMAL");
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| DbmError::sqlite(ctx(), e))?;
+        if flag.access() != Access::Read {
+            if let Err(e) = conn.execute_batch(BUILD_TABLE) {
+                return Err(DbmError::sqlite(ctx(), e));
+            }
+        }
+        // Touch the schema now so a damaged or foreign file fails at open, not at first use.
+        let has_table: Option<i64> = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'Dict'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| DbmError::sqlite(ctx(), e))?;
+        if has_table.is_none() {
+            return Err(DbmError::Corrupt {
+                path: path.to_path_buf(),
+                message: "not a dbm.sqlite3 database (it has no table Dict)".to_string(),
+            });
+        }
+        Ok(SqliteDb {
+            path: path.to_path_buf(),
+            read_only: flag.access() == Access::Read,
+            conn: Mutex::new(Some(conn)),
+        })
+    }
+
+    fn with<T>(&self, what: &str, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let g = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        match g.as_ref() {
+            Some(c) => {
+                f(c).map_err(|e| DbmError::sqlite(format!("{what} in {}", self.path.display()), e))
+            }
+            None => Err(DbmError::Closed),
+        }
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(DbmError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Database for SqliteDb {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite3
+    }
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.with("reading a key", |c| {
+            c.prepare_cached(LOOKUP_KEY)?
+                .query_row([key], |r| blob(r, 0))
+                .optional()
+        })
+    }
+    fn insert(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.with("writing a key", |_| Ok(()))?;
+        self.writable()?;
+        self.with("writing a key", |c| {
+            c.prepare_cached(STORE_KV)?.execute([key, value])?;
+            Ok(())
+        })
+    }
+    fn remove(&self, key: &[u8]) -> Result<bool> {
+        self.with("deleting a key", |_| Ok(()))?;
+        self.writable()?;
+        self.with("deleting a key", |c| {
+            Ok(c.prepare_cached(DELETE_KEY)?.execute([key])? > 0)
+        })
+    }
+    fn len(&self) -> Result<usize> {
+        self.with("counting keys", |c| {
+            c.prepare_cached(GET_SIZE)?
+                .query_row([], |r| r.get::<_, i64>(0))
+                .map(|n| n as usize)
+        })
+    }
+    fn keys(&self) -> Result<Vec<Vec<u8>>> {
+        self.with("listing keys", |c| {
+            let mut st = c.prepare_cached(ITER_KEYS)?;
+            let rows = st.query_map([], |r| blob(r, 0))?;
+            rows.collect()
+        })
+    }
+    fn for_each(&self, f: &mut ItemFn<'_>) -> Result<()> {
+        let mut err = None;
+        self.with("reading items", |c| {
+            let mut st = c.prepare_cached(ITER_ITEMS)?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let k = r.get_ref(0)?.as_bytes_or_null()?.unwrap_or_default();
+                let v = r.get_ref(1)?.as_bytes_or_null()?.unwrap_or_default();
+                if let Err(e) = f(k, v) {
+                    err = Some(e);
+                    break;
+                }
+            }
+            Ok(())
+        })?;
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+    fn batch(&self, batch: &Batch) -> Result<()> {
+        self.with("writing a batch", |_| Ok(()))?;
+        self.writable()?;
+        let mut g = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let c = g.as_mut().ok_or(DbmError::Closed)?;
+        let run = |c: &mut Connection| -> rusqlite::Result<()> {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            {
+                let mut put = tx.prepare_cached(STORE_KV)?;
+                let mut del = tx.prepare_cached(DELETE_KEY)?;
+                for (k, v) in batch.ops() {
+                    match v {
+                        Some(v) => put.execute([k.as_slice(), v.as_slice()])?,
+                        None => del.execute([k.as_slice()])?,
+                    };
+                }
+            }
+            tx.commit()
+        };
+        run(c)
+            .map_err(|e| DbmError::sqlite(format!("writing a batch in {}", self.path.display()), e))
+    }
+    fn sync(&self) -> Result<()> {
+        self.with("syncing", |_| Ok(()))?;
+        if self.read_only {
+            return Ok(());
+        }
+        self.with("syncing", |c| {
+            // Copies the WAL into the database with fsyncs; harmless in rollback-journal mode.
+            c.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))
+        })
+    }
+    fn close(&self) -> Result<()> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(c) = conn {
+            c.close().map_err(|(_, e)| {
+                DbmError::sqlite(format!("closing {}", self.path.display()), e)
+            })?;
+        }
+        Ok(())
+    }
+    fn compact(&self) -> Result<()> {
+        self.with("compacting", |_| Ok(()))?;
+        self.writable()?;
+        self.with("compacting (VACUUM)", |c| c.execute_batch("VACUUM"))
+    }
+    fn info(&self) -> Result<Info> {
+        let (keys, live) = self.with("measuring", |c| {
+            c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(key) + LENGTH(value)), 0) FROM Dict",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+        })?;
+        let mut file_bytes = 0;
+        for suffix in ["", "-wal"] {
+            if let Ok(md) = fs::metadata(crate::whichdb::with_suffix(&self.path, suffix)) {
+                file_bytes += md.len();
+            }
+        }
+        Ok(Info {
+            backend: Backend::Sqlite3,
+            keys: keys as u64,
+            file_bytes,
+            live_bytes: live as u64,
+        })
+    }
+}

@@ -1,0 +1,157 @@
+//! `whichdb`: CPython 3.13's detection rules, in CPython's order, plus the native engine's magic.
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The formats `whichdb` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DbKind {
+    /// cellar's native engine (`"dbm.native"`).
+    Native,
+    /// CPython 3.13's dbm.sqlite3 (`"dbm.sqlite3"`).
+    Sqlite3,
+    /// dbm.dumb (`"dbm.dumb"`).
+    Dumb,
+    /// GNU dbm (`"dbm.gnu"`): recognised, not readable yet.
+    Gnu,
+    /// ndbm / Berkeley DB (`"dbm.ndbm"`): recognised, not readable yet.
+    Ndbm,
+}
+
+impl DbKind {
+    /// The stdlib-style module name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DbKind::Native => "dbm.native",
+            DbKind::Sqlite3 => "dbm.sqlite3",
+            DbKind::Dumb => "dbm.dumb",
+            DbKind::Gnu => "dbm.gnu",
+            DbKind::Ndbm => "dbm.ndbm",
+        }
+    }
+
+    /// The kind for a module name (`"dbm.dumb"` or `"dumb"`).
+    pub fn from_name(name: &str) -> Option<DbKind> {
+        Some(match name.strip_prefix("dbm.").unwrap_or(name) {
+            "native" => DbKind::Native,
+            "sqlite3" => DbKind::Sqlite3,
+            "dumb" => DbKind::Dumb,
+            "gnu" => DbKind::Gnu,
+            "ndbm" => DbKind::Ndbm,
+            _ => return None,
+        })
+    }
+
+    /// Whether cellar can open this kind for writing.
+    pub fn is_writable(self) -> bool {
+        matches!(self, DbKind::Native | DbKind::Sqlite3 | DbKind::Dumb)
+    }
+}
+
+/// What `whichdb` found, mirroring CPython's three outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WhichDb {
+    /// The file cannot be read (CPython returns `None`).
+    Unreadable,
+    /// The file is readable but its format is unknown (CPython returns `""`).
+    Unknown,
+    /// A recognised format.
+    Kind(DbKind),
+}
+
+impl WhichDb {
+    /// CPython's return value: `None`, `Some("")` or `Some("dbm.x")`.
+    pub fn as_python(self) -> Option<&'static str> {
+        match self {
+            WhichDb::Unreadable => None,
+            WhichDb::Unknown => Some(""),
+            WhichDb::Kind(k) => Some(k.name()),
+        }
+    }
+
+    /// The kind, if one was recognised.
+    pub fn kind(self) -> Option<DbKind> {
+        match self {
+            WhichDb::Kind(k) => Some(k),
+            _ => None,
+        }
+    }
+}
+
+/// The native engine's file magic (docs/engine-format.md, static header offset 0).
+pub const NATIVE_MAGIC: &[u8; 8] = b"CELLARKV";
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+const GNU_MAGICS: [u32; 3] = [0x13579ace, 0x13579acd, 0x13579acf];
+const BDB_HASH_MAGIC: u32 = 0x0006_1561;
+
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = OsString::from(path.as_os_str());
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn readable(path: &Path) -> bool {
+    File::open(path).is_ok()
+}
+
+/// Guesses the format of the database at `path`, following CPython 3.13's `dbm.whichdb` in
+/// order: `path.pag` and `path.dir` -> ndbm; `path.db` that is a Berkeley DB hash file -> ndbm
+/// (CPython asks the ndbm module to open it; cellar checks the hash magic instead); `path.dat`
+/// plus an empty `path.dir` or one starting with a quote -> dumb; `path` unreadable ->
+/// [`WhichDb::Unreadable`]; fewer than 4 bytes -> [`WhichDb::Unknown`]; SQLite header ->
+/// sqlite3; the native magic `CELLARKV` -> native; a GNU dbm magic (native byte order) -> gnu.
+pub fn whichdb(path: impl AsRef<Path>) -> WhichDb {
+    let path = path.as_ref();
+    if readable(&with_suffix(path, ".pag")) && readable(&with_suffix(path, ".dir")) {
+        return WhichDb::Kind(DbKind::Ndbm);
+    }
+    if let Ok(mut f) = File::open(with_suffix(path, ".db")) {
+        let mut head = [0u8; 16];
+        if f.read_exact(&mut head).is_ok() {
+            let m = [head[12], head[13], head[14], head[15]];
+            if u32::from_le_bytes(m) == BDB_HASH_MAGIC || u32::from_be_bytes(m) == BDB_HASH_MAGIC {
+                return WhichDb::Kind(DbKind::Ndbm);
+            }
+        }
+    }
+    if fs::metadata(with_suffix(path, ".dat")).is_ok() {
+        let dir = with_suffix(path, ".dir");
+        if let Ok(md) = fs::metadata(&dir) {
+            if md.len() == 0 {
+                return WhichDb::Kind(DbKind::Dumb);
+            }
+            if let Ok(mut f) = File::open(&dir) {
+                let mut b = [0u8; 1];
+                if f.read_exact(&mut b).is_ok() && (b[0] == b'\'' || b[0] == b'"') {
+                    return WhichDb::Kind(DbKind::Dumb);
+                }
+            }
+        }
+    }
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(_) => return WhichDb::Unreadable,
+    };
+    let mut s16 = Vec::with_capacity(16);
+    if f.by_ref().take(16).read_to_end(&mut s16).is_err() {
+        // CPython's read() raises here (e.g. a directory: IsADirectoryError); whichdb's caller
+        // sees an OSError. Treat it as unreadable, which makes `open` report it clearly.
+        return WhichDb::Unreadable;
+    }
+    if s16.len() < 4 {
+        return WhichDb::Unknown;
+    }
+    if s16.as_slice() == SQLITE_MAGIC {
+        return WhichDb::Kind(DbKind::Sqlite3);
+    }
+    if s16.starts_with(NATIVE_MAGIC) {
+        return WhichDb::Kind(DbKind::Native);
+    }
+    let magic = u32::from_ne_bytes([s16[0], s16[1], s16[2], s16[3]]);
+    if GNU_MAGICS.contains(&magic) {
+        return WhichDb::Kind(DbKind::Gnu);
+    }
+    WhichDb::Unknown
+}
