@@ -172,7 +172,9 @@ impl Inert {
             Value::List(l) => {
                 for pair in l.iter() {
                     match pair {
-                        Value::Tuple(p) if p.len() == 2 => dictitems.push((p[0].clone(), p[1].clone())),
+                        Value::Tuple(p) if p.len() == 2 => {
+                            dictitems.push((p[0].clone(), p[1].clone()))
+                        }
                         _ => return None,
                     }
                 }

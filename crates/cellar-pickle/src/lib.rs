@@ -60,8 +60,14 @@ pub const DEFAULT_PROTOCOL: u8 = 4;
 
 /// `pickle.loads(data)` restricted to `registry`: decodes the first pickle in `data` (trailing
 /// bytes are ignored, as in CPython).
-pub fn loads(data: &[u8], registry: &Registry, opts: &LoadOptions<'_>) -> Result<Value, UnpicklingError> {
-    read::Reader::new(data, registry, opts).run().map(|(v, _)| v)
+pub fn loads(
+    data: &[u8],
+    registry: &Registry,
+    opts: &LoadOptions<'_>,
+) -> Result<Value, UnpicklingError> {
+    read::Reader::new(data, registry, opts)
+        .run()
+        .map(|(v, _)| v)
 }
 
 /// [`loads`] that also returns how many bytes the pickle used (through its STOP opcode), for

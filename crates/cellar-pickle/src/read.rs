@@ -387,12 +387,12 @@ impl<'a, 'o> Reader<'a, 'o> {
         Ok(())
     }
     fn memo_get(&self, idx: u64) -> Res<Item> {
-        let found = u32::try_from(idx).ok().and_then(|i| {
-            match self.memo.get(i as usize) {
+        let found = u32::try_from(idx)
+            .ok()
+            .and_then(|i| match self.memo.get(i as usize) {
                 Some(Some(it)) => Some(it.clone()),
                 _ => self.memo_sparse.get(&i).cloned(),
-            }
-        });
+            });
         found.ok_or_else(|| self.err(format!("Memo value not found at index {idx}")))
     }
     fn put_top(&mut self, idx: u64) -> Res<()> {
@@ -425,9 +425,9 @@ impl<'a, 'o> Reader<'a, 'o> {
                     let n = self.u64()?;
                     if let Some(end) = self.frame_end {
                         if self.pos != end {
-                            return Err(self.err(
-                                "beginning of a new frame before end of current frame",
-                            ));
+                            return Err(
+                                self.err("beginning of a new frame before end of current frame")
+                            );
                         }
                     }
                     if n > (self.data.len() - self.pos) as u64 {
@@ -540,9 +540,7 @@ impl<'a, 'o> Reader<'a, 'o> {
                     let line = self.line()?;
                     let body = match line {
                         [q @ (b'\'' | b'"'), body @ .., e] if q == e => body,
-                        _ => {
-                            return Err(self.err("the STRING opcode argument must be quoted"))
-                        }
+                        _ => return Err(self.err("the STRING opcode argument must be quoted")),
                     };
                     let raw = text::escape_decode(body)
                         .map_err(|m| self.err_kind(ErrorKind::Value, m))?;
@@ -659,7 +657,7 @@ impl<'a, 'o> Reader<'a, 'o> {
                 }
                 DICT => {
                     let items = self.pop_mark()?;
-                    if items.len() % 2 != 0 {
+                    if items.len() & 1 == 1 {
                         return Err(self.err("odd number of items for DICT"));
                     }
                     self.charge(items.len() * 16)?;
@@ -692,7 +690,7 @@ impl<'a, 'o> Reader<'a, 'o> {
                     let Some(m) = self.marks.pop() else {
                         return Err(self.err("could not find MARK"));
                     };
-                    if (self.stack.len() - m) % 2 != 0 {
+                    if (self.stack.len() - m) & 1 == 1 {
                         return Err(self.err("odd number of items for SETITEMS"));
                     }
                     if m <= self.fence() {
@@ -942,9 +940,8 @@ impl<'a, 'o> Reader<'a, 'o> {
 
     fn push_utf8(&mut self, b: &[u8]) -> Res<()> {
         self.charge(b.len())?;
-        let s = PyStr::from_utf8_surrogatepass(b).map_err(|e| {
-            self.err_kind(ErrorKind::UnicodeDecode, e.to_string())
-        })?;
+        let s = PyStr::from_utf8_surrogatepass(b)
+            .map_err(|e| self.err_kind(ErrorKind::UnicodeDecode, e.to_string()))?;
         self.push_v(Value::from(s))
     }
 
@@ -981,7 +978,7 @@ impl<'a, 'o> Reader<'a, 'o> {
     }
 
     fn pairs(&self, items: Vec<Item>, what: &str) -> Res<Vec<(Item, Item)>> {
-        if items.len() % 2 != 0 {
+        if items.len() & 1 == 1 {
             return Err(self.err(format!("odd number of items for {what}")));
         }
         let mut out = Vec::with_capacity(items.len() / 2);
@@ -1071,9 +1068,10 @@ impl<'a, 'o> Reader<'a, 'o> {
     /// The items of a tuple on the stack (a finished tuple value or a tuple node).
     fn tuple_items(&self, it: &Item, what: &str) -> Res<Vec<Item>> {
         match it {
-            Item::V(Value::Tuple(t), d) => {
-                Ok(t.iter().map(|v| Item::V(v.clone(), d.saturating_sub(1))).collect())
-            }
+            Item::V(Value::Tuple(t), d) => Ok(t
+                .iter()
+                .map(|v| Item::V(v.clone(), d.saturating_sub(1)))
+                .collect()),
             Item::N(n) => match &self.nodes[*n as usize] {
                 Node::Tuple(items) => Ok(items.clone()),
                 _ => Err(self.err(format!("{what} must be a tuple"))),
@@ -1163,7 +1161,9 @@ impl<'a, 'o> Reader<'a, 'o> {
                     }
                     let mut pargs = pargs;
                     if pargs.is_empty() || !matches!(pargs[0], Item::G(c) if c == cls) {
-                        return Err(self.err("functools.partial of cls.__new__ must pass cls first"));
+                        return Err(
+                            self.err("functools.partial of cls.__new__ must pass cls first")
+                        );
                     }
                     pargs.remove(0);
                     return self.new_object(Item::G(cls), Construct::NewObjEx, pargs, kwargs);
@@ -1339,9 +1339,11 @@ impl<'a, 'o> Reader<'a, 'o> {
     /// The items of a list/tuple/set argument (set(x), frozenset(x), _reconstructor state).
     fn iter_items(&self, it: &Item) -> Option<Vec<Item>> {
         match it {
-            Item::V(Value::Tuple(t) | Value::List(t), d) => {
-                Some(t.iter().map(|v| Item::V(v.clone(), d.saturating_sub(1))).collect())
-            }
+            Item::V(Value::Tuple(t) | Value::List(t), d) => Some(
+                t.iter()
+                    .map(|v| Item::V(v.clone(), d.saturating_sub(1)))
+                    .collect(),
+            ),
             Item::N(n) => match &self.nodes[*n as usize] {
                 Node::List(l) | Node::Tuple(l) | Node::Set(l) | Node::FrozenSet(l) => {
                     Some(l.clone())
@@ -1352,7 +1354,13 @@ impl<'a, 'o> Reader<'a, 'o> {
         }
     }
 
-    fn obj_node(&self, glob: u32, construct: Construct, args: Vec<Item>, kwargs: Option<Item>) -> ObjNode {
+    fn obj_node(
+        &self,
+        glob: u32,
+        construct: Construct,
+        args: Vec<Item>,
+        kwargs: Option<Item>,
+    ) -> ObjNode {
         ObjNode {
             glob,
             construct,
@@ -1528,107 +1536,108 @@ impl<'a, 'o> Reader<'a, 'o> {
                 Item::G(g) => s.global_value(g),
             }
         };
-        let hash_err = |s: &Self, e: cellar_value::HashError| s.err_kind(ErrorKind::Type, e.to_string());
-        let v = match node {
-            Node::List(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                for it in items {
-                    out.push(val(self, it, &mut depth)?);
+        let hash_err =
+            |s: &Self, e: cellar_value::HashError| s.err_kind(ErrorKind::Type, e.to_string());
+        let v =
+            match node {
+                Node::List(items) => {
+                    let mut out = Vec::with_capacity(items.len());
+                    for it in items {
+                        out.push(val(self, it, &mut depth)?);
+                    }
+                    Value::list(out)
                 }
-                Value::list(out)
-            }
-            Node::Tuple(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                for it in items {
-                    out.push(val(self, it, &mut depth)?);
+                Node::Tuple(items) => {
+                    let mut out = Vec::with_capacity(items.len());
+                    for it in items {
+                        out.push(val(self, it, &mut depth)?);
+                    }
+                    Value::tuple(out)
                 }
-                Value::tuple(out)
-            }
-            Node::Dict(items) => {
-                let mut d = Dict::with_capacity(items.len() / 2);
-                let mut it = items.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    let k = val(self, k, &mut depth)?;
-                    let v = val(self, v, &mut depth)?;
-                    d.insert(k, v).map_err(|e| hash_err(self, e))?;
+                Node::Dict(items) => {
+                    let mut d = Dict::with_capacity(items.len() / 2);
+                    let mut it = items.into_iter();
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        let k = val(self, k, &mut depth)?;
+                        let v = val(self, v, &mut depth)?;
+                        d.insert(k, v).map_err(|e| hash_err(self, e))?;
+                    }
+                    Value::Dict(Arc::new(d))
                 }
-                Value::Dict(Arc::new(d))
-            }
-            Node::Set(items) | Node::FrozenSet(items) => {
-                let mut s = Set::new();
-                for it in items {
-                    let v = val(self, it, &mut depth)?;
-                    s.insert(v).map_err(|e| hash_err(self, e))?;
-                }
-                if is_frozen {
-                    Value::FrozenSet(Arc::new(s))
-                } else {
-                    Value::Set(Arc::new(s))
-                }
-            }
-            Node::Obj(o) => {
-                let o = *o;
-                let glob = &self.globals[o.glob as usize];
-                let (module, name) = (glob.module.clone(), glob.name.clone());
-                let ctor = match &glob.kind {
-                    GKind::Class(c) => c.clone(),
-                    _ => None,
-                };
-                let mut args = Vec::with_capacity(o.args.len());
-                for (i, it) in o.args.into_iter().enumerate() {
-                    match it {
-                        // _reconstructor's base class: a name, kept as an inert global.
-                        Item::G(b) if i == 0 && o.construct == Construct::Reconstructor => {
-                            let b = &self.globals[b as usize];
-                            args.push(Inert::global(&b.module, &b.name).to_value());
-                        }
-                        it => args.push(val(self, it, &mut depth)?),
+                Node::Set(items) | Node::FrozenSet(items) => {
+                    let mut s = Set::new();
+                    for it in items {
+                        let v = val(self, it, &mut depth)?;
+                        s.insert(v).map_err(|e| hash_err(self, e))?;
+                    }
+                    if is_frozen {
+                        Value::FrozenSet(Arc::new(s))
+                    } else {
+                        Value::Set(Arc::new(s))
                     }
                 }
-                let kwargs = match o.kwargs {
-                    Some(k) => val(self, k, &mut depth)?,
-                    None if o.construct == Construct::NewObjEx => Value::dict([]).unwrap_or(Value::None),
-                    None => Value::None,
-                };
-                let state = match o.state {
-                    Some(s) => val(self, s, &mut depth)?,
-                    None => Value::None,
-                };
-                let mut listitems = Vec::with_capacity(o.list.len());
-                for it in o.list {
-                    listitems.push(val(self, it, &mut depth)?);
+                Node::Obj(o) => {
+                    let o = *o;
+                    let glob = &self.globals[o.glob as usize];
+                    let (module, name) = (glob.module.clone(), glob.name.clone());
+                    let ctor = match &glob.kind {
+                        GKind::Class(c) => c.clone(),
+                        _ => None,
+                    };
+                    let mut args = Vec::with_capacity(o.args.len());
+                    for (i, it) in o.args.into_iter().enumerate() {
+                        match it {
+                            // _reconstructor's base class: a name, kept as an inert global.
+                            Item::G(b) if i == 0 && o.construct == Construct::Reconstructor => {
+                                let b = &self.globals[b as usize];
+                                args.push(Inert::global(&b.module, &b.name).to_value());
+                            }
+                            it => args.push(val(self, it, &mut depth)?),
+                        }
+                    }
+                    let kwargs = match o.kwargs {
+                        Some(k) => val(self, k, &mut depth)?,
+                        None if o.construct == Construct::NewObjEx => {
+                            Value::dict([]).unwrap_or(Value::None)
+                        }
+                        None => Value::None,
+                    };
+                    let state = match o.state {
+                        Some(s) => val(self, s, &mut depth)?,
+                        None => Value::None,
+                    };
+                    let mut listitems = Vec::with_capacity(o.list.len());
+                    for it in o.list {
+                        listitems.push(val(self, it, &mut depth)?);
+                    }
+                    let mut dictitems = Vec::with_capacity(o.dict.len());
+                    for (k, v) in o.dict {
+                        let k = val(self, k, &mut depth)?;
+                        let v = val(self, v, &mut depth)?;
+                        dictitems.push((k, v));
+                    }
+                    let inert = Inert {
+                        module,
+                        name,
+                        construct: o.construct,
+                        args: Value::tuple(args),
+                        kwargs,
+                        state,
+                        listitems,
+                        dictitems,
+                    };
+                    match ctor {
+                        Some(f) => f(&inert).map_err(|m| self.err(m))?,
+                        None => inert.to_value(),
+                    }
                 }
-                let mut dictitems = Vec::with_capacity(o.dict.len());
-                for (k, v) in o.dict {
-                    let k = val(self, k, &mut depth)?;
-                    let v = val(self, v, &mut depth)?;
-                    dictitems.push((k, v));
-                }
-                let inert = Inert {
-                    module,
-                    name,
-                    construct: o.construct,
-                    args: Value::tuple(args),
-                    kwargs,
-                    state,
-                    listitems,
-                    dictitems,
-                };
-                match ctor {
-                    Some(f) => f(&inert).map_err(|m| self.err(m))?,
-                    None => inert.to_value(),
-                }
-            }
-            Node::NewOf(_) | Node::Partial { .. } => {
-                return Err(self.err(
+                Node::NewOf(_) | Node::Partial { .. } => return Err(self.err(
                     "incomplete functools.partial / getattr pattern cannot be loaded as a value",
-                ))
-            }
-            Node::Taken => return Err(self.err("internal error: node frozen twice")),
-        };
+                )),
+                Node::Taken => return Err(self.err("internal error: node frozen twice")),
+            };
         Ok((v, depth + 1))
     }
-
 }
 
 fn str_of(it: &Item) -> Option<String> {
@@ -1637,4 +1646,3 @@ fn str_of(it: &Item) -> Option<String> {
         _ => None,
     }
 }
-

@@ -125,7 +125,12 @@ impl Registry {
 
     /// copyreg.add_extension: registers `code` (1..=0x7fffffff) for `module.name`. Registering
     /// the same pair again is fine; a conflicting key or code is an error.
-    pub fn add_extension(&mut self, module: &str, name: &str, code: i64) -> Result<(), RegistryError> {
+    pub fn add_extension(
+        &mut self,
+        module: &str,
+        name: &str,
+        code: i64,
+    ) -> Result<(), RegistryError> {
         if !(1..=0x7fff_ffff).contains(&code) {
             return Err(RegistryError {
                 message: "code out of range".into(),
@@ -153,7 +158,12 @@ impl Registry {
 
     /// copyreg.remove_extension: unregisters `module.name` with `code`; an error unless that
     /// exact pair is registered.
-    pub fn remove_extension(&mut self, module: &str, name: &str, code: i64) -> Result<(), RegistryError> {
+    pub fn remove_extension(
+        &mut self,
+        module: &str,
+        name: &str,
+        code: i64,
+    ) -> Result<(), RegistryError> {
         let key = (module.to_owned(), name.to_owned());
         let ok = i32::try_from(code).ok().is_some_and(|c| {
             self.ext_by_key.get(&key) == Some(&c) && self.ext_by_code.get(&c) == Some(&key)

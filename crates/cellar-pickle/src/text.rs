@@ -195,7 +195,9 @@ pub(crate) fn escape_decode(s: &[u8]) -> Result<Vec<u8>, String> {
             b'x' => {
                 let hex = s.get(i..i + 2).and_then(|h| {
                     let h = std::str::from_utf8(h).ok()?;
-                    u8::from_str_radix(h, 16).ok().filter(|_| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                    u8::from_str_radix(h, 16)
+                        .ok()
+                        .filter(|_| h.bytes().all(|b| b.is_ascii_hexdigit()))
                 });
                 match hex {
                     Some(v) => {
@@ -233,12 +235,16 @@ pub(crate) fn raw_unicode_escape_decode(s: &[u8]) -> Result<PyStr, String> {
         let run = i - start;
         let escape = run % 2 == 1 && matches!(s.get(i), Some(b'u' | b'U'));
         let literal = if escape { run - 1 } else { run };
-        cps.extend(std::iter::repeat(b'\\' as u32).take(literal));
+        for _ in 0..literal {
+            cps.push(b'\\' as u32);
+        }
         if !escape {
             continue;
         }
         let n = if s[i] == b'u' { 4 } else { 8 };
-        let digits = s.get(i + 1..i + 1 + n).filter(|d| d.iter().all(u8::is_ascii_hexdigit));
+        let digits = s
+            .get(i + 1..i + 1 + n)
+            .filter(|d| d.iter().all(u8::is_ascii_hexdigit));
         let Some(d) = digits else {
             return Err(format!(
                 "'rawunicodeescape' codec can't decode bytes in position {}-{}: truncated \\{}XXXX escape",
@@ -286,17 +292,28 @@ mod tests {
         assert!(escape_decode(br"\x4").is_err());
         assert!(escape_decode(b"\\").is_err());
         let s = raw_unicode_escape_decode(br"\u00e9\U0001f600x\\u").unwrap();
-        assert_eq!(s.code_points().collect::<Vec<_>>(), vec![0xe9, 0x1f600, b'x' as u32, 0x5c, 0x5c, b'u' as u32]);
+        assert_eq!(
+            s.code_points().collect::<Vec<_>>(),
+            vec![0xe9, 0x1f600, b'x' as u32, 0x5c, 0x5c, b'u' as u32]
+        );
         assert!(raw_unicode_escape_decode(br"\u12").is_err());
     }
 
     #[test]
     fn py2_decoding() {
         let e = decode_py2(b"a\xe9", StringEncoding::Ascii, DecodeErrors::Strict).unwrap_err();
-        assert_eq!(e, "'ascii' codec can't decode byte 0xe9 in position 1: ordinal not in range(128)");
+        assert_eq!(
+            e,
+            "'ascii' codec can't decode byte 0xe9 in position 1: ordinal not in range(128)"
+        );
         let s = decode_py2(b"a\xe9", StringEncoding::Latin1, DecodeErrors::Strict).unwrap();
         assert_eq!(s.as_str(), Some("a\u{e9}"));
-        let s = decode_py2(b"a\xe9", StringEncoding::Utf8, DecodeErrors::SurrogateEscape).unwrap();
+        let s = decode_py2(
+            b"a\xe9",
+            StringEncoding::Utf8,
+            DecodeErrors::SurrogateEscape,
+        )
+        .unwrap();
         assert_eq!(s.code_points().collect::<Vec<_>>(), vec![0x61, 0xdce9]);
     }
 }

@@ -40,7 +40,9 @@ impl std::hash::Hasher for AddrHasher {
         }
     }
     fn write_usize(&mut self, n: usize) {
-        self.0 = ((n as u64) >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+        self.0 = ((n as u64) >> 3)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
     }
 }
 
@@ -258,9 +260,8 @@ impl Writer<'_> {
             }
             Value::Tuple(t) => {
                 if Inert::is_inert(v) {
-                    let obj = Inert::from_value(v).ok_or_else(|| {
-                        PicklingError::new("malformed inert object encoding")
-                    })?;
+                    let obj = Inert::from_value(v)
+                        .ok_or_else(|| PicklingError::new("malformed inert object encoding"))?;
                     self.enter()?;
                     self.save_inert(&obj, Some(v))?;
                     self.depth -= 1;

@@ -57,13 +57,28 @@ fn allocation_is_bounded_by_input_size() {
     // Claimed-huge lengths with little data behind them.
     for (name, head) in [
         ("LONG4", b"\x8b\xff\xff\xff\x7f".to_vec()),
-        ("BINBYTES8", b"\x8e\xff\xff\xff\xff\xff\xff\xff\x7f".to_vec()),
-        ("BINUNICODE8", b"\x8d\xff\xff\xff\xff\xff\xff\x00\x00".to_vec()),
-        ("BYTEARRAY8", b"\x96\x00\x00\x00\x00\x00\x01\x00\x00".to_vec()),
+        (
+            "BINBYTES8",
+            b"\x8e\xff\xff\xff\xff\xff\xff\xff\x7f".to_vec(),
+        ),
+        (
+            "BINUNICODE8",
+            b"\x8d\xff\xff\xff\xff\xff\xff\x00\x00".to_vec(),
+        ),
+        (
+            "BYTEARRAY8",
+            b"\x96\x00\x00\x00\x00\x00\x01\x00\x00".to_vec(),
+        ),
         ("BINUNICODE", b"X\xff\xff\xff\xff".to_vec()),
         ("BINSTRING", b"T\xff\xff\xff\x7f".to_vec()),
-        ("FRAME", b"\x80\x04\x95\xff\xff\xff\xff\xff\xff\xff\x7f".to_vec()),
-        ("LONG_BINPUT", b"N r\xff\xff\xff\x7fr\xfe\xff\xff\x7f".to_vec()),
+        (
+            "FRAME",
+            b"\x80\x04\x95\xff\xff\xff\xff\xff\xff\xff\x7f".to_vec(),
+        ),
+        (
+            "LONG_BINPUT",
+            b"N r\xff\xff\xff\x7fr\xfe\xff\xff\x7f".to_vec(),
+        ),
     ] {
         let mut d = head;
         d.extend_from_slice(b"NNNNN");
@@ -100,7 +115,10 @@ fn allocation_is_bounded_by_input_size() {
     for (name, data) in &cases {
         for inert in [false, true] {
             let peak = peak_while_loading(data, inert);
-            eprintln!("{name} (inert={inert}): {} bytes in, peak {peak}", data.len());
+            eprintln!(
+                "{name} (inert={inert}): {} bytes in, peak {peak}",
+                data.len()
+            );
             assert!(
                 peak <= PER_INPUT_BYTE * data.len() + SLACK,
                 "{name}: {} input bytes made {peak} bytes of allocations",

@@ -22,14 +22,22 @@ fn py(code: &str) -> Vec<u8> {
         .args(["-c", code])
         .output()
         .expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
 #[test]
 fn python2_strings_with_encoding_and_errors() {
     // Python 2's pickle of 'caf\xe9' (a byte string) at protocols 0, 1 and 2.
-    let cases: [&[u8]; 3] = [b"S'caf\\xe9'\np0\n.", b"U\x04caf\xe9q\x00.", b"\x80\x02T\x04\x00\x00\x00caf\xe9q\x00."];
+    let cases: [&[u8]; 3] = [
+        b"S'caf\\xe9'\np0\n.",
+        b"U\x04caf\xe9q\x00.",
+        b"\x80\x02T\x04\x00\x00\x00caf\xe9q\x00.",
+    ];
     for data in cases {
         let e = load(data, &LoadOptions::default()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::UnicodeDecode, "{e}");
@@ -55,7 +63,10 @@ fn python2_strings_with_encoding_and_errors() {
         };
         assert_eq!(repr(&load(data, &esc).unwrap()), "'caf\\udce9'");
     }
-    assert_eq!(StringEncoding::from_name("Latin-1"), Some(StringEncoding::Latin1));
+    assert_eq!(
+        StringEncoding::from_name("Latin-1"),
+        Some(StringEncoding::Latin1)
+    );
     assert_eq!(StringEncoding::from_name("koi8-r"), None);
     // escapes of protocol 0 strings
     let v = load(b"S'a\\'b\\n\\x00\\\\'\n.", &LoadOptions::default()).unwrap();
@@ -77,24 +88,36 @@ fn fix_imports_maps_python2_names() {
     let e = load(b"\x80\x03c__builtin__\nset\n)R.", &LoadOptions::default()).unwrap_err();
     assert!(e.message.contains("'__builtin__.set'"), "{e}");
     // exceptions.StopIteration (what CPython writes at 0-2) maps to the StopIteration value
-    assert_eq!(repr(&load(b"cexceptions\nStopIteration\n.", &LoadOptions::default()).unwrap()), "<class 'StopIteration'>");
+    assert_eq!(
+        repr(&load(b"cexceptions\nStopIteration\n.", &LoadOptions::default()).unwrap()),
+        "<class 'StopIteration'>"
+    );
 }
 
 #[test]
 fn out_of_band_buffers_and_persistent_ids() {
     // CPython's protocol 5 out-of-band pickle of [bytearray(b'ab'), PickleBuffer(bytes)]
     let data = py("import pickle,sys; sys.stdout.buffer.write(pickle.dumps([pickle.PickleBuffer(bytearray(b'ab')), pickle.PickleBuffer(b'cd')], 5, buffer_callback=lambda b: None))");
-    let bufs = [Value::ByteArray(Arc::new(b"ab".to_vec())), Value::bytes(b"cd")];
+    let bufs = [
+        Value::ByteArray(Arc::new(b"ab".to_vec())),
+        Value::bytes(b"cd"),
+    ];
     let opts = LoadOptions {
         buffers: Some(&bufs),
         ..LoadOptions::default()
     };
-    assert_eq!(repr(&load(&data, &opts).unwrap()), "[bytearray(b'ab'), b'cd']");
+    assert_eq!(
+        repr(&load(&data, &opts).unwrap()),
+        "[bytearray(b'ab'), b'cd']"
+    );
     let one = LoadOptions {
         buffers: Some(&bufs[..1]),
         ..LoadOptions::default()
     };
-    assert!(load(&data, &one).unwrap_err().message.contains("not enough out-of-band buffers"));
+    assert!(load(&data, &one)
+        .unwrap_err()
+        .message
+        .contains("not enough out-of-band buffers"));
     // READONLY_BUFFER over a bytearray gives an immutable view: bytes here
     let data = b"\x80\x05\x97\x98.";
     assert_eq!(repr(&load(data, &opts).unwrap()), "b'ab'");
@@ -110,8 +133,14 @@ fn out_of_band_buffers_and_persistent_ids() {
         persistent_load: Some(&f),
         ..LoadOptions::default()
     };
-    assert_eq!(repr(&load(b"(Pusers/7\nI1\nl.", &opts).unwrap()), "['loaded', 1]");
-    assert_eq!(repr(&load(b"\x80\x02X\x05\x00\x00\x00usersK\x07\x86Q.", &opts).unwrap()), "'loaded'");
+    assert_eq!(
+        repr(&load(b"(Pusers/7\nI1\nl.", &opts).unwrap()),
+        "['loaded', 1]"
+    );
+    assert_eq!(
+        repr(&load(b"\x80\x02X\x05\x00\x00\x00usersK\x07\x86Q.", &opts).unwrap()),
+        "'loaded'"
+    );
     let e = load(b"Pnope\n.", &opts).unwrap_err();
     assert!(e.message.contains("unknown persistent id 'nope'"), "{e}");
 }
@@ -120,14 +149,25 @@ fn out_of_band_buffers_and_persistent_ids() {
 fn extension_registry_follows_copyreg() {
     let mut reg = Registry::default();
     for bad in [0i64, -1, 0x8000_0000] {
-        assert_eq!(reg.add_extension("m", "n", bad).unwrap_err().message, "code out of range");
+        assert_eq!(
+            reg.add_extension("m", "n", bad).unwrap_err().message,
+            "code out of range"
+        );
     }
     reg.add_extension("mod", "A", 0xff).unwrap();
     reg.add_extension("mod", "A", 0xff).unwrap(); // the same pair again is fine
     reg.add_extension("mod", "B", 0xffff).unwrap();
     reg.add_extension("mod", "C", 0x1_0000).unwrap();
-    assert!(reg.add_extension("mod", "A", 5).unwrap_err().message.contains("already registered with code 255"));
-    assert!(reg.add_extension("mod", "Z", 0xff).unwrap_err().message.contains("already in use"));
+    assert!(reg
+        .add_extension("mod", "A", 5)
+        .unwrap_err()
+        .message
+        .contains("already registered with code 255"));
+    assert!(reg
+        .add_extension("mod", "Z", 0xff)
+        .unwrap_err()
+        .message
+        .contains("already in use"));
     assert!(reg.remove_extension("mod", "A", 5).is_err());
     assert_eq!(reg.extension(0xffff), Some(("mod", "B")));
     // dumps writes EXT1/EXT2/EXT4 by code size at protocol 2+, GLOBAL below
@@ -144,7 +184,10 @@ fn extension_registry_follows_copyreg() {
     reg.remove_extension("mod", "A", 0xff).unwrap();
     assert_eq!(reg.extension_code("mod", "A"), None);
     let e = loads(b"\x80\x02\x82\xff.", &reg, &LoadOptions::default()).unwrap_err();
-    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::Value, "unregistered extension code 255"));
+    assert_eq!(
+        (e.kind, e.message.as_str()),
+        (ErrorKind::Value, "unregistered extension code 255")
+    );
     reg.clear_extensions();
     assert_eq!(reg.extension(0xffff), None);
 }
@@ -154,7 +197,9 @@ fn constructors_and_reducers() {
     // A constructor rebuilds decimal.Decimal('1.5') (REDUCE with a str) as a float.
     let mut reg = Registry::default();
     reg.constructor("decimal", "Decimal", |o: &Inert| {
-        let Value::Tuple(args) = &o.args else { return Err("bad args".into()) };
+        let Value::Tuple(args) = &o.args else {
+            return Err("bad args".into());
+        };
         match args.first() {
             Some(Value::Str(s)) => s
                 .as_str()
@@ -189,12 +234,19 @@ fn constructors_and_reducers() {
         input.push(proto);
         put_record(&mut input, &dumps(&v, proto, &reg).unwrap());
     }
-    let out = run_python(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/differential.py"), &[], input);
+    let out = run_python(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/differential.py"),
+        &[],
+        input,
+    );
     let mut pos = 0;
     for proto in 0..=5 {
         let text = String::from_utf8_lossy(get_record(&out, &mut pos)).into_owned();
         let _ = get_record(&out, &mut pos);
-        assert_eq!(text, "[Decimal('1.5'), 'x', (Decimal('2.25'),)]", "p{proto}");
+        assert_eq!(
+            text, "[Decimal('1.5'), 'x', (Decimal('2.25'),)]",
+            "p{proto}"
+        );
     }
 }
 
@@ -204,7 +256,9 @@ fn frames_batches_and_large_objects_agree_with_cpython() {
     // spans several frames; > 256 memoized objects use LONG_BINPUT/LONG_BINGET.
     let big_str = "é".repeat(70_000);
     let shared: Vec<Value> = (0..300).map(|i| Value::from(format!("s{i}"))).collect();
-    let mut items: Vec<Value> = (0..5000).map(|i| Value::from(format!("item number {i}"))).collect();
+    let mut items: Vec<Value> = (0..5000)
+        .map(|i| Value::from(format!("item number {i}")))
+        .collect();
     items.extend(shared.iter().cloned());
     items.extend(shared.iter().cloned());
     let v = Value::tuple(vec![
@@ -220,20 +274,34 @@ fn frames_batches_and_large_objects_agree_with_cpython() {
     for proto in 0..=5u8 {
         let b = dumps(&v, proto, &Registry::default()).unwrap();
         if proto >= 4 {
-            assert!(b.windows(2).filter(|w| w[0] == 0x95).count() >= 3, "p{proto}: frames");
+            assert!(
+                b.windows(2).filter(|w| w[0] == 0x95).count() >= 3,
+                "p{proto}: frames"
+            );
         }
         input.push(proto);
         put_record(&mut input, &b);
     }
-    let out = run_python(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/differential.py"), &["--pure"], input);
+    let out = run_python(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/differential.py"),
+        &["--pure"],
+        input,
+    );
     let mut pos = 0;
     let want = cellar_value::repr_sorted(&v);
     for proto in 0..=5 {
         let text = String::from_utf8_lossy(get_record(&out, &mut pos)).into_owned();
         let theirs = get_record(&out, &mut pos);
-        assert!(text == want, "p{proto}: CPython loaded something else: {}", &text[..text.len().min(300)]);
+        assert!(
+            text == want,
+            "p{proto}: CPython loaded something else: {}",
+            &text[..text.len().min(300)]
+        );
         let back = loads(theirs, &Registry::default(), &LoadOptions::default()).unwrap();
-        assert!(back.same(&v), "p{proto}: cellar's load of CPython's bytes differs");
+        assert!(
+            back.same(&v),
+            "p{proto}: cellar's load of CPython's bytes differs"
+        );
     }
 }
 
@@ -274,7 +342,10 @@ fn serde_round_trips_and_registered_types_are_classes() {
     // A registered type is written as an instance of its Python class...
     let mut reg = Registry::default();
     reg.register_type::<Plain>("cellar_classes", "Plain");
-    let p = Plain { a: 1, b: "x".into() };
+    let p = Plain {
+        a: 1,
+        b: "x".into(),
+    };
     let mut input = Vec::new();
     for proto in 0..=5u8 {
         let b = to_vec_with(&p, proto, &reg).unwrap();
@@ -285,15 +356,27 @@ fn serde_round_trips_and_registered_types_are_classes() {
         put_record(&mut input, &b);
     }
     // ... and CPython rebuilds as cellar_classes.Plain(1, 'x').
-    let out = run_python(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/classes.py"), &["check"], input);
+    let out = run_python(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/classes.py"),
+        &["check"],
+        input,
+    );
     let mut pos = 0;
     for proto in 0..=5 {
-        assert_eq!(String::from_utf8_lossy(get_record(&out, &mut pos)), "OK", "p{proto}");
+        assert_eq!(
+            String::from_utf8_lossy(get_record(&out, &mut pos)),
+            "OK",
+            "p{proto}"
+        );
     }
     // CPython's own pickles of the class load into the struct at every protocol.
     for proto in 0..=5 {
         let data = py(&format!("import sys; sys.path.insert(0, '{}/tests/support'); import pickle, cellar_classes; sys.stdout.buffer.write(pickle.dumps(cellar_classes.Plain(1, 'x'), {proto}))", env!("CARGO_MANIFEST_DIR")));
-        assert_eq!(from_slice_with::<Plain>(&data, &reg).unwrap(), p, "p{proto}");
+        assert_eq!(
+            from_slice_with::<Plain>(&data, &reg).unwrap(),
+            p,
+            "p{proto}"
+        );
         assert!(from_slice::<Plain>(&data).is_err());
     }
 }
@@ -307,11 +390,17 @@ fn dumps_refuses_what_cpython_cannot_load() {
     let e = dumps(&t[0], 4, &reg).unwrap_err();
     assert_eq!(e.message, "cannot pickle 'code' object");
     let huge = Value::bigint(cellar_value::BigInt::from(10).pow(5000));
-    assert!(dumps(&huge, 0, &reg).unwrap_err().message.contains("4300 digits"));
+    assert!(dumps(&huge, 0, &reg)
+        .unwrap_err()
+        .message
+        .contains("4300 digits"));
     assert!(dumps(&huge, 2, &reg).is_ok());
     let mut deep = Value::None;
     for _ in 0..100_000 {
         deep = Value::list(vec![deep]);
     }
-    assert!(dumps(&deep, 4, &reg).unwrap_err().message.contains("recursion"));
+    assert!(dumps(&deep, 4, &reg)
+        .unwrap_err()
+        .message
+        .contains("recursion"));
 }

@@ -19,7 +19,12 @@ fn v(s: &str) -> Value {
 }
 
 fn check_same(what: &str, got: &Value, want: &Value) {
-    assert!(got.same(want), "{what}: got {}, want {}", repr(got), repr(want));
+    assert!(
+        got.same(want),
+        "{what}: got {}, want {}",
+        repr(got),
+        repr(want)
+    );
 }
 
 fn inert(what: &str, val: &Value) -> Inert {
@@ -27,15 +32,28 @@ fn inert(what: &str, val: &Value) -> Inert {
 }
 
 /// Protocols 0-1 create instances with copyreg._reconstructor(cls, base, base_state).
-fn check_construct(what: &str, proto: u8, o: &Inert, newobj: Construct, base: &str, base_state: &str) {
+fn check_construct(
+    what: &str,
+    proto: u8,
+    o: &Inert,
+    newobj: Construct,
+    base: &str,
+    base_state: &str,
+) {
     if proto >= 2 {
         assert_eq!(o.construct, newobj, "{what}");
         return;
     }
     assert_eq!(o.construct, Construct::Reconstructor, "{what}");
-    let Value::Tuple(args) = &o.args else { panic!("{what}: args") };
+    let Value::Tuple(args) = &o.args else {
+        panic!("{what}: args")
+    };
     let b = inert(what, &args[0]);
-    assert_eq!((b.module.as_str(), b.name.as_str(), b.construct), ("builtins", base, Construct::Global), "{what}");
+    assert_eq!(
+        (b.module.as_str(), b.name.as_str(), b.construct),
+        ("builtins", base, Construct::Global),
+        "{what}"
+    );
     check_same(what, &args[1], &v(base_state));
 }
 
@@ -44,7 +62,10 @@ fn expect(name: &str, proto: u8, val: &Value) {
     match name {
         "plain" => {
             let o = inert(&what, val);
-            assert_eq!((o.module.as_str(), o.name.as_str()), ("cellar_classes", "Plain"));
+            assert_eq!(
+                (o.module.as_str(), o.name.as_str()),
+                ("cellar_classes", "Plain")
+            );
             check_construct(&what, proto, &o, Construct::NewObj, "object", "None");
             if proto >= 2 {
                 check_same(&what, &o.args, &v("()"));
@@ -79,16 +100,34 @@ fn expect(name: &str, proto: u8, val: &Value) {
         "mylist" => {
             let o = inert(&what, val);
             assert_eq!(o.name, "MyList");
-            check_construct(&what, proto, &o, Construct::NewObj, "list", "[1, 'two', (3,)]");
+            check_construct(
+                &what,
+                proto,
+                &o,
+                Construct::NewObj,
+                "list",
+                "[1, 'two', (3,)]",
+            );
             if proto >= 2 {
-                check_same(&what, &Value::list(o.listitems.clone()), &v("[1, 'two', (3,)]"));
+                check_same(
+                    &what,
+                    &Value::list(o.listitems.clone()),
+                    &v("[1, 'two', (3,)]"),
+                );
             }
             check_same(&what, &o.state, &v("{'tag': 'L'}"));
         }
         "mydict" => {
             let o = inert(&what, val);
             assert_eq!(o.name, "MyDict");
-            check_construct(&what, proto, &o, Construct::NewObj, "dict", "{'k': [1, 2], 3: None}");
+            check_construct(
+                &what,
+                proto,
+                &o,
+                Construct::NewObj,
+                "dict",
+                "{'k': [1, 2], 3: None}",
+            );
             if proto < 2 {
                 check_same(&what, &o.state, &v("{'tag': 'D'}"));
                 return;
@@ -104,23 +143,35 @@ fn expect(name: &str, proto: u8, val: &Value) {
         "nested" => {
             let o = inert(&what, val);
             assert_eq!(o.name, "Plain");
-            let Value::Dict(d) = &o.state else { panic!("{what}: state") };
+            let Value::Dict(d) = &o.state else {
+                panic!("{what}: state")
+            };
             let a = d.get(&v("'a'")).ok().flatten().expect("a");
-            let Value::List(items) = a else { panic!("{what}: a") };
+            let Value::List(items) = a else {
+                panic!("{what}: a")
+            };
             assert_eq!(inert(&what, &items[0]).name, "Slotted");
             assert_eq!(inert(&what, &items[1]).name, "MyList");
             let b = d.get(&v("'b'")).ok().flatten().expect("b");
-            let Value::Dict(b) = b else { panic!("{what}: b") };
+            let Value::Dict(b) = b else {
+                panic!("{what}: b")
+            };
             let inner = b.get(&v("'inner'")).ok().flatten().expect("inner");
             let w = inert(&what, inner);
             assert_eq!(w.name, "WithReduce");
             check_same(&what, &w.args, &v("(b'\\x00\\xff',)"));
         }
         "shared" => {
-            let Value::List(items) = val else { panic!("{what}: list") };
+            let Value::List(items) = val else {
+                panic!("{what}: list")
+            };
             assert_eq!(items.len(), 2);
             assert_eq!(inert(&what, &items[0]).name, "Plain");
-            assert_eq!(items[0].ptr_id(), items[1].ptr_id(), "{what}: one shared object");
+            assert_eq!(
+                items[0].ptr_id(),
+                items[1].ptr_id(),
+                "{what}: one shared object"
+            );
         }
         other => panic!("unknown case {other}"),
     }
@@ -135,7 +186,14 @@ fn cpython_class_instances_decode_inertly_and_round_trip() {
         ..LoadOptions::default()
     };
     let mut allowing = Registry::default();
-    for n in ["Plain", "Slotted", "WithReduce", "NewArgsEx", "MyList", "MyDict"] {
+    for n in [
+        "Plain",
+        "Slotted",
+        "WithReduce",
+        "NewArgsEx",
+        "MyList",
+        "MyDict",
+    ] {
         allowing.allow("cellar_classes", n);
     }
     let mut pos = 0;
@@ -154,23 +212,30 @@ fn cpython_class_instances_decode_inertly_and_round_trip() {
         // Refused by default, naming the class.
         let e = loads(&data, &default, &LoadOptions::default()).expect_err(&name);
         assert!(
-            e.message.contains("'cellar_classes.") && e.kind == cellar_pickle::ErrorKind::Unpickling,
+            e.message.contains("'cellar_classes.")
+                && e.kind == cellar_pickle::ErrorKind::Unpickling,
             "{name} p{proto}: {e}"
         );
         if name == "recursive" {
-            for (reg, opts) in [(&default, &inert_opts), (&allowing, &LoadOptions::default())] {
+            for (reg, opts) in [
+                (&default, &inert_opts),
+                (&allowing, &LoadOptions::default()),
+            ] {
                 let e = loads(&data, reg, opts).expect_err("recursive");
                 assert!(e.message.contains("recursive"), "p{proto}: {e}");
             }
             recursive += 1;
             continue;
         }
-        let val = loads(&data, &default, &inert_opts)
-            .unwrap_or_else(|e| panic!("{name} p{proto}: {e}"));
+        let val =
+            loads(&data, &default, &inert_opts).unwrap_or_else(|e| panic!("{name} p{proto}: {e}"));
         expect(&name, proto, &val);
         let val2 = loads(&data, &allowing, &LoadOptions::default())
             .unwrap_or_else(|e| panic!("{name} p{proto} (allowed): {e}"));
-        assert!(val2.same(&val), "{name} p{proto}: allow-listed decode differs");
+        assert!(
+            val2.same(&val),
+            "{name} p{proto}: allow-listed decode differs"
+        );
         decoded += 1;
         // Written back by cellar at the same protocol.
         let again = dumps(&val, proto, &default).unwrap_or_else(|e| panic!("{name} p{proto}: {e}"));
@@ -182,7 +247,10 @@ fn cpython_class_instances_decode_inertly_and_round_trip() {
         names.push(format!("{name} p{proto}"));
     }
     eprintln!("decoded {decoded}, CPython cannot pickle {skipped}, recursive refused {recursive}");
-    assert_eq!(decoded, 44, "8 cases x 6 protocols, minus slotted and nested at 0-1");
+    assert_eq!(
+        decoded, 44,
+        "8 cases x 6 protocols, minus slotted and nested at 0-1"
+    );
     assert_eq!(recursive, 6);
     let verdicts = run_python(SCRIPT, &["check"], back);
     let mut pos = 0;
@@ -193,5 +261,9 @@ fn cpython_class_instances_decode_inertly_and_round_trip() {
             fails.push(format!("{n}: {msg}"));
         }
     }
-    assert!(fails.is_empty(), "CPython rejected cellar's re-dump:\n{}", fails.join("\n"));
+    assert!(
+        fails.is_empty(),
+        "CPython rejected cellar's re-dump:\n{}",
+        fails.join("\n")
+    );
 }

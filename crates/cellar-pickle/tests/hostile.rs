@@ -26,7 +26,11 @@ fn inert(data: &[u8]) -> Result<Value, UnpicklingError> {
 fn err(data: &[u8]) -> UnpicklingError {
     let t = Instant::now();
     let r = strict(data);
-    assert!(t.elapsed() < Duration::from_secs(2), "slow failure on {:?}", short(data));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "slow failure on {:?}",
+        short(data)
+    );
     match r {
         Ok(v) => panic!("{:?} loaded as {}", short(data), repr(&v)),
         Err(e) => e,
@@ -49,17 +53,41 @@ fn check(data: &[u8], kind: ErrorKind, msg: &str) {
 /// The malicious corpus: (what, pickle, the global that must be named in the refusal).
 fn corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let mut v: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("GLOBAL os.system REDUCE", b"cos\nsystem\n(S'echo pwned'\ntR.".to_vec(), "os.system"),
-        ("posix.system", b"cposix\nsystem\n(S'id'\ntR.".to_vec(), "posix.system"),
+        (
+            "GLOBAL os.system REDUCE",
+            b"cos\nsystem\n(S'echo pwned'\ntR.".to_vec(),
+            "os.system",
+        ),
+        (
+            "posix.system",
+            b"cposix\nsystem\n(S'id'\ntR.".to_vec(),
+            "posix.system",
+        ),
         (
             "subprocess.check_output",
             b"csubprocess\ncheck_output\n((S'ls'\nltR.".to_vec(),
             "subprocess.check_output",
         ),
-        ("subprocess.Popen", b"\x80\x02csubprocess\nPopen\nX\x02\x00\x00\x00ls\x85R.".to_vec(), "subprocess.Popen"),
-        ("eval (py2 name)", b"c__builtin__\neval\n(S'1+1'\ntR.".to_vec(), "builtins.eval"),
-        ("exec", b"\x80\x03cbuiltins\nexec\nX\x08\x00\x00\x00import os\x85R.".to_vec(), "builtins.exec"),
-        ("__import__", b"cbuiltins\n__import__\n(S'os'\ntR.".to_vec(), "builtins.__import__"),
+        (
+            "subprocess.Popen",
+            b"\x80\x02csubprocess\nPopen\nX\x02\x00\x00\x00ls\x85R.".to_vec(),
+            "subprocess.Popen",
+        ),
+        (
+            "eval (py2 name)",
+            b"c__builtin__\neval\n(S'1+1'\ntR.".to_vec(),
+            "builtins.eval",
+        ),
+        (
+            "exec",
+            b"\x80\x03cbuiltins\nexec\nX\x08\x00\x00\x00import os\x85R.".to_vec(),
+            "builtins.exec",
+        ),
+        (
+            "__import__",
+            b"cbuiltins\n__import__\n(S'os'\ntR.".to_vec(),
+            "builtins.__import__",
+        ),
         (
             "getattr(os, 'system')",
             b"cbuiltins\ngetattr\n(cos\nsystem\nS'x'\ntR.".to_vec(),
@@ -70,9 +98,21 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             b"\x80\x04\x8c\x02os\x8c\x06system\x93\x8c\x02id\x85R.".to_vec(),
             "os.system",
         ),
-        ("INST os.system", b"(S'ls'\nios\nsystem\n.".to_vec(), "os.system"),
-        ("OBJ os.system", b"(cos\nsystem\nS'ls'\no.".to_vec(), "os.system"),
-        ("NEWOBJ os.system", b"\x80\x02cos\nsystem\n)\x81.".to_vec(), "os.system"),
+        (
+            "INST os.system",
+            b"(S'ls'\nios\nsystem\n.".to_vec(),
+            "os.system",
+        ),
+        (
+            "OBJ os.system",
+            b"(cos\nsystem\nS'ls'\no.".to_vec(),
+            "os.system",
+        ),
+        (
+            "NEWOBJ os.system",
+            b"\x80\x02cos\nsystem\n)\x81.".to_vec(),
+            "os.system",
+        ),
         (
             "NEWOBJ_EX subprocess.Popen",
             b"\x80\x04\x8c\nsubprocess\x8c\x05Popen\x93)}\x92.".to_vec(),
@@ -88,13 +128,33 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             b"\x80\x02cbuiltins\nset\n)R}X\x01\x00\x00\x00acos\nsystem\nsb.".to_vec(),
             "os.system",
         ),
-        ("copyreg._reconstructor(os.system)", b"ccopy_reg\n_reconstructor\n(cos\nsystem\nc__builtin__\nobject\nNtR.".to_vec(), "os.system"),
-        ("functools.partial(os.system)", b"\x80\x02cfunctools\npartial\ncos\nsystem\n\x85R.".to_vec(), "os.system"),
-        ("pickle.loads", b"cpickle\nloads\n(C\x01.tR.".to_vec(), "pickle.loads"),
-        ("nt.system", b"cnt\nsystem\n(S'dir'\ntR.".to_vec(), "nt.system"),
+        (
+            "copyreg._reconstructor(os.system)",
+            b"ccopy_reg\n_reconstructor\n(cos\nsystem\nc__builtin__\nobject\nNtR.".to_vec(),
+            "os.system",
+        ),
+        (
+            "functools.partial(os.system)",
+            b"\x80\x02cfunctools\npartial\ncos\nsystem\n\x85R.".to_vec(),
+            "os.system",
+        ),
+        (
+            "pickle.loads",
+            b"cpickle\nloads\n(C\x01.tR.".to_vec(),
+            "pickle.loads",
+        ),
+        (
+            "nt.system",
+            b"cnt\nsystem\n(S'dir'\ntR.".to_vec(),
+            "nt.system",
+        ),
     ];
     // A memo trick: the callable hidden behind PUT/GET.
-    v.push(("memo-hidden os.system", b"cos\nsystem\np0\n0g0\n(S'ls'\ntR.".to_vec(), "os.system"));
+    v.push((
+        "memo-hidden os.system",
+        b"cos\nsystem\np0\n0g0\n(S'ls'\ntR.".to_vec(),
+        "os.system",
+    ));
     v
 }
 
@@ -119,7 +179,10 @@ fn inert_mode_describes_calls_without_resolving_them() {
         match inert(&data) {
             Ok(v) => assert!(!repr(&v).is_empty(), "{what}"),
             Err(e) => assert!(
-                matches!(e.kind, ErrorKind::Unpickling | ErrorKind::Value | ErrorKind::Type),
+                matches!(
+                    e.kind,
+                    ErrorKind::Unpickling | ErrorKind::Value | ErrorKind::Type
+                ),
                 "{what}: {e}"
             ),
         }
@@ -134,17 +197,38 @@ fn inert_mode_describes_calls_without_resolving_them() {
 #[test]
 fn extension_codes_go_through_the_registry() {
     // unregistered code: ValueError as in CPython
-    check(b"\x80\x02\x82\x01)R.", ErrorKind::Value, "unregistered extension code 1");
-    check(b"\x80\x02\x84\x00\x00\x00\x00.", ErrorKind::Unpickling, "EXT specifies code <= 0");
-    check(b"\x80\x02\x84\xff\xff\xff\xff.", ErrorKind::Unpickling, "EXT specifies code <= 0");
+    check(
+        b"\x80\x02\x82\x01)R.",
+        ErrorKind::Value,
+        "unregistered extension code 1",
+    );
+    check(
+        b"\x80\x02\x84\x00\x00\x00\x00.",
+        ErrorKind::Unpickling,
+        "EXT specifies code <= 0",
+    );
+    check(
+        b"\x80\x02\x84\xff\xff\xff\xff.",
+        ErrorKind::Unpickling,
+        "EXT specifies code <= 0",
+    );
     // a code registered for os.system is still refused by name
     let mut reg = Registry::default();
     reg.add_extension("os", "system", 1).unwrap();
     reg.add_extension("builtins", "complex", 0x1234).unwrap();
-    let e = loads(b"\x80\x02\x82\x01(S'id'\ntR.", &reg, &LoadOptions::default()).unwrap_err();
+    let e = loads(
+        b"\x80\x02\x82\x01(S'id'\ntR.",
+        &reg,
+        &LoadOptions::default(),
+    )
+    .unwrap_err();
     assert!(e.message.contains("'os.system'"), "{e}");
-    let v = loads(b"\x80\x02\x83\x34\x12G?\xf0\x00\x00\x00\x00\x00\x00K\x02\x86R.", &reg, &LoadOptions::default())
-        .unwrap();
+    let v = loads(
+        b"\x80\x02\x83\x34\x12G?\xf0\x00\x00\x00\x00\x00\x00K\x02\x86R.",
+        &reg,
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert_eq!(repr(&v), "(1+2j)");
 }
 
@@ -157,9 +241,17 @@ fn memo_and_stack_tricks() {
     check(b"q\x00.", Unpickling, "unpickling stack underflow");
     check(b"(q\x00.", Unpickling, "unpickling stack underflow");
     check(b"p-1\n.", Value, "negative PUT argument");
-    check(b"K\x01r\xff\xff\xff\xffj\xff\xff\xff\xff0j\x00\x00\x00\x00.", Unpickling, "Memo value not found at index 0");
+    check(
+        b"K\x01r\xff\xff\xff\xffj\xff\xff\xff\xff0j\x00\x00\x00\x00.",
+        Unpickling,
+        "Memo value not found at index 0",
+    );
     check(b"a.", Unpickling, "unpickling stack underflow");
-    check(b"K\x01K\x02a.", Unpickling, "APPEND/APPENDS target is not a list");
+    check(
+        b"K\x01K\x02a.",
+        Unpickling,
+        "APPEND/APPENDS target is not a list",
+    );
     check(b"(.", Unpickling, "unpickling stack underflow");
     check(b"K\x01(\x85.", Unpickling, "unpickling stack underflow");
     check(b"}(K\x01u.", Unpickling, "odd number of items for SETITEMS");
@@ -176,7 +268,9 @@ fn memo_and_stack_tricks() {
     check(b"\x8f(]\x90.", Type, "unhashable type: 'list'");
     // a list shared (not recursive) is fine and stays shared
     let v = strict(b"]q\x00h\x00h\x00\x86.").unwrap();
-    let cellar_value::Value::Tuple(t) = &v else { panic!() };
+    let cellar_value::Value::Tuple(t) = &v else {
+        panic!()
+    };
     assert_eq!(t[0].ptr_id(), t[1].ptr_id());
     // mutation through the memo after use is seen everywhere, as in CPython
     let v = strict(b"]q\x00\x85h\x00K\x07a0.").unwrap();
@@ -187,8 +281,16 @@ fn memo_and_stack_tricks() {
 fn lying_frames_and_lengths() {
     use ErrorKind::*;
     // frame longer than the data
-    check(b"\x80\x04\x95\xff\x00\x00\x00\x00\x00\x00\x00N.", Unpickling, "pickle data was truncated");
-    check(b"\x80\x04\x95\xff\xff\xff\xff\xff\xff\xff\xffN.", Unpickling, "pickle data was truncated");
+    check(
+        b"\x80\x04\x95\xff\x00\x00\x00\x00\x00\x00\x00N.",
+        Unpickling,
+        "pickle data was truncated",
+    );
+    check(
+        b"\x80\x04\x95\xff\xff\xff\xff\xff\xff\xff\xffN.",
+        Unpickling,
+        "pickle data was truncated",
+    );
     // an opcode argument straddling the frame end (pickle.py rejects it)
     check(
         b"\x80\x04\x95\x02\x00\x00\x00\x00\x00\x00\x00J\x01\x00\x00\x00.",
@@ -201,7 +303,11 @@ fn lying_frames_and_lengths() {
         "pickle exhausted before end of frame",
     );
     // a text line straddling the frame end
-    check(b"\x80\x04\x95\x02\x00\x00\x00\x00\x00\x00\x00I12\n.", Unpickling, "pickle exhausted before end of frame");
+    check(
+        b"\x80\x04\x95\x02\x00\x00\x00\x00\x00\x00\x00I12\n.",
+        Unpickling,
+        "pickle exhausted before end of frame",
+    );
     // a new frame before the end of the current one
     check(
         b"\x80\x04\x95\x0a\x00\x00\x00\x00\x00\x00\x00\x95\x01\x00\x00\x00\x00\x00\x00\x00N.",
@@ -212,16 +318,56 @@ fn lying_frames_and_lengths() {
     let v = strict(b"\x80\x04\x95\x01\x00\x00\x00\x00\x00\x00\x00N.").unwrap();
     assert!(matches!(v, cellar_value::Value::None));
     // huge claimed lengths fail at once, without allocating
-    check(b"\x8b\xff\xff\xff\x7f\x00.", Unpickling, "pickle data was truncated");
-    check(b"\x8b\xff\xff\xff\xff.", Unpickling, "LONG pickle has negative byte count");
-    check(b"\x8e\xff\xff\xff\xff\xff\xff\xff\x7f.", Unpickling, "pickle data was truncated");
-    check(b"\x8e\xff\xff\xff\xff\xff\xff\xff\xff.", Unpickling, "pickle data was truncated");
-    check(b"\x8d\xff\xff\xff\xff\xff\xff\xff\x7f.", Unpickling, "pickle data was truncated");
-    check(b"\x96\x00\x00\x00\x00\x01\x00\x00\x00.", Unpickling, "pickle data was truncated");
-    check(b"X\xff\xff\xff\xff.", Unpickling, "pickle data was truncated");
-    check(b"B\xff\xff\xff\xff.", Unpickling, "pickle data was truncated");
-    check(b"T\xff\xff\xff\xff.", Unpickling, "BINSTRING pickle has negative byte count");
-    check(b"T\xff\xff\xff\x7f.", Unpickling, "pickle data was truncated");
+    check(
+        b"\x8b\xff\xff\xff\x7f\x00.",
+        Unpickling,
+        "pickle data was truncated",
+    );
+    check(
+        b"\x8b\xff\xff\xff\xff.",
+        Unpickling,
+        "LONG pickle has negative byte count",
+    );
+    check(
+        b"\x8e\xff\xff\xff\xff\xff\xff\xff\x7f.",
+        Unpickling,
+        "pickle data was truncated",
+    );
+    check(
+        b"\x8e\xff\xff\xff\xff\xff\xff\xff\xff.",
+        Unpickling,
+        "pickle data was truncated",
+    );
+    check(
+        b"\x8d\xff\xff\xff\xff\xff\xff\xff\x7f.",
+        Unpickling,
+        "pickle data was truncated",
+    );
+    check(
+        b"\x96\x00\x00\x00\x00\x01\x00\x00\x00.",
+        Unpickling,
+        "pickle data was truncated",
+    );
+    check(
+        b"X\xff\xff\xff\xff.",
+        Unpickling,
+        "pickle data was truncated",
+    );
+    check(
+        b"B\xff\xff\xff\xff.",
+        Unpickling,
+        "pickle data was truncated",
+    );
+    check(
+        b"T\xff\xff\xff\xff.",
+        Unpickling,
+        "BINSTRING pickle has negative byte count",
+    );
+    check(
+        b"T\xff\xff\xff\x7f.",
+        Unpickling,
+        "pickle data was truncated",
+    );
 }
 
 #[test]
@@ -231,7 +377,11 @@ fn depth_and_mark_bombs_fail_fast() {
     d.push(b'.');
     let t = Instant::now();
     check(&d, ErrorKind::Unpickling, "too many nested MARKs");
-    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
     // 10^6 MARK / POP_MARK pairs: no nesting, finishes quickly
     let mut d = b"(1".repeat(1_000_000);
     d.extend_from_slice(b"N.");
@@ -240,19 +390,19 @@ fn depth_and_mark_bombs_fail_fast() {
     assert!(t.elapsed() < Duration::from_secs(1));
     // 10^6 nested tuples via TUPLE1
     let mut d = b"\x80\x02N".to_vec();
-    d.extend(std::iter::repeat(0x85).take(1_000_000));
+    d.resize(d.len() + 1_000_000, 0x85);
     d.push(b'.');
     check(&d, ErrorKind::Unpickling, "maximum nesting depth exceeded");
     // 10^6 nested lists via EMPTY_LIST ... APPEND
     let mut d = vec![b']'; 1_000_000];
-    d.extend(std::iter::repeat(b'a').take(999_999));
+    d.resize(d.len() + 999_999, b'a');
     d.push(b'.');
     let t = Instant::now();
     check(&d, ErrorKind::Unpickling, "maximum nesting depth exceeded");
     assert!(t.elapsed() < Duration::from_secs(2));
     // within the limit it loads (and drops) fine
     let mut d = vec![b']'; 1500];
-    d.extend(std::iter::repeat(b'a').take(1499));
+    d.resize(d.len() + 1499, b'a');
     d.push(b'.');
     strict(&d).unwrap();
 }
@@ -296,22 +446,66 @@ fn malformed_input_errors() {
     check(b"z", Unpickling, "invalid load key, 'z'.");
     check(b"Iabc\n.", Value, "invalid literal for int()");
     check(b"Fx\n.", Value, "could not convert string to float");
-    check(b"Sabc\n.", Unpickling, "the STRING opcode argument must be quoted");
+    check(
+        b"Sabc\n.",
+        Unpickling,
+        "the STRING opcode argument must be quoted",
+    );
     check(b"S'\\x4'\n.", Value, "invalid \\x escape");
     check(b"X\x01\x00\x00\x00\xff.", UnicodeDecode, "utf-8");
     check(b"V\\u12\n.", UnicodeDecode, "truncated");
-    check(b"U\x01\xe9.", UnicodeDecode, "'ascii' codec can't decode byte 0xe9");
+    check(
+        b"U\x01\xe9.",
+        UnicodeDecode,
+        "'ascii' codec can't decode byte 0xe9",
+    );
     let digits = "9".repeat(4301);
-    check(format!("L{digits}L\n.").as_bytes(), Value, "Exceeds the limit (4300 digits)");
+    check(
+        format!("L{digits}L\n.").as_bytes(),
+        Value,
+        "Exceeds the limit (4300 digits)",
+    );
     check(b"\x80\x04\x8c\x01a\x8c\x01b\x93.", Unpickling, "'a.b'");
-    check(b"\x80\x04K\x01\x8c\x01b\x93.", Unpickling, "STACK_GLOBAL requires str");
-    check(b"P1\n.", Unpickling, "no persistent_load function was specified");
-    check(b"NQ.", Unpickling, "no persistent_load function was specified");
-    check(b"\x80\x05\x97.", Unpickling, "no *buffers* argument was given");
-    check(b"cbuiltins\ngetattr\n.", Unpickling, "cannot be loaded as a value");
-    check(b"cbuiltins\nEllipsis\n)R.", Unpickling, "calling builtins.Ellipsis is not supported");
-    check(b"cbuiltins\ncomplex\n(S'1+2j'\ntR.", Unpickling, "unsupported arguments for builtins.complex");
-    check(b"c_codecs\nencode\n(V\\u0100\nVlatin1\ntR.", Unpickling, "unsupported arguments");
+    check(
+        b"\x80\x04K\x01\x8c\x01b\x93.",
+        Unpickling,
+        "STACK_GLOBAL requires str",
+    );
+    check(
+        b"P1\n.",
+        Unpickling,
+        "no persistent_load function was specified",
+    );
+    check(
+        b"NQ.",
+        Unpickling,
+        "no persistent_load function was specified",
+    );
+    check(
+        b"\x80\x05\x97.",
+        Unpickling,
+        "no *buffers* argument was given",
+    );
+    check(
+        b"cbuiltins\ngetattr\n.",
+        Unpickling,
+        "cannot be loaded as a value",
+    );
+    check(
+        b"cbuiltins\nEllipsis\n)R.",
+        Unpickling,
+        "calling builtins.Ellipsis is not supported",
+    );
+    check(
+        b"cbuiltins\ncomplex\n(S'1+2j'\ntR.",
+        Unpickling,
+        "unsupported arguments for builtins.complex",
+    );
+    check(
+        b"c_codecs\nencode\n(V\\u0100\nVlatin1\ntR.",
+        Unpickling,
+        "unsupported arguments",
+    );
 }
 
 /// Mutations of valid pickles and raw random bytes: every outcome is a value or a typed
@@ -344,8 +538,10 @@ fn random_inputs_never_panic() {
             }
             2 => {
                 let i = rng.below(data.len() as u64) as usize;
-                let op = [b'(', b'0', b'1', b'2', b'a', b'e', b's', b'u', b'b', b'R', b'\x81', b'\x85', b'\x94', b'h', b'\x95', b'\x90', b'\x91', b't']
-                    [rng.below(18) as usize];
+                let op = [
+                    b'(', b'0', b'1', b'2', b'a', b'e', b's', b'u', b'b', b'R', b'\x81', b'\x85',
+                    b'\x94', b'h', b'\x95', b'\x90', b'\x91', b't',
+                ][rng.below(18) as usize];
                 data.insert(i, op);
             }
             3 => {
@@ -396,7 +592,12 @@ fn fuzz_property_on_mutations() {
                 if let Ok(bytes) = dumps(&v, protocol, &reg) {
                     let back = loads(&bytes, &reg, &inert_opts).expect("own output");
                     if protocol >= 1 {
-                        assert!(back.same(&v), "p{protocol}: {} vs {}", repr(&back), repr(&v));
+                        assert!(
+                            back.same(&v),
+                            "p{protocol}: {} vs {}",
+                            repr(&back),
+                            repr(&v)
+                        );
                     }
                 }
             }
