@@ -71,7 +71,12 @@ fn int_of(v: &Value) -> Option<u64> {
 /// Parses one stripped `.dir` line into `(key, pos, size)`.
 fn parse_line(line: &[u8]) -> std::result::Result<(Vec<u8>, u64, u64), String> {
     let text: String = line.iter().map(|&b| b as char).collect();
-    let v = cellar_value::parse(&text).map_err(|e| e.to_string())?;
+    // CPython's literal_eval sees `'k', (p, s)` as a tuple display; our parser takes one
+    // literal, so parenthesise it (a bare line parses to the same tuple either way).
+    let v = match cellar_value::parse(&format!("({text}\n)")) {
+        Ok(v) => v,
+        Err(_) => cellar_value::parse(&text).map_err(|e| e.to_string())?,
+    };
     let items = match &v {
         Value::Tuple(t) | Value::List(t) if t.len() == 2 => t.clone(),
         _ => return Err("expected `key, (pos, size)`".to_string()),
@@ -448,6 +453,8 @@ impl Database for DumbDb {
                     st.dat
                         .write_all_at(value, pos)
                         .map_err(io_ctx("writing to", &self.dat_path))?;
+                    // A last value may grow within its final block, past the file's end.
+                    st.dat_len = st.dat_len.max(pos + len);
                     (pos, len)
                 }
                 _ => self.append_values(st, &[value])?[0],
