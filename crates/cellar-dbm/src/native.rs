@@ -26,9 +26,11 @@ impl NativeDb {
         })?;
         let existed = path.exists();
         if !existed && matches!(flag.access(), Access::Read | Access::Write) {
-            return Err(DbmError::DoesNotExist {
-                path: path.to_path_buf(),
-            });
+            // As dbm.gnu: an OS error with ENOENT (dbm's `open` says "db file doesn't exist").
+            return Err(DbmError::io(
+                format!("opening {}", path.display()),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
         }
         let store = Store::open(path, opts)?;
         if !existed || flag.access() == Access::New {
