@@ -185,7 +185,7 @@ fn not_a_file(p: &Path) -> Result<()> {
     match fs::metadata(p) {
         Ok(md) if md.is_dir() => Err(DbmError::io(
             format!("opening {}", p.display()),
-            std::io::Error::from(ErrorKind::IsADirectory),
+            std::io::Error::from_raw_os_error(rustix::io::Errno::ISDIR.raw_os_error()),
         )),
         _ => Ok(()),
     }

@@ -29,7 +29,7 @@ impl NativeDb {
             // As dbm.gnu: an OS error with ENOENT (dbm's `open` says "db file doesn't exist").
             return Err(DbmError::io(
                 format!("opening {}", path.display()),
-                std::io::Error::from(std::io::ErrorKind::NotFound),
+                std::io::Error::from_raw_os_error(rustix::io::Errno::NOENT.raw_os_error()),
             ));
         }
         let store = Store::open(path, opts)?;

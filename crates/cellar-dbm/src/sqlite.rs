@@ -101,7 +101,7 @@ impl SqliteDb {
             // SQLite's own text ("unable to open database file") hides the cause.
             return Err(DbmError::io(
                 ctx(),
-                std::io::Error::from(std::io::ErrorKind::NotFound),
+                std::io::Error::from_raw_os_error(rustix::io::Errno::NOENT.raw_os_error()),
             ));
         }
         let conn =
