@@ -65,9 +65,7 @@ pub fn loads(
     registry: &Registry,
     opts: &LoadOptions<'_>,
 ) -> Result<Value, UnpicklingError> {
-    read::Reader::new(data, registry, opts)
-        .run()
-        .map(|(v, _)| v)
+    loads_with(data, registry, opts).map(|(v, _)| v)
 }
 
 /// [`loads`] that also returns how many bytes the pickle used (through its STOP opcode), for
@@ -77,7 +75,14 @@ pub fn loads_with(
     registry: &Registry,
     opts: &LoadOptions<'_>,
 ) -> Result<(Value, usize), UnpicklingError> {
-    read::Reader::new(data, registry, opts).run()
+    // Fast path first (containers frozen as soon as they are nested); a pickle that mutates a
+    // container after nesting it is decoded again in full graph mode.
+    match read::Reader::new(data, registry, opts, true).run() {
+        Err(e) if e.message == read::RESTART => {
+            read::Reader::new(data, registry, opts, false).run()
+        }
+        r => r,
+    }
 }
 
 /// `pickle.dumps(value, protocol)` (protocol 0-5) with `registry`'s reducers and extension

@@ -145,6 +145,9 @@ enum Node {
         cls: u32,
         built: Option<Box<(Vec<Item>, Option<Item>)>>,
     },
+    /// Frozen early (fast path): the finished value and its depth. Mutating it afterwards
+    /// restarts the decode without the fast path.
+    Frozen(Value, u32),
     /// Already frozen (its content moved out).
     Taken,
 }
@@ -170,14 +173,25 @@ pub(crate) struct Reader<'a, 'o> {
     used: usize,
     limit: usize,
     next_buffer: usize,
+    /// Freeze containers as soon as they are placed in another container (see `settle`).
+    eager: bool,
 }
+
+/// The message of the internal error that makes [`crate::loads`] decode again without the
+/// eager fast path (a container was mutated after it was frozen early).
+pub(crate) const RESTART: &str = "\u{0}restart without eager freezing";
 
 fn scalar(v: Value) -> Item {
     Item::V(v, 0)
 }
 
 impl<'a, 'o> Reader<'a, 'o> {
-    pub(crate) fn new(data: &'a [u8], reg: &'o Registry, opts: &'o LoadOptions<'o>) -> Self {
+    pub(crate) fn new(
+        data: &'a [u8],
+        reg: &'o Registry,
+        opts: &'o LoadOptions<'o>,
+        eager: bool,
+    ) -> Self {
         let limit = opts
             .max_bytes
             .unwrap_or_else(|| data.len().saturating_mul(64).max(16 << 20));
@@ -200,6 +214,7 @@ impl<'a, 'o> Reader<'a, 'o> {
             used: 0,
             limit,
             next_buffer: 0,
+            eager,
         }
     }
 
@@ -370,6 +385,66 @@ impl<'a, 'o> Reader<'a, 'o> {
     }
 
     // -----------------------------------------------------------------------------------------
+    // eager freezing: a container placed inside another one is finished in every pickle CPython
+    // writes, so it is turned into a value right away (no graph left to freeze at STOP). If a
+    // later opcode mutates it after all, the decode restarts in full graph mode.
+
+    fn restart(&self) -> UnpicklingError {
+        self.err(RESTART)
+    }
+
+    fn frozen_target(&self, n: u32) -> Res<()> {
+        if matches!(self.nodes[n as usize], Node::Frozen(..)) {
+            return Err(self.restart());
+        }
+        Ok(())
+    }
+
+    /// Freezes node `c` now if all its content is finished values.
+    fn try_freeze(&mut self, c: u32) -> Option<Item> {
+        let ready = match &self.nodes[c as usize] {
+            Node::List(v) | Node::Set(v) | Node::FrozenSet(v) | Node::Dict(v) => {
+                v.iter().all(|i| matches!(i, Item::V(..)))
+            }
+            Node::Frozen(v, d) => return Some(Item::V(v.clone(), *d)),
+            _ => false,
+        };
+        if !ready {
+            return None;
+        }
+        let (v, d) = self.build_node(c, &[]).ok()?;
+        self.nodes[c as usize] = Node::Frozen(v.clone(), d);
+        Some(Item::V(v, d))
+    }
+
+    /// Settles the stack items from `from` up (about to move into a container).
+    fn settle_stack(&mut self, from: usize) {
+        if !self.eager {
+            return;
+        }
+        for i in from..self.stack.len() {
+            if let Item::N(c) = self.stack[i] {
+                if let Some(it) = self.try_freeze(c) {
+                    self.stack[i] = it;
+                }
+            }
+        }
+    }
+
+    fn settle_vec(&mut self, items: &mut [Item]) {
+        if !self.eager {
+            return;
+        }
+        for it in items.iter_mut() {
+            if let Item::N(c) = *it {
+                if let Some(v) = self.try_freeze(c) {
+                    *it = v;
+                }
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
     // memo
 
     fn memo_put(&mut self, idx: u64, it: Item) -> Res<()> {
@@ -393,6 +468,8 @@ impl<'a, 'o> Reader<'a, 'o> {
                 Some(Some(it)) => Some(it.clone()),
                 _ => self.memo_sparse.get(&i).cloned(),
             });
+        // (a frozen node stays a node here, so mutating it is noticed; `settle` turns it into
+        // its value when it is nested)
         found.ok_or_else(|| self.err(format!("Memo value not found at index {idx}")))
     }
     fn put_top(&mut self, idx: u64) -> Res<()> {
@@ -646,7 +723,8 @@ impl<'a, 'o> Reader<'a, 'o> {
                     self.push(n)?
                 }
                 LIST => {
-                    let items = self.pop_mark()?;
+                    let mut items = self.pop_mark()?;
+                    self.settle_vec(&mut items);
                     self.charge(items.len() * 16)?;
                     let n = self.new_node(Node::List(items))?;
                     self.push(n)?
@@ -656,7 +734,8 @@ impl<'a, 'o> Reader<'a, 'o> {
                     self.push(n)?
                 }
                 DICT => {
-                    let items = self.pop_mark()?;
+                    let mut items = self.pop_mark()?;
+                    self.settle_vec(&mut items);
                     if items.len() & 1 == 1 {
                         return Err(self.err("odd number of items for DICT"));
                     }
@@ -669,13 +748,16 @@ impl<'a, 'o> Reader<'a, 'o> {
                     self.push(n)?
                 }
                 FROZENSET => {
-                    let items = self.pop_mark()?;
+                    let mut items = self.pop_mark()?;
+                    self.settle_vec(&mut items);
                     self.charge(items.len() * 16)?;
                     let n = self.new_node(Node::FrozenSet(items))?;
                     self.push(n)?
                 }
                 APPEND => {
-                    let v = self.pop()?;
+                    let mut v = [self.pop()?];
+                    self.settle_vec(&mut v);
+                    let [v] = v;
                     self.extend_list(vec![v])?;
                 }
                 APPENDS => self.appends_from_mark()?,
@@ -699,10 +781,12 @@ impl<'a, 'o> Reader<'a, 'o> {
                     self.setitems_from(m)?;
                 }
                 ADDITEMS => {
-                    let items = self.pop_mark()?;
+                    let mut items = self.pop_mark()?;
                     self.charge(items.len() * 16)?;
+                    self.settle_vec(&mut items);
                     let top = self.top()?.clone();
                     if let Item::N(n) = top {
+                        self.frozen_target(n)?;
                         let d = self.items_depth(items.iter());
                         self.deepen(n, d)?;
                     }
@@ -957,8 +1041,9 @@ impl<'a, 'o> Reader<'a, 'o> {
         self.push_v(v)
     }
 
-    fn make_tuple(&mut self, items: Vec<Item>) -> Res<Item> {
+    fn make_tuple(&mut self, mut items: Vec<Item>) -> Res<Item> {
         self.charge(items.len() * 16)?;
+        self.settle_vec(&mut items);
         if items.iter().all(|i| matches!(i, Item::V(..))) {
             let mut d = 0;
             let vals: Vec<Value> = items
@@ -993,6 +1078,7 @@ impl<'a, 'o> Reader<'a, 'o> {
         self.charge(items.len() * 16)?;
         let top = self.top()?.clone();
         if let Item::N(n) = top {
+            self.frozen_target(n)?;
             let d = self.items_depth(items.iter());
             self.deepen(n, d)?;
             match &mut self.nodes[n as usize] {
@@ -1022,6 +1108,10 @@ impl<'a, 'o> Reader<'a, 'o> {
         }
         self.charge((self.stack.len() - m) * 16)?;
         if let Item::N(n) = self.stack[m - 1] {
+            self.frozen_target(n)?;
+            self.settle_stack(m);
+            // (settling may have frozen the target itself: a self-insertion, i.e. recursion)
+            self.frozen_target(n)?;
             let d = self.items_depth(self.stack[m..].iter());
             self.deepen(n, d)?;
             match &mut self.nodes[n as usize] {
@@ -1044,6 +1134,10 @@ impl<'a, 'o> Reader<'a, 'o> {
     fn setitems_from(&mut self, m: usize) -> Res<()> {
         self.charge((self.stack.len() - m) * 16)?;
         if let Item::N(n) = self.stack[m - 1] {
+            self.frozen_target(n)?;
+            self.settle_stack(m);
+            // (settling may have frozen the target itself: a self-insertion, i.e. recursion)
+            self.frozen_target(n)?;
             let d = self.items_depth(self.stack[m..].iter());
             self.deepen(n, d)?;
             match &mut self.nodes[n as usize] {
@@ -1348,6 +1442,16 @@ impl<'a, 'o> Reader<'a, 'o> {
                 Node::List(l) | Node::Tuple(l) | Node::Set(l) | Node::FrozenSet(l) => {
                     Some(l.clone())
                 }
+                Node::Frozen(Value::List(t) | Value::Tuple(t), d) => Some(
+                    t.iter()
+                        .map(|v| Item::V(v.clone(), d.saturating_sub(1)))
+                        .collect(),
+                ),
+                Node::Frozen(Value::Set(t) | Value::FrozenSet(t), d) => Some(
+                    t.iter()
+                        .map(|v| Item::V(v.clone(), d.saturating_sub(1)))
+                        .collect(),
+                ),
                 _ => None,
             },
             _ => None,
@@ -1397,6 +1501,7 @@ impl<'a, 'o> Reader<'a, 'o> {
         let Item::N(n) = target else {
             return Err(self.err("BUILD target is not an object"));
         };
+        self.frozen_target(n)?;
         let cls = match &mut self.nodes[n as usize] {
             Node::Obj(o) => {
                 o.state = Some(state);
@@ -1466,7 +1571,7 @@ impl<'a, 'o> Reader<'a, 'o> {
                     add(v)
                 });
             }
-            Node::NewOf(_) | Node::Partial { .. } | Node::Taken => {}
+            Node::NewOf(_) | Node::Partial { .. } | Node::Frozen(..) | Node::Taken => {}
         }
     }
 
@@ -1634,6 +1739,10 @@ impl<'a, 'o> Reader<'a, 'o> {
                 Node::NewOf(_) | Node::Partial { .. } => return Err(self.err(
                     "incomplete functools.partial / getattr pattern cannot be loaded as a value",
                 )),
+                Node::Frozen(v, d) => {
+                    self.nodes[n as usize] = Node::Frozen(v.clone(), d);
+                    return Ok((v, d));
+                }
                 Node::Taken => return Err(self.err("internal error: node frozen twice")),
             };
         Ok((v, depth + 1))
