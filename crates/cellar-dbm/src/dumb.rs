@@ -142,13 +142,15 @@ fn read_dir(path: &Path, data: &[u8]) -> Result<(Index, bool)> {
                 index.insert(k, (p, s));
             }
             Err(_) if !terminated => torn = true,
-            Err(msg) => return Err(DbmError::Corrupt {
-                path: path.to_path_buf(),
-                message: format!(
+            Err(msg) => {
+                return Err(DbmError::Corrupt {
+                    path: path.to_path_buf(),
+                    message: format!(
                     "line {lineno} of the dbm.dumb index is not `'key', (pos, size)`: {msg}: {}",
                     cellar_value::bytes_repr(&data[start..end])
                 ),
-            }),
+                })
+            }
         }
         start = next;
     }

@@ -184,7 +184,10 @@ fn a_directory_instead_of_a_file() {
     let dd = dir.path().join("dumb");
     std::fs::create_dir(dd.with_extension("dat")).unwrap();
     for flag in [Flag::Read, Flag::Write, Flag::Create] {
-        let e = Backend::Dumb.open(&dd, flag, 0o666).map(|_| ()).unwrap_err();
+        let e = Backend::Dumb
+            .open(&dd, flag, 0o666)
+            .map(|_| ())
+            .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(21), "{e}");
     }
     assert!(d.is_dir() && dd.with_extension("dat").is_dir());

@@ -30,9 +30,9 @@ fn value(i: u64) -> Vec<u8> {
 
 /// Operation i: every 11th deletes its key, every 7th is a 3-key batch, else an insert.
 fn apply_op(m: &mut BTreeMap<Vec<u8>, Vec<u8>>, i: u64) {
-    if i % 11 == 0 {
+    if i.is_multiple_of(11) {
         m.remove(&key(i));
-    } else if i % 7 == 0 {
+    } else if i.is_multiple_of(7) {
         for j in 0..3 {
             m.insert(key(i + j), value(i + j));
         }
@@ -54,9 +54,9 @@ fn crash_child_writer() {
     let db = b.open(&path, Flag::Create, 0o666).unwrap();
     let out = std::io::stdout();
     for i in 0u64.. {
-        if i % 11 == 0 {
+        if i.is_multiple_of(11) {
             db.remove(&key(i)).unwrap();
-        } else if i % 7 == 0 {
+        } else if i.is_multiple_of(7) {
             let mut batch = cellar_dbm::Batch::new();
             for j in 0..3 {
                 batch.insert(key(i + j), value(i + j));
@@ -73,7 +73,12 @@ fn crash_child_writer() {
 
 fn run_once(b: Backend, path: &Path, run_for: Duration) -> Option<u64> {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child_writer",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ENV_PATH, path)
         .env(ENV_BACKEND, b.name())
         .stdout(Stdio::piped())

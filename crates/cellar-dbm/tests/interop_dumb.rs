@@ -55,7 +55,10 @@ fn ops(seed: u64, n: usize) -> Vec<Op> {
         match rng.below(10) {
             0 | 1 => out.push(Op::Del(k)),
             2 => out.push(Op::Set(k, random_bytes(&mut rng, 1500))),
-            3 => out.push(Op::Set(k, edges[rng.below(edges.len() as u64) as usize].clone())),
+            3 => out.push(Op::Set(
+                k,
+                edges[rng.below(edges.len() as u64) as usize].clone(),
+            )),
             _ => out.push(Op::Set(k, random_bytes(&mut rng, 40))),
         }
     }

@@ -18,10 +18,7 @@ fn umask() -> u32 {
 
 fn files_of(b: Backend, base: &Path) -> Vec<std::path::PathBuf> {
     match b {
-        Backend::Dumb => vec![
-            base.with_extension("dat"),
-            base.with_extension("dir"),
-        ],
+        Backend::Dumb => vec![base.with_extension("dat"), base.with_extension("dir")],
         _ => vec![base.to_path_buf()],
     }
 }
@@ -60,7 +57,11 @@ fn c_creates_with_mode_and_umask_and_n_truncates() {
                 assert_eq!(got, mode & !um, "{b} {} mode {mode:o}", f.display());
             }
             let db = b.open(&base, Flag::Create, 0o600).unwrap();
-            assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]), "{b} c keeps");
+            assert_eq!(
+                db.get(b"k").unwrap().as_deref(),
+                Some(&b"v"[..]),
+                "{b} c keeps"
+            );
             db.close().unwrap();
             let db = b.open(&base, Flag::New, mode).unwrap();
             assert_eq!(db.len().unwrap(), 0, "{b}: n truncates");
@@ -126,7 +127,9 @@ fn flags_are_validated_like_cpython() {
         .unwrap_err();
     assert_eq!(e.to_string(), dumb_msg);
     assert_eq!(listing(dir.path()), vec!["db".to_string()]);
-    let db = Backend::Dumb.open(dir.path().join("d"), Flag::Create, 0o666).unwrap();
+    let db = Backend::Dumb
+        .open(dir.path().join("d"), Flag::Create, 0o666)
+        .unwrap();
     db.close().unwrap();
     let e = open_str(dir.path().join("d"), "rf", 0o666).unwrap_err();
     assert_eq!(e.to_string(), dumb_msg);
@@ -146,7 +149,10 @@ fn closed_and_read_only_databases_refuse() {
         assert!(matches!(db.insert(b"a", b"b"), Err(DbmError::Closed)));
         assert!(matches!(db.len(), Err(DbmError::Closed)));
         let db = b.open(&p, Flag::Read, 0o666).unwrap();
-        assert!(matches!(db.insert(b"a", b"b"), Err(DbmError::ReadOnly)), "{b}");
+        assert!(
+            matches!(db.insert(b"a", b"b"), Err(DbmError::ReadOnly)),
+            "{b}"
+        );
         assert!(matches!(db.remove(b"k"), Err(DbmError::ReadOnly)), "{b}");
         let mut batch = cellar_dbm::Batch::new();
         batch.insert(b"a".to_vec(), b"b".to_vec());
@@ -198,7 +204,13 @@ fn every_backend_implements_the_whole_trait() {
         assert!(!db.remove(b"zz").unwrap());
         let mut items = db.items().unwrap();
         items.sort();
-        assert_eq!(items, vec![(b"b".to_vec(), b"2".to_vec()), (b"c".to_vec(), vec![9; 2000])]);
+        assert_eq!(
+            items,
+            vec![
+                (b"b".to_vec(), b"2".to_vec()),
+                (b"c".to_vec(), vec![9; 2000])
+            ]
+        );
         db.sync().unwrap();
         let info = db.info().unwrap();
         assert_eq!(info.backend, b);

@@ -54,8 +54,14 @@ fn whichdb_agrees_with_cpython() {
     let mut rng = Rng(5);
     cases.push(mk("random", &random_bytes(&mut rng, 4096)));
     cases.push(mk("gnu1", &0x13579aceu32.to_ne_bytes()));
-    cases.push(mk("gnu2", &[&0x13579acdu32.to_ne_bytes()[..], &[0u8; 60]].concat()));
-    cases.push(mk("gnu3", &[&0x13579acfu32.to_ne_bytes()[..], &[1u8; 60]].concat()));
+    cases.push(mk(
+        "gnu2",
+        &[&0x13579acdu32.to_ne_bytes()[..], &[0u8; 60]].concat(),
+    ));
+    cases.push(mk(
+        "gnu3",
+        &[&0x13579acfu32.to_ne_bytes()[..], &[1u8; 60]].concat(),
+    ));
     cases.push(mk("gnu_swapped", &0x13579aceu32.to_be_bytes()));
     std::fs::create_dir(d.join("adir")).unwrap();
     cases.push(d.join("adir"));
@@ -66,11 +72,15 @@ fn whichdb_agrees_with_cpython() {
         "",
     );
     cases.push(d.join("pydumb"));
-    let db = Backend::Dumb.open(d.join("rsdumb"), Flag::Create, 0o666).unwrap();
+    let db = Backend::Dumb
+        .open(d.join("rsdumb"), Flag::Create, 0o666)
+        .unwrap();
     db.insert(b"\"quoted'", b"v").unwrap();
     db.close().unwrap();
     cases.push(d.join("rsdumb"));
-    let db = Backend::Dumb.open(d.join("emptydumb"), Flag::Create, 0o666).unwrap();
+    let db = Backend::Dumb
+        .open(d.join("emptydumb"), Flag::Create, 0o666)
+        .unwrap();
     db.close().unwrap();
     cases.push(d.join("emptydumb"));
     mk("notdumb.dat", b"");
@@ -93,7 +103,10 @@ fn whichdb_agrees_with_cpython() {
         );
         cases.push(d.join("realndbm"));
     } else {
-        eprintln!("skipping the real ndbm file: {} has no dbm.ndbm", python_exe());
+        eprintln!(
+            "skipping the real ndbm file: {} has no dbm.ndbm",
+            python_exe()
+        );
     }
     let args: Vec<&str> = cases.iter().map(|p| p.to_str().unwrap()).collect();
     let theirs = python_with(python_exe(), PY_WHICH, &args, "");
@@ -112,9 +125,17 @@ fn whichdb_names_sqlite_and_native_where_cpython_311_says_unknown() {
     // CPython 3.11 predates dbm.sqlite3 and knows no native format: both are "" there.
     let dir = tempfile::tempdir().unwrap();
     let s = dir.path().join("s");
-    Backend::Sqlite3.open(&s, Flag::Create, 0o666).unwrap().close().unwrap();
+    Backend::Sqlite3
+        .open(&s, Flag::Create, 0o666)
+        .unwrap()
+        .close()
+        .unwrap();
     let n = dir.path().join("n");
-    Backend::Native.open(&n, Flag::Create, 0o666).unwrap().close().unwrap();
+    Backend::Native
+        .open(&n, Flag::Create, 0o666)
+        .unwrap()
+        .close()
+        .unwrap();
     assert_eq!(ours(&s), "'dbm.sqlite3'");
     assert_eq!(ours(&n), "'dbm.native'");
     let theirs = python_with(
