@@ -400,48 +400,51 @@ impl<'a, 'o> Reader<'a, 'o> {
         Ok(())
     }
 
-    /// Freezes node `c` now if all its content is finished values.
-    fn try_freeze(&mut self, c: u32) -> Option<Item> {
+    /// Freezes node `c` now if all its content is finished values (an unhashable key fails
+    /// here, as CPython fails at the SETITEM).
+    fn try_freeze(&mut self, c: u32) -> Res<Option<Item>> {
         let ready = match &self.nodes[c as usize] {
             Node::List(v) | Node::Set(v) | Node::FrozenSet(v) | Node::Dict(v) => {
                 v.iter().all(|i| matches!(i, Item::V(..)))
             }
-            Node::Frozen(v, d) => return Some(Item::V(v.clone(), *d)),
+            Node::Frozen(v, d) => return Ok(Some(Item::V(v.clone(), *d))),
             _ => false,
         };
         if !ready {
-            return None;
+            return Ok(None);
         }
-        let (v, d) = self.build_node(c, &[]).ok()?;
+        let (v, d) = self.build_node(c, &[])?;
         self.nodes[c as usize] = Node::Frozen(v.clone(), d);
-        Some(Item::V(v, d))
+        Ok(Some(Item::V(v, d)))
     }
 
     /// Settles the stack items from `from` up (about to move into a container).
-    fn settle_stack(&mut self, from: usize) {
+    fn settle_stack(&mut self, from: usize) -> Res<()> {
         if !self.eager {
-            return;
+            return Ok(());
         }
         for i in from..self.stack.len() {
             if let Item::N(c) = self.stack[i] {
-                if let Some(it) = self.try_freeze(c) {
+                if let Some(it) = self.try_freeze(c)? {
                     self.stack[i] = it;
                 }
             }
         }
+        Ok(())
     }
 
-    fn settle_vec(&mut self, items: &mut [Item]) {
+    fn settle_vec(&mut self, items: &mut [Item]) -> Res<()> {
         if !self.eager {
-            return;
+            return Ok(());
         }
         for it in items.iter_mut() {
             if let Item::N(c) = *it {
-                if let Some(v) = self.try_freeze(c) {
+                if let Some(v) = self.try_freeze(c)? {
                     *it = v;
                 }
             }
         }
+        Ok(())
     }
 
     // -----------------------------------------------------------------------------------------
@@ -724,7 +727,7 @@ impl<'a, 'o> Reader<'a, 'o> {
                 }
                 LIST => {
                     let mut items = self.pop_mark()?;
-                    self.settle_vec(&mut items);
+                    self.settle_vec(&mut items)?;
                     self.charge(items.len() * 16)?;
                     let n = self.new_node(Node::List(items))?;
                     self.push(n)?
@@ -735,7 +738,7 @@ impl<'a, 'o> Reader<'a, 'o> {
                 }
                 DICT => {
                     let mut items = self.pop_mark()?;
-                    self.settle_vec(&mut items);
+                    self.settle_vec(&mut items)?;
                     if items.len() & 1 == 1 {
                         return Err(self.err("odd number of items for DICT"));
                     }
@@ -749,14 +752,14 @@ impl<'a, 'o> Reader<'a, 'o> {
                 }
                 FROZENSET => {
                     let mut items = self.pop_mark()?;
-                    self.settle_vec(&mut items);
+                    self.settle_vec(&mut items)?;
                     self.charge(items.len() * 16)?;
                     let n = self.new_node(Node::FrozenSet(items))?;
                     self.push(n)?
                 }
                 APPEND => {
                     let mut v = [self.pop()?];
-                    self.settle_vec(&mut v);
+                    self.settle_vec(&mut v)?;
                     let [v] = v;
                     self.extend_list(vec![v])?;
                 }
@@ -783,7 +786,7 @@ impl<'a, 'o> Reader<'a, 'o> {
                 ADDITEMS => {
                     let mut items = self.pop_mark()?;
                     self.charge(items.len() * 16)?;
-                    self.settle_vec(&mut items);
+                    self.settle_vec(&mut items)?;
                     let top = self.top()?.clone();
                     if let Item::N(n) = top {
                         self.frozen_target(n)?;
@@ -1043,7 +1046,7 @@ impl<'a, 'o> Reader<'a, 'o> {
 
     fn make_tuple(&mut self, mut items: Vec<Item>) -> Res<Item> {
         self.charge(items.len() * 16)?;
-        self.settle_vec(&mut items);
+        self.settle_vec(&mut items)?;
         if items.iter().all(|i| matches!(i, Item::V(..))) {
             let mut d = 0;
             let vals: Vec<Value> = items
@@ -1109,7 +1112,7 @@ impl<'a, 'o> Reader<'a, 'o> {
         self.charge((self.stack.len() - m) * 16)?;
         if let Item::N(n) = self.stack[m - 1] {
             self.frozen_target(n)?;
-            self.settle_stack(m);
+            self.settle_stack(m)?;
             // (settling may have frozen the target itself: a self-insertion, i.e. recursion)
             self.frozen_target(n)?;
             let d = self.items_depth(self.stack[m..].iter());
@@ -1135,7 +1138,7 @@ impl<'a, 'o> Reader<'a, 'o> {
         self.charge((self.stack.len() - m) * 16)?;
         if let Item::N(n) = self.stack[m - 1] {
             self.frozen_target(n)?;
-            self.settle_stack(m);
+            self.settle_stack(m)?;
             // (settling may have frozen the target itself: a self-insertion, i.e. recursion)
             self.frozen_target(n)?;
             let d = self.items_depth(self.stack[m..].iter());

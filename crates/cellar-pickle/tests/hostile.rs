@@ -266,6 +266,8 @@ fn memo_and_stack_tricks() {
     // unhashable keys
     check(b"}]K\x01s.", Type, "unhashable type: 'list'");
     check(b"\x8f(]\x90.", Type, "unhashable type: 'list'");
+    check(b"](}]K\x01se0N.", Type, "unhashable type: 'list'");
+    check(b"](}]K\x01se.", Type, "unhashable type: 'list'");
     // a list shared (not recursive) is fine and stays shared
     let v = strict(b"]q\x00h\x00h\x00\x86.").unwrap();
     let cellar_value::Value::Tuple(t) = &v else {
