@@ -28,6 +28,29 @@ use crate::flag::{Access, Flag};
 use crate::whichdb::with_suffix;
 use crate::{perm, Backend, Batch, Database, Info, ItemFn};
 
+/// Where the dumb backend puts an overwritten value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// In place only when the new value has exactly the old size (one `pwrite`, the index line
+    /// unchanged), else appended. A crash between writing a value and appending its index line
+    /// can then never mix a new value with an old size: the default.
+    #[default]
+    Safe,
+    /// CPython's rule: in place whenever the new value fits in the old 512-byte blocks. Files
+    /// are byte-identical to CPython's, but a crash between the in-place write and the index
+    /// line leaves that key reading as a mix of old and new bytes.
+    CPython,
+}
+
+impl Placement {
+    fn in_place(self, old: u64, new: u64) -> bool {
+        match self {
+            Placement::Safe => old == new,
+            Placement::CPython => blocks(new) <= blocks(old),
+        }
+    }
+}
+
 /// dbm.dumb's block size.
 pub const BLOCK: u64 = 512;
 
@@ -175,6 +198,7 @@ pub(crate) struct DumbDb {
     bak_path: PathBuf,
     mode: u32,
     read_only: bool,
+    placement: Placement,
     state: Mutex<Option<State>>,
 }
 
@@ -194,7 +218,7 @@ fn not_a_file(p: &Path) -> Result<()> {
 }
 
 impl DumbDb {
-    pub(crate) fn open(path: &Path, flag: Flag, mode: u32) -> Result<DumbDb> {
+    pub(crate) fn open(path: &Path, flag: Flag, mode: u32, placement: Placement) -> Result<DumbDb> {
         if flag.has_modifiers() {
             return Err(bad_flag(&flag.to_string()));
         }
@@ -260,6 +284,7 @@ impl DumbDb {
             bak_path,
             mode,
             read_only,
+            placement,
             state: Mutex::new(Some(State {
                 dat,
                 dat_len,
@@ -451,7 +476,7 @@ impl Database for DumbDb {
             let len = value.len() as u64;
             let old = st.index.get(key).copied();
             let new = match old {
-                Some((pos, siz)) if blocks(len) <= blocks(siz) => {
+                Some((pos, siz)) if self.placement.in_place(siz, len) => {
                     st.dat
                         .write_all_at(value, pos)
                         .map_err(io_ctx("writing to", &self.dat_path))?;

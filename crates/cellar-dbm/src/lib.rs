@@ -37,6 +37,7 @@ mod whichdb;
 use std::fmt;
 use std::path::Path;
 
+pub use crate::dumb::Placement;
 pub use crate::error::{DbmError, PyErrorKind, Result};
 pub use crate::flag::{Access, Flag};
 pub use crate::whichdb::{whichdb, DbKind, WhichDb, NATIVE_MAGIC};
@@ -108,7 +109,7 @@ impl Backend {
         Ok(match self {
             Backend::Native => Box::new(native::NativeDb::open(path, flag, mode)?),
             Backend::Sqlite3 => Box::new(sqlite::SqliteDb::open(path, flag, mode)?),
-            Backend::Dumb => Box::new(dumb::DumbDb::open(path, flag, mode)?),
+            Backend::Dumb => Box::new(dumb::DumbDb::open(path, flag, mode, Placement::Safe)?),
         })
     }
 }
@@ -273,6 +274,22 @@ pub fn open(path: impl AsRef<Path>, flag: Flag, mode: u32) -> Result<Box<dyn Dat
     };
     backend.parse_flag(&flag.to_string())?;
     backend.open(path, flag, mode)
+}
+
+/// Opens a dbm.dumb database choosing where overwrites go ([`Placement`]; `Backend::Dumb.open`
+/// uses [`Placement::Safe`]).
+pub fn open_dumb(
+    path: impl AsRef<Path>,
+    flag: Flag,
+    mode: u32,
+    placement: Placement,
+) -> Result<Box<dyn Database>> {
+    Ok(Box::new(dumb::DumbDb::open(
+        path.as_ref(),
+        flag,
+        mode,
+        placement,
+    )?))
 }
 
 /// [`open`] with a CPython flag string (`"c"`, `"cf"`, `"ru"`...).

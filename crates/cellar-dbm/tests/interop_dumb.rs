@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cellar_dbm::{Backend, Database, Flag};
+use cellar_dbm::{Backend, Database, Flag, Placement};
 use common::*;
 
 const PY_APPLY: &str = r#"
@@ -130,9 +130,20 @@ fn same_operations_give_byte_identical_files() {
         let py = dir.path().join("py");
         let rs = dir.path().join("rs");
         python(PY_APPLY, &[py.to_str().unwrap()], &script(&ops));
-        let db = Backend::Dumb.open(&rs, Flag::Create, 0o666).unwrap();
+        let db = cellar_dbm::open_dumb(&rs, Flag::Create, 0o666, Placement::CPython).unwrap();
         apply(&*db, &ops);
         db.close().unwrap();
+        // The default (safe) placement differs only in where overwrites go.
+        let safe = dir.path().join("safe");
+        let db = Backend::Dumb.open(&safe, Flag::Create, 0o666).unwrap();
+        apply(&*db, &ops);
+        db.close().unwrap();
+        assert_eq!(
+            python_items(&safe),
+            model,
+            "CPython reading cellar's safe store"
+        );
+        assert_eq!(cellar_items(&safe), model);
         for ext in [".dat", ".dir"] {
             let a = std::fs::read(format!("{}{ext}", py.display())).unwrap();
             let b = std::fs::read(format!("{}{ext}", rs.display())).unwrap();
