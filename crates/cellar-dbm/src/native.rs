@@ -11,6 +11,14 @@ use crate::error::{DbmError, Result};
 use crate::flag::{Access, Flag};
 use crate::{perm, Backend, Batch, Database, Info, ItemFn};
 
+fn is_native(path: &Path) -> bool {
+    let mut head = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .map(|_| &head == crate::whichdb::NATIVE_MAGIC)
+        .unwrap_or(false)
+}
+
 #[derive(Debug)]
 pub(crate) struct NativeDb {
     path: PathBuf,
@@ -24,6 +32,13 @@ impl NativeDb {
             flag: flag.to_string(),
             message: format!("flag {flag:?} is not accepted by the native engine"),
         })?;
+        if flag.access() == Access::New && path.is_file() && !is_native(path) {
+            // 'n' always makes a new database (as dbm.gnu and dbm.sqlite3 do): a file of another
+            // format at the path is replaced. A native store is emptied by the engine instead,
+            // under its writer lock.
+            std::fs::remove_file(path)
+                .map_err(|e| DbmError::io(format!("removing {}", path.display()), e))?;
+        }
         let existed = path.exists();
         if !existed && matches!(flag.access(), Access::Read | Access::Write) {
             // As dbm.gnu: an OS error with ENOENT (dbm's `open` says "db file doesn't exist").

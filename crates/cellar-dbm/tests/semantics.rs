@@ -183,8 +183,11 @@ fn legacy_and_unknown_formats_give_cpythons_messages() {
     let e = open(&u, Flag::Create, 0o666).unwrap_err();
     assert_eq!(e.to_string(), "db type could not be determined");
     // 'n' skips detection and replaces it with a new native store, like CPython.
-    let db = open(&u, Flag::New, 0o666);
-    assert!(db.is_err() || db.unwrap().len().unwrap() == 0);
+    let db = open(&u, Flag::New, 0o666).unwrap();
+    assert_eq!(db.backend(), Backend::Native);
+    assert_eq!(db.len().unwrap(), 0);
+    db.close().unwrap();
+    assert_eq!(cellar_dbm::whichdb(&u).as_python(), Some("dbm.native"));
 }
 
 #[test]
