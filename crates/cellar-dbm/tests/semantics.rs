@@ -227,3 +227,36 @@ fn every_backend_implements_the_whole_trait() {
         db.close().unwrap();
     }
 }
+
+#[test]
+fn every_backend_is_safe_from_several_threads() {
+    for b in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::sync::Arc::new(b.open(dir.path().join("db"), Flag::Create, 0o666).unwrap());
+        let handles: Vec<_> = (0..4u8)
+            .map(|t| {
+                let db = db.clone();
+                std::thread::spawn(move || {
+                    for i in 0..150u32 {
+                        let k = format!("{t}-{i}");
+                        let v = vec![t; (i as usize * 13) % 700];
+                        db.insert(k.as_bytes(), &v).unwrap();
+                        assert_eq!(db.get(k.as_bytes()).unwrap(), Some(v));
+                        if i % 10 == 0 {
+                            assert!(db.remove(k.as_bytes()).unwrap());
+                        }
+                        let _ = db.len().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(db.len().unwrap(), 4 * 135, "{b}");
+        db.close().unwrap();
+        let db = b.open(dir.path().join("db"), Flag::Read, 0o666).unwrap();
+        assert_eq!(db.len().unwrap(), 4 * 135, "{b}");
+        db.close().unwrap();
+    }
+}
