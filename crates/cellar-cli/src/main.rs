@@ -86,7 +86,9 @@ fn demo(path: &PathBuf, records: u32) -> Result<()> {
     let t0 = std::time::Instant::now();
     let opts = Options {
         truncate: true,
-        value_encoding: ValueEncoding::Marshal { version: marshal::DEFAULT_VERSION as u8 },
+        value_encoding: ValueEncoding::Marshal {
+            version: marshal::DEFAULT_VERSION as u8,
+        },
         ..Options::default()
     };
     let store = Store::open(path, opts).with_context(|| format!("creating {}", path.display()))?;
@@ -116,12 +118,21 @@ fn demo(path: &PathBuf, records: u32) -> Result<()> {
     store.close()?;
     let written = t0.elapsed();
 
-    let store = Store::open(path, Options { read_only: true, create: false, ..Options::default() })?;
+    let store = Store::open(
+        path,
+        Options {
+            read_only: true,
+            create: false,
+            ..Options::default()
+        },
+    )?;
     let test = store.get(b"test key")?.context("the seed key is missing")?;
     println!("db[\"test key\"] = {}", repr(&marshal::loads(&test)?));
     if records > 0 {
         let last = format!("user:{}", records - 1);
-        let v = store.get(last.as_bytes())?.context("the last record is missing")?;
+        let v = store
+            .get(last.as_bytes())?
+            .context("the last record is missing")?;
         println!("db[{last:?}] = {}", repr(&marshal::loads(&v)?));
     }
     let mut decoded = 0u64;
@@ -144,7 +155,12 @@ fn demo(path: &PathBuf, records: u32) -> Result<()> {
         s.live_bytes,
         s.dead_bytes
     );
-    println!("wrote {} records in {:.3}s, read everything back in {:.3}s", records + 1, written.as_secs_f64(), (t0.elapsed() - written).as_secs_f64());
+    println!(
+        "wrote {} records in {:.3}s, read everything back in {:.3}s",
+        records + 1,
+        written.as_secs_f64(),
+        (t0.elapsed() - written).as_secs_f64()
+    );
     Ok(())
 }
 

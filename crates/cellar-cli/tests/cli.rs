@@ -94,7 +94,10 @@ fn demo_stores_and_reads_back_on_the_native_engine() {
     let dir = std::env::temp_dir().join(format!("cellar-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let path = dir.join("demo.cellar");
-    let (ok, out, err) = cellar(&["demo", path.to_str().expect("utf-8"), "--records", "2500"], b"");
+    let (ok, out, err) = cellar(
+        &["demo", path.to_str().expect("utf-8"), "--records", "2500"],
+        b"",
+    );
     assert!(ok, "{err}");
     let out = String::from_utf8_lossy(&out);
     assert!(out.contains("db[\"test key\"] = 'test data'"), "{out}");
