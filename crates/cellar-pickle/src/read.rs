@@ -134,6 +134,9 @@ enum Node {
     List(Vec<Item>),
     /// Keys and values interleaved: k0, v0, k1, v1, ...
     Dict(Vec<Item>),
+    /// A dict whose keys and values are all finished values, built in place (the common case;
+    /// it becomes `Dict` if a node is ever set in it).
+    DictV(Dict),
     Set(Vec<Item>),
     FrozenSet(Vec<Item>),
     Tuple(Vec<Item>),
@@ -408,6 +411,7 @@ impl<'a, 'o> Reader<'a, 'o> {
                 v.iter().all(|i| matches!(i, Item::V(..)))
             }
             Node::Frozen(v, d) => return Ok(Some(Item::V(v.clone(), *d))),
+            Node::DictV(_) => true,
             _ => false,
         };
         if !ready {
@@ -733,7 +737,7 @@ impl<'a, 'o> Reader<'a, 'o> {
                     self.push(n)?
                 }
                 EMPTY_DICT => {
-                    let n = self.new_node(Node::Dict(Vec::new()))?;
+                    let n = self.new_node(Node::DictV(Dict::new()))?;
                     self.push(n)?
                 }
                 DICT => {
@@ -1143,6 +1147,35 @@ impl<'a, 'o> Reader<'a, 'o> {
             self.frozen_target(n)?;
             let d = self.items_depth(self.stack[m..].iter());
             self.deepen(n, d)?;
+            if let Node::DictV(_) = &self.nodes[n as usize] {
+                if self.stack[m..].iter().all(|i| matches!(i, Item::V(..))) {
+                    let mut err = None;
+                    if let Node::DictV(dict) = &mut self.nodes[n as usize] {
+                        let mut it = self.stack.drain(m..);
+                        while let (Some(Item::V(k, _)), Some(Item::V(v, _))) =
+                            (it.next(), it.next())
+                        {
+                            if let Err(e) = dict.insert(k, v) {
+                                err = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    return match err {
+                        Some(e) => Err(self.err_kind(ErrorKind::Type, e.to_string())),
+                        None => Ok(()),
+                    };
+                }
+                // A node goes in: fall back to the item list.
+                let depth = self.node_depth[n as usize].saturating_sub(1);
+                if let Node::DictV(dict) = &self.nodes[n as usize] {
+                    let items: Vec<Item> = dict
+                        .iter()
+                        .flat_map(|(k, v)| [Item::V(k.clone(), depth), Item::V(v.clone(), depth)])
+                        .collect();
+                    self.nodes[n as usize] = Node::Dict(items);
+                }
+            }
             match &mut self.nodes[n as usize] {
                 Node::Dict(d) => {
                     d.extend(self.stack.drain(m..));
@@ -1574,7 +1607,11 @@ impl<'a, 'o> Reader<'a, 'o> {
                     add(v)
                 });
             }
-            Node::NewOf(_) | Node::Partial { .. } | Node::Frozen(..) | Node::Taken => {}
+            Node::NewOf(_)
+            | Node::Partial { .. }
+            | Node::Frozen(..)
+            | Node::DictV(_)
+            | Node::Taken => {}
         }
     }
 
@@ -1745,6 +1782,9 @@ impl<'a, 'o> Reader<'a, 'o> {
                 Node::Frozen(v, d) => {
                     self.nodes[n as usize] = Node::Frozen(v.clone(), d);
                     return Ok((v, d));
+                }
+                Node::DictV(d) => {
+                    return Ok((Value::Dict(Arc::new(d)), self.node_depth[n as usize].max(1)));
                 }
                 Node::Taken => return Err(self.err("internal error: node frozen twice")),
             };

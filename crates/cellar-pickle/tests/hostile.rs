@@ -37,6 +37,15 @@ fn err(data: &[u8]) -> UnpicklingError {
     }
 }
 
+/// The random-input budget: 3 s (2 s for the fuzz property), or CELLAR_PICKLE_FUZZ_SECS.
+fn budget(default: u64) -> Duration {
+    let secs = std::env::var("CELLAR_PICKLE_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    Duration::from_secs(secs)
+}
+
 fn short(data: &[u8]) -> String {
     format!("{:?}", &data[..data.len().min(80)])
 }
@@ -523,7 +532,8 @@ fn random_inputs_never_panic() {
     };
     let start = Instant::now();
     let mut runs = 0u64;
-    while start.elapsed() < Duration::from_secs(3) {
+    let limit = budget(3);
+    while start.elapsed() < limit {
         let v = gen.value(3);
         let proto = rng.below(6) as u8;
         let mut data = dumps(&v, proto, &reg).expect("dumps");
@@ -561,7 +571,7 @@ fn random_inputs_never_panic() {
         let _ = loads(&data, &reg, &inert_opts);
         runs += 1;
     }
-    eprintln!("{runs} random inputs in 3s");
+    eprintln!("{runs} random inputs in {limit:?}");
     assert!(runs > 100);
 }
 
@@ -578,7 +588,8 @@ fn fuzz_property_on_mutations() {
     };
     let start = Instant::now();
     let mut loaded = 0;
-    while start.elapsed() < Duration::from_secs(2) {
+    let limit = budget(2);
+    while start.elapsed() < limit {
         let v = gen.value(3);
         let mut data = dumps(&v, rng.below(6) as u8, &reg).expect("dumps");
         let i = rng.below(data.len() as u64) as usize;
@@ -590,16 +601,23 @@ fn fuzz_property_on_mutations() {
         }
         if let Ok(v) = loose {
             loaded += 1;
+            // (see the fuzz target: fix_imports maps inert Python 2 names below protocol 3)
+            let has_inert = repr(&v).contains("cellar.pickle.Inert");
             for protocol in 0..=5u8 {
                 if let Ok(bytes) = dumps(&v, protocol, &reg) {
-                    let back = loads(&bytes, &reg, &inert_opts).expect("own output");
-                    if protocol >= 1 {
-                        assert!(
-                            back.same(&v),
-                            "p{protocol}: {} vs {}",
-                            repr(&back),
-                            repr(&v)
-                        );
+                    let exact = protocol >= 3 || !has_inert;
+                    match loads(&bytes, &reg, &inert_opts) {
+                        Ok(back) => {
+                            if exact && protocol >= 1 {
+                                assert!(
+                                    back.same(&v),
+                                    "p{protocol}: {} vs {}",
+                                    repr(&back),
+                                    repr(&v)
+                                );
+                            }
+                        }
+                        Err(e) => assert!(!exact, "p{protocol}: own output refused: {e}"),
                     }
                 }
             }
