@@ -505,7 +505,7 @@ fn malformed_input_errors() {
     check(
         b"cbuiltins\nEllipsis\n)R.",
         Unpickling,
-        "calling builtins.Ellipsis is not supported",
+        "calling builtins.Ellipsis is forbidden",
     );
     check(
         b"cbuiltins\ncomplex\n(S'1+2j'\ntR.",
