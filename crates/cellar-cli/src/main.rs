@@ -3,6 +3,11 @@
 //! - `cellar marshal show FILE|-`: decode marshal data (or a `.pyc`: header, then the code
 //!   object) safely and print it in Python literal syntax.
 //! - `cellar marshal encode [--version N]`: read a Python literal on stdin, write marshal bytes.
+//! - `cellar get|set|del|keys|dump|load|convert|info|check|repair|compact PATH ...`: work with
+//!   any store cellar opens (native, sqlite3, dumb), see [`store`].
+//! - `cellar demo`: the main job end to end on the native engine.
+
+mod store;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -37,11 +42,100 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         records: u32,
     },
+    /// Print the value stored under KEY.
+    Get {
+        /// The store (native, sqlite3 or dumb).
+        path: PathBuf,
+        /// The key: UTF-8 text, or a Python literal with --literal.
+        key: String,
+        #[command(flatten)]
+        view: View,
+        /// Read KEY as a Python bytes/str literal (b'\x00', 'é').
+        #[arg(long)]
+        literal: bool,
+    },
+    /// Store VALUE under KEY (creates a native store if PATH does not exist).
+    Set {
+        path: PathBuf,
+        key: String,
+        value: String,
+        /// Read KEY and VALUE as Python bytes/str literals.
+        #[arg(long)]
+        literal: bool,
+        /// Store the marshal bytes of VALUE, read as any Python literal.
+        #[arg(long, value_enum)]
+        encode: Option<EncodeAs>,
+    },
+    /// Delete KEY.
+    Del {
+        path: PathBuf,
+        key: String,
+        #[arg(long)]
+        literal: bool,
+    },
+    /// List the keys as Python bytes literals (--json: a JSON array).
+    Keys {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every record as JSON Lines: {"key": K, "value": V}, strings when UTF-8, else {"base64": ...}.
+    Dump {
+        path: PathBuf,
+        /// Also add each value decoded ("repr"), for reading; load ignores it.
+        #[arg(long, value_enum)]
+        decode: Option<store::Decode>,
+    },
+    /// Read JSON Lines (as dump writes them) from FILE or stdin into the store.
+    Load {
+        path: PathBuf,
+        /// The JSON Lines file (default: standard input).
+        file: Option<PathBuf>,
+        /// Backend for a new store.
+        #[arg(long, default_value = "native")]
+        to: String,
+    },
+    /// Copy every record of SRC into a new store DST, then verify count and checksum.
+    Convert {
+        src: PathBuf,
+        dst: PathBuf,
+        /// Backend of DST: native, sqlite or dumb.
+        #[arg(long, default_value = "native")]
+        to: String,
+    },
+    /// Show the format, key count and sizes (live/dead bytes for native stores).
+    Info {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify every record's checksum (native stores).
+    Check { path: PathBuf },
+    /// Salvage every intact record of a damaged native store into a new file.
+    Repair { src: PathBuf, dst: PathBuf },
+    /// Reclaim dead space.
+    Compact { path: PathBuf },
     /// Inspect and produce CPython marshal data (.pyc files included).
     Marshal {
         #[command(subcommand)]
         command: MarshalCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct View {
+    /// Print JSON (strings when UTF-8, else {"base64": ...}).
+    #[arg(long)]
+    json: bool,
+    /// Show values decoded (marshal) instead of as bytes.
+    #[arg(long, value_enum)]
+    decode: Option<store::Decode>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum EncodeAs {
+    /// marshal version 4
+    Marshal,
 }
 
 #[derive(Subcommand)]
@@ -73,6 +167,48 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo { path, records } => demo(&path, records),
+        Command::Get {
+            path,
+            key,
+            view,
+            literal,
+        } => store::get(
+            &path,
+            &store::arg_bytes(&key, literal)?,
+            store::Output {
+                json: view.json,
+                decode: view.decode,
+            },
+        ),
+        Command::Set {
+            path,
+            key,
+            value,
+            literal,
+            encode,
+        } => {
+            let k = store::arg_bytes(&key, literal)?;
+            let v = match encode {
+                Some(EncodeAs::Marshal) => {
+                    let v = parse(&value)
+                        .map_err(|e| anyhow::anyhow!("VALUE is not a Python literal: {e}"))?;
+                    marshal::dumps(&v, marshal::DEFAULT_VERSION)?
+                }
+                None => store::arg_bytes(&value, literal)?,
+            };
+            store::set(&path, &k, &v)
+        }
+        Command::Del { path, key, literal } => store::del(&path, &store::arg_bytes(&key, literal)?),
+        Command::Keys { path, json } => store::keys(&path, store::Output { json, decode: None }),
+        Command::Dump { path, decode } => store::dump(&path, store::Output { json: true, decode }),
+        Command::Load { path, file, to } => {
+            store::load(&path, file.as_deref(), Some(store::backend_named(&to)?))
+        }
+        Command::Convert { src, dst, to } => store::convert(&src, &dst, store::backend_named(&to)?),
+        Command::Info { path, json } => store::info(&path, store::Output { json, decode: None }),
+        Command::Check { path } => store::check(&path),
+        Command::Repair { src, dst } => store::repair(&src, &dst),
+        Command::Compact { path } => store::compact(&path),
         Command::Marshal { command } => match command {
             MarshalCommand::Show { file, no_code } => show(&file, no_code),
             MarshalCommand::Encode { version } => encode(version),

@@ -105,3 +105,164 @@ fn demo_stores_and_reads_back_on_the_native_engine() {
     assert!(out.contains("2501 keys (2501 decoded)"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cellar-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("tmp");
+    dir
+}
+
+fn ok(args: &[&str], stdin: &[u8]) -> String {
+    let (good, out, err) = cellar(args, stdin);
+    assert!(good, "cellar {args:?} failed: {err}");
+    String::from_utf8(out).expect("utf-8 output")
+}
+
+#[test]
+fn store_commands_on_every_backend() {
+    let dir = tmpdir("stores");
+    // Every byte value in keys and values, through dump (JSON Lines) and load.
+    let mut jsonl = String::new();
+    for b in 0..=255u8 {
+        let key = cellar_json_bytes(&[b'k', b]);
+        let val = cellar_json_bytes(&[b, b'\n', b'"', b'\'', 0xff]);
+        jsonl.push_str(&format!("{{\"key\": {key}, \"value\": {val}}}\n"));
+    }
+    jsonl.push_str("{\"key\": \"\", \"value\": \"\"}\n");
+    for backend in ["native", "sqlite", "dumb"] {
+        let p = dir.join(format!("db-{backend}"));
+        let p = p.to_str().expect("utf-8");
+        let (good, _, err) = cellar(&["load", p, "--to", backend], jsonl.as_bytes());
+        assert!(good, "{err}");
+        let info = ok(&["info", p, "--json"], b"");
+        assert!(info.contains("\"keys\":257"), "{backend}: {info}");
+        let dumped = ok(&["dump", p], b"");
+        assert_eq!(dumped.lines().count(), 257);
+        // Reload the dump into a fresh native store: same contents (convert verifies checksums).
+        let q = dir.join(format!("again-{backend}"));
+        let (good, _, err) = cellar(&["load", q.to_str().expect("utf-8")], dumped.as_bytes());
+        assert!(good, "{err}");
+        let r = dir.join(format!("conv-{backend}"));
+        let out = ok(
+            &[
+                "convert",
+                q.to_str().expect("utf-8"),
+                r.to_str().expect("utf-8"),
+                "--to",
+                backend,
+            ],
+            b"",
+        );
+        assert!(
+            out.contains("converted 257 keys") && out.contains("checksums match"),
+            "{out}"
+        );
+        // Single-key commands.
+        ok(&["set", p, "--literal", "b'\\x00key'", "'valué'"], b"");
+        assert_eq!(
+            ok(&["get", p, "--literal", "b'\\x00key'"], b"").trim(),
+            "b'valu\\xc3\\xa9'"
+        );
+        ok(
+            &[
+                "set",
+                p,
+                "obj",
+                "{'a': (1, 2.5), 'b': None}",
+                "--encode",
+                "marshal",
+            ],
+            b"",
+        );
+        assert_eq!(
+            ok(&["get", p, "obj", "--decode", "marshal"], b"").trim(),
+            "{'a': (1, 2.5), 'b': None}"
+        );
+        ok(&["del", p, "obj"], b"");
+        let (good, _, err) = cellar(&["get", p, "obj"], b"");
+        assert!(!good && err.contains("not found"), "{err}");
+        if backend == "dumb" {
+            let (good, _, err) = cellar(&["compact", p], b"");
+            assert!(
+                !good && err.contains("does not support compaction"),
+                "{err}"
+            );
+        } else {
+            ok(&["compact", p], b"");
+        }
+        assert!(ok(&["keys", p], b"").lines().any(|l| l == "b'\\x00key'"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// JSON for bytes as `cellar dump` writes it.
+fn cellar_json_bytes(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => serde_json::to_string(s).expect("json"),
+        Err(_) => {
+            // base64 by hand (standard alphabet) to keep the test independent of the CLI's code.
+            const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            let mut out = String::new();
+            for chunk in b.chunks(3) {
+                let n = chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |acc, (i, &x)| acc | (x as u32) << (16 - 8 * i));
+                for i in 0..4 {
+                    if i <= chunk.len() {
+                        out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                    } else {
+                        out.push('=');
+                    }
+                }
+            }
+            format!("{{\"base64\": \"{out}\"}}")
+        }
+    }
+}
+
+#[test]
+fn cpython_dumb_store_converts_and_native_checks() {
+    let dir = tmpdir("convert");
+    let src = dir.join("py");
+    let script = format!(
+        "import dbm.dumb\nd = dbm.dumb.open({:?}, 'c')\nfor i in range(300):\n    d[b'key%d' % i] = bytes(range(i % 256)) * 3\nd[b'q\\'\"\\n'] = b''\nd.close()",
+        src.display().to_string()
+    );
+    let status = Command::new(std::env::var("CELLAR_PYTHON").unwrap_or_else(|_| "python3".into()))
+        .args(["-c", &script])
+        .status()
+        .expect("python3");
+    assert!(status.success());
+    let srcs = src.to_str().expect("utf-8");
+    assert!(ok(&["info", srcs], b"").contains("format: dbm.dumb"));
+    let dst = dir.join("native.cellar");
+    let out = ok(&["convert", srcs, dst.to_str().expect("utf-8")], b"");
+    assert!(out.contains("converted 301 keys"), "{out}");
+    assert!(ok(&["check", dst.to_str().expect("utf-8")], b"").contains(": ok"));
+    let info = ok(&["info", dst.to_str().expect("utf-8")], b"");
+    assert!(
+        info.contains("format: dbm.native")
+            && info.contains("keys: 301")
+            && info.contains("dead_bytes"),
+        "{info}"
+    );
+    // Bit rot in the middle of the native file is found by check.
+    let mut bytes = std::fs::read(&dst).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&dst, &bytes).expect("write");
+    let (good, out, err) = cellar(&["check", dst.to_str().expect("utf-8")], b"");
+    assert!(!good, "{}", String::from_utf8_lossy(&out));
+    assert!(err.contains("damaged"), "{err}");
+    // Errors are clear: missing store, wrong format for check.
+    let (good, _, err) = cellar(
+        &["get", dir.join("nope").to_str().expect("utf-8"), "k"],
+        b"",
+    );
+    assert!(!good && err.contains("doesn't exist"), "{err}");
+    let (good, _, err) = cellar(&["check", srcs], b"");
+    assert!(!good && err.contains("native stores"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,8 +3,8 @@
 //! This facade crate is the Rust API users depend on; each layer lives in its own crate:
 //! - [`value`]: Python's data model ([`Value`]), its `repr()` and literal parser;
 //! - [`marshal`]: CPython's marshal format, versions 0-5, with serde support;
-//! - [`engine`]: the native storage engine, cellar's embedded default store; dbm and shelve
-//!   build on it.
+//! - [`engine`]: the native storage engine, cellar's embedded default store;
+//! - [`dbm`]: one `Database` interface over the native, sqlite3 and dumb stores.
 //!
 //! ```
 //! let v = cellar::value::parse("{'my object': 'out', (1, 2, 3): 4}").unwrap();
@@ -30,4 +30,10 @@ pub mod marshal {
 /// The native storage engine: cellar's embedded default store (see `docs/engine-format.md`).
 pub mod engine {
     pub use cellar_engine::*;
+}
+
+/// dbm: one interface over every store (native, sqlite3, dumb), `open` and `whichdb` with
+/// CPython's semantics (see `docs/dbm.md`).
+pub mod dbm {
+    pub use cellar_dbm::*;
 }

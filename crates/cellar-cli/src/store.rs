@@ -1,0 +1,400 @@
+//! The store commands: `get`, `set`, `del`, `keys`, `dump`, `load`, `convert`, `info`, `check`,
+//! `repair`, `compact`, on every format cellar opens (native, sqlite3, dumb).
+//!
+//! Keys and values are bytes. On the command line a key or value is UTF-8 text, or, with
+//! `--literal`, a Python literal (`b'\x00\xff'`, `'é'`). Output shows them as Python literals
+//! (`b'...'`), or decoded with `--decode marshal`, or as JSON with `--json`.
+//!
+//! `dump` / `load` use JSON Lines, one `{"key": K, "value": V}` object per line, where K and V
+//! are JSON strings when the bytes are valid UTF-8 and `{"base64": "..."}` otherwise, so any
+//! bytes round-trip exactly.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value as Json};
+
+use cellar::dbm::{self, Backend, Batch, Database, DbKind, Flag, WhichDb};
+use cellar::marshal;
+use cellar::value::{bytes_repr, parse, repr, Value};
+
+/// How values are shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Decode {
+    /// Raw bytes, as a Python bytes literal.
+    Bytes,
+    /// Decode each value as marshal data and show the Python value (never executes anything).
+    Marshal,
+}
+
+/// Output format.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Output {
+    pub json: bool,
+    pub decode: Option<Decode>,
+}
+
+/// Parses a key or value given on the command line.
+pub fn arg_bytes(text: &str, literal: bool) -> Result<Vec<u8>> {
+    if !literal {
+        return Ok(text.as_bytes().to_vec());
+    }
+    match &parse(text).map_err(|e| anyhow::anyhow!("not a Python literal: {e}"))? {
+        Value::Bytes(b) => Ok(b.to_vec()),
+        Value::Str(s) => Ok(s.as_bytes().to_vec()),
+        other => bail!("expected a bytes or str literal, got {}", other.type_name()),
+    }
+}
+
+fn open(path: &Path, flag: &str) -> Result<Box<dyn Database>> {
+    dbm::open_str(path, flag, dbm::DEFAULT_MODE)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn show_value(v: &[u8], out: Output) -> Result<String> {
+    Ok(match out.decode {
+        Some(Decode::Marshal) => {
+            let value = marshal::loads_with(
+                v,
+                &marshal::LoadOptions {
+                    allow_code: false,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("value is not marshal data: {e}"))?
+            .0;
+            repr(&value)
+        }
+        _ => bytes_repr(v),
+    })
+}
+
+/// JSON form of bytes: a string when UTF-8, else `{"base64": ...}`.
+pub fn bytes_json(b: &[u8]) -> Json {
+    match std::str::from_utf8(b) {
+        Ok(s) => Json::String(s.to_string()),
+        Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(b) }),
+    }
+}
+
+fn json_bytes(v: &Json, what: &str, line: usize) -> Result<Vec<u8>> {
+    match v {
+        Json::String(s) => Ok(s.as_bytes().to_vec()),
+        Json::Object(o) => match o.get("base64") {
+            Some(Json::String(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .with_context(|| format!("line {line}: bad base64 in {what}")),
+            _ => bail!("line {line}: {what} must be a string or {{\"base64\": \"...\"}}"),
+        },
+        _ => bail!("line {line}: {what} must be a string or {{\"base64\": \"...\"}}"),
+    }
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    // Drawn only when stderr is a terminal (indicatif hides itself otherwise).
+    let pb = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+pub fn get(path: &Path, key: &[u8], out: Output) -> Result<()> {
+    let db = open(path, "r")?;
+    let Some(v) = db.get(key)? else {
+        bail!("key {} not found in {}", bytes_repr(key), path.display());
+    };
+    if out.json {
+        println!(
+            "{}",
+            json!({ "key": bytes_json(key), "value": bytes_json(&v) })
+        );
+    } else {
+        println!("{}", show_value(&v, out)?);
+    }
+    Ok(())
+}
+
+pub fn set(path: &Path, key: &[u8], value: &[u8]) -> Result<()> {
+    let db = open(path, "c")?;
+    db.insert(key, value)?;
+    db.close()?;
+    Ok(())
+}
+
+pub fn del(path: &Path, key: &[u8]) -> Result<()> {
+    let db = open(path, "w")?;
+    if !db.remove(key)? {
+        bail!("key {} not found in {}", bytes_repr(key), path.display());
+    }
+    db.close()?;
+    Ok(())
+}
+
+pub fn keys(path: &Path, out: Output) -> Result<()> {
+    let db = open(path, "r")?;
+    let keys = db.keys()?;
+    let mut stdout = std::io::stdout().lock();
+    if out.json {
+        writeln!(
+            stdout,
+            "{}",
+            Json::Array(keys.iter().map(|k| bytes_json(k)).collect())
+        )?;
+    } else {
+        for k in keys {
+            writeln!(stdout, "{}", bytes_repr(&k))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn dump(path: &Path, out: Output) -> Result<()> {
+    let db = open(path, "r")?;
+    let pb = progress(db.len()? as u64, "dump");
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut result = Ok(());
+    db.for_each(&mut |k, v| {
+        let mut line = json!({ "key": bytes_json(k), "value": bytes_json(v) });
+        if out.decode == Some(Decode::Marshal) {
+            // Informational only: `load` ignores it.
+            if let (Ok(text), Json::Object(o)) = (show_value(v, out), &mut line) {
+                o.insert("repr".into(), Json::String(text));
+            }
+        }
+        if let Err(e) = writeln!(stdout, "{line}") {
+            result = Err(e);
+        }
+        pb.inc(1);
+        Ok(())
+    })?;
+    pb.finish_and_clear();
+    result?;
+    stdout.flush()?;
+    Ok(())
+}
+
+pub fn load(path: &Path, input: Option<&Path>, to: Option<Backend>) -> Result<()> {
+    let reader: Box<dyn BufRead> = match input {
+        Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+        )),
+        _ => Box::new(std::io::stdin().lock()),
+    };
+    let db = match to {
+        Some(b) if !path.exists() => b.open(path, Flag::Create, dbm::DEFAULT_MODE)?,
+        _ => open(path, "c")?,
+    };
+    let pb = progress(0, "load");
+    let mut batch = Batch::new();
+    let mut n = 0u64;
+    for (i, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Json =
+            serde_json::from_str(&line).with_context(|| format!("line {}: not JSON", i + 1))?;
+        let k = json_bytes(v.get("key").unwrap_or(&Json::Null), "key", i + 1)?;
+        let val = json_bytes(v.get("value").unwrap_or(&Json::Null), "value", i + 1)?;
+        batch.insert(k, val);
+        n += 1;
+        if batch.len() >= 1000 {
+            db.batch(&batch)?;
+            batch.clear();
+            pb.set_position(n);
+        }
+    }
+    if !batch.is_empty() {
+        db.batch(&batch)?;
+    }
+    db.close()?;
+    pb.finish_and_clear();
+    eprintln!("loaded {n} records into {}", path.display());
+    Ok(())
+}
+
+/// An order-independent checksum of a store's contents (FNV-1a of each pair, summed).
+fn checksum(db: &dyn Database) -> Result<(u64, u64)> {
+    let mut sum = 0u64;
+    let mut count = 0u64;
+    db.for_each(&mut |k, v| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in (k.len() as u64).to_le_bytes().iter().chain(k).chain(v) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        sum = sum.wrapping_add(h);
+        count += 1;
+        Ok(())
+    })?;
+    Ok((count, sum))
+}
+
+pub fn convert(src: &Path, dst: &Path, to: Backend) -> Result<()> {
+    let from = open(src, "r")?;
+    if dst.exists() {
+        bail!("{} exists; convert writes a new store", dst.display());
+    }
+    let into = to.open(dst, Flag::New, dbm::DEFAULT_MODE)?;
+    let pb = progress(from.len()? as u64, "convert");
+    let mut batch = Batch::new();
+    let mut err = None;
+    from.for_each(&mut |k, v| {
+        batch.insert(k, v);
+        if batch.len() >= 1000 {
+            if let Err(e) = into.batch(&batch) {
+                err = Some(e);
+            }
+            pb.inc(batch.len() as u64);
+            batch.clear();
+        }
+        Ok(())
+    })?;
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    if !batch.is_empty() {
+        into.batch(&batch)?;
+    }
+    into.sync()?;
+    pb.finish_and_clear();
+    let (n1, c1) = checksum(from.as_ref())?;
+    let (n2, c2) = checksum(into.as_ref())?;
+    into.close()?;
+    if (n1, c1) != (n2, c2) {
+        bail!("verification failed: source has {n1} keys (checksum {c1:#018x}), destination {n2} ({c2:#018x})");
+    }
+    println!(
+        "converted {n1} keys from {} to {} ({}); checksums match ({c1:#018x})",
+        src.display(),
+        dst.display(),
+        to.name()
+    );
+    Ok(())
+}
+
+pub fn info(path: &Path, out: Output) -> Result<()> {
+    let kind = match dbm::whichdb(path) {
+        WhichDb::Kind(k) => k,
+        WhichDb::Unreadable => bail!("{}: no database there", path.display()),
+        WhichDb::Unknown => bail!("{}: db type could not be determined", path.display()),
+    };
+    let db = open(path, "r")?;
+    let i = db.info()?;
+    let mut fields = vec![
+        ("format", json!(kind.name())),
+        ("keys", json!(i.keys)),
+        ("file_bytes", json!(i.file_bytes)),
+        ("live_bytes", json!(i.live_bytes)),
+    ];
+    if kind == DbKind::Native {
+        db.close()?;
+        let store = cellar::engine::Store::open(
+            path,
+            cellar::engine::Options {
+                read_only: true,
+                create: false,
+                ..Default::default()
+            },
+        )?;
+        let s = store.stats()?;
+        fields.push(("dead_bytes", json!(s.dead_bytes)));
+        fields.push(("compression_ratio", json!(s.compression_ratio)));
+        fields.push((
+            "value_encoding",
+            json!(format!("{:?}", store.value_encoding())),
+        ));
+        fields.push(("generation", json!(s.generation)));
+    }
+    if out.json {
+        let map: serde_json::Map<String, Json> = fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        println!("{}", Json::Object(map));
+    } else {
+        for (k, v) in fields {
+            println!(
+                "{k}: {}",
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            );
+        }
+    }
+    Ok(())
+}
+
+fn native_only(path: &Path, what: &str) -> Result<()> {
+    match dbm::whichdb(path) {
+        WhichDb::Kind(DbKind::Native) => Ok(()),
+        WhichDb::Kind(k) => bail!(
+            "{what} works on native stores; {} is {} (convert it with `cellar convert`)",
+            path.display(),
+            k.name()
+        ),
+        WhichDb::Unreadable => bail!("{}: no database there", path.display()),
+        WhichDb::Unknown => bail!("{}: db type could not be determined", path.display()),
+    }
+}
+
+pub fn check(path: &Path) -> Result<()> {
+    native_only(path, "check")?;
+    let store = cellar::engine::Store::open(
+        path,
+        cellar::engine::Options {
+            read_only: true,
+            create: false,
+            ..Default::default()
+        },
+    )?;
+    let report = store.check()?;
+    if report.is_ok() {
+        println!("{}: ok", path.display());
+        Ok(())
+    } else {
+        println!("{}: damaged\n{report:#?}", path.display());
+        bail!(
+            "{} is damaged; `cellar repair {} NEW` salvages every intact record",
+            path.display(),
+            path.display()
+        )
+    }
+}
+
+pub fn repair(src: &Path, dst: &Path) -> Result<()> {
+    native_only(src, "repair")?;
+    let report = cellar::engine::repair(src, dst, cellar::engine::Options::default())?;
+    println!("{report:#?}");
+    Ok(())
+}
+
+pub fn compact(path: &Path) -> Result<()> {
+    let db = open(path, "w")?;
+    let before = db.info()?.file_bytes;
+    let pb = ProgressBar::new_spinner();
+    pb.set_message("compacting");
+    db.compact()?;
+    let after = db.info()?.file_bytes;
+    db.close()?;
+    pb.finish_and_clear();
+    println!("{}: {before} -> {after} bytes", path.display());
+    Ok(())
+}
+
+/// `--to` names.
+pub fn backend_named(name: &str) -> Result<Backend> {
+    Ok(match name {
+        "native" => Backend::Native,
+        "sqlite" | "sqlite3" => Backend::Sqlite3,
+        "dumb" => Backend::Dumb,
+        _ => bail!("unknown backend {name:?}: use native, sqlite or dumb"),
+    })
+}
