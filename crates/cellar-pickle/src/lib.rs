@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 mod compat;
+mod disasm;
 mod error;
 mod inert;
 mod ops;
@@ -44,6 +45,7 @@ mod serde_api;
 mod text;
 mod write;
 
+pub use crate::disasm::{disassemble, Op};
 pub use crate::error::{ErrorKind, PicklingError, RegistryError, UnpicklingError};
 pub use crate::inert::{Construct, Inert};
 pub use crate::read::{LoadOptions, PersistentLoad, DEFAULT_MAX_DEPTH};
