@@ -693,6 +693,11 @@ fn load_gen(
                 g.storage
                     .set_len(commit_end)
                     .map_err(io_err("truncating a torn tail"))?;
+                // Make the cut durable before anything new is appended, so a later power loss
+                // cannot resurrect the torn bytes in front of newer records.
+                g.storage
+                    .sync_data()
+                    .map_err(io_err("syncing a truncated torn tail"))?;
                 g.recovered_tail = file_len - commit_end;
             }
         }
@@ -1438,10 +1443,12 @@ impl Inner {
         if let Err(e) = g.storage.write_at(start, data) {
             let err = Error::io(what, e);
             w.prealloc_end = start;
-            if let Err(e2) = g.storage.set_len(start) {
-                self.poison(format!(
+            match g.storage.set_len(start) {
+                Err(e2) => self.poison(format!(
                     "a failed append ({err}) could not be rolled back: {e2}"
-                ));
+                )),
+                // Best effort: make the rollback durable (see the torn-tail truncation).
+                Ok(()) => drop(g.storage.sync_data()),
             }
             return Err(err);
         }
