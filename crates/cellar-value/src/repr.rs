@@ -61,10 +61,10 @@ fn write_repr(out: &mut String, root: &Value, sorted: bool, indent: usize) {
             Value::Float(f) => out.push_str(&float_repr(*f)),
             Value::Complex(re, im) => out.push_str(&complex_repr(*re, *im)),
             Value::Str(s) => push_str_repr(out, s),
-            Value::Bytes(b) => push_bytes_repr(out, b),
+            Value::Bytes(b) => push_bytes_repr(out, b, false),
             Value::ByteArray(b) => {
                 out.push_str("bytearray(");
-                push_bytes_repr(out, b);
+                push_bytes_repr(out, b, true);
                 out.push(')');
             }
             Value::Tuple(items) => {
@@ -324,11 +324,13 @@ fn push_str_repr(out: &mut String, s: &PyStr) {
 /// `repr()` of a bytes object.
 pub fn bytes_repr(b: &[u8]) -> String {
     let mut out = String::with_capacity(b.len() + 3);
-    push_bytes_repr(&mut out, b);
+    push_bytes_repr(&mut out, b, false);
     out
 }
 
-fn push_bytes_repr(out: &mut String, b: &[u8]) {
+/// `bytearray_repr` differs from `bytes_repr` in one quirk: it escapes `'` even inside
+/// double quotes (`bytearray(b"\'")`).
+fn push_bytes_repr(out: &mut String, b: &[u8], bytearray: bool) {
     let quote = if b.contains(&b'\'') && !b.contains(&b'"') {
         b'"'
     } else {
@@ -342,7 +344,7 @@ fn push_bytes_repr(out: &mut String, b: &[u8]) {
             b'\t' => out.push_str("\\t"),
             b'\n' => out.push_str("\\n"),
             b'\r' => out.push_str("\\r"),
-            _ if c == quote => {
+            _ if c == quote || (bytearray && c == b'\'') => {
                 out.push('\\');
                 out.push(c as char);
             }
@@ -526,6 +528,9 @@ mod tests {
         let s = PyStr::from_code_points([0xD800]).unwrap();
         assert_eq!(str_repr(&s), "'\\ud800'");
         assert_eq!(bytes_repr(b"a'\x00\xff"), "b\"a'\\x00\\xff\"");
+        let ba = |b: &[u8]| repr(&Value::ByteArray(std::sync::Arc::new(b.to_vec())));
+        assert_eq!(ba(b"'"), "bytearray(b\"\\'\")");
+        assert_eq!(ba(b"'\""), "bytearray(b'\\'\"')");
     }
 
     #[test]
