@@ -682,7 +682,10 @@ fn load_gen(
             reason,
         } => {
             let mut rd = LogReader::new(&*g.storage, bad, file_len);
-            if bad < file_len && rd.find_intact(bad, true)?.is_some() {
+            // Only the writer decides torn tail vs damage: a reader can race with a live
+            // writer (a read is not atomic against a concurrent append, so it may see a later
+            // commit but not an earlier one yet); it simply stops at `bad` and retries later.
+            if writable && bad < file_len && rd.find_intact(bad, true)?.is_some() {
                 return Err(Error::corrupt(
                     bad,
                     format!("{reason}, and intact records follow (damage inside the log)"),
