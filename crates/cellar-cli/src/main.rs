@@ -5,8 +5,10 @@
 //! - `cellar marshal encode [--version N]`: read a Python literal on stdin, write marshal bytes.
 //! - `cellar get|set|del|keys|dump|load|convert|info|check|repair|compact PATH ...`: work with
 //!   any store cellar opens (native, sqlite3, dumb), see [`store`].
+//! - `cellar pickle show FILE|- [--ops]`: decode a pickle safely (inert objects), or list its opcodes.
 //! - `cellar demo`: the main job end to end on the native engine.
 
+mod pickle_show;
 mod store;
 
 use std::io::{Read, Write};
@@ -115,6 +117,11 @@ enum Command {
     Repair { src: PathBuf, dst: PathBuf },
     /// Reclaim dead space.
     Compact { path: PathBuf },
+    /// Inspect pickles safely: nothing is imported or run.
+    Pickle {
+        #[command(subcommand)]
+        command: PickleCommand,
+    },
     /// Inspect and produce CPython marshal data (.pyc files included).
     Marshal {
         #[command(subcommand)]
@@ -136,6 +143,19 @@ struct View {
 enum EncodeAs {
     /// marshal version 4
     Marshal,
+}
+
+#[derive(Subcommand)]
+enum PickleCommand {
+    /// Decode a pickle and print it as Python literals; objects of any class are shown inertly
+    /// as module.Name(args...) with the state the pickle gives them. Never executes anything.
+    Show {
+        /// The file to read, or - for standard input.
+        file: PathBuf,
+        /// List the opcodes instead, like pickletools.dis.
+        #[arg(long)]
+        ops: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -209,6 +229,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Check { path } => store::check(&path),
         Command::Repair { src, dst } => store::repair(&src, &dst),
         Command::Compact { path } => store::compact(&path),
+        Command::Pickle {
+            command: PickleCommand::Show { file, ops },
+        } => {
+            let data = read_input(&file)?;
+            let text = if ops {
+                pickle_show::ops(&data)?
+            } else {
+                let v = pickle_show::decode(&data)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                pickle_show::show(&v) + "\n"
+            };
+            std::io::stdout().write_all(text.as_bytes())?;
+            Ok(())
+        }
         Command::Marshal { command } => match command {
             MarshalCommand::Show { file, no_code } => show(&file, no_code),
             MarshalCommand::Encode { version } => encode(version),

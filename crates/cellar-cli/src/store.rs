@@ -21,13 +21,15 @@ use cellar::dbm::{self, Backend, Batch, Database, DbKind, Flag, WhichDb};
 use cellar::marshal;
 use cellar::value::{bytes_repr, parse, repr, Value};
 
-/// How values are shown.
+/// How values are shown (`--decode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Decode {
     /// Raw bytes, as a Python bytes literal.
     Bytes,
     /// Decode each value as marshal data and show the Python value (never executes anything).
     Marshal,
+    /// Decode each value as a pickle, safely: objects of any class shown inertly.
+    Pickle,
 }
 
 /// Output format.
@@ -67,6 +69,11 @@ fn show_value(v: &[u8], out: Output) -> Result<String> {
             .map_err(|e| anyhow::anyhow!("value is not marshal data: {e}"))?
             .0;
             repr(&value)
+        }
+        Some(Decode::Pickle) => {
+            let value = crate::pickle_show::decode(v)
+                .map_err(|e| anyhow::anyhow!("value is not a pickle: {e}"))?;
+            crate::pickle_show::show(&value)
         }
         _ => bytes_repr(v),
     })
@@ -162,7 +169,7 @@ pub fn dump(path: &Path, out: Output) -> Result<()> {
     let mut result = Ok(());
     db.for_each(&mut |k, v| {
         let mut line = json!({ "key": bytes_json(k), "value": bytes_json(v) });
-        if out.decode == Some(Decode::Marshal) {
+        if matches!(out.decode, Some(Decode::Marshal | Decode::Pickle)) {
             // Informational only: `load` ignores it.
             if let (Ok(text), Json::Object(o)) = (show_value(v, out), &mut line) {
                 o.insert("repr".into(), Json::String(text));

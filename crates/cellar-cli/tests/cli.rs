@@ -266,3 +266,63 @@ fn cpython_dumb_store_converts_and_native_checks() {
     assert!(!good && err.contains("native stores"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn pickle_show_is_inert_and_never_runs_anything() {
+    let dir = tmpdir("pickle");
+    let marker = dir.join("pwned");
+    let script = format!(
+        "import pickle, sys\nclass P:\n    def __init__(s): s.x = 1; s.y = [1, 2]\nclass L(list): pass\nd = {{'p': P(), 'l': L([1, 2]), 'c': 1+2j, 's': {{1}}}}\nfor proto in range(6):\n    open({:?} + '/x%d.pkl' % proto, 'wb').write(pickle.dumps(d, proto))\nopen({:?} + '/evil.pkl', 'wb').write(b'cos\\nsystem\\n(S' + repr('touch ' + {:?}).encode() + b'\\ntR.')",
+        dir.display().to_string(),
+        dir.display().to_string(),
+        marker.display().to_string()
+    );
+    let status = Command::new(std::env::var("CELLAR_PYTHON").unwrap_or_else(|_| "python3".into()))
+        .args(["-c", &script])
+        .status()
+        .expect("python3");
+    assert!(status.success());
+    for proto in 0..6 {
+        let out = ok(
+            &[
+                "pickle",
+                "show",
+                dir.join(format!("x{proto}.pkl")).to_str().expect("utf-8"),
+            ],
+            b"",
+        );
+        assert!(out.contains("__main__.P"), "protocol {proto}: {out}");
+        assert!(
+            out.contains("'x': 1, 'y': [1, 2]"),
+            "protocol {proto}: {out}"
+        );
+        assert!(
+            out.contains("__main__.L") && out.contains("(1+2j)"),
+            "protocol {proto}: {out}"
+        );
+    }
+    let evil = dir.join("evil.pkl");
+    let out = ok(&["pickle", "show", evil.to_str().expect("utf-8")], b"");
+    assert!(out.starts_with("os.system('touch "), "{out}");
+    let ops = ok(
+        &["pickle", "show", "--ops", evil.to_str().expect("utf-8")],
+        b"",
+    );
+    assert!(
+        ops.contains("GLOBAL") && ops.contains("'os system'") && ops.contains("REDUCE"),
+        "{ops}"
+    );
+    assert!(!marker.exists(), "the pickle must never run");
+    // --decode pickle on a store value: the evil pickle stored, shown inertly.
+    let db = dir.join("db.cellar");
+    let db = db.to_str().expect("utf-8");
+    // The evil pickle is ASCII, so its JSON Lines value is a plain string.
+    let line = serde_json::json!({ "key": "evil", "value": String::from_utf8(std::fs::read(&evil).expect("read")).expect("ascii") })
+        .to_string();
+    let (good, _, err) = cellar(&["load", db], line.as_bytes());
+    assert!(good, "{err}");
+    let shown = ok(&["get", db, "evil", "--decode", "pickle"], b"");
+    assert!(shown.starts_with("os.system('touch "), "{shown}");
+    assert!(!marker.exists(), "the pickle must never run");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,6 +3,7 @@
 //! This facade crate is the Rust API users depend on; each layer lives in its own crate:
 //! - [`value`]: Python's data model ([`Value`]), its `repr()` and literal parser;
 //! - [`marshal`]: CPython's marshal format, versions 0-5, with serde support;
+//! - [`pickle`]: CPython's pickle format, protocols 0-5, safe decoder and copyreg-style registry;
 //! - [`engine`]: the native storage engine, cellar's embedded default store;
 //! - [`dbm`]: one `Database` interface over the native, sqlite3 and dumb stores.
 //!
@@ -30,6 +31,11 @@ pub mod marshal {
 /// The native storage engine: cellar's embedded default store (see `docs/engine-format.md`).
 pub mod engine {
     pub use cellar_engine::*;
+}
+
+/// CPython's pickle format, protocols 0-5, decoded safely (see `docs/pickle.md`).
+pub mod pickle {
+    pub use cellar_pickle::*;
 }
 
 /// dbm: one interface over every store (native, sqlite3, dumb), `open` and `whichdb` with
