@@ -15,6 +15,7 @@
 //! 2000 levels by a strict counter, and allocations are bounded by the bytes actually present.
 
 mod code311;
+mod dbm;
 mod decode;
 mod encode;
 mod util;
@@ -119,6 +120,7 @@ fn _cellar(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dump, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add("version", DEFAULT_VERSION)?;
+    dbm::register(m)?;
     code311::init(m.py());
     // Whether code objects use the verified CPython 3.11 struct fast path (for tests/diagnostics).
     m.add("_code_fast_path", code311::fast().is_some())?;

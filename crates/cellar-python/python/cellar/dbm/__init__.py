@@ -1,0 +1,112 @@
+"""Drop-in replacement for the standard library's :mod:`dbm`, implemented in Rust.
+
+``open(file, flag='r', mode=0o666)`` opens any store cellar knows: the native engine (the default
+for new stores), CPython 3.13's ``dbm.sqlite3`` files and ``dbm.dumb`` files, picked by
+``whichdb`` as CPython does. ``whichdb`` returns stdlib-style names (``'dbm.native'``,
+``'dbm.sqlite3'``, ``'dbm.dumb'``, ``'dbm.gnu'``, ``'dbm.ndbm'``), ``None`` or ``''``.
+``error`` is a tuple ``(cellar.dbm.error, OSError)`` like CPython's.
+
+Submodules ``cellar.dbm.native``, ``cellar.dbm.sqlite3`` and ``cellar.dbm.dumb`` open one
+backend directly. Database objects are thread safe and release the GIL during I/O; beyond the
+stdlib they have ``batch()`` (a context manager applying its writes as one commit),
+``compact()`` / ``reorganize()`` and ``stats()``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cellar._cellar import Batch, Database, _dbm_whichdb
+from cellar._cellar import DbmError as _error
+
+__all__ = ["open", "whichdb", "error"]
+
+#: The writable backends, the default first (the import names of the backend modules).
+_names = ["cellar.dbm.native", "cellar.dbm.sqlite3", "cellar.dbm.dumb"]
+_defaultmod: Any = None
+#: Loaded backend modules, by import name and by ``whichdb`` name.
+_modules: dict[str, Any] = {}
+
+error = (_error, OSError)
+
+
+def _fspath(file: Any) -> bytes:
+    """The file-system path of a str, bytes or os.PathLike as bytes."""
+    return os.fsencode(os.fspath(file))
+
+
+def whichdb(filename: Any) -> str | None:
+    """Guess which dbm module can open ``filename``: ``None`` if it cannot be read, ``''`` if
+    the format is unknown, else a stdlib-style name such as ``'dbm.native'`` or ``'dbm.dumb'``."""
+    return _dbm_whichdb(_fspath(filename))
+
+
+def _open(ns: dict[str, Any], file: Any, flag: str, mode: int) -> Database:
+    """CPython's ``dbm.open``, using the ``_names``/``_modules``/``_defaultmod`` of the module
+    namespace ``ns`` (so a re-export under another name, such as a test shim, has its own)."""
+    if ns["_defaultmod"] is None:
+        for name in ns["_names"]:
+            try:
+                mod = __import__(name, fromlist=["open"])
+            except ImportError:
+                continue
+            if not ns["_defaultmod"]:
+                ns["_defaultmod"] = mod
+            ns["_modules"][name] = mod
+        if not ns["_defaultmod"]:
+            raise ImportError("no dbm clone found; tried %s" % ns["_names"])
+    modules = ns["_modules"]
+    for mod in list(modules.values()):
+        modules.setdefault(mod._whichdb_name, mod)
+
+    # Guess the type of an existing database, if not creating a new one.
+    result = whichdb(file) if "n" not in flag else None
+    if result is None:
+        if "c" in flag or "n" in flag:
+            mod = ns["_defaultmod"]
+        else:
+            raise ns["error"][0]("db file doesn't exist; use 'c' or 'n' flag to create a new db")
+    elif result == "":
+        raise ns["error"][0]("db type could not be determined")
+    elif result not in modules:
+        raise ns["error"][0](
+            "db type is {0}, but the module is not available".format(result)
+        )
+    else:
+        mod = modules[result]
+    return mod.open(file, flag, mode)  # type: ignore[no-any-return]
+
+
+def open(file: Any, flag: str = "r", mode: int = 0o666) -> Database:
+    """Open or create the database at ``file`` (CPython's ``dbm.open``).
+
+    ``flag``: ``'r'`` read only, ``'w'`` read-write, ``'c'`` create if missing, ``'n'`` always
+    new; the native backend also takes gnu's modifiers ``f``, ``s``, ``u``. ``mode``: permission
+    bits of created files (masked by the umask). New stores use the native backend.
+    """
+    return _open(globals(), file, flag, mode)
+
+
+def _backend_open(backend: str, file: Any, flag: Any, mode: int) -> Database:
+    from cellar._cellar import _dbm_open
+
+    path = _fspath(file)
+    if not isinstance(flag, str):
+        flag = repr(flag)
+    return _dbm_open(path, backend, flag, mode)
+
+
+# Imported last: the backend modules use the helpers above.
+from cellar.dbm import dumb, native, sqlite3  # noqa: E402
+
+_defaultmod = native
+_modules.update(
+    {
+        "cellar.dbm.native": native,
+        "cellar.dbm.sqlite3": sqlite3,
+        "cellar.dbm.dumb": dumb,
+    }
+)
+
+__all__ += ["Database", "Batch"]

@@ -1,0 +1,24 @@
+"""Drop-in for ``dbm.native``-style access to one cellar backend.
+
+cellar's native engine: one file at exactly the given path, the default backend for new stores. Flags: 'r', 'w', 'c', 'n', followed by any of dbm.gnu's modifiers 'f' (fast), 's' (sync every write), 'u' (no lock).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cellar._cellar import Database
+from cellar._cellar import DbmError as _error
+from cellar.dbm import _backend_open
+
+__all__ = ["open", "error"]
+
+error = _error
+
+#: What ``cellar.dbm.whichdb`` answers for files of this backend.
+_whichdb_name = "dbm.native"
+
+
+def open(file: Any, flag: str = "r", mode: int = 0o666) -> Database:
+    """Open or create a dbm.native database at ``file`` (no format detection)."""
+    return _backend_open("dbm.native", file, flag, mode)

@@ -1,0 +1,398 @@
+//! `cellar.dbm`'s native half: a Python database object over `cellar_dbm`'s `Box<dyn Database>`.
+//!
+//! Keys and values are bytes; `str` is encoded as UTF-8 (as CPython's dbm modules do), and any
+//! other bytes-like object is copied. Every call into the store releases the GIL
+//! (`Python::detach`): the database object is `Send + Sync` and all its methods take `&self`, so
+//! one object may be used from many threads at once. Errors map as `DbmError::py_kind()` says:
+//! `ValueError` for bad flags, `OSError` (with errno, so `FileNotFoundError` etc.) for OS errors,
+//! `cellar.dbm.error` (an `OSError` subclass) otherwise; a corrupt dbm.dumb index raises a class
+//! that is both `cellar.dbm.error` and `ValueError` (CPython's `literal_eval` raises `ValueError`).
+
+use cellar_dbm::{Backend, Batch, Database, DbmError, PyErrorKind};
+use pyo3::exceptions::{PyKeyError, PyOSError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// The exception class `cellar.dbm.error` (named like CPython's `dbm.error`).
+#[allow(non_camel_case_types)]
+mod exc {
+    pyo3::create_exception!(
+        cellar.dbm,
+        error,
+        pyo3::exceptions::PyOSError,
+        "A dbm failure (a subclass of OSError)."
+    );
+}
+use exc::error as DbmError_;
+
+/// `cellar.dbm.error` and `ValueError` at once: a dbm.dumb index that does not parse.
+static CORRUPT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+fn corrupt_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    CORRUPT
+        .get_or_try_init(py, || -> PyResult<Py<PyType>> {
+            let bases = PyTuple::new(
+                py,
+                [
+                    py.get_type::<DbmError_>().into_any(),
+                    py.get_type::<PyValueError>().into_any(),
+                ],
+            )?;
+            let ns = PyDict::new(py);
+            ns.set_item("__module__", "cellar.dbm")?;
+            let cls = py
+                .get_type::<PyType>()
+                .call1(("CorruptError", bases, ns))?
+                .cast_into::<PyType>()?;
+            Ok(cls.unbind())
+        })
+        .map(|c| c.bind(py))
+}
+
+/// The Python exception for a `DbmError`.
+fn to_py(py: Python<'_>, e: DbmError) -> PyErr {
+    let msg = e.to_string();
+    if matches!(e, DbmError::Corrupt { .. }) {
+        return match corrupt_class(py) {
+            Ok(cls) => PyErr::from_type(cls.clone(), msg),
+            Err(err) => err,
+        };
+    }
+    match (e.py_kind(), e.raw_os_error()) {
+        (PyErrorKind::Value, _) => PyValueError::new_err(msg),
+        // OSError(errno, msg) picks the errno subclass (FileNotFoundError, IsADirectoryError...).
+        (PyErrorKind::Os, Some(errno)) => PyOSError::new_err((errno, msg)),
+        (PyErrorKind::Os, None) => PyOSError::new_err(msg),
+        (_, Some(errno)) => DbmError_::new_err((errno, msg)),
+        (_, None) => DbmError_::new_err(msg),
+    }
+}
+
+/// The bytes of a key or value: bytes-like objects as they are, `str` as UTF-8.
+fn as_bytes(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(b.as_bytes().to_vec());
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(s.to_str()?.as_bytes().to_vec());
+    }
+    if let Ok(buf) = pyo3::buffer::PyBuffer::<u8>::get(obj) {
+        return buf.to_vec(obj.py());
+    }
+    Err(PyTypeError::new_err(format!(
+        "{what} must be bytes or strings, not {}",
+        obj.get_type().name()?
+    )))
+}
+
+fn path_of<'a>(path: &'a Bound<'_, PyBytes>) -> &'a Path {
+    Path::new(OsStr::from_bytes(path.as_bytes()))
+}
+
+fn backend_of(name: &str) -> PyResult<Backend> {
+    cellar_dbm::BACKENDS
+        .into_iter()
+        .find(|b| b.name() == name)
+        .ok_or_else(|| PyValueError::new_err(format!("unknown dbm backend {name:?}")))
+}
+
+/// `_dbm_open(path: bytes, backend: str, flag: str, mode: int)`: opens `path` with one backend
+/// (`"dbm.native"`, `"dbm.sqlite3"`, `"dbm.dumb"`), checking `flag` as that backend does.
+#[pyfunction]
+fn _dbm_open(
+    py: Python<'_>,
+    path: &Bound<'_, PyBytes>,
+    backend: &str,
+    flag: &str,
+    mode: u32,
+) -> PyResult<PyDatabase> {
+    let backend = backend_of(backend)?;
+    let flag = backend.parse_flag(flag).map_err(|e| to_py(py, e))?;
+    let path = path_of(path).to_path_buf();
+    let db = py
+        .detach(|| backend.open(&path, flag, mode))
+        .map_err(|e| to_py(py, e))?;
+    Ok(PyDatabase { db })
+}
+
+/// `_dbm_whichdb(path: bytes)`: CPython's answer (`None`, `""`, or `"dbm.x"`).
+#[pyfunction]
+fn _dbm_whichdb(py: Python<'_>, path: &Bound<'_, PyBytes>) -> Option<&'static str> {
+    let path = path_of(path).to_path_buf();
+    py.detach(|| cellar_dbm::whichdb(&path).as_python())
+}
+
+/// An open dbm database (what `cellar.dbm.open` returns).
+#[pyclass(frozen, module = "cellar.dbm", name = "Database")]
+pub struct PyDatabase {
+    db: Box<dyn Database>,
+}
+
+impl PyDatabase {
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&dyn Database) -> cellar_dbm::Result<T> + Send,
+    ) -> PyResult<T> {
+        let db: &dyn Database = &*self.db;
+        py.detach(|| f(db)).map_err(|e| to_py(py, e))
+    }
+}
+
+#[pymethods]
+impl PyDatabase {
+    fn __getitem__<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let k = as_bytes(key, "keys")?;
+        match self.run(py, |db| db.get(&k))? {
+            Some(v) => Ok(PyBytes::new(py, &v)),
+            None => Err(PyKeyError::new_err(key.clone().unbind())),
+        }
+    }
+
+    fn __setitem__(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let k = as_bytes(key, "keys")?;
+        let v = as_bytes(value, "values")?;
+        self.run(py, |db| db.insert(&k, &v))
+    }
+
+    fn __delitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        let k = as_bytes(key, "keys")?;
+        if self.run(py, |db| db.remove(&k))? {
+            Ok(())
+        } else {
+            Err(PyKeyError::new_err(key.clone().unbind()))
+        }
+    }
+
+    fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let k = match as_bytes(key, "keys") {
+            Ok(k) => k,
+            Err(e) => {
+                // A closed database reports that first, as CPython's dumb does.
+                self.run(py, |db| db.len())?;
+                return Err(e);
+            }
+        };
+        self.run(py, |db| db.contains(&k))
+    }
+
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        self.run(py, |db| db.len())
+    }
+
+    /// All keys, as a list of bytes.
+    fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let keys = self.run(py, |db| db.keys())?;
+        PyList::new(py, keys.iter().map(|k| PyBytes::new(py, k)))
+    }
+
+    /// All values, as a list of bytes (in `keys()` order).
+    fn values<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let items = self.run(py, |db| db.items())?;
+        PyList::new(py, items.iter().map(|(_, v)| PyBytes::new(py, v)))
+    }
+
+    /// All `(key, value)` pairs, as a list of tuples of bytes.
+    fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let items = self.run(py, |db| db.items())?;
+        let out = PyList::empty(py);
+        for (k, v) in &items {
+            out.append((PyBytes::new(py, k), PyBytes::new(py, v)))?;
+        }
+        Ok(out)
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.keys(py)?.try_iter().map(Bound::into_any)
+    }
+
+    /// dbm.dumb's `iterkeys()`: an iterator over the keys.
+    fn iterkeys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.__iter__(py)
+    }
+
+    #[pyo3(signature = (key, default = None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let k = as_bytes(key, "keys")?;
+        Ok(match self.run(py, |db| db.get(&k))? {
+            Some(v) => PyBytes::new(py, &v).into_any(),
+            None => default.unwrap_or_else(|| py.None().into_bound(py)),
+        })
+    }
+
+    #[pyo3(signature = (key, default = None))]
+    fn setdefault<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let k = as_bytes(key, "keys")?;
+        if let Some(v) = self.run(py, |db| db.get(&k))? {
+            return Ok(PyBytes::new(py, &v).into_any());
+        }
+        let default = default.unwrap_or_else(|| PyBytes::new(py, b"").into_any());
+        let v = as_bytes(&default, "values")?;
+        self.run(py, |db| db.insert(&k, &v))?;
+        Ok(default)
+    }
+
+    /// Makes everything written so far durable.
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        self.run(py, |db| db.sync())
+    }
+
+    /// Syncs and closes; closing twice is fine.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.run(py, |db| db.close())
+    }
+
+    /// Reclaims dead space (native: compaction; sqlite3: VACUUM; dumb: rewrites the .dat).
+    fn compact(&self, py: Python<'_>) -> PyResult<()> {
+        self.run(py, |db| db.compact())
+    }
+
+    /// CPython 3.15's name for [`compact`](Self::compact) (and dbm.gnu's).
+    fn reorganize(&self, py: Python<'_>) -> PyResult<()> {
+        self.compact(py)
+    }
+
+    /// `{'backend': 'dbm.native', 'keys': n, 'file_bytes': n, 'live_bytes': n, 'path': ...}`.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let info = self.run(py, |db| db.info())?;
+        let d = PyDict::new(py);
+        d.set_item("backend", info.backend.name())?;
+        d.set_item("keys", info.keys)?;
+        d.set_item("file_bytes", info.file_bytes)?;
+        d.set_item("live_bytes", info.live_bytes)?;
+        d.set_item("path", self.db.path())?;
+        d.set_item("read_only", self.db.is_read_only())?;
+        Ok(d)
+    }
+
+    /// A context manager collecting writes (`b[key] = value`, `del b[key]`) that are applied
+    /// as one atomic commit when the block exits without an exception (and dropped otherwise).
+    fn batch(slf: Py<Self>) -> PyBatch {
+        PyBatch {
+            db: slf,
+            ops: Mutex::new(Some(Batch::new())),
+        }
+    }
+
+    /// The backend's stdlib-style module name (`"dbm.native"`, `"dbm.sqlite3"`, `"dbm.dumb"`).
+    #[getter]
+    fn backend(&self) -> &'static str {
+        self.db.backend().name()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> PyResult<()> {
+        self.close(py)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<cellar.dbm.Database {} {:?}>",
+            self.db.backend().name(),
+            self.db.path()
+        )
+    }
+}
+
+/// `db.batch()`: writes gathered in memory, applied together on a clean exit.
+#[pyclass(frozen, module = "cellar.dbm", name = "Batch")]
+pub struct PyBatch {
+    db: Py<PyDatabase>,
+    ops: Mutex<Option<Batch>>,
+}
+
+impl PyBatch {
+    fn with<T>(&self, f: impl FnOnce(&mut Batch) -> T) -> PyResult<T> {
+        let mut g = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        match g.as_mut() {
+            Some(b) => Ok(f(b)),
+            None => Err(DbmError_::new_err("the batch has already been applied")),
+        }
+    }
+}
+
+#[pymethods]
+impl PyBatch {
+    fn __setitem__(&self, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let k = as_bytes(key, "keys")?;
+        let v = as_bytes(value, "values")?;
+        self.with(|b| {
+            b.insert(k, v);
+        })
+    }
+
+    fn __delitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        let k = as_bytes(key, "keys")?;
+        self.with(|b| {
+            b.remove(k);
+        })
+    }
+
+    fn __len__(&self) -> PyResult<usize> {
+        self.with(|b| b.len())
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Applies the batch if the block raised nothing; otherwise drops it.
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let taken = self
+            .ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(b) = taken {
+            if exc_type.is_none() && !b.is_empty() {
+                self.db.get().run(py, |db| db.batch(&b))?;
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Adds the dbm functions and classes to `cellar._cellar`.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_dbm_open, m)?)?;
+    m.add_function(wrap_pyfunction!(_dbm_whichdb, m)?)?;
+    m.add_class::<PyDatabase>()?;
+    m.add_class::<PyBatch>()?;
+    m.add("DbmError", m.py().get_type::<DbmError_>())?;
+    m.add("DbmCorruptError", corrupt_class(m.py())?)?;
+    Ok(())
+}
