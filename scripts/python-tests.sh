@@ -2,6 +2,7 @@
 # Builds the `cellar` Python package into .venv with maturin and runs the Python tests:
 #   1. pytest on tests/python/ (warnings are errors: tests/python/pytest.ini)
 #   2. CPython 3.11's own Lib/test/test_marshal.py against cellar.marshal
+#   3. CPython 3.11's own Lib/test/test_dbm.py and test_dbm_dumb.py against cellar.dbm (shim dbm package)
 # Works on a fresh machine with only python3 (+ venv/pip) and a Rust toolchain; needs no stdin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,3 +27,6 @@ echo "== pytest tests/python =="
 
 echo "== CPython test_marshal against cellar.marshal =="
 "$VENV/bin/python" tests/python/run_cpython_test_marshal.py
+
+echo "== CPython test_dbm and test_dbm_dumb against cellar.dbm =="
+"$VENV/bin/python" tests/python/run_cpython_test_dbm.py

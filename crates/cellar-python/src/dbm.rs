@@ -372,11 +372,7 @@ impl PyBatch {
         _exc: &Bound<'_, PyAny>,
         _tb: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
-        let taken = self
-            .ops
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let taken = self.ops.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(b) = taken {
             if exc_type.is_none() && !b.is_empty() {
                 self.db.get().run(py, |db| db.batch(&b))?;

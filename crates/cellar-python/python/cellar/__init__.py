@@ -3,8 +3,9 @@
 Submodules are drop-in replacements for the standard library modules of the same name::
 
     import cellar.marshal as marshal
+    import cellar.dbm as dbm
 """
 
-from cellar import marshal
+from cellar import dbm, marshal
 
-__all__ = ["marshal"]
+__all__ = ["dbm", "marshal"]

@@ -1,0 +1,335 @@
+"""cellar.dbm: the stdlib dbm API, file interop with the stdlib's dbm.dumb and with plain sqlite3,
+errors, and use from several threads."""
+
+from __future__ import annotations
+
+import dbm as std_dbm
+import dbm.dumb as std_dumb
+import os
+import sqlite3 as std_sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import cellar.dbm as cdbm
+import cellar.dbm.dumb
+import cellar.dbm.native
+import cellar.dbm.sqlite3
+
+BACKENDS = [cellar.dbm.native, cellar.dbm.sqlite3, cellar.dbm.dumb]
+
+# Awkward keys and values: quotes, backslashes, newlines, non-ASCII (UTF-8 and bare Latin-1
+# bytes), NUL, the empty string.
+AWKWARD = [
+    b"",
+    b"'",
+    b'"',
+    b"'\"",
+    b"a\nb",
+    b"\r\n",
+    b"\\",
+    b"\\x00",
+    b"\x00",
+    "ü€𝄞".encode(),
+    b"\xff\xfe\x80",
+    bytes(range(256)),
+    b"x" * 5000,
+]
+
+
+def test_module_surface() -> None:
+    assert cdbm.error[0] is cdbm._error and cdbm.error[1] is OSError
+    assert issubclass(cdbm.error[0], OSError)
+    assert cdbm._names == ["cellar.dbm.native", "cellar.dbm.sqlite3", "cellar.dbm.dumb"]
+    assert cdbm._defaultmod is cellar.dbm.native
+    for mod in BACKENDS:
+        assert issubclass(mod.error, OSError)
+        assert callable(mod.open)
+    assert cellar.dbm.dumb.error is OSError
+    assert sys.modules["cellar"].dbm is cdbm
+
+
+@pytest.mark.parametrize("mod", BACKENDS, ids=lambda m: m.__name__)
+def test_mapping_api(tmp_path: Path, mod: object) -> None:
+    path = tmp_path / "db"
+    with mod.open(path, "c") as db:  # type: ignore[attr-defined]
+        assert db.keys() == [] and len(db) == 0
+        db[b"a"] = b"1"
+        db["ü"] = "é"  # str is UTF-8
+        db[bytearray(b"ba")] = memoryview(b"mv")
+        assert db[b"a"] == b"1" and db["ü".encode()] == "é".encode() and db["ba"] == b"mv"
+        assert b"a" in db and "a" in db and b"zz" not in db
+        assert len(db) == 3
+        assert sorted(db.keys()) == sorted([b"a", "ü".encode(), b"ba"])
+        assert sorted(db) == sorted(db.keys())
+        # items() and values() share one order (keys() may list sqlite3 keys in another)
+        assert sorted(db.items()) == sorted((k, db[k]) for k in db.keys())
+        assert [v for _, v in db.items()] == db.values()
+        assert db.get(b"a") == b"1" and db.get(b"zz") is None and db.get(b"zz", 5) == 5
+        assert db.setdefault(b"a", b"x") == b"1"
+        assert db.setdefault(b"new") == b"" and db[b"new"] == b""
+        assert db.setdefault(b"new2", b"v") == b"v" and db[b"new2"] == b"v"
+        with pytest.raises(KeyError) as ki:
+            db[b"missing"]
+        assert ki.value.args == (b"missing",)
+        del db[b"new"]
+        with pytest.raises(KeyError):
+            del db[b"new"]
+        with pytest.raises(TypeError):
+            db[1] = b"x"  # type: ignore[index]
+        with pytest.raises(TypeError):
+            db[b"k"] = None  # type: ignore[assignment]
+        db.sync()
+        st = db.stats()
+        assert st["backend"] == mod._whichdb_name and st["keys"] == len(db)  # type: ignore[attr-defined]
+        assert db.backend == mod._whichdb_name  # type: ignore[attr-defined]
+    assert cdbm.whichdb(path) == mod._whichdb_name  # type: ignore[attr-defined]
+    assert cdbm.whichdb(os.fsencode(path)) == mod._whichdb_name  # type: ignore[attr-defined]
+    with cdbm.open(str(path), "r") as db:
+        assert db[b"a"] == b"1"
+        with pytest.raises(cdbm.error, match="reading only"):
+            db[b"a"] = b"2"
+        with pytest.raises(cdbm.error, match="reading only"):
+            del db[b"a"]
+
+
+@pytest.mark.parametrize("mod", BACKENDS, ids=lambda m: m.__name__)
+def test_batch_compact(tmp_path: Path, mod: object) -> None:
+    path = tmp_path / "db"
+    with mod.open(path, "n") as db:  # type: ignore[attr-defined]
+        db[b"gone"] = b"x"
+        with db.batch() as b:
+            for i in range(100):
+                b[b"k%d" % i] = b"v%d" % i
+            del b[b"gone"]
+            assert len(b) == 101
+            assert b"k1" not in db  # nothing applied before the block ends
+        assert len(db) == 100 and db[b"k7"] == b"v7" and b"gone" not in db
+        with pytest.raises(RuntimeError):
+            with db.batch() as b:
+                b[b"never"] = b"x"
+                raise RuntimeError
+        assert b"never" not in db
+        for i in range(50):
+            del db[b"k%d" % i]
+        if mod is cellar.dbm.dumb:
+            # cellar-dbm's dumb backend has no compaction yet (docs/python.md)
+            with pytest.raises(cdbm.error[0], match="does not support compaction"):
+                db.compact()
+        else:
+            db.compact()
+            db.reorganize()
+        assert sorted(db.keys()) == sorted(b"k%d" % i for i in range(50, 100))
+    with cdbm.open(path) as db:
+        assert len(db) == 50
+
+
+def test_default_is_native(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    cdbm.open(path, "c").close()
+    assert cdbm.whichdb(path) == "dbm.native"
+    with cdbm.open(path, "cf") as db:  # gnu's modifiers on the native backend
+        db[b"k"] = b"v"
+    with pytest.raises(ValueError, match="Flag must be one of 'r', 'w', 'c', or 'n'"):
+        cellar.dbm.dumb.open(tmp_path / "d", "cf")
+    with pytest.raises(ValueError, match="Flag must be one of"):
+        cellar.dbm.sqlite3.open(tmp_path / "s", "cf")
+
+
+@pytest.mark.parametrize("key", AWKWARD, ids=range(len(AWKWARD)))
+def test_dumb_interop_both_ways(tmp_path: Path, key: bytes) -> None:
+    value = key[::-1] + b"\n'\""
+    # stdlib writes, cellar reads (through open's detection and directly)
+    p1 = str(tmp_path / "std")
+    with std_dumb.open(p1, "c") as d:
+        d[key] = value
+        d[b"other"] = b""
+    assert cdbm.whichdb(p1) == "dbm.dumb"
+    with cdbm.open(p1, "r") as d:
+        assert d[key] == value and d[b"other"] == b""
+        assert sorted(d.keys()) == sorted({key, b"other"})
+    # cellar writes, stdlib reads
+    p2 = str(tmp_path / "cel")
+    with cellar.dbm.dumb.open(p2, "c") as d:
+        d[key] = value
+        d[b"other"] = b""
+        d[key] = value + b"!"  # an overwrite
+    assert std_dbm.whichdb(p2) == "dbm.dumb"
+    with std_dumb.open(p2, "r") as d:
+        assert d[key] == value + b"!" and d[b"other"] == b""
+        assert sorted(d.keys()) == sorted({key, b"other"})
+    # cellar modifies a store the stdlib wrote, the stdlib reads it back
+    with cellar.dbm.dumb.open(p1, "w") as d:
+        del d[b"other"]
+        d[b"added"] = key
+    with std_dumb.open(p1, "r") as d:
+        assert dict(d.items()) == {key: value, b"added": key}
+
+
+def test_dumb_interop_many(tmp_path: Path) -> None:
+    data = {k + b"#%d" % i: v for i, k in enumerate(AWKWARD) for v in [AWKWARD[-1 - i]]}
+    p = str(tmp_path / "db")
+    with cellar.dbm.dumb.open(p, "n") as d:
+        for k, v in data.items():
+            d[k] = v
+    with std_dumb.open(p, "r") as d:
+        assert dict(d.items()) == data
+    with std_dumb.open(p, "w") as d:
+        d["ü"] = "str value"
+    with cdbm.open(p) as d:
+        assert d["ü"] == b"str value" and len(d) == len(data) + 1
+
+
+def test_sqlite3_plain_reader_both_ways(tmp_path: Path) -> None:
+    p = tmp_path / "db.sqlite"
+    with cellar.dbm.sqlite3.open(p, "c") as d:
+        for k in AWKWARD:
+            d[k] = k + b"v"
+    assert cdbm.whichdb(p) == "dbm.sqlite3"
+    con = std_sqlite3.connect(p)
+    try:
+        rows = dict(con.execute("SELECT key, value FROM Dict").fetchall())
+        schema = con.execute("SELECT sql FROM sqlite_master WHERE name = 'Dict'").fetchone()[0]
+    finally:
+        con.close()
+    assert rows == {k: k + b"v" for k in AWKWARD}
+    assert "key BLOB UNIQUE NOT NULL" in schema and "value BLOB NOT NULL" in schema
+    # the reverse: a store made by plain sqlite3 as CPython 3.13's dbm.sqlite3 makes it
+    q = tmp_path / "other.sqlite"
+    con = std_sqlite3.connect(q)
+    con.execute("PRAGMA journal_mode = wal")
+    con.execute("CREATE TABLE Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)")
+    for k in AWKWARD:
+        con.execute("REPLACE INTO Dict (key, value) VALUES (CAST(? AS BLOB), CAST(? AS BLOB))", (k, k))
+    con.commit()
+    con.close()
+    with cdbm.open(q, "w") as d:
+        assert dict(d.items()) == {k: k for k in AWKWARD}
+        d[b"more"] = b"1"
+    con = std_sqlite3.connect(q)
+    assert con.execute("SELECT value FROM Dict WHERE key = CAST(? AS BLOB)", (b"more",)).fetchone() == (b"1",)
+    con.close()
+
+
+def test_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    with pytest.raises(cdbm.error[0], match="db file doesn't exist; use 'c' or 'n' flag"):
+        cdbm.open(missing, "r")
+    with pytest.raises(cdbm.error):
+        cdbm.open(missing, "w")
+    assert list(tmp_path.iterdir()) == []  # nothing created
+    for mod in BACKENDS:
+        with pytest.raises(FileNotFoundError):
+            mod.open(missing, "r")
+    assert list(tmp_path.iterdir()) == []
+    # a directory
+    d = tmp_path / "dir"
+    d.mkdir()
+    assert cdbm.whichdb(d) is None
+    with pytest.raises(cdbm.error):
+        cdbm.open(d, "r")
+    with pytest.raises(cdbm.error):
+        cdbm.open(d, "c")
+    with pytest.raises(OSError):
+        cellar.dbm.sqlite3.open(d, "c")
+    # random bytes
+    r = tmp_path / "random"
+    r.write_bytes(os.urandom(4096))
+    with pytest.raises(cdbm.error[0], match="db type could not be determined"):
+        cdbm.open(r, "r")
+    with pytest.raises(cdbm.error):
+        cellar.dbm.native.open(r, "w")
+    with pytest.raises(cdbm.error):
+        cellar.dbm.sqlite3.open(r, "w")
+    assert r.stat().st_size == 4096
+    # a dbm.gnu file
+    g = tmp_path / "gnu"
+    g.write_bytes((0x13579ACE).to_bytes(4, sys.byteorder) + b"\0" * 60)
+    with pytest.raises(cdbm.error[0], match="db type is dbm.gnu, but the module is not available"):
+        cdbm.open(g, "r")
+    # a corrupt dumb index: a dbm error that is also the ValueError CPython raises
+    p = str(tmp_path / "bad")
+    with cellar.dbm.dumb.open(p, "c") as db:
+        db[b"a"] = b"1"
+    Path(p + ".dir").write_text("str(print('Hacked!')), 0\n")
+    assert cdbm.whichdb(p) is None  # CPython's rule: a .dir not starting with a quote
+    with pytest.raises(ValueError) as ei:
+        cellar.dbm.dumb.open(p, "r")
+    assert isinstance(ei.value, cdbm.error[0])
+
+
+@pytest.mark.parametrize("mod", BACKENDS, ids=lambda m: m.__name__)
+def test_closed(tmp_path: Path, mod: object) -> None:
+    db = mod.open(tmp_path / "db", "c")  # type: ignore[attr-defined]
+    db[b"a"] = b"b"
+    db.close()
+    db.close()
+    calls = [
+        lambda: db[b"a"],
+        lambda: db.__setitem__(b"a", b"c"),
+        lambda: db.__delitem__(b"a"),
+        lambda: b"a" in db,
+        lambda: len(db),
+        lambda: db.keys(),
+        lambda: db.items(),
+        lambda: db.get(b"a"),
+        lambda: list(db),
+    ]
+    for call in calls:
+        with pytest.raises(cdbm.error[0]) as ei:
+            call()
+        assert str(ei.value) == "DBM object has already been closed"
+
+
+@pytest.mark.parametrize("mod", BACKENDS, ids=lambda m: m.__name__)
+def test_threads(tmp_path: Path, mod: object) -> None:
+    db = mod.open(tmp_path / "db", "c")  # type: ignore[attr-defined]
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(300):
+                k = b"%d-%d" % (t, i)
+                db[k] = k * 3
+                assert db[k] == k * 3
+                if i % 3 == 0:
+                    del db[k]
+                len(db)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(db) == 4 * 200
+    db.close()
+    with cdbm.open(tmp_path / "db") as db:
+        assert len(db) == 800 and db[b"2-1"] == b"2-1" * 3
+
+
+def test_mode_and_umask(tmp_path: Path) -> None:
+    old = os.umask(0o002)
+    try:
+        for mod in BACKENDS:
+            p = tmp_path / mod._whichdb_name
+            mod.open(p, "c", 0o637).close()
+            f = p if mod is not cellar.dbm.dumb else Path(str(p) + ".dat")
+            assert f.stat().st_mode & 0o777 == 0o635, mod
+    finally:
+        os.umask(old)
+
+
+def test_stdlib_dbm_reads_cellar_dumb_in_subprocess(tmp_path: Path) -> None:
+    """The machine's python3 (a different process, the plain stdlib) opens a cellar dumb store."""
+    p = str(tmp_path / "db")
+    with cellar.dbm.dumb.open(p, "n") as d:
+        d[b"q'\"\n"] = "ü"
+    code = "import dbm,sys; d=dbm.open(sys.argv[1]); print(d[b'q\\'\"\\n'].decode()); d.close()"
+    out = subprocess.run([sys.executable, "-c", code, p], capture_output=True, check=True)
+    assert out.stdout.decode().strip() == "ü"
