@@ -1,3 +1,4 @@
+from cellar import dbm as dbm
 from cellar import marshal as marshal
 
-__all__ = ["marshal"]
+__all__ = ["dbm", "marshal"]
