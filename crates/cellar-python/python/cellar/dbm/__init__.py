@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 from cellar._cellar import Batch, Database, _dbm_whichdb
+from cellar._cellar import DbmCorruptError as CorruptError
 from cellar._cellar import DbmError as _error
 
 __all__ = ["open", "whichdb", "error"]
@@ -109,4 +110,4 @@ _modules.update(
     }
 )
 
-__all__ += ["Database", "Batch"]
+__all__ += ["Database", "Batch", "CorruptError"]

@@ -11,9 +11,10 @@ _KeyType: TypeAlias = str | Buffer
 _ValueType: TypeAlias = str | Buffer
 _Path: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
-__all__ = ["open", "whichdb", "error", "Database", "Batch"]
+__all__ = ["open", "whichdb", "error", "Database", "Batch", "CorruptError"]
 
 class _error(OSError): ...
+class CorruptError(_error, ValueError): ...
 
 error: tuple[type[_error], type[OSError]]
 _names: list[str]
