@@ -37,13 +37,15 @@ def mark(s):
             setattr(type(t), t._testMethodName, unittest.expectedFailure(getattr(type(t), t._testMethodName)))
 mark(suite)
 r = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(suite)
+for t, why in r.skipped:
+    print(f"SKIP {t.id().removeprefix('test.')}: {why}")
 bad = len(r.failures) + len(r.errors) + len(r.unexpectedSuccesses)
 print(f"RESULT run={r.testsRun} skipped={len(r.skipped)} xfail={len(r.expectedFailures)} failed={bad}")
 sys.exit(1 if bad else 0)
 """
 
 
-def run(module: str) -> tuple[int, int, int, int, int]:
+def run(module: str) -> tuple[int, int, int, int, int, list[str]]:
     env = dict(os.environ)
     env["PYTHONPATH"] = SHIM + os.pathsep + env.get("PYTHONPATH", "")
     expected = ",".join(n for n in EXPECTED_FAILURES if n.startswith(module + "."))
@@ -62,20 +64,23 @@ def run(module: str) -> tuple[int, int, int, int, int]:
     if proc.returncode != 0 or m is None:
         sys.stdout.write(out)
     if m is None:
-        return (0, 0, 0, 1, 0)
+        return (0, 0, 0, 1, 0, [])
     run_, skipped, xfail, failed = (int(g) for g in m.groups())
     passed = run_ - skipped - xfail - failed
-    return (passed, skipped, xfail, failed, proc.returncode)
+    skips = re.findall(r"^SKIP (.*)$", out, re.M)
+    return (passed, skipped, xfail, failed, proc.returncode, skips)
 
 
 def main() -> int:
     status = 0
     for module in ("test_dbm", "test_dbm_dumb"):
-        passed, skipped, xfail, failed, rc = run(module)
+        passed, skipped, xfail, failed, rc, skips = run(module)
         print(
             f"{module} against cellar.dbm: {passed} passed, {failed} failed, {skipped} skipped, "
             f"{xfail} expected failures"
         )
+        for line in skips:
+            print(f"  skipped {line}")
         for name, why in EXPECTED_FAILURES.items():
             if name.startswith(module + "."):
                 print(f"  expected failure {name}: {why}")
