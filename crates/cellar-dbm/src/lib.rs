@@ -229,8 +229,9 @@ pub trait Database: Send + Sync + fmt::Debug {
     fn sync(&self) -> Result<()>;
     /// Syncs and closes. Idempotent.
     fn close(&self) -> Result<()>;
-    /// Reclaims dead space (native: engine compaction; sqlite: `VACUUM`; dumb: rewrites the
-    /// `.dat` without dead blocks, like CPython 3.15's `reorganize()`).
+    /// Reclaims dead space (native: engine compaction; sqlite: `VACUUM`). dbm.dumb has no
+    /// crash-safe way to swap `.dat` and `.dir` together, so it returns
+    /// [`DbmError::Unsupported`]; `cellar convert` rewrites such a store.
     fn compact(&self) -> Result<()>;
     /// Sizes and counts.
     fn info(&self) -> Result<Info>;
