@@ -26,10 +26,6 @@ def canon(v):
         return "{" + ", ".join(sorted(map(canon, v))) + "}" if v else "set()"
     if t is frozenset:
         return "frozenset({" + ", ".join(sorted(map(canon, v))) + "})" if v else "frozenset()"
-    if t is bytearray:
-        # CPython's bytearray repr escapes ' even inside double quotes; cellar_value::repr
-        # does not (reported), so compare through bytes' repr.
-        return "bytearray(" + repr(bytes(v)) + ")"
     if t is slice:
         return "slice(%s, %s, %s)" % (canon(v.start), canon(v.stop), canon(v.step))
     return repr(v)
