@@ -8,7 +8,7 @@ mod common;
 
 use cellar_marshal::{dumps, loads};
 use cellar_value::repr_sorted;
-use common::{get_record, put_record, run_python, Gen};
+use common::{diff, get_record, put_record, run_python, Gen};
 
 const VALUES: usize = 10_500;
 
@@ -69,24 +69,4 @@ fn cpython_agrees_on_random_values_versions_0_to_4() {
         );
     }
     assert_eq!(total, VALUES * 5);
-}
-
-/// The neighbourhood of the first difference between two reprs.
-fn diff(got: &str, want: &str) -> String {
-    let at = got
-        .bytes()
-        .zip(want.bytes())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let window = |s: &str| {
-        let mut lo = at.saturating_sub(60);
-        while !s.is_char_boundary(lo) {
-            lo -= 1;
-        }
-        s[lo..].chars().take(120).collect::<String>()
-    };
-    if got == want {
-        return "reprs equal (difference in types or float bits)".to_string();
-    }
-    format!("\n   got  ...{}\n   want ...{}", window(got), window(want))
 }

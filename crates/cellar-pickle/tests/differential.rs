@@ -11,7 +11,7 @@ mod common;
 
 use cellar_pickle::{dumps, loads, LoadOptions, Registry};
 use cellar_value::repr_sorted;
-use common::{get_record, put_record, run_python, Gen};
+use common::{diff, get_record, put_record, run_python, Gen};
 
 const VALUES: usize = 10_200;
 
@@ -77,24 +77,4 @@ fn cpython_agrees_on_random_values_protocols_0_to_5() {
     }
     eprintln!("values agreeing per protocol 0-5: {per_protocol:?}");
     assert_eq!(per_protocol, [VALUES; 6]);
-}
-
-/// The neighbourhood of the first difference between two reprs.
-fn diff(got: &str, want: &str) -> String {
-    let at = got
-        .bytes()
-        .zip(want.bytes())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let window = |s: &str| {
-        let mut lo = at.saturating_sub(60);
-        while !s.is_char_boundary(lo) {
-            lo -= 1;
-        }
-        s[lo..].chars().take(120).collect::<String>()
-    };
-    if got == want {
-        return "reprs equal (difference in types or float bits)".to_string();
-    }
-    format!("\n   got  ...{}\n   want ...{}", window(got), window(want))
 }
