@@ -5,8 +5,8 @@ import struct
 import sys
 
 sys.set_int_max_str_digits(0)
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from differential import canon  # noqa: E402  (same canonical repr as the marshal test)
+sys.path.insert(0, __file__.rsplit("/", 1)[0] + "/../../../cellar-testkit/python")
+from canon import canon  # noqa: E402  (the canonical repr shared by the differential tests)
 
 data = sys.stdin.buffer.read()
 out = []

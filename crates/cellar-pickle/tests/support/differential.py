@@ -12,23 +12,10 @@ import sys
 sys.set_int_max_str_digits(0)
 
 
-def canon(v):
-    t = type(v)
-    if t is tuple:
-        if len(v) == 1:
-            return "(" + canon(v[0]) + ",)"
-        return "(" + ", ".join(map(canon, v)) + ")"
-    if t is list:
-        return "[" + ", ".join(map(canon, v)) + "]"
-    if t is dict:
-        return "{" + ", ".join(canon(k) + ": " + canon(x) for k, x in v.items()) + "}"
-    if t is set:
-        return "{" + ", ".join(sorted(map(canon, v))) + "}" if v else "set()"
-    if t is frozenset:
-        return "frozenset({" + ", ".join(sorted(map(canon, v))) + "})" if v else "frozenset()"
-    if t is slice:
-        return "slice(%s, %s, %s)" % (canon(v.start), canon(v.stop), canon(v.step))
-    return repr(v)
+import os
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../../cellar-testkit/python"))
+from canon import canon  # noqa: E402  (shared with the other codecs' differential tests)
 
 
 PURE = "--pure" in sys.argv
