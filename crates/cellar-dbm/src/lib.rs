@@ -41,6 +41,7 @@ pub use crate::dumb::Placement;
 pub use crate::error::{DbmError, PyErrorKind, Result};
 pub use crate::flag::{Access, Flag};
 pub use crate::whichdb::{whichdb, DbKind, WhichDb, NATIVE_MAGIC};
+pub use cellar_engine::ValueEncoding;
 
 /// The default permission bits of created files (CPython's `mode=0o666`).
 pub const DEFAULT_MODE: u32 = 0o666;
@@ -105,9 +106,22 @@ impl Backend {
     /// Opens (or creates) a database of this backend at `path`, like the backend module's
     /// own `open` (`dbm.dumb.open`, `dbm.sqlite3.open`): no format detection.
     pub fn open(self, path: impl AsRef<Path>, flag: Flag, mode: u32) -> Result<Box<dyn Database>> {
+        self.open_with(path, flag, mode, ValueEncoding::Raw)
+    }
+
+    /// [`Backend::open`], recording `encoding` in the header of a store this call creates (the
+    /// native backend only: the other formats have nowhere to record it, and their values are
+    /// pickles by convention when a shelf uses them).
+    pub fn open_with(
+        self,
+        path: impl AsRef<Path>,
+        flag: Flag,
+        mode: u32,
+        encoding: ValueEncoding,
+    ) -> Result<Box<dyn Database>> {
         let path = path.as_ref();
         Ok(match self {
-            Backend::Native => Box::new(native::NativeDb::open(path, flag, mode)?),
+            Backend::Native => Box::new(native::NativeDb::open(path, flag, mode, encoding)?),
             Backend::Sqlite3 => Box::new(sqlite::SqliteDb::open(path, flag, mode)?),
             Backend::Dumb => Box::new(dumb::DumbDb::open(path, flag, mode, Placement::Safe)?),
         })
@@ -235,6 +249,11 @@ pub trait Database: Send + Sync + fmt::Debug {
     fn compact(&self) -> Result<()>;
     /// Sizes and counts.
     fn info(&self) -> Result<Info>;
+    /// How the layer above encodes values, when the format records it (the native engine's
+    /// header); `None` for formats that cannot say.
+    fn value_encoding(&self) -> Option<ValueEncoding> {
+        None
+    }
 }
 
 /// Opens the database at `path` like CPython's `dbm.open(path, flag, mode)`: unless the flag is
@@ -243,6 +262,18 @@ pub trait Database: Send + Sync + fmt::Debug {
 /// "db type could not be determined"; gnu/ndbm files are refused with a message saying so.
 /// The flag is then checked by the backend as its CPython counterpart does.
 pub fn open(path: impl AsRef<Path>, flag: Flag, mode: u32) -> Result<Box<dyn Database>> {
+    open_with(path, flag, mode, ValueEncoding::Raw)
+}
+
+/// [`open`], recording `encoding` in the header when a new native store is created (how
+/// `cellar::shelve` marks a store as a shelf of pickles or marshal data). An existing store
+/// keeps the encoding it was created with: see [`Database::value_encoding`].
+pub fn open_with(
+    path: impl AsRef<Path>,
+    flag: Flag,
+    mode: u32,
+    encoding: ValueEncoding,
+) -> Result<Box<dyn Database>> {
     let path = path.as_ref();
     let which = if flag.access() == Access::New {
         WhichDb::Unreadable
@@ -274,7 +305,7 @@ pub fn open(path: impl AsRef<Path>, flag: Flag, mode: u32) -> Result<Box<dyn Dat
         },
     };
     backend.parse_flag(&flag.to_string())?;
-    backend.open(path, flag, mode)
+    backend.open_with(path, flag, mode, encoding)
 }
 
 /// Opens a dbm.dumb database choosing where overwrites go ([`Placement`]; `Backend::Dumb.open`

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use cellar_engine::{Options, Store};
+use cellar_engine::{Options, Store, ValueEncoding};
 
 use crate::error::{DbmError, Result};
 use crate::flag::{Access, Flag};
@@ -27,11 +27,18 @@ pub(crate) struct NativeDb {
 }
 
 impl NativeDb {
-    pub(crate) fn open(path: &Path, flag: Flag, mode: u32) -> Result<NativeDb> {
-        let opts = Options::from_dbm_flag(&flag.to_string()).ok_or_else(|| DbmError::BadFlag {
-            flag: flag.to_string(),
-            message: format!("flag {flag:?} is not accepted by the native engine"),
-        })?;
+    pub(crate) fn open(
+        path: &Path,
+        flag: Flag,
+        mode: u32,
+        encoding: ValueEncoding,
+    ) -> Result<NativeDb> {
+        let mut opts =
+            Options::from_dbm_flag(&flag.to_string()).ok_or_else(|| DbmError::BadFlag {
+                flag: flag.to_string(),
+                message: format!("flag {flag:?} is not accepted by the native engine"),
+            })?;
+        opts.value_encoding = encoding;
         if flag.access() == Access::New && path.is_file() && !is_native(path) {
             // 'n' always makes a new database (as dbm.gnu and dbm.sqlite3 do): a file of another
             // format at the path is replaced. A native store is emptied by the engine instead,
@@ -169,5 +176,8 @@ impl Database for NativeDb {
                 live_bytes: st.live_bytes,
             })
         })
+    }
+    fn value_encoding(&self) -> Option<ValueEncoding> {
+        self.with(|s| Ok(s.value_encoding())).ok()
     }
 }

@@ -5,7 +5,8 @@
 //! - [`marshal`]: CPython's marshal format, versions 0-5, with serde support;
 //! - [`pickle`]: CPython's pickle format, protocols 0-5, safe decoder and copyreg-style registry;
 //! - [`engine`]: the native storage engine, cellar's embedded default store;
-//! - [`dbm`]: one `Database` interface over the native, sqlite3 and dumb stores.
+//! - [`dbm`]: one `Database` interface over the native, sqlite3 and dumb stores;
+//! - [`shelve`]: a persistent map from `str` keys to Python objects ([`shelve::Shelf`]).
 //!
 //! ```
 //! let v = cellar::value::parse("{'my object': 'out', (1, 2, 3): 4}").unwrap();
@@ -42,4 +43,10 @@ pub mod pickle {
 /// CPython's semantics (see `docs/dbm.md`).
 pub mod dbm {
     pub use cellar_dbm::*;
+}
+
+/// shelve: a persistent map from `str` keys to pickled (or marshalled) values over any dbm
+/// store, typed with serde (see `docs/shelve.md`).
+pub mod shelve {
+    pub use cellar_shelve::*;
 }
