@@ -1,8 +1,10 @@
-"""Run CPython 3.11's own Lib/test/test_dbm.py and test_dbm_dumb.py against cellar.dbm.
+"""Run CPython 3.11's own Lib/test/test_dbm.py and test_dbm_dumb.py against cellar.dbm, and
+test_shelve.py against cellar.shelve.
 
-``dbm`` is not imported at interpreter start-up, so a shim package on PYTHONPATH
-(tests/python/shim/dbm/) that re-exports cellar.dbm under the stdlib's names is picked up by
-``import dbm``, ``import dbm.dumb`` and ``import_fresh_module('dbm')``. Each test module runs in a
+``dbm`` and ``shelve`` are not imported at interpreter start-up, so a shim on PYTHONPATH
+(tests/python/shim/dbm/ and shim/shelve.py) that re-exports cellar.dbm and cellar.shelve under
+the stdlib's names is picked up by ``import dbm``, ``import dbm.dumb``, ``import shelve`` and
+``import_fresh_module('dbm')``. Each test module runs in a
 subprocess with that PYTHONPATH, from a scratch working directory (the tests create files named
 after os_helper.TESTFN there). Prints pass/skip/fail counts; exits non-zero on any unexpected
 failure or error.
@@ -24,8 +26,9 @@ EXPECTED_FAILURES: dict[str, str] = {}
 
 CHILD = r"""
 import sys, unittest, importlib
-import dbm, dbm.dumb
+import dbm, dbm.dumb, shelve
 assert dbm.open.__module__ == "dbm" and dbm.dumb.open.__module__ == "cellar.dbm.dumb", "shim not used"
+assert shelve.open.__module__ == "cellar.shelve", "shelve shim not used"
 expected = set(sys.argv[2].split(",")) - {""}
 mod = importlib.import_module("test." + sys.argv[1])
 suite = unittest.defaultTestLoader.loadTestsFromModule(mod)
@@ -73,10 +76,10 @@ def run(module: str) -> tuple[int, int, int, int, int, list[str]]:
 
 def main() -> int:
     status = 0
-    for module in ("test_dbm", "test_dbm_dumb"):
+    for module in ("test_dbm", "test_dbm_dumb", "test_shelve"):
         passed, skipped, xfail, failed, rc, skips = run(module)
         print(
-            f"{module} against cellar.dbm: {passed} passed, {failed} failed, {skipped} skipped, "
+            f"{module} against cellar.{'shelve' if module == 'test_shelve' else 'dbm'}: {passed} passed, {failed} failed, {skipped} skipped, "
             f"{xfail} expected failures"
         )
         for line in skips:

@@ -8,7 +8,7 @@
 //! `cellar.dbm.error` (an `OSError` subclass) otherwise; a corrupt dbm.dumb index raises a class
 //! that is both `cellar.dbm.error` and `ValueError` (CPython's `literal_eval` raises `ValueError`).
 
-use cellar_dbm::{Backend, Batch, Database, DbmError, PyErrorKind};
+use cellar_dbm::{Backend, Batch, Database, DbmError, PyErrorKind, ValueEncoding};
 use pyo3::exceptions::{PyKeyError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -101,21 +101,39 @@ fn backend_of(name: &str) -> PyResult<Backend> {
         .ok_or_else(|| PyValueError::new_err(format!("unknown dbm backend {name:?}")))
 }
 
-/// `_dbm_open(path: bytes, backend: str, flag: str, mode: int)`: opens `path` with one backend
-/// (`"dbm.native"`, `"dbm.sqlite3"`, `"dbm.dumb"`), checking `flag` as that backend does.
+/// `_dbm_open(path: bytes, backend: str, flag: str, mode: int, value_encoding=None)`: opens
+/// `path` with one backend (`"dbm.native"`, `"dbm.sqlite3"`, `"dbm.dumb"`), checking `flag` as
+/// that backend does. `value_encoding` (`("pickle", protocol)` or `("marshal", version)`) is
+/// recorded in the header of a native store this call creates (how `cellar.shelve` marks it).
 #[pyfunction]
+#[pyo3(signature = (path, backend, flag, mode, value_encoding = None))]
 fn _dbm_open(
     py: Python<'_>,
     path: &Bound<'_, PyBytes>,
     backend: &str,
     flag: &str,
     mode: u32,
+    value_encoding: Option<(String, u8)>,
 ) -> PyResult<PyDatabase> {
     let backend = backend_of(backend)?;
     let flag = backend.parse_flag(flag).map_err(|e| to_py(py, e))?;
+    let encoding = match value_encoding {
+        None => ValueEncoding::Raw,
+        Some((kind, v)) => match kind.as_str() {
+            "pickle" => ValueEncoding::Pickle { protocol: v },
+            "marshal" => ValueEncoding::Marshal { version: v },
+            "raw" => ValueEncoding::Raw,
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "value_encoding must be ('pickle', protocol), ('marshal', version) or \
+                     ('raw', 0), not ({kind:?}, {v})"
+                )))
+            }
+        },
+    };
     let path = path_of(path).to_path_buf();
     let db = py
-        .detach(|| backend.open(&path, flag, mode))
+        .detach(|| backend.open_with(&path, flag, mode, encoding))
         .map_err(|e| to_py(py, e))?;
     Ok(PyDatabase { db })
 }
@@ -302,6 +320,19 @@ impl PyDatabase {
     #[getter]
     fn backend(&self) -> &'static str {
         self.db.backend().name()
+    }
+
+    /// How values are encoded, as recorded in a native store's header: `("raw", 0)`,
+    /// `("pickle", protocol)`, `("marshal", version)` or `("other", kind)`; `None` for formats
+    /// with no header to record it (dumb, sqlite3) and for a closed database.
+    #[getter]
+    fn value_encoding(&self) -> Option<(&'static str, u8)> {
+        self.db.value_encoding().map(|e| match e {
+            ValueEncoding::Raw => ("raw", 0),
+            ValueEncoding::Pickle { protocol } => ("pickle", protocol),
+            ValueEncoding::Marshal { version } => ("marshal", version),
+            ValueEncoding::Other { kind, .. } => ("other", kind),
+        })
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {

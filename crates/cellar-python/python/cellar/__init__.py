@@ -4,8 +4,9 @@ Submodules are drop-in replacements for the standard library modules of the same
 
     import cellar.marshal as marshal
     import cellar.dbm as dbm
+    import cellar.shelve as shelve
 """
 
-from cellar import dbm, marshal
+from cellar import dbm, marshal, shelve
 
-__all__ = ["dbm", "marshal"]
+__all__ = ["dbm", "marshal", "shelve"]

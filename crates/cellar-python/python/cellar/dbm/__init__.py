@@ -43,9 +43,17 @@ def whichdb(filename: Any) -> str | None:
     return _dbm_whichdb(_fspath(filename))
 
 
-def _open(ns: dict[str, Any], file: Any, flag: str, mode: int) -> Database:
+def _open(
+    ns: dict[str, Any],
+    file: Any,
+    flag: str,
+    mode: int,
+    value_encoding: tuple[str, int] | None = None,
+) -> Database:
     """CPython's ``dbm.open``, using the ``_names``/``_modules``/``_defaultmod`` of the module
-    namespace ``ns`` (so a re-export under another name, such as a test shim, has its own)."""
+    namespace ``ns`` (so a re-export under another name, such as a test shim, has its own).
+    ``value_encoding`` is recorded in a native store this call creates (``cellar.shelve``
+    passes its codec); backends with no header to record it ignore it."""
     if ns["_defaultmod"] is None:
         for name in ns["_names"]:
             try:
@@ -76,6 +84,8 @@ def _open(ns: dict[str, Any], file: Any, flag: str, mode: int) -> Database:
         )
     else:
         mod = modules[result]
+    if value_encoding is not None and getattr(mod, "_records_value_encoding", False):
+        return mod.open(file, flag, mode, value_encoding=value_encoding)  # type: ignore[no-any-return]
     return mod.open(file, flag, mode)  # type: ignore[no-any-return]
 
 
@@ -89,13 +99,19 @@ def open(file: Any, flag: str = "r", mode: int = 0o666) -> Database:
     return _open(globals(), file, flag, mode)
 
 
-def _backend_open(backend: str, file: Any, flag: Any, mode: int) -> Database:
+def _backend_open(
+    backend: str,
+    file: Any,
+    flag: Any,
+    mode: int,
+    value_encoding: tuple[str, int] | None = None,
+) -> Database:
     from cellar._cellar import _dbm_open
 
     path = _fspath(file)
     if not isinstance(flag, str):
         flag = repr(flag)
-    return _dbm_open(path, backend, flag, mode)
+    return _dbm_open(path, backend, flag, mode, value_encoding)
 
 
 # Imported last: the backend modules use the helpers above.

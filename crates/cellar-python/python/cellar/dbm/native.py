@@ -17,8 +17,19 @@ error = _error
 
 #: What ``cellar.dbm.whichdb`` answers for files of this backend.
 _whichdb_name = "dbm.native"
+#: ``open`` takes ``value_encoding`` (recorded in the header of a store it creates).
+_records_value_encoding = True
 
 
-def open(file: Any, flag: str = "r", mode: int = 0o666) -> Database:
-    """Open or create a dbm.native database at ``file`` (no format detection)."""
-    return _backend_open("dbm.native", file, flag, mode)
+def open(
+    file: Any,
+    flag: str = "r",
+    mode: int = 0o666,
+    *,
+    value_encoding: tuple[str, int] | None = None,
+) -> Database:
+    """Open or create a dbm.native database at ``file`` (no format detection).
+
+    ``value_encoding`` (``("pickle", protocol)`` or ``("marshal", version)``) is recorded in
+    the header of a store this call creates, so tools know how to decode its values."""
+    return _backend_open("dbm.native", file, flag, mode, value_encoding)

@@ -4,5 +4,12 @@ __all__ = ["open", "error"]
 
 error: type[_error]
 _whichdb_name: str
+_records_value_encoding: bool
 
-def open(file: _Path, flag: str = "r", mode: int = 0o666) -> Database: ...
+def open(
+    file: _Path,
+    flag: str = "r",
+    mode: int = 0o666,
+    *,
+    value_encoding: tuple[str, int] | None = None,
+) -> Database: ...
