@@ -148,11 +148,11 @@ fn _dbm_whichdb(py: Python<'_>, path: &Bound<'_, PyBytes>) -> Option<&'static st
 /// An open dbm database (what `cellar.dbm.open` returns).
 #[pyclass(frozen, module = "cellar.dbm", name = "Database")]
 pub struct PyDatabase {
-    db: Box<dyn Database>,
+    pub(crate) db: Box<dyn Database>,
 }
 
 impl PyDatabase {
-    fn run<T: Send>(
+    pub(crate) fn run<T: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&dyn Database) -> cellar_dbm::Result<T> + Send,

@@ -18,6 +18,7 @@ mod code311;
 mod dbm;
 mod decode;
 mod encode;
+mod shelve;
 mod util;
 
 use pyo3::exceptions::PyTypeError;
@@ -121,6 +122,7 @@ fn _cellar(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add("version", DEFAULT_VERSION)?;
     dbm::register(m)?;
+    shelve::register(m)?;
     code311::init(m.py());
     // Whether code objects use the verified CPython 3.11 struct fast path (for tests/diagnostics).
     m.add("_code_fast_path", code311::fast().is_some())?;

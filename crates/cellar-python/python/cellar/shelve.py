@@ -34,8 +34,11 @@ import pickle
 from pickle import DEFAULT_PROTOCOL
 from typing import Any, Callable, Iterable, Iterator
 
+import functools
+
 import cellar.dbm
 from cellar import marshal as _marshal
+from cellar._cellar import _ShelfBase
 
 __all__ = ["Shelf", "BsdDbShelf", "DbfilenameShelf", "open", "ShelveError"]
 
@@ -99,21 +102,23 @@ def _codecs(
     if safe or allow:
         from cellar import pickle as safe_pickle
 
-        allowed = tuple(allow)
-
-        def safe_loads(data: bytes) -> Any:
-            return safe_pickle.loads(data, allow=allowed)
-
-        return "pickle", pickle.dumps, safe_loads
+        return "pickle", pickle.dumps, functools.partial(safe_pickle.loads, allow=tuple(allow))
     return "pickle", pickle.dumps, pickle.loads
 
 
-class Shelf(collections.abc.MutableMapping):  # type: ignore[type-arg]
+class Shelf(_ShelfBase, collections.abc.MutableMapping):  # type: ignore[misc,type-arg]
     """A shelf over any dictionary-like object mapping bytes keys to bytes values.
 
     ``Shelf(dict, protocol=None, writeback=False, keyencoding='utf-8', *, serializer=None,
     deserializer=None, safe=False, allow=(), codec=None)``: see the module documentation for
     the codec arguments. ``protocol`` None means ``pickle.DEFAULT_PROTOCOL``.
+
+    The state attributes (``dict``, ``writeback``, ``_protocol``, ``keyencoding``,
+    ``serializer``, ``deserializer``, ``cache``) live in the native base class, whose
+    ``__getitem__``/``__setitem__``/``__delitem__``/``__contains__`` run without a Python frame
+    when the backing mapping is a cellar database, the key a ``str``, the key encoding UTF-8
+    and writeback off; every other case runs ``_getitem``/``_setitem``/``_delitem``/
+    ``_contains`` below, the stdlib's code.
     """
 
     def __init__(
@@ -147,10 +152,7 @@ class Shelf(collections.abc.MutableMapping):  # type: ignore[type-arg]
         for k in self.dict.keys():
             yield k.decode(self.keyencoding)
 
-    def __len__(self) -> int:
-        return len(self.dict)
-
-    def __contains__(self, key: object) -> bool:
+    def _contains(self, key: object) -> bool:
         return key.encode(self.keyencoding) in self.dict  # type: ignore[attr-defined]
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -158,7 +160,7 @@ class Shelf(collections.abc.MutableMapping):  # type: ignore[type-arg]
             return self[key]
         return default
 
-    def __getitem__(self, key: str) -> Any:
+    def _getitem(self, key: str) -> Any:
         try:
             return self.cache[key]
         except KeyError:
@@ -170,7 +172,7 @@ class Shelf(collections.abc.MutableMapping):  # type: ignore[type-arg]
             self._stored[key] = data
         return value
 
-    def __setitem__(self, key: str, value: Any) -> None:
+    def _setitem(self, key: str, value: Any) -> None:
         if self.writeback:
             self.cache[key] = value
         data = self.serializer(value, self._protocol)
@@ -178,7 +180,7 @@ class Shelf(collections.abc.MutableMapping):  # type: ignore[type-arg]
         if self.writeback:
             self._stored[key] = data
 
-    def __delitem__(self, key: str) -> None:
+    def _delitem(self, key: str) -> None:
         del self.dict[key.encode(self.keyencoding)]
         self.cache.pop(key, None)
         self._stored.pop(key, None)
@@ -265,11 +267,12 @@ class Shelf(collections.abc.MutableMapping):  # type: ignore[type-arg]
         if hasattr(self.dict, "reorganize"):
             self.dict.reorganize()
 
-    def batch(self) -> _ShelfBatch:
+    def batch(self) -> Any:
         """A context manager whose ``b[key] = value`` / ``del b[key]`` are serialized at once
         and committed together when the block exits cleanly (one atomic commit on cellar's
         stores; written one by one on other mappings). Nothing is written if the block raises."""
-        return _ShelfBatch(self)
+        native = self._native_batch()
+        return native if native is not None else _ShelfBatch(self)
 
     def stats(self) -> dict[str, Any]:
         """Sizes and counts of the store underneath, plus the shelf's codec."""
