@@ -84,7 +84,8 @@ enum Command {
     /// Write every record as JSON Lines: {"key": K, "value": V}, strings when UTF-8, else {"base64": ...}.
     Dump {
         path: PathBuf,
-        /// Also add each value decoded ("repr"), for reading; load ignores it.
+        /// Also add each value decoded ("repr"), for reading; load ignores it. Default: the codec
+        /// a native shelf records in its header, else none.
         #[arg(long, value_enum)]
         decode: Option<store::Decode>,
     },
@@ -134,7 +135,8 @@ struct View {
     /// Print JSON (strings when UTF-8, else {"base64": ...}).
     #[arg(long)]
     json: bool,
-    /// Show values decoded (marshal) instead of as bytes.
+    /// Show values decoded (marshal or pickle, safely) instead of as bytes. Default: the codec
+    /// a native shelf records in its header, else bytes.
     #[arg(long, value_enum)]
     decode: Option<store::Decode>,
 }

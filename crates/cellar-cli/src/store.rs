@@ -56,6 +56,20 @@ fn open(path: &Path, flag: &str) -> Result<Box<dyn Database>> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
+/// `out` with its decoding settled: without `--decode`, a native store whose header records a
+/// codec (a shelf made by cellar) is decoded with it; `--decode bytes` always shows raw bytes.
+fn settle(out: Output, db: &dyn Database) -> Output {
+    if out.decode.is_some() {
+        return out;
+    }
+    let decode = match db.value_encoding() {
+        Some(dbm::ValueEncoding::Pickle { .. }) => Some(Decode::Pickle),
+        Some(dbm::ValueEncoding::Marshal { .. }) => Some(Decode::Marshal),
+        _ => None,
+    };
+    Output { decode, ..out }
+}
+
 fn show_value(v: &[u8], out: Output) -> Result<String> {
     Ok(match out.decode {
         Some(Decode::Marshal) => {
@@ -114,6 +128,7 @@ fn progress(len: u64, what: &str) -> ProgressBar {
 
 pub fn get(path: &Path, key: &[u8], out: Output) -> Result<()> {
     let db = open(path, "r")?;
+    let out = settle(out, db.as_ref());
     let Some(v) = db.get(key)? else {
         bail!("key {} not found in {}", bytes_repr(key), path.display());
     };
@@ -164,6 +179,7 @@ pub fn keys(path: &Path, out: Output) -> Result<()> {
 
 pub fn dump(path: &Path, out: Output) -> Result<()> {
     let db = open(path, "r")?;
+    let out = settle(out, db.as_ref());
     let pb = progress(db.len()? as u64, "dump");
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let mut result = Ok(());
