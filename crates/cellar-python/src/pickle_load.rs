@@ -249,11 +249,33 @@ pub(crate) fn load<'py>(
         shared: false,
         budget: cfg.max_bytes,
     };
+    // The decoder creates no garbage cycles, and a collection pass over the half-built result
+    // costs time for nothing: pause the cyclic GC while decoding (restored on every exit).
+    let _gc = GcPause::new();
     let v = l.run()?;
     if l.shared {
         check_depth(py, &v, cfg.max_depth)?;
     }
     Ok((v, l.pos))
+}
+
+/// Pauses CPython's cyclic garbage collector for its lifetime (if it was enabled).
+struct GcPause(bool);
+
+impl GcPause {
+    fn new() -> Self {
+        // SAFETY: called with the GIL held (inside a pyfunction).
+        GcPause(unsafe { ffi::PyGC_Disable() } != 0)
+    }
+}
+
+impl Drop for GcPause {
+    fn drop(&mut self) {
+        if self.0 {
+            // SAFETY: still under the GIL (the guard lives inside the load call).
+            unsafe { ffi::PyGC_Enable() };
+        }
+    }
 }
 
 /// The exact nesting of `root` (longest chain of containers; a cycle counts once), refused past
@@ -465,11 +487,99 @@ impl<'a, 'py> Loader<'a, 'py> {
 
     /// Pop the topmost mark and everything above it.
     fn pop_mark(&mut self) -> Res<Vec<Slot<'py>>> {
-        let m = self
-            .marks
-            .pop()
-            .ok_or_else(|| uerr(self.py, "could not find MARK"))?;
-        Ok(self.stack.split_off(m.min(self.stack.len())))
+        let m = self.pop_mark_index()?;
+        Ok(self.stack.split_off(m))
+    }
+
+    /// Pop the topmost mark; the items above it are `self.stack[m..]`.
+    #[inline(always)]
+    fn pop_mark_index(&mut self) -> Res<usize> {
+        match self.marks.pop() {
+            Some(m) => Ok(m.min(self.stack.len())),
+            None => Err(uerr(self.py, "could not find MARK")),
+        }
+    }
+
+    /// The deepest item in `self.stack[from..]`, plus one (0 if there are none).
+    #[inline(always)]
+    fn items_depth(&self, from: usize) -> Res<u32> {
+        let items = &self.stack[from..];
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let mut d = 0;
+        for (_, id) in items {
+            d = d.max(*id);
+        }
+        self.deeper(d)
+    }
+
+    /// TUPLE / TUPLE1-3: the items `self.stack[from..]` become one tuple.
+    fn tuple_from(&mut self, from: usize) -> Res<()> {
+        let d = self.items_depth(from)?;
+        let n = self.stack.len() - from;
+        // SAFETY: GIL held; PyTuple_New(n) has n empty slots, each filled exactly once below
+        // with a reference we own (into_ptr), before the tuple is exposed.
+        unsafe {
+            let t = ffi::PyTuple_New(n as ffi::Py_ssize_t);
+            if t.is_null() {
+                return Err(PyErr::fetch(self.py));
+            }
+            for (i, (o, _)) in self.stack.drain(from..).enumerate() {
+                ffi::PyTuple_SET_ITEM(t, i as ffi::Py_ssize_t, o.into_ptr());
+            }
+            self.stack.push((Bound::from_owned_ptr(self.py, t), d));
+        }
+        Ok(())
+    }
+
+    /// APPENDS onto an exact list, in place (no temporary vector). `false`: not a list, the
+    /// caller takes the general path.
+    #[inline(always)]
+    fn appends_fast(&mut self, m: usize) -> Res<bool> {
+        if m == 0 || m <= self.fence() {
+            return Err(self.underflow());
+        }
+        let d = self.items_depth(m)?;
+        let (head, items) = self.stack.split_at_mut(m);
+        let slot = &mut head[m - 1];
+        if !is_exact::<PyList>(&slot.0) {
+            return Ok(false);
+        }
+        slot.1 = slot.1.max(d);
+        let l = slot.0.as_ptr();
+        for (o, _) in items.iter() {
+            // SAFETY: GIL held; `l` is a live list, `o` a live object.
+            if unsafe { ffi::PyList_Append(l, o.as_ptr()) } < 0 {
+                return Err(PyErr::fetch(self.py));
+            }
+        }
+        self.stack.truncate(m);
+        Ok(true)
+    }
+
+    /// SETITEMS onto an exact dict, in place. `false`: not a dict.
+    #[inline(always)]
+    fn setitems_fast(&mut self, m: usize) -> Res<bool> {
+        if m == 0 || m <= self.fence() {
+            return Err(self.underflow());
+        }
+        let d = self.items_depth(m)?;
+        let (head, items) = self.stack.split_at_mut(m);
+        let slot = &mut head[m - 1];
+        if !is_exact::<PyDict>(&slot.0) {
+            return Ok(false);
+        }
+        slot.1 = slot.1.max(d);
+        let dict = slot.0.as_ptr();
+        for pair in items.chunks_exact(2) {
+            // SAFETY: GIL held; all three are live objects.
+            if unsafe { ffi::PyDict_SetItem(dict, pair[0].0.as_ptr(), pair[1].0.as_ptr()) } < 0 {
+                return Err(PyErr::fetch(self.py));
+            }
+        }
+        self.stack.truncate(m);
+        Ok(true)
     }
 
     fn deeper(&self, d: u32) -> Res<u32> {
@@ -509,7 +619,7 @@ impl<'a, 'py> Loader<'a, 'py> {
         match got {
             Some((o, d)) => {
                 let (o, d) = (o.clone(), *d);
-                if d > 0 || !is_scalar(&o) {
+                if !settled(&o, d) {
                     self.shared = true;
                 }
                 self.push(o, d);
@@ -598,7 +708,7 @@ impl<'a, 'py> Loader<'a, 'py> {
                 }
                 op::DUP => {
                     let (o, d) = self.top()?.clone();
-                    if d > 0 || !is_scalar(&o) {
+                    if !settled(&o, d) {
                         self.shared = true;
                     }
                     self.push(o, d);
@@ -757,12 +867,11 @@ impl<'a, 'py> Loader<'a, 'py> {
                     if self.stack.len() < self.fence() + n {
                         return Err(self.underflow());
                     }
-                    let items = self.stack.split_off(self.stack.len() - n);
-                    self.push_tuple(items)?;
+                    self.tuple_from(self.stack.len() - n)?;
                 }
                 op::TUPLE => {
-                    let items = self.pop_mark()?;
-                    self.push_tuple(items)?;
+                    let m = self.pop_mark_index()?;
+                    self.tuple_from(m)?;
                 }
                 op::EMPTY_LIST => {
                     // SAFETY: GIL held.
@@ -813,8 +922,11 @@ impl<'a, 'py> Loader<'a, 'py> {
                     self.extend_list(vec![item])?;
                 }
                 op::APPENDS => {
-                    let items = self.pop_mark()?;
-                    self.extend_list(items)?;
+                    let m = self.pop_mark_index()?;
+                    if !self.appends_fast(m)? {
+                        let items = self.stack.split_off(m);
+                        self.extend_list(items)?;
+                    }
                 }
                 op::SETITEM => {
                     let v = self.pop()?;
@@ -822,11 +934,14 @@ impl<'a, 'py> Loader<'a, 'py> {
                     self.set_items(vec![k, v])?;
                 }
                 op::SETITEMS => {
-                    let items = self.pop_mark()?;
-                    if items.len() % 2 != 0 {
+                    let m = self.pop_mark_index()?;
+                    if (self.stack.len() - m) % 2 != 0 {
                         return Err(uerr(py, "odd number of items for SETITEMS"));
                     }
-                    self.set_items(items)?;
+                    if !self.setitems_fast(m)? {
+                        let items = self.stack.split_off(m);
+                        self.set_items(items)?;
+                    }
                 }
                 op::ADDITEMS => {
                     let items = self.pop_mark()?;
@@ -1092,17 +1207,6 @@ impl<'a, 'py> Loader<'a, 'py> {
     }
 
     // ---- container helpers ----
-
-    fn push_tuple(&mut self, items: Vec<Slot<'py>>) -> Res<()> {
-        let mut d = 0;
-        for (_, id) in &items {
-            d = d.max(*id);
-        }
-        let d = if items.is_empty() { 0 } else { self.deeper(d)? };
-        let t = PyTuple::new(self.py, items.into_iter().map(|(o, _)| o))?;
-        self.push(t.into_any(), d);
-        Ok(())
-    }
 
     /// The container the next APPENDS/SETITEMS/ADDITEMS targets (just below the mark, already
     /// popped), with its depth raised for the new items.
@@ -1579,7 +1683,19 @@ impl<'a, 'py> Loader<'a, 'py> {
     }
 }
 
-/// Scalars can be shared freely (DUP/GET of them never hides nesting).
+/// Whether sharing `o` (DUP/GET) cannot hide nesting: scalars, and tuples/frozensets of
+/// scalars (immutable, so their recorded depth stays exact). A mutable container may be filled
+/// after it was nested somewhere, which the per-slot depths cannot see.
+#[inline(always)]
+fn settled(o: &Bound<'_, PyAny>, depth: u32) -> bool {
+    if depth == 0 {
+        return is_scalar(o) || is_exact::<PyTuple>(o) || is_exact::<PyFrozenSet>(o);
+    }
+    depth == 1 && (is_exact::<PyTuple>(o) || is_exact::<PyFrozenSet>(o))
+}
+
+/// Scalars can be shared freely.
+#[inline(always)]
 fn is_scalar(o: &Bound<'_, PyAny>) -> bool {
     o.is_none()
         || is_exact::<PyString>(o)
