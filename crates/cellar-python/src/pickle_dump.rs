@@ -22,6 +22,8 @@ use pyo3::types::{
 
 use cellar_pickle::ops as op;
 
+use crate::util::PtrBuild;
+
 /// pickle.py's `_FRAME_SIZE_TARGET`.
 const FRAME_TARGET: usize = 64 * 1024;
 /// pickle.py's `_BATCHSIZE`.
@@ -46,7 +48,7 @@ struct Writer<'py> {
     /// Where the current frame's 9-byte header was reserved (protocol 4+).
     frame: Option<usize>,
     /// Object pointer -> memo index; the object is kept alive so its address cannot be reused.
-    memo: HashMap<usize, (u32, Bound<'py, PyAny>)>,
+    memo: HashMap<usize, (u32, Bound<'py, PyAny>), PtrBuild>,
     inert: Bound<'py, PyType>,
     reducer: Bound<'py, PyAny>,
     depth: u32,
@@ -67,7 +69,7 @@ pub(crate) fn dumps<'py>(
         proto,
         fix_imports,
         frame: None,
-        memo: HashMap::new(),
+        memo: HashMap::with_capacity_and_hasher(64, PtrBuild::default()),
         inert,
         reducer,
         depth: 0,

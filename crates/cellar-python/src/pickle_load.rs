@@ -8,7 +8,7 @@
 //!   `allowed` maps `(module, qualname)` to it, and only those objects (plus the `cls.__new__`
 //!   and `functools.partial` objects derived from them, see below) may be called;
 //! - one of the globals CPython writes for basic types (`builtins.complex`, `set`, `frozenset`,
-//!   `bytearray`, `bytes`, `slice`, `Ellipsis`, `StopIteration`, `_codecs.encode`), each called
+//!   `bytearray`, `bytes`, `slice`, `range`, `Ellipsis`, `StopIteration`, `_codecs.encode`), each called
 //!   only with the argument shapes CPython writes (so `bytearray(10**12)` is refused);
 //! - a pattern marker (`copyreg._reconstructor`, `copyreg.__newobj__`, `copyreg.__newobj_ex__`,
 //!   `builtins.getattr`, `functools.partial`, and the reconstructor bases `builtins.object`,
@@ -26,7 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use pyo3::exceptions::{PyEOFError, PyValueError};
+use pyo3::exceptions::{PyEOFError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -68,6 +68,7 @@ struct Known {
     bytearray: Py<PyAny>,
     bytes: Py<PyAny>,
     slice: Py<PyAny>,
+    range: Py<PyAny>,
     stop_iteration: Py<PyAny>,
     codecs_encode: Py<PyAny>,
     reconstructor: Py<PyAny>,
@@ -98,6 +99,7 @@ fn known(py: Python<'_>) -> PyResult<&Known> {
             "bytearray",
             "bytes",
             "slice",
+            "range",
             "Ellipsis",
             "NotImplemented",
             "StopIteration",
@@ -158,6 +160,7 @@ fn known(py: Python<'_>) -> PyResult<&Known> {
             bytearray: b("bytearray")?,
             bytes: b("bytes")?,
             slice: b("slice")?,
+            range: b("range")?,
             stop_iteration: b("StopIteration")?,
             getattr: b("getattr")?,
             codecs_encode,
@@ -649,13 +652,7 @@ impl<'a, 'py> Loader<'a, 'py> {
         loop {
             let code = match self.data.get(self.pos) {
                 Some(_) => self.byte()?,
-                None => {
-                    return Err(if self.pos == 0 {
-                        PyEOFError::new_err("Ran out of input")
-                    } else {
-                        uerr(py, "pickle data was truncated")
-                    })
-                }
+                None => return Err(PyEOFError::new_err("Ran out of input")),
             };
             match code {
                 op::STOP => {
@@ -1401,17 +1398,30 @@ impl<'a, 'py> Loader<'a, 'py> {
     /// REDUCE: `f(*args)` when `f` may be called (see the module docs).
     fn reduce(&mut self, f: &Bound<'py, PyAny>, args: &Bound<'py, PyAny>) -> Res<Bound<'py, PyAny>> {
         let py = self.py;
-        let Ok(t) = args.cast::<PyTuple>() else {
-            return Err(uerr(py, "REDUCE argument is not a tuple"));
-        };
         if self.is_inert(f) {
             return self.inert_new(f, "reduce", args, None);
         }
-        let fp = f.as_ptr() as usize;
-        if self.callable.contains(&fp) {
+        if !f.is_callable() {
+            return Err(PyTypeError::new_err(format!(
+                "'{}' object is not callable",
+                f.get_type().name()?
+            )));
+        }
+        let Ok(t) = args.cast::<PyTuple>() else {
+            return Err(PyTypeError::new_err(format!(
+                "{} argument after * must be an iterable, not {}",
+                self.name_of(f),
+                args.get_type().name()?
+            )));
+        };
+        let k = self.known;
+        let user_ok = self.may_call(f)?;
+        // getattr and partial keep their pattern rules (which register the derived callables)
+        // even when allowed outright; everything else the caller allowed is simply called.
+        let pattern = f.is(k.getattr.bind(py)) || f.is(k.partial.bind(py));
+        if user_ok && !pattern {
             return f.call1(t.clone());
         }
-        let k = self.known;
         let n = t.len();
         let item = |i: usize| t.get_item(i);
         if f.is(k.complex.bind(py)) {
@@ -1445,6 +1455,10 @@ impl<'a, 'py> Loader<'a, 'py> {
         } else if f.is(k.codecs_encode.bind(py)) {
             if n == 2 && is_exact::<PyString>(&item(0)?) && is_text_codec(&item(1)?) {
                 self.charge(item(0)?.len()?.saturating_mul(4))?;
+                return f.call1(t.clone());
+            }
+        } else if f.is(k.range.bind(py)) {
+            if (1..=3).contains(&n) && t.iter().all(|a| a.is_exact_instance_of::<PyInt>()) {
                 return f.call1(t.clone());
             }
         } else if f.is(k.slice.bind(py)) || f.is(k.stop_iteration.bind(py)) {
@@ -1500,6 +1514,9 @@ impl<'a, 'py> Loader<'a, 'py> {
                         }
                     }
                 }
+                if user_ok {
+                    return f.call1(t.clone());
+                }
                 return Err(uerr(
                     py,
                     "REDUCE: builtins.getattr is only allowed as getattr(allowed_class, '__new__') \
@@ -1517,6 +1534,9 @@ impl<'a, 'py> Loader<'a, 'py> {
                     self.callable.insert(r.as_ptr() as usize);
                     self.derived.push(r.clone());
                     return Ok(r);
+                }
+                if user_ok {
+                    return f.call1(t.clone());
                 }
                 return Err(self.forbidden_call(&func));
             }
@@ -1536,6 +1556,23 @@ impl<'a, 'py> Loader<'a, 'py> {
                 self.name_of(f)
             ),
         ))
+    }
+
+    /// Whether REDUCE may call `f`: an allowed (or derived) object, or a bound method equal to
+    /// an allowed one (`Cls.method` of a classmethod is a new object on every access).
+    fn may_call(&self, f: &Bound<'py, PyAny>) -> Res<bool> {
+        if self.callable.contains(&(f.as_ptr() as usize)) {
+            return Ok(true);
+        }
+        let py = self.py;
+        if f.hasattr(intern!(py, "__func__"))? && f.hasattr(intern!(py, "__self__"))? {
+            for v in self.cfg.allowed.values() {
+                if v.get_type().is(f.get_type()) && v.eq(f)? {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     fn allowed_type(&self, cls: &Bound<'py, PyAny>) -> bool {

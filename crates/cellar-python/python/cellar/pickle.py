@@ -5,7 +5,9 @@ running anything.
 but a global named by the pickle (``os.system``, ``builtins.eval``, a class) is never imported
 and never called unless the caller allowed it:
 
-* ``allow=(cls, func, ...)``: objects the caller already holds; allowed classes are rebuilt the
+* ``allow=(cls, func, ...)``: objects the caller already holds (found by their ``__module__`` and
+  ``__qualname__``; a ``(module, qualname, obj)`` triple allows ``obj`` under another name);
+  allowed classes are rebuilt the
   way pickle would (NEWOBJ / NEWOBJ_EX / REDUCE, ``__setstate__``, slots, and, for them only,
   the ``functools.partial`` + ``getattr`` form CPython writes for ``__getnewargs_ex__`` at
   protocols 2-3);
@@ -176,11 +178,23 @@ def _names(obj: Any) -> tuple[str, str]:
 
 
 def _allowed_table(allow: Iterable[Any]) -> tuple[dict, dict]:
+    import sys
+
     table: dict = {}
     namespaces: dict = {}
-    for obj in list(allow) + _copyreg._allowed():
+    entries = list(allow)
+    for entry in entries:
+        if isinstance(entry, tuple) and len(entry) == 3 and all(isinstance(x, str) for x in entry[:2]):
+            # (module, qualname, obj): allow obj under a name other than its own.
+            table[(entry[0], entry[1])] = entry[2]
+    for obj in [e for e in entries if not _is_named_entry(e)] + _copyreg._allowed():
         module, qualname = _names(obj)
         table[(module, qualname)] = obj
+        if module.startswith("_"):
+            # C accelerators (`_functools.reduce`) are also reachable as their public module.
+            public = sys.modules.get(module[1:])
+            if public is not None and getattr(public, qualname, None) is obj:
+                table.setdefault((module[1:], qualname), obj)
         if qualname != getattr(obj, "__name__", qualname) and "<locals>" not in qualname:
             # Nested classes: protocols 0-3 write getattr(Outer, 'Inner'); the parents are
             # reachable as values (never callable) so the getattr can be checked.
@@ -191,6 +205,10 @@ def _allowed_table(allow: Iterable[Any]) -> tuple[dict, dict]:
                 if parent is not None:
                     namespaces.setdefault((module, parent_name), parent)
     return table, namespaces
+
+
+def _is_named_entry(entry: Any) -> bool:
+    return isinstance(entry, tuple) and len(entry) == 3 and all(isinstance(x, str) for x in entry[:2])
 
 
 def _resolve_parent(obj: Any, parts: list[str]) -> Any:
