@@ -315,7 +315,7 @@ impl<'py> Writer<'py> {
         if !rv.is_none() {
             return self.save_reduce_value(obj, &rv);
         }
-        if obj.is_exact_instance_of::<pyo3::types::PySlice>() {
+        if obj.is_exact_instance_of::<pyo3::types::PySlice>() || obj.is_exact_instance_of::<pyo3::types::PyRange>() {
             let rv = obj.call_method1(intern!(py, "__reduce_ex__"), (self.proto,))?;
             return self.save_reduce_value(obj, &rv);
         }
@@ -384,23 +384,15 @@ impl<'py> Writer<'py> {
 
     fn save_str(&mut self, s: &Bound<'py, PyString>) -> PyResult<()> {
         if self.proto == 0 {
-            // pickle.py: raw-unicode-escape with \, NUL, \n, \r and ^Z escaped.
-            // SAFETY: GIL held; `s` is a live str.
-            let raw = unsafe {
-                Bound::from_owned_ptr_or_err(self.py, ffi::PyUnicode_AsRawUnicodeEscapeString(s.as_ptr()))?
-            };
-            let raw = raw.cast::<PyBytes>()?.as_bytes();
-            self.out.push(op::UNICODE);
-            for &c in raw {
-                match c {
-                    b'\\' => self.out.extend_from_slice(b"\\u005c"),
-                    0 => self.out.extend_from_slice(b"\\u0000"),
-                    b'\n' => self.out.extend_from_slice(b"\\u000a"),
-                    b'\r' => self.out.extend_from_slice(b"\\u000d"),
-                    0x1a => self.out.extend_from_slice(b"\\u001a"),
-                    c => self.out.push(c),
-                }
+            // pickle.py: escape \\, NUL, \n, \r and ^Z in the str, then raw-unicode-escape.
+            let py = self.py;
+            let mut t = s.clone().into_any();
+            for (from, to) in [("\\", "\\u005c"), ("\0", "\\u0000"), ("\n", "\\u000a"), ("\r", "\\u000d"), ("\x1a", "\\u001a")] {
+                t = t.call_method1(intern!(py, "replace"), (from, to))?;
             }
+            let raw = t.call_method1(intern!(py, "encode"), ("raw-unicode-escape",))?;
+            self.out.push(op::UNICODE);
+            self.out.extend_from_slice(raw.cast::<PyBytes>()?.as_bytes());
             self.out.push(b'\n');
             return Ok(());
         }

@@ -110,10 +110,33 @@ class Inert:
         if isinstance(of, Inert):
             if of.construct == "global":
                 return cls(of.module, of.name, construct, args, kwargs)
+            made = cls._partial_new(of, args)
+            if made is not None:
+                return made
             return cls(of.module, of.name, "call", args, kwargs, func=of)
+        if of is getattr and len(args) == 2 and _is_global(args[0]) and isinstance(args[1], str):
+            # getattr(Outer, 'Inner'): how protocols 0-3 name nested classes.
+            return cls(args[0].module, f"{args[0].name}.{args[1]}")
         module = getattr(of, "__module__", None) or "builtins"
         name = getattr(of, "__qualname__", None) or type(of).__name__
         return cls(module, name, construct, args, kwargs)
+
+    @classmethod
+    def _partial_new(cls, of: "Inert", args: tuple) -> "Inert | None":
+        # functools.partial(C.__new__, C, *a, **kw)() is how protocols 2-3 write
+        # __getnewargs_ex__: kept as C.__new__(C, *a, **kw), i.e. NEWOBJ_EX.
+        if (of.module, of.name, of.construct) != ("functools", "partial", "reduce"):
+            return None
+        state = of.state
+        if not (isinstance(state, tuple) and len(state) == 4):
+            return None
+        func, pargs, kw, _ = state
+        if not (_is_global(func) and func.name.endswith(".__new__") and pargs and _is_global(pargs[0])):
+            return None
+        target = pargs[0]
+        if (target.module, target.name) != (func.module, func.name[: -len(".__new__")]):
+            return None
+        return cls(target.module, target.name, "newobj_ex", tuple(pargs[1:]) + tuple(args), dict(kw or {}))
 
     def _key(self) -> tuple:
         return (
@@ -158,6 +181,10 @@ class Inert:
         if self.state is not None:
             text += f".__setstate__({self.state!r})"
         return text
+
+
+def _is_global(x: Any) -> bool:
+    return isinstance(x, Inert) and x.construct == "global"
 
 
 def _hashable_keys(items: list) -> bool:
