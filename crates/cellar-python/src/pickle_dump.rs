@@ -172,7 +172,8 @@ impl<'py> Writer<'py> {
             if self.proto >= 2 {
                 self.out.push(if v { op::NEWTRUE } else { op::NEWFALSE });
             } else {
-                self.out.extend_from_slice(if v { b"I01\n" } else { b"I00\n" });
+                self.out
+                    .extend_from_slice(if v { b"I01\n" } else { b"I00\n" });
             }
             return Ok(());
         }
@@ -282,7 +283,8 @@ impl<'py> Writer<'py> {
             let data = b.to_vec();
             if self.proto >= 5 {
                 self.out.push(op::BYTEARRAY8);
-                self.out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+                self.out
+                    .extend_from_slice(&(data.len() as u64).to_le_bytes());
                 self.out.extend_from_slice(&data);
                 self.memoize(obj);
                 return Ok(());
@@ -295,19 +297,16 @@ impl<'py> Writer<'py> {
             return self.save_reduce_global("builtins", "bytearray", &args, Some(obj));
         }
         if let Ok(c) = obj.cast_exact::<PyComplex>() {
-            let args = PyTuple::new(
-                py,
-                [PyFloat::new(py, c.real()), PyFloat::new(py, c.imag())],
-            )?;
+            let args = PyTuple::new(py, [PyFloat::new(py, c.real()), PyFloat::new(py, c.imag())])?;
             return self.save_reduce_global("builtins", "complex", &args, Some(obj));
         }
         if obj.is_instance(&self.inert)? {
             return self.save_inert(obj);
         }
-        if obj.is(&py.Ellipsis()) {
+        if obj.is(py.Ellipsis()) {
             return self.save_global_named("builtins", "Ellipsis", Some(obj));
         }
-        if obj.is(&py.NotImplemented()) {
+        if obj.is(py.NotImplemented()) {
             return self.save_global_named("builtins", "NotImplemented", Some(obj));
         }
         // copyreg's dispatch table comes before the built-in reductions below, as in pickle.
@@ -315,7 +314,9 @@ impl<'py> Writer<'py> {
         if !rv.is_none() {
             return self.save_reduce_value(obj, &rv);
         }
-        if obj.is_exact_instance_of::<pyo3::types::PySlice>() || obj.is_exact_instance_of::<pyo3::types::PyRange>() {
+        if obj.is_exact_instance_of::<pyo3::types::PySlice>()
+            || obj.is_exact_instance_of::<pyo3::types::PyRange>()
+        {
             let rv = obj.call_method1(intern!(py, "__reduce_ex__"), (self.proto,))?;
             return self.save_reduce_value(obj, &rv);
         }
@@ -387,12 +388,19 @@ impl<'py> Writer<'py> {
             // pickle.py: escape \\, NUL, \n, \r and ^Z in the str, then raw-unicode-escape.
             let py = self.py;
             let mut t = s.clone().into_any();
-            for (from, to) in [("\\", "\\u005c"), ("\0", "\\u0000"), ("\n", "\\u000a"), ("\r", "\\u000d"), ("\x1a", "\\u001a")] {
+            for (from, to) in [
+                ("\\", "\\u005c"),
+                ("\0", "\\u0000"),
+                ("\n", "\\u000a"),
+                ("\r", "\\u000d"),
+                ("\x1a", "\\u001a"),
+            ] {
                 t = t.call_method1(intern!(py, "replace"), (from, to))?;
             }
             let raw = t.call_method1(intern!(py, "encode"), ("raw-unicode-escape",))?;
             self.out.push(op::UNICODE);
-            self.out.extend_from_slice(raw.cast::<PyBytes>()?.as_bytes());
+            self.out
+                .extend_from_slice(raw.cast::<PyBytes>()?.as_bytes());
             self.out.push(b'\n');
             return Ok(());
         }
@@ -418,8 +426,12 @@ impl<'py> Writer<'py> {
             self.out.push(op::BINUNICODE8);
             self.out.extend_from_slice(&(n as u64).to_le_bytes());
         } else {
-            let n32 = u32::try_from(n)
-                .map_err(|_| perr(self.py, "serializing a string larger than 4 GiB requires pickle protocol 4 or higher"))?;
+            let n32 = u32::try_from(n).map_err(|_| {
+                perr(
+                    self.py,
+                    "serializing a string larger than 4 GiB requires pickle protocol 4 or higher",
+                )
+            })?;
             self.out.push(op::BINUNICODE);
             self.out.extend_from_slice(&n32.to_le_bytes());
         }
@@ -431,13 +443,15 @@ impl<'py> Writer<'py> {
         let py = self.py;
         if self.proto < 3 {
             if data.is_empty() {
-                return self.save_reduce_global("builtins", "bytes", &PyTuple::empty(py), Some(obj));
+                return self.save_reduce_global(
+                    "builtins",
+                    "bytes",
+                    &PyTuple::empty(py),
+                    Some(obj),
+                );
             }
             let text: String = data.iter().map(|&b| b as char).collect();
-            let args = PyTuple::new(
-                py,
-                [PyString::new(py, &text), PyString::new(py, "latin1")],
-            )?;
+            let args = PyTuple::new(py, [PyString::new(py, &text), PyString::new(py, "latin1")])?;
             return self.save_reduce_global("_codecs", "encode", &args, Some(obj));
         }
         let n = data.len();
@@ -522,7 +536,10 @@ impl<'py> Writer<'py> {
         Ok(())
     }
 
-    fn batch_setitems(&mut self, items: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>) -> PyResult<()> {
+    fn batch_setitems(
+        &mut self,
+        items: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    ) -> PyResult<()> {
         if self.proto == 0 {
             for (k, v) in &items {
                 self.save(k)?;
@@ -579,7 +596,10 @@ impl<'py> Writer<'py> {
             };
             for part in [m, n] {
                 if part.contains('\n') {
-                    return Err(perr(self.py, format!("can't pickle global name {part:?} containing a newline")));
+                    return Err(perr(
+                        self.py,
+                        format!("can't pickle global name {part:?} containing a newline"),
+                    ));
                 }
             }
             self.out.push(op::GLOBAL);
@@ -627,7 +647,11 @@ impl<'py> Writer<'py> {
     }
 
     /// A reduce value (a string naming a global, or a 2-5 tuple), as pickle's `save_reduce`.
-    fn save_reduce_value(&mut self, obj: &Bound<'py, PyAny>, rv: &Bound<'py, PyAny>) -> PyResult<()> {
+    fn save_reduce_value(
+        &mut self,
+        obj: &Bound<'py, PyAny>,
+        rv: &Bound<'py, PyAny>,
+    ) -> PyResult<()> {
         let py = self.py;
         if let Ok(s) = rv.cast::<PyString>() {
             let m: String = obj
@@ -640,17 +664,25 @@ impl<'py> Writer<'py> {
             return Err(perr(py, "__reduce__ must return a string or tuple"));
         };
         if !(2..=6).contains(&t.len()) {
-            return Err(perr(py, "tuple returned by __reduce__ must contain 2 through 6 elements"));
+            return Err(perr(
+                py,
+                "tuple returned by __reduce__ must contain 2 through 6 elements",
+            ));
         }
-        let get = |i: usize| -> Option<Bound<'py, PyAny>> {
-            t.get_item(i).ok().filter(|o| !o.is_none())
-        };
+        let get =
+            |i: usize| -> Option<Bound<'py, PyAny>> { t.get_item(i).ok().filter(|o| !o.is_none()) };
         let func = t.get_item(0)?;
         let args = t.get_item(1)?;
         let Ok(args) = args.cast::<PyTuple>() else {
-            return Err(perr(py, "second item of the tuple returned by __reduce__ must be a tuple"));
+            return Err(perr(
+                py,
+                "second item of the tuple returned by __reduce__ must be a tuple",
+            ));
         };
-        let fname: Option<String> = func.getattr(intern!(py, "__name__")).ok().and_then(|n| n.extract().ok());
+        let fname: Option<String> = func
+            .getattr(intern!(py, "__name__"))
+            .ok()
+            .and_then(|n| n.extract().ok());
         if self.proto >= 2 && fname.as_deref() == Some("__newobj__") && !args.is_empty() {
             let cls = args.get_item(0)?;
             self.save(&cls)?;
@@ -674,12 +706,16 @@ impl<'py> Writer<'py> {
             self.memoize(obj);
         }
         self.finish_reduce(
-            get(3).map(|l| l.try_iter().and_then(|i| i.collect::<PyResult<Vec<_>>>())).transpose()?,
+            get(3)
+                .map(|l| l.try_iter().and_then(|i| i.collect::<PyResult<Vec<_>>>()))
+                .transpose()?,
             get(4)
                 .map(|d| {
                     d.try_iter().and_then(|i| {
-                        i.map(|p| p.and_then(|p| p.extract::<(Bound<'py, PyAny>, Bound<'py, PyAny>)>()))
-                            .collect::<PyResult<Vec<_>>>()
+                        i.map(|p| {
+                            p.and_then(|p| p.extract::<(Bound<'py, PyAny>, Bound<'py, PyAny>)>())
+                        })
+                        .collect::<PyResult<Vec<_>>>()
                     })
                 })
                 .transpose()?,
@@ -749,7 +785,11 @@ impl<'py> Writer<'py> {
                 }
             }
             "newobj_ex" => {
-                let kwargs = if kwargs.is_none() { PyDict::new(py).into_any() } else { kwargs };
+                let kwargs = if kwargs.is_none() {
+                    PyDict::new(py).into_any()
+                } else {
+                    kwargs
+                };
                 if self.proto >= 4 {
                     self.save_global_named(&module, &name, None)?;
                     self.save(args.as_any())?;
@@ -788,7 +828,10 @@ impl<'py> Writer<'py> {
         } else {
             self.memoize(obj);
         }
-        let listitems: Vec<_> = obj.getattr(intern!(py, "listitems"))?.try_iter()?.collect::<PyResult<_>>()?;
+        let listitems: Vec<_> = obj
+            .getattr(intern!(py, "listitems"))?
+            .try_iter()?
+            .collect::<PyResult<_>>()?;
         let dictitems: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = obj
             .getattr(intern!(py, "dictitems"))?
             .try_iter()?

@@ -28,13 +28,13 @@ use std::collections::{HashMap, HashSet};
 
 use pyo3::exceptions::{PyEOFError, PyTypeError, PyValueError};
 use pyo3::ffi;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
-    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyIterator, PyList,
-    PySet, PyString, PyTuple, PyType,
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyIterator, PyList, PySet,
+    PyString, PyTuple, PyType,
 };
-use pyo3::intern;
 
 use cellar_pickle::ops as op;
 
@@ -672,7 +672,10 @@ impl<'a, 'py> Loader<'a, 'py> {
                     let n = self.u64()?;
                     if let Some(fe) = self.frame_end {
                         if self.pos < fe {
-                            return Err(uerr(py, "beginning of a new frame before end of current frame"));
+                            return Err(uerr(
+                                py,
+                                "beginning of a new frame before end of current frame",
+                            ));
                         }
                     }
                     let n = usize::try_from(n).map_err(|_| self.truncated())?;
@@ -947,9 +950,8 @@ impl<'a, 'py> Loader<'a, 'py> {
                 // ---- memo ----
                 op::PUT => {
                     let line = self.line()?;
-                    let idx = parse_index(line).ok_or_else(|| {
-                        PyValueError::new_err("invalid literal for PUT index")
-                    })?;
+                    let idx = parse_index(line)
+                        .ok_or_else(|| PyValueError::new_err("invalid literal for PUT index"))?;
                     if idx < 0 {
                         return Err(PyValueError::new_err("negative PUT argument"));
                     }
@@ -972,9 +974,8 @@ impl<'a, 'py> Loader<'a, 'py> {
                 }
                 op::GET => {
                     let line = self.line()?;
-                    let idx = parse_index(line).ok_or_else(|| {
-                        PyValueError::new_err("invalid literal for GET index")
-                    })?;
+                    let idx = parse_index(line)
+                        .ok_or_else(|| PyValueError::new_err("invalid literal for GET index"))?;
                     if idx < 0 {
                         return Err(uerr(py, format!("Memo value not found at index {idx}")));
                     }
@@ -1028,7 +1029,10 @@ impl<'a, 'py> Loader<'a, 'py> {
                         )));
                     };
                     let (m, n): (String, String) = key.extract().map_err(|_| {
-                        uerr(py, format!("extension code {code} is not a (module, name) pair"))
+                        uerr(
+                            py,
+                            format!("extension code {code} is not a (module, name) pair"),
+                        )
                     })?;
                     let g = self.find_class_raw(&m, &n)?;
                     self.push(g, 0);
@@ -1199,8 +1203,7 @@ impl<'a, 'py> Loader<'a, 'py> {
     }
 
     fn utf8_name(&self, b: &[u8]) -> Res<String> {
-        String::from_utf8(b.to_vec())
-            .map_err(|_| uerr(self.py, "global name is not valid UTF-8"))
+        String::from_utf8(b.to_vec()).map_err(|_| uerr(self.py, "global name is not valid UTF-8"))
     }
 
     // ---- container helpers ----
@@ -1361,7 +1364,12 @@ impl<'a, 'py> Loader<'a, 'py> {
         let n = o
             .getattr(intern!(py, "__qualname__"))
             .and_then(|m| m.extract::<String>())
-            .unwrap_or_else(|_| o.get_type().name().map(|n| n.to_string()).unwrap_or_default());
+            .unwrap_or_else(|_| {
+                o.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            });
         format!("{m}.{n}")
     }
 
@@ -1380,7 +1388,13 @@ impl<'a, 'py> Loader<'a, 'py> {
             .ok_or_else(|| uerr(py, "internal: inert object without inert=True"))?;
         t.call_method1(
             intern!(py, "_made"),
-            (of, construct, args, kwargs.map(|k| k.clone()).unwrap_or(py.None().into_bound(py))),
+            (
+                of,
+                construct,
+                args,
+                kwargs.cloned()
+                    .unwrap_or(py.None().into_bound(py)),
+            ),
         )
     }
 
@@ -1396,7 +1410,11 @@ impl<'a, 'py> Loader<'a, 'py> {
     }
 
     /// REDUCE: `f(*args)` when `f` may be called (see the module docs).
-    fn reduce(&mut self, f: &Bound<'py, PyAny>, args: &Bound<'py, PyAny>) -> Res<Bound<'py, PyAny>> {
+    fn reduce(
+        &mut self,
+        f: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyAny>,
+    ) -> Res<Bound<'py, PyAny>> {
         let py = self.py;
         if self.is_inert(f) {
             return self.inert_new(f, "reduce", args, None);
@@ -1425,7 +1443,10 @@ impl<'a, 'py> Loader<'a, 'py> {
         let n = t.len();
         let item = |i: usize| t.get_item(i);
         if f.is(k.complex.bind(py)) {
-            if n <= 2 && t.iter().all(|a| a.is_instance_of::<PyInt>() || a.is_instance_of::<PyFloat>()) {
+            if n <= 2
+                && t.iter()
+                    .all(|a| a.is_instance_of::<PyInt>() || a.is_instance_of::<PyFloat>())
+            {
                 return f.call1(t.clone());
             }
         } else if f.is(k.set.bind(py)) || f.is(k.frozenset.bind(py)) {
@@ -1434,7 +1455,11 @@ impl<'a, 'py> Loader<'a, 'py> {
             }
             if n == 1 {
                 let a = item(0)?;
-                if is_exact::<PyList>(&a) || is_exact::<PyTuple>(&a) || is_exact::<PySet>(&a) || is_exact::<PyFrozenSet>(&a) {
+                if is_exact::<PyList>(&a)
+                    || is_exact::<PyTuple>(&a)
+                    || is_exact::<PySet>(&a)
+                    || is_exact::<PyFrozenSet>(&a)
+                {
                     self.charge(a.len()?.saturating_mul(16))?;
                     return f.call1(t.clone());
                 }
@@ -1540,7 +1565,8 @@ impl<'a, 'py> Loader<'a, 'py> {
                 }
                 return Err(self.forbidden_call(&func));
             }
-        } else if self.cfg.inert.is_some() && self.known.by_name.values().any(|v| f.is(v.bind(py))) {
+        } else if self.cfg.inert.is_some() && self.known.by_name.values().any(|v| f.is(v.bind(py)))
+        {
             // A known global used in a way the patterns do not cover: keep it inert.
             return self.inert_new(f, "reduce", args, None);
         } else {
@@ -1598,8 +1624,17 @@ impl<'a, 'py> Loader<'a, 'py> {
             None => None,
         };
         if self.is_inert(cls) {
-            let construct = if kwargs.is_some() { "newobj_ex" } else { "newobj" };
-            return self.inert_new(cls, construct, args.as_any(), kwargs.as_ref().map(|k| k.as_any()));
+            let construct = if kwargs.is_some() {
+                "newobj_ex"
+            } else {
+                "newobj"
+            };
+            return self.inert_new(
+                cls,
+                construct,
+                args.as_any(),
+                kwargs.as_ref().map(|k| k.as_any()),
+            );
         }
         let Ok(t) = cls.cast::<PyType>() else {
             return Err(uerr(py, "NEWOBJ class argument isn't a type object"));
@@ -1665,7 +1700,10 @@ impl<'a, 'py> Loader<'a, 'py> {
                 .and_then(|t| t.get_item(0).ok())
                 .is_some_and(|f| self.callable.contains(&(f.as_ptr() as usize)));
             if !func_ok {
-                return Err(uerr(py, "BUILD: a functools.partial may only wrap an allowed callable"));
+                return Err(uerr(
+                    py,
+                    "BUILD: a functools.partial may only wrap an allowed callable",
+                ));
             }
         }
         if let Some(setstate) = inst.getattr_opt(intern!(py, "__setstate__"))? {
@@ -1695,9 +1733,14 @@ impl<'a, 'py> Loader<'a, 'py> {
                     return Err(uerr(py, "slot state is not a dictionary"));
                 };
                 for (k, v) in sd.iter() {
-                    inst.setattr(k.cast_into::<PyString>().map_err(|_| {
-                        PyErr::new::<pyo3::exceptions::PyTypeError, _>("slot name must be a string")
-                    })?, v)?;
+                    inst.setattr(
+                        k.cast_into::<PyString>().map_err(|_| {
+                            PyErr::new::<pyo3::exceptions::PyTypeError, _>(
+                                "slot name must be a string",
+                            )
+                        })?,
+                        v,
+                    )?;
                 }
             }
         }
@@ -1747,7 +1790,12 @@ fn is_text_codec(o: &Bound<'_, PyAny>) -> bool {
     o.cast::<PyString>()
         .ok()
         .and_then(|s| s.to_str().ok().map(|s| s.to_ascii_lowercase()))
-        .is_some_and(|s| matches!(s.as_str(), "latin1" | "latin-1" | "latin_1" | "iso-8859-1" | "ascii" | "utf-8" | "utf8"))
+        .is_some_and(|s| {
+            matches!(
+                s.as_str(),
+                "latin1" | "latin-1" | "latin_1" | "iso-8859-1" | "ascii" | "utf-8" | "utf8"
+            )
+        })
 }
 
 /// A decimal memo index (PUT/GET), as `int()` parses it.
