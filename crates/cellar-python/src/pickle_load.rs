@@ -1392,8 +1392,7 @@ impl<'a, 'py> Loader<'a, 'py> {
                 of,
                 construct,
                 args,
-                kwargs.cloned()
-                    .unwrap_or(py.None().into_bound(py)),
+                kwargs.cloned().unwrap_or(py.None().into_bound(py)),
             ),
         )
     }
@@ -1649,12 +1648,16 @@ impl<'a, 'py> Loader<'a, 'py> {
                 ),
             ));
         }
-        let mut all = Vec::with_capacity(args.len() + 1);
-        all.push(t.clone().into_any());
-        all.extend(args.iter());
-        let all = PyTuple::new(py, all)?;
-        t.getattr(intern!(py, "__new__"))?
-            .call(all, kwargs.as_ref())
+        // cls->tp_new(cls, args, kwargs), as the C unpickler does.
+        // SAFETY: GIL held; `t` is a live type object, `args` a tuple, kwargs a dict or NULL.
+        unsafe {
+            let tp = t.as_ptr().cast::<ffi::PyTypeObject>();
+            let Some(tp_new) = (*tp).tp_new else {
+                return Err(uerr(py, "NEWOBJ class argument has NULL tp_new"));
+            };
+            let kw = kwargs.as_ref().map_or(std::ptr::null_mut(), |k| k.as_ptr());
+            Bound::from_owned_ptr_or_err(py, tp_new(tp, args.as_ptr(), kw))
+        }
     }
 
     /// INST / OBJ: `cls(*args)`, or `cls.__new__(cls)` when there are no arguments (pickle's
@@ -1706,7 +1709,8 @@ impl<'a, 'py> Loader<'a, 'py> {
                 ));
             }
         }
-        if let Some(setstate) = inst.getattr_opt(intern!(py, "__setstate__"))? {
+        let (setstate, inst_dict) = lookup_setstate(inst)?;
+        if let Some(setstate) = setstate {
             setstate.call1((state,))?;
             return Ok(());
         }
@@ -1718,11 +1722,21 @@ impl<'a, 'py> Loader<'a, 'py> {
             let Ok(sd) = st.cast::<PyDict>() else {
                 return Err(uerr(py, "state is not a dictionary"));
             };
-            let dict = inst.getattr(intern!(py, "__dict__"))?;
+            let dict = match inst_dict {
+                Some(d) => d,
+                None => inst.getattr(intern!(py, "__dict__"))?,
+            };
             for (k, v) in sd.iter() {
-                let k = match k.cast_into::<PyString>() {
-                    Ok(s) => PyString::intern(py, s.to_str()?).into_any(),
-                    Err(e) => e.into_inner(),
+                let k = if is_exact::<PyString>(&k) {
+                    let mut p = k.into_ptr();
+                    // SAFETY: GIL held; `p` is an owned reference to an exact str, replaced in
+                    // place by its interned twin (still owned).
+                    unsafe {
+                        ffi::PyUnicode_InternInPlace(&mut p);
+                        Bound::from_owned_ptr(py, p)
+                    }
+                } else {
+                    k
                 };
                 dict.set_item(k, v)?;
             }
@@ -1772,6 +1786,42 @@ fn settled(o: &Bound<'_, PyAny>, depth: u32) -> bool {
         return is_scalar(o) || is_exact::<PyTuple>(o) || is_exact::<PyFrozenSet>(o);
     }
     depth == 1 && (is_exact::<PyTuple>(o) || is_exact::<PyFrozenSet>(o))
+}
+
+extern "C" {
+    /// Look `name` up along `type`'s MRO without invoking descriptors; borrowed or NULL, never
+    /// raises (public in every CPython 3; not declared by pyo3-ffi).
+    fn _PyType_Lookup(t: *mut ffi::PyTypeObject, name: *mut ffi::PyObject) -> *mut ffi::PyObject;
+}
+
+/// `getattr(inst, '__setstate__', None)` without raising and catching an AttributeError in the
+/// common case (an instance with the generic getattr, no `__setstate__` in its class or its
+/// `__dict__`). Also returns the instance `__dict__` when it was fetched on the way.
+#[allow(clippy::type_complexity)]
+fn lookup_setstate<'py>(
+    inst: &Bound<'py, PyAny>,
+) -> PyResult<(Option<Bound<'py, PyAny>>, Option<Bound<'py, PyAny>>)> {
+    let py = inst.py();
+    let name = intern!(py, "__setstate__");
+    // SAFETY: GIL held; `inst` is live; the type pointer is borrowed from it.
+    unsafe {
+        let tp = ffi::Py_TYPE(inst.as_ptr());
+        let generic = (*tp).tp_getattro.map(|f| f as *const () as usize)
+            == Some(ffi::PyObject_GenericGetAttr as *const () as usize);
+        if generic && _PyType_Lookup(tp, name.as_ptr()).is_null() {
+            if (*tp).tp_dictoffset == 0 {
+                return Ok((None, None));
+            }
+            let d = ffi::PyObject_GenericGetDict(inst.as_ptr(), std::ptr::null_mut());
+            let d = Bound::from_owned_ptr_or_err(py, d)?;
+            if d.cast::<PyDict>()
+                .map_or(true, |dd| !dd.contains(name).unwrap_or(true))
+            {
+                return Ok((None, Some(d)));
+            }
+        }
+    }
+    Ok((inst.getattr_opt(name)?, None))
 }
 
 /// Scalars can be shared freely.
