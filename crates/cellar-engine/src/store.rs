@@ -1556,6 +1556,11 @@ impl Inner {
             .custom_flags(libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(io_err(format!("creating {}", tmp.display())))?;
+        // The compacted file replaces the original: it keeps the original's permission bits.
+        if let Ok(meta) = fs::metadata(&path) {
+            file.set_permissions(meta.permissions())
+                .map_err(io_err(format!("setting the mode of {}", tmp.display())))?;
+        }
         let nlock = WriterLock::acquire_file(&tmp, &file)?;
         let ident = file_ident(&file);
         let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
