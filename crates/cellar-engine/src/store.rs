@@ -903,8 +903,7 @@ impl Store {
     /// A snapshot iterator over `(key, value)` pairs, in file order (unordered keys).
     pub fn iter(&self) -> Result<Iter> {
         let g = self.inner.current()?.clone();
-        let mut offsets = g.index.load().offsets();
-        offsets.sort_unstable();
+        let offsets = g.index.load().offsets_in_file_order();
         Ok(Iter {
             gen: g,
             offsets,
@@ -915,8 +914,7 @@ impl Store {
     /// All keys (snapshot).
     pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
         let g = self.inner.current()?.clone();
-        let mut offsets = g.index.load().offsets();
-        offsets.sort_unstable();
+        let offsets = g.index.load().offsets_in_file_order();
         let limit = g.limit();
         offsets
             .into_iter()
@@ -931,8 +929,7 @@ impl Store {
     /// per item for uncompressed values.
     pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8])) -> Result<()> {
         let g = self.inner.current()?.clone();
-        let mut offsets = g.index.load().offsets();
-        offsets.sort_unstable();
+        let offsets = g.index.load().offsets_in_file_order();
         let limit = g.limit();
         // One view of the whole log: zero-copy through the mapping on real files.
         let all = g
@@ -1519,7 +1516,7 @@ impl Inner {
             };
             (g, e0, offs)
         };
-        offsets.sort_unstable();
+        crate::index::radix_sort(&mut offsets);
         let mut hold = if empty {
             Some(lock(&self.writer))
         } else {
