@@ -221,22 +221,12 @@ impl<'py> Writer<'py> {
             return self.save_tuple(obj, t);
         }
         if let Ok(l) = obj.cast_exact::<PyList>() {
-            if self.proto >= 1 {
-                self.out.push(op::EMPTY_LIST);
-            } else {
-                self.out.extend_from_slice(&[op::MARK, op::LIST]);
-            }
-            self.memoize(obj);
+            self.open_container(obj, op::EMPTY_LIST, op::LIST);
             let items: Vec<_> = l.iter().collect();
             return self.batch_appends(items);
         }
         if let Ok(d) = obj.cast_exact::<PyDict>() {
-            if self.proto >= 1 {
-                self.out.push(op::EMPTY_DICT);
-            } else {
-                self.out.extend_from_slice(&[op::MARK, op::DICT]);
-            }
-            self.memoize(obj);
+            self.open_container(obj, op::EMPTY_DICT, op::DICT);
             let items: Vec<_> = d.iter().collect();
             return self.batch_setitems(items);
         }
@@ -335,6 +325,17 @@ impl<'py> Writer<'py> {
                 obj.get_type().name()?
             ),
         ))
+    }
+
+    /// An empty list/dict (EMPTY_* at 1+, MARK + LIST/DICT at 0), memoized before its items so
+    /// recursive references find it.
+    fn open_container(&mut self, obj: &Bound<'py, PyAny>, empty: u8, from_mark: u8) {
+        if self.proto >= 1 {
+            self.out.push(empty);
+        } else {
+            self.out.extend_from_slice(&[op::MARK, from_mark]);
+        }
+        self.memoize(obj);
     }
 
     fn save_int(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {

@@ -413,6 +413,16 @@ impl<'a, 'py> Loader<'a, 'py> {
         self.take(n)
     }
 
+    /// A payload behind a signed 4-byte length (LONG4, BINSTRING): negative is refused as
+    /// CPython refuses it.
+    fn take_signed_len(&mut self, what: &str) -> Res<&'a [u8]> {
+        let n = self.u32()? as i32;
+        if n < 0 {
+            return Err(uerr(self.py, format!("{what} pickle has negative byte count")));
+        }
+        self.take_len(n as u64)
+    }
+
     /// A text line without its `\n`.
     fn line(&mut self) -> Res<&'a [u8]> {
         let rest = &self.data[self.pos..];
@@ -738,11 +748,7 @@ impl<'a, 'py> Loader<'a, 'py> {
                     self.push_long_le(b)?;
                 }
                 op::LONG4 => {
-                    let n = self.u32()? as i32;
-                    if n < 0 {
-                        return Err(uerr(py, "LONG pickle has negative byte count"));
-                    }
-                    let b = self.take_len(n as u64)?;
+                    let b = self.take_signed_len("LONG")?;
                     self.push_long_le(b)?;
                 }
                 op::INT => {
@@ -833,11 +839,7 @@ impl<'a, 'py> Loader<'a, 'py> {
                     self.push_py2_str(b)?;
                 }
                 op::BINSTRING => {
-                    let n = self.u32()? as i32;
-                    if n < 0 {
-                        return Err(uerr(py, "BINSTRING pickle has negative byte count"));
-                    }
-                    let b = self.take_len(n as u64)?;
+                    let b = self.take_signed_len("BINSTRING")?;
                     self.push_py2_str(b)?;
                 }
                 op::STRING => {
