@@ -7,8 +7,24 @@ use std::time::Instant;
 use cellar_engine::{Batch, Compression, Options, Store};
 
 const WORDS: &[&str] = &[
-    "the", "store", "value", "record", "python", "pickle", "shelve", "engine", "commit", "index",
-    "durable", "offset", "header", "checksum", "batch", "reader", "writer", "compaction",
+    "the",
+    "store",
+    "value",
+    "record",
+    "python",
+    "pickle",
+    "shelve",
+    "engine",
+    "commit",
+    "index",
+    "durable",
+    "offset",
+    "header",
+    "checksum",
+    "batch",
+    "reader",
+    "writer",
+    "compaction",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,10 +50,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         v.truncate(4096);
         pairs.push((key, v.into_bytes()));
     }
-    for (name, compression) in [("zstd level 1", Compression::Zstd { level: 1 }), ("none", Compression::None)] {
+    for (name, compression) in [
+        ("zstd level 1", Compression::Zstd { level: 1 }),
+        ("none", Compression::None),
+    ] {
         let path = dir.join("cellar-f2-profile.db");
         let _ = std::fs::remove_file(&path);
-        let s = Store::open(&path, Options { compression, auto_compact: false, ..Options::default() })?;
+        let s = Store::open(
+            &path,
+            Options {
+                compression,
+                auto_compact: false,
+                ..Options::default()
+            },
+        )?;
         for chunk in pairs.chunks(1000) {
             let mut b = Batch::new();
             for (k, v) in chunk {

@@ -56,6 +56,17 @@ impl PickleLoader {
         })
     }
 
+    /// `loader(data)`: the object only (no buffers, no persistent ids): the fast path a shelf
+    /// with `safe=True` calls for every value.
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let t = self.loads(py, data, None, None)?;
+        t.get_item(0)
+    }
+
     /// Decode the first pickle in `data` (any bytes-like object). Returns `(object, bytes used)`.
     #[pyo3(signature = (data, buffers=None, persistent_load=None))]
     fn loads<'py>(
@@ -82,6 +93,20 @@ impl PickleLoader {
             owned = buf.to_vec(py)?;
             &owned
         };
+        self.load_slice(py, bytes, buffers, persistent_load)
+            .and_then(|(obj, used)| PyTuple::new(py, [obj, used.into_pyobject(py)?.into_any()]))
+    }
+}
+
+impl PickleLoader {
+    /// Decode the first pickle in `bytes`: `(object, bytes used)`.
+    pub(crate) fn load_slice<'py>(
+        &self,
+        py: Python<'py>,
+        bytes: &[u8],
+        buffers: Option<Bound<'py, PyIterator>>,
+        persistent_load: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyAny>, usize)> {
         let cfg = Config {
             allowed: self
                 .allowed
@@ -105,8 +130,7 @@ impl PickleLoader {
                 .max_bytes
                 .unwrap_or_else(|| bytes.len().saturating_mul(64).max(16 << 20)),
         };
-        let (obj, used) = pickle_load::load(py, bytes, &cfg)?;
-        PyTuple::new(py, [obj, used.into_pyobject(py)?.into_any()])
+        pickle_load::load(py, bytes, &cfg)
     }
 }
 

@@ -418,7 +418,10 @@ impl<'a, 'py> Loader<'a, 'py> {
     fn take_signed_len(&mut self, what: &str) -> Res<&'a [u8]> {
         let n = self.u32()? as i32;
         if n < 0 {
-            return Err(uerr(self.py, format!("{what} pickle has negative byte count")));
+            return Err(uerr(
+                self.py,
+                format!("{what} pickle has negative byte count"),
+            ));
         }
         self.take_len(n as u64)
     }

@@ -17,6 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
 use crate::dbm::PyDatabase;
+use crate::pickle::PickleLoader;
 use crate::{decode, encode};
 
 /// The marshal version `codec="marshal"` shelves write (`cellar.shelve.MARSHAL_VERSION`).
@@ -115,6 +116,13 @@ impl Fast {
     }
 
     fn decode<'py>(&self, py: Python<'py>, data: Vec<u8>) -> PyResult<Bound<'py, PyAny>> {
+        if let Ok(loader) = self.deserializer.bind(py).cast::<PickleLoader>() {
+            // safe=True: cellar's decoder straight from the stored bytes.
+            return loader
+                .get()
+                .load_slice(py, &data, None, None)
+                .map(|(obj, _)| obj);
+        }
         let bytes = PyBytes::new(py, &data);
         match self.kind {
             Kind::Marshal => {

@@ -312,8 +312,10 @@ def loads(
     bytes); ``buffers`` supplies protocol 5's out-of-band buffers; ``inert=True`` turns
     unknown globals into :class:`Inert` objects instead of refusing them.
     """
+    if buffers is None:
+        return _loader(allow, inert, fix_imports, encoding, errors, max_depth, max_bytes)(data)
     loader = _loader(allow, inert, fix_imports, encoding, errors, max_depth, max_bytes)
-    return loader.loads(data, None if buffers is None else iter(buffers))[0]
+    return loader.loads(data, iter(buffers))[0]
 
 
 class Unpickler:

@@ -34,7 +34,6 @@ import pickle
 from pickle import DEFAULT_PROTOCOL
 from typing import Any, Callable, Iterable, Iterator
 
-import functools
 
 import cellar.dbm
 from cellar import marshal as _marshal
@@ -102,7 +101,9 @@ def _codecs(
     if safe or allow:
         from cellar import pickle as safe_pickle
 
-        return "pickle", pickle.dumps, functools.partial(safe_pickle.loads, allow=tuple(allow))
+        # A prepared loader: called with the value's bytes, returns the object.
+        loader = safe_pickle._loader(tuple(allow), False, True, "ASCII", "strict", safe_pickle.DEFAULT_MAX_DEPTH, None)
+        return "pickle", pickle.dumps, loader
     return "pickle", pickle.dumps, pickle.loads
 
 
