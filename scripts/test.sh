@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== legacy-format fixture tools (python3-gdbm, gdbmtool, db5.3-util) =="
+./scripts/legacy-fixtures.sh
+
 echo "== Rust: cargo test (workspace default members) =="
 cargo test --release --workspace --quiet
 
