@@ -222,12 +222,22 @@ impl Bdb {
             *s = order.u32(&head, 96 + 4 * i);
         }
         let charkey = order.u32(&head, 92);
+        let pages = flen / page_size as u64;
+        let max_bucket = order.u32(&head, 72);
+        // Every bucket owns at least one page: a larger max_bucket is a lie (and would make a
+        // scan walk billions of buckets).
+        if max_bucket as u64 >= pages {
+            return bad(
+                72,
+                format!("max_bucket {max_bucket} but the file has only {pages} pages"),
+            );
+        }
         Ok(Bdb {
             order,
             version,
             page_size: page_size as u64,
-            pages: flen / page_size as u64,
-            max_bucket: order.u32(&head, 72),
+            pages,
+            max_bucket,
             high_mask: order.u32(&head, 76),
             low_mask: order.u32(&head, 80),
             spares,
