@@ -15,13 +15,11 @@ fn exercise_gdbm(bytes: Vec<u8>) -> Option<Report> {
     let _ = db.len();
     let _ = db.keys();
     let mut n = 0usize;
-    for item in db.iter() {
-        if let Ok((k, _)) = item {
-            if n < 50 {
-                let _ = db.get(&k);
-            }
-            n += 1;
+    for (k, _) in db.iter().map_while(Result::ok) {
+        if n < 50 {
+            let _ = db.get(&k);
         }
+        n += 1;
     }
     let _ = db.get(b"key1");
     Some(db.check())
