@@ -14,12 +14,8 @@ fn exercise_gdbm(bytes: Vec<u8>) -> Option<Report> {
     let db = Gdbm::from_bytes(bytes).ok()?;
     let _ = db.len();
     let _ = db.keys();
-    let mut n = 0usize;
-    for (k, _) in db.iter().map_while(Result::ok) {
-        if n < 50 {
-            let _ = db.get(&k);
-        }
-        n += 1;
+    for (k, _) in db.iter().map_while(Result::ok).take(50) {
+        let _ = db.get(&k);
     }
     let _ = db.get(b"key1");
     Some(db.check())
