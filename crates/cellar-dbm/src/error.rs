@@ -125,9 +125,8 @@ impl fmt::Display for DbmError {
             ),
             DbmError::LegacyReadOnly { path, kind } => write!(
                 f,
-                "{}: {kind} files are read-only in cellar (open them with flag 'r'); \
+                "{kind} files are read-only in cellar (open them with flag 'r'); \
                  `cellar convert {} NEW` migrates it to cellar's native format",
-                path.display(),
                 path.display()
             ),
             DbmError::Legacy { path, source } => write!(f, "{}: {source}", path.display()),
