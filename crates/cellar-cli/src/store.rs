@@ -298,7 +298,7 @@ pub fn convert(src: &Path, dst: &Path, to: Backend) -> Result<()> {
     }
     println!(
         "converted {n1} keys from {} ({}) to {} ({})\n  source:      {n1} keys, checksum \
-         {c1:#018x}\n  destination: {n2} keys, checksum {c2:#018x}\n  match",
+         {c1:#018x}\n  destination: {n2} keys, checksum {c2:#018x}\n  count and checksums match",
         src.display(),
         from.backend().name(),
         dst.display(),

@@ -382,7 +382,7 @@ fn read_only_commands_and_convert_work_on_legacy_stores() {
             out.contains(&format!("converted {} keys", f.count)),
             "{out}"
         );
-        assert!(out.contains("match"), "{out}");
+        assert!(out.contains("checksums match"), "{out}");
         let (ok, out, _) = cellar(&["dump", dst.to_str().unwrap()], b"");
         assert!(ok);
         let mut a: Vec<String> = String::from_utf8_lossy(&out)
