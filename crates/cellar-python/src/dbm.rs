@@ -97,12 +97,14 @@ fn path_of<'a>(path: &'a Bound<'_, PyBytes>) -> &'a Path {
 fn backend_of(name: &str) -> PyResult<Backend> {
     cellar_dbm::BACKENDS
         .into_iter()
+        .chain([Backend::Gnu, Backend::Ndbm])
         .find(|b| b.name() == name)
         .ok_or_else(|| PyValueError::new_err(format!("unknown dbm backend {name:?}")))
 }
 
 /// `_dbm_open(path: bytes, backend: str, flag: str, mode: int, value_encoding=None)`: opens
-/// `path` with one backend (`"dbm.native"`, `"dbm.sqlite3"`, `"dbm.dumb"`), checking `flag` as
+/// `path` with one backend (`"dbm.native"`, `"dbm.sqlite3"`, `"dbm.dumb"`, or read-only
+/// `"dbm.gnu"`, `"dbm.ndbm"`), checking `flag` as
 /// that backend does. `value_encoding` (`("pickle", protocol)` or `("marshal", version)`) is
 /// recorded in the header of a native store this call creates (how `cellar.shelve` marks it).
 #[pyfunction]

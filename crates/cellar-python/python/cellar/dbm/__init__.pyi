@@ -18,6 +18,7 @@ class CorruptError(_error, ValueError): ...
 
 error: tuple[type[_error], type[OSError]]
 _names: list[str]
+_legacy: dict[str, str]
 _defaultmod: ModuleType | None
 _modules: dict[str, ModuleType]
 
