@@ -115,7 +115,13 @@ enum Item<'p> {
 impl Bdb {
     /// Opens the Berkeley DB hash file at `path` (the `.db` file itself).
     pub fn open(path: impl AsRef<Path>) -> Result<Bdb> {
-        Bdb::from_source(Source::open(path.as_ref())?)
+        Bdb::open_with_limit(path, crate::IN_MEMORY_LIMIT)
+    }
+
+    /// [`Bdb::open`], reading the file into memory only if it has at most `in_memory_limit`
+    /// bytes (else positioned reads, one per page).
+    pub fn open_with_limit(path: impl AsRef<Path>, in_memory_limit: u64) -> Result<Bdb> {
+        Bdb::from_source(Source::open(path.as_ref(), in_memory_limit)?)
     }
 
     /// Reads a Berkeley DB hash file held in memory.

@@ -171,7 +171,13 @@ pub struct GdbmInfo {
 impl Gdbm {
     /// Opens the GDBM file at `path` (the file itself; for a gdbm_compat ndbm pair, `NAME.pag`).
     pub fn open(path: impl AsRef<Path>) -> Result<Gdbm> {
-        Gdbm::from_source(Source::open(path.as_ref())?)
+        Gdbm::open_with_limit(path, crate::IN_MEMORY_LIMIT)
+    }
+
+    /// [`Gdbm::open`], reading the file into memory only if it has at most `in_memory_limit`
+    /// bytes (else positioned reads, one per bucket or record).
+    pub fn open_with_limit(path: impl AsRef<Path>, in_memory_limit: u64) -> Result<Gdbm> {
+        Gdbm::from_source(Source::open(path.as_ref(), in_memory_limit)?)
     }
 
     /// Reads a GDBM file held in memory.

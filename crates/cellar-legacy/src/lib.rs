@@ -64,6 +64,12 @@ impl LegacyDb {
     /// Opens `path`, which must be a GDBM or a Berkeley DB hash file (the file itself, not a
     /// dbm base name).
     pub fn open(path: impl AsRef<Path>) -> Result<LegacyDb> {
+        LegacyDb::open_with_limit(path, IN_MEMORY_LIMIT)
+    }
+
+    /// [`LegacyDb::open`], reading the file into memory only if it has at most
+    /// `in_memory_limit` bytes; larger files are read with positioned reads.
+    pub fn open_with_limit(path: impl AsRef<Path>, in_memory_limit: u64) -> Result<LegacyDb> {
         let path = path.as_ref();
         let mut head = [0u8; 16];
         let n = {
@@ -89,10 +95,16 @@ impl LegacyDb {
             n
         };
         if gdbm::Gdbm::sniff(&head[..n]) {
-            return Ok(LegacyDb::Gdbm(gdbm::Gdbm::open(path)?));
+            return Ok(LegacyDb::Gdbm(gdbm::Gdbm::open_with_limit(
+                path,
+                in_memory_limit,
+            )?));
         }
         if bdb::Bdb::sniff(&head[..n]).is_some() {
-            return Ok(LegacyDb::Bdb(bdb::Bdb::open(path)?));
+            return Ok(LegacyDb::Bdb(bdb::Bdb::open_with_limit(
+                path,
+                in_memory_limit,
+            )?));
         }
         Err(Error::NotRecognised {
             format: "GDBM or Berkeley DB hash",

@@ -75,14 +75,14 @@ impl ByteOrder {
 }
 
 impl Source {
-    pub(crate) fn open(path: &Path) -> Result<Source> {
+    pub(crate) fn open(path: &Path, in_memory_limit: u64) -> Result<Source> {
         let io = |source| Error::Io {
             path: path.to_path_buf(),
             source,
         };
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
-        if len <= IN_MEMORY_LIMIT {
+        if len <= in_memory_limit {
             let mut data = Vec::with_capacity(len as usize);
             (&file).take(len).read_to_end(&mut data).map_err(io)?;
             return Ok(Source::Mem(data));
