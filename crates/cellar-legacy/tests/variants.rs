@@ -251,3 +251,38 @@ fn bdb_185_is_recognised_and_refused() {
         assert!(e.to_string().contains("Berkeley DB 1.85"), "{e}");
     }
 }
+
+#[test]
+fn real_i386_libgdbm_files_read() {
+    // Written by Debian's i386 libgdbm 1.23 (tests/fixtures/make-i386.sh): with 64-bit off_t
+    // (slot table at 84), with 32-bit off_t (gdbm_load-nolfs), and numsync.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let cases = [
+        ("i386-lfs-small", "i386-small.pairs", 64, false),
+        ("i386-nolfs-small", "i386-small.pairs", 32, false),
+        ("i386-lfs-binary", "i386-binary.pairs", 64, false),
+        ("i386-nolfs-binary", "i386-binary.pairs", 32, false),
+        ("i386-lfs-numsync-small", "i386-small.pairs", 64, true),
+    ];
+    for (file, pairs, bits, numsync) in cases {
+        let text = std::fs::read_to_string(dir.join(pairs)).unwrap();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = text
+            .lines()
+            .map(|l| {
+                let (k, v) = l.split_once(' ').unwrap();
+                (unhex(k), unhex(v))
+            })
+            .collect();
+        assert!(want.len() > 20, "{pairs}");
+        let db = Gdbm::open(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let info = db.describe();
+        assert_eq!(info.offset_bits, bits, "{file}");
+        assert_eq!(info.numsync.is_some(), numsync, "{file}");
+        assert_eq!(info.byte_order, ByteOrder::Little);
+        assert!(read_all(&db) == want, "{file}: pairs differ from libgdbm's");
+        for (k, v) in &want {
+            assert_eq!(db.get(k).unwrap().as_ref(), Some(v), "{file}: get {k:02x?}");
+        }
+        assert!(db.check().is_ok(), "{file}: {:?}", db.check());
+    }
+}
