@@ -94,3 +94,22 @@ fn missing_legacy_file_is_an_os_error() {
         .unwrap_err();
     assert_eq!(e.raw_os_error(), Some(2), "{e}");
 }
+
+#[test]
+fn macos_style_ndbm_185_file_opens_read_only() {
+    // A Berkeley DB 1.85 hash NAME.db, as macOS/BSD dbm.ndbm writes it (made by libdb1).
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cellar-legacy/tests/fixtures/db185/db185-le-small.db");
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("mac");
+    std::fs::copy(&src, dir.path().join("mac.db")).unwrap();
+    assert_eq!(whichdb(&base).kind(), Some(DbKind::Ndbm));
+    let db = open(&base, Flag::Read, 0o666).unwrap();
+    assert_eq!(db.len().unwrap(), 21);
+    assert_eq!(
+        db.get(b"test key").unwrap().as_deref(),
+        Some(&b"test data"[..])
+    );
+    let e = open(&base, Flag::Write, 0o666).unwrap_err();
+    assert!(e.to_string().contains("cellar convert"), "{e}");
+}

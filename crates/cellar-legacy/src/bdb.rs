@@ -23,7 +23,8 @@
 //! Bucket b's first page is `b + spares[ceil(log2(b + 1))]`; further pages of the bucket
 //! follow `next`. A key's bucket is `hash & high_mask`, or `hash & low_mask` when that exceeds
 //! `max_bucket`, with Berkeley DB's default hash (FNV-1 with basis 0). Berkeley DB 1.85 hash
-//! files (macOS / BSD ndbm: the magic at offset 0) are recognised and refused.
+//! files (macOS / BSD ndbm: the magic at offset 0) are another format, read by
+//! [`crate::bdb185`].
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -156,8 +157,8 @@ impl Bdb {
                 return Err(Error::Unsupported {
                     format: FORMAT,
                     detail: "this is a Berkeley DB 1.85 hash file (the ndbm format of macOS \
-                             and the BSDs); cellar recognises it but does not read it: dump it \
-                             with a Python whose dbm.ndbm uses that library"
+                             and the BSDs), a different format: read it with \
+                             bdb185::Bdb185 (LegacyDb::open picks it)"
                         .into(),
                 })
             }

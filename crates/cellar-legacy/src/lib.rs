@@ -4,8 +4,9 @@
 //!   gdbm_compat's ndbm pair): standard and numsync headers, 64- and 32-bit offsets, either byte
 //!   order.
 //! * [`bdb::Bdb`] — Berkeley DB hash files as `dbm.ndbm` writes them when backed by Berkeley DB
-//!   (`NAME.db`, libdb 4.x/5.x), either byte order, with off-page (big) items. Berkeley DB 1.85
-//!   hash files (macOS/BSD ndbm) are recognised and refused with a precise error.
+//!   (`NAME.db`, libdb 4.x/5.x), either byte order, with off-page (big) items.
+//! * [`bdb185::Bdb185`] — Berkeley DB 1.85 hash files (the `NAME.db` of macOS and BSD ndbm),
+//!   either byte order, with big items.
 //!
 //! Both read the file into memory when it is small ([`IN_MEMORY_LIMIT`]) and use positioned
 //! reads otherwise; every length read from the file is checked against the file size before
@@ -25,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod bdb;
+pub mod bdb185;
 mod error;
 pub mod gdbm;
 mod source;
@@ -58,6 +60,8 @@ pub enum LegacyDb {
     Gdbm(gdbm::Gdbm),
     /// A Berkeley DB hash file.
     Bdb(bdb::Bdb),
+    /// A Berkeley DB 1.85 hash file.
+    Bdb185(bdb185::Bdb185),
 }
 
 impl LegacyDb {
@@ -100,6 +104,12 @@ impl LegacyDb {
                 in_memory_limit,
             )?));
         }
+        if bdb::Bdb::sniff(&head[..n]) == Some(bdb::Flavor::V185) {
+            return Ok(LegacyDb::Bdb185(bdb185::Bdb185::open_with_limit(
+                path,
+                in_memory_limit,
+            )?));
+        }
         if bdb::Bdb::sniff(&head[..n]).is_some() {
             return Ok(LegacyDb::Bdb(bdb::Bdb::open_with_limit(
                 path,
@@ -117,6 +127,7 @@ impl LegacyDb {
         match self {
             LegacyDb::Gdbm(d) => d.get(key),
             LegacyDb::Bdb(d) => d.get(key),
+            LegacyDb::Bdb185(d) => d.get(key),
         }
     }
 
@@ -125,6 +136,7 @@ impl LegacyDb {
         match self {
             LegacyDb::Gdbm(d) => d.len(),
             LegacyDb::Bdb(d) => d.len(),
+            LegacyDb::Bdb185(d) => d.len(),
         }
     }
 
@@ -138,6 +150,7 @@ impl LegacyDb {
         match self {
             LegacyDb::Gdbm(d) => d.keys(),
             LegacyDb::Bdb(d) => d.keys(),
+            LegacyDb::Bdb185(d) => d.keys(),
         }
     }
 
@@ -149,6 +162,7 @@ impl LegacyDb {
         match self {
             LegacyDb::Gdbm(d) => d.try_for_each(f),
             LegacyDb::Bdb(d) => d.try_for_each(f),
+            LegacyDb::Bdb185(d) => d.try_for_each(f),
         }
     }
 
@@ -157,6 +171,7 @@ impl LegacyDb {
         match self {
             LegacyDb::Gdbm(d) => d.check(),
             LegacyDb::Bdb(d) => d.check(),
+            LegacyDb::Bdb185(d) => d.check(),
         }
     }
 
@@ -165,6 +180,7 @@ impl LegacyDb {
         match self {
             LegacyDb::Gdbm(d) => d.file_len(),
             LegacyDb::Bdb(d) => d.file_len(),
+            LegacyDb::Bdb185(d) => d.file_len(),
         }
     }
 
@@ -184,6 +200,15 @@ impl LegacyDb {
                 let i = d.describe();
                 format!(
                     "Berkeley DB hash version {}, {}-byte pages, {}",
+                    i.version,
+                    i.page_size,
+                    i.byte_order.name()
+                )
+            }
+            LegacyDb::Bdb185(d) => {
+                let i = d.describe();
+                format!(
+                    "Berkeley DB 1.85 hash version {}, {}-byte pages, {}",
                     i.version,
                     i.page_size,
                     i.byte_order.name()

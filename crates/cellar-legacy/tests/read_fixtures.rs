@@ -127,6 +127,7 @@ fn variants_are_described() {
                 assert_eq!(i.byte_order, want, "{}", f.name);
                 assert_eq!(i.version, 9, "{}", f.name);
             }
+            LegacyDb::Bdb185(_) => panic!("{}: no 1.85 file is generated at test time", f.name),
         }
     }
 }
