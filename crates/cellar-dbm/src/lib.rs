@@ -10,7 +10,8 @@
 //!   safe: every acknowledged write survives `kill -9`.
 //!
 //! * [`Backend::Gnu`] / [`Backend::Ndbm`] — legacy `dbm.gnu` (GDBM) and `dbm.ndbm` (Berkeley DB
-//!   hash `NAME.db`, or gdbm_compat's `NAME.pag`/`NAME.dir`) files, read-only and without any C
+//!   hash `NAME.db` from libdb 3-6 or 1.85, or gdbm_compat's `NAME.pag`/`NAME.dir`) files,
+//!   read-only and without any C
 //!   library (`cellar-legacy`). Opening one for writing, or writing to it, fails with
 //!   [`DbmError::LegacyReadOnly`], which names `cellar convert`.
 //!

@@ -102,8 +102,7 @@ fn readable(path: &Path) -> bool {
 /// [`WhichDb::Unreadable`]; fewer than 4 bytes -> [`WhichDb::Unknown`]; SQLite header ->
 /// sqlite3; the native magic `CELLARKV` -> native; a GNU dbm magic (native byte order) -> gnu.
 ///
-/// Beyond CPython: a `path.db` in Berkeley DB 1.85 format counts as ndbm (so `open` can refuse
-/// it precisely); GDBM files in the other byte order and numsync GDBM files are gnu; a file
+/// Beyond CPython: a `path.db` in Berkeley DB 1.85 format (macOS and BSD ndbm) counts as ndbm; GDBM files in the other byte order and numsync GDBM files are gnu; a file
 /// that is itself a Berkeley DB hash file (a name given with its `.db`) is ndbm.
 pub fn whichdb(path: impl AsRef<Path>) -> WhichDb {
     let path = path.as_ref();

@@ -54,7 +54,8 @@ const CHARKEY: &[u8] = b"%$sniglet^&\0";
 pub enum Flavor {
     /// Berkeley DB 2.x-6.x (metadata page; magic at offset 12).
     Modern,
-    /// Berkeley DB 1.85/1.86 (magic at offset 0): macOS and BSD ndbm, not read.
+    /// Berkeley DB 1.85/1.86 (magic at offset 0): macOS and BSD ndbm, read by
+    /// [`crate::bdb185::Bdb185`].
     V185,
 }
 

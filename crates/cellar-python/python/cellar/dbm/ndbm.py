@@ -1,6 +1,7 @@
 """Read-only ``dbm.ndbm``: files written by the stdlib's ``dbm.ndbm`` when built on Berkeley DB
 (``NAME.db``, libdb 4.x/5.x, either byte order) or on gdbm_compat (``NAME.pag`` + ``NAME.dir``),
-read in pure Rust: no ``_dbm`` needed. Berkeley DB 1.85 files (macOS) are recognised and refused.
+read in pure Rust: no ``_dbm`` needed. Berkeley DB 1.85 hash files (macOS and BSD ``dbm.ndbm``)
+are read too.
 
 Only flag 'r' opens a file; 'w', 'c' and 'n' raise :data:`error` saying the format is
 read-only in cellar and that ``cellar convert SRC DST`` migrates it to cellar's native
