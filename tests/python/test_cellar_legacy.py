@@ -161,3 +161,21 @@ def test_damaged_file_raises_a_dbm_error(
             list(db.keys())
             for k in db.keys():
                 db[k]
+
+
+def test_macos_ndbm_185_file_reads(tmp_path: Path) -> None:
+    # A Berkeley DB 1.85 hash file as macOS/BSD dbm.ndbm writes NAME.db (made by libdb1; the
+    # fixture is in the repository, so no C library is needed here).
+    src = ROOT / "crates/cellar-legacy/tests/fixtures/db185/db185-be-big.db"
+    want = {}
+    for line in (src.parent / "db185-big.pairs").read_text().splitlines():
+        k, v = line.split(" ")
+        want[bytes.fromhex(k)] = bytes.fromhex(v)
+    (tmp_path / "mac.db").write_bytes(src.read_bytes())
+    base = str(tmp_path / "mac")
+    assert cellar.dbm.whichdb(base) == "dbm.ndbm"
+    with cellar.dbm.open(base, "r") as db:
+        assert {k: db[k] for k in db.keys()} == want
+        assert db[b"K" * 9000] == b"big key, small value"
+    with pytest.raises(cellar.dbm.error[0], match="cellar convert"):
+        cellar.dbm.open(base, "c")
