@@ -398,6 +398,22 @@ fn read_only_commands_and_convert_work_on_legacy_stores() {
         b.sort();
         assert_eq!(a, b, "{name}");
     }
+    // A shelf written by the stdlib's shelve on dbm.gnu: converted, its values stay pickles.
+    let f = list.iter().find(|f| f.name == "gnu_shelf").unwrap();
+    let dst = dir.path().join("shelf.cellar");
+    let (ok, _, err) = cellar(
+        &["convert", f.base.to_str().unwrap(), dst.to_str().unwrap()],
+        b"",
+    );
+    assert!(ok, "{err}");
+    for path in [f.base.to_str().unwrap(), dst.to_str().unwrap()] {
+        let (ok, out, err) = cellar(&["get", path, "list", "--decode", "pickle"], b"");
+        assert!(ok, "{err}");
+        assert_eq!(
+            String::from_utf8_lossy(&out).trim(),
+            "[1, 2.5, 'three', (4, None)]"
+        );
+    }
     // A damaged GDBM file: check reports what is readable and fails.
     let f = list.iter().find(|f| f.name == "gnu_churn").unwrap();
     let mut bytes = std::fs::read(&f.file).unwrap();
