@@ -116,7 +116,8 @@ enum Command {
     /// Verify every record's checksum (native stores), or read every bucket and record of a
     /// dbm.gnu / dbm.ndbm file and report what is readable.
     Check { path: PathBuf },
-    /// Salvage every intact record of a damaged native store into a new file.
+    /// Salvage every intact record of a damaged native store (or every readable pair of a
+    /// damaged dbm.gnu / dbm.ndbm file) into a new native store.
     Repair { src: PathBuf, dst: PathBuf },
     /// Reclaim dead space.
     Compact { path: PathBuf },

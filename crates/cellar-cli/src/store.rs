@@ -404,7 +404,11 @@ fn check_legacy(path: &Path, backend: Backend) -> Result<()> {
     if report.problems.len() > 50 {
         println!("  ... and {} more", report.problems.len() - 50);
     }
-    bail!("{} is damaged", path.display())
+    bail!(
+        "{} is damaged; `cellar repair {} NEW` copies every readable pair into a new store",
+        path.display(),
+        path.display()
+    )
 }
 
 pub fn check(path: &Path) -> Result<()> {
@@ -436,7 +440,57 @@ pub fn check(path: &Path) -> Result<()> {
     }
 }
 
+/// Copies every readable pair of a damaged dbm.gnu / dbm.ndbm file into a new native store.
+fn repair_legacy(src: &Path, dst: &Path, backend: Backend) -> Result<()> {
+    let db = dbm::open_legacy(src, backend)?;
+    if dst.exists() {
+        bail!("{} exists; repair writes a new store", dst.display());
+    }
+    let into = Backend::Native.open(dst, Flag::New, dbm::DEFAULT_MODE)?;
+    let pb = progress(0, "repair");
+    let mut batch = Batch::new();
+    let mut err = None;
+    let report = db.salvage(&mut |k, v| {
+        if err.is_some() {
+            return;
+        }
+        batch.insert(k, v);
+        if batch.len() >= 1000 {
+            if let Err(e) = into.batch(&batch) {
+                err = Some(e);
+            }
+            pb.inc(batch.len() as u64);
+            batch.clear();
+        }
+    });
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    if !batch.is_empty() {
+        into.batch(&batch)?;
+    }
+    into.close()?;
+    pb.finish_and_clear();
+    println!(
+        "copied {} readable pairs of {} ({}) into {}; {} damaged structures skipped",
+        report.readable,
+        src.display(),
+        db.variant(),
+        dst.display(),
+        report.problems.len()
+    );
+    for p in report.problems.iter().take(50) {
+        println!("  {p}");
+    }
+    Ok(())
+}
+
 pub fn repair(src: &Path, dst: &Path) -> Result<()> {
+    if let WhichDb::Kind(k @ (DbKind::Gnu | DbKind::Ndbm)) = dbm::whichdb(src) {
+        if let Some(b) = Backend::from_kind(k) {
+            return repair_legacy(src, dst, b);
+        }
+    }
     native_only(src, "repair")?;
     let report = cellar::engine::repair(src, dst, cellar::engine::Options::default())?;
     println!("{report:#?}");

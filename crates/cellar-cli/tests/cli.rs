@@ -428,4 +428,21 @@ fn read_only_commands_and_convert_work_on_legacy_stores() {
         out.contains("damaged") && out.contains("pairs readable"),
         "{out}"
     );
+    // repair copies what is readable into a new native store.
+    let fixed = dir.path().join("fixed.cellar");
+    let (ok, out, err) = cellar(
+        &["repair", bad.to_str().unwrap(), fixed.to_str().unwrap()],
+        b"",
+    );
+    assert!(ok, "{err}");
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("readable pairs") && out.contains("damaged structures skipped"),
+        "{out}"
+    );
+    let n: usize = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(n > 0 && n < f.count, "{out}");
+    let (ok, keys, _) = cellar(&["keys", fixed.to_str().unwrap()], b"");
+    assert!(ok);
+    assert_eq!(String::from_utf8_lossy(&keys).lines().count(), n);
 }

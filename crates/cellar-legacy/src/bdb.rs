@@ -232,14 +232,8 @@ impl Bdb {
         let charkey = order.u32(&head, 92);
         let pages = flen / page_size as u64;
         let max_bucket = order.u32(&head, 72);
-        // Every bucket owns at least one page: a larger max_bucket is a lie (and would make a
-        // scan walk billions of buckets).
-        if max_bucket as u64 >= pages {
-            return bad(
-                72,
-                format!("max_bucket {max_bucket} but the file has only {pages} pages"),
-            );
-        }
+        // A max_bucket past the file (truncation, or a lie) is found when a bucket's page is
+        // read; scans stop at the first such bucket, so a huge one costs nothing.
         Ok(Bdb {
             order,
             version,
@@ -580,16 +574,34 @@ impl Bdb {
 
     /// Reads everything it can, noting each damaged page or item instead of stopping.
     pub fn check(&self) -> Report {
+        self.salvage(&mut |_, _| {})
+    }
+
+    /// Calls `f` with every pair that can be read, skipping damaged pages and items, and
+    /// reports what was skipped.
+    pub fn salvage(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Report {
         let mut r = Report::default();
         let mut seen = HashSet::new();
         for b in 0..=self.max_bucket {
+            if !matches!(self.bucket_page(b), Ok(p) if (p as u64) < self.pages) {
+                // Bucket pages only grow with the bucket number: the rest are gone too.
+                r.problems.push(format!(
+                    "damaged {FORMAT} file: buckets {b}..={} lie past the end of the file \
+                     ({} pages; truncated?)",
+                    self.max_bucket, self.pages
+                ));
+                break;
+            }
             let mut problems = Vec::new();
             let res = self.walk_bucket(b, &mut seen, &mut |pgno, page| {
                 match self.items(pgno, page) {
                     Ok(items) => {
                         for pair in items.chunks_exact(2) {
                             match (self.resolve(&pair[0]), self.resolve(&pair[1])) {
-                                (Ok(_), Ok(_)) => r.readable += 1,
+                                (Ok(k), Ok(v)) => {
+                                    f(&k, &v);
+                                    r.readable += 1;
+                                }
                                 (Err(e), _) | (_, Err(e)) => problems.push(e.to_string()),
                             }
                         }

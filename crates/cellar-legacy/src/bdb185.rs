@@ -158,12 +158,6 @@ impl Bdb185 {
                 format!("header pages {hdrpages} outside the file ({pages} pages)"),
             );
         }
-        if max_bucket as u64 >= pages {
-            return bad(
-                10,
-                format!("max_bucket {max_bucket} but the file has only {pages} pages"),
-            );
-        }
         let mut spares = [0u32; 32];
         for (i, s) in spares.iter_mut().enumerate() {
             *s = field(17 + i);
@@ -546,11 +540,27 @@ impl Bdb185 {
 
     /// Reads every bucket it can, counting readable pairs and noting each damaged bucket.
     pub fn check(&self) -> Report {
+        self.salvage(&mut |_, _| {})
+    }
+
+    /// Calls `f` with every pair that can be read (a damaged bucket yields the pairs before
+    /// the damage), and reports what was skipped.
+    pub fn salvage(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Report {
         let mut r = Report::default();
         let mut seen = HashSet::new();
         for b in 0..=self.max_bucket {
+            if self.bucket_page(b).is_err() {
+                // Bucket pages only grow with the bucket number: the rest are gone too.
+                r.problems.push(format!(
+                    "damaged {FORMAT} file: buckets {b}..={} lie past the end of the file \
+                     ({} pages; truncated?)",
+                    self.max_bucket, self.pages
+                ));
+                break;
+            }
             let mut n = 0;
-            let res = self.walk_bucket(b, &mut seen, &mut |_| {
+            let res = self.walk_bucket(b, &mut seen, &mut |Step::Pair(k, v)| {
+                f(&k, &v);
                 n += 1;
                 Ok(true)
             });

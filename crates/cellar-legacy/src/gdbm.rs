@@ -582,6 +582,12 @@ impl Gdbm {
 
     /// Reads everything it can, noting each damaged bucket or record instead of stopping.
     pub fn check(&self) -> Report {
+        self.salvage(&mut |_, _| {})
+    }
+
+    /// Calls `f` with every pair that can be read, skipping damaged buckets and records, and
+    /// reports what was skipped (what `cellar repair` copies out of a damaged file).
+    pub fn salvage(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Report {
         let mut r = Report::default();
         let addrs = self.bucket_addrs();
         for addr in addrs {
@@ -601,7 +607,11 @@ impl Gdbm {
                             ));
                         }
                         match self.record(&e) {
-                            Ok(_) => r.readable += 1,
+                            Ok(rec) => {
+                                let k = e.key_size as usize;
+                                f(&rec[..k], &rec[k..]);
+                                r.readable += 1;
+                            }
                             Err(err) => r.problems.push(err.to_string()),
                         }
                     }

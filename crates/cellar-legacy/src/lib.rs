@@ -166,6 +166,15 @@ impl LegacyDb {
         }
     }
 
+    /// Calls `f` with every readable pair, skipping damaged structures, and reports them.
+    pub fn salvage(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Report {
+        match self {
+            LegacyDb::Gdbm(d) => d.salvage(f),
+            LegacyDb::Bdb(d) => d.salvage(f),
+            LegacyDb::Bdb185(d) => d.salvage(f),
+        }
+    }
+
     /// Reads everything readable and reports what is damaged.
     pub fn check(&self) -> Report {
         match self {
