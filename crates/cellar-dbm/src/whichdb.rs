@@ -102,8 +102,9 @@ fn readable(path: &Path) -> bool {
 /// [`WhichDb::Unreadable`]; fewer than 4 bytes -> [`WhichDb::Unknown`]; SQLite header ->
 /// sqlite3; the native magic `CELLARKV` -> native; a GNU dbm magic (native byte order) -> gnu.
 ///
-/// Beyond CPython: a `path.db` in Berkeley DB 1.85 format (macOS and BSD ndbm) counts as ndbm; GDBM files in the other byte order and numsync GDBM files are gnu; a file
-/// that is itself a Berkeley DB hash file (a name given with its `.db`) is ndbm.
+/// Beyond CPython: a `path.db` in Berkeley DB 1.85 format (macOS and BSD ndbm) counts as
+/// ndbm; GDBM files in the other byte order and numsync GDBM files are gnu; a file that is
+/// itself a Berkeley DB hash file, 1.85 included (a name given with its `.db`), is ndbm.
 pub fn whichdb(path: impl AsRef<Path>) -> WhichDb {
     let path = path.as_ref();
     if readable(&with_suffix(path, ".pag")) && readable(&with_suffix(path, ".dir")) {
@@ -155,10 +156,19 @@ pub fn whichdb(path: impl AsRef<Path>) -> WhichDb {
     if cellar_legacy::gdbm::Gdbm::sniff(&s16) {
         return WhichDb::Kind(DbKind::Gnu);
     }
-    if s16.len() == 16
-        && cellar_legacy::bdb::Bdb::sniff(&s16) == Some(cellar_legacy::bdb::Flavor::Modern)
-    {
-        return WhichDb::Kind(DbKind::Ndbm);
+    match cellar_legacy::bdb::Bdb::sniff(&s16) {
+        Some(cellar_legacy::bdb::Flavor::Modern) if s16.len() == 16 => {
+            return WhichDb::Kind(DbKind::Ndbm);
+        }
+        // A 1.85 file given by its own name: the magic alone is 4 bytes, so also require the
+        // big-endian header's version (1 or 2).
+        Some(cellar_legacy::bdb::Flavor::V185)
+            if s16.len() >= 8
+                && matches!(u32::from_be_bytes([s16[4], s16[5], s16[6], s16[7]]), 1 | 2) =>
+        {
+            return WhichDb::Kind(DbKind::Ndbm);
+        }
+        _ => {}
     }
     WhichDb::Unknown
 }

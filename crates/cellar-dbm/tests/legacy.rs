@@ -112,4 +112,9 @@ fn macos_style_ndbm_185_file_opens_read_only() {
     );
     let e = open(&base, Flag::Write, 0o666).unwrap_err();
     assert!(e.to_string().contains("cellar convert"), "{e}");
+    // Given by its own name, as in `cellar convert old.db new.cellar`.
+    let named = dir.path().join("mac.db");
+    assert_eq!(whichdb(&named).kind(), Some(DbKind::Ndbm));
+    let db = open(&named, Flag::Read, 0o666).unwrap();
+    assert_eq!(db.len().unwrap(), 21);
 }
