@@ -179,3 +179,19 @@ def test_macos_ndbm_185_file_reads(tmp_path: Path) -> None:
         assert db[b"K" * 9000] == b"big key, small value"
     with pytest.raises(cellar.dbm.error[0], match="cellar convert"):
         cellar.dbm.open(base, "c")
+
+
+def test_gnu_firstkey_nextkey_walk(fixtures: dict[str, Fixture]) -> None:
+    # The stdlib's dbm.gnu idiom: k = db.firstkey(); while k is not None: ...; k = db.nextkey(k)
+    f = fixtures["gnu_binary"]
+    with cellar.dbm.gnu.open(str(f.file)) as db:
+        seen = []
+        k = db.firstkey()
+        while k is not None:
+            seen.append(k)
+            k = db.nextkey(k)
+        assert sorted(seen) == sorted(f.pairs())
+        assert seen == list(db.keys())
+        assert db.nextkey(b"no such key") is None
+    assert cellar.dbm.gnu.open_flags == "rwcnfsu"
+    assert "Berkeley DB" in cellar.dbm.ndbm.library

@@ -22,6 +22,9 @@ error = _error
 
 #: What ``cellar.dbm.whichdb`` answers for files of this format.
 _whichdb_name = "dbm.gnu"
+#: The flag characters ``open`` accepts, as ``dbm.gnu.open_flags`` lists them (only 'r' opens;
+#: the modifiers are accepted and ignored).
+open_flags = "rwcnfsu"
 
 
 def open(file: Any, flag: str = "r", mode: int = 0o666) -> Database:

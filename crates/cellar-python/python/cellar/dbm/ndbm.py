@@ -23,6 +23,8 @@ error = _error
 
 #: What ``cellar.dbm.whichdb`` answers for files of this format.
 _whichdb_name = "dbm.ndbm"
+#: The stdlib's ``dbm.ndbm.library`` names the C library; cellar reads the files itself.
+library = "cellar (pure Rust: Berkeley DB hash 1.85 and 3-6, gdbm_compat)"
 
 
 def open(file: Any, flag: str = "r", mode: int = 0o666) -> Database:
