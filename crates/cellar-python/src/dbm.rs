@@ -166,7 +166,11 @@ struct KeyCursor {
 
 impl KeyCursor {
     fn new(keys: Vec<Vec<u8>>) -> KeyCursor {
-        let pos = keys.iter().enumerate().map(|(i, k)| (k.clone(), i)).collect();
+        let pos = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i))
+            .collect();
         KeyCursor { keys, pos }
     }
 }
