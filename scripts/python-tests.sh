@@ -25,6 +25,9 @@ echo "== building cellar (maturin develop --release) =="
 VIRTUAL_ENV="$PWD/$VENV" PATH="$PWD/$VENV/bin:$PATH" \
     "$VENV/bin/maturin" develop --release --quiet -m crates/cellar-python/Cargo.toml
 
+# The legacy-format tests compare with libgdbm / libdb through /usr/bin/python3.
+./scripts/legacy-fixtures.sh
+
 echo "== pytest tests/python =="
 "$VENV/bin/python" -m pytest -W error -q tests/python
 

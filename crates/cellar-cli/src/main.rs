@@ -98,7 +98,8 @@ enum Command {
         #[arg(long, default_value = "native")]
         to: String,
     },
-    /// Copy every record of SRC into a new store DST, then verify count and checksum.
+    /// Copy every record of SRC (any store cellar reads, dbm.gnu and dbm.ndbm included) into a
+    /// new store DST, then compare the count and checksum of both.
     Convert {
         src: PathBuf,
         dst: PathBuf,
@@ -112,9 +113,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Verify every record's checksum (native stores).
+    /// Verify every record's checksum (native stores), or read every bucket and record of a
+    /// dbm.gnu / dbm.ndbm file and report what is readable.
     Check { path: PathBuf },
-    /// Salvage every intact record of a damaged native store into a new file.
+    /// Salvage every intact record of a damaged native store (or every readable pair of a
+    /// damaged dbm.gnu / dbm.ndbm file) into a new native store.
     Repair { src: PathBuf, dst: PathBuf },
     /// Reclaim dead space.
     Compact { path: PathBuf },

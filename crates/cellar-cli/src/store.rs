@@ -1,5 +1,7 @@
 //! The store commands: `get`, `set`, `del`, `keys`, `dump`, `load`, `convert`, `info`, `check`,
-//! `repair`, `compact`, on every format cellar opens (native, sqlite3, dumb).
+//! `repair`, `compact`, on every format cellar opens (native, sqlite3, dumb; the legacy
+//! dbm.gnu and dbm.ndbm files for the read-only commands `get`, `keys`, `dump`, `info`,
+//! `check` and as the source of `convert`).
 //!
 //! Keys and values are bytes. On the command line a key or value is UTF-8 text, or, with
 //! `--literal`, a Python literal (`b'\x00\xff'`, `'é'`). Output shows them as Python literals
@@ -295,8 +297,10 @@ pub fn convert(src: &Path, dst: &Path, to: Backend) -> Result<()> {
         bail!("verification failed: source has {n1} keys (checksum {c1:#018x}), destination {n2} ({c2:#018x})");
     }
     println!(
-        "converted {n1} keys from {} to {} ({}); checksums match ({c1:#018x})",
+        "converted {n1} keys from {} ({}) to {} ({})\n  source:      {n1} keys, checksum \
+         {c1:#018x}\n  destination: {n2} keys, checksum {c2:#018x}\n  count and checksums match",
         src.display(),
+        from.backend().name(),
         dst.display(),
         to.name()
     );
@@ -317,6 +321,13 @@ pub fn info(path: &Path, out: Output) -> Result<()> {
         ("file_bytes", json!(i.file_bytes)),
         ("live_bytes", json!(i.live_bytes)),
     ];
+    if matches!(kind, DbKind::Gnu | DbKind::Ndbm) {
+        if let Some(b) = Backend::from_kind(kind) {
+            let legacy = dbm::open_legacy(path, b)?;
+            fields.push(("variant", json!(legacy.variant())));
+            fields.push(("read_only", json!(true)));
+        }
+    }
     if kind == DbKind::Native {
         db.close()?;
         let store = cellar::engine::Store::open(
@@ -368,7 +379,44 @@ fn native_only(path: &Path, what: &str) -> Result<()> {
     }
 }
 
+fn check_legacy(path: &Path, backend: Backend) -> Result<()> {
+    let db = dbm::open_legacy(path, backend)?;
+    let report = db.check();
+    if report.is_ok() {
+        println!(
+            "{}: ok ({}, {} pairs readable)",
+            path.display(),
+            db.variant(),
+            report.readable
+        );
+        return Ok(());
+    }
+    println!(
+        "{}: damaged ({}): {} pairs readable, {} damaged structures:",
+        path.display(),
+        db.variant(),
+        report.readable,
+        report.problems.len()
+    );
+    for p in report.problems.iter().take(50) {
+        println!("  {p}");
+    }
+    if report.problems.len() > 50 {
+        println!("  ... and {} more", report.problems.len() - 50);
+    }
+    bail!(
+        "{} is damaged; `cellar repair {} NEW` copies every readable pair into a new store",
+        path.display(),
+        path.display()
+    )
+}
+
 pub fn check(path: &Path) -> Result<()> {
+    if let WhichDb::Kind(k @ (DbKind::Gnu | DbKind::Ndbm)) = dbm::whichdb(path) {
+        if let Some(b) = Backend::from_kind(k) {
+            return check_legacy(path, b);
+        }
+    }
     native_only(path, "check")?;
     let store = cellar::engine::Store::open(
         path,
@@ -392,7 +440,57 @@ pub fn check(path: &Path) -> Result<()> {
     }
 }
 
+/// Copies every readable pair of a damaged dbm.gnu / dbm.ndbm file into a new native store.
+fn repair_legacy(src: &Path, dst: &Path, backend: Backend) -> Result<()> {
+    let db = dbm::open_legacy(src, backend)?;
+    if dst.exists() {
+        bail!("{} exists; repair writes a new store", dst.display());
+    }
+    let into = Backend::Native.open(dst, Flag::New, dbm::DEFAULT_MODE)?;
+    let pb = progress(0, "repair");
+    let mut batch = Batch::new();
+    let mut err = None;
+    let report = db.salvage(&mut |k, v| {
+        if err.is_some() {
+            return;
+        }
+        batch.insert(k, v);
+        if batch.len() >= 1000 {
+            if let Err(e) = into.batch(&batch) {
+                err = Some(e);
+            }
+            pb.inc(batch.len() as u64);
+            batch.clear();
+        }
+    });
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    if !batch.is_empty() {
+        into.batch(&batch)?;
+    }
+    into.close()?;
+    pb.finish_and_clear();
+    println!(
+        "copied {} readable pairs of {} ({}) into {}; {} damaged structures skipped",
+        report.readable,
+        src.display(),
+        db.variant(),
+        dst.display(),
+        report.problems.len()
+    );
+    for p in report.problems.iter().take(50) {
+        println!("  {p}");
+    }
+    Ok(())
+}
+
 pub fn repair(src: &Path, dst: &Path) -> Result<()> {
+    if let WhichDb::Kind(k @ (DbKind::Gnu | DbKind::Ndbm)) = dbm::whichdb(src) {
+        if let Some(b) = Backend::from_kind(k) {
+            return repair_legacy(src, dst, b);
+        }
+    }
     native_only(src, "repair")?;
     let report = cellar::engine::repair(src, dst, cellar::engine::Options::default())?;
     println!("{report:#?}");

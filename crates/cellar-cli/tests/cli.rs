@@ -326,3 +326,123 @@ fn pickle_show_is_inert_and_never_runs_anything() {
     assert!(!marker.exists(), "the pickle must never run");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[path = "../../cellar-legacy/tests/common/mod.rs"]
+mod legacy_fixtures;
+
+#[test]
+fn read_only_commands_and_convert_work_on_legacy_stores() {
+    let Some(list) = legacy_fixtures::fixtures() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    for name in [
+        "gnu_small",
+        "ndbm_small",
+        "ndbm_be_small",
+        "gnu_numsync_small",
+        "gnu_binary",
+    ] {
+        let Some(f) = list.iter().find(|f| f.name == name) else {
+            continue;
+        };
+        let base = f.base.to_str().unwrap();
+        let (ok, out, err) = cellar(&["info", base], b"");
+        assert!(ok, "{name}: {err}");
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.contains(&format!("keys: {}", f.count)), "{out}");
+        assert!(out.contains("variant: "), "{out}");
+        let (ok, out, err) = cellar(&["check", base], b"");
+        assert!(ok, "{name}: {err}");
+        assert!(String::from_utf8_lossy(&out).contains("ok"));
+        let (ok, out, err) = cellar(&["keys", base], b"");
+        assert!(ok, "{err}");
+        assert_eq!(String::from_utf8_lossy(&out).lines().count(), f.count);
+        let (ok, out, err) = cellar(&["dump", base], b"");
+        assert!(ok, "{err}");
+        assert_eq!(String::from_utf8_lossy(&out).lines().count(), f.count);
+        if name.ends_with("small") {
+            let (ok, out, err) = cellar(&["get", base, "test key"], b"");
+            assert!(ok, "{err}");
+            assert_eq!(String::from_utf8_lossy(&out).trim(), "b'test data'");
+        }
+        // Writing is refused with the way out.
+        let (ok, _, err) = cellar(&["set", base, "k", "v"], b"");
+        assert!(!ok);
+        assert!(
+            err.contains("read-only in cellar") && err.contains("cellar convert"),
+            "{err}"
+        );
+        // Convert, then the new store holds exactly the pairs the C library read.
+        let dst = dir.path().join(format!("{name}.cellar"));
+        let (ok, out, err) = cellar(&["convert", base, dst.to_str().unwrap()], b"");
+        assert!(ok, "{name}: {err}");
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.contains(&format!("converted {} keys", f.count)),
+            "{out}"
+        );
+        assert!(out.contains("checksums match"), "{out}");
+        let (ok, out, _) = cellar(&["dump", dst.to_str().unwrap()], b"");
+        assert!(ok);
+        let mut a: Vec<String> = String::from_utf8_lossy(&out)
+            .lines()
+            .map(String::from)
+            .collect();
+        let (_, out, _) = cellar(&["dump", base], b"");
+        let mut b: Vec<String> = String::from_utf8_lossy(&out)
+            .lines()
+            .map(String::from)
+            .collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{name}");
+    }
+    // A shelf written by the stdlib's shelve on dbm.gnu: converted, its values stay pickles.
+    let f = list.iter().find(|f| f.name == "gnu_shelf").unwrap();
+    let dst = dir.path().join("shelf.cellar");
+    let (ok, _, err) = cellar(
+        &["convert", f.base.to_str().unwrap(), dst.to_str().unwrap()],
+        b"",
+    );
+    assert!(ok, "{err}");
+    for path in [f.base.to_str().unwrap(), dst.to_str().unwrap()] {
+        let (ok, out, err) = cellar(&["get", path, "list", "--decode", "pickle"], b"");
+        assert!(ok, "{err}");
+        assert_eq!(
+            String::from_utf8_lossy(&out).trim(),
+            "[1, 2.5, 'three', (4, None)]"
+        );
+    }
+    // A damaged GDBM file: check reports what is readable and fails.
+    let f = list.iter().find(|f| f.name == "gnu_churn").unwrap();
+    let mut bytes = std::fs::read(&f.file).unwrap();
+    let n = bytes.len();
+    bytes.truncate(n - n / 3);
+    let bad = dir.path().join("damaged");
+    std::fs::write(&bad, &bytes).unwrap();
+    let (ok, out, _) = cellar(&["check", bad.to_str().unwrap()], b"");
+    assert!(!ok);
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("damaged") && out.contains("pairs readable"),
+        "{out}"
+    );
+    // repair copies what is readable into a new native store.
+    let fixed = dir.path().join("fixed.cellar");
+    let (ok, out, err) = cellar(
+        &["repair", bad.to_str().unwrap(), fixed.to_str().unwrap()],
+        b"",
+    );
+    assert!(ok, "{err}");
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("readable pairs") && out.contains("damaged structures skipped"),
+        "{out}"
+    );
+    let n: usize = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(n > 0 && n < f.count, "{out}");
+    let (ok, keys, _) = cellar(&["keys", fixed.to_str().unwrap()], b"");
+    assert!(ok);
+    assert_eq!(String::from_utf8_lossy(&keys).lines().count(), n);
+}

@@ -27,8 +27,16 @@ pub enum DbmError {
     DoesNotExist { path: PathBuf },
     /// `whichdb` found a file but not a format it knows.
     Undetermined { path: PathBuf },
-    /// A known format that cellar cannot open (`"dbm.gnu"`, `"dbm.ndbm"`).
+    /// A known format that cellar cannot open.
     Unavailable { path: PathBuf, kind: &'static str },
+    /// A write, or an open for writing, of a legacy (`dbm.gnu` / `dbm.ndbm`) database, which
+    /// cellar reads only.
+    LegacyReadOnly { path: PathBuf, kind: &'static str },
+    /// A legacy file that cannot be read (damaged, or a variant cellar refuses).
+    Legacy {
+        path: PathBuf,
+        source: cellar_legacy::Error,
+    },
     /// A flag string or modifier the backend does not accept (Python: `ValueError`).
     BadFlag { flag: String, message: String },
     /// A mutation on a database opened with `'r'`.
@@ -58,6 +66,19 @@ impl DbmError {
         DbmError::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    pub(crate) fn legacy(path: &std::path::Path, source: cellar_legacy::Error) -> DbmError {
+        match source {
+            cellar_legacy::Error::Io { path, source } => DbmError::Io {
+                context: format!("reading {}", path.display()),
+                source,
+            },
+            source => DbmError::Legacy {
+                path: path.to_path_buf(),
+                source,
+            },
         }
     }
 
@@ -99,11 +120,16 @@ impl fmt::Display for DbmError {
             DbmError::Undetermined { .. } => write!(f, "db type could not be determined"),
             DbmError::Unavailable { path, kind } => write!(
                 f,
-                "db type is {kind}, but the module is not available ({}: cellar reads legacy \
-                 {kind} files read-only once its legacy-format reader lands; `cellar convert` \
-                 migrates them to a writable format)",
+                "db type is {kind}, but the module is not available ({})",
                 path.display()
             ),
+            DbmError::LegacyReadOnly { path, kind } => write!(
+                f,
+                "{kind} files are read-only in cellar (open them with flag 'r'); \
+                 `cellar convert {} NEW` migrates it to cellar's native format",
+                path.display()
+            ),
+            DbmError::Legacy { path, source } => write!(f, "{}: {source}", path.display()),
             DbmError::BadFlag { message, .. } => f.write_str(message),
             DbmError::ReadOnly => write!(f, "The database is opened for reading only"),
             DbmError::Closed => write!(f, "DBM object has already been closed"),
@@ -126,6 +152,7 @@ impl std::error::Error for DbmError {
             DbmError::Io { source, .. } => Some(source),
             DbmError::Engine(e) => Some(e),
             DbmError::Sqlite { source, .. } => Some(source),
+            DbmError::Legacy { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -9,8 +9,11 @@
 //! * [`Backend::Dumb`] — file-compatible with `dbm.dumb` (`.dat`/`.dir`/`.bak`), made crash
 //!   safe: every acknowledged write survives `kill -9`.
 //!
-//! `dbm.gnu` and `dbm.ndbm` files are recognised by [`whichdb`] and refused with a clear error
-//! (read-only support belongs to the legacy-formats work).
+//! * [`Backend::Gnu`] / [`Backend::Ndbm`] — legacy `dbm.gnu` (GDBM) and `dbm.ndbm` (Berkeley DB
+//!   hash `NAME.db` from libdb 3-6 or 1.85, or gdbm_compat's `NAME.pag`/`NAME.dir`) files,
+//!   read-only and without any C
+//!   library (`cellar-legacy`). Opening one for writing, or writing to it, fails with
+//!   [`DbmError::LegacyReadOnly`], which names `cellar convert`.
 //!
 //! Keys and values are bytes; the Python layer encodes `str` as UTF-8 like CPython. The format
 //! details and crash-safety arguments are in `docs/dbm.md`.
@@ -29,6 +32,7 @@
 mod dumb;
 mod error;
 mod flag;
+mod legacy;
 mod native;
 mod perm;
 mod sqlite;
@@ -40,8 +44,10 @@ use std::path::Path;
 pub use crate::dumb::Placement;
 pub use crate::error::{DbmError, PyErrorKind, Result};
 pub use crate::flag::{Access, Flag};
+pub use crate::legacy::{legacy_file, open_legacy};
 pub use crate::whichdb::{whichdb, DbKind, WhichDb, NATIVE_MAGIC};
 pub use cellar_engine::ValueEncoding;
+pub use cellar_legacy::{LegacyDb, Report as LegacyReport};
 
 /// The default permission bits of created files (CPython's `mode=0o666`).
 pub const DEFAULT_MODE: u32 = 0o666;
@@ -50,7 +56,7 @@ pub const DEFAULT_MODE: u32 = 0o666;
 /// default first).
 pub const BACKENDS: [Backend; 3] = [Backend::Native, Backend::Sqlite3, Backend::Dumb];
 
-/// A writable backend.
+/// A backend: the three writable formats and the two legacy ones cellar reads only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
     /// The native engine.
@@ -59,6 +65,10 @@ pub enum Backend {
     Sqlite3,
     /// dbm.dumb's format.
     Dumb,
+    /// GNU dbm files (read-only).
+    Gnu,
+    /// ndbm files: Berkeley DB hash or gdbm_compat (read-only).
+    Ndbm,
 }
 
 impl Backend {
@@ -73,25 +83,40 @@ impl Backend {
             Backend::Native => DbKind::Native,
             Backend::Sqlite3 => DbKind::Sqlite3,
             Backend::Dumb => DbKind::Dumb,
+            Backend::Gnu => DbKind::Gnu,
+            Backend::Ndbm => DbKind::Ndbm,
         }
     }
 
-    /// The backend for a kind `whichdb` reported, if cellar can open it.
+    /// Whether cellar can write this format (false for the legacy gnu and ndbm).
+    pub fn is_writable(self) -> bool {
+        self.kind().is_writable()
+    }
+
+    /// The backend for a kind `whichdb` reported, if cellar can open it (every kind today).
     pub fn from_kind(kind: DbKind) -> Option<Backend> {
         match kind {
             DbKind::Native => Some(Backend::Native),
             DbKind::Sqlite3 => Some(Backend::Sqlite3),
             DbKind::Dumb => Some(Backend::Dumb),
-            DbKind::Gnu | DbKind::Ndbm => None,
+            DbKind::Gnu => Some(Backend::Gnu),
+            DbKind::Ndbm => Some(Backend::Ndbm),
         }
     }
 
     /// Parses a CPython flag string the way this backend's CPython counterpart checks it
     /// (dbm.dumb and dbm.sqlite3 take exactly `r w c n`, with their own messages; the native
-    /// backend accepts gnu's `f s u` modifiers).
+    /// backend and gnu accept gnu's `f s u` modifiers; ndbm takes `r w c n` only).
     pub fn parse_flag(self, s: &str) -> Result<Flag> {
         match self {
-            Backend::Native => Flag::parse(s),
+            Backend::Native | Backend::Gnu => Flag::parse(s),
+            Backend::Ndbm => match s {
+                "r" | "w" | "c" | "n" => Flag::parse(s),
+                _ => Err(DbmError::BadFlag {
+                    flag: s.to_string(),
+                    message: "arg 2 to open should be 'r', 'w', 'c', or 'n'".to_string(),
+                }),
+            },
             Backend::Dumb => match s {
                 "r" | "w" | "c" | "n" => Flag::parse(s),
                 _ => Err(dumb::bad_flag(s)),
@@ -124,6 +149,7 @@ impl Backend {
             Backend::Native => Box::new(native::NativeDb::open(path, flag, mode, encoding)?),
             Backend::Sqlite3 => Box::new(sqlite::SqliteDb::open(path, flag, mode)?),
             Backend::Dumb => Box::new(dumb::DumbDb::open(path, flag, mode, Placement::Safe)?),
+            Backend::Gnu | Backend::Ndbm => Box::new(legacy::LegacyStore::open(path, self, flag)?),
         })
     }
 }
@@ -259,7 +285,8 @@ pub trait Database: Send + Sync + fmt::Debug {
 /// Opens the database at `path` like CPython's `dbm.open(path, flag, mode)`: unless the flag is
 /// `'n'`, [`whichdb`] picks the backend; a missing database is created with the default
 /// backend (native) for `'c'`/`'n'` and is an error for `'r'`/`'w'`; an unknown file is
-/// "db type could not be determined"; gnu/ndbm files are refused with a message saying so.
+/// "db type could not be determined"; gnu/ndbm files open read-only with `'r'`, and any other
+/// flag on them (`'n'` included: it would destroy the file) is [`DbmError::LegacyReadOnly`].
 /// The flag is then checked by the backend as its CPython counterpart does.
 pub fn open(path: impl AsRef<Path>, flag: Flag, mode: u32) -> Result<Box<dyn Database>> {
     open_with(path, flag, mode, ValueEncoding::Raw)
@@ -276,7 +303,13 @@ pub fn open_with(
 ) -> Result<Box<dyn Database>> {
     let path = path.as_ref();
     let which = if flag.access() == Access::New {
-        WhichDb::Unreadable
+        match whichdb(path) {
+            WhichDb::Kind(k @ (DbKind::Gnu | DbKind::Ndbm)) => {
+                let b = Backend::from_kind(k).unwrap_or(Backend::Gnu);
+                return Err(legacy::read_only(path, b));
+            }
+            _ => WhichDb::Unreadable,
+        }
     } else {
         whichdb(path)
     };

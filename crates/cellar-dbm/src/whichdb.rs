@@ -14,9 +14,9 @@ pub enum DbKind {
     Sqlite3,
     /// dbm.dumb (`"dbm.dumb"`).
     Dumb,
-    /// GNU dbm (`"dbm.gnu"`): recognised, not readable yet.
+    /// GNU dbm (`"dbm.gnu"`): read-only.
     Gnu,
-    /// ndbm / Berkeley DB (`"dbm.ndbm"`): recognised, not readable yet.
+    /// ndbm: Berkeley DB hash or gdbm_compat (`"dbm.ndbm"`): read-only.
     Ndbm,
 }
 
@@ -84,7 +84,6 @@ impl WhichDb {
 pub const NATIVE_MAGIC: &[u8; 8] = b"CELLARKV";
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 const GNU_MAGICS: [u32; 3] = [0x13579ace, 0x13579acd, 0x13579acf];
-const BDB_HASH_MAGIC: u32 = 0x0006_1561;
 
 pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = OsString::from(path.as_os_str());
@@ -102,6 +101,10 @@ fn readable(path: &Path) -> bool {
 /// plus an empty `path.dir` or one starting with a quote -> dumb; `path` unreadable ->
 /// [`WhichDb::Unreadable`]; fewer than 4 bytes -> [`WhichDb::Unknown`]; SQLite header ->
 /// sqlite3; the native magic `CELLARKV` -> native; a GNU dbm magic (native byte order) -> gnu.
+///
+/// Beyond CPython: a `path.db` in Berkeley DB 1.85 format (macOS and BSD ndbm) counts as
+/// ndbm; GDBM files in the other byte order and numsync GDBM files are gnu; a file that is
+/// itself a Berkeley DB hash file, 1.85 included (a name given with its `.db`), is ndbm.
 pub fn whichdb(path: impl AsRef<Path>) -> WhichDb {
     let path = path.as_ref();
     if readable(&with_suffix(path, ".pag")) && readable(&with_suffix(path, ".dir")) {
@@ -109,11 +112,8 @@ pub fn whichdb(path: impl AsRef<Path>) -> WhichDb {
     }
     if let Ok(mut f) = File::open(with_suffix(path, ".db")) {
         let mut head = [0u8; 16];
-        if f.read_exact(&mut head).is_ok() {
-            let m = [head[12], head[13], head[14], head[15]];
-            if u32::from_le_bytes(m) == BDB_HASH_MAGIC || u32::from_be_bytes(m) == BDB_HASH_MAGIC {
-                return WhichDb::Kind(DbKind::Ndbm);
-            }
+        if f.read_exact(&mut head).is_ok() && cellar_legacy::bdb::Bdb::sniff(&head).is_some() {
+            return WhichDb::Kind(DbKind::Ndbm);
         }
     }
     if fs::metadata(with_suffix(path, ".dat")).is_ok() {
@@ -152,6 +152,23 @@ pub fn whichdb(path: impl AsRef<Path>) -> WhichDb {
     let magic = u32::from_ne_bytes([s16[0], s16[1], s16[2], s16[3]]);
     if GNU_MAGICS.contains(&magic) {
         return WhichDb::Kind(DbKind::Gnu);
+    }
+    if cellar_legacy::gdbm::Gdbm::sniff(&s16) {
+        return WhichDb::Kind(DbKind::Gnu);
+    }
+    match cellar_legacy::bdb::Bdb::sniff(&s16) {
+        Some(cellar_legacy::bdb::Flavor::Modern) if s16.len() == 16 => {
+            return WhichDb::Kind(DbKind::Ndbm);
+        }
+        // A 1.85 file given by its own name: the magic alone is 4 bytes, so also require the
+        // big-endian header's version (1 or 2).
+        Some(cellar_legacy::bdb::Flavor::V185)
+            if s16.len() >= 8
+                && matches!(u32::from_be_bytes([s16[4], s16[5], s16[6], s16[7]]), 1 | 2) =>
+        {
+            return WhichDb::Kind(DbKind::Ndbm);
+        }
+        _ => {}
     }
     WhichDb::Unknown
 }

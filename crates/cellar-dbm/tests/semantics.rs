@@ -170,14 +170,20 @@ fn legacy_and_unknown_formats_give_cpythons_messages() {
     let dir = tempfile::tempdir().unwrap();
     let g = dir.path().join("gnu");
     std::fs::write(&g, [&0x13579aceu32.to_ne_bytes()[..], &[0; 60]].concat()).unwrap();
-    for flag in [Flag::Read, Flag::Write, Flag::Create] {
+    // A bare magic: read-only opening reads it and finds it damaged...
+    let e = open(&g, Flag::Read, 0o666).unwrap_err().to_string();
+    assert!(e.contains("damaged GDBM file"), "{e}");
+    // ...and every flag that could write is refused, naming the migration path.
+    for flag in [Flag::Write, Flag::Create, Flag::New] {
         let e = open(&g, flag, 0o666).unwrap_err().to_string();
-        assert!(
-            e.starts_with("db type is dbm.gnu, but the module is not available"),
-            "{e}"
-        );
+        assert!(e.contains("dbm.gnu files are read-only in cellar"), "{e}");
         assert!(e.contains("cellar convert"), "{e}");
     }
+    assert_eq!(
+        std::fs::metadata(&g).unwrap().len(),
+        64,
+        "'n' must not replace it"
+    );
     let u = dir.path().join("unknown");
     std::fs::write(&u, b"just some text").unwrap();
     let e = open(&u, Flag::Create, 0o666).unwrap_err();

@@ -62,7 +62,6 @@ fn whichdb_agrees_with_cpython() {
         "gnu3",
         &[&0x13579acfu32.to_ne_bytes()[..], &[1u8; 60]].concat(),
     ));
-    cases.push(mk("gnu_swapped", &0x13579aceu32.to_be_bytes()));
     std::fs::create_dir(d.join("adir")).unwrap();
     cases.push(d.join("adir"));
     // dbm.dumb by CPython, by cellar, empty, and a .dat with a .dir not starting with a quote.
@@ -149,4 +148,36 @@ fn whichdb_names_sqlite_and_native_where_cpython_311_says_unknown() {
     let p = dir.path().join("almost");
     std::fs::write(&p, b"SQLite format 3\x01rest").unwrap();
     assert_eq!(ours(&p), "''");
+}
+
+#[test]
+fn whichdb_names_legacy_variants_cpython_does_not() {
+    // Foreign byte order and numsync GDBM files, a Berkeley DB file named with its .db, and a
+    // Berkeley DB 1.85 .db: CPython 3.11 says "" (or fails) for these; cellar names them so
+    // open can read them (this bare 1.85 header is too short: a precise error).
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mk = |name: &str, bytes: &[u8]| {
+        let p = d.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let swapped = mk("gnu_swapped", &0x13579acfu32.swap_bytes().to_ne_bytes());
+    assert_eq!(ours(&swapped), "'dbm.gnu'");
+    let numsync = mk("gnu_numsync", &0x13579ad1u32.to_ne_bytes());
+    assert_eq!(ours(&numsync), "'dbm.gnu'");
+    let mut bdb = vec![0u8; 64];
+    bdb[12..16].copy_from_slice(&0x061561u32.to_le_bytes());
+    let named = mk("x.db", &bdb);
+    assert_eq!(ours(&named), "'dbm.ndbm'");
+    assert_eq!(ours(&d.join("x")), "'dbm.ndbm'");
+    let mut old = vec![0u8; 64];
+    old[..4].copy_from_slice(&0x061561u32.to_be_bytes());
+    old[4..8].copy_from_slice(&2u32.to_be_bytes());
+    mk("mac.db", &old);
+    assert_eq!(ours(&d.join("mac")), "'dbm.ndbm'");
+    let e = cellar_dbm::open(d.join("mac"), Flag::Read, 0o666)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("damaged Berkeley DB 1.85 hash file"), "{e}");
 }

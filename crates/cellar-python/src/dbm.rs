@@ -97,12 +97,14 @@ fn path_of<'a>(path: &'a Bound<'_, PyBytes>) -> &'a Path {
 fn backend_of(name: &str) -> PyResult<Backend> {
     cellar_dbm::BACKENDS
         .into_iter()
+        .chain([Backend::Gnu, Backend::Ndbm])
         .find(|b| b.name() == name)
         .ok_or_else(|| PyValueError::new_err(format!("unknown dbm backend {name:?}")))
 }
 
 /// `_dbm_open(path: bytes, backend: str, flag: str, mode: int, value_encoding=None)`: opens
-/// `path` with one backend (`"dbm.native"`, `"dbm.sqlite3"`, `"dbm.dumb"`), checking `flag` as
+/// `path` with one backend (`"dbm.native"`, `"dbm.sqlite3"`, `"dbm.dumb"`, or read-only
+/// `"dbm.gnu"`, `"dbm.ndbm"`), checking `flag` as
 /// that backend does. `value_encoding` (`("pickle", protocol)` or `("marshal", version)`) is
 /// recorded in the header of a native store this call creates (how `cellar.shelve` marks it).
 #[pyfunction]
@@ -135,7 +137,10 @@ fn _dbm_open(
     let db = py
         .detach(|| backend.open_with(&path, flag, mode, encoding))
         .map_err(|e| to_py(py, e))?;
-    Ok(PyDatabase { db })
+    Ok(PyDatabase {
+        db,
+        cursor: Mutex::new(None),
+    })
 }
 
 /// `_dbm_whichdb(path: bytes)`: CPython's answer (`None`, `""`, or `"dbm.x"`).
@@ -149,6 +154,25 @@ fn _dbm_whichdb(py: Python<'_>, path: &Bound<'_, PyBytes>) -> Option<&'static st
 #[pyclass(frozen, module = "cellar.dbm", name = "Database")]
 pub struct PyDatabase {
     pub(crate) db: Box<dyn Database>,
+    /// dbm.gnu's `firstkey()`/`nextkey()` walk: the key snapshot `firstkey()` took and each
+    /// key's position in it.
+    cursor: Mutex<Option<KeyCursor>>,
+}
+
+struct KeyCursor {
+    keys: Vec<Vec<u8>>,
+    pos: std::collections::HashMap<Vec<u8>, usize>,
+}
+
+impl KeyCursor {
+    fn new(keys: Vec<Vec<u8>>) -> KeyCursor {
+        let pos = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i))
+            .collect();
+        KeyCursor { keys, pos }
+    }
 }
 
 impl PyDatabase {
@@ -287,6 +311,36 @@ impl PyDatabase {
     /// Reclaims dead space (native: compaction; sqlite3: VACUUM; dumb: rewrites the .dat).
     fn compact(&self, py: Python<'_>) -> PyResult<()> {
         self.run(py, |db| db.compact())
+    }
+
+    /// dbm.gnu's `firstkey()`: the first key of a fresh snapshot of the keys, or `None`.
+    fn firstkey<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let keys = self.run(py, |db| db.keys())?;
+        let first = keys.first().map(|k| PyBytes::new(py, k));
+        *self.cursor.lock().unwrap_or_else(|e| e.into_inner()) = Some(KeyCursor::new(keys));
+        Ok(first)
+    }
+
+    /// dbm.gnu's `nextkey(key)`: the key after `key` in the snapshot `firstkey()` took (a new
+    /// snapshot if there is none or `key` is not in it), or `None` at the end.
+    fn nextkey<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let key = as_bytes(key, "keys")?;
+        let mut guard = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+        let known = guard.as_ref().is_some_and(|c| c.pos.contains_key(&key));
+        if !known {
+            drop(guard);
+            let keys = self.run(py, |db| db.keys())?;
+            guard = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+            *guard = Some(KeyCursor::new(keys));
+        }
+        Ok(guard.as_ref().and_then(|c| {
+            let i = *c.pos.get(&key)?;
+            c.keys.get(i + 1).map(|k| PyBytes::new(py, k))
+        }))
     }
 
     /// CPython 3.15's name for [`compact`](Self::compact) (and dbm.gnu's).

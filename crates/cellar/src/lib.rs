@@ -39,8 +39,14 @@ pub mod pickle {
     pub use cellar_pickle::*;
 }
 
-/// dbm: one interface over every store (native, sqlite3, dumb), `open` and `whichdb` with
-/// CPython's semantics (see `docs/dbm.md`).
+/// Read-only readers for legacy dbm files: GDBM and Berkeley DB hash, no C library needed
+/// (see `docs/legacy-formats.md`).
+pub mod legacy {
+    pub use cellar_legacy::*;
+}
+
+/// dbm: one interface over every store (native, sqlite3, dumb; gnu and ndbm read-only),
+/// `open` and `whichdb` with CPython's semantics (see `docs/dbm.md`).
 pub mod dbm {
     pub use cellar_dbm::*;
 }

@@ -7,7 +7,9 @@ for new stores), CPython 3.13's ``dbm.sqlite3`` files and ``dbm.dumb`` files, pi
 ``error`` is a tuple ``(cellar.dbm.error, OSError)`` like CPython's.
 
 Submodules ``cellar.dbm.native``, ``cellar.dbm.sqlite3`` and ``cellar.dbm.dumb`` open one
-backend directly. Database objects are thread safe and release the GIL during I/O; beyond the
+backend directly. Legacy ``dbm.gnu`` and ``dbm.ndbm`` files open read-only (``open(file, 'r')``
+routes them to ``cellar.dbm.gnu`` / ``cellar.dbm.ndbm``, which need no C library); any other
+flag on them raises ``error`` naming ``cellar convert``, which migrates them. Database objects are thread safe and release the GIL during I/O; beyond the
 stdlib they have ``batch()`` (a context manager applying its writes as one commit),
 ``compact()`` / ``reorganize()`` and ``stats()``.
 """
@@ -28,6 +30,9 @@ _names = ["cellar.dbm.native", "cellar.dbm.sqlite3", "cellar.dbm.dumb"]
 _defaultmod: Any = None
 #: Loaded backend modules, by import name and by ``whichdb`` name.
 _modules: dict[str, Any] = {}
+#: The read-only legacy formats: not in ``_names`` (never a default or a creation target),
+#: found by ``whichdb`` name.
+_legacy = {"dbm.gnu": "cellar.dbm.gnu", "dbm.ndbm": "cellar.dbm.ndbm"}
 
 error = (_error, OSError)
 
@@ -71,6 +76,10 @@ def _open(
 
     # Guess the type of an existing database, if not creating a new one.
     result = whichdb(file) if "n" not in flag else None
+    if "n" in flag and whichdb(file) in _legacy:
+        # 'n' would replace a legacy file cellar can only read: refuse, naming the way out.
+        mod = __import__(_legacy[str(whichdb(file))], fromlist=["open"])
+        return mod.open(file, flag, mode)  # type: ignore[no-any-return]
     if result is None:
         if "c" in flag or "n" in flag:
             mod = ns["_defaultmod"]
@@ -78,6 +87,8 @@ def _open(
             raise ns["error"][0]("db file doesn't exist; use 'c' or 'n' flag to create a new db")
     elif result == "":
         raise ns["error"][0]("db type could not be determined")
+    elif result in _legacy and result not in modules:
+        mod = __import__(_legacy[result], fromlist=["open"])
     elif result not in modules:
         raise ns["error"][0](
             "db type is {0}, but the module is not available".format(result)
