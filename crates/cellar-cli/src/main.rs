@@ -106,6 +106,11 @@ enum Command {
         /// Backend of DST: native, sqlite or dumb.
         #[arg(long, default_value = "native")]
         to: String,
+        /// Record in a native DST's header how its values are encoded: `pickle` for a shelf
+        /// (protocol taken from the values), `pickle:N`, `marshal[:N]`, or `raw`. Default: the
+        /// source's own record (native sources), else none.
+        #[arg(long)]
+        values: Option<String>,
     },
     /// Show the format, key count and sizes (live/dead bytes for native stores).
     Info {
@@ -229,7 +234,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Load { path, file, to } => {
             store::load(&path, file.as_deref(), Some(store::backend_named(&to)?))
         }
-        Command::Convert { src, dst, to } => store::convert(&src, &dst, store::backend_named(&to)?),
+        Command::Convert {
+            src,
+            dst,
+            to,
+            values,
+        } => store::convert(&src, &dst, store::backend_named(&to)?, values.as_deref()),
         Command::Info { path, json } => store::info(&path, store::Output { json, decode: None }),
         Command::Check { path } => store::check(&path),
         Command::Repair { src, dst } => store::repair(&src, &dst),

@@ -19,7 +19,7 @@ use base64::Engine as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value as Json};
 
-use cellar::dbm::{self, Backend, Batch, Database, DbKind, Flag, WhichDb};
+use cellar::dbm::{self, Backend, Batch, Database, DbKind, Flag, ValueEncoding, WhichDb};
 use cellar::marshal;
 use cellar::value::{bytes_repr, parse, repr, Value};
 
@@ -262,12 +262,60 @@ fn checksum(db: &dyn Database) -> Result<(u64, u64)> {
     Ok((count, sum))
 }
 
-pub fn convert(src: &Path, dst: &Path, to: Backend) -> Result<()> {
+/// The value encoding `--values` asks for (`pickle`, `pickle:N`, `marshal[:N]`, `raw`); for a
+/// bare `pickle`, the protocol comes from the first value's PROTO opcode (0 without one).
+fn values_encoding(spec: &str, from: &dyn Database) -> Result<ValueEncoding> {
+    let (kind, num) =
+        match spec.split_once(':') {
+            Some((k, n)) => (
+                k,
+                Some(n.parse::<u8>().map_err(|_| {
+                    anyhow::anyhow!("--values {spec}: {n:?} is not a version number")
+                })?),
+            ),
+            None => (spec, None),
+        };
+    Ok(match kind {
+        "raw" => ValueEncoding::Raw,
+        "marshal" => ValueEncoding::Marshal {
+            version: num.unwrap_or(4),
+        },
+        "pickle" => {
+            let protocol = match num {
+                Some(p) => p,
+                None => {
+                    let mut first = None;
+                    from.for_each(&mut |_, v| {
+                        if first.is_none() {
+                            first = Some(match v {
+                                [0x80, p, ..] => *p,
+                                _ => 0,
+                            });
+                        }
+                        Ok(())
+                    })?;
+                    first.unwrap_or(cellar::pickle::DEFAULT_PROTOCOL)
+                }
+            };
+            if protocol > cellar::pickle::HIGHEST_PROTOCOL {
+                bail!("--values {spec}: pickle protocol {protocol} does not exist");
+            }
+            ValueEncoding::Pickle { protocol }
+        }
+        other => bail!("--values must be pickle[:N], marshal[:N] or raw, not {other:?}"),
+    })
+}
+
+pub fn convert(src: &Path, dst: &Path, to: Backend, values: Option<&str>) -> Result<()> {
     let from = open(src, "r")?;
     if dst.exists() {
         bail!("{} exists; convert writes a new store", dst.display());
     }
-    let into = to.open(dst, Flag::New, dbm::DEFAULT_MODE)?;
+    let encoding = match values {
+        Some(spec) => values_encoding(spec, from.as_ref())?,
+        None => from.value_encoding().unwrap_or_default(),
+    };
+    let into = to.open_with(dst, Flag::New, dbm::DEFAULT_MODE, encoding)?;
     let pb = progress(from.len()? as u64, "convert");
     let mut batch = Batch::new();
     let mut err = None;

@@ -414,6 +414,44 @@ fn read_only_commands_and_convert_work_on_legacy_stores() {
             "[1, 2.5, 'three', (4, None)]"
         );
     }
+    // With --values pickle the native copy records that its values are pickles: get decodes
+    // without being told, and so would cellar.shelve / the Rust Shelf.
+    let marked = dir.path().join("shelf-marked.cellar");
+    let (ok, _, err) = cellar(
+        &[
+            "convert",
+            f.base.to_str().unwrap(),
+            marked.to_str().unwrap(),
+            "--values",
+            "pickle",
+        ],
+        b"",
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = cellar(&["get", marked.to_str().unwrap(), "list"], b"");
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        "[1, 2.5, 'three', (4, None)]"
+    );
+    let (ok, out, _) = cellar(&["info", marked.to_str().unwrap()], b"");
+    assert!(ok);
+    let info = String::from_utf8_lossy(&out).to_string();
+    assert!(
+        info.contains("value_encoding: Pickle { protocol: "),
+        "{info}"
+    );
+    let (ok, _, err) = cellar(
+        &[
+            "convert",
+            f.base.to_str().unwrap(),
+            dir.path().join("x").to_str().unwrap(),
+            "--values",
+            "yaml",
+        ],
+        b"",
+    );
+    assert!(!ok && err.contains("--values"), "{err}");
     // A damaged GDBM file: check reports what is readable and fails.
     let f = list.iter().find(|f| f.name == "gnu_churn").unwrap();
     let mut bytes = std::fs::read(&f.file).unwrap();
