@@ -17,6 +17,12 @@ pub const SLOT_OFFSETS: [u64; 2] = [64, 128];
 pub const SLOT_LEN: usize = 64;
 /// Offset of the writer-pid field.
 pub const PID_OFFSET: u64 = 192;
+/// Where the writer publishes `(session, end)` after every append: two u64 LE, a random id of
+/// the writer's session and the log's end (all zero = never published). Informational, not
+/// checksummed, never used for recovery: read-only handles compare it with the pair they last
+/// saw to skip the `fstat` that would otherwise check for new commits. The session id rules out
+/// a stale pair (from before a crash) being mistaken for a new one.
+pub const END_HINT_OFFSET: u64 = 200;
 /// Largest record header: crc 4 + kind 1 + flags 1 + varint 5 + varint 10.
 pub const MAX_REC_HEADER: usize = 21;
 /// API limit on key length.

@@ -38,6 +38,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         self.read_at(offset, &mut v)?;
         Ok(View::owned(v))
     }
+    /// Writes a small informational field inside the first 4 KiB (the published log end):
+    /// like `write_at`, but a real file may do it through a shared mapping, without a syscall.
+    fn write_hint(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.write_at(offset, data)
+    }
 }
 
 type MapGuard = arc_swap::Guard<Option<Arc<memmap2::Mmap>>>;
@@ -79,6 +84,8 @@ pub struct FileStorage {
     stable: AtomicU64,
     map: ArcSwapOption<memmap2::Mmap>,
     remap: Mutex<()>,
+    /// Writers: a shared read-write mapping of the first page, for `write_hint`.
+    head: std::sync::OnceLock<Option<memmap2::MmapRaw>>,
 }
 
 impl FileStorage {
@@ -89,6 +96,7 @@ impl FileStorage {
             stable: AtomicU64::new(0),
             map: ArcSwapOption::empty(),
             remap: Mutex::new(()),
+            head: std::sync::OnceLock::new(),
         }
     }
 
@@ -148,6 +156,39 @@ impl FileStorage {
 }
 
 impl Storage for FileStorage {
+    fn write_hint(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        const HEAD: usize = 4096;
+        let end = offset as usize + data.len();
+        if end > HEAD {
+            return self.write_at(offset, data);
+        }
+        // The first page exists for the whole life of the file (header, slots, padding) and is
+        // never truncated; only this process's writer handle writes through the mapping.
+        let head = self.head.get_or_init(|| {
+            memmap2::MmapOptions::new()
+                .len(HEAD)
+                .map_raw(&self.file)
+                .ok()
+        });
+        match head {
+            Some(m) if m.len() >= end => {
+                // SAFETY: `offset..end` lies inside the live mapping (checked above); the
+                // writer lock serialises writers; readers tolerate a torn value (it only makes
+                // them check the file length).
+                #[allow(unsafe_code)]
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        data.as_ptr(),
+                        m.as_mut_ptr().add(offset as usize),
+                        data.len(),
+                    );
+                }
+                Ok(())
+            }
+            _ => self.write_at(offset, data),
+        }
+    }
+
     fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }

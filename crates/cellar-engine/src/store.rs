@@ -207,6 +207,45 @@ struct Gen {
     ident: Option<(u64, u64)>,
     recovered_tail: u64,
     slot_seq: AtomicU64,
+    /// Readers: the writer's published `(session, end)` at their last full refresh.
+    seen_hint: Mutex<(u64, u64)>,
+}
+
+/// Writer: publish `(session, end)` after an append (see `END_HINT_OFFSET`).
+fn publish_end(g: &Gen, session: u64, end: u64) -> Result<()> {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&session.to_le_bytes());
+    b[8..].copy_from_slice(&end.to_le_bytes());
+    g.storage
+        .write_hint(END_HINT_OFFSET, &b)
+        .map_err(io_err("publishing the log end"))
+}
+
+/// Reader: the writer's last published `(session, end)` ((0, 0) if none, or unreadable).
+fn published_end(g: &Gen) -> (u64, u64) {
+    match g.storage.view(END_HINT_OFFSET, 16) {
+        Ok(v) if v.len() == 16 => {
+            let mut a = [0u8; 8];
+            let mut b = [0u8; 8];
+            a.copy_from_slice(&v[..8]);
+            b.copy_from_slice(&v[8..]);
+            (u64::from_le_bytes(a), u64::from_le_bytes(b))
+        }
+        _ => (0, 0),
+    }
+}
+
+/// A random id for a writer session (never 0).
+fn new_session_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish() | 1
 }
 
 /// Sizes of a record, for accounting.
@@ -669,6 +708,7 @@ fn load_gen(
         ident,
         recovered_tail: 0,
         slot_seq: AtomicU64::new(max_seq),
+        seen_hint: Mutex::new((0, 0)),
     };
     g.storage.set_stable(meta.covers_end);
     let mut g = g;
@@ -734,6 +774,8 @@ struct Inner {
     compactor: Mutex<Option<JoinHandle<()>>>,
     compacting: AtomicBool,
     closed: AtomicBool,
+    /// Writers: the id published with the log's end (see `publish_end`).
+    session: u64,
 }
 
 /// An open store. `Send + Sync`: share it between threads by reference or in an `Arc`.
@@ -848,6 +890,7 @@ impl Store {
                 compactor: Mutex::new(None),
                 compacting: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
+                session: new_session_id(),
             }),
         }
     }
@@ -1240,14 +1283,23 @@ impl Inner {
 
     fn refresh(&self) -> Result<()> {
         let g = self.gen.load();
+        // Read the writer's published end *before* looking at the file: if it has not moved
+        // since the last full check, no commit has completed since then (the writer publishes
+        // after every append), and the fstat below can be skipped.
+        let hint = published_end(&g);
+        if hint.0 != 0 && hint == *lock(&g.seen_hint) && !g.superseded.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let len = g
             .storage
             .len()
             .map_err(io_err("checking the store's length"))?;
         let superseded = g.superseded.load(Ordering::Acquire);
         if len <= g.limit() && !superseded {
+            *lock(&g.seen_hint) = hint;
             return Ok(());
         }
+        let checked: *const Gen = &**g;
         drop(g);
         let _w = lock(&self.writer);
         let g = self.gen.load_full();
@@ -1259,6 +1311,10 @@ impl Inner {
             // A bad record here is most likely a commit still being written: stop and retry
             // on the next read.
             replay(&g, g.limit(), len)?;
+        }
+        if std::ptr::eq(Arc::as_ptr(&g), checked) && !g.superseded.load(Ordering::Acquire) {
+            // Everything published up to `hint` (read before the checks) is now replayed.
+            *lock(&g.seen_hint) = hint;
         }
         if g.superseded.load(Ordering::Acquire) {
             if let Some(path) = &self.path {
@@ -1452,7 +1508,7 @@ impl Inner {
             }
             return Err(err);
         }
-        Ok(())
+        publish_end(g, self.session, new_end)
     }
 
     fn maybe_compact(self: &Arc<Self>, g: &Gen) {
@@ -1588,6 +1644,7 @@ impl Inner {
                 ident,
                 recovered_tail: 0,
                 slot_seq: AtomicU64::new(0),
+                seen_hint: Mutex::new((0, 0)),
             };
             let mut out = Vec::with_capacity(1 << 20);
             let mut cbuf = Vec::new();
@@ -1736,6 +1793,7 @@ impl Inner {
                 .map_err(io_err("marking the old file superseded"))?;
             g0.end
                 .store(old_end + marker.len() as u64, Ordering::Release);
+            publish_end(&g0, self.session, old_end + marker.len() as u64)?;
             fs::rename(&tmp, &path).map_err(io_err(format!(
                 "renaming {} over {}",
                 tmp.display(),

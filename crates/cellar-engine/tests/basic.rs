@@ -297,3 +297,45 @@ fn compaction_keeps_the_file_mode() {
     assert_eq!(s.get(&7u32.to_le_bytes()).unwrap().unwrap(), b"y");
     s.close().unwrap();
 }
+
+#[test]
+fn read_only_handles_see_every_acknowledged_commit_at_once() {
+    // A reader skips its file-length check while the writer's published (session, end) is the
+    // one it last saw: every commit must still be visible to the very next read.
+    let d = tmp();
+    let p = d.path().join("db");
+    let w = Store::open(&p, Options::default()).unwrap();
+    w.put(b"seed", b"0").unwrap();
+    let r = Store::open(&p, Options::from_dbm_flag("r").unwrap()).unwrap();
+    for i in 0..2000u32 {
+        assert_eq!(r.get(&i.to_le_bytes()).unwrap(), None);
+        w.put(&i.to_le_bytes(), &i.to_be_bytes()).unwrap();
+        assert_eq!(
+            r.get(&i.to_le_bytes()).unwrap().as_deref(),
+            Some(&i.to_be_bytes()[..]),
+            "commit {i} not visible"
+        );
+        if i % 500 == 499 {
+            let mut b = Batch::new();
+            b.delete(i.to_le_bytes().to_vec());
+            w.batch(&b).unwrap();
+            assert_eq!(r.get(&i.to_le_bytes()).unwrap(), None);
+        }
+    }
+    // A new writer session after a close: the reader notices its first commit too.
+    w.close().unwrap();
+    assert_eq!(r.len().unwrap(), 1997);
+    let w2 = Store::open(&p, Options::default()).unwrap();
+    w2.put(b"after restart", b"yes").unwrap();
+    assert_eq!(
+        r.get(b"after restart").unwrap().as_deref(),
+        Some(&b"yes"[..])
+    );
+    w2.compact().unwrap();
+    w2.put(b"after compaction", b"yes").unwrap();
+    assert_eq!(
+        r.get(b"after compaction").unwrap().as_deref(),
+        Some(&b"yes"[..])
+    );
+    w2.close().unwrap();
+}
