@@ -717,9 +717,22 @@ impl Database for DumbDb {
             // references changes until the index itself does, in one step.
             let vals: Vec<&[u8]> = puts.iter().map(|(_, v)| *v).collect();
             let positions = self.append_values(st, &vals)?;
-            let before = st.index.clone();
+            // What to undo if the index cannot be written. Put-only batches (the common case)
+            // keep an undo log of the keys they touch: new keys are appended at the end of the
+            // index (undone by truncating it), overwritten ones keep their place. A batch that
+            // deletes keeps a copy of the whole index (deletes shift positions).
+            let old_len = st.index.len();
+            let before = if deletes {
+                Some(st.index.clone())
+            } else {
+                None
+            };
+            let mut overwritten: Vec<(usize, (u64, u64))> = Vec::new();
             for ((k, _), pos) in puts.iter().zip(&positions) {
-                st.index.insert(k.to_vec(), *pos);
+                let (i, old) = st.index.insert_full(k.to_vec(), *pos);
+                if let (Some(old), true) = (old, before.is_none()) {
+                    overwritten.push((i, old));
+                }
             }
             for (k, v) in &last {
                 if v.is_none() {
@@ -741,7 +754,17 @@ impl Database for DumbDb {
                 }
             };
             if r.is_err() {
-                st.index = before;
+                match before {
+                    Some(before) => st.index = before,
+                    None => {
+                        st.index.truncate(old_len);
+                        for (i, old) in overwritten {
+                            if let Some((_, v)) = st.index.get_index_mut(i) {
+                                *v = old;
+                            }
+                        }
+                    }
+                }
             }
             r
         })
