@@ -189,6 +189,23 @@ def table(results: list[dict[str, Any]], title: str) -> str:
     return "\n".join(out)
 
 
+PACKAGES = ("cellar", "sqlitedict", "diskcache", "rocksdict", "plyvel", "lmdb")
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of cellar and the peers (and SQLite's, which several peers use)."""
+    import importlib.metadata
+    import sqlite3
+
+    out = {"sqlite (python's sqlite3)": sqlite3.sqlite_version}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 def machine_note() -> dict[str, Any]:
     try:
         load = os.getloadavg()
@@ -302,6 +319,8 @@ def main(
 
     env_after = machine_note()
     print()
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    print()
     print(table(results, f"n = {args.n:,}; {env['date']}; load average before/after "
                 f"{env['loadavg'][0]}/{env_after['loadavg'][0]}"))
     if args.json:
@@ -309,7 +328,7 @@ def main(
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(
                 {"benchmark": description, "n": args.n, "machine": env,
-                 "machine_after": env_after, "results": results},
+                 "machine_after": env_after, "versions": versions(), "results": results},
                 f,
                 indent=1,
             )
