@@ -11,6 +11,7 @@ import pickle
 import shelve as std_shelve
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -230,7 +231,7 @@ def test_stdlib_shelf_on_dbm_dumb_opens_in_cellar(tmp_path: Path) -> None:
     assert cellar.dbm.whichdb(path) == "dbm.dumb"
     with shelve.open(path, "r") as db:
         assert dict(db.items()) == values
-    with shelve.open(path, "r", safe=True) if _has_safe_pickle() else shelve.open(path, "r") as db:
+    with shelve.open(path, "r", safe=True) as db:
         assert dict(db.items()) == values
     # cellar writes, the stdlib reads.
     with shelve.open(path) as db:
@@ -240,12 +241,43 @@ def test_stdlib_shelf_on_dbm_dumb_opens_in_cellar(tmp_path: Path) -> None:
         assert s["a"] == [1, 2]
 
 
-def _has_safe_pickle() -> bool:
-    try:
-        import cellar.pickle  # noqa: F401
-    except ImportError:
-        return False
-    return True
+class Account:
+    def __init__(self, owner: str, balance: float) -> None:
+        self.owner = owner
+        self.balance = balance
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Account) and vars(self) == vars(other)
+
+
+class Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch " + EXPLOIT_MARK,))
+
+
+EXPLOIT_MARK = os.path.join(tempfile.gettempdir(), f"cellar-shelf-exploit-{os.getpid()}")
+
+
+def test_safe_shelves_decode_through_cellar_pickle(tmp_path: Path) -> None:
+    path = str(tmp_path / "safe.shelf")
+    with shelve.open(path) as db:
+        db["plain"] = {"a": [1, 2.5, "x"], "b": (None, b"\x00")}
+        db["account"] = Account("ada", 12.5)
+        db["evil"] = Exploit()
+    with shelve.open(path, "r", safe=True) as db:
+        assert db["plain"] == {"a": [1, 2.5, "x"], "b": (None, b"\x00")}
+        with pytest.raises(pickle.UnpicklingError, match="Account"):
+            db["account"]
+        with pytest.raises(pickle.UnpicklingError, match="os.system|posix.system"):
+            db["evil"]
+    with shelve.open(path, "r", allow=(Account,)) as db:
+        assert db["account"] == Account("ada", 12.5)
+        with pytest.raises(pickle.UnpicklingError):
+            db["evil"]
+    assert not os.path.exists(EXPLOIT_MARK)
+    # The default codec is CPython's pickle, exactly as the stdlib: it would run the exploit.
 
 
 def _shelf_tool() -> str:

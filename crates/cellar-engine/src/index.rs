@@ -156,6 +156,14 @@ impl Table {
             .collect()
     }
 
+    /// The live records' offsets in file order (ascending), for scans that read the log
+    /// front to back.
+    pub fn offsets_in_file_order(&self) -> Vec<u64> {
+        let mut v = self.offsets();
+        radix_sort(&mut v);
+        v
+    }
+
     /// Builds a bigger (or cleaned) table holding the same live entries; `key_hash(offset)`
     /// returns the full hash of the key of the record at `offset`.
     pub fn rebuilt(
@@ -236,5 +244,71 @@ impl Table {
                 log2: meta.log2_capacity,
             },
         ))
+    }
+}
+
+/// Sorts `v` ascending with an LSD radix sort (11-bit digits, only as many passes as the largest
+/// value needs): file offsets are dense integers, and for a million of them this is several
+/// times faster than a comparison sort.
+pub(crate) fn radix_sort(v: &mut Vec<u64>) {
+    const BITS: u32 = 11;
+    const BUCKETS: usize = 1 << BITS;
+    if v.len() < 256 {
+        v.sort_unstable();
+        return;
+    }
+    let max = v.iter().copied().max().unwrap_or(0);
+    let passes = (64 - max.leading_zeros()).div_ceil(BITS);
+    let mut buf = vec![0u64; v.len()];
+    let mut src = std::mem::take(v);
+    for pass in 0..passes {
+        let shift = pass * BITS;
+        let mut counts = [0usize; BUCKETS];
+        for &x in &src {
+            counts[((x >> shift) as usize) & (BUCKETS - 1)] += 1;
+        }
+        let mut sum = 0;
+        for c in counts.iter_mut() {
+            let n = *c;
+            *c = sum;
+            sum += n;
+        }
+        for &x in &src {
+            let d = ((x >> shift) as usize) & (BUCKETS - 1);
+            buf[counts[d]] = x;
+            counts[d] += 1;
+        }
+        std::mem::swap(&mut src, &mut buf);
+    }
+    *v = src;
+}
+
+#[cfg(test)]
+mod radix_tests {
+    use super::radix_sort;
+
+    #[test]
+    fn radix_sort_matches_sort() {
+        let mut x: u64 = 12345;
+        for n in [0usize, 1, 255, 256, 1000, 70_000] {
+            for bits in [8u32, 20, 40, 64] {
+                let mut v: Vec<u64> = (0..n)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        if bits == 64 {
+                            x
+                        } else {
+                            x & ((1u64 << bits) - 1)
+                        }
+                    })
+                    .collect();
+                let mut w = v.clone();
+                w.sort_unstable();
+                radix_sort(&mut v);
+                assert_eq!(v, w, "n={n} bits={bits}");
+            }
+        }
     }
 }

@@ -903,8 +903,7 @@ impl Store {
     /// A snapshot iterator over `(key, value)` pairs, in file order (unordered keys).
     pub fn iter(&self) -> Result<Iter> {
         let g = self.inner.current()?.clone();
-        let mut offsets = g.index.load().offsets();
-        offsets.sort_unstable();
+        let offsets = g.index.load().offsets_in_file_order();
         Ok(Iter {
             gen: g,
             offsets,
@@ -915,8 +914,7 @@ impl Store {
     /// All keys (snapshot).
     pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
         let g = self.inner.current()?.clone();
-        let mut offsets = g.index.load().offsets();
-        offsets.sort_unstable();
+        let offsets = g.index.load().offsets_in_file_order();
         let limit = g.limit();
         offsets
             .into_iter()
@@ -931,8 +929,7 @@ impl Store {
     /// per item for uncompressed values.
     pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8])) -> Result<()> {
         let g = self.inner.current()?.clone();
-        let mut offsets = g.index.load().offsets();
-        offsets.sort_unstable();
+        let offsets = g.index.load().offsets_in_file_order();
         let limit = g.limit();
         // One view of the whole log: zero-copy through the mapping on real files.
         let all = g
@@ -1519,7 +1516,7 @@ impl Inner {
             };
             (g, e0, offs)
         };
-        offsets.sort_unstable();
+        crate::index::radix_sort(&mut offsets);
         let mut hold = if empty {
             Some(lock(&self.writer))
         } else {
@@ -1556,6 +1553,11 @@ impl Inner {
             .custom_flags(libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(io_err(format!("creating {}", tmp.display())))?;
+        // The compacted file replaces the original: it keeps the original's permission bits.
+        if let Ok(meta) = fs::metadata(&path) {
+            file.set_permissions(meta.permissions())
+                .map_err(io_err(format!("setting the mode of {}", tmp.display())))?;
+        }
         let nlock = WriterLock::acquire_file(&tmp, &file)?;
         let ident = file_ident(&file);
         let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));

@@ -270,3 +270,30 @@ fn handles_are_send_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Store>();
 }
+
+#[test]
+fn compaction_keeps_the_file_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tmp();
+    let p = d.path().join("db");
+    let s = Store::open(
+        &p,
+        Options {
+            auto_compact: false,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    for i in 0..100u32 {
+        s.put(&i.to_le_bytes(), b"x").unwrap();
+        s.put(&i.to_le_bytes(), b"y").unwrap();
+    }
+    for mode in [0o600, 0o640] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        s.compact().unwrap();
+        let got = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(got, mode, "compaction changed the mode to {got:o}");
+    }
+    assert_eq!(s.get(&7u32.to_le_bytes()).unwrap().unwrap(), b"y");
+    s.close().unwrap();
+}

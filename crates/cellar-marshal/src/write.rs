@@ -148,6 +148,8 @@ impl<'o> Writer<'o> {
         stack: &mut Vec<Task<'a>>,
     ) -> Result<(), EncodeError> {
         match v {
+            // An inert pickle object has no marshal form (CPython: "unmarshallable object").
+            Value::Object(_) => return Err(unmarshallable()),
             Value::Int(Int::Small(i)) => match i32::try_from(*i) {
                 Ok(x) => {
                     self.out.push(TYPE_INT | flag);

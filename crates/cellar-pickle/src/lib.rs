@@ -38,7 +38,7 @@ mod compat;
 mod disasm;
 mod error;
 mod inert;
-mod ops;
+pub mod ops;
 mod read;
 mod registry;
 mod serde_api;
@@ -54,6 +54,19 @@ pub use crate::serde_api::{from_slice, from_slice_with, to_vec, to_vec_with, Ser
 pub use crate::text::{DecodeErrors, StringEncoding};
 pub use crate::write::MAX_DUMP_DEPTH;
 pub use cellar_value::Value;
+
+/// `pickle.py`'s `find_class` name mapping for protocols 0-2 with `fix_imports` (Python 2 names
+/// to Python 3 ones, from CPython 3.11's `_compat_pickle`): `('__builtin__', 'set')` ->
+/// `('builtins', 'set')`. Names without a mapping come back unchanged.
+pub fn fix_imports_name<'a>(module: &'a str, name: &'a str) -> (&'a str, &'a str) {
+    compat::py2_to_py3(module, name)
+}
+
+/// The reverse of [`fix_imports_name`], what `pickle.py`'s `save_global` writes at protocols
+/// 0-2 with `fix_imports`: `('builtins', 'set')` -> `('__builtin__', 'set')`.
+pub fn py2_global_name<'a>(module: &'a str, name: &'a str) -> (&'a str, &'a str) {
+    compat::py3_to_py2(module, name)
+}
 
 /// The highest protocol (`pickle.HIGHEST_PROTOCOL`).
 pub const HIGHEST_PROTOCOL: u8 = 5;

@@ -1,4 +1,4 @@
-//! Opcode bytes (pickletools' names).
+//! Opcode bytes, under pickletools' names (docs/pickle.md has the table).
 #![allow(missing_docs)]
 
 pub const MARK: u8 = b'(';

@@ -258,20 +258,17 @@ impl Writer<'_> {
                 }
                 self.memoize(v);
             }
+            Value::Object(obj) => {
+                self.enter()?;
+                self.save_inert(obj, Some(v))?;
+                self.depth -= 1;
+            }
             Value::Tuple(t) => {
-                if Inert::is_inert(v) {
-                    let obj = Inert::from_value(v)
-                        .ok_or_else(|| PicklingError::new("malformed inert object encoding"))?;
-                    self.enter()?;
-                    self.save_inert(&obj, Some(v))?;
-                    self.depth -= 1;
-                } else {
-                    self.enter()?;
-                    self.save_tuple_of(t)?;
-                    self.depth -= 1;
-                    if !t.is_empty() {
-                        self.memoize(v);
-                    }
+                self.enter()?;
+                self.save_tuple_of(t)?;
+                self.depth -= 1;
+                if !t.is_empty() {
+                    self.memoize(v);
                 }
             }
             Value::List(items) => {
@@ -705,6 +702,7 @@ fn shared_id(v: &Value) -> Option<usize> {
         | Value::Set(_)
         | Value::FrozenSet(_)
         | Value::Slice(_)
+        | Value::Object(_)
             if v.share_count() > 1 =>
         {
             v.ptr_id()

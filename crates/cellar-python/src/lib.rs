@@ -18,6 +18,9 @@ mod code311;
 mod dbm;
 mod decode;
 mod encode;
+mod pickle;
+mod pickle_dump;
+mod pickle_load;
 mod shelve;
 mod util;
 
@@ -117,6 +120,8 @@ fn load<'py>(
 #[pymodule]
 fn _cellar(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dumps, m)?)?;
+    m.add_class::<pickle::PickleLoader>()?;
+    m.add_function(wrap_pyfunction!(pickle::_pickle_dumps, m)?)?;
     m.add_function(wrap_pyfunction!(loads, m)?)?;
     m.add_function(wrap_pyfunction!(dump, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;

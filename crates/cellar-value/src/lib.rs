@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod hash;
+mod object;
 mod parse;
 mod printable;
 mod repr;
@@ -23,6 +24,7 @@ mod str;
 mod value;
 
 pub use crate::hash::HashError;
+pub use crate::object::{Construct, Object};
 pub use crate::parse::{parse, parse_float_text, ParseError, MAX_NESTING};
 pub use crate::repr::{
     bytes_repr, complex_repr, float_g17, float_repr, is_printable, repr, repr_sorted, str_repr,

@@ -7,6 +7,7 @@
 
 use std::fmt::Write as _;
 
+use crate::object::{Construct, Object};
 use crate::printable::PRINTABLE;
 use crate::str::PyStr;
 use crate::value::{Code, Int, Value};
@@ -127,6 +128,100 @@ fn write_repr(out: &mut String, root: &Value, sorted: bool, indent: usize) {
                 stack.push(Task::Val(&s.start));
             }
             Value::Code(c) => write_code(out, c, sorted, indent),
+            Value::Object(o) => push_object(out, &mut stack, o),
+        }
+    }
+}
+
+/// An inert object as the call that would create it, then what the pickle applies to it:
+/// `module.Name(args..., key=value).__setstate__(state).extend([...]).update({...})`.
+fn push_object<'a>(out: &mut String, stack: &mut Vec<Task<'a>>, o: &'a Object) {
+    out.push_str(&o.module);
+    out.push('.');
+    out.push_str(&o.name);
+    // Pushed in reverse: the last part first.
+    if !o.dictitems.is_empty() {
+        stack.push(Task::Text("})"));
+        for (i, (k, v)) in o.dictitems.iter().enumerate().rev() {
+            stack.push(Task::Val(v));
+            stack.push(Task::Text(": "));
+            stack.push(Task::Val(k));
+            if i > 0 {
+                stack.push(Task::Text(", "));
+            }
+        }
+        stack.push(Task::Text(".update({"));
+    }
+    if !o.listitems.is_empty() {
+        stack.push(Task::Text("])"));
+        push_seq_items(stack, o.listitems.iter());
+        stack.push(Task::Text(".extend(["));
+    }
+    if !matches!(o.state, Value::None) {
+        stack.push(Task::Text(")"));
+        stack.push(Task::Val(&o.state));
+        stack.push(Task::Text(".__setstate__("));
+    }
+    if o.construct == Construct::Global {
+        return;
+    }
+    stack.push(Task::Text(")"));
+    let mut parts: Vec<Task<'a>> = Vec::new();
+    match &o.args {
+        Value::Tuple(args) => parts.extend(args.iter().map(Task::Val)),
+        other => {
+            parts.push(Task::Text("*"));
+            parts.push(Task::Val(other));
+        }
+    }
+    if let Value::Dict(kw) = &o.kwargs {
+        for (k, v) in kw.iter() {
+            match k {
+                Value::Str(s) if s.as_str().is_some() => {
+                    parts.push(Task::Owned(format!("{}=", s.as_str().unwrap_or_default())))
+                }
+                other => {
+                    parts.push(Task::Val(other));
+                    parts.push(Task::Text("="));
+                }
+            }
+            parts.push(Task::Val(v));
+        }
+    }
+    // Separate the arguments with ", " (a `*` or `key=` prefix stays glued to its value).
+    let mut grouped: Vec<Vec<Task<'a>>> = Vec::new();
+    let mut glue = false;
+    for p in parts {
+        let prefix = matches!(&p, Task::Text("*") | Task::Text("="))
+            || matches!(&p, Task::Owned(t) if t.ends_with('='));
+        if glue {
+            if let Some(g) = grouped.last_mut() {
+                g.push(p);
+            }
+        } else {
+            grouped.push(vec![p]);
+        }
+        glue = prefix;
+    }
+    for (i, g) in grouped.into_iter().enumerate().rev() {
+        for t in g.into_iter().rev() {
+            stack.push(t);
+        }
+        if i > 0 {
+            stack.push(Task::Text(", "));
+        }
+    }
+    out.push('(');
+}
+
+fn push_seq_items<'a>(
+    stack: &mut Vec<Task<'a>>,
+    items: impl DoubleEndedIterator<Item = &'a Value> + ExactSizeIterator,
+) {
+    for (i, it) in items.enumerate().rev() {
+        stack.push(Task::Val(it));
+        if i > 0 {
+            stack.push(Task::Text(", "));
         }
     }
 }

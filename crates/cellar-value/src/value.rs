@@ -52,6 +52,8 @@ pub enum Value {
     Slice(Arc<Slice>),
     /// A code object (marshal only)
     Code(Arc<Code>),
+    /// An inert object: a global and what a pickle does with it, not rebuilt (pickle only).
+    Object(Arc<crate::object::Object>),
 }
 
 /// A Python `int`: machine-sized when it fits in an `i64`, arbitrary precision otherwise.
@@ -426,6 +428,7 @@ impl Value {
             Value::StopIteration => "type",
             Value::Slice(_) => "slice",
             Value::Code(_) => "code",
+            Value::Object(_) => "object",
         }
     }
 
@@ -442,6 +445,7 @@ impl Value {
             Value::Set(s) | Value::FrozenSet(s) => Arc::as_ptr(s) as *const u8 as usize,
             Value::Slice(s) => Arc::as_ptr(s) as *const u8 as usize,
             Value::Code(c) => Arc::as_ptr(c) as *const u8 as usize,
+            Value::Object(o) => Arc::as_ptr(o) as *const u8 as usize,
             _ => return None,
         })
     }
@@ -458,6 +462,7 @@ impl Value {
             Value::Set(s) | Value::FrozenSet(s) => Arc::strong_count(s),
             Value::Slice(s) => Arc::strong_count(s),
             Value::Code(c) => Arc::strong_count(c),
+            Value::Object(o) => Arc::strong_count(o),
             _ => 1,
         }
     }
@@ -501,6 +506,7 @@ impl Value {
                 a.start.py_eq(&b.start) && a.stop.py_eq(&b.stop) && a.step.py_eq(&b.step)
             }
             (V::Code(a), V::Code(b)) => code_eq(a, b),
+            (V::Object(a), V::Object(b)) => a.fields_eq(b, |x, y| x.py_eq(y)),
             _ => match (self.as_number(), other.as_number()) {
                 (Some(a), Some(b)) => num_eq(&a, &b),
                 _ => false,
@@ -553,6 +559,7 @@ impl Value {
                         .zip(b.objects().iter())
                         .all(|(x, y)| x.same(y))
             }
+            (V::Object(a), V::Object(b)) => a.fields_eq(b, |x, y| x.same(y)),
             _ => false,
         }
     }
@@ -605,6 +612,16 @@ impl Value {
                 let mut acc = mix_tuple(None, c.argcount as u64 ^ ((c.flags as u64) << 32));
                 for v in [&c.name, &c.code, &c.consts, &c.names] {
                     acc = mix_tuple(Some(acc), v.py_hash().unwrap_or(0));
+                }
+                acc
+            }
+            // Consistent with the structural ==: equal objects have the same global.
+            Value::Object(o) => {
+                let mut acc = mix_tuple(None, o.construct as u64);
+                for part in [&o.module, &o.name] {
+                    for b in part.bytes() {
+                        acc = mix_tuple(Some(acc), u64::from(b));
+                    }
                 }
                 acc
             }
@@ -723,6 +740,7 @@ impl Value {
             Value::Set(s) | Value::FrozenSet(s) => !s.is_empty() && Arc::strong_count(s) == 1,
             Value::Slice(s) => Arc::strong_count(s) == 1,
             Value::Code(c) => Arc::strong_count(c) == 1,
+            Value::Object(o) => Arc::strong_count(o) == 1,
             _ => false,
         }
     }
@@ -755,6 +773,11 @@ impl Value {
                     for f in [&mut c.consts, &mut c.names, &mut c.localsplusnames] {
                         out.push(std::mem::replace(f, Value::None));
                     }
+                }
+            }
+            Value::Object(o) => {
+                if let Some(o) = Arc::get_mut(o) {
+                    o.drain_into(out);
                 }
             }
             _ => {}

@@ -5,8 +5,11 @@ Submodules are drop-in replacements for the standard library modules of the same
     import cellar.marshal as marshal
     import cellar.dbm as dbm
     import cellar.shelve as shelve
+
+``cellar.pickle`` is a *safe* pickle codec (nothing is imported or called unless allowed) and
+``cellar.copyreg`` its type registry.
 """
 
-from cellar import dbm, marshal, shelve
+from cellar import copyreg, dbm, marshal, pickle, shelve
 
-__all__ = ["dbm", "marshal", "shelve"]
+__all__ = ["copyreg", "dbm", "marshal", "pickle", "shelve"]

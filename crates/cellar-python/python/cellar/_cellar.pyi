@@ -23,3 +23,25 @@ class DbmCorruptError(DbmError, ValueError): ...
 
 def _dbm_open(path: bytes, backend: str, flag: str, mode: int) -> Database: ...
 def _dbm_whichdb(path: bytes) -> str | None: ...
+
+# cellar.pickle's native half (use cellar.pickle instead).
+class _PickleLoader:
+    def __init__(
+        self,
+        allowed: dict[tuple[str, str], Any],
+        namespaces: dict[tuple[str, str], Any],
+        inert: type | None = None,
+        fix_imports: bool = True,
+        encoding: str = "ASCII",
+        errors: str = "strict",
+        extensions: dict[int, tuple[str, str]] | None = None,
+        max_depth: int | None = None,
+        max_bytes: int | None = None,
+    ) -> None: ...
+    def loads(
+        self, data: Buffer, buffers: Any = None, persistent_load: Any = None
+    ) -> tuple[Any, int]: ...
+
+def _pickle_dumps(
+    obj: object, protocol: int, fix_imports: bool, inert: type, reducer: Any
+) -> bytes: ...

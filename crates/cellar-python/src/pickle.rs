@@ -1,0 +1,141 @@
+//! The Python face of cellar's pickle codec: `cellar._cellar._PickleLoader` (a configured safe
+//! unpickler, [`crate::pickle_load`]) and `_pickle_dumps` ([`crate::pickle_dump`]). The public
+//! module is `python/cellar/pickle.py`, which builds loaders from `allow=` and cellar.copyreg.
+
+use std::collections::HashMap;
+
+use pyo3::buffer::PyBuffer;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyIterator, PyString, PyTuple, PyType};
+
+use crate::pickle_load::{self, Config, DEFAULT_MAX_DEPTH};
+
+/// A safe unpickler configuration: the allowed globals, inert mode, Python 2 string decoding,
+/// the extension registry and the limits. `loads` may be called any number of times.
+#[pyclass(module = "cellar._cellar", name = "_PickleLoader", frozen)]
+pub(crate) struct PickleLoader {
+    allowed: HashMap<(String, String), Py<PyAny>>,
+    namespaces: HashMap<(String, String), Py<PyAny>>,
+    inert: Option<Py<PyType>>,
+    fix_imports: bool,
+    encoding: Option<String>,
+    errors: String,
+    extensions: Option<Py<PyDict>>,
+    max_depth: u32,
+    max_bytes: Option<usize>,
+}
+
+#[pymethods]
+impl PickleLoader {
+    /// `allowed`: `{(module, qualname): object}`; `inert`: the `Inert` class or None;
+    /// `encoding='bytes'` keeps Python 2 strings as bytes.
+    #[new]
+    #[pyo3(signature = (allowed, namespaces, inert=None, fix_imports=true, encoding="ASCII", errors="strict", extensions=None, max_depth=None, max_bytes=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        allowed: &Bound<'_, PyDict>,
+        namespaces: &Bound<'_, PyDict>,
+        inert: Option<Bound<'_, PyType>>,
+        fix_imports: bool,
+        encoding: &str,
+        errors: &str,
+        extensions: Option<Bound<'_, PyDict>>,
+        max_depth: Option<u32>,
+        max_bytes: Option<usize>,
+    ) -> PyResult<Self> {
+        Ok(PickleLoader {
+            allowed: name_table(allowed)?,
+            namespaces: name_table(namespaces)?,
+            inert: inert.map(Bound::unbind),
+            fix_imports,
+            encoding: (encoding != "bytes").then(|| encoding.to_owned()),
+            errors: errors.to_owned(),
+            extensions: extensions.map(Bound::unbind),
+            max_depth: max_depth.unwrap_or(DEFAULT_MAX_DEPTH),
+            max_bytes,
+        })
+    }
+
+    /// Decode the first pickle in `data` (any bytes-like object). Returns `(object, bytes used)`.
+    #[pyo3(signature = (data, buffers=None, persistent_load=None))]
+    fn loads<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+        buffers: Option<Bound<'py, PyAny>>,
+        persistent_load: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let buffers = match buffers {
+            Some(b) if !b.is_none() => Some(PyIterator::from_object(&b)?),
+            _ => None,
+        };
+        let persistent_load = persistent_load.filter(|p| !p.is_none());
+        let owned;
+        let bytes: &[u8] = if let Ok(b) = data.cast::<PyBytes>() {
+            b.as_bytes()
+        } else if data.is_instance_of::<PyString>() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "a bytes-like object is required, not 'str'",
+            ));
+        } else {
+            let buf = PyBuffer::<u8>::get(data)?;
+            owned = buf.to_vec(py)?;
+            &owned
+        };
+        let cfg = Config {
+            allowed: self
+                .allowed
+                .iter()
+                .map(|(k, v)| (k.clone(), v.bind(py).clone()))
+                .collect(),
+            namespaces: self
+                .namespaces
+                .iter()
+                .map(|(k, v)| (k.clone(), v.bind(py).clone()))
+                .collect(),
+            inert: self.inert.as_ref().map(|t| t.bind(py).clone()),
+            fix_imports: self.fix_imports,
+            encoding: self.encoding.clone(),
+            errors: self.errors.clone(),
+            buffers,
+            persistent_load,
+            extensions: self.extensions.as_ref().map(|d| d.bind(py).clone()),
+            max_depth: self.max_depth,
+            max_bytes: self
+                .max_bytes
+                .unwrap_or_else(|| bytes.len().saturating_mul(64).max(16 << 20)),
+        };
+        let (obj, used) = pickle_load::load(py, bytes, &cfg)?;
+        PyTuple::new(py, [obj, used.into_pyobject(py)?.into_any()])
+    }
+}
+
+/// `{(module, name): object}` -> a Rust map.
+fn name_table(d: &Bound<'_, PyDict>) -> PyResult<HashMap<(String, String), Py<PyAny>>> {
+    let mut map = HashMap::with_capacity(d.len());
+    for (k, v) in d.iter() {
+        let (m, n): (String, String) = k.extract()?;
+        map.insert((m, n), v.unbind());
+    }
+    Ok(map)
+}
+
+/// `_pickle_dumps(obj, protocol, fix_imports, Inert, reducer)`: the bytes `cellar.pickle.dumps`
+/// returns (`reducer(obj)` is cellar.copyreg's dispatch-table lookup).
+#[pyfunction]
+pub(crate) fn _pickle_dumps<'py>(
+    py: Python<'py>,
+    obj: &Bound<'py, PyAny>,
+    protocol: u8,
+    fix_imports: bool,
+    inert: Bound<'py, PyType>,
+    reducer: Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    if protocol > cellar_pickle::HIGHEST_PROTOCOL {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "pickle protocol must be <= {}",
+            cellar_pickle::HIGHEST_PROTOCOL
+        )));
+    }
+    crate::pickle_dump::dumps(py, obj, protocol, fix_imports, inert, reducer)
+}
