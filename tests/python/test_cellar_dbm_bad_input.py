@@ -256,6 +256,97 @@ def _create_in(target: Path) -> list[str]:
     return out
 
 
+def _run_as_nobody(fn: Callable[[], list[str]]) -> list[str]:
+    """Runs fn in a forked child that drops root for the 'nobody' user (root ignores permission
+    bits); returns its lines. Without root, runs fn here."""
+    if os.geteuid() != 0:
+        return fn()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop root, try, report, exit without cleanup
+        code = 0
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            msg = "\n".join(fn())
+        except BaseException as e:  # noqa: BLE001
+            msg = f"WRONG child failed: {e!r}"
+            code = 1
+        os.write(w, msg.encode("utf-8", "replace"))
+        os._exit(code)
+    os.close(w)
+    chunks = []
+    while True:
+        b = os.read(r, 65536)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), f"child crashed: status {status}"
+    return b"".join(chunks).decode().splitlines()
+
+
+@pytest.mark.parametrize("wal", [True, False])
+def test_sqlite_store_in_a_read_only_directory(tmp_path: Path, wal: bool) -> None:
+    """'r' on a store whose directory cannot be written. A rollback-journal store reads; a WAL
+    store cannot be read without its -wal/-shm files, which cannot be created there: a clear
+    dbm.error saying so (CPython's dbm.sqlite3 fails too). Nothing is written either way."""
+    base = Path(os.environ.get("TMPDIR", "/tmp")) / f"cellar-ro-sq-{os.getpid()}"
+    base.mkdir()
+    try:
+        base.chmod(0o755)
+        ro = base / "ro"
+        ro.mkdir()
+        make_cpython_sqlite(ro / "s.sqlite")
+        if not wal:
+            cx = std_sqlite3.connect(ro / "s.sqlite")
+            cx.execute("PRAGMA journal_mode = delete")
+            cx.close()
+        if os.geteuid() == 0:
+            os.chown(ro, 65534, 65534)
+            os.chown(ro / "s.sqlite", 65534, 65534)
+        ro.chmod(0o500)
+        before = snapshot(ro)
+
+        def read() -> list[str]:
+            out = []
+            for op in (
+                lambda: cdbm.open(ro / "s.sqlite", "r"),
+                lambda: cellar.dbm.sqlite3.open(ro / "s.sqlite", "r"),
+            ):
+                try:
+                    with op() as db:
+                        ok = len(db) == N and db[b"key7"] == value(7)
+                        out.append("OK" if ok else "WRONG contents")
+                except cdbm.error as e:
+                    out.append(f"error: {e}")
+                except BaseException as e:  # noqa: BLE001
+                    out.append(f"WRONG {type(e).__name__}: {e}")
+            return out
+
+        lines = _run_as_nobody(read)
+        if wal:
+            assert len(lines) == 2, lines
+            for line in lines:
+                assert line.startswith("error: ") and "-wal and -shm" in line, line
+                assert str(ro / "s.sqlite") in line, line
+        else:
+            assert lines == ["OK", "OK"]
+        assert snapshot(ro) == before
+    finally:
+        for p in (base / "ro", base):
+            try:
+                p.chmod(stat.S_IRWXU)
+            except OSError:
+                pass
+        for p in sorted(base.rglob("*"), reverse=True):
+            p.rmdir() if p.is_dir() else p.unlink()
+        base.rmdir()
+
+
 def test_read_only_directory(tmp_path: Path) -> None:
     """Creating a store in a directory without write permission (0o500) fails cleanly. Root
     ignores permission bits, so under root the attempt runs in a forked child that drops to
@@ -269,35 +360,7 @@ def test_read_only_directory(tmp_path: Path) -> None:
         if os.geteuid() == 0:
             os.chown(ro, 65534, 65534)
         ro.chmod(0o500)
-        if os.geteuid() != 0:
-            lines = _create_in(ro)
-        else:
-            r, w = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # child: drop root, try, report, exit without cleanup
-                code = 0
-                try:
-                    os.close(r)
-                    os.setgroups([])
-                    os.setgid(65534)
-                    os.setuid(65534)
-                    msg = "\n".join(_create_in(ro))
-                except BaseException as e:  # noqa: BLE001
-                    msg = f"WRONG child failed: {e!r}"
-                    code = 1
-                os.write(w, msg.encode("utf-8", "replace"))
-                os._exit(code)
-            os.close(w)
-            chunks = []
-            while True:
-                b = os.read(r, 65536)
-                if not b:
-                    break
-                chunks.append(b)
-            os.close(r)
-            _, status = os.waitpid(pid, 0)
-            assert os.WIFEXITED(status), f"child crashed: status {status}"
-            lines = b"".join(chunks).decode().splitlines()
+        lines = _run_as_nobody(lambda: _create_in(ro))
         assert len(lines) == 7, lines
         for line in lines:
             assert line.startswith("error "), lines

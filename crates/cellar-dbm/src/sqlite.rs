@@ -199,14 +199,33 @@ impl SqliteDb {
             Connection::open_with_flags(path, flags)
         }
         .map_err(|e| DbmError::sqlite(ctx(), e))?;
+        // A WAL database can only be read with its -wal and -shm files, which a read-only
+        // connection cannot create in a directory it may not write: say so.
+        let ctx = || {
+            let mut c = ctx();
+            if flag.access() == Access::Read {
+                c.push_str(
+                    "; reading a WAL-mode database needs its -wal and -shm files, which could \
+                     not be opened or created here",
+                );
+            }
+            c
+        };
+        let ctx_for = |e: &rusqlite::Error| {
+            if retry_read_only(e) {
+                ctx()
+            } else {
+                format!("opening {} as a dbm.sqlite3 database", path.display())
+            }
+        };
         conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(|e| DbmError::sqlite(ctx(), e))?;
+            .map_err(|e| DbmError::sqlite(ctx_for(&e), e))?;
         // Read the schema before anything writes: a damaged or foreign file fails here, with
         // its bytes untouched.
         let has_table = conn
             .query_row(HAS_TABLE, [], |_| Ok(()))
             .optional()
-            .map_err(|e| DbmError::sqlite(ctx(), e))?
+            .map_err(|e| DbmError::sqlite(ctx_for(&e), e))?
             .is_some();
         if !has_table && flag.access() == Access::Read {
             return Err(DbmError::Corrupt {
