@@ -13,6 +13,12 @@
 //! found by cellar and by CPython alike. A commit (sync, close, delete) writes the compact
 //! index to `f.dir.new` and renames it over `f.dir` after hard-linking the old one to `f.bak`:
 //! the same end state as CPython's unlink/rename/write, with a complete `.dir` at every instant.
+//!
+//! Compaction (`compact()`) writes the live values packed into `f.dat.compact` and their index
+//! into `f.dir.compact.tmp`, syncs both, and commits by renaming the latter to `f.dir.compact`;
+//! it then renames `f.dat.compact` over `f.dat` and `f.dir.compact` over `f.dir`. An open that
+//! finds `f.dir.compact` finishes those renames (a read-only open reads the compacted pair in
+//! place); one that finds only `f.dir.compact.tmp` removes the unfinished files.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -131,7 +137,7 @@ type Index = IndexMap<Vec<u8>, (u64, u64)>;
 
 /// Reads a `.dir` file. Returns the index and whether a torn (newline-less, unparseable) last
 /// line was dropped.
-fn read_dir(path: &Path, data: &[u8]) -> Result<(Index, bool)> {
+fn read_dir_file(path: &Path, data: &[u8]) -> Result<(Index, bool)> {
     let mut index = Index::new();
     let mut torn = false;
     let mut start = 0;
@@ -196,6 +202,11 @@ pub(crate) struct DumbDb {
     dat_path: PathBuf,
     dir_path: PathBuf,
     bak_path: PathBuf,
+    /// Where compaction writes the packed values and (`dir_compact_tmp`, renamed to
+    /// `dir_compact` as the commit point) their index.
+    dat_compact: PathBuf,
+    dir_compact: PathBuf,
+    dir_compact_tmp: PathBuf,
     mode: u32,
     read_only: bool,
     placement: Placement,
@@ -217,6 +228,61 @@ fn not_a_file(p: &Path) -> Result<()> {
     }
 }
 
+fn exists(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok()
+}
+
+fn sync_parent(p: &Path) {
+    if let Some(parent) = p.parent() {
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        if let Ok(d) = File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+/// The files of a compaction of the store `path`: (packed values, committed index, index
+/// being written).
+fn compaction_paths(path: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        with_suffix(path, ".dat.compact"),
+        with_suffix(path, ".dir.compact"),
+        with_suffix(path, ".dir.compact.tmp"),
+    )
+}
+
+/// Brings a store left by an interrupted compaction to a consistent state before it is read,
+/// for a writable open: a committed compaction (its index renamed to `.dir.compact`) is
+/// finished, an uncommitted one removed. Returns nothing to do for read-only opens, which
+/// read the committed pair where it lies (see [`DumbDb::open`]).
+fn recover_compaction(path: &Path, dat: &Path, dir: &Path, bak: &Path) -> Result<()> {
+    let (dat_c, dir_c, dir_c_tmp) = compaction_paths(path);
+    if exists(&dir_c) {
+        if exists(&dat_c) {
+            fs::rename(&dat_c, dat)
+                .map_err(io_ctx("finishing the compaction: renaming", &dat_c))?;
+        }
+        let _ = fs::remove_file(bak);
+        if fs::hard_link(dir, bak).is_err() {
+            let _ = fs::copy(dir, bak);
+        }
+        fs::rename(&dir_c, dir).map_err(io_ctx("finishing the compaction: renaming", &dir_c))?;
+        sync_parent(dir);
+    }
+    for p in [&dir_c_tmp, &dat_c] {
+        match fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_ctx("removing the unfinished compaction file", p)(e)),
+        }
+    }
+    Ok(())
+}
+
 impl DumbDb {
     pub(crate) fn open(path: &Path, flag: Flag, mode: u32, placement: Placement) -> Result<DumbDb> {
         if flag.has_modifiers() {
@@ -228,17 +294,38 @@ impl DumbDb {
         let access = flag.access();
         let creating = matches!(access, Access::Create | Access::New);
         let read_only = access == Access::Read;
+        let (dat_compact, dir_compact, dir_compact_tmp) = compaction_paths(path);
         if access == Access::New {
-            for p in [&dat_path, &bak_path, &dir_path] {
+            for p in [
+                &dat_path,
+                &bak_path,
+                &dir_path,
+                &dat_compact,
+                &dir_compact,
+                &dir_compact_tmp,
+            ] {
                 let _ = fs::remove_file(p);
             }
         }
         not_a_file(&dat_path)?;
         not_a_file(&dir_path)?;
+        // Where this open reads values and index from: normally `.dat`/`.dir`; for a read-only
+        // open of a store whose committed compaction was not finished, the compacted pair.
+        let (mut read_dat, mut read_dir) = (dat_path.clone(), dir_path.clone());
+        if read_only {
+            if exists(&dir_compact) {
+                read_dir = dir_compact.clone();
+                if exists(&dat_compact) {
+                    read_dat = dat_compact.clone();
+                }
+            }
+        } else if exists(&dir_compact) || exists(&dir_compact_tmp) || exists(&dat_compact) {
+            recover_compaction(path, &dat_path, &dir_path, &bak_path)?;
+        }
         let dat = match OpenOptions::new()
             .read(true)
             .write(!read_only)
-            .open(&dat_path)
+            .open(&read_dat)
         {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound && creating => {
@@ -253,22 +340,22 @@ impl DumbDb {
                 perm::apply_file(&f, &dat_path, mode)?;
                 f
             }
-            Err(e) => return Err(io_ctx("opening", &dat_path)(e)),
+            Err(e) => return Err(io_ctx("opening", &read_dat)(e)),
         };
         let dat_len = dat
             .metadata()
-            .map_err(io_ctx("reading the size of", &dat_path))?
+            .map_err(io_ctx("reading the size of", &read_dat))?
             .len();
-        let (index, modified) = match fs::read(&dir_path) {
-            Ok(data) => read_dir(&dir_path, &data)?,
+        let (index, modified) = match fs::read(&read_dir) {
+            Ok(data) => read_dir_file(&read_dir, &data)?,
             Err(e) if e.kind() == ErrorKind::NotFound && creating => (Index::new(), true),
-            Err(e) => return Err(io_ctx("reading", &dir_path)(e)),
+            Err(e) => return Err(io_ctx("reading", &read_dir)(e)),
         };
         for (k, &(pos, size)) in &index {
             let fits = matches!(pos.checked_add(size), Some(end) if end <= dat_len);
             if !fits {
                 return Err(DbmError::Corrupt {
-                    path: dat_path.clone(),
+                    path: read_dat.clone(),
                     message: format!(
                         "the data file is truncated: the index puts key {} at ({pos}, {size}) \
                          but the file has {dat_len} bytes",
@@ -282,6 +369,9 @@ impl DumbDb {
             dat_path,
             dir_path,
             bak_path,
+            dat_compact,
+            dir_compact,
+            dir_compact_tmp,
             mode,
             read_only,
             placement,
@@ -428,6 +518,93 @@ impl DumbDb {
         Ok(())
     }
 
+    /// Rewrites the store with only its live values, packed in index order (see the module
+    /// documentation for the commit protocol). On error before the commit point the store is
+    /// as it was and the unfinished files are removed.
+    fn compact_locked(&self, st: &mut State) -> Result<()> {
+        let cleanup = || {
+            let _ = fs::remove_file(&self.dat_compact);
+            let _ = fs::remove_file(&self.dir_compact_tmp);
+        };
+        let r = self.write_compacted(st);
+        let (dat, index, dat_len) = match r {
+            Ok(v) => v,
+            Err(e) => {
+                cleanup();
+                return Err(e);
+            }
+        };
+        // The commit point: from here on, any open finishes this compaction.
+        if let Err(e) = fs::rename(&self.dir_compact_tmp, &self.dir_compact) {
+            cleanup();
+            return Err(io_ctx("renaming", &self.dir_compact_tmp)(e));
+        }
+        sync_parent(&self.dir_compact);
+        // This handle now uses the compacted pair whatever happens below.
+        st.dat = dat;
+        st.dat_len = dat_len;
+        st.index = index;
+        st.dir_append = None;
+        st.modified = false;
+        recover_compaction(&self.path, &self.dat_path, &self.dir_path, &self.bak_path)
+    }
+
+    /// Writes `.dat.compact` and `.dir.compact.tmp` (both synced); returns the new data file,
+    /// index and data length.
+    fn write_compacted(&self, st: &State) -> Result<(File, Index, u64)> {
+        let _ = fs::remove_file(&self.dat_compact);
+        let _ = fs::remove_file(&self.dir_compact_tmp);
+        let create = |p: &Path| -> Result<File> {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(self.mode & 0o7777)
+                .open(p)
+                .map_err(io_ctx("creating", p))?;
+            perm::apply_file(&f, p, self.mode)?;
+            Ok(f)
+        };
+        let dat = create(&self.dat_compact)?;
+        // Keep the permissions the store has now.
+        if let Ok(md) = st.dat.metadata() {
+            let _ = dat.set_permissions(md.permissions());
+        }
+        let mut index = Index::with_capacity(st.index.len());
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        let mut written = 0u64; // bytes of `.dat.compact` already written
+        let mut end = 0u64; // logical end, including `buf`
+        for (k, &(pos, size)) in &st.index {
+            let at = blocks(end) * BLOCK;
+            let value = self.read_value(st, pos, size)?;
+            buf.resize((at - written) as usize, 0);
+            buf.extend_from_slice(&value);
+            end = at + size;
+            index.insert(k.clone(), (at, size));
+            if buf.len() >= 1 << 20 {
+                dat.write_all_at(&buf, written)
+                    .map_err(io_ctx("writing", &self.dat_compact))?;
+                written += buf.len() as u64;
+                buf.clear();
+            }
+        }
+        dat.write_all_at(&buf, written)
+            .and_then(|_| dat.sync_all())
+            .map_err(io_ctx("writing", &self.dat_compact))?;
+        let mut text = Vec::with_capacity(index.len() * 24);
+        for (k, &(p, s)) in &index {
+            text.extend_from_slice(&index_line(k, p, s));
+        }
+        let mut dir = create(&self.dir_compact_tmp)?;
+        if let Ok(md) = fs::metadata(&self.dir_path) {
+            let _ = dir.set_permissions(md.permissions());
+        }
+        dir.write_all(&text)
+            .and_then(|_| dir.sync_all())
+            .map_err(io_ctx("writing", &self.dir_compact_tmp))?;
+        Ok((dat, index, end))
+    }
+
     fn read_value(&self, st: &State, pos: u64, size: u64) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; size as usize];
         st.dat.read_exact_at(&mut buf, pos).map_err(|e| {
@@ -540,9 +717,22 @@ impl Database for DumbDb {
             // references changes until the index itself does, in one step.
             let vals: Vec<&[u8]> = puts.iter().map(|(_, v)| *v).collect();
             let positions = self.append_values(st, &vals)?;
-            let before = st.index.clone();
+            // What to undo if the index cannot be written. Put-only batches (the common case)
+            // keep an undo log of the keys they touch: new keys are appended at the end of the
+            // index (undone by truncating it), overwritten ones keep their place. A batch that
+            // deletes keeps a copy of the whole index (deletes shift positions).
+            let old_len = st.index.len();
+            let before = if deletes {
+                Some(st.index.clone())
+            } else {
+                None
+            };
+            let mut overwritten: Vec<(usize, (u64, u64))> = Vec::new();
             for ((k, _), pos) in puts.iter().zip(&positions) {
-                st.index.insert(k.to_vec(), *pos);
+                let (i, old) = st.index.insert_full(k.to_vec(), *pos);
+                if let (Some(old), true) = (old, before.is_none()) {
+                    overwritten.push((i, old));
+                }
             }
             for (k, v) in &last {
                 if v.is_none() {
@@ -564,7 +754,17 @@ impl Database for DumbDb {
                 }
             };
             if r.is_err() {
-                st.index = before;
+                match before {
+                    Some(before) => st.index = before,
+                    None => {
+                        st.index.truncate(old_len);
+                        for (i, old) in overwritten {
+                            if let Some((_, v)) = st.index.get_index_mut(i) {
+                                *v = old;
+                            }
+                        }
+                    }
+                }
             }
             r
         })
@@ -588,12 +788,20 @@ impl Database for DumbDb {
         self.commit(&mut st, true)
     }
     fn compact(&self) -> Result<()> {
-        self.with(|_| {
-            Err(DbmError::Unsupported {
-                backend: "dbm.dumb",
-                what: "compaction (convert the store to rewrite it)",
-            })
-        })
+        let mut g = self.lock();
+        let Some(st) = g.as_mut() else {
+            return Err(DbmError::Closed);
+        };
+        if self.read_only {
+            return Err(DbmError::ReadOnly);
+        }
+        let r = self.compact_locked(st);
+        if r.is_err() && exists(&self.dir_compact) {
+            // Committed but not finished (a rename failed): this handle no longer matches the
+            // files under their usual names. Close it; the next open finishes the compaction.
+            *g = None;
+        }
+        r
     }
     fn info(&self) -> Result<Info> {
         self.with(|st| {

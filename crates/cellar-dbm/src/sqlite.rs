@@ -25,8 +25,12 @@ const GET_SIZE: &str = "SELECT COUNT (key) FROM Dict";
 const LOOKUP_KEY: &str = "SELECT value FROM Dict WHERE key = CAST(? AS BLOB)";
 const STORE_KV: &str = "REPLACE INTO Dict (key, value) VALUES (CAST(? AS BLOB), CAST(? AS BLOB))";
 const DELETE_KEY: &str = "DELETE FROM Dict WHERE key = CAST(? AS BLOB)";
-const ITER_KEYS: &str = "SELECT key FROM Dict";
-const ITER_ITEMS: &str = "SELECT key, value FROM Dict";
+// CPython's `SELECT key FROM Dict` lets SQLite scan the key index (key order) while a
+// `SELECT key, value` scans the table (rowid order): keys() and items() would disagree. Both
+// follow the table's rowid order (insertion order; an overwrite moves a key to the end).
+const ITER_KEYS: &str = "SELECT key FROM Dict ORDER BY rowid";
+const ITER_ITEMS: &str = "SELECT key, value FROM Dict ORDER BY rowid";
+const HAS_TABLE: &str = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'Dict'";
 
 pub(crate) fn bad_flag(s: &str) -> DbmError {
     DbmError::BadFlag {
@@ -71,7 +75,91 @@ fn touch(path: &Path, mode: u32, exist_ok: bool) -> Result<()> {
     Ok(())
 }
 
+/// SQLite's file header: `"SQLite format 3\0"`, then the page size (u16 BE at 16; 1 means
+/// 65536), the change counter (u32 BE at 24), the page count (u32 BE at 28), valid when the
+/// "version-valid-for" number (u32 BE at 92) equals the change counter.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// Reports a file cut short (a partial copy, a full disk) before SQLite sees it: SQLite would
+/// only say "database disk image is malformed", or nothing until a read reaches the lost pages.
+/// Skipped when a non-empty `-wal` exists (a checkpoint interrupted by a crash may have written
+/// page 1 before the pages after it; the WAL still holds them and SQLite finishes the job).
+fn check_not_truncated(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut header = [0u8; 100];
+    let len = match fs::File::open(path) {
+        Ok(mut f) => match f.read_exact(&mut header) {
+            Ok(()) => f.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => return Ok(()), // too short for a header: SQLite's own error says so
+        },
+        Err(_) => return Ok(()), // SQLite's open reports it
+    };
+    if &header[..16] != SQLITE_MAGIC {
+        return Ok(());
+    }
+    let be32 = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65536u64,
+        n => u64::from(n),
+    };
+    let (change, pages, valid_for) = (be32(24), u64::from(be32(28)), be32(92));
+    if pages == 0 || change != valid_for || !page_size.is_power_of_two() || page_size < 512 {
+        return Ok(());
+    }
+    let wal = crate::whichdb::with_suffix(path, "-wal");
+    if fs::metadata(&wal).map(|m| m.len() > 0).unwrap_or(false) {
+        return Ok(());
+    }
+    let want = pages * page_size;
+    if len < want {
+        return Err(DbmError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!(
+                "the SQLite file is truncated: its header records {pages} pages of {page_size} \
+                 bytes ({want} bytes) but the file has {len} bytes"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Whether a failed open should be retried read-only: the file or its directory cannot be
+/// written (so the `-wal`/`-shm` files of a read-write connection cannot exist).
+fn retry_read_only(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(CannotOpen | ReadOnly | PermissionDenied | DatabaseBusy | DatabaseLocked)
+    )
+}
+
 impl SqliteDb {
+    /// The connection for flag 'r'. A read-only SQLite connection to a WAL database creates
+    /// `-wal` and `-shm` files that it cannot remove on close, so 'r' uses a read-write
+    /// connection with `PRAGMA query_only` (SQLite refuses every write; cellar refuses them
+    /// before that), which removes them when it is the last to close, as after 'w'. Where the
+    /// file or directory is not writable, a read-only connection.
+    fn open_for_reading(path: &Path) -> rusqlite::Result<Connection> {
+        let rw = (|| {
+            let c = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            c.execute_batch("PRAGMA query_only = 1")?;
+            c.query_row(HAS_TABLE, [], |_| Ok(())).optional()?;
+            Ok(c)
+        })();
+        match rw {
+            Err(e) if retry_read_only(&e) => Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ),
+            r => r,
+        }
+    }
+
     pub(crate) fn open(path: &Path, flag: Flag, mode: u32) -> Result<SqliteDb> {
         if flag.has_modifiers() {
             return Err(bad_flag(&flag.to_string()));
@@ -104,33 +192,56 @@ impl SqliteDb {
                 std::io::Error::from_raw_os_error(rustix::io::Errno::NOENT.raw_os_error()),
             ));
         }
-        let conn =
-            Connection::open_with_flags(path, flags).map_err(|e| DbmError::sqlite(ctx(), e))?;
-        // An optimisation only; it is fine if it fails (read-only media, old files).
-        let _ = conn.query_row("PRAGMA journal_mode = wal", [], |_| Ok(()));
-        let _ = conn.execute_batch("PRAGMA synchronous = NORMAL");
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(|e| DbmError::sqlite(ctx(), e))?;
-        if flag.access() != Access::Read {
-            if let Err(e) = conn.execute_batch(BUILD_TABLE) {
-                return Err(DbmError::sqlite(ctx(), e));
-            }
+        check_not_truncated(path)?;
+        let conn = if flag.access() == Access::Read {
+            Self::open_for_reading(path)
+        } else {
+            Connection::open_with_flags(path, flags)
         }
-        // Touch the schema now so a damaged or foreign file fails at open, not at first use.
-        let has_table: Option<i64> = conn
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'Dict'",
-                [],
-                |r| r.get(0),
-            )
+        .map_err(|e| DbmError::sqlite(ctx(), e))?;
+        // A WAL database can only be read with its -wal and -shm files, which a read-only
+        // connection cannot create in a directory it may not write: say so.
+        let ctx = || {
+            let mut c = ctx();
+            if flag.access() == Access::Read {
+                c.push_str(
+                    "; reading a WAL-mode database needs its -wal and -shm files, which could \
+                     not be opened or created here",
+                );
+            }
+            c
+        };
+        let ctx_for = |e: &rusqlite::Error| {
+            if retry_read_only(e) {
+                ctx()
+            } else {
+                format!("opening {} as a dbm.sqlite3 database", path.display())
+            }
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| DbmError::sqlite(ctx_for(&e), e))?;
+        // Read the schema before anything writes: a damaged or foreign file fails here, with
+        // its bytes untouched.
+        let has_table = conn
+            .query_row(HAS_TABLE, [], |_| Ok(()))
             .optional()
-            .map_err(|e| DbmError::sqlite(ctx(), e))?;
-        if has_table.is_none() {
+            .map_err(|e| DbmError::sqlite(ctx_for(&e), e))?
+            .is_some();
+        if !has_table && flag.access() == Access::Read {
             return Err(DbmError::Corrupt {
                 path: path.to_path_buf(),
                 message: "not a dbm.sqlite3 database (it has no table Dict)".to_string(),
             });
         }
+        if flag.access() != Access::Read {
+            // An optimisation only; it is fine if it fails (read-only media, old files).
+            let _ = conn.query_row("PRAGMA journal_mode = wal", [], |_| Ok(()));
+            if !has_table {
+                conn.execute_batch(BUILD_TABLE)
+                    .map_err(|e| DbmError::sqlite(ctx(), e))?;
+            }
+        }
+        let _ = conn.execute_batch("PRAGMA synchronous = NORMAL");
         Ok(SqliteDb {
             path: path.to_path_buf(),
             read_only: flag.access() == Access::Read,
