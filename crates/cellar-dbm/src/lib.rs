@@ -269,9 +269,9 @@ pub trait Database: Send + Sync + fmt::Debug {
     fn sync(&self) -> Result<()>;
     /// Syncs and closes. Idempotent.
     fn close(&self) -> Result<()>;
-    /// Reclaims dead space (native: engine compaction; sqlite: `VACUUM`). dbm.dumb has no
-    /// crash-safe way to swap `.dat` and `.dir` together, so it returns
-    /// [`DbmError::Unsupported`]; `cellar convert` rewrites such a store.
+    /// Reclaims dead space (native: engine compaction; sqlite: `VACUUM`; dumb: live values
+    /// rewritten packed, with a commit point that the next open finishes or discards).
+    /// Read-only legacy formats return an error naming `cellar convert`.
     fn compact(&self) -> Result<()>;
     /// Sizes and counts.
     fn info(&self) -> Result<Info>;
