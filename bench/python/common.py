@@ -358,3 +358,82 @@ def mapping_write_batches(
         with batch() as b:
             for i in part:
                 b[keys[i]] = vals[i]
+
+
+def sqlitedict_fns(
+    open_db: Callable[[str, str], Any],
+    read_mapping: Callable[[Any, Any], int],
+    check_sample: Callable[[Any, Any], None],
+) -> tuple[Callable[..., Any], ...]:
+    """sqlitedict's (write, write_batch, read, sample) for a benchmark whose store is opened by
+    ``open_db(dir, flag)`` and whose reads are checked by its ``read_mapping``/``check_sample``."""
+
+    def write(d: str, data: Any) -> None:
+        db = open_db(d, "c")
+        mapping_write(db, data.keys, data.vals, data.write_order)
+        db.commit()  # close() does not commit when autocommit=False (sqlitedict's default)
+        db.close()
+
+    def write_batch(d: str, data: Any) -> None:
+        db = open_db(d, "c")
+        keys, vals = data.keys, data.vals
+        for part in chunks(data.write_order, DEFAULT_BATCH):
+            for i in part:
+                db[keys[i]] = vals[i]
+            db.commit()
+        db.close()
+
+    def read(d: str, data: Any) -> int:
+        db = open_db(d, "r")
+        total = read_mapping(db, data)
+        db.close()
+        return total
+
+    def sample(d: str, data: Any) -> None:
+        db = open_db(d, "r")
+        check_sample(db.get, data)
+        db.close()
+
+    return write, write_batch, read, sample
+
+
+def diskcache_fns(
+    read_mapping: Callable[[Any, Any], int], check_sample: Callable[[Any, Any], None]
+) -> tuple[Callable[..., Any], ...]:
+    """diskcache's (write, write_batch, read, sample) (it pickles non-bytes values itself), as
+    `sqlitedict_fns`."""
+
+    def write(d: str, data: Any) -> None:
+        import diskcache
+
+        db = diskcache.Cache(d)
+        mapping_write(db, data.keys, data.vals, data.write_order)
+        db.close()
+
+    def write_batch(d: str, data: Any) -> None:
+        import diskcache
+
+        db = diskcache.Cache(d)
+        keys, vals = data.keys, data.vals
+        for part in chunks(data.write_order, DEFAULT_BATCH):
+            with db.transact():
+                for i in part:
+                    db[keys[i]] = vals[i]
+        db.close()
+
+    def read(d: str, data: Any) -> int:
+        import diskcache
+
+        db = diskcache.Cache(d)
+        total = read_mapping(db, data)
+        db.close()
+        return total
+
+    def sample(d: str, data: Any) -> None:
+        import diskcache
+
+        db = diskcache.Cache(d)
+        check_sample(db.get, data)
+        db.close()
+
+    return write, write_batch, read, sample

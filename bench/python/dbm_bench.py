@@ -196,75 +196,11 @@ def sd_open(d: str, flag: str) -> Any:
                       decode=_identity)
 
 
-def sd_write(d: str, data: Data) -> None:
-    db = sd_open(d, "c")
-    mapping_write(db, data.keys, data.vals, data.write_order)
-    db.commit()  # close() does not commit when autocommit=False (sqlitedict's default)
-    db.close()
-
-
-def sd_write_batch(d: str, data: Data) -> None:
-    db = sd_open(d, "c")
-    keys, vals = data.keys, data.vals
-    for part in chunks(data.write_order, DEFAULT_BATCH):
-        for i in part:
-            db[keys[i]] = vals[i]
-        db.commit()
-    db.close()
-
-
-def sd_read(d: str, data: Data) -> int:
-    db = sd_open(d, "r")
-    total = read_mapping(db, data)
-    db.close()
-    return total
-
-
-def sd_sample(d: str, data: Data) -> None:
-    db = sd_open(d, "r")
-    check_sample(db.get, data)
-    db.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# diskcache
-
-
-def dc_write(d: str, data: Data) -> None:
-    import diskcache
-
-    db = diskcache.Cache(d)
-    mapping_write(db, data.keys, data.vals, data.write_order)
-    db.close()
-
-
-def dc_write_batch(d: str, data: Data) -> None:
-    import diskcache
-
-    db = diskcache.Cache(d)
-    keys, vals = data.keys, data.vals
-    for part in chunks(data.write_order, DEFAULT_BATCH):
-        with db.transact():
-            for i in part:
-                db[keys[i]] = vals[i]
-    db.close()
-
-
-def dc_read(d: str, data: Data) -> int:
-    import diskcache
-
-    db = diskcache.Cache(d)
-    total = read_mapping(db, data)
-    db.close()
-    return total
-
-
-def dc_sample(d: str, data: Data) -> None:
-    import diskcache
-
-    db = diskcache.Cache(d)
-    check_sample(db.get, data)
-    db.close()
+# sqlitedict's and diskcache's runners are shared with the other benchmark (common.py).
+sd_write, sd_write_batch, sd_read, sd_sample = common.sqlitedict_fns(
+    sd_open, read_mapping, check_sample
+)
+dc_write, dc_write_batch, dc_read, dc_sample = common.diskcache_fns(read_mapping, check_sample)
 
 
 # ---------------------------------------------------------------------------------------------

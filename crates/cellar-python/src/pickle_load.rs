@@ -76,6 +76,8 @@ struct Known {
     newobj_ex: Py<PyAny>,
     getattr: Py<PyAny>,
     partial: Py<PyAny>,
+    /// `types.MethodType` (bound methods, compared by value in `may_call`).
+    method_type: Py<PyAny>,
     /// `(module, name)` -> object, for every global above plus the reconstructor bases and
     /// the constants (`Ellipsis`, `NotImplemented`).
     by_name: HashMap<(String, String), Py<PyAny>>,
@@ -168,6 +170,7 @@ fn known(py: Python<'_>) -> PyResult<&Known> {
             newobj,
             newobj_ex,
             partial,
+            method_type: py.import("types")?.getattr("MethodType")?.unbind(),
             by_name,
             bases,
         })
@@ -1594,8 +1597,7 @@ impl<'a, 'py> Loader<'a, 'py> {
         if self.callable.contains(&(f.as_ptr() as usize)) {
             return Ok(true);
         }
-        let py = self.py;
-        if f.hasattr(intern!(py, "__func__"))? && f.hasattr(intern!(py, "__self__"))? {
+        if f.get_type().is(self.known.method_type.bind(self.py)) {
             for v in self.cfg.allowed.values() {
                 if v.get_type().is(f.get_type()) && v.eq(f)? {
                     return Ok(true);
