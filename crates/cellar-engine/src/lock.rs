@@ -79,6 +79,24 @@ pub fn holder_pid(file: &File) -> Option<u32> {
     (pid != 0).then_some(pid)
 }
 
+/// `try_flock`, retried for a short grace period. A process spawning a child
+/// (`posix_spawn`/`vfork`, which run no `pthread_atfork` handlers) briefly shares every open
+/// descriptor with it until its `exec` closes them, so a lock just released by `close` can stay
+/// held for that moment; a real holder still gets `Locked`, after the grace period.
+fn flock_with_grace(file: &File) -> Result<bool> {
+    const GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+    let start = std::time::Instant::now();
+    loop {
+        if try_flock(file).map_err(|e| Error::io("locking the store", e))? {
+            return Ok(true);
+        }
+        if start.elapsed() >= GRACE {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 impl WriterLock {
     /// Takes the lock on the file at `path` (without blocking) and records our pid in `data`.
     pub fn acquire(path: &Path, data: &File) -> Result<WriterLock> {
@@ -87,7 +105,7 @@ impl WriterLock {
             .read(true)
             .open(path)
             .map_err(|e| Error::io(format!("opening {} for locking", path.display()), e))?;
-        if !try_flock(&file).map_err(|e| Error::io("locking the store", e))? {
+        if !flock_with_grace(&file)? {
             return Err(Error::Locked {
                 path: path.to_path_buf(),
                 pid: holder_pid(data),
