@@ -46,7 +46,7 @@ enum Command {
     },
     /// Print the value stored under KEY.
     Get {
-        /// The store (native, sqlite3 or dumb).
+        /// The store: any format cellar reads (native, sqlite3, dumb, dbm.gnu, dbm.ndbm).
         path: PathBuf,
         /// The key: UTF-8 text, or a Python literal with --literal.
         key: String,
@@ -186,12 +186,41 @@ enum MarshalCommand {
     },
 }
 
+/// Exit codes: 0 success; 1 failure (damage found, key or store not found, bad data); 2 usage
+/// (clap's own exit code for bad arguments). A closed output pipe ends the process quietly as
+/// coreutils do (killed by SIGPIPE: 141 in a shell).
 fn main() {
+    restore_sigpipe();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
+        if is_broken_pipe(&e) {
+            std::process::exit(141);
+        }
         eprintln!("cellar: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Rust ignores SIGPIPE at start-up, so `cellar keys big.db | head` would end with an EPIPE error
+/// (or a panic inside `println!`). A command-line filter should die quietly instead, like `cat`.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    // SAFETY: called first thing in main, before any thread is started; setting the default
+    // disposition of SIGPIPE installs no handler code and touches no Rust state.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn restore_sigpipe() {}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -12,7 +12,7 @@
 //! bytes round-trip exactly.
 
 use std::io::{BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
@@ -54,8 +54,69 @@ pub fn arg_bytes(text: &str, literal: bool) -> Result<Vec<u8>> {
 }
 
 fn open(path: &Path, flag: &str) -> Result<Box<dyn Database>> {
+    if !flag.starts_with(['c', 'n']) {
+        require_store(path)?;
+    } else if path.is_dir() {
+        bail!("{} is a directory, not a store", path.display());
+    }
     dbm::open_str(path, flag, dbm::DEFAULT_MODE)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Fails, in the CLI's words, when PATH names nothing a read or an update could open.
+fn require_store(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        bail!("{} is a directory, not a store", path.display());
+    }
+    if dbm::whichdb(path) == WhichDb::Unreadable {
+        bail!(
+            "{}: no such store (`cellar set`, `cellar load` and `cellar convert` create one)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Every file a store at `path` may consist of, whatever its backend.
+fn store_files(path: &Path) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    for suffix in [".dat", ".dir", ".bak", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        files.push(PathBuf::from(name));
+    }
+    files
+}
+
+/// Removes the files of a store that a failed `load`/`convert` created, so a failure leaves
+/// nothing new behind. Declare it before the store handle, so the handle is closed first.
+struct NewStore {
+    created: Vec<PathBuf>,
+    keep: bool,
+}
+
+impl NewStore {
+    fn new(path: &Path) -> NewStore {
+        let created = store_files(path)
+            .into_iter()
+            .filter(|f| f.symlink_metadata().is_err())
+            .collect();
+        NewStore {
+            created,
+            keep: false,
+        }
+    }
+}
+
+impl Drop for NewStore {
+    fn drop(&mut self) {
+        if !self.keep {
+            for f in &self.created {
+                // Best effort: a file that was never created is simply not there.
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
 }
 
 /// `out` with its decoding settled: without `--decode`, a native store whose header records a
@@ -212,6 +273,7 @@ pub fn load(path: &Path, input: Option<&Path>, to: Option<Backend>) -> Result<()
         )),
         _ => Box::new(std::io::stdin().lock()),
     };
+    let mut new_store = NewStore::new(path);
     let db = match to {
         Some(b) if !path.exists() => b.open(path, Flag::Create, dbm::DEFAULT_MODE)?,
         _ => open(path, "c")?,
@@ -240,6 +302,7 @@ pub fn load(path: &Path, input: Option<&Path>, to: Option<Backend>) -> Result<()
         db.batch(&batch)?;
     }
     db.close()?;
+    new_store.keep = true;
     pb.finish_and_clear();
     eprintln!("loaded {n} records into {}", path.display());
     Ok(())
@@ -315,6 +378,7 @@ pub fn convert(src: &Path, dst: &Path, to: Backend, values: Option<&str>) -> Res
         Some(spec) => values_encoding(spec, from.as_ref())?,
         None => from.value_encoding().unwrap_or_default(),
     };
+    let mut new_store = NewStore::new(dst);
     let into = to.open_with(dst, Flag::New, dbm::DEFAULT_MODE, encoding)?;
     let pb = progress(from.len()? as u64, "convert");
     let mut batch = Batch::new();
@@ -342,8 +406,9 @@ pub fn convert(src: &Path, dst: &Path, to: Backend, values: Option<&str>) -> Res
     let (n2, c2) = checksum(into.as_ref())?;
     into.close()?;
     if (n1, c1) != (n2, c2) {
-        bail!("verification failed: source has {n1} keys (checksum {c1:#018x}), destination {n2} ({c2:#018x})");
+        bail!("verification failed: source has {n1} keys (checksum {c1:#018x}), destination {n2} ({c2:#018x}); {} was removed", dst.display());
     }
+    new_store.keep = true;
     println!(
         "converted {n1} keys from {} ({}) to {} ({})\n  source:      {n1} keys, checksum \
          {c1:#018x}\n  destination: {n2} keys, checksum {c2:#018x}\n  count and checksums match",
@@ -358,7 +423,7 @@ pub fn convert(src: &Path, dst: &Path, to: Backend, values: Option<&str>) -> Res
 pub fn info(path: &Path, out: Output) -> Result<()> {
     let kind = match dbm::whichdb(path) {
         WhichDb::Kind(k) => k,
-        WhichDb::Unreadable => bail!("{}: no database there", path.display()),
+        WhichDb::Unreadable => return require_store(path),
         WhichDb::Unknown => bail!("{}: db type could not be determined", path.display()),
     };
     let db = open(path, "r")?;
@@ -422,7 +487,7 @@ fn native_only(path: &Path, what: &str) -> Result<()> {
             path.display(),
             k.name()
         ),
-        WhichDb::Unreadable => bail!("{}: no database there", path.display()),
+        WhichDb::Unreadable => require_store(path),
         WhichDb::Unknown => bail!("{}: db type could not be determined", path.display()),
     }
 }

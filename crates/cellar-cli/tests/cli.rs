@@ -254,7 +254,7 @@ fn cpython_dumb_store_converts_and_native_checks() {
         &["get", dir.join("nope").to_str().expect("utf-8"), "k"],
         b"",
     );
-    assert!(!good && err.contains("doesn't exist"), "{err}");
+    assert!(!good && err.contains("no such store"), "{err}");
     let (good, _, err) = cellar(&["check", srcs], b"");
     assert!(!good && err.contains("native stores"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);

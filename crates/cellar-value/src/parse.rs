@@ -3,7 +3,7 @@
 //! prefixes, escapes, triple quotes and implicit concatenation, tuples, lists, dicts, sets,
 //! `None`/`True`/`False`/`...`, unary signs) plus the forms [`crate::repr`] prints for values
 //! that have no literal: `set()`, `frozenset(...)`, `float('nan')`/`float('inf')`,
-//! `bytearray(b'...')`, `slice(a, b, c)`, `Ellipsis`. Nothing is ever evaluated.
+//! `bytearray(b'...')`, `slice(stop)` / `slice(start, stop[, step])`, `Ellipsis`. Nothing is ever evaluated.
 //!
 //! Errors carry the byte offset. Nesting is limited to 200 levels, like CPython's parser
 //! ("too many nested parentheses").
@@ -330,6 +330,17 @@ impl<'a> Parser<'a> {
             ("bytearray", [Value::Bytes(b)]) => {
                 Ok(Value::ByteArray(std::sync::Arc::new(b.to_vec())))
             }
+            // As Python's slice(): slice(stop), slice(start, stop), slice(start, stop, step).
+            ("slice", [b]) => Ok(Value::Slice(std::sync::Arc::new(crate::Slice {
+                start: Value::None,
+                stop: b.clone(),
+                step: Value::None,
+            }))),
+            ("slice", [a, b]) => Ok(Value::Slice(std::sync::Arc::new(crate::Slice {
+                start: a.clone(),
+                stop: b.clone(),
+                step: Value::None,
+            }))),
             ("slice", [a, b, c]) => Ok(Value::Slice(std::sync::Arc::new(crate::Slice {
                 start: a.clone(),
                 stop: b.clone(),
@@ -786,6 +797,8 @@ mod tests {
         assert_eq!(rt("-0x_ff"), "-255");
         assert_eq!(rt("bytearray(b'x')"), "bytearray(b'x')");
         assert_eq!(rt("slice(1, None, -1)"), "slice(1, None, -1)");
+        assert_eq!(rt("slice(1, 2)"), "slice(1, 2, None)");
+        assert_eq!(rt("slice(5)"), "slice(None, 5, None)");
         assert_eq!(rt("{1, 2,}"), "{1, 2}");
         assert_eq!(rt("  [1, # comment\n 2]  "), "[1, 2]");
     }
@@ -793,8 +806,19 @@ mod tests {
     #[test]
     fn rejects() {
         for bad in [
-            "1+2", "[1, 2", "{[]: 1}", "foo", "f'x'", "01", "1__0", "'abc", "b'é'", "'a' b'b'",
+            "1+2",
+            "[1, 2",
+            "{[]: 1}",
+            "foo",
+            "f'x'",
+            "01",
+            "1__0",
+            "'abc",
+            "b'é'",
+            "'a' b'b'",
             "x()",
+            "slice()",
+            "slice(1, 2, 3, 4)",
         ] {
             assert!(parse(bad).is_err(), "{bad} should fail");
         }

@@ -1,0 +1,168 @@
+//! The CLI as a new user meets it: error messages in the CLI's own words, exit codes, output
+//! into a closed pipe, and failed commands that leave nothing behind.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn run(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cellar"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cellar");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cellar-msg-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("tmp");
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+#[test]
+fn a_missing_store_is_named_in_the_clis_words() {
+    let dir = tmpdir("missing");
+    let missing = dir.join("nope.db");
+    for args in [
+        vec!["get", s(&missing), "k"],
+        vec!["keys", s(&missing)],
+        vec!["dump", s(&missing)],
+        vec!["info", s(&missing)],
+        vec!["check", s(&missing)],
+        vec!["del", s(&missing), "k"],
+        vec!["compact", s(&missing)],
+    ] {
+        let o = run(&args, b"");
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("no such store"), "{args:?}: {err}");
+        assert!(err.contains("cellar set"), "{args:?}: {err}");
+        assert!(!err.contains("'c' or 'n' flag"), "{args:?}: {err}");
+    }
+    // Nothing was created by the failed commands.
+    assert_eq!(std::fs::read_dir(&dir).expect("ls").count(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_directory_is_not_reported_as_a_missing_file() {
+    let dir = tmpdir("dir");
+    for args in [
+        vec!["get", s(&dir), "k"],
+        vec!["dump", s(&dir)],
+        vec!["info", s(&dir)],
+        vec!["set", s(&dir), "k", "v"],
+    ] {
+        let o = run(&args, b"");
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("is a directory, not a store"),
+            "{args:?}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let o = run(&["get"], b"");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = run(&["no-such-command"], b"");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[cfg(unix)]
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tmpdir("pipe");
+    let db = dir.join("big.cellar");
+    let lines: String = (0..200_000)
+        .map(|i| format!("{{\"key\": \"key{i}\", \"value\": \"v\"}}\n"))
+        .collect();
+    let o = run(&["load", s(&db)], lines.as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    for cmd in ["keys", "dump"] {
+        // `cellar keys big.cellar | head -1`
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cellar"))
+            .args([cmd, s(&db)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run cellar");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("first line");
+        assert!(!first.is_empty());
+        // The reader goes away (stdout dropped above), as `head` does.
+        let o = child.wait_with_output().expect("wait");
+        assert_eq!(o.status.signal(), Some(libc_sigpipe()), "{cmd}: {o:?}");
+        assert_eq!(stderr(&o), "", "{cmd}: nothing on stderr");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(unix)]
+fn libc_sigpipe() -> i32 {
+    13 // SIGPIPE on every Unix cellar builds for (Linux, macOS, the BSDs)
+}
+
+#[test]
+fn a_failed_load_leaves_no_new_store_behind() {
+    let dir = tmpdir("load");
+    let input = "{\"key\": \"a\", \"value\": \"1\"}\n".repeat(2500) + "not json\n";
+    for to in ["native", "sqlite", "dumb"] {
+        let db = dir.join(format!("new-{to}"));
+        let o = run(&["load", s(&db), "--to", to], input.as_bytes());
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{to}: {err}");
+        assert!(err.contains("line 2501: not JSON"), "{to}: {err}");
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert!(left.is_empty(), "{to}: a failed load left {left:?}");
+    }
+    // Into an existing store, a failed load keeps the store (and what it had).
+    let db = dir.join("old.cellar");
+    assert!(run(&["set", s(&db), "kept", "yes"], b"").status.success());
+    let o = run(&["load", s(&db)], b"garbage\n");
+    assert_eq!(o.status.code(), Some(1));
+    let o = run(&["get", s(&db), "kept"], b"");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "b'yes'\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn slices_parse_in_every_form_python_accepts() {
+    for (lit, shown) in [
+        ("slice(1, 2)", "slice(1, 2, None)"),
+        ("slice(7)", "slice(None, 7, None)"),
+        ("slice(1, 2, 3)", "slice(1, 2, 3)"),
+    ] {
+        let o = run(&["marshal", "encode", "--version", "5"], lit.as_bytes());
+        assert!(o.status.success(), "{lit}: {}", stderr(&o));
+        let shown_now = run(&["marshal", "show", "-"], &o.stdout);
+        assert_eq!(String::from_utf8_lossy(&shown_now.stdout).trim(), shown);
+    }
+}
