@@ -157,3 +157,10 @@ def test_the_output_matcher_is_strict() -> None:
     assert _matches(["a", "...", "z"], ["a", "z"])
     assert _matches(["x ... y"], ["x 123 y"])
     assert not _matches(["x ... y"], ["x 123 z"])
+
+
+def test_the_benchmark_chart_shows_the_saved_results(tmp_path: Path) -> None:
+    out = tmp_path / "chart.svg"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "python" / "chart.py"), str(out)], check=True)
+    committed = (ROOT / "docs" / "benchmarks-python.svg").read_text(encoding="utf-8")
+    assert out.read_text(encoding="utf-8") == committed, "run bench/python/chart.py and commit the chart"
