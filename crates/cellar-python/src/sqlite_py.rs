@@ -66,7 +66,25 @@ pub(crate) fn external(py: Python<'_>, what: &str, e: PyErr) -> DbmError {
 pub(crate) struct PySqliteDb {
     path: PathBuf,
     read_only: bool,
-    conn: Arc<Mutex<Option<Py<PyAny>>>>,
+    conn: Arc<Conn>,
+}
+
+/// The connection; closed when the last handle goes (a database dropped without `close()`,
+/// as the other backends close theirs, rather than leaving it to the `sqlite3.Connection`'s
+/// own finalizer and its ResourceWarning).
+#[derive(Debug)]
+struct Conn(Mutex<Option<Py<PyAny>>>);
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let conn = self.0.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(c) = conn {
+            Python::attach(|py| {
+                // Nothing to report to at this point; the data is already committed.
+                let _ = c.bind(py).call_method0("close");
+            });
+        }
+    }
 }
 
 /// The bytes of a column: BLOB as dbm.sqlite3 writes it; TEXT (another writer's) as UTF-8.
@@ -107,7 +125,7 @@ impl PySqliteDb {
         Ok(PySqliteDb {
             path: p,
             read_only: access == "r",
-            conn: Arc::new(Mutex::new(Some(conn.unbind()))),
+            conn: Arc::new(Conn(Mutex::new(Some(conn.unbind())))),
         })
     }
 
@@ -118,7 +136,7 @@ impl PySqliteDb {
         what: &str,
         f: impl for<'py> FnOnce(Python<'py>, &Bound<'py, PyAny>) -> PyResult<T>,
     ) -> Result<T> {
-        let g = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.conn.0.lock().unwrap_or_else(|e| e.into_inner());
         Python::attach(|py| match g.as_ref() {
             Some(c) => f(py, c.bind(py)).map_err(|e| external(py, what, e)),
             None => Err(DbmError::Closed),
@@ -268,7 +286,7 @@ impl Database for PySqliteDb {
         })
     }
     fn close(&self) -> Result<()> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let conn = self.conn.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(c) = conn {
             Python::attach(|py| {
                 c.bind(py)

@@ -64,38 +64,49 @@ def _connect(path: bytes, flag: str) -> _sqlite3.Connection:
             f"{uri}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False
         )
 
+    def setup(cx: _sqlite3.Connection) -> _sqlite3.Connection:
+        try:
+            if flag == "r":
+                cx.execute("PRAGMA query_only = 1")
+            has_table = cx.execute(_HAS_TABLE).fetchone() is not None
+            if flag == "r" and not has_table:
+                raise _error(
+                    f"{os.fsdecode(path)}: not a dbm.sqlite3 database (it has no table Dict)"
+                )
+            if flag != "r":
+                try:
+                    # An optimisation only; fine if it fails (read-only media, old files).
+                    cx.execute("PRAGMA journal_mode = wal").fetchall()
+                except _sqlite3.OperationalError:
+                    pass
+                if not has_table:
+                    cx.execute(BUILD_TABLE)
+            try:
+                cx.execute("PRAGMA synchronous = NORMAL")
+            except _sqlite3.OperationalError:
+                pass
+            return cx
+        except BaseException:
+            cx.close()
+            raise
+
     try:
         if flag == "r":
             try:
-                cx = connect("rw")
-                cx.execute("PRAGMA query_only = 1")
-                cx.execute(_HAS_TABLE).fetchall()
+                return setup(connect("rw"))
             except _sqlite3.Error as exc:
                 if getattr(exc, "sqlite_errorcode", 14) & 0xFF not in _RETRY_READ_ONLY:
                     raise
-                cx = connect("ro")
-        else:
-            cx = connect("rwc" if flag == "c" else "rw")
-        cx.execute("PRAGMA busy_timeout = 5000")
-        has_table = cx.execute(_HAS_TABLE).fetchone() is not None
-        if flag == "r" and not has_table:
-            cx.close()
-            raise _error(f"{os.fsdecode(path)}: not a dbm.sqlite3 database (it has no table Dict)")
-        if flag != "r":
-            try:
-                # An optimisation only; it is fine if it fails (read-only media, old files).
-                cx.execute("PRAGMA journal_mode = wal").fetchall()
-            except _sqlite3.OperationalError:
-                pass
-            if not has_table:
-                cx.execute(BUILD_TABLE)
-        try:
-            cx.execute("PRAGMA synchronous = NORMAL")
-        except _sqlite3.OperationalError:
-            pass
-        return cx
+            return setup(connect("ro"))
+        return setup(connect("rwc" if flag == "c" else "rw"))
     except _sqlite3.Error as exc:
-        raise _error(str(exc)) from exc
+        where = f"opening {os.fsdecode(path)} as a dbm.sqlite3 database"
+        if flag == "r" and getattr(exc, "sqlite_errorcode", 14) & 0xFF in _RETRY_READ_ONLY:
+            where += (
+                "; reading a WAL-mode database needs its -wal and -shm files, which could "
+                "not be opened or created here"
+            )
+        raise _error(f"{exc} (while {where})") from exc
 
 #: What ``cellar.dbm.whichdb`` answers for files of this backend.
 _whichdb_name = "dbm.sqlite3"
