@@ -81,6 +81,8 @@ run() {
     rm -f "$log"
     if [ "$label" = pytest ] && [ "$rc" -eq 5 ]; then
         counts="pytest collected no tests (exit 5): the suite is missing"
+    elif [ "$rc" -gt 128 ]; then
+        counts="killed by signal $((rc - 128)) $counts"
     fi
     if [ "$rc" -eq 0 ]; then
         SUMMARY+=("$VER | $label | ok | $counts")
@@ -116,7 +118,7 @@ for PY in "${PYTHONS[@]}"; do
     run "seed example (README)" bash -c "cd '$SEED' && rm -f test.shelve* users.shelve* \
         && '$ROOT/$VENV/bin/python' seed.py | tee out.txt && grep -qx 'test data' out.txt"
     # Run from the repository root: `cellar` must come from the installed wheel, not a source tree.
-    run pytest "$VENV/bin/python" -m pytest -W error -q -p no:cacheprovider tests/python
+    run pytest "$VENV/bin/python" -m pytest -W error -q -rs -p no:cacheprovider tests/python
     run "CPython $VER test_marshal" "$VENV/bin/python" tests/python/run_cpython_test_marshal.py
     run "CPython $VER pickletester, test_copyreg" "$VENV/bin/python" tests/python/run_cpython_pickletester.py
     run "CPython $VER test_dbm*, test_shelve" "$VENV/bin/python" tests/python/run_cpython_test_dbm.py

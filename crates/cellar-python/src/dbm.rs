@@ -1,9 +1,11 @@
 //! `cellar.dbm`'s native half: a Python database object over `cellar_dbm`'s `Box<dyn Database>`.
 //!
 //! Keys and values are bytes; `str` is encoded as UTF-8 (as CPython's dbm modules do), and any
-//! other bytes-like object is copied. Every call into the store releases the GIL
-//! (`Python::detach`): the database object is `Send + Sync` and all its methods take `&self`, so
-//! one object may be used from many threads at once. Errors map as `DbmError::py_kind()` says:
+//! other bytes-like object is copied (the sqlite backend also stores ints and floats as
+//! dbm.sqlite3 does). Every call into a native or dumb store releases the GIL
+//! (`Python::detach`); the sqlite backend runs on the interpreter's own `sqlite3` module
+//! (`sqlite_py`), which releases it around SQLite. The database object is `Send + Sync` and all
+//! its methods take `&self`, so one object may be used from many threads at once. Errors map as `DbmError::py_kind()` says:
 //! `ValueError` for bad flags, `OSError` (with errno, so `FileNotFoundError` etc.) for OS errors,
 //! `cellar.dbm.error` (an `OSError` subclass) otherwise; a corrupt dbm.dumb index raises a class
 //! that is both `cellar.dbm.error` and `ValueError` (CPython's `literal_eval` raises `ValueError`).
@@ -214,6 +216,12 @@ impl PyDatabase {
         f: impl FnOnce(&dyn Database) -> cellar_dbm::Result<T> + Send,
     ) -> PyResult<T> {
         let db: &dyn Database = &*self.db;
+        if self.sqlite.is_some() {
+            // The sqlite backend is Python calls into the interpreter's sqlite3 module, which
+            // releases the GIL around SQLite itself: releasing it here too would only cost a
+            // GIL round trip per call.
+            return f(db).map_err(|e| to_py(py, e));
+        }
         py.detach(|| f(db)).map_err(|e| to_py(py, e))
     }
 
@@ -226,8 +234,7 @@ impl PyDatabase {
             (Ok(b), _) => Ok(Some(b)),
             (Err(e), Some(sq)) if e.is_instance_of::<PyTypeError>(obj.py()) => {
                 let py = obj.py();
-                let o = obj.clone().unbind();
-                py.detach(|| sq.coerce(o)).map_err(|e| to_py(py, e))
+                sq.coerce(obj.clone().unbind()).map_err(|e| to_py(py, e))
             }
             (Err(e), _) => Err(e),
         }
