@@ -1,5 +1,5 @@
-"""Run CPython 3.11's own Lib/test/test_dbm.py and test_dbm_dumb.py against cellar.dbm, and
-test_shelve.py against cellar.shelve.
+"""Run the running CPython's own Lib/test/test_dbm.py, test_dbm_dumb.py and (3.13+)
+test_dbm_sqlite3.py against cellar.dbm, and test_shelve.py against cellar.shelve.
 
 ``dbm`` and ``shelve`` are not imported at interpreter start-up, so a shim on PYTHONPATH
 (tests/python/shim/dbm/ and shim/shelve.py) that re-exports cellar.dbm and cellar.shelve under
@@ -26,8 +26,9 @@ EXPECTED_FAILURES: dict[str, str] = {}
 
 CHILD = r"""
 import sys, unittest, importlib
-import dbm, dbm.dumb, shelve
+import dbm, dbm.dumb, dbm.sqlite3, shelve
 assert dbm.open.__module__ == "dbm" and dbm.dumb.open.__module__ == "cellar.dbm.dumb", "shim not used"
+assert dbm.sqlite3.open.__module__ == "cellar.dbm.sqlite3", "shim not used"
 assert shelve.open.__module__ == "cellar.shelve", "shelve shim not used"
 expected = set(sys.argv[2].split(",")) - {""}
 mod = importlib.import_module("test." + sys.argv[1])
@@ -74,9 +75,18 @@ def run(module: str) -> tuple[int, int, int, int, int, list[str]]:
     return (passed, skipped, xfail, failed, proc.returncode, skips)
 
 
+def modules() -> list[str]:
+    """The running version's test modules that exist (test_dbm_sqlite3 is new in 3.13)."""
+    import importlib.util
+
+    names = ["test_dbm", "test_dbm_dumb", "test_dbm_sqlite3", "test_shelve"]
+    return [n for n in names if importlib.util.find_spec("test." + n) is not None]
+
+
 def main() -> int:
     status = 0
-    for module in ("test_dbm", "test_dbm_dumb", "test_shelve"):
+    print(f"CPython {sys.version.split()[0]}: Lib/test of {os.path.dirname(os.__file__)}")
+    for module in modules():
         passed, skipped, xfail, failed, rc, skips = run(module)
         print(
             f"{module} against cellar.{'shelve' if module == 'test_shelve' else 'dbm'}: {passed} passed, {failed} failed, {skipped} skipped, "

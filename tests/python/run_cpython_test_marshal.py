@@ -1,4 +1,5 @@
-"""Run CPython 3.11's own Lib/test/test_marshal.py against cellar.marshal.
+"""Run the running CPython's own Lib/test/test_marshal.py (3.11, 3.12, 3.13...) against
+cellar.marshal.
 
 The stdlib ``marshal`` is built into the interpreter and imported at start-up, so the test module's
 ``marshal`` global and ``sys.modules['marshal']`` are both replaced by ``cellar.marshal`` before the
@@ -22,6 +23,8 @@ EXPECTED_FAILURES: dict[str, str] = {
 def main() -> int:
     sys.modules["marshal"] = cellar.marshal
     import test.test_marshal as tm
+
+    print(f"CPython {sys.version.split()[0]}: {tm.__file__}")
 
     tm.marshal = cellar.marshal
     loader = unittest.TestLoader()

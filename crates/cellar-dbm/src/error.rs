@@ -59,6 +59,13 @@ pub enum DbmError {
         context: String,
         source: rusqlite::Error,
     },
+    /// A backend implemented outside this crate failed (the Python package's sqlite backend,
+    /// which runs on the interpreter's own `sqlite3` module, reports the Python exception
+    /// here so that the bindings re-raise it unchanged).
+    External {
+        context: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl DbmError {
@@ -142,6 +149,7 @@ impl fmt::Display for DbmError {
             }
             DbmError::Engine(e) => write!(f, "{e}"),
             DbmError::Sqlite { context, source } => write!(f, "{source} (while {context})"),
+            DbmError::External { context, source } => write!(f, "{source} (while {context})"),
         }
     }
 }
@@ -152,6 +160,7 @@ impl std::error::Error for DbmError {
             DbmError::Io { source, .. } => Some(source),
             DbmError::Engine(e) => Some(e),
             DbmError::Sqlite { source, .. } => Some(source),
+            DbmError::External { source, .. } => Some(&**source),
             DbmError::Legacy { source, .. } => Some(source),
             _ => None,
         }

@@ -35,7 +35,7 @@ mod flag;
 mod legacy;
 mod native;
 mod perm;
-mod sqlite;
+pub mod sqlite;
 mod whichdb;
 
 use std::fmt;

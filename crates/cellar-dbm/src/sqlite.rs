@@ -7,6 +7,15 @@
 //! reaches the OS before returning (durable against a process crash) without an fsync;
 //! [`Database::sync`] checkpoints with fsync for power-loss durability. A batch is one
 //! transaction. The connection sits behind a mutex, so the object is `Send + Sync`.
+//!
+//! Which SQLite: this backend links its own copy (rusqlite's `bundled`), which is right for
+//! the Rust crate and the CLI, where no other SQLite shares the process. The Python package
+//! must not use it: POSIX advisory locks belong to the process, so when a second SQLite
+//! library in the same process (the interpreter's `sqlite3` module) closes its descriptor of
+//! the same file, this copy's locks vanish and the other library deletes the `-wal` under it
+//! (lost writes). `cellar.dbm.sqlite3` therefore runs the same SQL ([`BUILD_TABLE`] and the
+//! rest, public for that reason) and the same file steps ([`prepare_files`]) on the running
+//! interpreter's own `sqlite3` module (crates/cellar-python/src/sqlite_py.rs).
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -19,20 +28,21 @@ use crate::error::{DbmError, Result};
 use crate::flag::{Access, Flag};
 use crate::{perm, Backend, Batch, Database, Info, ItemFn};
 
-const BUILD_TABLE: &str =
+pub const BUILD_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)";
-const GET_SIZE: &str = "SELECT COUNT (key) FROM Dict";
-const LOOKUP_KEY: &str = "SELECT value FROM Dict WHERE key = CAST(? AS BLOB)";
-const STORE_KV: &str = "REPLACE INTO Dict (key, value) VALUES (CAST(? AS BLOB), CAST(? AS BLOB))";
-const DELETE_KEY: &str = "DELETE FROM Dict WHERE key = CAST(? AS BLOB)";
+pub const GET_SIZE: &str = "SELECT COUNT (key) FROM Dict";
+pub const LOOKUP_KEY: &str = "SELECT value FROM Dict WHERE key = CAST(? AS BLOB)";
+pub const STORE_KV: &str =
+    "REPLACE INTO Dict (key, value) VALUES (CAST(? AS BLOB), CAST(? AS BLOB))";
+pub const DELETE_KEY: &str = "DELETE FROM Dict WHERE key = CAST(? AS BLOB)";
 // CPython's `SELECT key FROM Dict` lets SQLite scan the key index (key order) while a
 // `SELECT key, value` scans the table (rowid order): keys() and items() would disagree. Both
 // follow the table's rowid order (insertion order; an overwrite moves a key to the end).
-const ITER_KEYS: &str = "SELECT key FROM Dict ORDER BY rowid";
-const ITER_ITEMS: &str = "SELECT key, value FROM Dict ORDER BY rowid";
-const HAS_TABLE: &str = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'Dict'";
+pub const ITER_KEYS: &str = "SELECT key FROM Dict ORDER BY rowid";
+pub const ITER_ITEMS: &str = "SELECT key, value FROM Dict ORDER BY rowid";
+pub const HAS_TABLE: &str = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'Dict'";
 
-pub(crate) fn bad_flag(s: &str) -> DbmError {
+pub fn bad_flag(s: &str) -> DbmError {
     DbmError::BadFlag {
         flag: s.to_string(),
         message: format!(
@@ -84,7 +94,7 @@ const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// only say "database disk image is malformed", or nothing until a read reaches the lost pages.
 /// Skipped when a non-empty `-wal` exists (a checkpoint interrupted by a crash may have written
 /// page 1 before the pages after it; the WAL still holds them and SQLite finishes the job).
-fn check_not_truncated(path: &Path) -> Result<()> {
+pub fn check_not_truncated(path: &Path) -> Result<()> {
     use std::io::Read;
     let mut header = [0u8; 100];
     let len = match fs::File::open(path) {
@@ -125,6 +135,41 @@ fn check_not_truncated(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The file-system steps of opening a dbm.sqlite3 database with `flag`, before any SQLite
+/// connection: flag modifiers refused; `'c'` creates the file (with `mode`) if missing; `'n'`
+/// removes the file and its `-wal`/`-shm`/`-journal` and creates it empty; `'r'`/`'w'` on a
+/// missing file is `ENOENT` (SQLite's own "unable to open database file" hides the cause); a
+/// file shorter than its header says is [`DbmError::Corrupt`]. Shared by this crate's backend
+/// and by the Python package's, which runs the same SQL on the interpreter's own SQLite.
+pub fn prepare_files(path: &Path, flag: Flag, mode: u32) -> Result<()> {
+    if flag.has_modifiers() {
+        return Err(bad_flag(&flag.to_string()));
+    }
+    match flag.access() {
+        Access::Read | Access::Write => {
+            if !path.exists() {
+                return Err(DbmError::io(
+                    format!("opening {} as a dbm.sqlite3 database", path.display()),
+                    std::io::Error::from_raw_os_error(rustix::io::Errno::NOENT.raw_os_error()),
+                ));
+            }
+        }
+        Access::Create => touch(path, mode, true)?,
+        Access::New => {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(DbmError::io(format!("removing {}", path.display()), e)),
+            }
+            for suffix in ["-wal", "-shm", "-journal"] {
+                let _ = fs::remove_file(crate::whichdb::with_suffix(path, suffix));
+            }
+            touch(path, mode, false)?;
+        }
+    }
+    check_not_truncated(path)
+}
+
 /// Whether a failed open should be retried read-only: the file or its directory cannot be
 /// written (so the `-wal`/`-shm` files of a read-write connection cannot exist).
 fn retry_read_only(e: &rusqlite::Error) -> bool {
@@ -161,38 +206,15 @@ impl SqliteDb {
     }
 
     pub(crate) fn open(path: &Path, flag: Flag, mode: u32) -> Result<SqliteDb> {
-        if flag.has_modifiers() {
-            return Err(bad_flag(&flag.to_string()));
-        }
+        prepare_files(path, flag, mode)?;
         let flags = match flag.access() {
             Access::Read => OpenFlags::SQLITE_OPEN_READ_ONLY,
             Access::Write => OpenFlags::SQLITE_OPEN_READ_WRITE,
-            Access::Create => {
-                touch(path, mode, true)?;
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
-            }
-            Access::New => {
-                match fs::remove_file(path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(DbmError::io(format!("removing {}", path.display()), e)),
-                }
-                for suffix in ["-wal", "-shm", "-journal"] {
-                    let _ = fs::remove_file(crate::whichdb::with_suffix(path, suffix));
-                }
-                touch(path, mode, false)?;
+            Access::Create | Access::New => {
                 OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
             }
         } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let ctx = || format!("opening {} as a dbm.sqlite3 database", path.display());
-        if matches!(flag.access(), Access::Read | Access::Write) && !path.exists() {
-            // SQLite's own text ("unable to open database file") hides the cause.
-            return Err(DbmError::io(
-                ctx(),
-                std::io::Error::from_raw_os_error(rustix::io::Errno::NOENT.raw_os_error()),
-            ));
-        }
-        check_not_truncated(path)?;
         let conn = if flag.access() == Access::Read {
             Self::open_for_reading(path)
         } else {

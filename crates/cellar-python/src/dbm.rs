@@ -1,9 +1,11 @@
 //! `cellar.dbm`'s native half: a Python database object over `cellar_dbm`'s `Box<dyn Database>`.
 //!
 //! Keys and values are bytes; `str` is encoded as UTF-8 (as CPython's dbm modules do), and any
-//! other bytes-like object is copied. Every call into the store releases the GIL
-//! (`Python::detach`): the database object is `Send + Sync` and all its methods take `&self`, so
-//! one object may be used from many threads at once. Errors map as `DbmError::py_kind()` says:
+//! other bytes-like object is copied (the sqlite backend also stores ints and floats as
+//! dbm.sqlite3 does). Every call into a native or dumb store releases the GIL
+//! (`Python::detach`); the sqlite backend runs on the interpreter's own `sqlite3` module
+//! (`sqlite_py`), which releases it around SQLite. The database object is `Send + Sync` and all
+//! its methods take `&self`, so one object may be used from many threads at once. Errors map as `DbmError::py_kind()` says:
 //! `ValueError` for bad flags, `OSError` (with errno, so `FileNotFoundError` etc.) for OS errors,
 //! `cellar.dbm.error` (an `OSError` subclass) otherwise; a corrupt dbm.dumb index raises a class
 //! that is both `cellar.dbm.error` and `ValueError` (CPython's `literal_eval` raises `ValueError`).
@@ -16,7 +18,10 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+use crate::sqlite_py::PySqliteDb;
 
 /// The exception class `cellar.dbm.error` (named like CPython's `dbm.error`).
 #[allow(non_camel_case_types)]
@@ -54,8 +59,21 @@ fn corrupt_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
         .map(|c| c.bind(py))
 }
 
+/// `cellar.dbm.error(msg)`.
+pub(crate) fn dbm_error(msg: String) -> PyErr {
+    DbmError_::new_err(msg)
+}
+
 /// The Python exception for a `DbmError`.
-fn to_py(py: Python<'_>, e: DbmError) -> PyErr {
+pub(crate) fn to_py(py: Python<'_>, e: DbmError) -> PyErr {
+    let e = match e {
+        // A Python exception raised inside a backend (sqlite_py): re-raised as it is.
+        DbmError::External { context, source } => match source.downcast::<PyErr>() {
+            Ok(err) => return *err,
+            Err(source) => DbmError::External { context, source },
+        },
+        e => e,
+    };
     let msg = e.to_string();
     if matches!(e, DbmError::Corrupt { .. }) {
         return match corrupt_class(py) {
@@ -134,11 +152,23 @@ fn _dbm_open(
         },
     };
     let path = path_of(path).to_path_buf();
+    if backend == Backend::Sqlite3 {
+        // The interpreter's own SQLite, never a second copy in the process: see sqlite_py.
+        let sq = PySqliteDb::open(py, &path, flag, mode)?;
+        return Ok(PyDatabase {
+            db: Box::new(sq.clone()),
+            sqlite: Some(sq),
+            closed: AtomicBool::new(false),
+            cursor: Mutex::new(None),
+        });
+    }
     let db = py
         .detach(|| backend.open_with(&path, flag, mode, encoding))
         .map_err(|e| to_py(py, e))?;
     Ok(PyDatabase {
         db,
+        sqlite: None,
+        closed: AtomicBool::new(false),
         cursor: Mutex::new(None),
     })
 }
@@ -154,6 +184,10 @@ fn _dbm_whichdb(py: Python<'_>, path: &Bound<'_, PyBytes>) -> Option<&'static st
 #[pyclass(frozen, module = "cellar.dbm", name = "Database")]
 pub struct PyDatabase {
     pub(crate) db: Box<dyn Database>,
+    /// The sqlite backend's connection, for coercing keys and values as dbm.sqlite3 does.
+    sqlite: Option<PySqliteDb>,
+    /// Set by `close()`: key iterators stop with `error` once it is.
+    closed: AtomicBool,
     /// dbm.gnu's `firstkey()`/`nextkey()` walk: the key snapshot `firstkey()` took and each
     /// key's position in it.
     cursor: Mutex<Option<KeyCursor>>,
@@ -182,7 +216,34 @@ impl PyDatabase {
         f: impl FnOnce(&dyn Database) -> cellar_dbm::Result<T> + Send,
     ) -> PyResult<T> {
         let db: &dyn Database = &*self.db;
+        if self.sqlite.is_some() {
+            // The sqlite backend is Python calls into the interpreter's sqlite3 module, which
+            // releases the GIL around SQLite itself: releasing it here too would only cost a
+            // GIL round trip per call.
+            return f(db).map_err(|e| to_py(py, e));
+        }
         py.detach(|| f(db)).map_err(|e| to_py(py, e))
+    }
+
+    /// The bytes of a key or value. bytes-like objects as they are and `str` as UTF-8 on every
+    /// backend; on the sqlite backend any other object SQLite can bind is stored as
+    /// `CAST(? AS BLOB)` makes it, as CPython 3.13's dbm.sqlite3 does (42 -> b'42',
+    /// 1.5 -> b'1.5', True -> b'1'), and `None` (SQL NULL) gives `Ok(None)`.
+    fn coerced(&self, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Option<Vec<u8>>> {
+        match (as_bytes(obj, what), &self.sqlite) {
+            (Ok(b), _) => Ok(Some(b)),
+            (Err(e), Some(sq)) if e.is_instance_of::<PyTypeError>(obj.py()) => {
+                let py = obj.py();
+                sq.coerce(obj.clone().unbind()).map_err(|e| to_py(py, e))
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    /// A key or value to store: NULL is refused as SQLite refuses it in dbm.sqlite3's table.
+    fn stored(&self, obj: &Bound<'_, PyAny>, what: &str, column: &str) -> PyResult<Vec<u8>> {
+        self.coerced(obj, what)?
+            .ok_or_else(|| DbmError_::new_err(format!("NOT NULL constraint failed: Dict.{column}")))
     }
 }
 
@@ -193,7 +254,9 @@ impl PyDatabase {
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let k = as_bytes(key, "keys")?;
+        let Some(k) = self.coerced(key, "keys")? else {
+            return Err(PyKeyError::new_err(key.clone().unbind()));
+        };
         match self.run(py, |db| db.get(&k))? {
             Some(v) => Ok(PyBytes::new(py, &v)),
             None => Err(PyKeyError::new_err(key.clone().unbind())),
@@ -206,13 +269,15 @@ impl PyDatabase {
         key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let k = as_bytes(key, "keys")?;
-        let v = as_bytes(value, "values")?;
+        let k = self.stored(key, "keys", "key")?;
+        let v = self.stored(value, "values", "value")?;
         self.run(py, |db| db.insert(&k, &v))
     }
 
     fn __delitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
-        let k = as_bytes(key, "keys")?;
+        let Some(k) = self.coerced(key, "keys")? else {
+            return Err(PyKeyError::new_err(key.clone().unbind()));
+        };
         if self.run(py, |db| db.remove(&k))? {
             Ok(())
         } else {
@@ -221,8 +286,9 @@ impl PyDatabase {
     }
 
     fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let k = match as_bytes(key, "keys") {
-            Ok(k) => k,
+        let k = match self.coerced(key, "keys") {
+            Ok(Some(k)) => k,
+            Ok(None) => return Ok(false),
             Err(e) => {
                 // A closed database reports that first, as CPython's dumb does.
                 self.run(py, |db| db.len())?;
@@ -258,13 +324,52 @@ impl PyDatabase {
         Ok(out)
     }
 
-    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.keys(py)?.try_iter().map(Bound::into_any)
+    /// An iterator over a snapshot of the keys; once the database is closed it raises
+    /// `error` (as dbm.sqlite3's iterators do) instead of yielding the rest.
+    fn __iter__(slf: &Bound<'_, Self>) -> PyResult<PyKeyIter> {
+        let py = slf.py();
+        let keys = slf.get().run(py, |db| db.keys())?;
+        Ok(PyKeyIter {
+            db: slf.clone().unbind(),
+            keys,
+            next: AtomicUsize::new(0),
+        })
     }
 
     /// dbm.dumb's `iterkeys()`: an iterator over the keys.
-    fn iterkeys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.__iter__(py)
+    fn iterkeys(slf: &Bound<'_, Self>) -> PyResult<PyKeyIter> {
+        Self::__iter__(slf)
+    }
+
+    /// Removes every key, as one commit (dbm.gnu/ndbm's and MutableMapping's `clear()`, in
+    /// CPython 3.13's test_dbm for every backend; dbm.dumb has it on every version).
+    fn clear(&self, py: Python<'_>) -> PyResult<()> {
+        self.run(py, |db| {
+            if db.is_read_only() {
+                return Err(DbmError::ReadOnly);
+            }
+            let keys = db.keys()?;
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let mut b = Batch::new();
+            for k in keys {
+                b.remove(k);
+            }
+            db.batch(&b)
+        })
+    }
+
+    /// The object is initialised once, by `open`: dbm.sqlite3 refuses re-initialisation.
+    #[pyo3(name = "__init__", signature = (*_args, **_kwargs))]
+    fn reinit(
+        &self,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        Err(DbmError_::new_err(
+            "DBM object does not support reinitialization",
+        ))
     }
 
     #[pyo3(signature = (key, default = None))]
@@ -274,7 +379,9 @@ impl PyDatabase {
         key: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let k = as_bytes(key, "keys")?;
+        let Some(k) = self.coerced(key, "keys")? else {
+            return Ok(default.unwrap_or_else(|| py.None().into_bound(py)));
+        };
         Ok(match self.run(py, |db| db.get(&k))? {
             Some(v) => PyBytes::new(py, &v).into_any(),
             None => default.unwrap_or_else(|| py.None().into_bound(py)),
@@ -288,12 +395,12 @@ impl PyDatabase {
         key: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let k = as_bytes(key, "keys")?;
+        let k = self.stored(key, "keys", "key")?;
         if let Some(v) = self.run(py, |db| db.get(&k))? {
             return Ok(PyBytes::new(py, &v).into_any());
         }
         let default = default.unwrap_or_else(|| PyBytes::new(py, b"").into_any());
-        let v = as_bytes(&default, "values")?;
+        let v = self.stored(&default, "values", "value")?;
         self.run(py, |db| db.insert(&k, &v))?;
         Ok(default)
     }
@@ -305,6 +412,7 @@ impl PyDatabase {
 
     /// Syncs and closes; closing twice is fine.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.closed.store(true, Ordering::SeqCst);
         self.run(py, |db| db.close())
     }
 
@@ -407,6 +515,29 @@ impl PyDatabase {
     }
 }
 
+/// `iter(db)`: a snapshot of the keys, checked against `close()` at every step.
+#[pyclass(frozen, module = "cellar.dbm", name = "KeyIterator")]
+pub struct PyKeyIter {
+    db: Py<PyDatabase>,
+    keys: Vec<Vec<u8>>,
+    next: AtomicUsize,
+}
+
+#[pymethods]
+impl PyKeyIter {
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        if self.db.get().closed.load(Ordering::SeqCst) {
+            return Err(to_py(py, DbmError::Closed));
+        }
+        let i = self.next.fetch_add(1, Ordering::SeqCst);
+        Ok(self.keys.get(i).map(|k| PyBytes::new(py, k)))
+    }
+}
+
 /// `db.batch()`: writes gathered in memory, applied together on a clean exit.
 #[pyclass(frozen, module = "cellar.dbm", name = "Batch")]
 pub struct PyBatch {
@@ -473,6 +604,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_dbm_whichdb, m)?)?;
     m.add_class::<PyDatabase>()?;
     m.add_class::<PyBatch>()?;
+    m.add_class::<PyKeyIter>()?;
     m.add("DbmError", m.py().get_type::<DbmError_>())?;
     m.add("DbmCorruptError", corrupt_class(m.py())?)?;
     Ok(())

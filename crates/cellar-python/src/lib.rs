@@ -22,6 +22,7 @@ mod pickle;
 mod pickle_dump;
 mod pickle_load;
 mod shelve;
+mod sqlite_py;
 mod util;
 
 use pyo3::exceptions::PyTypeError;
