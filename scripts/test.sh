@@ -17,6 +17,8 @@ if /usr/bin/python3 -c 'import dbm.gnu, dbm.ndbm' 2>/dev/null; then
     /usr/bin/python3 scripts/legacy-fixtures.py "$CELLAR_LEGACY_FIXTURES"
 fi
 
+echo "== [$((SECONDS - T0))s] Rust: building the workspace and its tests (cargo prints each crate it compiles) =="
+cargo test --release --workspace --no-run
 echo "== [$((SECONDS - T0))s] Rust: cargo test --workspace =="
 cargo test --release --workspace --quiet
 
