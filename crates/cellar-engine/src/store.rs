@@ -839,6 +839,12 @@ fn load_gen(
     slots.sort_by_key(|s| std::cmp::Reverse(s.seq));
     let max_seq = slots.first().map(|s| s.seq).unwrap_or(0);
     let newest = slots.first().copied();
+    // A damaged slot may have been the newer one (e.g. the mark a writer leaves before its
+    // first append): then the clean-close mark of the other cannot be trusted.
+    let slot_damaged = SLOT_OFFSETS.iter().any(|&o| {
+        let b = &hb[o as usize..o as usize + SLOT_LEN];
+        b.iter().any(|&x| x != 0) && Slot::decode(b).is_none()
+    });
     if let Some(s) = newest {
         let says = if s.is_closed() {
             s.closed_end.max(s.covers_end)
@@ -960,7 +966,7 @@ fn load_gen(
     };
     g.storage.set_stable(meta.covers_end);
     let mut g = g;
-    let closed = newest.filter(|s| s.is_closed());
+    let closed = newest.filter(|s| s.is_closed() && !slot_damaged);
     let replayed = replay(&g, meta.covers_end, file_len, skip)?;
     if let Some(s) = closed {
         // A cleanly closed store: the log must end exactly where the writer closed it and hold
@@ -1133,6 +1139,21 @@ impl Store {
                 }
                 if let Some(reason) = last {
                     return Err(Error::BadHeader { path, reason });
+                }
+                // Before the lock writes our pid into it: a store is never shorter than its
+                // superblock (it is created whole), so a shorter one was cut.
+                let len = file
+                    .metadata()
+                    .map_err(io_err(format!("examining {}", path.display())))?
+                    .len();
+                if len < LOG_START {
+                    return Err(Error::BadHeader {
+                        path,
+                        reason: format!(
+                            "the file ends inside its {LOG_START}-byte superblock ({len} \
+                             bytes): it was cut short"
+                        ),
+                    });
                 }
             }
             let lock = if writable {
@@ -1465,6 +1486,16 @@ fn check_storage(st: &dyn Storage, limit: u64, open: bool) -> Result<CheckReport
         .collect();
     slots.sort_by_key(|s| std::cmp::Reverse(s.seq));
     let newest = slots.first().copied();
+    let mut slot_damage = Vec::new();
+    for &o in &SLOT_OFFSETS {
+        let b = &hb[o as usize..o as usize + SLOT_LEN];
+        if b.iter().any(|&x| x != 0) && Slot::decode(b).is_none() {
+            slot_damage.push(format!(
+                "the checkpoint slot at {o} is damaged (open uses the other slot, or rebuilds \
+                 the index from the log)"
+            ));
+        }
+    }
     let mut sum = LogSum::default();
     let mut at_covers = None;
     let mut at_closed = None;
@@ -1491,7 +1522,9 @@ fn check_storage(st: &dyn Storage, limit: u64, open: bool) -> Result<CheckReport
     })?;
     report.file_bytes = len;
     report.header = header_problem;
-    let closed = newest.filter(|s| s.is_closed() && !open);
+    let slots_ok = slot_damage.is_empty();
+    report.checkpoint = slot_damage;
+    let closed = newest.filter(|s| s.is_closed() && !open && slots_ok);
     // A damaged region running to the end of the file of a store that was not closed cleanly
     // is a torn tail (an unfinished commit), not damage.
     if closed.is_none() {
