@@ -769,14 +769,32 @@ enum Judge<'a> {
 }
 
 impl Judge<'_> {
-    fn is_damage(self, g: &Gen, bad: u64) -> bool {
-        match self {
+    /// Whether the bad record at `bad` is damage: intact commits follow it and no writer can
+    /// still be writing it. A reader's view of the file is not atomic against a live writer's
+    /// appends (it may have read zeros at `bad` and, later, the records written after them),
+    /// so after deciding that no append can be in flight at `bad` (no writer holds the lock, or
+    /// `bad` lies before the end the live writer published after its last completed append)
+    /// the record is read again: only if it is still bad is it damage.
+    fn is_damage(self, g: &Gen, bad: u64) -> Result<bool> {
+        let settled = match self {
             Judge::Alone => true,
             Judge::Reader(path) => {
                 let (session, end) = published_end(g);
                 (session != 0 && bad < end) || !crate::lock::writer_active(path)
             }
+        };
+        if !settled {
+            return Ok(false);
         }
+        let len = g
+            .storage
+            .len()
+            .map_err(io_err("checking the store's length"))?;
+        let mut rd = LogReader::new(&*g.storage, bad, len);
+        if bad >= len || matches!(rd.record_at(bad)?, Next::Rec(..)) {
+            return Ok(false);
+        }
+        Ok(rd.find_intact(bad, true)?.is_some())
     }
 }
 
@@ -799,6 +817,37 @@ fn damage_error(g: &Gen, bad: u64, to: u64, reason: &str) -> Result<Error> {
 /// the checks of section 4 of the format doc (the file must agree with its newest checkpoint
 /// slot; a bad record followed by intact commits is damage, never a torn tail).
 fn load_gen(
+    storage: Arc<dyn Storage>,
+    writer_lock: Option<WriterLock>,
+    writable: bool,
+    path: &Path,
+    ident: Option<(u64, u64)>,
+    judge: Judge<'_>,
+) -> Result<Gen> {
+    if writable || writer_lock.is_some() {
+        return load_gen_once(storage, writer_lock, writable, path, ident, judge);
+    }
+    // A reader reads the length, then the superblock, then the log, while a writer in another
+    // process may append, checkpoint, close or reopen in between: a verdict of damage that
+    // comes with a file length that changed meanwhile is a race, not damage. Look again.
+    let mut attempt = 0;
+    loop {
+        let before = storage.len().ok();
+        match load_gen_once(Arc::clone(&storage), None, false, path, ident, judge) {
+            Err(e @ Error::Corrupt { .. }) => {
+                if attempt < 20 && storage.len().ok() != before {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    continue;
+                }
+                return Err(e);
+            }
+            r => return r,
+        }
+    }
+}
+
+fn load_gen_once(
     storage: Arc<dyn Storage>,
     writer_lock: Option<WriterLock>,
     writable: bool,
@@ -1017,7 +1066,7 @@ fn load_gen(
                 let mut rd = LogReader::new(&*g.storage, bad, file_len);
                 let damage = bad < file_len
                     && rd.find_intact(bad, true)?.is_some()
-                    && (writable || judge.is_damage(&g, bad));
+                    && (writable || judge.is_damage(&g, bad)?);
                 if damage {
                     return Err(damage_error(&g, bad, file_len, reason)?);
                 }
@@ -1965,7 +2014,7 @@ impl Inner {
                 if let Some(path) = &self.path {
                     if !zero_at(&*g.storage, bad, len)?
                         && rd.find_intact(bad, true)?.is_some()
-                        && Judge::Reader(path).is_damage(&g, bad)
+                        && Judge::Reader(path).is_damage(&g, bad)?
                     {
                         return Err(damage_error(&g, bad, len, reason)?);
                     }
