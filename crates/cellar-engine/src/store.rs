@@ -314,6 +314,8 @@ impl Gen {
 
     /// A record whose tag matched but whose key differs: `Ok(false)` if it is intact (another
     /// key with the same tag), the damage otherwise.
+    #[cold]
+    #[inline(never)]
     fn other_key_or_damage(&self, off: u64, limit: u64) -> Result<bool> {
         match read_record(&*self.storage, off, limit) {
             Ok(_) => Ok(false),
@@ -324,6 +326,8 @@ impl Gen {
 
     /// The error for the damaged record at `off`, naming its key when the header still parses
     /// (otherwise `fallback`).
+    #[cold]
+    #[inline(never)]
     fn damage_at(&self, off: u64, limit: u64, fallback: Error) -> Error {
         let key = read_header(&*self.storage, off, limit)
             .ok()
@@ -604,6 +608,8 @@ pub(crate) fn show_key(k: &[u8]) -> String {
 }
 
 /// The error for a damaged record found by a read.
+#[cold]
+#[inline(never)]
 fn damaged_record(off: u64, key: &[u8]) -> Error {
     Error::corrupt(
         off,
@@ -2578,7 +2584,11 @@ impl Inner {
         let g = self.gen.load_full();
         let mut w = lock(&self.writer);
         let t = *lock(&g.track);
-        if t.slot.is_closed() && t.slot.closed_end == g.limit() && !t.rebuilt {
+        if t.slot.is_closed()
+            && t.slot.closed_end == g.limit()
+            && !t.rebuilt
+            && t.damaged_checkpoint.is_none()
+        {
             // Nothing was written in this session: the store is still closed as it was.
             return Ok(());
         }
