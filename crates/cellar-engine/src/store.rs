@@ -2523,8 +2523,6 @@ impl Inner {
                     }
                 }
             }
-            // Preallocation (in `append`) now concerns the new file.
-            w.prealloc_end = 0;
             self.checkpoint(&ng, &mut w)?;
             ng.storage
                 .sync_data()
@@ -2564,6 +2562,8 @@ impl Inner {
         self.gen.store(Arc::new(ng));
         *lock(&self.synced) = (generation, end);
         w.since_checkpoint = 0;
+        // Preallocation starts afresh in the new file (close trims whatever is past the end).
+        w.prealloc_end = 0;
         Ok(())
     }
 
