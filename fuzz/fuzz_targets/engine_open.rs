@@ -10,6 +10,20 @@ use cellar_engine::{Batch, MemStorage, Options, Store};
 use libfuzzer_sys::fuzz_target;
 
 fn exercise(image: Vec<u8>) {
+    // Read-only first: damage must surface as an error, never a panic; iteration goes on
+    // after a damaged record.
+    if let Ok(r) = Store::open_storage(
+        Arc::new(MemStorage::from_bytes(image.clone())),
+        Options::from_dbm_flag("r").unwrap_or_default(),
+    ) {
+        let _ = r.keys();
+        if let Ok(it) = r.iter() {
+            for item in it.take(10_000) {
+                let _ = item;
+            }
+        }
+        let _ = r.check();
+    }
     let mem = Arc::new(MemStorage::from_bytes(image));
     let Ok(s) = Store::open_storage(mem.clone(), Options::default()) else {
         return;

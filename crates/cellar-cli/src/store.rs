@@ -421,6 +421,7 @@ pub fn convert(src: &Path, dst: &Path, to: Backend, values: Option<&str>) -> Res
 }
 
 pub fn info(path: &Path, out: Output) -> Result<()> {
+    refuse_special(path)?;
     let kind = match dbm::whichdb(path) {
         WhichDb::Kind(k) => k,
         WhichDb::Unreadable => return require_store(path),
@@ -524,29 +525,140 @@ fn check_legacy(path: &Path, backend: Backend) -> Result<()> {
     )
 }
 
+/// Refuses a FIFO, socket or device at once (opening a FIFO would block).
+fn refuse_special(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let t = m.file_type();
+        if !t.is_file() && !t.is_dir() {
+            let kind = if t.is_fifo() {
+                "a FIFO (named pipe)"
+            } else if t.is_socket() {
+                "a socket"
+            } else {
+                "a device or other special file"
+            };
+            bail!("{} is {kind}, not a store", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// A native store, or a file that is probably one with a damaged header (check and repair
+/// work on those from the records alone).
+fn native_or_damaged(path: &Path, what: &str) -> Result<()> {
+    refuse_special(path)?;
+    match dbm::whichdb(path) {
+        WhichDb::Kind(DbKind::Native) => Ok(()),
+        WhichDb::Unknown if cellar::engine::looks_like_store(path) => Ok(()),
+        _ => native_only(path, what),
+    }
+}
+
+/// Prints `key: value` lines with the values aligned.
+fn print_fields(fields: &[(String, String)]) {
+    let w = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (k, v) in fields {
+        println!("{:<w$} {v}", format!("{k}:"));
+    }
+}
+
 pub fn check(path: &Path) -> Result<()> {
+    refuse_special(path)?;
     if let WhichDb::Kind(k @ (DbKind::Gnu | DbKind::Ndbm)) = dbm::whichdb(path) {
         if let Some(b) = Backend::from_kind(k) {
             return check_legacy(path, b);
         }
     }
-    native_only(path, "check")?;
-    let store = cellar::engine::Store::open(
+    native_or_damaged(path, "check")?;
+    let mut report = cellar::engine::check_file(path)?;
+    // The index (and anything open itself reports) from a read-only open, when it opens.
+    let open_error = match cellar::engine::Store::open(
         path,
         cellar::engine::Options {
             read_only: true,
             create: false,
             ..Default::default()
         },
-    )?;
-    let report = store.check()?;
-    if report.is_ok() {
-        println!("{}: ok", path.display());
+    ) {
+        Ok(store) => {
+            if let Ok(r) = store.check() {
+                report.index_errors = r.index_errors;
+            }
+            None
+        }
+        Err(e) => Some(e.to_string()),
+    };
+    let mut f: Vec<(String, String)> = vec![
+        ("store".into(), path.display().to_string()),
+        ("file bytes".into(), report.file_bytes.to_string()),
+        ("intact records".into(), report.records.to_string()),
+        (
+            "header".into(),
+            report
+                .header
+                .as_deref()
+                .map_or("ok".into(), |h| format!("DAMAGED: {h}")),
+        ),
+    ];
+    if report.checkpoint.is_empty() {
+        f.push(("checkpoint".into(), "agrees with the file".into()));
+    }
+    for c in &report.checkpoint {
+        f.push(("checkpoint".into(), format!("DISAGREES: {c}")));
+    }
+    f.push(("damaged regions".into(), report.damage.len().to_string()));
+    for d in report.damage.iter().take(50) {
+        f.push((
+            format!("  at offset {}", d.offset),
+            format!("{} bytes: {}", d.len, d.reason),
+        ));
+    }
+    if report.damage.len() > 50 {
+        f.push((
+            "  ...".into(),
+            format!("and {} more", report.damage.len() - 50),
+        ));
+    }
+    f.push((
+        "torn tail".into(),
+        match report.torn_tail {
+            None => "none".into(),
+            Some((off, len)) => format!(
+                "{len} bytes at offset {off} (an unfinished commit of a writer that did not \
+                 close; the next writer drops it)"
+            ),
+        },
+    ));
+    f.push((
+        "index".into(),
+        if report.index_errors.is_empty() {
+            if open_error.is_some() {
+                "not checked (the store does not open)".into()
+            } else {
+                "ok".into()
+            }
+        } else {
+            format!("{} entries wrong", report.index_errors.len())
+        },
+    ));
+    for e in report.index_errors.iter().take(20) {
+        f.push(("  index".into(), e.clone()));
+    }
+    if let Some(e) = &open_error {
+        f.push(("open".into(), format!("fails: {e}")));
+    }
+    let ok = report.is_ok() && open_error.is_none();
+    f.push((
+        "status".into(),
+        if ok { "ok".into() } else { "DAMAGED".into() },
+    ));
+    print_fields(&f);
+    if ok {
         Ok(())
     } else {
-        println!("{}: damaged\n{report:#?}", path.display());
         bail!(
-            "{} is damaged; `cellar repair {} NEW` salvages every intact record",
+            "{} is damaged; `cellar repair {} NEW` copies every intact record into a new store",
             path.display(),
             path.display()
         )
@@ -604,9 +716,59 @@ pub fn repair(src: &Path, dst: &Path) -> Result<()> {
             return repair_legacy(src, dst, b);
         }
     }
-    native_only(src, "repair")?;
-    let report = cellar::engine::repair(src, dst, cellar::engine::Options::default())?;
-    println!("{report:#?}");
+    native_or_damaged(src, "repair")?;
+    if dst.exists() {
+        bail!("{} exists; repair writes a new store", dst.display());
+    }
+    let r = cellar::engine::repair(src, dst, cellar::engine::Options::default())?;
+    let mut f: Vec<(String, String)> = vec![
+        ("source".into(), src.display().to_string()),
+        ("new store".into(), dst.display().to_string()),
+        (
+            "source header".into(),
+            if r.header_damaged {
+                "DAMAGED (settings taken from what is left of it, or the defaults)".into()
+            } else {
+                "ok".into()
+            },
+        ),
+        ("salvaged records".into(), r.salvaged_records.to_string()),
+        ("keys".into(), r.keys.to_string()),
+        (
+            "dropped (torn tail)".into(),
+            format!(
+                "{} records of an unfinished commit at the end",
+                r.dropped_partial_records
+            ),
+        ),
+        ("damaged regions".into(), r.damage.len().to_string()),
+    ];
+    for d in r.damage.iter().take(50) {
+        f.push((
+            format!("  at offset {}", d.offset),
+            format!("{} bytes: {}", d.len, d.reason),
+        ));
+    }
+    if r.damage.len() > 50 {
+        f.push(("  ...".into(), format!("and {} more", r.damage.len() - 50)));
+    }
+    let damaged = r.header_damaged || !r.damage.is_empty();
+    f.push((
+        "status".into(),
+        if damaged {
+            "the source was DAMAGED; every intact record is in the new store".into()
+        } else {
+            "the source was intact; the new store holds all of it".into()
+        },
+    ));
+    print_fields(&f);
+    if damaged {
+        bail!(
+            "{} was damaged (exit status 1); {} holds every intact record",
+            src.display(),
+            dst.display()
+        )
+    }
     Ok(())
 }
 

@@ -233,7 +233,13 @@ fn cpython_dumb_store_converts_and_native_checks() {
     let dst = dir.join("native.cellar");
     let out = ok(&["convert", srcs, dst.to_str().expect("utf-8")], b"");
     assert!(out.contains("converted 301 keys"), "{out}");
-    assert!(ok(&["check", dst.to_str().expect("utf-8")], b"").contains(": ok"));
+    let report = ok(&["check", dst.to_str().expect("utf-8")], b"");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("status:") && l.ends_with(" ok")),
+        "{report}"
+    );
     let info = ok(&["info", dst.to_str().expect("utf-8")], b"");
     assert!(
         info.contains("format: dbm.native")
@@ -476,4 +482,60 @@ fn read_only_commands_and_convert_work_on_legacy_stores() {
     let (ok, keys, _) = cellar(&["keys", fixed.to_str().unwrap()], b"");
     assert!(ok);
     assert_eq!(String::from_utf8_lossy(&keys).lines().count(), n);
+}
+
+/// Issue 13: check and repair of damaged native stores, from the records alone; special files
+/// refused at once; many short writer opens do not grow the file by a checkpoint each.
+#[test]
+fn native_damage_check_repair_and_fifo() {
+    let dir = tmpdir("damage");
+    let db = dir.join("d.cellar");
+    let dbs = db.to_str().unwrap();
+    let mut lines = String::new();
+    for i in 0..300 {
+        lines.push_str(&format!(
+            "{{\"key\": \"key-{i:04}\", \"value\": \"value-{i}\"}}\n"
+        ));
+    }
+    ok(&["load", dbs], lines.as_bytes());
+    // 30 one-key writer opens: no full index checkpoint each time.
+    let before = std::fs::metadata(&db).unwrap().len();
+    for i in 0..30 {
+        ok(&["set", dbs, &format!("extra-{i}"), "v"], b"");
+    }
+    let after = std::fs::metadata(&db).unwrap().len();
+    assert!(after < before + 30 * 64, "{before} -> {after}");
+    let clean = ok(&["check", dbs], b"");
+    assert!(clean.contains("intact records:"), "{clean}");
+    // One flipped bit in the magic: check reports it and exits 1; repair salvages everything.
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[0] ^= 0x04;
+    std::fs::write(&db, &bytes).unwrap();
+    let (good, out, err) = cellar(&["check", dbs], b"");
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        !good && out.contains("header") && out.contains("DAMAGED"),
+        "{out}{err}"
+    );
+    assert!(!out.contains("CheckReport"), "{out}");
+    let fixed = dir.join("fixed.cellar");
+    let (good, out, _) = cellar(&["repair", dbs, fixed.to_str().unwrap()], b"");
+    let out = String::from_utf8_lossy(&out);
+    assert!(!good, "repair of a damaged source exits 1: {out}");
+    assert!(out.contains("keys:") && out.contains("330"), "{out}");
+    let (good, keys, _) = cellar(&["keys", fixed.to_str().unwrap()], b"");
+    assert!(good);
+    assert_eq!(String::from_utf8_lossy(&keys).lines().count(), 330);
+    // A FIFO named like a store is refused at once (no hang).
+    let fifo = dir.join("fifo.db");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for cmd in ["info", "check", "keys"] {
+        let (good, _, err) = cellar(&[cmd, fifo.to_str().unwrap()], b"");
+        assert!(!good && !err.is_empty(), "{cmd}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

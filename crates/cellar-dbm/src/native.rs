@@ -12,11 +12,33 @@ use crate::flag::{Access, Flag};
 use crate::{perm, Backend, Batch, Database, Info, ItemFn};
 
 fn is_native(path: &Path) -> bool {
-    let mut head = [0u8; 8];
-    std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-        .map(|_| &head == crate::whichdb::NATIVE_MAGIC)
-        .unwrap_or(false)
+    crate::whichdb::whichdb(path) == crate::whichdb::WhichDb::Kind(crate::whichdb::DbKind::Native)
+}
+
+/// May `'n'` replace the file at `path`? Only an empty file or one in a format `whichdb`
+/// recognises; never a file that could be a damaged cellar store (its records are still there
+/// for `cellar repair`) or anything unrecognisable.
+fn replaceable(path: &Path) -> Result<bool> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| DbmError::io(format!("examining {}", path.display()), e))?
+        .len();
+    if len == 0 {
+        return Ok(true);
+    }
+    if cellar_engine::looks_like_store(path) {
+        return Err(DbmError::Engine(cellar_engine::Error::BadHeader {
+            path: path.to_path_buf(),
+            reason: "its header is damaged but it still holds cellar records; flag 'n' will not \
+                     replace it"
+                .into(),
+        }));
+    }
+    match crate::whichdb::whichdb(path) {
+        crate::whichdb::WhichDb::Kind(_) => Ok(true),
+        _ => Err(DbmError::Undetermined {
+            path: path.to_path_buf(),
+        }),
+    }
 }
 
 #[derive(Debug)]
@@ -39,10 +61,11 @@ impl NativeDb {
                 message: format!("flag {flag:?} is not accepted by the native engine"),
             })?;
         opts.value_encoding = encoding;
-        if flag.access() == Access::New && path.is_file() && !is_native(path) {
-            // 'n' always makes a new database (as dbm.gnu and dbm.sqlite3 do): a file of another
-            // format at the path is replaced. A native store is emptied by the engine instead,
-            // under its writer lock.
+        if flag.access() == Access::New && path.is_file() && !is_native(path) && replaceable(path)?
+        {
+            // 'n' always makes a new database (as dbm.gnu and dbm.sqlite3 do): an empty file or
+            // a database of another format at the path is replaced. A native store is emptied
+            // by the engine instead, under its writer lock.
             std::fs::remove_file(path)
                 .map_err(|e| DbmError::io(format!("removing {}", path.display()), e))?;
         }

@@ -92,7 +92,33 @@ pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 fn readable(path: &Path) -> bool {
-    File::open(path).is_ok()
+    open_file(path).is_ok()
+}
+
+/// Whether `path` names something that is neither a regular file nor a directory (a FIFO, a
+/// socket, a device): opening a FIFO for reading blocks until a writer appears, so such paths
+/// are never opened.
+pub(crate) fn is_special(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
+/// `File::open` that never blocks on a FIFO: special files are refused before and after the
+/// open (`O_NONBLOCK`, then `fstat`, so a FIFO swapped in between is refused too).
+fn open_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let special = || std::io::Error::other("not a regular file");
+    if is_special(path) {
+        return Err(special());
+    }
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() && !m.is_dir() {
+        return Err(special());
+    }
+    Ok(f)
 }
 
 /// Guesses the format of the database at `path`, following CPython 3.13's `dbm.whichdb` in
@@ -110,7 +136,7 @@ pub fn whichdb(path: impl AsRef<Path>) -> WhichDb {
     if readable(&with_suffix(path, ".pag")) && readable(&with_suffix(path, ".dir")) {
         return WhichDb::Kind(DbKind::Ndbm);
     }
-    if let Ok(mut f) = File::open(with_suffix(path, ".db")) {
+    if let Ok(mut f) = open_file(&with_suffix(path, ".db")) {
         let mut head = [0u8; 16];
         if f.read_exact(&mut head).is_ok() && cellar_legacy::bdb::Bdb::sniff(&head).is_some() {
             return WhichDb::Kind(DbKind::Ndbm);
@@ -122,7 +148,7 @@ pub fn whichdb(path: impl AsRef<Path>) -> WhichDb {
             if md.len() == 0 {
                 return WhichDb::Kind(DbKind::Dumb);
             }
-            if let Ok(mut f) = File::open(&dir) {
+            if let Ok(mut f) = open_file(&dir) {
                 let mut b = [0u8; 1];
                 if f.read_exact(&mut b).is_ok() && (b[0] == b'\'' || b[0] == b'"') {
                     return WhichDb::Kind(DbKind::Dumb);
@@ -130,7 +156,12 @@ pub fn whichdb(path: impl AsRef<Path>) -> WhichDb {
             }
         }
     }
-    let mut f = match File::open(path) {
+    if is_special(path) {
+        // A FIFO, socket or device named like a store: readable perhaps, but no database
+        // (and never opened: reading a FIFO would block).
+        return WhichDb::Unknown;
+    }
+    let mut f = match open_file(path) {
         Ok(f) => f,
         Err(_) => return WhichDb::Unreadable,
     };

@@ -188,7 +188,13 @@ fn legacy_and_unknown_formats_give_cpythons_messages() {
     std::fs::write(&u, b"just some text").unwrap();
     let e = open(&u, Flag::Create, 0o666).unwrap_err();
     assert_eq!(e.to_string(), "db type could not be determined");
-    // 'n' skips detection and replaces it with a new native store, like CPython.
+    // 'n' replaces only an empty file or a recognised database (issue 13: an unrecognisable
+    // file may be a damaged store, or not a database at all); CPython's dbm.gnu would truncate
+    // it.
+    let e = open(&u, Flag::New, 0o666).map(|_| ()).unwrap_err();
+    assert_eq!(e.to_string(), "db type could not be determined");
+    assert_eq!(std::fs::read(&u).unwrap(), b"just some text");
+    std::fs::write(&u, b"").unwrap();
     let db = open(&u, Flag::New, 0o666).unwrap();
     assert_eq!(db.backend(), Backend::Native);
     assert_eq!(db.len().unwrap(), 0);

@@ -22,6 +22,8 @@ pub enum Error {
     UnsupportedVersion { version: u32, flags: u32 },
     /// A record failed its checksum or could not be parsed.
     Corrupt { offset: u64, reason: String },
+    /// The path names something other than a regular file (a FIFO, socket, device, directory).
+    NotAFile { path: PathBuf, kind: &'static str },
     /// The store does not exist and `create` was not set.
     NotFound { path: PathBuf },
     /// A mutation on a read-only handle.
@@ -86,17 +88,26 @@ impl fmt::Display for Error {
             ),
             Error::BadHeader { path, reason } => write!(
                 f,
-                "{} is not a readable cellar store: {reason} (repair() can salvage its records)",
+                "{} is not a readable cellar store: {reason} (`cellar repair PATH NEW` salvages \
+                 its records)",
                 path.display()
             ),
             Error::UnsupportedVersion { version, flags } => write!(
                 f,
-                "store uses format version {version} (flags {flags:#x}); this build reads version 1"
+                "store uses format version {version} (flags {flags:#x}); this build reads versions 1 \
+                 to {}",
+                crate::format::FORMAT_VERSION
             ),
             Error::Corrupt { offset, reason } => write!(
                 f,
-                "store is damaged at byte offset {offset}: {reason} (run check() for a report, \
-                 repair() to salvage intact records)"
+                "store is damaged at byte offset {offset}: {reason} (`cellar check PATH` \
+                 reports the damage, `cellar repair PATH NEW` copies every intact record into a \
+                 new store)"
+            ),
+            Error::NotAFile { path, kind } => write!(
+                f,
+                "{} is a {kind}, not a regular file; a store is always a regular file",
+                path.display()
             ),
             Error::NotFound { path } => write!(
                 f,

@@ -5,8 +5,10 @@ use crate::error::{Error, Result};
 
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"CELLARKV";
-/// Format version this build writes (and the newest it reads).
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version this build writes (and the newest it reads). Version 1 files are read, and
+/// upgraded to 2 (a header rewrite) by the first writer that opens them (docs/engine-format.md,
+/// section 9).
+pub const FORMAT_VERSION: u32 = 2;
 /// Offset of the first record.
 pub const LOG_START: u64 = 4096;
 /// Size of the static header.
@@ -170,6 +172,77 @@ impl StaticHeader {
             dict_offset: u64le(&b[32..40]),
         }))
     }
+
+    /// The format version of an (already decoded) header's bytes.
+    pub fn version_of(b: &[u8]) -> u32 {
+        if b.len() < 12 {
+            return 0;
+        }
+        u32le(&b[8..12])
+    }
+
+    /// The settings of a header whose magic or checksum is damaged, when its fields still look
+    /// plausible (used by repair; `None` if they do not).
+    pub fn salvage(b: &[u8]) -> Option<(ValueEncoding, Compression)> {
+        if b.len() < STATIC_LEN || !matches!(u32le(&b[8..12]), 1 | 2) || u32le(&b[12..16]) != 0 {
+            return None;
+        }
+        let compression = match (b[18], b[20]) {
+            (0, 0) if b[19] == 0 => Compression::None,
+            (1, 0) => Compression::Zstd { level: b[19] as i8 },
+            (1, 1) => Compression::ZstdDict { level: b[19] as i8 },
+            _ => return None,
+        };
+        if b[16] > 2 {
+            return None;
+        }
+        Some((ValueEncoding::from_bytes(b[16], b[17]), compression))
+    }
+}
+
+/// Whether `b` (the first bytes of a file) is probably a cellar store even though its header
+/// may be damaged: the magic differs in at most 8 bits, or the version/layout fields are
+/// plausible.
+pub fn looks_like_header(b: &[u8]) -> bool {
+    if b.len() < 16 {
+        return false;
+    }
+    let dist: u32 = b[..8]
+        .iter()
+        .zip(MAGIC.iter())
+        .map(|(x, y)| (x ^ y).count_ones())
+        .sum();
+    dist <= 8 || StaticHeader::salvage(b).is_some()
+}
+
+/// Slot flag: `records`/`log_sum` are valid (slots written before this field existed have 0).
+pub const SLOT_COUNTS: u32 = 0x1;
+/// Slot flag: the writer closed the store cleanly; `closed_*` describe the whole log.
+pub const SLOT_CLOSED: u32 = 0x2;
+
+/// What a stretch of the log holds: the number of records and a running checksum over their
+/// CRCs, so a file that was cut short, extended or altered disagrees with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogSum {
+    pub records: u64,
+    pub sum: u32,
+}
+
+impl LogSum {
+    /// Adds one record (by its stored CRC).
+    pub fn add(&mut self, crc: u32) {
+        self.records += 1;
+        self.sum = crc32c::crc32c_append(self.sum, &crc.to_le_bytes());
+    }
+
+    /// Adds every record of `buf`, a run of complete, well-formed records.
+    pub fn add_all(&mut self, mut buf: &[u8]) {
+        while let HeaderParse::Ok(h) = parse_header(buf) {
+            self.add(h.crc);
+            let n = (h.total() as usize).min(buf.len());
+            buf = &buf[n..];
+        }
+    }
 }
 
 /// A checkpoint slot.
@@ -178,6 +251,13 @@ pub struct Slot {
     pub seq: u64,
     pub index_offset: u64,
     pub covers_end: u64,
+    /// Records of `[LOG_START, covers_end)` (valid with `SLOT_COUNTS`).
+    pub covers: LogSum,
+    pub flags: u32,
+    /// With `SLOT_CLOSED`: the log's end at a clean close, and what `[LOG_START, closed_end)`
+    /// holds.
+    pub closed_end: u64,
+    pub closed: LogSum,
 }
 
 impl Slot {
@@ -186,6 +266,12 @@ impl Slot {
         b[0..8].copy_from_slice(&self.seq.to_le_bytes());
         b[8..16].copy_from_slice(&self.index_offset.to_le_bytes());
         b[16..24].copy_from_slice(&self.covers_end.to_le_bytes());
+        b[24..32].copy_from_slice(&self.covers.records.to_le_bytes());
+        b[32..36].copy_from_slice(&self.covers.sum.to_le_bytes());
+        b[36..40].copy_from_slice(&self.flags.to_le_bytes());
+        b[40..48].copy_from_slice(&self.closed_end.to_le_bytes());
+        b[48..56].copy_from_slice(&self.closed.records.to_le_bytes());
+        b[56..60].copy_from_slice(&self.closed.sum.to_le_bytes());
         let crc = crc32c::crc32c(&b[0..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
@@ -200,8 +286,28 @@ impl Slot {
             seq: u64le(&b[0..8]),
             index_offset: u64le(&b[8..16]),
             covers_end: u64le(&b[16..24]),
+            covers: LogSum {
+                records: u64le(&b[24..32]),
+                sum: u32le(&b[32..36]),
+            },
+            flags: u32le(&b[36..40]),
+            closed_end: u64le(&b[40..48]),
+            closed: LogSum {
+                records: u64le(&b[48..56]),
+                sum: u32le(&b[56..60]),
+            },
         };
         (s.seq != 0).then_some(s)
+    }
+
+    /// Whether the slot says the store was closed cleanly.
+    pub fn is_closed(&self) -> bool {
+        self.flags & SLOT_CLOSED != 0 && self.flags & SLOT_COUNTS != 0
+    }
+
+    /// Whether the counts are recorded.
+    pub fn has_counts(&self) -> bool {
+        self.flags & SLOT_COUNTS != 0
     }
 }
 

@@ -34,4 +34,7 @@ mod store;
 pub use error::{Error, Result};
 pub use format::{Compression, ValueEncoding, FORMAT_VERSION};
 pub use storage::{Crash, Fault, FaultOp, FileStorage, MemStorage, Storage};
-pub use store::{repair, Batch, CheckReport, Damage, Iter, Options, RepairReport, Stats, Store};
+pub use store::{
+    check_file, looks_like_store, repair, Batch, CheckReport, Damage, Iter, Options, RepairReport,
+    Stats, Store,
+};

@@ -150,3 +150,23 @@ impl Drop for WriterLock {
         drop(file);
     }
 }
+
+/// Whether some process holds the writer lock of the store at `path` right now (a probe with a
+/// shared, non-blocking `flock` on a new descriptor, released at once). Readers use it to tell
+/// a commit still being written (a live writer) from damage (no writer). `true` when the probe
+/// itself fails, which is the cautious answer for that use.
+pub fn writer_active(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    else {
+        return true;
+    };
+    // SAFETY: flock on a valid descriptor owned by `file`; no memory is passed. The lock (if
+    // taken) is released when `file` is dropped at the end of this function.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    r != 0
+}

@@ -40,19 +40,39 @@ impl<'s> LogReader<'s> {
         }
     }
 
-    fn window(&mut self, off: u64, len: usize) -> Result<&[u8]> {
+    /// `len` bytes at `off`; `None` if the file is shorter than `end` said (a reader whose file
+    /// was cut back by the writer, e.g. its preallocated zeros trimmed): the caller treats it
+    /// as the end of the log.
+    fn window(&mut self, off: u64, len: usize) -> Result<Option<&[u8]>> {
         let have = off >= self.buf_off && off + len as u64 <= self.buf_off + self.buf.len() as u64;
         if !have {
             let want = (len.max(WINDOW) as u64).min(self.end - off) as usize;
             let want = want.max(len);
             self.buf.resize(want, 0);
-            self.st
-                .read_at(off, &mut self.buf)
-                .map_err(|e| Error::io(format!("reading the log at offset {off}"), e))?;
+            match self.st.read_at(off, &mut self.buf) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    // Re-read what is there now: a shorter window, or nothing.
+                    let now = self.st.len().unwrap_or(off);
+                    self.buf.clear();
+                    self.buf_off = off;
+                    self.end = self.end.min(now.max(off));
+                    if now < off + len as u64 {
+                        return Ok(None);
+                    }
+                    let want = ((now - off) as usize).min(WINDOW.max(len));
+                    self.buf.resize(want, 0);
+                    if self.st.read_at(off, &mut self.buf).is_err() {
+                        self.buf.clear();
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(Error::io(format!("reading the log at offset {off}"), e)),
+            }
             self.buf_off = off;
         }
         let s = (off - self.buf_off) as usize;
-        Ok(&self.buf[s..s + len])
+        Ok(Some(&self.buf[s..s + len]))
     }
 
     /// Tries to read an intact record at `off` without moving.
@@ -62,7 +82,10 @@ impl<'s> LogReader<'s> {
         }
         let avail = self.end - off;
         let hlen = (MAX_REC_HEADER as u64).min(avail) as usize;
-        let h = match parse_header(self.window(off, hlen)?) {
+        let Some(hb) = self.window(off, hlen)? else {
+            return Ok(Next::End);
+        };
+        let h = match parse_header(hb) {
             HeaderParse::Ok(h) => h,
             HeaderParse::Incomplete => {
                 return Ok(Next::Bad {
@@ -83,14 +106,21 @@ impl<'s> LogReader<'s> {
                 reason: "record extends past end of file",
             });
         }
-        let rec = self.window(off, h.total() as usize)?;
+        let Some(rec) = self.window(off, h.total() as usize)? else {
+            return Ok(Next::Bad {
+                offset: off,
+                reason: "record extends past end of file",
+            });
+        };
         if !verify(&h, rec) {
             return Ok(Next::Bad {
                 offset: off,
                 reason: "record checksum mismatch",
             });
         }
-        let rec = self.window(off, h.total() as usize)?;
+        let Some(rec) = self.window(off, h.total() as usize)? else {
+            return Ok(Next::End);
+        };
         Ok(Next::Rec(off, h, rec))
     }
 
@@ -115,7 +145,9 @@ impl<'s> LogReader<'s> {
             let probe = off + 4;
             if probe < self.end {
                 let n = ((self.end - probe) as usize).min(WINDOW);
-                let w = self.window(probe, n)?;
+                let Some(w) = self.window(probe, n)? else {
+                    break;
+                };
                 match w.iter().position(|&b| b != 0) {
                     Some(0) => {}
                     Some(i) => {
@@ -138,6 +170,36 @@ impl<'s> LogReader<'s> {
             off += 1;
         }
         Ok(None)
+    }
+}
+
+impl LogReader<'_> {
+    /// Counts the intact records in `(from, end)`, resynchronising after every damaged region;
+    /// also says whether one of them ends a commit (which proves that `from` is not inside a
+    /// torn tail: a commit is only ever appended after the previous one was written whole).
+    pub fn intact_after(&mut self, from: u64) -> Result<(u64, bool)> {
+        let mut n = 0u64;
+        let mut committed = false;
+        let Some(first) = self.find_intact(from, false)? else {
+            return Ok((0, false));
+        };
+        self.pos = first;
+        loop {
+            match self.next_record()? {
+                Next::End => break,
+                Next::Rec(_, h, _) => {
+                    n += 1;
+                    if h.flags & F_CONT == 0 && h.kind != K_SUPERSEDED {
+                        committed = true;
+                    }
+                }
+                Next::Bad { offset, .. } => match self.find_intact(offset, false)? {
+                    Some(o) => self.pos = o,
+                    None => break,
+                },
+            }
+        }
+        Ok((n, committed))
     }
 }
 

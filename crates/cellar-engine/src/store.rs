@@ -125,21 +125,35 @@ pub struct Damage {
     pub reason: String,
 }
 
-/// Result of [`Store::check`].
+/// Result of [`Store::check`] and [`check_file`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckReport {
+    /// File length.
+    pub file_bytes: u64,
     /// Intact records in the log.
     pub records: u64,
+    /// What is wrong with the static header, if anything.
+    pub header: Option<String>,
+    /// Disagreements between the file and its newest checkpoint slot (cut short, data after a
+    /// clean close, a different record count or checksum, an unreadable INDEX record).
+    pub checkpoint: Vec<String>,
     /// Damaged regions, in file order.
     pub damage: Vec<Damage>,
+    /// An unfinished commit at the end of a store whose writer did not close it (not damage:
+    /// the next writer drops it): offset and length.
+    pub torn_tail: Option<(u64, u64)>,
     /// Index entries that do not point at an intact PUT record with a matching key.
     pub index_errors: Vec<String>,
 }
 
 impl CheckReport {
-    /// No damage and a consistent index.
+    /// No damage, a readable header, a file that agrees with its checkpoint and a consistent
+    /// index. (A torn tail is not damage.)
     pub fn is_ok(&self) -> bool {
-        self.damage.is_empty() && self.index_errors.is_empty()
+        self.header.is_none()
+            && self.checkpoint.is_empty()
+            && self.damage.is_empty()
+            && self.index_errors.is_empty()
     }
 }
 
@@ -209,6 +223,44 @@ struct Gen {
     slot_seq: AtomicU64,
     /// Readers: the writer's published `(session, end)` at their last full refresh.
     seen_hint: Mutex<(u64, u64)>,
+    /// What the log holds (count and checksum of its records) and the newest slot.
+    track: Mutex<Track>,
+}
+
+/// The writer's account of the log: what the next checkpoint slot records.
+#[derive(Debug, Clone, Copy, Default)]
+struct Track {
+    /// Records and checksum of `[LOG_START, end)` (valid if `known`).
+    sum: LogSum,
+    /// False when the counts of an old (version 1) checkpoint are missing.
+    known: bool,
+    /// The newest slot (as loaded or last written).
+    slot: Slot,
+    /// The index was rebuilt without a usable checkpoint: write one at close.
+    rebuilt: bool,
+    /// Offset of a damaged checkpoint (INDEX record) that open had to skip.
+    damaged_checkpoint: Option<u64>,
+}
+
+impl Track {
+    fn fresh() -> Track {
+        Track {
+            known: true,
+            ..Track::default()
+        }
+    }
+}
+
+/// Writes `slot` (with the next sequence number) into the older of the two slots.
+fn write_slot(g: &Gen, mut slot: Slot) -> Result<Slot> {
+    let seq = g.slot_seq.fetch_add(1, Ordering::Relaxed) + 1;
+    slot.seq = seq;
+    let at = SLOT_OFFSETS[(seq % 2) as usize];
+    g.storage
+        .write_at(at, &slot.encode())
+        .map_err(io_err("writing a checkpoint slot"))?;
+    lock(&g.track).slot = slot;
+    Ok(slot)
 }
 
 /// Writer: publish `(session, end)` after an append (see `END_HINT_OFFSET`).
@@ -260,10 +312,44 @@ impl Gen {
         self.end.load(Ordering::Acquire)
     }
 
+    /// A record whose tag matched but whose key differs: `Ok(false)` if it is intact (another
+    /// key with the same tag), the damage otherwise.
+    #[cold]
+    #[inline(never)]
+    fn other_key_or_damage(&self, off: u64, limit: u64) -> Result<bool> {
+        match read_record(&*self.storage, off, limit) {
+            Ok(_) => Ok(false),
+            Err(e @ Error::Corrupt { .. }) => Err(self.damage_at(off, limit, e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The error for the damaged record at `off`, naming its key when the header still parses
+    /// (otherwise `fallback`).
+    #[cold]
+    #[inline(never)]
+    fn damage_at(&self, off: u64, limit: u64, fallback: Error) -> Error {
+        let key = read_header(&*self.storage, off, limit)
+            .ok()
+            .and_then(|(h, _)| {
+                let n = usize::try_from(h.key_len.min(256)).ok()?;
+                let mut k = vec![0u8; n];
+                self.storage
+                    .read_at(off + h.header_len as u64, &mut k)
+                    .ok()?;
+                Some(k)
+            });
+        match key {
+            Some(k) => damaged_record(off, &k),
+            None => fallback,
+        }
+    }
+
     fn key_matches(&self, off: u64, key: &[u8]) -> Result<bool> {
-        let (h, _) = read_header(&*self.storage, off, self.limit())?;
+        let limit = self.limit();
+        let (h, _) = read_header(&*self.storage, off, limit)?;
         if h.key_len != key.len() as u64 {
-            return Ok(false);
+            return self.other_key_or_damage(off, limit);
         }
         let mut small = [0u8; 64];
         let mut big;
@@ -276,7 +362,10 @@ impl Gen {
         self.storage
             .read_at(off + h.header_len as u64, buf)
             .map_err(|e| Error::io(format!("reading record at offset {off}"), e))?;
-        Ok(buf == key)
+        if buf != key {
+            return self.other_key_or_damage(off, limit);
+        }
+        Ok(true)
     }
 
     fn key_hash_at(&self, off: u64) -> Result<u64> {
@@ -425,7 +514,10 @@ impl Gen {
                 _ => return Err(Error::corrupt(off, "indexed record is damaged")),
             };
             if h.key_len != key.len() as u64 {
-                return Ok(false);
+                // The tag matched: check the record before calling it another key's (a damaged
+                // length must be reported, not answered with "missing").
+                drop(hv);
+                return self.other_key_or_damage(off, limit);
             }
             drop(hv);
             let total = usize::try_from(h.total())
@@ -437,13 +529,17 @@ impl Gen {
             let k0 = h.header_len;
             let k1 = k0 + key.len();
             if &rec[k0..k1] != key {
+                // Checksum before the key comparison's verdict: a damaged key byte is damage.
+                if !verify(&h, &rec) {
+                    return Err(damaged_record(off, &rec[k0..k1]));
+                }
                 return Ok(false);
             }
             if h.kind != K_PUT {
                 return Err(Error::corrupt(off, "index points at a non-PUT record"));
             }
             if !verify(&h, &rec) {
-                return Err(Error::corrupt(off, "record checksum mismatch"));
+                return Err(damaged_record(off, key));
             }
             found = Some(if h.flags & F_ZSTD != 0 {
                 self.codec.decompress(h.flags, &rec[k1..], off)?
@@ -490,6 +586,41 @@ impl Gen {
     }
 }
 
+/// A Python-style `b'...'` rendering of (at most the first 64 bytes of) a key, for messages.
+pub(crate) fn show_key(k: &[u8]) -> String {
+    let mut s = String::from("b'");
+    for &c in k.iter().take(64) {
+        match c {
+            b'\\' => s.push_str("\\\\"),
+            b'\'' => s.push_str("\\'"),
+            b'\n' => s.push_str("\\n"),
+            b'\r' => s.push_str("\\r"),
+            b'\t' => s.push_str("\\t"),
+            0x20..=0x7e => s.push(c as char),
+            _ => s.push_str(&format!("\\x{c:02x}")),
+        }
+    }
+    s.push('\'');
+    if k.len() > 64 {
+        s.push_str(&format!("... ({} bytes)", k.len()));
+    }
+    s
+}
+
+/// The error for a damaged record found by a read.
+#[cold]
+#[inline(never)]
+fn damaged_record(off: u64, key: &[u8]) -> Error {
+    Error::corrupt(
+        off,
+        format!(
+            "the record of key {} (as stored; the damage may be in the key itself) fails its \
+             checksum",
+            show_key(key)
+        ),
+    )
+}
+
 /// How replay of the log ended.
 enum ReplayEnd {
     /// Reached end of file; log ends at this offset.
@@ -502,13 +633,28 @@ enum ReplayEnd {
     },
 }
 
-/// Applies complete commits from `[from, to)` to the generation's index.
-fn replay(g: &Gen, from: u64, to: u64) -> Result<ReplayEnd> {
+/// Applies complete commits from `[from, to)` to the generation's index. `skip` is a damaged
+/// checkpoint (INDEX record) region that a newer slot located exactly: it is stepped over.
+fn replay(g: &Gen, from: u64, to: u64, skip: Option<(u64, u64)>) -> Result<ReplayEnd> {
     let mut rd = LogReader::new(&*g.storage, from, to);
     // Pending records of an unfinished batch: (offset, kind, key, sizes).
     let mut pending: Vec<(u64, u8, Vec<u8>, RecSizes)> = Vec::new();
+    let mut pending_crcs: Vec<u32> = Vec::new();
     let mut commit_end = from;
     loop {
+        if let Some((s0, s1)) = skip {
+            if rd.pos == s0 && pending.is_empty() && s1 <= to {
+                let mut c = [0u8; 4];
+                g.storage
+                    .read_at(s0, &mut c)
+                    .map_err(io_err("reading a damaged checkpoint"))?;
+                lock(&g.track).sum.add(u32::from_le_bytes(c));
+                rd.pos = s1;
+                commit_end = s1;
+                g.end.store(s1, Ordering::Release);
+                continue;
+            }
+        }
         match rd.next_record()? {
             Next::End => {
                 return Ok(if pending.is_empty() {
@@ -529,6 +675,7 @@ fn replay(g: &Gen, from: u64, to: u64) -> Result<ReplayEnd> {
                 })
             }
             Next::Rec(off, h, rec) => {
+                pending_crcs.push(h.crc);
                 match h.kind {
                     K_PUT | K_DELETE => {
                         let k0 = h.header_len;
@@ -557,6 +704,12 @@ fn replay(g: &Gen, from: u64, to: u64) -> Result<ReplayEnd> {
                     // Make the commit's records readable before indexing them.
                     g.end.store(end, Ordering::Release);
                     g.storage.set_stable(end);
+                    {
+                        let mut t = lock(&g.track);
+                        for c in pending_crcs.drain(..) {
+                            t.sum.add(c);
+                        }
+                    }
                     for (off, kind, key, sizes) in pending.drain(..) {
                         if kind == K_PUT {
                             g.apply_put(&key, off, sizes)?;
@@ -610,13 +763,103 @@ fn sync_dir(path: &Path) {
     }
 }
 
-/// Loads a generation from storage: header, newest valid checkpoint, replay of the tail.
+/// How a reader decides whether a bad record followed by intact commits is damage or a commit
+/// still being written by a live writer in another process.
+#[derive(Clone, Copy)]
+enum Judge<'a> {
+    /// The caller holds the writer lock, or there is no other process (custom storage).
+    Alone,
+    /// A reader of the file at this path: damage only if no writer holds the lock, or the bad
+    /// record lies before the end the live writer has published (acknowledged commits).
+    Reader(&'a Path),
+}
+
+impl Judge<'_> {
+    /// Whether the bad record at `bad` is damage: intact commits follow it and no writer can
+    /// still be writing it. A reader's view of the file is not atomic against a live writer's
+    /// appends (it may have read zeros at `bad` and, later, the records written after them),
+    /// so after deciding that no append can be in flight at `bad` (no writer holds the lock, or
+    /// `bad` lies before the end the live writer published after its last completed append)
+    /// the record is read again: only if it is still bad is it damage.
+    fn is_damage(self, g: &Gen, bad: u64) -> Result<bool> {
+        let settled = match self {
+            Judge::Alone => true,
+            Judge::Reader(path) => {
+                let (session, end) = published_end(g);
+                (session != 0 && bad < end) || !crate::lock::writer_active(path)
+            }
+        };
+        if !settled {
+            return Ok(false);
+        }
+        let len = g
+            .storage
+            .len()
+            .map_err(io_err("checking the store's length"))?;
+        let mut rd = LogReader::new(&*g.storage, bad, len);
+        if bad >= len || matches!(rd.record_at(bad)?, Next::Rec(..)) {
+            return Ok(false);
+        }
+        Ok(rd.find_intact(bad, true)?.is_some())
+    }
+}
+
+/// The error for a bad record followed by intact ones.
+fn damage_error(g: &Gen, bad: u64, to: u64, reason: &str) -> Result<Error> {
+    let mut rd = LogReader::new(&*g.storage, bad, to);
+    let (n, _) = rd.intact_after(bad)?;
+    Ok(Error::corrupt(
+        bad,
+        format!(
+            "{reason}, and {n} intact record{} follow{} it: damage inside the log, not a torn tail \
+             (nothing was dropped or truncated)",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "s" } else { "" },
+        ),
+    ))
+}
+
+/// Loads a generation from storage: header, newest valid checkpoint, replay of the tail, and
+/// the checks of section 4 of the format doc (the file must agree with its newest checkpoint
+/// slot; a bad record followed by intact commits is damage, never a torn tail).
 fn load_gen(
     storage: Arc<dyn Storage>,
-    lock: Option<WriterLock>,
+    writer_lock: Option<WriterLock>,
     writable: bool,
     path: &Path,
     ident: Option<(u64, u64)>,
+    judge: Judge<'_>,
+) -> Result<Gen> {
+    if writable || writer_lock.is_some() {
+        return load_gen_once(storage, writer_lock, writable, path, ident, judge);
+    }
+    // A reader reads the length, then the superblock, then the log, while a writer in another
+    // process may append, checkpoint, close or reopen in between: a verdict of damage that
+    // comes with a file length that changed meanwhile is a race, not damage. Look again.
+    let mut attempt = 0;
+    loop {
+        let before = storage.len().ok();
+        match load_gen_once(Arc::clone(&storage), None, false, path, ident, judge) {
+            Err(e @ Error::Corrupt { .. }) => {
+                if attempt < 20 && storage.len().ok() != before {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    continue;
+                }
+                return Err(e);
+            }
+            r => return r,
+        }
+    }
+}
+
+fn load_gen_once(
+    storage: Arc<dyn Storage>,
+    writer_lock: Option<WriterLock>,
+    writable: bool,
+    path: &Path,
+    ident: Option<(u64, u64)>,
+    judge: Judge<'_>,
 ) -> Result<Gen> {
     let file_len = storage
         .len()
@@ -635,37 +878,84 @@ fn load_gen(
         Ok(r) => r?,
     };
     if file_len < LOG_START {
-        if writable {
-            storage
-                .set_len(LOG_START)
-                .map_err(io_err("extending the header"))?;
-        } else {
-            return Err(Error::BadHeader {
-                path: path.to_path_buf(),
-                reason: format!("file ends inside the superblock ({file_len} bytes)"),
-            });
-        }
+        // A store is created with its whole superblock in one write: a shorter file was cut.
+        return Err(Error::BadHeader {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the file ends inside its {LOG_START}-byte superblock ({file_len} bytes): it \
+                 was cut short"
+            ),
+        });
     }
-    let file_len = file_len.max(LOG_START);
     let mut slots: Vec<Slot> = SLOT_OFFSETS
         .iter()
         .filter_map(|&o| Slot::decode(&hb[o as usize..o as usize + SLOT_LEN]))
         .collect();
     slots.sort_by_key(|s| std::cmp::Reverse(s.seq));
     let max_seq = slots.first().map(|s| s.seq).unwrap_or(0);
+    let newest = slots.first().copied();
+    // A damaged slot may have been the newer one (e.g. the mark a writer leaves before its
+    // first append): then the clean-close mark of the other cannot be trusted.
+    let slot_damaged = SLOT_OFFSETS.iter().any(|&o| {
+        let b = &hb[o as usize..o as usize + SLOT_LEN];
+        b.iter().any(|&x| x != 0) && Slot::decode(b).is_none()
+    });
+    if let Some(s) = newest {
+        let says = if s.is_closed() {
+            s.closed_end.max(s.covers_end)
+        } else {
+            s.covers_end
+        };
+        if says > file_len {
+            return Err(Error::corrupt(
+                file_len,
+                format!(
+                    "the file is {file_len} bytes but its newest checkpoint says the log reaches \
+                     {says}: it was cut short ({} bytes missing; the records before the cut \
+                     are intact)",
+                    says - file_len
+                ),
+            ));
+        }
+    }
     let mut loaded = None;
+    let mut skip = None;
+    let mut damaged_checkpoint = None;
     for s in &slots {
-        if s.covers_end > file_len || s.index_offset < LOG_START || s.index_offset >= file_len {
+        if s.index_offset == 0 {
+            // A slot written without an INDEX record (small store closed cleanly).
+            if s.covers_end == LOG_START {
+                loaded = Some((
+                    IndexMeta {
+                        covers_end: LOG_START,
+                        ..IndexMeta::default()
+                    },
+                    Table::with_log2(10),
+                    *s,
+                ));
+                break;
+            }
             continue;
         }
-        if let Ok((h, body)) = read_record(&*storage, s.index_offset, file_len) {
-            if h.kind != K_INDEX {
-                continue;
+        if s.covers_end > file_len || s.index_offset < LOG_START || s.index_offset >= s.covers_end {
+            continue;
+        }
+        let ok = match read_record(&*storage, s.index_offset, s.covers_end) {
+            Ok((h, body)) if h.kind == K_INDEX => match Table::decode(&body) {
+                Some((meta, table)) if meta.covers_end == s.covers_end => Some((meta, table)),
+                _ => None,
+            },
+            _ => None,
+        };
+        match ok {
+            Some((meta, table)) => {
+                loaded = Some((meta, table, *s));
+                break;
             }
-            if let Some((meta, table)) = Table::decode(&body) {
-                if meta.covers_end == s.covers_end {
-                    loaded = Some((meta, table));
-                    break;
+            None => {
+                if skip.is_none() && h_len_ok(s) {
+                    skip = Some((s.index_offset, s.covers_end));
+                    damaged_checkpoint = Some(s.index_offset);
                 }
             }
         }
@@ -683,18 +973,36 @@ fn load_gen(
         None
     };
     let codec = Codec::new(header.compression.level(), dict.as_deref());
-    let (meta, table) = loaded.unwrap_or_else(|| {
-        (
-            IndexMeta {
-                covers_end: LOG_START,
-                ..IndexMeta::default()
-            },
-            Table::with_log2(10),
-        )
-    });
+    let mut track = Track::fresh();
+    track.damaged_checkpoint = damaged_checkpoint;
+    let (meta, table) = match loaded {
+        Some((meta, table, s)) => {
+            track.known = s.has_counts();
+            track.sum = if s.has_counts() {
+                s.covers
+            } else {
+                LogSum::default()
+            };
+            (meta, table)
+        }
+        None => {
+            track.rebuilt = true;
+            (
+                IndexMeta {
+                    covers_end: LOG_START,
+                    ..IndexMeta::default()
+                },
+                Table::with_log2(10),
+            )
+        }
+    };
+    if let Some(s) = newest {
+        track.slot = s;
+    }
+    let skip = skip.filter(|&(s0, _)| s0 >= meta.covers_end);
     let g = Gen {
         storage,
-        _lock: lock,
+        _lock: writer_lock,
         header,
         codec,
         index: ArcSwap::from_pointee(table),
@@ -709,43 +1017,94 @@ fn load_gen(
         recovered_tail: 0,
         slot_seq: AtomicU64::new(max_seq),
         seen_hint: Mutex::new((0, 0)),
+        track: Mutex::new(track),
     };
     g.storage.set_stable(meta.covers_end);
     let mut g = g;
-    match replay(&g, meta.covers_end, file_len)? {
-        ReplayEnd::Clean(end) => {
-            g.end.store(end, Ordering::Release);
-        }
-        ReplayEnd::Bad {
-            commit_end,
-            bad,
-            reason,
-        } => {
-            let mut rd = LogReader::new(&*g.storage, bad, file_len);
-            // Only the writer decides torn tail vs damage: a reader can race with a live
-            // writer (a read is not atomic against a concurrent append, so it may see a later
-            // commit but not an earlier one yet); it simply stops at `bad` and retries later.
-            if writable && bad < file_len && rd.find_intact(bad, true)?.is_some() {
-                return Err(Error::corrupt(
-                    bad,
-                    format!("{reason}, and intact records follow (damage inside the log)"),
-                ));
+    let closed = newest.filter(|s| s.is_closed() && !slot_damaged);
+    let replayed = replay(&g, meta.covers_end, file_len, skip)?;
+    if let Some(s) = closed {
+        // A cleanly closed store: the log must end exactly where the writer closed it and hold
+        // exactly the records it wrote (a writer clears the mark, durably, before appending).
+        let end = match replayed {
+            ReplayEnd::Clean(end) => end,
+            ReplayEnd::Bad { bad, reason, .. } => {
+                if bad < s.closed_end {
+                    return Err(damage_error(&g, bad, file_len, reason)?);
+                }
+                bad
             }
-            g.end.store(commit_end, Ordering::Release);
-            if writable {
-                g.storage
-                    .set_len(commit_end)
-                    .map_err(io_err("truncating a torn tail"))?;
-                // Make the cut durable before anything new is appended, so a later power loss
-                // cannot resurrect the torn bytes in front of newer records.
-                g.storage
-                    .sync_data()
-                    .map_err(io_err("syncing a truncated torn tail"))?;
-                g.recovered_tail = file_len - commit_end;
+        };
+        if end != s.closed_end || file_len != s.closed_end {
+            return Err(Error::corrupt(
+                s.closed_end,
+                format!(
+                    "{} unexpected bytes after the end of a cleanly closed store (closed at \
+                     {}, the file is {file_len} bytes): data was appended or the file was \
+                     damaged",
+                    file_len - s.closed_end,
+                    s.closed_end
+                ),
+            ));
+        }
+        let t = *lock(&g.track);
+        if t.known && t.sum != s.closed {
+            return Err(Error::corrupt(
+                LOG_START,
+                format!(
+                    "the log holds {} records (checksum {:#010x}) but the store was closed with \
+                     {} (checksum {:#010x}): records were altered, removed or added",
+                    t.sum.records, t.sum.sum, s.closed.records, s.closed.sum
+                ),
+            ));
+        }
+        g.end.store(end, Ordering::Release);
+    } else {
+        match replayed {
+            ReplayEnd::Clean(end) => {
+                g.end.store(end, Ordering::Release);
+            }
+            ReplayEnd::Bad {
+                commit_end,
+                bad,
+                reason,
+            } => {
+                let mut rd = LogReader::new(&*g.storage, bad, file_len);
+                let damage = bad < file_len
+                    && rd.find_intact(bad, true)?.is_some()
+                    && (writable || judge.is_damage(&g, bad)?);
+                if damage {
+                    return Err(damage_error(&g, bad, file_len, reason)?);
+                }
+                g.end.store(commit_end, Ordering::Release);
+                if writable {
+                    g.storage
+                        .set_len(commit_end)
+                        .map_err(io_err("truncating a torn tail"))?;
+                    // Make the cut durable before anything new is appended, so a later power
+                    // loss cannot resurrect the torn bytes in front of newer records.
+                    g.storage
+                        .sync_data()
+                        .map_err(io_err("syncing a truncated torn tail"))?;
+                    g.recovered_tail = file_len - commit_end;
+                }
             }
         }
     }
+    if writable && StaticHeader::version_of(&hb) < FORMAT_VERSION {
+        // Upgrade a version 1 file: from now on its slots carry counts and the clean-close mark,
+        // which a version 1 writer would not maintain, so it must no longer open the file.
+        g.storage
+            .write_at(0, &g.header.encode())
+            .and_then(|_| g.storage.sync_data())
+            .map_err(io_err("upgrading the header to format version 2"))?;
+    }
     Ok(g)
+}
+
+/// A slot whose INDEX region is plausible enough to be skipped as a unit.
+fn h_len_ok(s: &Slot) -> bool {
+    s.index_offset >= LOG_START && s.covers_end > s.index_offset
 }
 
 /// Writer-side mutable state.
@@ -794,35 +1153,62 @@ impl Store {
         let path = path.as_ref().to_path_buf();
         let writable = !opts.read_only;
         for _attempt in 0..100 {
-            if !path.exists() {
-                if !opts.create && !opts.truncate {
-                    return Err(Error::NotFound { path });
+            match fs::metadata(&path) {
+                Ok(m) => refuse_special(&path, &m)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if !opts.create && !opts.truncate {
+                        return Err(Error::NotFound { path });
+                    }
+                    if opts.read_only {
+                        return Err(Error::NotFound { path });
+                    }
+                    create_file(&path, &opts)?;
                 }
-                if opts.read_only {
-                    return Err(Error::NotFound { path });
-                }
-                create_file(&path, &opts)?;
+                Err(e) => return Err(Error::io(format!("examining {}", path.display()), e)),
             }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(writable)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&path)
-                .map_err(io_err(format!("opening {}", path.display())))?;
+            let file = open_regular(&path, writable)?;
             // Validate the header before taking the lock, which writes our pid into it.
             {
-                use std::os::unix::fs::FileExt;
-                let mut hb = [0u8; STATIC_LEN];
-                let n = file.read_at(&mut hb, 0).unwrap_or(0);
-                let mut n = n;
-                while n < STATIC_LEN {
-                    match file.read_at(&mut hb[n..], n as u64) {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => n += k,
+                let mut last = None;
+                // A reader may meet a header being upgraded in place (64 bytes, one write):
+                // look again before calling it damaged.
+                for _ in 0..if writable { 1 } else { 3 } {
+                    let hb = read_head(&file);
+                    match StaticHeader::decode(&hb) {
+                        Err(reason)
+                            if hb.is_empty() && writable && (opts.create || opts.truncate) =>
+                        {
+                            // A recognisably empty file: make it a store.
+                            init_empty(&file, &opts, &path)?;
+                            last = None;
+                            let _ = reason;
+                            break;
+                        }
+                        Err(reason) => last = Some(reason),
+                        Ok(_) => {
+                            last = None;
+                            break;
+                        }
                     }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
                 }
-                if let Err(reason) = StaticHeader::decode(&hb[..n]) {
+                if let Some(reason) = last {
                     return Err(Error::BadHeader { path, reason });
+                }
+                // Before the lock writes our pid into it: a store is never shorter than its
+                // superblock (it is created whole), so a shorter one was cut.
+                let len = file
+                    .metadata()
+                    .map_err(io_err(format!("examining {}", path.display())))?
+                    .len();
+                if len < LOG_START {
+                    return Err(Error::BadHeader {
+                        path,
+                        reason: format!(
+                            "the file ends inside its {LOG_START}-byte superblock ({len} \
+                             bytes): it was cut short"
+                        ),
+                    });
                 }
             }
             let lock = if writable {
@@ -839,7 +1225,12 @@ impl Store {
                 let _ = fs::remove_file(with_suffix(&path, ".compact"));
             }
             let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
-            let gen = load_gen(storage, lock, writable, &path, ident)?;
+            let judge = if writable {
+                Judge::Alone
+            } else {
+                Judge::Reader(&path)
+            };
+            let gen = load_gen(storage, lock, writable, &path, ident, judge)?;
             let store = Store::from_gen(Some(path.clone()), opts.clone(), gen);
             if opts.truncate && store.inner.gen.load().keys.load(Ordering::Relaxed) > 0 {
                 store.inner.compact_inner(true)?;
@@ -869,7 +1260,14 @@ impl Store {
                 .write_at(0, &new_file_bytes(&h))
                 .map_err(io_err("writing a new header"))?;
         }
-        let gen = load_gen(storage, None, !opts.read_only, Path::new("<storage>"), None)?;
+        let gen = load_gen(
+            storage,
+            None,
+            !opts.read_only,
+            Path::new("<storage>"),
+            None,
+            Judge::Alone,
+        )?;
         Ok(Store::from_gen(None, opts, gen))
     }
 
@@ -954,18 +1352,29 @@ impl Store {
         })
     }
 
-    /// All keys (snapshot).
+    /// All keys (snapshot). A damaged record does not stop the walk: every record is read,
+    /// and if any failed its checksum the result is an [`Error::Corrupt`] naming the first
+    /// (offset, key as stored) and how many records are intact. To go on with the intact
+    /// records, use [`Store::iter`] (one `Err` item per damaged record, then it continues),
+    /// `cellar check` for the full list, `cellar repair` for a clean copy.
     pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
         let g = self.inner.current()?.clone();
         let offsets = g.index.load().offsets_in_file_order();
         let limit = g.limit();
-        offsets
-            .into_iter()
-            .map(|off| {
-                let (h, body) = read_record(&*g.storage, off, limit)?;
-                Ok(body[..h.key_len as usize].to_vec())
-            })
-            .collect()
+        let mut keys = Vec::with_capacity(offsets.len());
+        let mut damage = WalkDamage::default();
+        for off in offsets {
+            match read_record(&*g.storage, off, limit) {
+                Ok((h, mut body)) => {
+                    body.truncate(h.key_len as usize);
+                    keys.push(body);
+                }
+                Err(e @ Error::Corrupt { .. }) => damage.add(g.damage_at(off, limit, e)),
+                Err(e) => return Err(e),
+            }
+        }
+        damage.finish(keys.len())?;
+        Ok(keys)
     }
 
     /// Calls `f(key, value)` for every live pair (snapshot, file order), without allocating
@@ -979,16 +1388,25 @@ impl Store {
             .storage
             .view(0, limit as usize)
             .map_err(io_err("reading the log"))?;
+        let mut damage = WalkDamage::default();
+        let mut intact = 0usize;
         for off in offsets {
             let rest = all.get(off as usize..).unwrap_or(&[]);
             let h = match parse_header(rest) {
                 HeaderParse::Ok(h) if h.total() <= rest.len() as u64 => h,
-                _ => return Err(Error::corrupt(off, "indexed record is damaged")),
+                _ => {
+                    damage.add(Error::corrupt(off, "indexed record is damaged"));
+                    continue;
+                }
             };
             let rec = &rest[..h.total() as usize];
             if !verify(&h, rec) {
-                return Err(Error::corrupt(off, "record checksum mismatch"));
+                let k0 = h.header_len;
+                let k1 = (k0 + h.key_len as usize).min(rec.len());
+                damage.add(damaged_record(off, &rec[k0..k1]));
+                continue;
             }
+            intact += 1;
             let k0 = h.header_len;
             let k1 = k0 + h.key_len as usize;
             if h.flags & F_ZSTD != 0 {
@@ -998,7 +1416,7 @@ impl Store {
                 f(&rec[k0..k1], &rec[k1..]);
             }
         }
-        Ok(())
+        damage.finish(intact)
     }
 
     /// Makes every acknowledged write durable (`fdatasync`); concurrent calls share one sync.
@@ -1019,7 +1437,23 @@ impl Store {
     pub fn check(&self) -> Result<CheckReport> {
         let g = self.inner.current()?.clone();
         let limit = g.limit();
-        let mut report = scan_log(&*g.storage, limit, |_, _, _| Ok(()))?;
+        let mut report = check_storage(&*g.storage, limit, true)?;
+        let t = *lock(&g.track);
+        if let Some(off) = t.damaged_checkpoint {
+            let msg = format!(
+                "the newest checkpoint (INDEX record at {off}) is damaged; the index was \
+                 rebuilt from the log (the next clean close writes a new one)"
+            );
+            if !report.checkpoint.contains(&msg) {
+                report.checkpoint.push(msg);
+            }
+        }
+        if t.known && report.damage.is_empty() && t.sum.records != report.records {
+            report.checkpoint.push(format!(
+                "the log holds {} intact records, the writer's account says {}",
+                report.records, t.sum.records
+            ));
+        }
         for off in g.index.load().offsets() {
             match read_record(&*g.storage, off, limit) {
                 Ok((h, _)) if h.kind == K_PUT => {}
@@ -1064,6 +1498,150 @@ impl Drop for Store {
     }
 }
 
+/// Checks a store file without opening it as a store (so it works whatever the damage): the
+/// header, every record's checksum, and the agreement of the file with its newest checkpoint
+/// slot. `cellar check` prints this report.
+pub fn check_file(path: impl AsRef<Path>) -> Result<CheckReport> {
+    let path = path.as_ref();
+    let m = fs::metadata(path).map_err(io_err(format!("examining {}", path.display())))?;
+    refuse_special(path, &m)?;
+    let file = open_regular(path, false)?;
+    let st = FileStorage::new(file);
+    let len = st.len().map_err(io_err("reading the length"))?;
+    check_storage(&st, len, false)
+}
+
+/// The checks behind [`check_file`] and [`Store::check`], over `[0, limit)`. `open` is true for
+/// a store this process has open (its tail is not judged against a clean close).
+fn check_storage(st: &dyn Storage, limit: u64, open: bool) -> Result<CheckReport> {
+    let len = limit;
+    let mut hb = vec![0u8; LOG_START.min(len) as usize];
+    st.read_at(0, &mut hb)
+        .map_err(io_err("reading the header"))?;
+    let header_problem = match StaticHeader::decode(&hb) {
+        Err(reason) => Some(reason),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(_)) => None,
+    };
+    if len < LOG_START {
+        return Ok(CheckReport {
+            file_bytes: len,
+            header: Some(header_problem.unwrap_or_else(|| {
+                format!(
+                    "the file ends inside its {LOG_START}-byte superblock ({len} bytes): it was \
+                     cut short"
+                )
+            })),
+            ..CheckReport::default()
+        });
+    }
+    let mut slots: Vec<Slot> = SLOT_OFFSETS
+        .iter()
+        .filter_map(|&o| Slot::decode(&hb[o as usize..o as usize + SLOT_LEN]))
+        .collect();
+    slots.sort_by_key(|s| std::cmp::Reverse(s.seq));
+    let newest = slots.first().copied();
+    let mut slot_damage = Vec::new();
+    for &o in &SLOT_OFFSETS {
+        let b = &hb[o as usize..o as usize + SLOT_LEN];
+        if b.iter().any(|&x| x != 0) && Slot::decode(b).is_none() {
+            slot_damage.push(format!(
+                "the checkpoint slot at {o} is damaged (open uses the other slot, or rebuilds \
+                 the index from the log)"
+            ));
+        }
+    }
+    let mut sum = LogSum::default();
+    let mut at_covers = None;
+    let mut at_closed = None;
+    let (c_end, cl_end) = match newest {
+        Some(s) => (s.covers_end, if s.is_closed() { s.closed_end } else { 0 }),
+        None => (0, 0),
+    };
+    if c_end == LOG_START {
+        at_covers = Some(sum);
+    }
+    if cl_end == LOG_START {
+        at_closed = Some(sum);
+    }
+    let mut report = scan_log(st, len, |off, h, _| {
+        sum.add(h.crc);
+        let end = off + h.total();
+        if end == c_end {
+            at_covers = Some(sum);
+        }
+        if end == cl_end {
+            at_closed = Some(sum);
+        }
+        Ok(())
+    })?;
+    report.file_bytes = len;
+    report.header = header_problem;
+    let slots_ok = slot_damage.is_empty();
+    report.checkpoint = slot_damage;
+    let closed = newest.filter(|s| s.is_closed() && !open && slots_ok);
+    // A damaged region running to the end of the file of a store that was not closed cleanly
+    // is a torn tail (an unfinished commit), not damage.
+    if closed.is_none() {
+        if let Some(last) = report.damage.last() {
+            if last.offset + last.len == len {
+                report.torn_tail = Some((last.offset, last.len));
+                report.damage.pop();
+            }
+        }
+    }
+    if let Some(s) = newest {
+        if s.covers_end > len {
+            report.checkpoint.push(format!(
+                "the newest checkpoint covers the log up to {} but the file is {len} bytes: \
+                 it was cut short",
+                s.covers_end
+            ));
+        } else if s.index_offset != 0 {
+            let ok = matches!(read_record(st, s.index_offset, s.covers_end),
+                Ok((h, ref body)) if h.kind == K_INDEX && Table::decode(body).is_some());
+            if !ok {
+                report.checkpoint.push(format!(
+                    "the newest checkpoint (INDEX record at {}) is damaged; open rebuilds the \
+                     index from the log",
+                    s.index_offset
+                ));
+            } else if s.has_counts() && at_covers != Some(s.covers) {
+                report.checkpoint.push(format!(
+                    "the newest checkpoint says the log up to {} holds {} records (checksum \
+                     {:#010x}); the file disagrees",
+                    s.covers_end, s.covers.records, s.covers.sum
+                ));
+            }
+        }
+        if let Some(s) = closed {
+            if len < s.closed_end {
+                report.checkpoint.push(format!(
+                    "the store was closed cleanly at {} bytes but the file is {len}: it was cut \
+                     short ({} bytes missing)",
+                    s.closed_end,
+                    s.closed_end - len
+                ));
+            } else if len > s.closed_end {
+                report.checkpoint.push(format!(
+                    "{} unexpected bytes after the end of the cleanly closed store (closed at \
+                     {}): appended data or damage",
+                    len - s.closed_end,
+                    s.closed_end
+                ));
+            }
+            if len >= s.closed_end && at_closed != Some(s.closed) {
+                report.checkpoint.push(format!(
+                    "the store was closed with {} records (checksum {:#010x}) up to {}; the \
+                     file disagrees",
+                    s.closed.records, s.closed.sum, s.closed_end
+                ));
+            }
+        }
+    }
+    Ok(report)
+}
+
 /// Scans `[LOG_START, limit)` front to back; calls `f` for every intact record; resyncs after
 /// damage.
 fn scan_log(
@@ -1102,7 +1680,9 @@ fn scan_log(
 /// when the source header is unreadable.
 pub fn repair(src: impl AsRef<Path>, dst: impl AsRef<Path>, opts: Options) -> Result<RepairReport> {
     let src = src.as_ref();
-    let file = File::open(src).map_err(io_err(format!("opening {}", src.display())))?;
+    let m = fs::metadata(src).map_err(io_err(format!("examining {}", src.display())))?;
+    refuse_special(src, &m)?;
+    let file = open_regular(src, false)?;
     let st = FileStorage::new(file);
     let len = st.len().map_err(io_err("reading the length"))?;
     let mut hb = vec![0u8; LOG_START.min(len) as usize];
@@ -1122,38 +1702,25 @@ pub fn repair(src: impl AsRef<Path>, dst: impl AsRef<Path>, opts: Options) -> Re
             new_opts.compression = h.compression;
         }
         Ok(Err(e)) => return Err(e),
-        Err(_) => report.header_damaged = true,
+        Err(_) => {
+            report.header_damaged = true;
+            // Magic or checksum damaged: keep the recorded settings if they still look sane.
+            if let Some((ve, c)) = StaticHeader::salvage(&hb) {
+                new_opts.value_encoding = ve;
+                new_opts.compression = c;
+            }
+        }
     }
     let out = Store::open(dst, new_opts)?;
     let mut codec = Codec::new(None, None);
     let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
     let mut salvaged = 0u64;
-    let mut dropped = 0u64;
-    let mut last_end = LOG_START;
-    let mut skipping = false;
+    // A commit is known to be complete once any later record that ends a commit is intact:
+    // commits are appended one after the other, each only once the previous one was written
+    // whole. So the records of a batch are kept even when one of them (or a region between
+    // them) is damaged, as soon as a commit end follows; only an unfinished commit at the very
+    // end of the log (a torn tail) is dropped.
     let scan = scan_log(&st, len, |off, h, rec| {
-        if off != last_end {
-            // A damaged region: unless it is known to start at a commit boundary (nothing
-            // pending and the damaged record's header says it ended its commit), the records
-            // before it and after it up to the next commit end may belong to a damaged batch.
-            let mut hb = [0u8; MAX_REC_HEADER];
-            let n = (MAX_REC_HEADER as u64).min(len.saturating_sub(last_end)) as usize;
-            let standalone = st.read_at(last_end, &mut hb[..n]).is_ok()
-                && matches!(parse_header(&hb[..n]), HeaderParse::Ok(dh) if dh.flags & F_CONT == 0);
-            if !pending.is_empty() || !standalone {
-                dropped += pending.len() as u64;
-                pending.clear();
-                skipping = true;
-            }
-        }
-        last_end = off + h.total();
-        if skipping {
-            dropped += 1;
-            if h.flags & F_CONT == 0 {
-                skipping = false;
-            }
-            return Ok(());
-        }
         let k0 = h.header_len;
         let k1 = k0 + h.key_len as usize;
         match h.kind {
@@ -1179,14 +1746,70 @@ pub fn repair(src: impl AsRef<Path>, dst: impl AsRef<Path>, opts: Options) -> Re
         Ok(())
     })?;
     report.salvaged_records = salvaged;
-    report.dropped_partial_records = dropped + pending.len() as u64;
+    report.dropped_partial_records = pending.len() as u64;
     report.damage = scan.damage;
     report.keys = out.len()?;
     out.close()?;
     Ok(report)
 }
 
-/// Iterator returned by [`Store::iter`].
+/// Damage met by a whole-store walk (`keys`, `for_each`): the walk goes on, the first damaged
+/// record and the count are reported at the end.
+#[derive(Default)]
+struct WalkDamage {
+    first: Option<Error>,
+    count: u64,
+}
+
+impl WalkDamage {
+    fn add(&mut self, e: Error) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(e);
+        }
+    }
+
+    fn finish(self, intact: usize) -> Result<()> {
+        match self.first {
+            None => Ok(()),
+            Some(Error::Corrupt { offset, reason }) => Err(Error::Corrupt {
+                offset,
+                reason: format!(
+                    "{reason}; {} damaged record{} in all, the other {intact} were read intact \
+                     (Store::iter yields each intact pair and one error per damaged record)",
+                    self.count,
+                    if self.count == 1 { "" } else { "s" }
+                ),
+            }),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+/// Whether the file at `path` is probably a cellar store, even one whose header is damaged
+/// (the magic differs in a few bits, the header's fields still look sane, or an intact record
+/// starts where the log does). A FIFO or other special file is never opened.
+pub fn looks_like_store(path: impl AsRef<Path>) -> bool {
+    let path = path.as_ref();
+    match fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        _ => return false,
+    }
+    let Ok(file) = open_regular(path, false) else {
+        return false;
+    };
+    let head = read_head(&file);
+    if StaticHeader::decode(&head).is_ok() || looks_like_header(&head) {
+        return true;
+    }
+    let st = FileStorage::new(file);
+    let Ok(len) = st.len() else { return false };
+    let mut rd = LogReader::new(&st, LOG_START, len);
+    matches!(rd.record_at(LOG_START), Ok(Next::Rec(..)))
+}
+
+/// Iterator returned by [`Store::iter`]. A damaged record yields one `Err(Error::Corrupt)`
+/// (offset and key as stored) and the iteration continues with the next record.
 #[derive(Debug)]
 pub struct Iter {
     gen: Arc<Gen>,
@@ -1201,7 +1824,12 @@ impl Iterator for Iter {
         let off = *self.offsets.get(self.pos)?;
         self.pos += 1;
         Some((|| {
-            let (h, mut body) = read_record(&*self.gen.storage, off, self.gen.limit())?;
+            let limit = self.gen.limit();
+            let (h, mut body) = match read_record(&*self.gen.storage, off, limit) {
+                Ok(r) => r,
+                Err(e @ Error::Corrupt { .. }) => return Err(self.gen.damage_at(off, limit, e)),
+                Err(e) => return Err(e),
+            };
             let val = body.split_off(h.key_len as usize);
             let val = if h.flags & F_ZSTD != 0 {
                 self.gen.codec.decompress(h.flags, &val, off)?
@@ -1216,6 +1844,82 @@ impl Iterator for Iter {
         let n = self.offsets.len() - self.pos;
         (n, Some(n))
     }
+}
+
+/// `Err(NotAFile)` for anything but a regular file (opening a FIFO would block).
+fn refuse_special(path: &Path, m: &fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    let kind = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO (named pipe)"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    };
+    Err(Error::NotAFile {
+        path: path.to_path_buf(),
+        kind,
+    })
+}
+
+/// Opens an existing regular file without ever blocking (`O_NONBLOCK`, then `fstat`): a FIFO
+/// swapped in after the first check is refused too.
+fn open_regular(path: &Path, writable: bool) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    let m = file
+        .metadata()
+        .map_err(io_err(format!("examining {}", path.display())))?;
+    refuse_special(path, &m)?;
+    Ok(file)
+}
+
+/// Up to the first `STATIC_LEN` bytes of the file.
+fn read_head(file: &File) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut hb = [0u8; STATIC_LEN];
+    let mut n = 0;
+    while n < STATIC_LEN {
+        match file.read_at(&mut hb[n..], n as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    hb[..n].to_vec()
+}
+
+/// Writes a new store's superblock into an existing empty file (the writer holds no lock yet;
+/// two processes doing this at once write the same bytes).
+fn init_empty(file: &File, opts: &Options, path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let h = StaticHeader {
+        value_encoding: opts.value_encoding,
+        compression: opts.compression,
+        generation: 1,
+        dict_offset: 0,
+    };
+    if file.metadata().map(|m| m.len()).unwrap_or(1) != 0 {
+        return Ok(());
+    }
+    file.write_all_at(&new_file_bytes(&h), 0)
+        .and_then(|_| file.sync_data())
+        .map_err(io_err(format!(
+            "initialising the empty file {}",
+            path.display()
+        )))
 }
 
 fn create_file(path: &Path, opts: &Options) -> Result<()> {
@@ -1309,8 +2013,19 @@ impl Inner {
             .map_err(io_err("checking the store's length"))?;
         if len > g.limit() && !zero_at(&*g.storage, g.limit(), len)? {
             // A bad record here is most likely a commit still being written: stop and retry
-            // on the next read.
-            replay(&g, g.limit(), len)?;
+            // on the next read, unless intact commits follow it and no live writer can be
+            // in the middle of it (then it is damage, and every read says so).
+            if let ReplayEnd::Bad { bad, reason, .. } = replay(&g, g.limit(), len, None)? {
+                let mut rd = LogReader::new(&*g.storage, bad, len);
+                if let Some(path) = &self.path {
+                    if !zero_at(&*g.storage, bad, len)?
+                        && rd.find_intact(bad, true)?.is_some()
+                        && Judge::Reader(path).is_damage(&g, bad)?
+                    {
+                        return Err(damage_error(&g, bad, len, reason)?);
+                    }
+                }
+            }
         }
         if std::ptr::eq(Arc::as_ptr(&g), checked) && !g.superseded.load(Ordering::Acquire) {
             // Everything published up to `hint` (read before the checks) is now replayed.
@@ -1324,7 +2039,7 @@ impl Inner {
                         .map_err(io_err(format!("reopening {}", path.display())))?;
                     let ident = file_ident(&file);
                     let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
-                    let ng = load_gen(storage, None, false, path, ident)?;
+                    let ng = load_gen(storage, None, false, path, ident, Judge::Reader(path))?;
                     self.gen.store(Arc::new(ng));
                 }
             }
@@ -1464,24 +2179,53 @@ impl Inner {
         r?;
         g.storage.set_stable(end);
         g.end.store(end, Ordering::Release);
-        let seq = g.slot_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let slot = Slot {
-            seq,
-            index_offset: start,
-            covers_end: end,
-        };
-        let at = SLOT_OFFSETS[(seq % 2) as usize];
+        // The slot must never point at bytes a power loss could take away (open reports a
+        // file shorter than its newest slot as cut short): make the INDEX record durable first.
         g.storage
-            .write_at(at, &slot.encode())
-            .map_err(io_err("writing a checkpoint slot"))?;
+            .sync_data()
+            .map_err(io_err("syncing an index checkpoint"))?;
+        let t = *lock(&g.track);
+        write_slot(
+            g,
+            Slot {
+                index_offset: start,
+                covers_end: end,
+                covers: t.sum,
+                flags: if t.known { SLOT_COUNTS } else { 0 },
+                ..Slot::default()
+            },
+        )?;
+        let mut t = lock(&g.track);
+        t.rebuilt = false;
+        t.damaged_checkpoint = None;
+        drop(t);
         w.since_checkpoint = 0;
         Ok(())
+    }
+
+    /// Before the first append of a session to a cleanly closed store: a slot without the
+    /// clean-close mark, made durable, so that the appended bytes can never be taken for
+    /// damage after a clean close (nor a torn tail of this session for anything else).
+    fn clear_closed_mark(&self, g: &Gen) -> Result<()> {
+        let t = *lock(&g.track);
+        if !t.slot.is_closed() {
+            return Ok(());
+        }
+        let mut slot = t.slot;
+        slot.flags &= !SLOT_CLOSED;
+        slot.closed_end = 0;
+        slot.closed = LogSum::default();
+        write_slot(g, slot)?;
+        g.storage
+            .sync_data()
+            .map_err(io_err("syncing the superblock before the first write"))
     }
 
     /// Writes `data` at the end of the log (zero-filling ahead on real files). On failure the
     /// file is cut back to the old end, or the handle is poisoned if even that fails.
     fn append(&self, g: &Gen, w: &mut WriterState, data: &[u8], what: &str) -> Result<()> {
         static ZEROS: [u8; 1 << 16] = [0u8; 1 << 16];
+        self.clear_closed_mark(g)?;
         let start = g.limit();
         let new_end = start + data.len() as u64;
         if g.storage.file().is_some() && new_end > w.prealloc_end {
@@ -1508,6 +2252,7 @@ impl Inner {
             }
             return Err(err);
         }
+        lock(&g.track).sum.add_all(data);
         publish_end(g, self.session, new_end)
     }
 
@@ -1645,7 +2390,9 @@ impl Inner {
                 recovered_tail: 0,
                 slot_seq: AtomicU64::new(0),
                 seen_hint: Mutex::new((0, 0)),
+                track: Mutex::new(Track::fresh()),
             };
+            lock(&ng.track).sum.add_all(&head[LOG_START as usize..]);
             let mut out = Vec::with_capacity(1 << 20);
             let mut cbuf = Vec::new();
             let copy = |ng: &Gen,
@@ -1684,6 +2431,7 @@ impl Inner {
                 ng.storage
                     .write_at(start, out)
                     .map_err(io_err("writing the compacted file"))?;
+                lock(&ng.track).sum.add_all(out);
                 let end = start + out.len() as u64;
                 ng.storage.set_stable(end);
                 ng.end.store(end, Ordering::Release);
@@ -1761,6 +2509,7 @@ impl Inner {
                                     ng.storage
                                         .write_at(start, &out)
                                         .map_err(io_err("writing the compacted file"))?;
+                                    lock(&ng.track).sum.add_all(&out);
                                     ng.storage.set_stable(start + n as u64);
                                     ng.end.store(start + n as u64, Ordering::Release);
                                     ng.apply_put(&key, start, sizes)?;
@@ -1787,10 +2536,12 @@ impl Inner {
                 &[],
                 &ng.header.generation.to_le_bytes(),
             );
+            self.clear_closed_mark(&g0)?;
             let old_end = g0.limit();
             g0.storage
                 .write_at(old_end, &marker)
                 .map_err(io_err("marking the old file superseded"))?;
+            lock(&g0.track).sum.add_all(&marker);
             g0.end
                 .store(old_end + marker.len() as u64, Ordering::Release);
             publish_end(&g0, self.session, old_end + marker.len() as u64)?;
@@ -1811,6 +2562,7 @@ impl Inner {
         self.gen.store(Arc::new(ng));
         *lock(&self.synced) = (generation, end);
         w.since_checkpoint = 0;
+        // Preallocation starts afresh in the new file (close trims whatever is past the end).
         w.prealloc_end = 0;
         Ok(())
     }
@@ -1831,25 +2583,62 @@ impl Inner {
         }
         let g = self.gen.load_full();
         let mut w = lock(&self.writer);
-        if w.since_checkpoint > 0 || g.limit() > LOG_START && !has_checkpoint(&g) {
+        let t = *lock(&g.track);
+        if t.slot.is_closed()
+            && t.slot.closed_end == g.limit()
+            && !t.rebuilt
+            && t.damaged_checkpoint.is_none()
+        {
+            // Nothing was written in this session: the store is still closed as it was.
+            return Ok(());
+        }
+        // Checkpoint cost proportional to change: write the index again only when replaying
+        // the log written since the last checkpoint would read more than the index itself
+        // (or on a store whose checkpoint was unusable); otherwise the clean-close slot below
+        // points at the previous checkpoint and the next open replays the short tail.
+        let tail = g.limit().saturating_sub(t.slot.covers_end.max(LOG_START));
+        let index_bytes = 64
+            + g.index.load().capacity() as u64 / 8
+            + 8 * (g.keys.load(Ordering::Relaxed) + g.tombs.load(Ordering::Relaxed));
+        if (t.rebuilt || t.damaged_checkpoint.is_some()) && g.limit() > LOG_START
+            || tail >= index_bytes
+            || tail >= self.opts.checkpoint_bytes
+        {
             self.checkpoint(&g, &mut w)?;
         }
-        if w.prealloc_end > g.limit() {
+        let file_len = g
+            .storage
+            .len()
+            .map_err(io_err("reading the store's length on close"))?;
+        if w.prealloc_end > g.limit() || file_len > g.limit() {
             g.storage
                 .set_len(g.limit())
                 .map_err(io_err("trimming the preallocated tail on close"))?;
             w.prealloc_end = 0;
         }
-        drop(w);
+        // The log is complete up to here; then the clean-close mark (section 4).
         g.storage
             .sync_data()
             .map_err(io_err("syncing the store on close"))?;
+        let t = *lock(&g.track);
+        if t.known {
+            let mut slot = t.slot;
+            if slot.seq == 0 {
+                slot.index_offset = 0;
+                slot.covers_end = LOG_START;
+                slot.covers = LogSum::default();
+            }
+            slot.flags = SLOT_COUNTS | SLOT_CLOSED;
+            slot.closed_end = g.limit();
+            slot.closed = t.sum;
+            write_slot(&g, slot)?;
+            g.storage
+                .sync_data()
+                .map_err(io_err("syncing the store on close"))?;
+        }
+        drop(w);
         Ok(())
     }
-}
-
-fn has_checkpoint(g: &Gen) -> bool {
-    g.slot_seq.load(Ordering::Relaxed) > 0
 }
 
 /// True if the byte where the next record's kind would be is zero (preallocated space: no new
@@ -1859,7 +2648,11 @@ fn zero_at(st: &dyn Storage, off: u64, len: u64) -> Result<bool> {
         return Ok(false);
     }
     let mut b = [0u8; 1];
-    st.read_at(off + 4, &mut b)
-        .map_err(io_err("peeking at the log tail"))?;
-    Ok(b[0] == 0)
+    match st.read_at(off + 4, &mut b) {
+        Ok(()) => Ok(b[0] == 0),
+        // The file was cut back since its length was read (a writer trimmed its preallocated
+        // zeros or a torn tail): nothing new there.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
+        Err(e) => Err(Error::io("peeking at the log tail", e)),
+    }
 }
