@@ -112,18 +112,35 @@ enum Command {
         #[arg(long)]
         values: Option<String>,
     },
-    /// Show the format, key count and sizes (live/dead bytes for native stores).
+    /// Show the format, key count and sizes (live, dead and checkpoint bytes for native
+    /// stores), how values are encoded, whether the last writer closed the store, and whether it
+    /// is damaged (native stores are checked record by record; exit status 1 on damage).
     Info {
         path: PathBuf,
+        /// Print one JSON object (exact byte counts).
         #[arg(long)]
         json: bool,
+        /// Show sizes as exact byte counts instead of KiB/MiB.
+        #[arg(long)]
+        bytes: bool,
     },
     /// Verify every record's checksum (native stores), or read every bucket and record of a
     /// dbm.gnu / dbm.ndbm file and report what is readable.
-    Check { path: PathBuf },
+    Check {
+        path: PathBuf,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Salvage every intact record of a damaged native store (or every readable pair of a
     /// damaged dbm.gnu / dbm.ndbm file) into a new native store.
-    Repair { src: PathBuf, dst: PathBuf },
+    Repair {
+        src: PathBuf,
+        dst: PathBuf,
+        /// Print the report as one JSON object (native stores).
+        #[arg(long)]
+        json: bool,
+    },
     /// Reclaim dead space.
     Compact { path: PathBuf },
     /// Inspect pickles safely: nothing is imported or run.
@@ -269,9 +286,11 @@ fn run(cli: Cli) -> Result<()> {
             to,
             values,
         } => store::convert(&src, &dst, store::backend_named(&to)?, values.as_deref()),
-        Command::Info { path, json } => store::info(&path, store::Output { json, decode: None }),
-        Command::Check { path } => store::check(&path),
-        Command::Repair { src, dst } => store::repair(&src, &dst),
+        Command::Info { path, json, bytes } => {
+            store::info(&path, store::Output { json, decode: None }, bytes)
+        }
+        Command::Check { path, json } => store::check(&path, json),
+        Command::Repair { src, dst, json } => store::repair(&src, &dst, json),
         Command::Compact { path } => store::compact(&path),
         Command::Pickle {
             command: PickleCommand::Show { file, ops },
@@ -360,7 +379,7 @@ fn demo(path: &PathBuf, records: u32) -> Result<()> {
     }
     let s = store.stats()?;
     println!(
-        "{}: {} keys ({} decoded), value encoding {:?}, file {} bytes, live {} bytes, dead {} bytes",
+        "{}: {} keys ({} decoded), values: {}, file {} bytes, live {} bytes, dead {} bytes",
         path.display(),
         s.keys,
         decoded,

@@ -420,26 +420,62 @@ pub fn convert(src: &Path, dst: &Path, to: Backend, values: Option<&str>) -> Res
     Ok(())
 }
 
-pub fn info(path: &Path, out: Output) -> Result<()> {
+/// A byte count for people: `804.7 KiB`, or the exact count with `--bytes`.
+fn size(n: u64, exact: bool) -> String {
+    if exact || n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64;
+    let mut unit = "B";
+    for u in ["KiB", "MiB", "GiB", "TiB"] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit} ({n} bytes)")
+}
+
+/// `cellar info`: what a store is, how big, and whether it is healthy (native stores are
+/// checked record by record; exit status 1 when damage is found).
+pub fn info(path: &Path, out: Output, exact: bool) -> Result<()> {
     refuse_special(path)?;
     let kind = match dbm::whichdb(path) {
         WhichDb::Kind(k) => k,
         WhichDb::Unreadable => return require_store(path),
-        WhichDb::Unknown => bail!("{}: db type could not be determined", path.display()),
+        WhichDb::Unknown => bail!(
+            "{} is not a store cellar recognises (native, sqlite3, dumb, dbm.gnu, dbm.ndbm); if it \
+             is a damaged native store, `cellar repair {} NEW` salvages its records",
+            path.display(),
+            path.display()
+        ),
     };
     let db = open(path, "r")?;
     let i = db.info()?;
-    let mut fields = vec![
-        ("format", json!(kind.name())),
-        ("keys", json!(i.keys)),
-        ("file_bytes", json!(i.file_bytes)),
-        ("live_bytes", json!(i.live_bytes)),
+    let mut json_fields = serde_json::Map::new();
+    let mut human: Vec<(String, String)> = vec![
+        ("store".into(), path.display().to_string()),
+        ("format".into(), kind.name().into()),
+        ("keys".into(), i.keys.to_string()),
+        ("file size".into(), size(i.file_bytes, exact)),
+        ("live data".into(), size(i.live_bytes, exact)),
     ];
+    json_fields.insert("format".into(), json!(kind.name()));
+    json_fields.insert("keys".into(), json!(i.keys));
+    json_fields.insert("file_bytes".into(), json!(i.file_bytes));
+    json_fields.insert("live_bytes".into(), json!(i.live_bytes));
+    let mut damaged = None;
     if matches!(kind, DbKind::Gnu | DbKind::Ndbm) {
         if let Some(b) = Backend::from_kind(kind) {
             let legacy = dbm::open_legacy(path, b)?;
-            fields.push(("variant", json!(legacy.variant())));
-            fields.push(("read_only", json!(true)));
+            human.push(("variant".into(), legacy.variant().to_string()));
+            human.push((
+                "read-only".into(),
+                "yes (`cellar convert` migrates it)".into(),
+            ));
+            json_fields.insert("variant".into(), json!(legacy.variant()));
+            json_fields.insert("read_only".into(), json!(true));
         }
     }
     if kind == DbKind::Native {
@@ -453,29 +489,72 @@ pub fn info(path: &Path, out: Output) -> Result<()> {
             },
         )?;
         let s = store.stats()?;
-        fields.push(("dead_bytes", json!(s.dead_bytes)));
-        fields.push(("compression_ratio", json!(s.compression_ratio)));
-        fields.push((
-            "value_encoding",
-            json!(format!("{:?}", store.value_encoding())),
+        let report = cellar::engine::check_file(path)?;
+        human.push(("dead (reclaimable)".into(), size(s.dead_bytes, exact)));
+        human.push(("index checkpoint".into(), size(s.checkpoint_bytes, exact)));
+        human.push(("value encoding".into(), store.value_encoding().to_string()));
+        human.push((
+            "compression".into(),
+            format!(
+                "{:.2}x{}",
+                s.compression_ratio,
+                if s.has_dictionary {
+                    " (trained dictionary)"
+                } else {
+                    ""
+                }
+            ),
         ));
-        fields.push(("generation", json!(s.generation)));
+        human.push(("generation".into(), s.generation.to_string()));
+        human.push((
+            "closed cleanly".into(),
+            if report.closed_cleanly {
+                "yes".into()
+            } else {
+                match report.torn_tail {
+                    Some((off, len)) => format!(
+                        "no: a writer has it open or died; an unfinished commit of {len} bytes at \
+                         offset {off} is dropped by the next writer"
+                    ),
+                    None => {
+                        "no: a writer has it open, or died before closing (nothing was lost)".into()
+                    }
+                }
+            },
+        ));
+        let problems =
+            report.damage.len() + report.checkpoint.len() + usize::from(report.header.is_some());
+        let status = if report.is_ok() {
+            "ok".to_string()
+        } else {
+            damaged = Some(problems);
+            format!(
+                "DAMAGED: {problems} problem(s); `cellar check {}` lists them, `cellar repair {} \
+                 NEW` salvages every intact record",
+                path.display(),
+                path.display()
+            )
+        };
+        human.push(("status".into(), status));
+        json_fields.insert("dead_bytes".into(), json!(s.dead_bytes));
+        json_fields.insert("checkpoint_bytes".into(), json!(s.checkpoint_bytes));
+        json_fields.insert("compression_ratio".into(), json!(s.compression_ratio));
+        json_fields.insert("has_dictionary".into(), json!(s.has_dictionary));
+        json_fields.insert(
+            "value_encoding".into(),
+            json!(store.value_encoding().to_string()),
+        );
+        json_fields.insert("generation".into(), json!(s.generation));
+        json_fields.insert("closed_cleanly".into(), json!(report.closed_cleanly));
+        json_fields.insert("ok".into(), json!(report.is_ok()));
     }
     if out.json {
-        let map: serde_json::Map<String, Json> = fields
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        println!("{}", Json::Object(map));
+        println!("{}", Json::Object(json_fields));
     } else {
-        for (k, v) in fields {
-            println!(
-                "{k}: {}",
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            );
-        }
+        print_fields(&human);
+    }
+    if let Some(n) = damaged {
+        bail!("{} is damaged ({n} problem(s))", path.display());
     }
     Ok(())
 }
@@ -563,7 +642,7 @@ fn print_fields(fields: &[(String, String)]) {
     }
 }
 
-pub fn check(path: &Path) -> Result<()> {
+pub fn check(path: &Path, json: bool) -> Result<()> {
     refuse_special(path)?;
     if let WhichDb::Kind(k @ (DbKind::Gnu | DbKind::Ndbm)) = dbm::whichdb(path) {
         if let Some(b) = Backend::from_kind(k) {
@@ -653,7 +732,31 @@ pub fn check(path: &Path) -> Result<()> {
         "status".into(),
         if ok { "ok".into() } else { "DAMAGED".into() },
     ));
-    print_fields(&f);
+    if json {
+        let damage: Vec<Json> = report
+            .damage
+            .iter()
+            .map(|d| json!({"offset": d.offset, "len": d.len, "reason": d.reason}))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "store": path.display().to_string(),
+                "file_bytes": report.file_bytes,
+                "records": report.records,
+                "header": report.header,
+                "checkpoint": report.checkpoint,
+                "damage": damage,
+                "torn_tail": report.torn_tail.map(|(offset, len)| json!({"offset": offset, "len": len})),
+                "index_errors": report.index_errors,
+                "open_error": open_error,
+                "closed_cleanly": report.closed_cleanly,
+                "ok": ok,
+            })
+        );
+    } else {
+        print_fields(&f);
+    }
     if ok {
         Ok(())
     } else {
@@ -710,7 +813,7 @@ fn repair_legacy(src: &Path, dst: &Path, backend: Backend) -> Result<()> {
     Ok(())
 }
 
-pub fn repair(src: &Path, dst: &Path) -> Result<()> {
+pub fn repair(src: &Path, dst: &Path, json: bool) -> Result<()> {
     if let WhichDb::Kind(k @ (DbKind::Gnu | DbKind::Ndbm)) = dbm::whichdb(src) {
         if let Some(b) = Backend::from_kind(k) {
             return repair_legacy(src, dst, b);
@@ -761,7 +864,28 @@ pub fn repair(src: &Path, dst: &Path) -> Result<()> {
             "the source was intact; the new store holds all of it".into()
         },
     ));
-    print_fields(&f);
+    if json {
+        let damage: Vec<Json> = r
+            .damage
+            .iter()
+            .map(|d| json!({"offset": d.offset, "len": d.len, "reason": d.reason}))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "source": src.display().to_string(),
+                "new_store": dst.display().to_string(),
+                "header_damaged": r.header_damaged,
+                "salvaged_records": r.salvaged_records,
+                "keys": r.keys,
+                "dropped_partial_records": r.dropped_partial_records,
+                "damage": damage,
+                "source_damaged": damaged,
+            })
+        );
+    } else {
+        print_fields(&f);
+    }
     if damaged {
         bail!(
             "{} was damaged (exit status 1); {} holds every intact record",
@@ -781,7 +905,12 @@ pub fn compact(path: &Path) -> Result<()> {
     let after = db.info()?.file_bytes;
     db.close()?;
     pb.finish_and_clear();
-    println!("{}: {before} -> {after} bytes", path.display());
+    println!(
+        "{}: {} -> {}",
+        path.display(),
+        size(before, false),
+        size(after, false)
+    );
     Ok(())
 }
 

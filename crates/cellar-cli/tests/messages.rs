@@ -166,3 +166,128 @@ fn slices_parse_in_every_form_python_accepts() {
         assert_eq!(String::from_utf8_lossy(&shown_now.stdout).trim(), shown);
     }
 }
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `key:` -> value, from aligned `key: value` lines.
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")).map(str::trim))
+}
+
+#[test]
+fn info_check_and_repair_speak_to_people_and_to_scripts() {
+    let dir = tmpdir("info");
+    let db = dir.join("d.cellar");
+    let o = run(&["demo", s(&db), "--records", "3000"], b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let demo = stdout(&o);
+    assert!(demo.contains("values: marshal version 4"), "{demo}");
+    assert!(!demo.contains("Marshal {"), "{demo}");
+
+    // A fresh store: aligned fields, human sizes, no dead bytes, closed cleanly, ok.
+    let o = run(&["info", s(&db)], b"");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    let col = text
+        .lines()
+        .map(|l| {
+            l.find(|c: char| c == ':')
+                .map(|i| l[i + 1..].len() - l[i + 1..].trim_start().len() + i)
+        })
+        .collect::<Vec<_>>();
+    assert!(
+        col.windows(2).all(|w| w[0] == w[1]),
+        "values aligned:\n{text}"
+    );
+    assert_eq!(field(&text, "format"), Some("dbm.native"));
+    assert_eq!(field(&text, "keys"), Some("3001"));
+    assert!(
+        field(&text, "file size").is_some_and(|v| v.contains("KiB (")),
+        "{text}"
+    );
+    assert_eq!(
+        field(&text, "dead (reclaimable)"),
+        Some("0 bytes"),
+        "{text}"
+    );
+    assert_eq!(field(&text, "value encoding"), Some("marshal version 4"));
+    assert_eq!(field(&text, "closed cleanly"), Some("yes"));
+    assert_eq!(field(&text, "status"), Some("ok"));
+    let exact = stdout(&run(&["info", s(&db), "--bytes"], b""));
+    assert!(
+        field(&exact, "file size").is_some_and(|v| v.ends_with(" bytes") && !v.contains("KiB")),
+        "{exact}"
+    );
+    let j: serde_json::Value =
+        serde_json::from_slice(&run(&["info", s(&db), "--json"], b"").stdout).expect("info --json");
+    assert_eq!(j["keys"], 3001);
+    assert_eq!(j["dead_bytes"], 0);
+    assert_eq!(j["ok"], true);
+    assert_eq!(j["value_encoding"], "marshal version 4");
+
+    // After a compaction, still no dead bytes.
+    assert!(run(&["compact", s(&db)], b"").status.success());
+    let j: serde_json::Value =
+        serde_json::from_slice(&run(&["info", s(&db), "--json"], b"").stdout).expect("json");
+    assert_eq!(j["dead_bytes"], 0, "{j}");
+
+    // Damage: info says so and exits 1; check and repair report it in both forms.
+    let mut bytes = std::fs::read(&db).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&db, &bytes).expect("write");
+    let o = run(&["info", s(&db)], b"");
+    assert_eq!(o.status.code(), Some(1));
+    let text = stdout(&o);
+    assert!(
+        field(&text, "status")
+            .is_some_and(|v| v.starts_with("DAMAGED") && v.contains("cellar repair")),
+        "{text}"
+    );
+    let o = run(&["check", s(&db)], b"");
+    assert_eq!(o.status.code(), Some(1));
+    let text = stdout(&o);
+    assert_eq!(field(&text, "status"), Some("DAMAGED"), "{text}");
+    assert!(!text.contains("CheckReport {"), "{text}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&run(&["check", s(&db), "--json"], b"").stdout)
+            .expect("check --json");
+    assert_eq!(j["ok"], false);
+    assert_eq!(j["damage"].as_array().map(Vec::len), Some(1), "{j}");
+    let fixed = dir.join("fixed.cellar");
+    let o = run(&["repair", s(&db), s(&fixed), "--json"], b"");
+    assert_eq!(o.status.code(), Some(1));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("repair --json");
+    assert_eq!(j["source_damaged"], true);
+    assert_eq!(j["keys"], 3000, "{j}");
+    let o = run(&["check", s(&fixed)], b"");
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn help_names_every_command_and_every_format() {
+    let o = run(&["--help"], b"");
+    assert!(o.status.success());
+    let help = stdout(&o);
+    for cmd in [
+        "demo", "get", "set", "del", "keys", "dump", "load", "convert", "info", "check", "repair",
+        "compact", "pickle", "marshal",
+    ] {
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(cmd)),
+            "{cmd} missing:\n{help}"
+        );
+    }
+    let o = run(&["get", "--help"], b"");
+    assert!(stdout(&o).contains("dbm.gnu"), "{}", stdout(&o));
+    let o = run(&["info", "--help"], b"");
+    let text = stdout(&o);
+    assert!(
+        text.contains("--json") && text.contains("--bytes"),
+        "{text}"
+    );
+}

@@ -81,6 +81,20 @@ impl ValueEncoding {
     }
 }
 
+/// How a person reads it: `raw bytes`, `pickle protocol 4`, `marshal version 4`.
+impl std::fmt::Display for ValueEncoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueEncoding::Raw => f.write_str("raw bytes"),
+            ValueEncoding::Pickle { protocol } => write!(f, "pickle protocol {protocol}"),
+            ValueEncoding::Marshal { version } => write!(f, "marshal version {version}"),
+            ValueEncoding::Other { kind, version } => {
+                write!(f, "unknown encoding (kind {kind}, version {version})")
+            }
+        }
+    }
+}
+
 /// Value compression of a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {

@@ -96,8 +96,11 @@ pub struct Stats {
     pub keys: u64,
     /// Bytes of records that hold live values.
     pub live_bytes: u64,
-    /// Log bytes that compaction would reclaim (old versions, deletes, checkpoints).
+    /// Log bytes that compaction would reclaim (old versions, deletes, superseded checkpoints).
     pub dead_bytes: u64,
+    /// Bytes of the newest index checkpoint: not dead (compaction writes a new one), counted
+    /// apart so that a freshly compacted store reports no dead bytes.
+    pub checkpoint_bytes: u64,
     /// File size.
     pub file_bytes: u64,
     /// Uncompressed size of the live values.
@@ -144,6 +147,9 @@ pub struct CheckReport {
     pub torn_tail: Option<(u64, u64)>,
     /// Index entries that do not point at an intact PUT record with a matching key.
     pub index_errors: Vec<String>,
+    /// The newest checkpoint slot carries the clean-close mark: the last writer closed the
+    /// store (false while a writer has it open, or after a writer died).
+    pub closed_cleanly: bool,
 }
 
 impl CheckReport {
@@ -567,10 +573,23 @@ impl Gen {
         let live = self.live_bytes.load(Ordering::Relaxed);
         let raw = self.raw_value_bytes.load(Ordering::Relaxed);
         let stored = self.stored_value_bytes.load(Ordering::Relaxed);
+        let slot = lock(&self.track).slot;
+        let checkpoint = if slot.index_offset >= LOG_START
+            && slot.covers_end > slot.index_offset
+            && slot.covers_end <= end
+        {
+            slot.covers_end - slot.index_offset
+        } else {
+            0
+        };
         Stats {
             keys: self.keys.load(Ordering::Relaxed),
             live_bytes: live,
-            dead_bytes: end.saturating_sub(LOG_START).saturating_sub(live),
+            dead_bytes: end
+                .saturating_sub(LOG_START)
+                .saturating_sub(live)
+                .saturating_sub(checkpoint),
+            checkpoint_bytes: checkpoint,
             file_bytes: end,
             raw_value_bytes: raw,
             stored_value_bytes: stored,
@@ -1577,6 +1596,7 @@ fn check_storage(st: &dyn Storage, limit: u64, open: bool) -> Result<CheckReport
     })?;
     report.file_bytes = len;
     report.header = header_problem;
+    report.closed_cleanly = newest.is_some_and(|s| s.is_closed());
     let slots_ok = slot_damage.is_empty();
     report.checkpoint = slot_damage;
     let closed = newest.filter(|s| s.is_closed() && !open && slots_ok);
