@@ -194,7 +194,7 @@ fn info_check_and_repair_speak_to_people_and_to_scripts() {
     let col = text
         .lines()
         .map(|l| {
-            l.find(|c: char| c == ':')
+            l.find(':')
                 .map(|i| l[i + 1..].len() - l[i + 1..].trim_start().len() + i)
         })
         .collect::<Vec<_>>();
