@@ -2,6 +2,10 @@
 //! unpickler, [`crate::pickle_load`]) and `_pickle_dumps` ([`crate::pickle_dump`]). The public
 //! module is `python/cellar/pickle.py`, which builds loaders from `allow=` and cellar.copyreg.
 
+// Issue 12: every unsafe block documented, no unsafe operation without its own block (the
+// crate-level attribute waits for the marshal modules).
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 use std::collections::HashMap;
 
 use pyo3::buffer::PyBuffer;

@@ -8,6 +8,10 @@
 //! 0-2), classes and functions by name, `cellar.pickle.Inert` objects written back the way they
 //! were read, and anything `cellar.copyreg` registers through its reduce function.
 
+// Issue 12: every unsafe block documented, no unsafe operation without its own block (the
+// crate-level attribute waits for the marshal modules).
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 use std::collections::HashMap;
 
 use pyo3::exceptions::{PyRecursionError, PyValueError};

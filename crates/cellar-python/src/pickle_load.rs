@@ -8,7 +8,8 @@
 //!   `allowed` maps `(module, qualname)` to it, and only those objects (plus the `cls.__new__`
 //!   and `functools.partial` objects derived from them, see below) may be called;
 //! - one of the globals CPython writes for basic types (`builtins.complex`, `set`, `frozenset`,
-//!   `bytearray`, `bytes`, `slice`, `range`, `Ellipsis`, `StopIteration`, `_codecs.encode`), each called
+//!   `bytearray`, `bytes`, `slice`, `range`, `Ellipsis`, `StopIteration`, `NotImplemented`,
+//!   `_codecs.encode`), each called
 //!   only with the argument shapes CPython writes (so `bytearray(10**12)` is refused);
 //! - a pattern marker (`copyreg._reconstructor`, `copyreg.__newobj__`, `copyreg.__newobj_ex__`,
 //!   `builtins.getattr`, `functools.partial`, and the reconstructor bases `builtins.object`,
@@ -17,12 +18,26 @@
 //!   2-3;
 //! - with `inert=True`, an inert object (`cellar.pickle.Inert`): the global, and what the pickle
 //!   does with it (REDUCE/NEWOBJ arguments, BUILD state, appended items), kept as data;
-//! - otherwise `UnpicklingError: global 'os.system' is forbidden ...`.
+//! - otherwise `UnpicklingError: global 'os.system' is forbidden ...`, with the message from
+//!   `cellar_pickle::policy::refusal` (class or function, the `(module, qualname, obj)` form).
+//!
+//! The default globals come from the one table `cellar_pickle::policy::DEFAULT_GLOBALS`; they go
+//! on the stack as stand-ins (never the real stdlib objects), so BUILD, SETITEM or an allowed
+//! callable can never reach copyreg's or functools' functions, and a stand-in the result still
+//! references at STOP is refused. BUILD acts only on objects this load created through an
+//! allowed class or callable (fresh: nobody else held them); `__setstate__` comes from the
+//! class's MRO, never from the instance. APPEND/SETITEM/ADDITEMS on anything but an exact
+//! container, an inert object or a created instance is refused, and containers an allowed
+//! callable returned while others hold them are never mutated.
 //!
 //! Bounds for hostile input: every length is checked against the bytes present before anything
 //! is allocated, MARK nesting and the nesting of the result are limited by `max_depth`, the bytes
 //! the result may occupy by `max_bytes` (charged for payloads and for the copies the basic-type
 //! constructors make), and nothing panics.
+
+// Issue 12: every unsafe block documented, no unsafe operation without its own block (the
+// crate-level attribute waits for the marshal modules).
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::collections::{HashMap, HashSet};
 
@@ -201,6 +216,9 @@ struct Loader<'a, 'py> {
     /// Objects this load created through an allowed class or callable (fresh: nobody else held
     /// a reference when they were made): the only targets BUILD may act on.
     created: HashSet<usize>,
+    /// Exact containers an allowed callable returned that someone else also references: never
+    /// mutated (kept alive in `derived`).
+    foreign: HashSet<usize>,
     /// Set by `reduce` / `newobj` / `instantiate` when the object they return was made by an
     /// allowed class or callable (so it may become a BUILD target if it is fresh).
     made: bool,
@@ -246,6 +264,7 @@ pub(crate) fn load<'py>(
         callable,
         derived: Vec::new(),
         created: HashSet::new(),
+        foreign: HashSet::new(),
         made: false,
         setstate_cache: HashMap::new(),
         stand_ins: HashMap::new(),
@@ -560,7 +579,9 @@ impl<'a, 'py> Loader<'a, 'py> {
         let d = self.items_depth(m)?;
         let (head, items) = self.stack.split_at_mut(m);
         let slot = &mut head[m - 1];
-        if !is_exact::<PyList>(&slot.0) {
+        if !is_exact::<PyList>(&slot.0)
+            || (!self.foreign.is_empty() && self.foreign.contains(&(slot.0.as_ptr() as usize)))
+        {
             return Ok(false);
         }
         slot.1 = slot.1.max(d);
@@ -584,7 +605,9 @@ impl<'a, 'py> Loader<'a, 'py> {
         let d = self.items_depth(m)?;
         let (head, items) = self.stack.split_at_mut(m);
         let slot = &mut head[m - 1];
-        if !is_exact::<PyDict>(&slot.0) {
+        if !is_exact::<PyDict>(&slot.0)
+            || (!self.foreign.is_empty() && self.foreign.contains(&(slot.0.as_ptr() as usize)))
+        {
             return Ok(false);
         }
         slot.1 = slot.1.max(d);
@@ -1278,6 +1301,7 @@ impl<'a, 'py> Loader<'a, 'py> {
         let py = self.py;
         let target = self.target(&items)?;
         if let Ok(l) = target.cast_exact::<PyList>() {
+            self.not_foreign(&target)?;
             for (o, _) in items {
                 // SAFETY: GIL held; both are live objects.
                 if unsafe { ffi::PyList_Append(l.as_ptr(), o.as_ptr()) } < 0 {
@@ -1287,13 +1311,16 @@ impl<'a, 'py> Loader<'a, 'py> {
             return Ok(());
         }
         if self.is_inert(&target) {
+            self.not_inert_global(&target)?;
             let li = target.getattr(intern!(py, "listitems"))?;
             for (o, _) in items {
                 li.call_method1(intern!(py, "append"), (o,))?;
             }
             return Ok(());
         }
-        // A list subclass (or anything with extend/append), as the C unpickler does.
+        // A list subclass the decoder created through an allowed class, as the C unpickler
+        // does; anything else (a stand-in, a class, an object it did not create) is refused.
+        self.mutable_target(&target, "APPEND/APPENDS target is not a list")?;
         if let Ok(ext) = target.getattr(intern!(py, "extend")) {
             let l = PyList::new(py, items.into_iter().map(|(o, _)| o))?;
             ext.call1((l,))?;
@@ -1310,6 +1337,7 @@ impl<'a, 'py> Loader<'a, 'py> {
         let py = self.py;
         let target = self.target(&items)?;
         if let Ok(d) = target.cast_exact::<PyDict>() {
+            self.not_foreign(&target)?;
             let mut it = items.into_iter();
             while let (Some((k, _)), Some((v, _))) = (it.next(), it.next()) {
                 // SAFETY: GIL held; all three are live objects.
@@ -1320,6 +1348,7 @@ impl<'a, 'py> Loader<'a, 'py> {
             return Ok(());
         }
         if self.is_inert(&target) {
+            self.not_inert_global(&target)?;
             let di = target.getattr(intern!(py, "dictitems"))?;
             let mut it = items.into_iter();
             while let (Some((k, _)), Some((v, _))) = (it.next(), it.next()) {
@@ -1327,6 +1356,7 @@ impl<'a, 'py> Loader<'a, 'py> {
             }
             return Ok(());
         }
+        self.mutable_target(&target, "SETITEM/SETITEMS target is not a dict")?;
         let mut it = items.into_iter();
         while let (Some((k, _)), Some((v, _))) = (it.next(), it.next()) {
             target.set_item(k, v)?;
@@ -1337,22 +1367,59 @@ impl<'a, 'py> Loader<'a, 'py> {
     fn add_items(&mut self, items: Vec<Slot<'py>>) -> Res<()> {
         let py = self.py;
         let target = self.target(&items)?;
-        if let Ok(s) = target.cast::<PySet>() {
+        if let Ok(s) = target.cast_exact::<PySet>() {
+            self.not_foreign(&target)?;
             for (o, _) in items {
                 s.add(o)?;
             }
             return Ok(());
         }
         if self.is_inert(&target) {
+            self.not_inert_global(&target)?;
             let li = target.getattr(intern!(py, "listitems"))?;
             for (o, _) in items {
                 li.call_method1(intern!(py, "append"), (o,))?;
             }
             return Ok(());
         }
+        self.mutable_target(&target, "ADDITEMS target is not a set")?;
         let add = target.getattr(intern!(py, "add"))?;
         for (o, _) in items {
             add.call1((o,))?;
+        }
+        Ok(())
+    }
+
+    /// An inert global (a class or function named by the pickle) takes no items, as in Rust.
+    fn not_inert_global(&self, target: &Bound<'py, PyAny>) -> Res<()> {
+        let construct = target.getattr(intern!(self.py, "construct"))?;
+        if construct.cast::<PyString>()?.to_str()? == "global" {
+            return Err(uerr(
+                self.py,
+                format!("items added to the global {} itself", self.name_of(target)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// APPEND(S) / SETITEM(S) / ADDITEMS on something that is not an exact container: only an
+    /// instance the decoder created through an allowed class (a list/dict/set subclass).
+    fn mutable_target(&self, target: &Bound<'py, PyAny>, msg: &str) -> Res<()> {
+        if self.created.contains(&(target.as_ptr() as usize)) {
+            return Ok(());
+        }
+        Err(uerr(self.py, msg))
+    }
+
+    /// An exact container an allowed callable returned while something else still held it
+    /// (a module-level list or dict): never mutated.
+    fn not_foreign(&self, target: &Bound<'py, PyAny>) -> Res<()> {
+        if !self.foreign.is_empty() && self.foreign.contains(&(target.as_ptr() as usize)) {
+            return Err(uerr(
+                self.py,
+                "the target is a container an allowed callable returned but did not create: \
+                 cellar.pickle never mutates it",
+            ));
         }
         Ok(())
     }
@@ -1591,8 +1658,25 @@ impl<'a, 'py> Loader<'a, 'py> {
                 if let Ok(name) = name.cast::<PyString>() {
                     let p = obj.as_ptr() as usize;
                     let namespace = self.cfg.namespaces.values().any(|v| v.is(&obj));
-                    if self.callable.contains(&p) || namespace {
-                        let r = obj.getattr(name)?;
+                    if (self.callable.contains(&p) || namespace) && obj.is_instance_of::<PyType>() {
+                        // Never a real getattr on the allowed object (no descriptors, no
+                        // metaclass __getattr__ run by the pickle): `__new__` through the type,
+                        // anything else only from the class's own __dict__ (nested classes).
+                        let found = if name.to_str()? == "__new__" {
+                            Some(obj.getattr(name)?)
+                        } else {
+                            obj.getattr(intern!(py, "__dict__"))?.get_item(name).ok()
+                        };
+                        let Some(r) = found else {
+                            return Err(uerr(
+                                py,
+                                format!(
+                                    "REDUCE: getattr({}, {}): no such attribute in the class",
+                                    self.name_of(&obj),
+                                    name.repr()?
+                                ),
+                            ));
+                        };
                         let rp = r.as_ptr() as usize;
                         if name.to_str()? == "__new__"
                             && obj.is_instance_of::<PyType>()
@@ -1922,8 +2006,17 @@ impl<'a, 'py> Loader<'a, 'py> {
     fn note_made(&mut self, r: &Bound<'py, PyAny>) {
         // SAFETY: GIL held; `r` is a live object (Py_REFCNT only reads its header).
         let fresh = unsafe { ffi::Py_REFCNT(r.as_ptr()) } == 1;
-        if std::mem::take(&mut self.made) && fresh && !r.is_instance_of::<PyType>() {
+        let made = std::mem::take(&mut self.made);
+        if made && fresh && !r.is_instance_of::<PyType>() {
             self.created.insert(r.as_ptr() as usize);
+            self.derived.push(r.clone());
+        } else if made
+            && !fresh
+            && (r.is_exact_instance_of::<PyList>()
+                || r.is_exact_instance_of::<PyDict>()
+                || r.is_exact_instance_of::<PySet>())
+        {
+            self.foreign.insert(r.as_ptr() as usize);
             self.derived.push(r.clone());
         }
     }

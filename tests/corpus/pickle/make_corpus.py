@@ -242,6 +242,21 @@ add(
     "getattr(allowed_class, '__init__'): only __new__",
 )
 add(
+    "getattr_allowed_missing_attr",
+    P2 + G("builtins", "getattr") + G(CC, "Point") + U(":_init__") + b"\x86R.",
+    UE, "ok", UE,
+    "atheris finding: getattr(allowed_class, missing) leaked AttributeError (and ran a real getattr)",
+)
+add(
+    "append_on_marker",
+    P2 + G("builtins", "getattr") + G(CC, "Point") + U("__init__") + b"\x86a.",
+    UE, UE, UE,
+    "atheris finding: APPEND onto a pattern-marker stand-in leaked AttributeError",
+)
+add_all("append_on_global", P2 + G("builtins", "set") + b"K\x01a.", UE, "APPEND onto a basic-type global")
+add_all("setitem_on_global", P2 + G("copyreg", "__newobj__") + b"K\x01K\x02s.", UE, "SETITEM onto a marker (would set an item on the stdlib function)")
+add("append_on_allowed_class", P2 + G(CC, "Point") + b"K\x01a.", UE, UE, UE, "APPEND onto an allowed class")
+add(
     "partial_os_system",
     P2 + G("functools", "partial") + G("os", "system") + U("id") + b"\x86R)R.",
     UE, "ok", UE,
