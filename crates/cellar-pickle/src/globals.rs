@@ -44,7 +44,7 @@ pub struct GlobalUse {
 impl GlobalUse {
     /// What loading it requires of the caller.
     pub fn need(&self) -> Need {
-        if self.instantiated || (self.called && self.built) {
+        if self.instantiated {
             Need::Class
         } else if self.called {
             Need::Function
@@ -200,10 +200,16 @@ impl<'a> Scan<'a, '_> {
             None => Vec::new(),
         }
     }
+    /// A tuple's first two items; a nested tuple is opaque (no pattern looks inside one, and
+    /// flat slots keep 2^20 nested TUPLE1s from becoming a deep chain of boxes).
     fn tuple(items: Vec<A>) -> A {
+        let flat = |a: Option<A>| match a {
+            None | Some(A::Tup(_)) => A::Other,
+            Some(a) => a,
+        };
         let mut it = items.into_iter();
-        let a = it.next().unwrap_or(A::Other);
-        let b = it.next().unwrap_or(A::Other);
+        let a = flat(it.next());
+        let b = flat(it.next());
         A::Tup(Box::new([a, b]))
     }
 
@@ -562,6 +568,11 @@ mod tests {
         assert_eq!(names, ["copyreg._reconstructor", "m.P", "builtins.object"]);
         assert_eq!(r.globals[1].need(), Need::Class);
         assert!(r.globals[0].default.is_some_and(Known::is_marker));
+        // 2^20 nested 1-tuples: no deep structure is kept
+        let mut deep = b"\x80\x02N".to_vec();
+        deep.extend(std::iter::repeat_n(0x85u8, 1 << 20));
+        deep.push(b'.');
+        assert!(globals_of(&deep, &reg, true).globals.is_empty());
         // BUILD on a marker, and truncation still lists what was seen
         let r = globals_of(b"\x80\x02ccopyreg\n__newobj__\n}b", &reg, true);
         assert!(r.globals[0].built_itself);

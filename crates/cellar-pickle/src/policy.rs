@@ -127,10 +127,9 @@ pub fn default_global(module: &str, name: &str) -> Option<Known> {
 /// What a pickle needs from a global it names, from how it uses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
-    /// Used as a class (NEWOBJ, NEWOBJ_EX, INST, OBJ, `_reconstructor`, `__newobj__`, or called
-    /// and then given state by BUILD).
+    /// Used as a class (NEWOBJ, NEWOBJ_EX, INST, OBJ, `_reconstructor`, `__newobj__`).
     Class,
-    /// Called (REDUCE) and never given state: a function, or a class called like one.
+    /// Called (REDUCE): a function, or a class called like one.
     Function,
     /// Only referenced (a class or function stored as a value).
     Value,

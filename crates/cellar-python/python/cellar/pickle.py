@@ -393,7 +393,8 @@ class GlobalRef(NamedTuple):
 
     module: str
     name: str
-    #: ``'class'`` (instantiated, or called and given state), ``'function'`` (called) or
+    #: ``'class'`` (instantiated: NEWOBJ, INST, OBJ, copyreg patterns), ``'function'`` (called by
+    #: REDUCE: a function, or a class called like one) or
     #: ``'value'`` (only referenced).
     need: str
     #: How the default policy treats it (a basic type or a pattern marker), or None when the
