@@ -5,7 +5,8 @@
 //! - `cellar marshal encode [--version N]`: read a Python literal on stdin, write marshal bytes.
 //! - `cellar get|set|del|keys|dump|load|convert|info|check|repair|compact PATH ...`: work with
 //!   any store cellar opens (native, sqlite3, dumb), see [`store`].
-//! - `cellar pickle show FILE|- [--ops]`: decode a pickle safely (inert objects), or list its opcodes.
+//! - `cellar pickle show FILE|- [--ops|--globals]`: decode a pickle safely (inert objects), list
+//!   its opcodes, or list the globals it names and what each would need.
 //! - `cellar demo`: the main job end to end on the native engine.
 
 mod pickle_show;
@@ -182,6 +183,10 @@ enum PickleCommand {
         /// List the opcodes instead, like pickletools.dis.
         #[arg(long)]
         ops: bool,
+        /// List every global the pickle names and what loading it would need (class, function
+        /// or value; allowed by default or not) instead.
+        #[arg(long, conflicts_with = "ops")]
+        globals: bool,
     },
 }
 
@@ -293,11 +298,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Repair { src, dst, json } => store::repair(&src, &dst, json),
         Command::Compact { path } => store::compact(&path),
         Command::Pickle {
-            command: PickleCommand::Show { file, ops },
+            command: PickleCommand::Show { file, ops, globals },
         } => {
             let data = read_input(&file)?;
             let text = if ops {
                 pickle_show::ops(&data)?
+            } else if globals {
+                pickle_show::globals(&data)
             } else {
                 let v = pickle_show::decode(&data)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;

@@ -2,7 +2,7 @@
 //! Python literals, with objects of unknown classes shown inertly as
 //! `module.Name(args...)` followed by what the pickle applies to them
 //! (`.__setstate__(state)`, `.extend([...])`, `.update({...})`); `--ops` lists the opcodes like
-//! `pickletools.dis`.
+//! `pickletools.dis`; `--globals` lists every global it names and what loading it would need.
 
 use anyhow::Result;
 
@@ -43,4 +43,22 @@ pub fn ops(data: &[u8]) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+/// `--globals`: one line per global the pickle names (`cellar_pickle::globals_of`), then the
+/// error that stopped the scan early, if any.
+pub fn globals(data: &[u8]) -> String {
+    let report = pickle::globals_of(data, &Registry::default(), true);
+    let mut out = String::new();
+    for g in &report.globals {
+        out.push_str(&g.describe());
+        out.push('\n');
+    }
+    if report.globals.is_empty() {
+        out.push_str("(no globals)\n");
+    }
+    if let Some(e) = report.error {
+        out.push_str(&format!("(scan stopped: {e})\n"));
+    }
+    out
 }

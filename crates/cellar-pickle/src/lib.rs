@@ -37,8 +37,10 @@
 mod compat;
 mod disasm;
 mod error;
+mod globals;
 mod inert;
 pub mod ops;
+pub mod policy;
 mod read;
 mod registry;
 mod serde_api;
@@ -47,6 +49,7 @@ mod write;
 
 pub use crate::disasm::{disassemble, Op};
 pub use crate::error::{ErrorKind, PicklingError, RegistryError, UnpicklingError};
+pub use crate::globals::{globals_of, GlobalUse, GlobalsReport};
 pub use crate::inert::{Construct, Inert};
 pub use crate::read::{LoadOptions, PersistentLoad, DEFAULT_MAX_DEPTH};
 pub use crate::registry::{Constructor, Reducer, Registry};

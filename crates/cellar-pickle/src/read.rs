@@ -13,6 +13,7 @@ use crate::compat;
 use crate::error::{ErrorKind, UnpicklingError};
 use crate::inert::{Construct, Inert};
 use crate::ops::*;
+use crate::policy::{self, Known};
 use crate::registry::{Allowed, Registry};
 use crate::text::{self, DecodeErrors, StringEncoding};
 
@@ -100,7 +101,10 @@ enum GKind {
     Bytes,
     CodecsEncode,
     Slice,
-    /// A value global: Ellipsis, StopIteration.
+    /// `builtins.range`: `range(*ints)` becomes an inert `builtins.range(...)` description
+    /// (the value model has no range; the Python package builds a real range).
+    Range,
+    /// A value global: Ellipsis, StopIteration, NotImplemented (inert `builtins.NotImplemented`).
     Value(Value),
     /// Pattern helpers, only meaningful together with allowed classes.
     Reconstructor,
@@ -493,6 +497,10 @@ impl<'a, 'o> Reader<'a, 'o> {
         }
         loop {
             self.op_pos = self.pos;
+            if self.pos >= self.data.len() {
+                // pickle.py / _pickle: no opcode where one is expected is EOFError.
+                return Err(self.err_kind(ErrorKind::Eof, "Ran out of input"));
+            }
             let op = self.byte()?;
             match op {
                 PROTO => {
@@ -756,6 +764,9 @@ impl<'a, 'o> Reader<'a, 'o> {
                 }
                 FROZENSET => {
                     let mut items = self.pop_mark()?;
+                    for it in &items {
+                        self.check_hashable(it)?;
+                    }
                     self.settle_vec(&mut items)?;
                     self.charge(items.len() * 16)?;
                     let n = self.new_node(Node::FrozenSet(items))?;
@@ -791,6 +802,9 @@ impl<'a, 'o> Reader<'a, 'o> {
                     let mut items = self.pop_mark()?;
                     self.charge(items.len() * 16)?;
                     self.settle_vec(&mut items)?;
+                    for it in &items {
+                        self.check_hashable(it)?;
+                    }
                     let top = self.top()?.clone();
                     if let Item::N(n) = top {
                         self.frozen_target(n)?;
@@ -1140,6 +1154,9 @@ impl<'a, 'o> Reader<'a, 'o> {
     /// at `m - 1`.
     fn setitems_from(&mut self, m: usize) -> Res<()> {
         self.charge((self.stack.len() - m) * 16)?;
+        for i in (m..self.stack.len()).step_by(2) {
+            self.check_hashable(&self.stack[i])?;
+        }
         if let Item::N(n) = self.stack[m - 1] {
             self.frozen_target(n)?;
             self.settle_stack(m)?;
@@ -1195,6 +1212,37 @@ impl<'a, 'o> Reader<'a, 'o> {
         Err(self.err("SETITEM/SETITEMS target is not a dict"))
     }
 
+    /// A dict key or set member that is a node must be hashable as CPython sees it at the
+    /// SETITEM / ADDITEMS / FROZENSET: a list, dict or set (or a tuple holding one, however
+    /// deep, cycles included) is a TypeError there, never a recursive hash.
+    fn check_hashable(&self, it: &Item) -> Res<()> {
+        let Item::N(start) = it else {
+            return Ok(());
+        };
+        let mut todo = vec![*start];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(n) = todo.pop() {
+            if !seen.insert(n) {
+                continue;
+            }
+            let kind = match &self.nodes[n as usize] {
+                Node::List(_) => "list",
+                Node::Dict(_) | Node::DictV(_) => "dict",
+                Node::Set(_) => "set",
+                Node::Tuple(items) => {
+                    todo.extend(items.iter().filter_map(|i| match i {
+                        Item::N(c) => Some(*c),
+                        _ => None,
+                    }));
+                    continue;
+                }
+                _ => continue,
+            };
+            return Err(self.err_kind(ErrorKind::Type, format!("unhashable type: '{kind}'")));
+        }
+        Ok(())
+    }
+
     /// The items of a tuple on the stack (a finished tuple value or a tuple node).
     fn tuple_items(&self, it: &Item, what: &str) -> Res<Vec<Item>> {
         match it {
@@ -1222,32 +1270,40 @@ impl<'a, 'o> Reader<'a, 'o> {
         if let Some(&g) = self.glob_index.get(&(m.to_owned(), n.to_owned())) {
             return Ok(g);
         }
-        let kind = match (m, n) {
-            ("builtins", "complex") => GKind::Complex,
-            ("builtins", "set") => GKind::Set,
-            ("builtins", "frozenset") => GKind::FrozenSet,
-            ("builtins", "bytearray") => GKind::ByteArray,
-            ("builtins", "bytes") => GKind::Bytes,
-            ("_codecs", "encode") => GKind::CodecsEncode,
-            ("builtins", "slice") => GKind::Slice,
-            ("builtins", "Ellipsis") => GKind::Value(Value::Ellipsis),
-            ("builtins", "StopIteration") => GKind::Value(Value::StopIteration),
-            _ => match self.reg.lookup(m, n) {
+        // The fixed table lives in `policy`: basic types first, then the caller's registry,
+        // then the pattern markers (which a registry entry of the same name overrides).
+        let known = policy::default_global(m, n);
+        let basic = match known {
+            Some(Known::Complex) => Some(GKind::Complex),
+            Some(Known::Set) => Some(GKind::Set),
+            Some(Known::FrozenSet) => Some(GKind::FrozenSet),
+            Some(Known::ByteArray) => Some(GKind::ByteArray),
+            Some(Known::Bytes) => Some(GKind::Bytes),
+            Some(Known::CodecsEncode) => Some(GKind::CodecsEncode),
+            Some(Known::Slice) => Some(GKind::Slice),
+            Some(Known::Range) => Some(GKind::Range),
+            Some(Known::Ellipsis) => Some(GKind::Value(Value::Ellipsis)),
+            Some(Known::StopIteration) => Some(GKind::Value(Value::StopIteration)),
+            Some(Known::NotImplemented) => Some(GKind::Value(
+                Inert::global("builtins", "NotImplemented").to_value(),
+            )),
+            _ => None,
+        };
+        let kind = match basic {
+            Some(k) => k,
+            None => match self.reg.lookup(m, n) {
                 Some(Allowed::Construct(f)) => GKind::Class(Some(f.clone())),
                 Some(Allowed::Inert) => GKind::Class(None),
-                // Pattern helpers are accepted as inert markers: they are never resolved to
+                // Pattern markers are accepted as inert markers: they are never resolved to
                 // anything callable and only shape objects of allowed classes (anything else
                 // is refused when they are used).
-                None => match (m, n) {
-                    ("copyreg", "_reconstructor") => GKind::Reconstructor,
-                    ("copyreg", "__newobj__") => GKind::NewObjFn,
-                    ("copyreg", "__newobj_ex__") => GKind::NewObjExFn,
-                    ("builtins", "getattr") => GKind::Getattr,
-                    ("functools", "partial") => GKind::Partial,
-                    (
-                        "builtins",
-                        "object" | "list" | "dict" | "int" | "float" | "str" | "tuple",
-                    ) => GKind::Base,
+                None => match known {
+                    Some(Known::Reconstructor) => GKind::Reconstructor,
+                    Some(Known::NewObj) => GKind::NewObjFn,
+                    Some(Known::NewObjEx) => GKind::NewObjExFn,
+                    Some(Known::Getattr) => GKind::Getattr,
+                    Some(Known::Partial) => GKind::Partial,
+                    Some(Known::Base) => GKind::Base,
                     _ if self.opts.inert => GKind::Class(None),
                     _ => return Err(self.refused(m, n)),
                 },
@@ -1265,9 +1321,14 @@ impl<'a, 'o> Reader<'a, 'o> {
     }
 
     fn refused(&self, m: &str, n: &str) -> UnpicklingError {
-        self.err(format!(
-            "global '{m}.{n}' is forbidden: it is not in the registry (register it, or load with inert=True to inspect it)"
-        ))
+        // Error path only: scan the pickle to say how it uses the global.
+        let report = crate::globals::globals_of(self.data, self.reg, self.opts.fix_imports);
+        let need = report
+            .globals
+            .iter()
+            .find(|g| g.module == m && g.name == n)
+            .map(|g| g.need());
+        self.err(policy::refusal(m, n, need))
     }
 
     fn glob_name(&self, g: u32) -> String {
@@ -1298,12 +1359,53 @@ impl<'a, 'o> Reader<'a, 'o> {
                     pargs.remove(0);
                     return self.new_object(Item::G(cls), Construct::NewObjEx, pargs, kwargs);
                 }
+                if self.opts.inert {
+                    if let Node::Obj(o) = &self.nodes[n as usize] {
+                        let g = o.glob;
+                        return self.inert_call(g, Item::N(n), args);
+                    }
+                }
                 return Err(self.err("REDUCE target is not callable"));
+            }
+            Item::V(v, d) if self.opts.inert && matches!(v, Value::Object(_)) => {
+                let (m, nm) = match &v {
+                    Value::Object(o) => (o.module.clone(), o.name.clone()),
+                    _ => return Err(self.err("REDUCE target is not callable")),
+                };
+                let g = self.find_class(&m, &nm)?;
+                return self.inert_call(g, Item::V(v, d), args);
             }
             Item::V(..) => return Err(self.err("REDUCE target is not callable")),
         };
         let items = self.tuple_items(&args, "REDUCE args")?;
         let kind = self.globals[g as usize].kind.clone();
+        if !self.opts.inert || matches!(kind, GKind::Class(_)) {
+            return self.reduce_global(g, kind, items);
+        }
+        // Inert mode: a default global (basic type or pattern marker) called with a shape the
+        // policy does not serve is kept as an inert call, as the Python package does; limits
+        // and malformed data still fail.
+        let saved = items.clone();
+        match self.reduce_global(g, kind, items) {
+            Err(e) if is_shape_refusal(&e) => {
+                self.charge(saved.len() * 16)?;
+                let o = self.obj_node(g, Construct::Reduce, saved, None);
+                self.new_node(Node::Obj(Box::new(o)))
+            }
+            r => r,
+        }
+    }
+
+    /// Inert mode: `f(*args)` where `f` is an inert object, kept as a [`Construct::Call`].
+    fn inert_call(&mut self, g: u32, callee: Item, args: Item) -> Res<Item> {
+        let mut items = vec![callee];
+        items.extend(self.tuple_items(&args, "REDUCE args")?);
+        self.charge(items.len() * 16)?;
+        let o = self.obj_node(g, Construct::Call, items, None);
+        self.new_node(Node::Obj(Box::new(o)))
+    }
+
+    fn reduce_global(&mut self, g: u32, kind: GKind, items: Vec<Item>) -> Res<Item> {
         let bad = |s: &Self| s.err(format!("unsupported arguments for {}", s.glob_name(g)));
         match kind {
             GKind::Complex => {
@@ -1392,6 +1494,17 @@ impl<'a, 'o> Reader<'a, 'o> {
                     Value::Slice(Arc::new(Slice { start, stop, step })),
                     d + 1,
                 ))
+            }
+            GKind::Range => {
+                if !(1..=3).contains(&items.len())
+                    || !items
+                        .iter()
+                        .all(|it| matches!(it, Item::V(Value::Int(_), _)))
+                {
+                    return Err(bad(self));
+                }
+                let o = self.obj_node(g, Construct::Reduce, items, None);
+                self.new_node(Node::Obj(Box::new(o)))
             }
             GKind::Reconstructor => {
                 // copyreg._reconstructor(cls, base, state)
@@ -1769,7 +1882,7 @@ impl<'a, 'o> Reader<'a, 'o> {
                     let glob = &self.globals[o.glob as usize];
                     let (module, name) = (glob.module.clone(), glob.name.clone());
                     let ctor = match &glob.kind {
-                        GKind::Class(c) => c.clone(),
+                        GKind::Class(c) if o.construct != Construct::Call => c.clone(),
                         _ => None,
                     };
                     let mut args = Vec::with_capacity(o.args.len());
@@ -1833,6 +1946,20 @@ impl<'a, 'o> Reader<'a, 'o> {
             };
         Ok((v, depth + 1))
     }
+}
+
+/// A refusal of an argument shape (not a limit or malformed data): what inert mode keeps as an
+/// inert call instead.
+fn is_shape_refusal(e: &UnpicklingError) -> bool {
+    e.kind == ErrorKind::Unpickling
+        && [
+            "unsupported arguments for ",
+            "builtins.getattr is only allowed",
+            "functools.partial is only allowed",
+            "class argument must be a global",
+        ]
+        .iter()
+        .any(|p| e.message.starts_with(p))
 }
 
 fn str_of(it: &Item) -> Option<String> {

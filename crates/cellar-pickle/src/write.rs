@@ -661,6 +661,16 @@ impl Writer<'_> {
                     self.out.push(REDUCE);
                 }
             }
+            Construct::Call => {
+                // args = (callee, *call_args): the callee (an inert object), then REDUCE.
+                let (callee, rest) = match args.split_first() {
+                    Some((f, rest)) => (f.clone(), rest.to_vec()),
+                    None => return Err(PicklingError::new("an inert call without its callee")),
+                };
+                self.save(&callee)?;
+                self.save_tuple_of(&rest)?;
+                self.out.push(REDUCE);
+            }
             Construct::Reconstructor => {
                 self.save_global("copyreg", "_reconstructor")?;
                 let cls = Inert::global(&o.module, &o.name).to_value();

@@ -123,6 +123,7 @@ fn _cellar(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dumps, m)?)?;
     m.add_class::<pickle::PickleLoader>()?;
     m.add_function(wrap_pyfunction!(pickle::_pickle_dumps, m)?)?;
+    m.add_function(wrap_pyfunction!(pickle::_pickle_globals_of, m)?)?;
     m.add_function(wrap_pyfunction!(loads, m)?)?;
     m.add_function(wrap_pyfunction!(dump, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;

@@ -2,6 +2,10 @@
 //! unpickler, [`crate::pickle_load`]) and `_pickle_dumps` ([`crate::pickle_dump`]). The public
 //! module is `python/cellar/pickle.py`, which builds loaders from `allow=` and cellar.copyreg.
 
+// Issue 12: every unsafe block documented, no unsafe operation without its own block (the
+// crate-level attribute waits for the marshal modules).
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 use std::collections::HashMap;
 
 use pyo3::buffer::PyBuffer;
@@ -162,4 +166,76 @@ pub(crate) fn _pickle_dumps<'py>(
         )));
     }
     crate::pickle_dump::dumps(py, obj, protocol, fix_imports, inert, reducer)
+}
+
+/// One row of `_pickle_globals_of`: module, name, need ("class" / "function" / "value"), the
+/// default-policy description (None: needs `allow=`), called, instantiated, built, BUILD on the
+/// global itself, extension code, one-line description.
+type GlobalRow = (
+    String,
+    String,
+    &'static str,
+    Option<&'static str>,
+    bool,
+    bool,
+    bool,
+    bool,
+    Option<i32>,
+    String,
+);
+
+/// `_pickle_globals_of(data, fix_imports, extensions)`: every global the pickle names and how
+/// it uses it (cellar_pickle::globals_of), plus the message of the error that stopped the scan
+/// early, if any. `extensions` is copyreg's `_inverted_registry` (code -> (module, name)).
+#[pyfunction]
+#[pyo3(signature = (data, fix_imports=true, extensions=None))]
+pub(crate) fn _pickle_globals_of(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    fix_imports: bool,
+    extensions: Option<Bound<'_, PyDict>>,
+) -> PyResult<(Vec<GlobalRow>, Option<String>)> {
+    let owned;
+    let bytes: &[u8] = if let Ok(b) = data.cast::<PyBytes>() {
+        b.as_bytes()
+    } else if data.is_instance_of::<PyString>() {
+        return Err(pyo3::exceptions::PyTypeError::new_err(
+            "a bytes-like object is required, not 'str'",
+        ));
+    } else {
+        let buf = PyBuffer::<u8>::get(data)?;
+        owned = buf.to_vec(py)?;
+        &owned
+    };
+    let mut reg = cellar_pickle::Registry::default();
+    if let Some(ext) = extensions {
+        for (code, key) in ext.iter() {
+            let (Ok(code), Ok((m, n))) = (code.extract::<i64>(), key.extract::<(String, String)>())
+            else {
+                continue;
+            };
+            // A code cellar_pickle's registry refuses cannot appear in a valid pickle anyway.
+            let _ = reg.add_extension(&m, &n, code);
+        }
+    }
+    let report = cellar_pickle::globals_of(bytes, &reg, fix_imports);
+    let rows = report
+        .globals
+        .iter()
+        .map(|g| {
+            (
+                g.module.clone(),
+                g.name.clone(),
+                g.need().as_str(),
+                g.default.map(|k| k.describe()),
+                g.called,
+                g.instantiated,
+                g.built,
+                g.built_itself,
+                g.extension,
+                g.describe(),
+            )
+        })
+        .collect();
+    Ok((rows, report.error.map(|e| e.to_string())))
 }

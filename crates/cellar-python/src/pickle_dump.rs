@@ -8,6 +8,10 @@
 //! 0-2), classes and functions by name, `cellar.pickle.Inert` objects written back the way they
 //! were read, and anything `cellar.copyreg` registers through its reduce function.
 
+// Issue 12: every unsafe block documented, no unsafe operation without its own block (the
+// crate-level attribute waits for the marshal modules).
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 use std::collections::HashMap;
 
 use pyo3::exceptions::{PyRecursionError, PyValueError};
@@ -49,6 +53,13 @@ struct Writer<'py> {
     frame: Option<usize>,
     /// Object pointer -> memo index; the object is kept alive so its address cannot be reused.
     memo: HashMap<usize, (u32, Bound<'py, PyAny>), PtrBuild>,
+    /// Globals written by name (basic types' REDUCE targets, inert objects' classes):
+    /// `(module, name)` -> memo index, so a second use is a GET as in CPython (which memoizes
+    /// the class or function object).
+    globals_memo: HashMap<(String, String), u32>,
+    /// One str object per module name (protocol 4+), so STACK_GLOBAL's module string is
+    /// memoized once and fetched after, as CPython's `__module__` strings are.
+    module_strs: HashMap<String, Bound<'py, PyString>>,
     inert: Bound<'py, PyType>,
     reducer: Bound<'py, PyAny>,
     depth: u32,
@@ -70,6 +81,8 @@ pub(crate) fn dumps<'py>(
         fix_imports,
         frame: None,
         memo: HashMap::with_capacity_and_hasher(64, PtrBuild::default()),
+        globals_memo: HashMap::new(),
+        module_strs: HashMap::new(),
         inert,
         reducer,
         depth: 0,
@@ -112,18 +125,43 @@ impl<'py> Writer<'py> {
     #[inline(always)]
     fn boundary(&mut self) {
         if let Some(start) = self.frame {
-            if self.out.len() - start >= FRAME_TARGET {
+            // The frame's content only (CPython's frame_len excludes the 9-byte header).
+            if self.out.len() - start - 9 >= FRAME_TARGET {
                 self.end_frame();
                 self.start_frame();
             }
         }
     }
 
+    /// An opcode with a payload. A payload of 64 KiB or more goes outside frames, as CPython
+    /// writes it (`_Pickler_write_bytes`): the current frame is committed first, the opcode
+    /// and payload follow unframed, and a new frame starts after them.
+    #[inline(always)]
+    fn write_payload(&mut self, header: &[u8], data: &[u8]) {
+        if self.frame.is_some() && data.len() >= FRAME_TARGET {
+            self.end_frame();
+            self.out.extend_from_slice(header);
+            self.out.extend_from_slice(data);
+            self.start_frame();
+        } else {
+            self.out.extend_from_slice(header);
+            self.out.extend_from_slice(data);
+        }
+    }
+
     // ---- memo ----
 
     fn memoize(&mut self, obj: &Bound<'py, PyAny>) {
-        let idx = self.memo.len() as u32;
+        let idx = self.memo_len();
         self.memo.insert(obj.as_ptr() as usize, (idx, obj.clone()));
+        self.write_memoize(idx);
+    }
+
+    fn memo_len(&self) -> u32 {
+        (self.memo.len() + self.globals_memo.len()) as u32
+    }
+
+    fn write_memoize(&mut self, idx: u32) {
         if self.proto >= 4 {
             self.out.push(op::MEMOIZE);
         } else if self.proto >= 1 {
@@ -223,12 +261,12 @@ impl<'py> Writer<'py> {
         if let Ok(l) = obj.cast_exact::<PyList>() {
             self.open_container(obj, op::EMPTY_LIST, op::LIST);
             let items: Vec<_> = l.iter().collect();
-            return self.batch_appends(items);
+            return self.batch_list_exact(items);
         }
         if let Ok(d) = obj.cast_exact::<PyDict>() {
             self.open_container(obj, op::EMPTY_DICT, op::DICT);
             let items: Vec<_> = d.iter().collect();
-            return self.batch_setitems(items);
+            return self.batch_dict_exact(items);
         }
         if let Ok(s) = obj.cast_exact::<PySet>() {
             let items: Vec<_> = s.iter().collect();
@@ -239,12 +277,23 @@ impl<'py> Writer<'py> {
             }
             self.out.push(op::EMPTY_SET);
             self.memoize(obj);
-            for chunk in items.chunks(BATCH) {
+            // CPython's save_set: batches of 1000 while the last one was full (so a size that
+            // is a multiple of 1000 ends with an empty MARK ADDITEMS).
+            if items.is_empty() {
+                return Ok(());
+            }
+            let mut rest = &items[..];
+            loop {
+                let n = rest.len().min(BATCH);
                 self.out.push(op::MARK);
-                for it in chunk {
+                for it in &rest[..n] {
                     self.save(it)?;
                 }
                 self.out.push(op::ADDITEMS);
+                rest = &rest[n..];
+                if n < BATCH {
+                    break;
+                }
             }
             return Ok(());
         }
@@ -272,10 +321,9 @@ impl<'py> Writer<'py> {
         if let Ok(b) = obj.cast_exact::<PyByteArray>() {
             let data = b.to_vec();
             if self.proto >= 5 {
-                self.out.push(op::BYTEARRAY8);
-                self.out
-                    .extend_from_slice(&(data.len() as u64).to_le_bytes());
-                self.out.extend_from_slice(&data);
+                let mut header = [op::BYTEARRAY8, 0, 0, 0, 0, 0, 0, 0, 0];
+                header[1..].copy_from_slice(&(data.len() as u64).to_le_bytes());
+                self.write_payload(&header, &data);
                 self.memoize(obj);
                 return Ok(());
             }
@@ -421,11 +469,14 @@ impl<'py> Writer<'py> {
             unsafe { std::slice::from_raw_parts(p.cast::<u8>(), size as usize) }
         };
         let n = data.len();
-        if n < 256 && self.proto >= 4 {
-            self.out.extend_from_slice(&[op::SHORT_BINUNICODE, n as u8]);
+        let mut header = [0u8; 9];
+        let hlen = if n < 256 && self.proto >= 4 {
+            header[..2].copy_from_slice(&[op::SHORT_BINUNICODE, n as u8]);
+            2
         } else if n > u32::MAX as usize && self.proto >= 4 {
-            self.out.push(op::BINUNICODE8);
-            self.out.extend_from_slice(&(n as u64).to_le_bytes());
+            header[0] = op::BINUNICODE8;
+            header[1..9].copy_from_slice(&(n as u64).to_le_bytes());
+            9
         } else {
             let n32 = u32::try_from(n).map_err(|_| {
                 perr(
@@ -433,10 +484,11 @@ impl<'py> Writer<'py> {
                     "serializing a string larger than 4 GiB requires pickle protocol 4 or higher",
                 )
             })?;
-            self.out.push(op::BINUNICODE);
-            self.out.extend_from_slice(&n32.to_le_bytes());
-        }
-        self.out.extend_from_slice(data);
+            header[0] = op::BINUNICODE;
+            header[1..5].copy_from_slice(&n32.to_le_bytes());
+            5
+        };
+        self.write_payload(&header[..hlen], data);
         Ok(())
     }
 
@@ -452,22 +504,29 @@ impl<'py> Writer<'py> {
                 );
             }
             let text: String = data.iter().map(|&b| b as char).collect();
-            let args = PyTuple::new(py, [PyString::new(py, &text), PyString::new(py, "latin1")])?;
+            let args = PyTuple::new(
+                py,
+                [PyString::new(py, &text), intern!(py, "latin1").clone()],
+            )?;
             return self.save_reduce_global("_codecs", "encode", &args, Some(obj));
         }
         let n = data.len();
-        if n < 256 {
-            self.out.extend_from_slice(&[op::SHORT_BINBYTES, n as u8]);
+        let mut header = [0u8; 9];
+        let hlen = if n < 256 {
+            header[..2].copy_from_slice(&[op::SHORT_BINBYTES, n as u8]);
+            2
         } else if n > u32::MAX as usize && self.proto >= 4 {
-            self.out.push(op::BINBYTES8);
-            self.out.extend_from_slice(&(n as u64).to_le_bytes());
+            header[0] = op::BINBYTES8;
+            header[1..9].copy_from_slice(&(n as u64).to_le_bytes());
+            9
         } else {
             let n32 = u32::try_from(n)
                 .map_err(|_| perr(py, "serializing a bytes object larger than 4 GiB requires pickle protocol 4 or higher"))?;
-            self.out.push(op::BINBYTES);
-            self.out.extend_from_slice(&n32.to_le_bytes());
-        }
-        self.out.extend_from_slice(data);
+            header[0] = op::BINBYTES;
+            header[1..5].copy_from_slice(&n32.to_le_bytes());
+            5
+        };
+        self.write_payload(&header[..hlen], data);
         self.memoize(obj);
         Ok(())
     }
@@ -514,6 +573,50 @@ impl<'py> Writer<'py> {
         Ok(())
     }
 
+    /// An exact list's items as CPython's `batch_list_exact` writes them: one item alone is
+    /// APPEND; otherwise MARK ... APPENDS batches of 1000 (a last batch of one item included).
+    fn batch_list_exact(&mut self, items: Vec<Bound<'py, PyAny>>) -> PyResult<()> {
+        if self.proto == 0 || items.len() <= 1 {
+            return self.batch_appends(items);
+        }
+        for chunk in items.chunks(BATCH) {
+            self.out.push(op::MARK);
+            for it in chunk {
+                self.save(it)?;
+            }
+            self.out.push(op::APPENDS);
+        }
+        Ok(())
+    }
+
+    /// An exact dict's items as CPython's `batch_dict_exact` writes them: one item alone is
+    /// SETITEM; otherwise MARK ... SETITEMS batches of 1000, repeated while the last batch was
+    /// full (so a size that is a multiple of 1000 ends with an empty MARK SETITEMS).
+    fn batch_dict_exact(
+        &mut self,
+        items: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    ) -> PyResult<()> {
+        if self.proto == 0 || items.len() <= 1 {
+            return self.batch_setitems(items);
+        }
+        let mut rest = &items[..];
+        loop {
+            let n = rest.len().min(BATCH);
+            self.out.push(op::MARK);
+            for (k, v) in &rest[..n] {
+                self.save(k)?;
+                self.save(v)?;
+            }
+            self.out.push(op::SETITEMS);
+            rest = &rest[n..];
+            if n < BATCH {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Items of a list subclass (pickle's generic `_batch_appends` over an iterator).
     fn batch_appends(&mut self, items: Vec<Bound<'py, PyAny>>) -> PyResult<()> {
         if self.proto == 0 {
             for it in &items {
@@ -576,8 +679,21 @@ impl<'py> Writer<'py> {
         name: &str,
         obj: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<()> {
+        if obj.is_none() {
+            if let Some(&idx) = self.globals_memo.get(&(module.to_owned(), name.to_owned())) {
+                self.get(idx);
+                return Ok(());
+            }
+        }
         if self.proto >= 4 {
-            let m = PyString::new(self.py, module);
+            let m = match self.module_strs.get(module) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = PyString::new(self.py, module);
+                    self.module_strs.insert(module.to_owned(), m.clone());
+                    m
+                }
+            };
             let n = PyString::new(self.py, name);
             self.save(m.as_any())?;
             self.save(n.as_any())?;
@@ -609,8 +725,14 @@ impl<'py> Writer<'py> {
             self.out.extend_from_slice(n.as_bytes());
             self.out.push(b'\n');
         }
-        if let Some(o) = obj {
-            self.memoize(o);
+        match obj {
+            Some(o) => self.memoize(o),
+            None => {
+                let idx = self.memo_len();
+                self.globals_memo
+                    .insert((module.to_owned(), name.to_owned()), idx);
+                self.write_memoize(idx);
+            }
         }
         Ok(())
     }
@@ -864,31 +986,49 @@ fn global_names(obj: &Bound<'_, PyAny>) -> PyResult<(String, String)> {
     Ok((m, n))
 }
 
-extern "C" {
-    /// The number of bits in `abs(v)` (exported by CPython 3.x; not declared by pyo3-ffi).
-    fn _PyLong_NumBits(v: *mut ffi::PyObject) -> usize;
-}
-
-/// pickle's `encode_long`: minimal little-endian two's complement (b'' for 0).
+/// pickle's `encode_long`: minimal little-endian two's complement (b'' for 0). Public API only
+/// (no `_PyLong_AsByteArray`, whose signature changed in 3.13): Rust arithmetic for ints that fit
+/// an i64, else `int.bit_length()` and `int.to_bytes(n, 'little', signed=True)`.
 fn long_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     let py = obj.py();
-    // SAFETY: GIL held; `obj` is an exact int.
-    let bits = unsafe { _PyLong_NumBits(obj.as_ptr()) };
-    if bits == usize::MAX {
-        return Err(PyErr::fetch(py));
+    if let Ok(v) = obj.extract::<i64>() {
+        return Ok(encode_long_i64(v));
     }
-    if bits == 0 {
-        return Ok(Vec::new());
-    }
+    let bits: usize = obj.call_method0(intern!(py, "bit_length"))?.extract()?;
     let n = (bits >> 3) + 1;
-    let mut buf = vec![0u8; n];
-    // SAFETY: GIL held; `buf` has room for `n` bytes.
-    if unsafe { ffi::_PyLong_AsByteArray(obj.as_ptr().cast(), buf.as_mut_ptr(), n, 1, 1) } < 0 {
-        return Err(PyErr::fetch(py));
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item(intern!(py, "signed"), true)?;
+    let b = obj.call_method(
+        intern!(py, "to_bytes"),
+        (n, intern!(py, "little")),
+        Some(&kwargs),
+    )?;
+    let mut buf = b.cast::<PyBytes>()?.as_bytes().to_vec();
+    trim_sign_byte(&mut buf);
+    Ok(buf)
+}
+
+/// `encode_long` of an i64 (the same bytes as `int.to_bytes((bit_length >> 3) + 1, ...)` after
+/// the sign-byte trim).
+fn encode_long_i64(v: i64) -> Vec<u8> {
+    if v == 0 {
+        return Vec::new();
     }
-    // Negative numbers: drop a redundant sign byte, as pickle.py does.
+    let bits = 64 - v.unsigned_abs().leading_zeros() as usize;
+    let n = ((bits >> 3) + 1).min(8);
+    let mut buf = v.to_le_bytes()[..n].to_vec();
+    if n == 8 && bits == 64 {
+        // |i64::MIN| needs 9 bytes by pickle's rule: (64 >> 3) + 1.
+        buf.push(0xff);
+    }
+    trim_sign_byte(&mut buf);
+    buf
+}
+
+/// Negative numbers: drop a redundant sign byte, as pickle.py does.
+fn trim_sign_byte(buf: &mut Vec<u8>) {
+    let n = buf.len();
     if n > 1 && buf[n - 1] == 0xff && buf[n - 2] & 0x80 != 0 {
         buf.pop();
     }
-    Ok(buf)
 }

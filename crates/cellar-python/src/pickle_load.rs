@@ -8,7 +8,8 @@
 //!   `allowed` maps `(module, qualname)` to it, and only those objects (plus the `cls.__new__`
 //!   and `functools.partial` objects derived from them, see below) may be called;
 //! - one of the globals CPython writes for basic types (`builtins.complex`, `set`, `frozenset`,
-//!   `bytearray`, `bytes`, `slice`, `range`, `Ellipsis`, `StopIteration`, `_codecs.encode`), each called
+//!   `bytearray`, `bytes`, `slice`, `range`, `Ellipsis`, `StopIteration`, `NotImplemented`,
+//!   `_codecs.encode`), each called
 //!   only with the argument shapes CPython writes (so `bytearray(10**12)` is refused);
 //! - a pattern marker (`copyreg._reconstructor`, `copyreg.__newobj__`, `copyreg.__newobj_ex__`,
 //!   `builtins.getattr`, `functools.partial`, and the reconstructor bases `builtins.object`,
@@ -17,12 +18,26 @@
 //!   2-3;
 //! - with `inert=True`, an inert object (`cellar.pickle.Inert`): the global, and what the pickle
 //!   does with it (REDUCE/NEWOBJ arguments, BUILD state, appended items), kept as data;
-//! - otherwise `UnpicklingError: global 'os.system' is forbidden ...`.
+//! - otherwise `UnpicklingError: global 'os.system' is forbidden ...`, with the message from
+//!   `cellar_pickle::policy::refusal` (class or function, the `(module, qualname, obj)` form).
+//!
+//! The default globals come from the one table `cellar_pickle::policy::DEFAULT_GLOBALS`; they go
+//! on the stack as stand-ins (never the real stdlib objects), so BUILD, SETITEM or an allowed
+//! callable can never reach copyreg's or functools' functions, and a stand-in the result still
+//! references at STOP is refused. BUILD acts only on objects this load created through an
+//! allowed class or callable (fresh: nobody else held them); `__setstate__` comes from the
+//! class's MRO, never from the instance. APPEND/SETITEM/ADDITEMS on anything but an exact
+//! container, an inert object or a created instance is refused, and containers an allowed
+//! callable returned while others hold them are never mutated.
 //!
 //! Bounds for hostile input: every length is checked against the bytes present before anything
 //! is allocated, MARK nesting and the nesting of the result are limited by `max_depth`, the bytes
 //! the result may occupy by `max_bytes` (charged for payloads and for the copies the basic-type
 //! constructors make), and nothing panics.
+
+// Issue 12: every unsafe block documented, no unsafe operation without its own block (the
+// crate-level attribute waits for the marshal modules).
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::collections::{HashMap, HashSet};
 
@@ -37,6 +52,7 @@ use pyo3::types::{
 };
 
 use cellar_pickle::ops as op;
+use cellar_pickle::policy::Known as Policy;
 
 /// The default `max_depth`: nesting of MARKs and of the result.
 pub(crate) const DEFAULT_MAX_DEPTH: u32 = 2000;
@@ -83,6 +99,10 @@ struct Known {
     by_name: HashMap<(String, String), Py<PyAny>>,
     /// Types `copyreg._reconstructor` may use as its `base` argument.
     bases: HashSet<usize>,
+    /// The default globals that are plain values (Ellipsis, StopIteration, NotImplemented).
+    constants: HashSet<(String, String)>,
+    /// `builtins.object`, to make stand-ins.
+    object: Py<PyAny>,
 }
 
 static KNOWN: PyOnceLock<Known> = PyOnceLock::new();
@@ -94,67 +114,36 @@ fn known(py: Python<'_>) -> PyResult<&Known> {
         let b = |n: &str| -> PyResult<Py<PyAny>> { Ok(builtins.getattr(n)?.unbind()) };
         let mut by_name = HashMap::new();
         let mut bases = HashSet::new();
-        for n in [
-            "complex",
-            "set",
-            "frozenset",
-            "bytearray",
-            "bytes",
-            "slice",
-            "range",
-            "Ellipsis",
-            "NotImplemented",
-            "StopIteration",
-            "getattr",
-            "object",
-            "list",
-            "dict",
-            "int",
-            "float",
-            "str",
-            "tuple",
-            "bool",
-        ] {
-            let o = b(n)?;
+        // The one table of default globals (cellar_pickle::policy): the Rust decoder, the CLI
+        // and this one resolve exactly the same names.
+        let mut constants = HashSet::new();
+        for &(m, n, k) in cellar_pickle::policy::DEFAULT_GLOBALS {
+            let o = py.import(m)?.getattr(n)?.unbind();
             if matches!(
-                n,
-                "object"
-                    | "list"
-                    | "dict"
-                    | "int"
-                    | "float"
-                    | "str"
-                    | "tuple"
-                    | "bytes"
-                    | "set"
-                    | "frozenset"
-                    | "bytearray"
-                    | "complex"
+                k,
+                Policy::Ellipsis | Policy::StopIteration | Policy::NotImplemented
             ) {
+                constants.insert((m.to_owned(), n.to_owned()));
+            }
+            if matches!(k, Policy::Base)
+                || matches!(
+                    k,
+                    Policy::Bytes
+                        | Policy::Set
+                        | Policy::FrozenSet
+                        | Policy::ByteArray
+                        | Policy::Complex
+                )
+            {
                 bases.insert(o.as_ptr() as usize);
             }
-            by_name.insert(("builtins".to_owned(), n.to_owned()), o);
+            by_name.insert((m.to_owned(), n.to_owned()), o);
         }
         let codecs_encode = py.import("_codecs")?.getattr("encode")?.unbind();
-        by_name.insert(
-            ("_codecs".to_owned(), "encode".to_owned()),
-            codecs_encode.clone_ref(py),
-        );
         let reconstructor = copyreg.getattr("_reconstructor")?.unbind();
         let newobj = copyreg.getattr("__newobj__")?.unbind();
         let newobj_ex = copyreg.getattr("__newobj_ex__")?.unbind();
-        for (n, o) in [
-            ("_reconstructor", &reconstructor),
-            ("__newobj__", &newobj),
-            ("__newobj_ex__", &newobj_ex),
-        ] {
-            by_name.insert(("copyreg".to_owned(), n.to_owned()), o.clone_ref(py));
-        }
         let partial = py.import("functools")?.getattr("partial")?.unbind();
-        by_name.insert(
-            ("functools".to_owned(), "partial".to_owned()),
-            partial.clone_ref(py),
-        );
         Ok(Known {
             complex: b("complex")?,
             set: b("set")?,
@@ -173,6 +162,8 @@ fn known(py: Python<'_>) -> PyResult<&Known> {
             method_type: py.import("types")?.getattr("MethodType")?.unbind(),
             by_name,
             bases,
+            constants,
+            object: b("object")?,
         })
     })
 }
@@ -219,8 +210,28 @@ struct Loader<'a, 'py> {
     /// Pointers of objects that may be called: the allowed ones, plus `cls.__new__` and
     /// partials derived from them.
     callable: HashSet<usize>,
-    /// Keeps derived callables alive while their pointers are in `callable`.
+    /// Keeps derived callables and created instances alive while their pointers are in
+    /// `callable` / `created`.
     derived: Vec<Bound<'py, PyAny>>,
+    /// Objects this load created through an allowed class or callable (fresh: nobody else held
+    /// a reference when they were made): the only targets BUILD may act on.
+    created: HashSet<usize>,
+    /// Exact containers an allowed callable returned that someone else also references: never
+    /// mutated (kept alive in `derived`).
+    foreign: HashSet<usize>,
+    /// Set by `reduce` / `newobj` / `instantiate` when the object they return was made by an
+    /// allowed class or callable (so it may become a BUILD target if it is fresh).
+    made: bool,
+    /// `type -> __setstate__` found along the type's MRO (never in the instance), per load.
+    setstate_cache: HashMap<usize, Option<Bound<'py, PyAny>>>,
+    /// Stand-ins for the default globals that are not plain values (basic types and pattern
+    /// markers): a fresh `object()` (an inert `Inert` global with inert=True) goes on the
+    /// stack instead of the real stdlib object, so nothing the pickle does can reach it (BUILD,
+    /// storing, passing it to an allowed callable). `real_of` maps a stand-in back to the real
+    /// object for the REDUCE patterns; a stand-in still referenced by the result at STOP is an
+    /// UnpicklingError (a marker never becomes a value), as in the Rust decoder.
+    stand_ins: HashMap<(String, String), Bound<'py, PyAny>>,
+    real_of: HashMap<usize, (Bound<'py, PyAny>, String)>,
     /// A container reached through the memo or DUP may be mutated after it was nested, which
     /// the per-slot depths cannot see: then the result's depth is measured exactly at the end.
     shared: bool,
@@ -252,6 +263,12 @@ pub(crate) fn load<'py>(
         known,
         callable,
         derived: Vec::new(),
+        created: HashSet::new(),
+        foreign: HashSet::new(),
+        made: false,
+        setstate_cache: HashMap::new(),
+        stand_ins: HashMap::new(),
+        real_of: HashMap::new(),
         shared: false,
         budget: cfg.max_bytes,
     };
@@ -562,7 +579,9 @@ impl<'a, 'py> Loader<'a, 'py> {
         let d = self.items_depth(m)?;
         let (head, items) = self.stack.split_at_mut(m);
         let slot = &mut head[m - 1];
-        if !is_exact::<PyList>(&slot.0) {
+        if !is_exact::<PyList>(&slot.0)
+            || (!self.foreign.is_empty() && self.foreign.contains(&(slot.0.as_ptr() as usize)))
+        {
             return Ok(false);
         }
         slot.1 = slot.1.max(d);
@@ -586,7 +605,9 @@ impl<'a, 'py> Loader<'a, 'py> {
         let d = self.items_depth(m)?;
         let (head, items) = self.stack.split_at_mut(m);
         let slot = &mut head[m - 1];
-        if !is_exact::<PyDict>(&slot.0) {
+        if !is_exact::<PyDict>(&slot.0)
+            || (!self.foreign.is_empty() && self.foreign.contains(&(slot.0.as_ptr() as usize)))
+        {
             return Ok(false);
         }
         slot.1 = slot.1.max(d);
@@ -617,23 +638,29 @@ impl<'a, 'py> Loader<'a, 'py> {
 
     // ---- memo ----
 
-    fn memo_put(&mut self, idx: u64, s: Slot<'py>) {
-        if idx < DENSE_MEMO {
-            let i = idx as usize;
-            if i >= self.memo.len() {
-                self.memo.resize_with(i + 1, || None);
-            }
+    /// PUT / BINPUT / LONG_BINPUT / MEMOIZE. The dense table only grows by one slot at a time
+    /// (so `LONG_BINPUT 0x000fffff` never sizes a table from one index); every new slot is
+    /// charged to `max_bytes` (16 bytes dense, 48 sparse), like the Rust decoder.
+    fn memo_put(&mut self, idx: u64, s: Slot<'py>) -> Res<()> {
+        let i = idx as usize;
+        if idx < DENSE_MEMO && i < self.memo.len() {
             self.memo[i] = Some(s);
+        } else if idx < DENSE_MEMO && i == self.memo.len() {
+            self.charge(16)?;
+            self.memo.push(Some(s));
         } else {
+            if !self.memo_sparse.contains_key(&idx) {
+                self.charge(48)?;
+            }
             self.memo_sparse.insert(idx, s);
         }
+        Ok(())
     }
 
     fn memo_get(&mut self, idx: u64) -> Res<()> {
-        let got = if idx < DENSE_MEMO {
-            self.memo.get(idx as usize).and_then(|s| s.as_ref())
-        } else {
-            self.memo_sparse.get(&idx)
+        let got = match self.memo.get(idx as usize) {
+            Some(Some(s)) if idx < DENSE_MEMO => Some(s),
+            _ => self.memo_sparse.get(&idx),
         };
         match got {
             Some((o, d)) => {
@@ -653,8 +680,7 @@ impl<'a, 'py> Loader<'a, 'py> {
 
     fn put_top(&mut self, idx: u64) -> Res<()> {
         let s = self.top()?.clone();
-        self.memo_put(idx, s);
-        Ok(())
+        self.memo_put(idx, s)
     }
 
     fn memo_len(&self) -> u64 {
@@ -673,6 +699,7 @@ impl<'a, 'py> Loader<'a, 'py> {
             match code {
                 op::STOP => {
                     let (v, _) = self.pop()?;
+                    self.check_stand_ins()?;
                     return Ok(v);
                 }
                 op::PROTO => {
@@ -970,11 +997,10 @@ impl<'a, 'py> Loader<'a, 'py> {
                     self.put_top(idx.into())?;
                 }
                 op::LONG_BINPUT => {
-                    let idx = self.u32()? as i32;
-                    if idx < 0 {
-                        return Err(PyValueError::new_err("negative LONG_BINPUT argument"));
-                    }
-                    self.put_top(idx as u64)?;
+                    // Unsigned, as pickle.py reads it (`<I`); a huge index goes to the sparse,
+                    // charged part of the memo.
+                    let idx = self.u32()?;
+                    self.put_top(idx.into())?;
                 }
                 op::MEMOIZE => {
                     let idx = self.memo_len();
@@ -1049,6 +1075,7 @@ impl<'a, 'py> Loader<'a, 'py> {
                     let (args, ad) = self.pop()?;
                     let (f, _) = self.pop()?;
                     let r = self.reduce(&f, &args)?;
+                    self.note_made(&r);
                     let d = self.deeper(ad)?;
                     self.push(r, d);
                 }
@@ -1056,6 +1083,7 @@ impl<'a, 'py> Loader<'a, 'py> {
                     let (args, ad) = self.pop()?;
                     let (cls, _) = self.pop()?;
                     let r = self.newobj(&cls, &args, None)?;
+                    self.note_made(&r);
                     let d = self.deeper(ad)?;
                     self.push(r, d);
                 }
@@ -1064,6 +1092,7 @@ impl<'a, 'py> Loader<'a, 'py> {
                     let (args, ad) = self.pop()?;
                     let (cls, _) = self.pop()?;
                     let r = self.newobj(&cls, &args, Some(&kwargs))?;
+                    self.note_made(&r);
                     let d = self.deeper(ad.max(kd))?;
                     self.push(r, d);
                 }
@@ -1074,6 +1103,7 @@ impl<'a, 'py> Loader<'a, 'py> {
                     let items = self.pop_mark()?;
                     let cls = self.find_class(&m, &n)?;
                     let (r, d) = self.instantiate(&cls, items)?;
+                    self.note_made(&r);
                     self.push(r, d);
                 }
                 op::OBJ => {
@@ -1083,6 +1113,7 @@ impl<'a, 'py> Loader<'a, 'py> {
                     }
                     let (cls, _) = items.remove(0);
                     let (r, d) = self.instantiate(&cls, items)?;
+                    self.note_made(&r);
                     self.push(r, d);
                 }
                 op::BUILD => {
@@ -1163,9 +1194,32 @@ impl<'a, 'py> Loader<'a, 'py> {
         })
     }
 
+    /// LONG1 / LONG4 payload (little-endian two's complement). Public API only: Rust for up
+    /// to 8 bytes, `int.from_bytes(b, 'little', signed=True)` beyond (no `_PyLong_FromByteArray`,
+    /// which 3.13 no longer exports).
     fn push_long_le(&mut self, b: &[u8]) -> Res<()> {
-        // SAFETY: GIL held; little-endian, signed, pointer and length describe `b`.
-        self.push_owned(unsafe { ffi::_PyLong_FromByteArray(b.as_ptr(), b.len(), 1, 1) })
+        if b.len() <= 8 {
+            let fill = if b.last().is_some_and(|&x| x & 0x80 != 0) {
+                0xff
+            } else {
+                0
+            };
+            let mut w = [fill; 8];
+            w[..b.len()].copy_from_slice(b);
+            let v = i64::from_le_bytes(w);
+            // SAFETY: GIL held; PyLong_FromLongLong returns a new reference or NULL.
+            return self.push_owned(unsafe { ffi::PyLong_FromLongLong(v) });
+        }
+        let py = self.py;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "signed"), true)?;
+        let v = py.get_type::<PyInt>().call_method(
+            intern!(py, "from_bytes"),
+            (PyBytes::new(py, b), intern!(py, "little")),
+            Some(&kwargs),
+        )?;
+        self.push(v, 0);
+        Ok(())
     }
 
     fn parse_int(&self, line: &[u8], long: bool) -> Res<Bound<'py, PyAny>> {
@@ -1211,7 +1265,13 @@ impl<'a, 'py> Loader<'a, 'py> {
     }
 
     fn utf8_name(&self, b: &[u8]) -> Res<String> {
-        String::from_utf8(b.to_vec()).map_err(|_| uerr(self.py, "global name is not valid UTF-8"))
+        // UnicodeDecodeError, as CPython raises it (pickle decodes the names as UTF-8).
+        match std::str::from_utf8(b) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(e) => Err(PyErr::from_value(
+                pyo3::exceptions::PyUnicodeDecodeError::new_utf8(self.py, b, e)?.into_any(),
+            )),
+        }
     }
 
     // ---- container helpers ----
@@ -1241,6 +1301,7 @@ impl<'a, 'py> Loader<'a, 'py> {
         let py = self.py;
         let target = self.target(&items)?;
         if let Ok(l) = target.cast_exact::<PyList>() {
+            self.not_foreign(&target)?;
             for (o, _) in items {
                 // SAFETY: GIL held; both are live objects.
                 if unsafe { ffi::PyList_Append(l.as_ptr(), o.as_ptr()) } < 0 {
@@ -1250,13 +1311,16 @@ impl<'a, 'py> Loader<'a, 'py> {
             return Ok(());
         }
         if self.is_inert(&target) {
+            self.not_inert_global(&target)?;
             let li = target.getattr(intern!(py, "listitems"))?;
             for (o, _) in items {
                 li.call_method1(intern!(py, "append"), (o,))?;
             }
             return Ok(());
         }
-        // A list subclass (or anything with extend/append), as the C unpickler does.
+        // A list subclass the decoder created through an allowed class, as the C unpickler
+        // does; anything else (a stand-in, a class, an object it did not create) is refused.
+        self.mutable_target(&target, "APPEND/APPENDS target is not a list")?;
         if let Ok(ext) = target.getattr(intern!(py, "extend")) {
             let l = PyList::new(py, items.into_iter().map(|(o, _)| o))?;
             ext.call1((l,))?;
@@ -1273,6 +1337,7 @@ impl<'a, 'py> Loader<'a, 'py> {
         let py = self.py;
         let target = self.target(&items)?;
         if let Ok(d) = target.cast_exact::<PyDict>() {
+            self.not_foreign(&target)?;
             let mut it = items.into_iter();
             while let (Some((k, _)), Some((v, _))) = (it.next(), it.next()) {
                 // SAFETY: GIL held; all three are live objects.
@@ -1283,6 +1348,7 @@ impl<'a, 'py> Loader<'a, 'py> {
             return Ok(());
         }
         if self.is_inert(&target) {
+            self.not_inert_global(&target)?;
             let di = target.getattr(intern!(py, "dictitems"))?;
             let mut it = items.into_iter();
             while let (Some((k, _)), Some((v, _))) = (it.next(), it.next()) {
@@ -1290,6 +1356,7 @@ impl<'a, 'py> Loader<'a, 'py> {
             }
             return Ok(());
         }
+        self.mutable_target(&target, "SETITEM/SETITEMS target is not a dict")?;
         let mut it = items.into_iter();
         while let (Some((k, _)), Some((v, _))) = (it.next(), it.next()) {
             target.set_item(k, v)?;
@@ -1300,22 +1367,59 @@ impl<'a, 'py> Loader<'a, 'py> {
     fn add_items(&mut self, items: Vec<Slot<'py>>) -> Res<()> {
         let py = self.py;
         let target = self.target(&items)?;
-        if let Ok(s) = target.cast::<PySet>() {
+        if let Ok(s) = target.cast_exact::<PySet>() {
+            self.not_foreign(&target)?;
             for (o, _) in items {
                 s.add(o)?;
             }
             return Ok(());
         }
         if self.is_inert(&target) {
+            self.not_inert_global(&target)?;
             let li = target.getattr(intern!(py, "listitems"))?;
             for (o, _) in items {
                 li.call_method1(intern!(py, "append"), (o,))?;
             }
             return Ok(());
         }
+        self.mutable_target(&target, "ADDITEMS target is not a set")?;
         let add = target.getattr(intern!(py, "add"))?;
         for (o, _) in items {
             add.call1((o,))?;
+        }
+        Ok(())
+    }
+
+    /// An inert global (a class or function named by the pickle) takes no items, as in Rust.
+    fn not_inert_global(&self, target: &Bound<'py, PyAny>) -> Res<()> {
+        let construct = target.getattr(intern!(self.py, "construct"))?;
+        if construct.cast::<PyString>()?.to_str()? == "global" {
+            return Err(uerr(
+                self.py,
+                format!("items added to the global {} itself", self.name_of(target)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// APPEND(S) / SETITEM(S) / ADDITEMS on something that is not an exact container: only an
+    /// instance the decoder created through an allowed class (a list/dict/set subclass).
+    fn mutable_target(&self, target: &Bound<'py, PyAny>, msg: &str) -> Res<()> {
+        if self.created.contains(&(target.as_ptr() as usize)) {
+            return Ok(());
+        }
+        Err(uerr(self.py, msg))
+    }
+
+    /// An exact container an allowed callable returned while something else still held it
+    /// (a module-level list or dict): never mutated.
+    fn not_foreign(&self, target: &Bound<'py, PyAny>) -> Res<()> {
+        if !self.foreign.is_empty() && self.foreign.contains(&(target.as_ptr() as usize)) {
+            return Err(uerr(
+                self.py,
+                "the target is a container an allowed callable returned but did not create: \
+                 cellar.pickle never mutates it",
+            ));
         }
         Ok(())
     }
@@ -1346,7 +1450,22 @@ impl<'a, 'py> Loader<'a, 'py> {
             return Ok(o.clone());
         }
         if let Some(o) = self.known.by_name.get(&key) {
-            return Ok(o.bind(py).clone());
+            if self.known.constants.contains(&key) {
+                return Ok(o.bind(py).clone());
+            }
+            if let Some(s) = self.stand_ins.get(&key) {
+                return Ok(s.clone());
+            }
+            let stand_in = match &self.cfg.inert {
+                Some(t) => t.call1((module, name))?,
+                None => self.known.object.bind(py).call0()?,
+            };
+            self.real_of.insert(
+                stand_in.as_ptr() as usize,
+                (o.bind(py).clone(), format!("{module}.{name}")),
+            );
+            self.stand_ins.insert(key, stand_in.clone());
+            return Ok(stand_in);
         }
         if let Some(o) = self.cfg.namespaces.get(&key) {
             return Ok(o.clone());
@@ -1354,13 +1473,19 @@ impl<'a, 'py> Loader<'a, 'py> {
         if let Some(t) = &self.cfg.inert {
             return t.call1((module, name));
         }
-        Err(uerr(
-            py,
-            format!(
-                "global '{module}.{name}' is forbidden: cellar.pickle never imports; pass the \
-                 class in allow=, register it with cellar.copyreg, or load with inert=True"
-            ),
-        ))
+        // Error path only: scan the pickle to say whether it uses the global as a class or a
+        // function (the same scan as cellar.pickle.globals_of).
+        let report = cellar_pickle::globals_of(
+            self.data,
+            &cellar_pickle::Registry::default(),
+            self.cfg.fix_imports,
+        );
+        let need = report
+            .globals
+            .iter()
+            .find(|g| g.module == module && g.name == name)
+            .map(|g| g.need());
+        Err(uerr(py, cellar_pickle::policy::refusal(module, name, need)))
     }
 
     fn name_of(&self, o: &Bound<'py, PyAny>) -> String {
@@ -1423,6 +1548,7 @@ impl<'a, 'py> Loader<'a, 'py> {
         args: &Bound<'py, PyAny>,
     ) -> Res<Bound<'py, PyAny>> {
         let py = self.py;
+        let f = &self.real(f);
         if self.is_inert(f) {
             return self.inert_new(f, "reduce", args, None);
         }
@@ -1445,6 +1571,7 @@ impl<'a, 'py> Loader<'a, 'py> {
         // even when allowed outright; everything else the caller allowed is simply called.
         let pattern = f.is(k.getattr.bind(py)) || f.is(k.partial.bind(py));
         if user_ok && !pattern {
+            self.made = true;
             return f.call1(t.clone());
         }
         let n = t.len();
@@ -1499,7 +1626,7 @@ impl<'a, 'py> Loader<'a, 'py> {
             }
         } else if f.is(k.reconstructor.bind(py)) {
             if n == 3 {
-                let (cls, base, state) = (item(0)?, item(1)?, item(2)?);
+                let (cls, base, state) = (item(0)?, self.real(&item(1)?), item(2)?);
                 if self.is_inert(&cls) {
                     let a = PyTuple::new(py, [base, state])?;
                     return self.inert_new(&cls, "reconstructor", a.as_any(), None);
@@ -1507,7 +1634,8 @@ impl<'a, 'py> Loader<'a, 'py> {
                 let base_ok = self.known.bases.contains(&(base.as_ptr() as usize))
                     || self.callable.contains(&(base.as_ptr() as usize));
                 if self.allowed_type(&cls) && base_ok {
-                    return f.call1(t.clone());
+                    self.made = true;
+                    return f.call1((cls, base, state));
                 }
                 return Err(self.forbidden_call(&cls));
             }
@@ -1530,8 +1658,25 @@ impl<'a, 'py> Loader<'a, 'py> {
                 if let Ok(name) = name.cast::<PyString>() {
                     let p = obj.as_ptr() as usize;
                     let namespace = self.cfg.namespaces.values().any(|v| v.is(&obj));
-                    if self.callable.contains(&p) || namespace {
-                        let r = obj.getattr(name)?;
+                    if (self.callable.contains(&p) || namespace) && obj.is_instance_of::<PyType>() {
+                        // Never a real getattr on the allowed object (no descriptors, no
+                        // metaclass __getattr__ run by the pickle): `__new__` through the type,
+                        // anything else only from the class's own __dict__ (nested classes).
+                        let found = if name.to_str()? == "__new__" {
+                            Some(obj.getattr(name)?)
+                        } else {
+                            obj.getattr(intern!(py, "__dict__"))?.get_item(name).ok()
+                        };
+                        let Some(r) = found else {
+                            return Err(uerr(
+                                py,
+                                format!(
+                                    "REDUCE: getattr({}, {}): no such attribute in the class",
+                                    self.name_of(&obj),
+                                    name.repr()?
+                                ),
+                            ));
+                        };
                         let rp = r.as_ptr() as usize;
                         if name.to_str()? == "__new__"
                             && obj.is_instance_of::<PyType>()
@@ -1564,10 +1709,14 @@ impl<'a, 'py> Loader<'a, 'py> {
                 if self.callable.contains(&(func.as_ptr() as usize)) {
                     let r = f.call1(t.clone())?;
                     self.callable.insert(r.as_ptr() as usize);
+                    // A partial the decoder made around an allowed callable: its BUILD (the
+                    // partial's own state) is checked in `build`.
+                    self.created.insert(r.as_ptr() as usize);
                     self.derived.push(r.clone());
                     return Ok(r);
                 }
                 if user_ok {
+                    self.made = true;
                     return f.call1(t.clone());
                 }
                 return Err(self.forbidden_call(&func));
@@ -1619,6 +1768,7 @@ impl<'a, 'py> Loader<'a, 'py> {
         kwargs: Option<&Bound<'py, PyAny>>,
     ) -> Res<Bound<'py, PyAny>> {
         let py = self.py;
+        let cls = &self.real(cls);
         let Ok(args) = args.cast::<PyTuple>() else {
             return Err(uerr(py, "NEWOBJ expected an arg tuple."));
         };
@@ -1655,6 +1805,7 @@ impl<'a, 'py> Loader<'a, 'py> {
                 ),
             ));
         }
+        self.made = true;
         // cls->tp_new(cls, args, kwargs), as the C unpickler does.
         // SAFETY: GIL held; `t` is a live type object, `args` a tuple, kwargs a dict or NULL.
         unsafe {
@@ -1675,6 +1826,7 @@ impl<'a, 'py> Loader<'a, 'py> {
         items: Vec<Slot<'py>>,
     ) -> Res<(Bound<'py, PyAny>, u32)> {
         let py = self.py;
+        let cls = &self.real(cls);
         let mut d = 0;
         for (_, id) in &items {
             d = d.max(*id);
@@ -1687,6 +1839,7 @@ impl<'a, 'py> Loader<'a, 'py> {
         if !self.callable.contains(&(cls.as_ptr() as usize)) {
             return Err(self.forbidden_call(cls));
         }
+        self.made = true;
         let is_type = cls.is_instance_of::<PyType>();
         if !args.is_empty() || !is_type || cls.hasattr(intern!(py, "__getinitargs__"))? {
             return Ok((cls.call1(args)?, d));
@@ -1699,7 +1852,45 @@ impl<'a, 'py> Loader<'a, 'py> {
     fn build(&mut self, inst: &Bound<'py, PyAny>, state: &Bound<'py, PyAny>) -> Res<()> {
         let py = self.py;
         if self.is_inert(inst) {
+            let construct = inst.getattr(intern!(py, "construct"))?;
+            if construct.cast::<PyString>()?.to_str()? == "global" {
+                return Err(uerr(
+                    py,
+                    format!(
+                        "BUILD target is not an object: the global {} itself",
+                        self.name_of(inst)
+                    ),
+                ));
+            }
             return inst.setattr(intern!(py, "state"), state);
+        }
+        if let Some((_, name)) = self.real_of.get(&(inst.as_ptr() as usize)) {
+            return Err(uerr(
+                py,
+                format!(
+                    "BUILD target is not an object: the global {name} (a basic type or pattern \
+                     marker)"
+                ),
+            ));
+        }
+        if !self.created.contains(&(inst.as_ptr() as usize)) {
+            // A class, a function, a pattern marker, a basic-type global or anything else the
+            // decoder did not itself create through an allowed class: never mutated.
+            let what = if inst.is_instance_of::<PyType>() {
+                "a class"
+            } else if inst.is_callable() {
+                "a function"
+            } else {
+                "an object the decoder did not create through an allowed class"
+            };
+            return Err(uerr(
+                py,
+                format!(
+                    "BUILD target is not an object: {what} ({}); cellar.pickle only sets the \
+                     state of instances it created",
+                    self.name_of(inst)
+                ),
+            ));
         }
         if self.derived_partial(inst) {
             // functools.partial's state is (func, args, kwds, dict): the new func must itself
@@ -1716,8 +1907,7 @@ impl<'a, 'py> Loader<'a, 'py> {
                 ));
             }
         }
-        let (setstate, inst_dict) = lookup_setstate(inst)?;
-        if let Some(setstate) = setstate {
+        if let Some(setstate) = self.class_setstate(inst)? {
             setstate.call1((state,))?;
             return Ok(());
         }
@@ -1729,10 +1919,7 @@ impl<'a, 'py> Loader<'a, 'py> {
             let Ok(sd) = st.cast::<PyDict>() else {
                 return Err(uerr(py, "state is not a dictionary"));
             };
-            let dict = match inst_dict {
-                Some(d) => d,
-                None => inst.getattr(intern!(py, "__dict__"))?,
-            };
+            let dict = inst.getattr(intern!(py, "__dict__"))?;
             for (k, v) in sd.iter() {
                 let k = if is_exact::<PyString>(&k) {
                     let mut p = k.into_ptr();
@@ -1754,6 +1941,15 @@ impl<'a, 'py> Loader<'a, 'py> {
                     return Err(uerr(py, "slot state is not a dictionary"));
                 };
                 for (k, v) in sd.iter() {
+                    if k.cast::<PyString>().is_ok_and(|k| {
+                        k.to_str()
+                            .is_ok_and(|k| k == "__class__" || k == "__dict__")
+                    }) {
+                        return Err(uerr(
+                            py,
+                            "BUILD: slot state may not set __class__ or __dict__",
+                        ));
+                    }
                     inst.setattr(
                         k.cast_into::<PyString>().map_err(|_| {
                             PyErr::new::<pyo3::exceptions::PyTypeError, _>(
@@ -1766,6 +1962,97 @@ impl<'a, 'py> Loader<'a, 'py> {
             }
         }
         Ok(())
+    }
+
+    /// The real object behind a stand-in (see `stand_ins`), or `o` itself.
+    fn real(&self, o: &Bound<'py, PyAny>) -> Bound<'py, PyAny> {
+        match self.real_of.get(&(o.as_ptr() as usize)) {
+            Some((r, _)) => r.clone(),
+            None => o.clone(),
+        }
+    }
+
+    /// At STOP, with the stack and memo dropped: a stand-in referenced by anything but our own
+    /// table is part of the result (or of an object an allowed callable kept).
+    fn check_stand_ins(&mut self) -> Res<()> {
+        if self.stand_ins.is_empty() || self.cfg.inert.is_some() {
+            return Ok(());
+        }
+        self.stack.clear();
+        self.memo.clear();
+        self.memo_sparse.clear();
+        for s in self.stand_ins.values() {
+            // SAFETY: GIL held; `s` is a live object (Py_REFCNT only reads its header).
+            if unsafe { ffi::Py_REFCNT(s.as_ptr()) } > 1 {
+                let name = self
+                    .real_of
+                    .get(&(s.as_ptr() as usize))
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_default();
+                return Err(uerr(
+                    self.py,
+                    format!(
+                        "global '{name}' cannot be loaded as a value (load with inert=True to \
+                         inspect it)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// After REDUCE / NEWOBJ / INST / OBJ: an object made by an allowed class or callable that
+    /// nobody else references (refcount 1: not a cached or shared object) becomes a BUILD target.
+    fn note_made(&mut self, r: &Bound<'py, PyAny>) {
+        // SAFETY: GIL held; `r` is a live object (Py_REFCNT only reads its header).
+        let fresh = unsafe { ffi::Py_REFCNT(r.as_ptr()) } == 1;
+        let made = std::mem::take(&mut self.made);
+        if made && fresh && !r.is_instance_of::<PyType>() {
+            self.created.insert(r.as_ptr() as usize);
+            self.derived.push(r.clone());
+        } else if made
+            && !fresh
+            && (r.is_exact_instance_of::<PyList>()
+                || r.is_exact_instance_of::<PyDict>()
+                || r.is_exact_instance_of::<PySet>())
+        {
+            self.foreign.insert(r.as_ptr() as usize);
+            self.derived.push(r.clone());
+        }
+    }
+
+    /// `__setstate__` bound to `inst`, looked up on its class's MRO (each class's own
+    /// `__dict__`), never in the instance's state: a pickle cannot plant one with BUILD.
+    fn class_setstate(&mut self, inst: &Bound<'py, PyAny>) -> Res<Option<Bound<'py, PyAny>>> {
+        let py = self.py;
+        let tp = inst.get_type();
+        let key = tp.as_ptr() as usize;
+        let descr = match self.setstate_cache.get(&key) {
+            Some(d) => d.clone(),
+            None => {
+                let name = intern!(py, "__setstate__");
+                let mut found = None;
+                for klass in tp.mro().iter() {
+                    let d = klass.getattr(intern!(py, "__dict__"))?;
+                    if let Ok(v) = d.get_item(name) {
+                        found = Some(v);
+                        break;
+                    }
+                }
+                self.setstate_cache.insert(key, found.clone());
+                self.derived.push(tp.into_any());
+                found
+            }
+        };
+        let Some(descr) = descr else {
+            return Ok(None);
+        };
+        if descr.hasattr(intern!(py, "__get__"))? {
+            return Ok(Some(
+                descr.call_method1(intern!(py, "__get__"), (inst, inst.get_type()))?,
+            ));
+        }
+        Ok(Some(descr))
     }
 
     fn derived_partial(&self, o: &Bound<'py, PyAny>) -> bool {
@@ -1793,42 +2080,6 @@ fn settled(o: &Bound<'_, PyAny>, depth: u32) -> bool {
         return is_scalar(o) || is_exact::<PyTuple>(o) || is_exact::<PyFrozenSet>(o);
     }
     depth == 1 && (is_exact::<PyTuple>(o) || is_exact::<PyFrozenSet>(o))
-}
-
-extern "C" {
-    /// Look `name` up along `type`'s MRO without invoking descriptors; borrowed or NULL, never
-    /// raises (public in every CPython 3; not declared by pyo3-ffi).
-    fn _PyType_Lookup(t: *mut ffi::PyTypeObject, name: *mut ffi::PyObject) -> *mut ffi::PyObject;
-}
-
-/// `getattr(inst, '__setstate__', None)` without raising and catching an AttributeError in the
-/// common case (an instance with the generic getattr, no `__setstate__` in its class or its
-/// `__dict__`). Also returns the instance `__dict__` when it was fetched on the way.
-#[allow(clippy::type_complexity)]
-fn lookup_setstate<'py>(
-    inst: &Bound<'py, PyAny>,
-) -> PyResult<(Option<Bound<'py, PyAny>>, Option<Bound<'py, PyAny>>)> {
-    let py = inst.py();
-    let name = intern!(py, "__setstate__");
-    // SAFETY: GIL held; `inst` is live; the type pointer is borrowed from it.
-    unsafe {
-        let tp = ffi::Py_TYPE(inst.as_ptr());
-        let generic = (*tp).tp_getattro.map(|f| f as *const () as usize)
-            == Some(ffi::PyObject_GenericGetAttr as *const () as usize);
-        if generic && _PyType_Lookup(tp, name.as_ptr()).is_null() {
-            if (*tp).tp_dictoffset == 0 {
-                return Ok((None, None));
-            }
-            let d = ffi::PyObject_GenericGetDict(inst.as_ptr(), std::ptr::null_mut());
-            let d = Bound::from_owned_ptr_or_err(py, d)?;
-            if d.cast::<PyDict>()
-                .map_or(true, |dd| !dd.contains(name).unwrap_or(true))
-            {
-                return Ok((None, Some(d)));
-            }
-        }
-    }
-    Ok((inst.getattr_opt(name)?, None))
 }
 
 /// Scalars can be shared freely.

@@ -23,10 +23,13 @@ pub enum Construct {
     /// state `None` for plain classes, `builtins.list` / `builtins.dict` with the items for
     /// list and dict subclasses).
     Reconstructor,
+    /// `func(*args)` where `func` is itself an inert object (not a global): `args[0]` is the
+    /// callee, the rest its arguments (`getattr(x, 'system')('id')` in an inspected pickle).
+    Call,
 }
 
 impl Construct {
-    /// A short name: `global`, `reduce`, `newobj`, `newobj_ex`, `reconstructor`.
+    /// A short name: `global`, `reduce`, `newobj`, `newobj_ex`, `reconstructor`, `call`.
     pub fn as_str(self) -> &'static str {
         match self {
             Construct::Global => "global",
@@ -34,6 +37,7 @@ impl Construct {
             Construct::NewObj => "newobj",
             Construct::NewObjEx => "newobj_ex",
             Construct::Reconstructor => "reconstructor",
+            Construct::Call => "call",
         }
     }
 }

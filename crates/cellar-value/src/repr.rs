@@ -136,9 +136,16 @@ fn write_repr(out: &mut String, root: &Value, sorted: bool, indent: usize) {
 /// An inert object as the call that would create it, then what the pickle applies to it:
 /// `module.Name(args..., key=value).__setstate__(state).extend([...]).update({...})`.
 fn push_object<'a>(out: &mut String, stack: &mut Vec<Task<'a>>, o: &'a Object) {
-    out.push_str(&o.module);
-    out.push('.');
-    out.push_str(&o.name);
+    // A call of an inert object prints the callee's repr first (pushed last, below).
+    let callee = match (&o.construct, &o.args) {
+        (Construct::Call, Value::Tuple(a)) if !a.is_empty() => Some(&a[0]),
+        _ => None,
+    };
+    if callee.is_none() {
+        out.push_str(&o.module);
+        out.push('.');
+        out.push_str(&o.name);
+    }
     // Pushed in reverse: the last part first.
     if !o.dictitems.is_empty() {
         stack.push(Task::Text("})"));
@@ -168,7 +175,9 @@ fn push_object<'a>(out: &mut String, stack: &mut Vec<Task<'a>>, o: &'a Object) {
     stack.push(Task::Text(")"));
     let mut parts: Vec<Task<'a>> = Vec::new();
     match &o.args {
-        Value::Tuple(args) => parts.extend(args.iter().map(Task::Val)),
+        Value::Tuple(args) => {
+            parts.extend(args.iter().skip(callee.is_some() as usize).map(Task::Val))
+        }
         other => {
             parts.push(Task::Text("*"));
             parts.push(Task::Val(other));
@@ -211,7 +220,13 @@ fn push_object<'a>(out: &mut String, stack: &mut Vec<Task<'a>>, o: &'a Object) {
             stack.push(Task::Text(", "));
         }
     }
-    out.push('(');
+    match callee {
+        Some(f) => {
+            stack.push(Task::Text("("));
+            stack.push(Task::Val(f));
+        }
+        None => out.push('('),
+    }
 }
 
 fn push_seq_items<'a>(

@@ -45,3 +45,8 @@ class _PickleLoader:
 def _pickle_dumps(
     obj: object, protocol: int, fix_imports: bool, inert: type, reducer: Any
 ) -> bytes: ...
+def _pickle_globals_of(
+    data: Buffer, fix_imports: bool = True, extensions: dict[int, tuple[str, str]] | None = None
+) -> tuple[
+    list[tuple[str, str, str, str | None, bool, bool, bool, bool, int | None, str]], str | None
+]: ...

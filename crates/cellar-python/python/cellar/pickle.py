@@ -35,7 +35,7 @@ from pickle import (
     PicklingError,
     UnpicklingError,
 )
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from cellar import _cellar
 from cellar import copyreg as _copyreg
@@ -50,6 +50,7 @@ __all__ = [
     "Unpickler",
     "dump",
     "dumps",
+    "globals_of",
     "load",
     "loads",
 ]
@@ -385,3 +386,39 @@ def dump(obj: Any, file: Any, protocol: int | None = None, *, fix_imports: bool 
     """Write ``dumps(obj, protocol)`` to the binary ``file``."""
     file.write(dumps(obj, protocol, fix_imports=fix_imports))
 
+
+
+class GlobalRef(NamedTuple):
+    """One global a pickle names (see :func:`globals_of`)."""
+
+    module: str
+    name: str
+    #: ``'class'`` (instantiated: NEWOBJ, INST, OBJ, copyreg patterns), ``'function'`` (called by
+    #: REDUCE: a function, or a class called like one) or
+    #: ``'value'`` (only referenced).
+    need: str
+    #: How the default policy treats it (a basic type or a pattern marker), or None when the
+    #: caller must allow it: ``allow=[(module, name, obj)]``.
+    default: str | None
+    called: bool
+    instantiated: bool
+    built: bool
+    #: BUILD applied to the global itself: always refused.
+    built_itself: bool
+    extension: int | None
+    description: str
+
+    @property
+    def allow_form(self) -> tuple[str, str, str]:
+        """The ``(module, qualname, obj)`` entry of ``allow=`` that admits it (``obj`` is the
+        object you hold; shown here by name)."""
+        return (self.module, self.name, self.name.rsplit(".", 1)[-1])
+
+
+def globals_of(data: Any, /, *, fix_imports: bool = True) -> list[GlobalRef]:
+    """Every global the pickle ``data`` names, in order of first use, with what loading it would
+    need (``need``: class / function / value; ``default``: None when ``allow=`` must name it).
+    Nothing is built, imported or called; a truncated or malformed pickle lists what it names
+    up to the point where it breaks."""
+    rows, _error = _cellar._pickle_globals_of(data, bool(fix_imports), _copyreg._inverted_registry)
+    return [GlobalRef(*row) for row in rows]
