@@ -59,7 +59,8 @@ pub fn loads(data: &[u8]) -> Result<Value, DecodeError> {
 
 /// `loads` with every option; also returns how many bytes the object used.
 pub fn loads_with(data: &[u8], opts: &LoadOptions) -> Result<(Value, usize), DecodeError> {
-    let (v, input, _) = read::decode(SliceInput::new(data), ValueSink, opts)?;
+    let mut input = SliceInput::new(data);
+    let v = read::decode(&mut input, &mut ValueSink, opts)?;
     Ok((v, input.position()))
 }
 

@@ -163,6 +163,14 @@ pub trait Sink {
     type Set;
     /// The sink's error type.
     type Error: From<DecodeError> + From<InputFailed>;
+    /// Whether this sink can hold a value nested deeper than `max_depth` when the depth comes
+    /// from back-references (a shallow stream can build a deep value by referencing the
+    /// previous container from the next one). `false` (the `Value` tree, whose drop, repr and
+    /// hash recurse): such values fail with "recursion limit exceeded". `true` (Python
+    /// objects, whose dealloc, repr and == guard their own recursion): allowed, except where
+    /// the value would be hashed (a dict key, a set or frozenset item) or walked by the code
+    /// constructor (a code-object field), which fail in every sink.
+    const DEEP_VALUES: bool = false;
 
     /// `None`.
     fn none(&mut self) -> Result<Self::Value, Self::Error>;
@@ -313,8 +321,8 @@ struct Item<V> {
 }
 
 struct Decoder<'o, I, S: Sink> {
-    input: I,
-    sink: S,
+    input: &'o mut I,
+    sink: &'o mut S,
     refs: Vec<Slot<S::Value>>,
     stack: Vec<Frame<S>>,
     opts: &'o LoadOptions,
@@ -326,10 +334,10 @@ struct Decoder<'o, I, S: Sink> {
 /// Decodes one object from `input` into `sink`. On success the input is positioned just after
 /// the object (trailing bytes are the caller's business, as in CPython).
 pub fn decode<I: Input, S: Sink>(
-    input: I,
-    sink: S,
+    input: &mut I,
+    sink: &mut S,
     opts: &LoadOptions,
-) -> Result<(S::Value, I, S), S::Error> {
+) -> Result<S::Value, S::Error> {
     let mut d = Decoder {
         input,
         sink,
@@ -338,8 +346,7 @@ pub fn decode<I: Input, S: Sink>(
         opts,
         reserved: 0,
     };
-    let v = d.run()?;
-    Ok((v, d.input, d.sink))
+    d.run()
 }
 
 #[cold]
@@ -362,6 +369,20 @@ fn eof_object(at: usize) -> DecodeError {
 /// CPython's message for a reference to a tuple that is still being read.
 pub(crate) const MSG_SELF_TUPLE: &str =
     "bad marshal data (recursive reference: a tuple cannot contain itself)";
+/// A value nested deeper than the limit through back-references, where it is not allowed.
+pub(crate) const MSG_DEEP: &str =
+    "recursion limit exceeded (value nested too deeply through back-references)";
+
+/// Dict keys, set items and code fields are hashed or walked recursively by the builder: they
+/// must be no deeper than the limit, whatever the sink.
+#[inline(always)]
+fn check_hashed(height: u32, max_depth: usize, at: usize) -> Result<(), DecodeError> {
+    if height as usize > max_depth {
+        return Err(value_err(MSG_DEEP, at));
+    }
+    Ok(())
+}
+
 /// The message for a cycle through a list, dict or set when the sink cannot hold one.
 pub(crate) const MSG_CYCLE: &str = "bad marshal data (recursive reference: a container that \
                                     contains itself cannot be represented as a cellar Value)";
@@ -427,14 +448,12 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
         let text = std::str::from_utf8(s).ok();
         match text.and_then(cellar_value::parse_float_text) {
             Some(f) => Ok(f),
-            None => Err(value_err(
-                format!(
-                    "could not convert string to float: {}",
-                    cellar_value::bytes_repr(s)
-                ),
-                at,
-            )
-            .into()),
+            // CPython: PyOS_string_to_double's "could not convert string to float: '%.200s'".
+            None => {
+                let text = String::from_utf8_lossy(s);
+                let text: String = text.chars().take(200).collect();
+                Err(value_err(format!("could not convert string to float: '{text}'"), at).into())
+            }
         }
     }
 
@@ -498,7 +517,7 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                         None => Err(type_err("NULL object in marshal data for object", at).into()),
                     };
                 };
-                if !Self::accept(&mut self.sink, &mut self.input, top, item, at)? {
+                if !Self::accept(self.sink, self.input, self.opts.max_depth, top, item, at)? {
                     break;
                 }
                 let Some(frame) = self.stack.pop() else { break };
@@ -512,6 +531,7 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
     fn accept(
         sink: &mut S,
         input: &mut I,
+        max_depth: usize,
         top: &mut Frame<S>,
         item: Item<S::Value>,
         at: usize,
@@ -533,7 +553,7 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                 };
                 sink.seq_push(seq, v)?;
                 *all_str &= item.shape == Shape::Str;
-                *height = (*height).max(item.height + 1);
+                *height = (*height).max(item.height.saturating_add(1));
                 *left -= 1;
                 Ok(*left == 0)
             }
@@ -543,8 +563,9 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                 let Some(v) = item.value else {
                     return Err(type_err("NULL object in marshal data for set", at).into());
                 };
+                check_hashed(item.height, max_depth, at)?;
                 sink.set_add(set, v, at)?;
-                *height = (*height).max(item.height + 1);
+                *height = (*height).max(item.height.saturating_add(1));
                 *left -= 1;
                 Ok(*left == 0)
             }
@@ -556,9 +577,12 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                     *key = None;
                     return Ok(true);
                 };
-                *height = (*height).max(item.height + 1);
+                *height = (*height).max(item.height.saturating_add(1));
                 match key.take() {
-                    None => *key = Some(v),
+                    None => {
+                        check_hashed(item.height, max_depth, at)?;
+                        *key = Some(v)
+                    }
                     Some(k) => sink.dict_set(dict, k, v, at)?,
                 }
                 Ok(false)
@@ -569,8 +593,9 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                 let Some(v) = item.value else {
                     return Err(type_err("NULL object in marshal data for object", at).into());
                 };
+                check_hashed(item.height, max_depth, at)?;
                 objs.push((v, item.shape));
-                *height = (*height).max(item.height + 1);
+                *height = (*height).max(item.height.saturating_add(1));
                 if objs.len() == 8 {
                     // co_firstlineno sits between co_qualname and co_linetable.
                     let p = input.position();
@@ -586,7 +611,7 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                     return Err(type_err("NULL object in marshal data for object", at).into());
                 };
                 parts.push(v);
-                *height = (*height).max(item.height + 1);
+                *height = (*height).max(item.height.saturating_add(1));
                 Ok(parts.len() == 3)
             }
         }
@@ -646,12 +671,8 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                 (self.sink.slice(a, b, c)?, slot, height, Shape::Other)
             }
         };
-        if h as usize > self.opts.max_depth {
-            return Err(value_err(
-                "recursion limit exceeded (value nested too deeply through back-references)",
-                at,
-            )
-            .into());
+        if !S::DEEP_VALUES && h as usize > self.opts.max_depth {
+            return Err(value_err(MSG_DEEP, at).into());
         }
         self.fill(slot, &v, h, shape);
         Ok(Item {

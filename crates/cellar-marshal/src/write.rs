@@ -395,22 +395,27 @@ impl<O> Writer<'_, O> {
                 // Deterministic order (bpo-37596): sorted by each item's standalone marshal
                 // bytes, as `sorted(s, key=marshal.dumps)`.
                 let mut keyed = Vec::with_capacity(items.len());
-                for (item, held) in items {
-                    let mut buf = Vec::new();
-                    let mut sub = Writer {
-                        out: &mut buf,
-                        version: self.version,
-                        allow_code: self.allow_code,
-                        refs: HashMap::new(),
-                        depth: self.depth + 1,
-                        scratch: Vec::new(),
-                    };
-                    let standalone = source.set_item_extra(held, true);
-                    // The item is handed back after its standalone dump: written through a
-                    // borrowed task would need a second handle, so the sub-writer gets it
-                    // and returns it.
-                    let item = sub.write_keep(source, item, standalone)?;
-                    keyed.push((buf, item, source.set_item_extra(held, false)));
+                if items.len() <= 1 {
+                    // One item needs no ordering: skip its standalone dump (which, for nested
+                    // one-item sets, would cost time exponential in the depth).
+                    for (item, held) in items {
+                        keyed.push((Vec::new(), item, source.set_item_extra(held, false)));
+                    }
+                } else {
+                    for (item, held) in items {
+                        let mut buf = Vec::new();
+                        let mut sub = Writer {
+                            out: &mut buf,
+                            version: self.version,
+                            allow_code: self.allow_code,
+                            refs: HashMap::new(),
+                            depth: self.depth + 1,
+                            scratch: Vec::new(),
+                        };
+                        let standalone = source.set_item_extra(held, true);
+                        let item = sub.write_keep(source, item, standalone)?;
+                        keyed.push((buf, item, source.set_item_extra(held, false)));
+                    }
                 }
                 keyed.sort_by(|a, b| a.0.cmp(&b.0));
                 self.open(stack);

@@ -1,0 +1,162 @@
+//! Code objects through CPython's PUBLIC API only: no private symbols, no struct layout.
+//!
+//! - Building (decode): `PyCode_NewWithPosOnlyArgs` (3.11), renamed
+//!   `PyUnstable_Code_NewWithPosOnlyArgs` in 3.12+ (chosen at build time by pyo3's version
+//!   cfgs). It takes `co_varnames`, `co_cellvars` and `co_freevars`, which are derived from the
+//!   marshal fields `co_localsplusnames` / `co_localspluskinds` (0x20 local, 0x40 cell, 0x80
+//!   free); the constructor rebuilds the same localsplus table from them. The one bit it cannot
+//!   express is 3.12's `CO_FAST_HIDDEN` (0x10, comprehension variables inlined into their
+//!   enclosing code): the object is equal (`==`) but those locals are no longer hidden from
+//!   `locals()` (docs/marshal.md).
+//! - Reading (encode): the public attributes, `PyCode_GetCode` for `co_code`, and the same
+//!   derivation backwards ([`localsplus`]).
+
+use std::os::raw::c_int;
+
+use cellar_marshal::read::CodeFields;
+use pyo3::ffi::PyObject;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+/// `co_localspluskinds` bits (Include/internal/pycore_code.h).
+pub(crate) const CO_FAST_LOCAL: u8 = 0x20;
+pub(crate) const CO_FAST_CELL: u8 = 0x40;
+pub(crate) const CO_FAST_FREE: u8 = 0x80;
+
+extern "C" {
+    /// The public code constructor (Include/cpython/code.h): `PyCode_NewWithPosOnlyArgs` in
+    /// 3.11, `PyUnstable_Code_NewWithPosOnlyArgs` (the old name is a static inline) from 3.12.
+    #[cfg_attr(Py_3_12, link_name = "PyUnstable_Code_NewWithPosOnlyArgs")]
+    #[cfg_attr(not(Py_3_12), link_name = "PyCode_NewWithPosOnlyArgs")]
+    fn code_new_with_posonly_args(
+        argcount: c_int,
+        posonlyargcount: c_int,
+        kwonlyargcount: c_int,
+        nlocals: c_int,
+        stacksize: c_int,
+        flags: c_int,
+        code: *mut PyObject,
+        consts: *mut PyObject,
+        names: *mut PyObject,
+        varnames: *mut PyObject,
+        freevars: *mut PyObject,
+        cellvars: *mut PyObject,
+        filename: *mut PyObject,
+        name: *mut PyObject,
+        qualname: *mut PyObject,
+        firstlineno: c_int,
+        linetable: *mut PyObject,
+        exceptiontable: *mut PyObject,
+    ) -> *mut PyObject;
+
+    /// `co_code` as bytes (public since 3.11; a new reference).
+    pub(crate) fn PyCode_GetCode(co: *mut PyObject) -> *mut PyObject;
+}
+
+/// Builds a code object from the fields the core decoder validated (types and lengths).
+pub(crate) fn build<'py>(
+    py: Python<'py>,
+    f: CodeFields<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let [code, consts, names, lnames, lkinds, filename, name, qualname, linetable, exctable] =
+        f.objects;
+    let lnames = lnames.cast_into::<PyTuple>()?;
+    let lkinds = lkinds.cast_into::<PyBytes>()?;
+    let kinds = lkinds.as_bytes();
+    let mut groups: [Vec<Bound<'py, PyAny>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for (i, &k) in kinds.iter().enumerate() {
+        let nm = lnames.get_item(i)?;
+        if k & CO_FAST_LOCAL != 0 {
+            groups[0].push(nm.clone());
+        }
+        if k & CO_FAST_CELL != 0 {
+            groups[1].push(nm.clone());
+        }
+        if k & CO_FAST_FREE != 0 {
+            groups[2].push(nm);
+        }
+    }
+    let [var, cell, free] = groups;
+    let nlocals = var.len() as c_int;
+    let varnames = PyTuple::new(py, var)?;
+    let cellvars = PyTuple::new(py, cell)?;
+    let freevars = PyTuple::new(py, free)?;
+    // SAFETY: GIL held; every object argument is a live object of the type the constructor
+    // requires (checked by the core decoder: bytes, tuples of str, str); the constructor takes
+    // its own references and returns a new reference or NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            code_new_with_posonly_args(
+                f.argcount,
+                f.posonlyargcount,
+                f.kwonlyargcount,
+                nlocals,
+                f.stacksize,
+                f.flags,
+                code.as_ptr(),
+                consts.as_ptr(),
+                names.as_ptr(),
+                varnames.as_ptr(),
+                freevars.as_ptr(),
+                cellvars.as_ptr(),
+                filename.as_ptr(),
+                name.as_ptr(),
+                qualname.as_ptr(),
+                f.firstlineno,
+                linetable.as_ptr(),
+                exctable.as_ptr(),
+            ),
+        )
+    }
+}
+
+/// `co_code` of a code object (a new reference, as CPython's marshal takes it).
+pub(crate) fn co_code<'py>(co: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: GIL held; `co` is a live code object (the caller checked PyCode_Check);
+    // PyCode_GetCode returns a new reference or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(co.py(), PyCode_GetCode(co.as_ptr())) }
+}
+
+/// Rebuilds `co_localsplusnames` / `co_localspluskinds` from the public attributes, the way
+/// the constructor does: locals first (a local that is also a cell is marked LOCAL|CELL in
+/// place), then the remaining cells, then the free variables.
+pub(crate) fn localsplus<'py>(
+    co: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, PyBytes>)> {
+    let py = co.py();
+    let varnames = co.getattr(pyo3::intern!(py, "co_varnames"))?;
+    let cellvars = co.getattr(pyo3::intern!(py, "co_cellvars"))?;
+    let freevars = co.getattr(pyo3::intern!(py, "co_freevars"))?;
+    let varnames = varnames.cast::<PyTuple>()?;
+    let cellvars = cellvars.cast::<PyTuple>()?;
+    let freevars = freevars.cast::<PyTuple>()?;
+    let mut names: Vec<Bound<'py, PyAny>> = Vec::with_capacity(varnames.len());
+    let mut kinds: Vec<u8> = Vec::with_capacity(varnames.len());
+    for n in varnames.iter() {
+        names.push(n);
+        kinds.push(CO_FAST_LOCAL);
+    }
+    let nlocals = names.len();
+    for c in cellvars.iter() {
+        let mut found = None;
+        for (j, nm) in names.iter().enumerate().take(nlocals) {
+            if nm.eq(&c)? {
+                found = Some(j);
+                break;
+            }
+        }
+        match found {
+            Some(j) => kinds[j] |= CO_FAST_CELL,
+            None => {
+                names.push(c);
+                kinds.push(CO_FAST_CELL);
+            }
+        }
+    }
+    for f in freevars.iter() {
+        names.push(f);
+        kinds.push(CO_FAST_FREE);
+    }
+    Ok((PyTuple::new(py, names)?, PyBytes::new(py, &kinds)))
+}
