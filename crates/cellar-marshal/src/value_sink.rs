@@ -284,6 +284,25 @@ impl<'a> Source for ValueSource<'a> {
         }
     }
 
+    #[inline]
+    fn child(
+        &mut self,
+        v: &&'a Value,
+        cursor: &mut usize,
+    ) -> Result<Option<(&'a Value, u32)>, EncodeError> {
+        let v: &'a Value = v;
+        let i = *cursor;
+        let c = match v {
+            Value::Tuple(items) | Value::List(items) => items.get(i),
+            Value::Dict(d) => d
+                .get_index(i / 2)
+                .map(|(k, x)| if i % 2 == 0 { k } else { x }),
+            _ => None,
+        };
+        *cursor = i + 1;
+        Ok(c.map(|c| (c, 0)))
+    }
+
     fn children(
         &mut self,
         v: &&'a Value,

@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::EncodeError;
 use crate::types::*;
@@ -115,8 +116,9 @@ pub enum Node<'n, O> {
 
 /// What the encoder walks.
 pub trait Source {
-    /// A handle to one object (owned by the encoder while it is being written).
-    type Obj;
+    /// A handle to one object (owned by the encoder while it is being written; cloned once
+    /// per set item, which is written twice).
+    type Obj: Clone;
     /// The source's error type.
     type Error: From<EncodeError>;
 
@@ -128,7 +130,16 @@ pub trait Source {
     /// returns an identity must keep the object alive until the encoder is done (identities
     /// must not be reused during one dump).
     fn shared_id(&mut self, o: &Self::Obj, extra: u32) -> Option<usize>;
-    /// Appends the children of a container to `out` in writing order, each with the number of
+    /// The next child of a tuple, list or dict (for a dict: key, value, key, value, ...), with
+    /// its `extra` (see `shared_id`); `cursor` starts at 0 and is the source's to advance.
+    /// `None` when there are no more. Children are fetched one at a time, just before they are
+    /// written, so a source that owns what it hands out touches each object once.
+    fn child(
+        &mut self,
+        o: &Self::Obj,
+        cursor: &mut usize,
+    ) -> Result<Option<(Self::Obj, u32)>, Self::Error>;
+    /// Appends the children of a set, slice or code object to `out` in writing order, each with the number of
     /// references the source holds on it beyond CPython's at that point (see `shared_id`).
     fn children(
         &mut self,
@@ -150,10 +161,42 @@ pub trait Source {
 
 enum Task<O> {
     Obj(O, u32),
-    Null,
+    /// A tuple, list (`left` items still to write) or dict (`left == usize::MAX`) being written.
+    Iter {
+        obj: O,
+        cursor: usize,
+        left: usize,
+    },
     I32(i32),
     Exit,
 }
+
+/// Hasher for the reference table's identity keys (addresses): multiply and fold, much cheaper
+/// than SipHash, and identities are not attacker-controlled.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    #[inline(always)]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    #[inline(always)]
+    fn write_usize(&mut self, n: usize) {
+        // Addresses are aligned: drop the dead low bits, multiply to spread them up, then fold
+        // the well-mixed high half back down (hashbrown indexes with the low bits).
+        let x = (n as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = x ^ (x >> 32);
+    }
+}
+
+type RefMap = HashMap<usize, u32, BuildHasherDefault<IdHasher>>;
 
 fn unmarshallable() -> EncodeError {
     EncodeError {
@@ -178,23 +221,21 @@ pub fn encode<S: Source>(
         out,
         version: opts.version.min(CURRENT_VERSION),
         allow_code: opts.allow_code,
-        refs: HashMap::new(),
+        refs: RefMap::default(),
         depth: 0,
-        scratch: Vec::new(),
     };
     w.write(source, root, extra)
 }
 
-struct Writer<'w, O> {
+struct Writer<'w> {
     out: &'w mut Vec<u8>,
     version: u32,
     allow_code: bool,
-    refs: HashMap<usize, u32>,
+    refs: RefMap,
     depth: usize,
-    scratch: Vec<(O, u32)>,
 }
 
-impl<O> Writer<'_, O> {
+impl Writer<'_> {
     #[inline(always)]
     fn i32(&mut self, v: i32) {
         self.out.extend_from_slice(&v.to_le_bytes());
@@ -210,10 +251,10 @@ impl<O> Writer<'_, O> {
         Ok(())
     }
 
-    fn write<S: Source<Obj = O>>(
+    fn write<S: Source>(
         &mut self,
         source: &mut S,
-        root: O,
+        root: S::Obj,
         extra: u32,
     ) -> Result<(), S::Error> {
         let mut stack = vec![Task::Obj(root, extra)];
@@ -222,32 +263,58 @@ impl<O> Writer<'_, O> {
 
     /// Writes `root` and hands it back (set items are written twice: standalone for the sort
     /// key, then for real).
-    fn write_keep<S: Source<Obj = O>>(
+    fn write_keep<S: Source>(
         &mut self,
         source: &mut S,
-        root: O,
+        root: S::Obj,
         extra: u32,
-    ) -> Result<O, S::Error> {
+    ) -> Result<S::Obj, S::Error> {
         if self.depth + 1 > MAX_DEPTH {
             return Err(too_deep().into());
         }
+        // Written through a second handle, which the source holds too: one more reference.
         let mut stack = Vec::new();
-        self.object(source, &root, extra, &mut stack)?;
+        self.object(source, root.clone(), extra + 1, &mut stack)?;
         self.drain(source, &mut stack)?;
         Ok(root)
     }
 
-    fn drain<S: Source<Obj = O>>(
+    fn drain<S: Source>(
         &mut self,
         source: &mut S,
-        stack: &mut Vec<Task<O>>,
+        stack: &mut Vec<Task<S::Obj>>,
     ) -> Result<(), S::Error> {
         while let Some(task) = stack.pop() {
             let (v, extra) = match task {
                 Task::Obj(v, e) => (v, e),
-                Task::Null => {
-                    self.out.push(TYPE_NULL);
-                    continue;
+                Task::Iter {
+                    obj,
+                    mut cursor,
+                    left,
+                } => {
+                    let dict = left == usize::MAX;
+                    if left == 0 {
+                        self.depth -= 1;
+                        continue;
+                    }
+                    match source.child(&obj, &mut cursor)? {
+                        Some((c, e)) => {
+                            let left = if dict { left } else { left - 1 };
+                            stack.push(Task::Iter { obj, cursor, left });
+                            (c, e)
+                        }
+                        None if dict => {
+                            self.out.push(TYPE_NULL);
+                            self.depth -= 1;
+                            continue;
+                        }
+                        None => {
+                            return Err(EncodeError {
+                                message: "list changed size during marshal".into(),
+                            }
+                            .into())
+                        }
+                    }
                 }
                 Task::I32(x) => {
                     self.i32(x);
@@ -261,20 +328,20 @@ impl<O> Writer<'_, O> {
             if self.depth + 1 > MAX_DEPTH {
                 return Err(too_deep().into());
             }
-            self.object(source, &v, extra, stack)?;
+            self.object(source, v, extra, stack)?;
         }
         Ok(())
     }
 
     #[inline(always)]
-    fn object<S: Source<Obj = O>>(
+    fn object<S: Source>(
         &mut self,
         source: &mut S,
-        v: &O,
+        v: S::Obj,
         extra: u32,
-        stack: &mut Vec<Task<O>>,
+        stack: &mut Vec<Task<S::Obj>>,
     ) -> Result<(), S::Error> {
-        let node = source.node(v)?;
+        let node = source.node(&v)?;
         let single = match node {
             Node::None => Some(TYPE_NONE),
             Node::Bool(false) => Some(TYPE_FALSE),
@@ -289,7 +356,7 @@ impl<O> Writer<'_, O> {
         }
         let mut flag = 0u8;
         if self.version >= 3 {
-            if let Some(id) = source.shared_id(v, extra) {
+            if let Some(id) = source.shared_id(&v, extra) {
                 if let Some(&idx) = self.refs.get(&id) {
                     let b = idx.to_le_bytes();
                     self.out
@@ -348,17 +415,9 @@ impl<O> Writer<'_, O> {
                 self.out.extend_from_slice(&b);
             }
             Node::Str { data, interned } => self.str(data, interned, flag)?,
-            Node::Tuple(_) | Node::List(_) => {
+            Node::Tuple(n) | Node::List(n) => {
                 let list = matches!(node, Node::List(_));
                 drop(node);
-                let mut kids = std::mem::take(&mut self.scratch);
-                let r = source.children(v, &mut kids);
-                if let Err(e) = r {
-                    kids.clear();
-                    self.scratch = kids;
-                    return Err(e);
-                }
-                let n = kids.len();
                 if list {
                     self.code_size(TYPE_LIST | flag, n)?;
                 } else if self.version >= 4 && n < 256 {
@@ -367,30 +426,28 @@ impl<O> Writer<'_, O> {
                 } else {
                     self.code_size(TYPE_TUPLE | flag, n)?;
                 }
-                self.open(stack);
-                stack.extend(kids.drain(..).rev().map(|(o, e)| Task::Obj(o, e)));
-                self.scratch = kids;
+                self.depth += 1;
+                stack.push(Task::Iter {
+                    obj: v,
+                    cursor: 0,
+                    left: n,
+                });
             }
             Node::Dict => {
                 drop(node);
                 self.out.push(TYPE_DICT | flag);
-                let mut kids = std::mem::take(&mut self.scratch);
-                let r = source.children(v, &mut kids);
-                if let Err(e) = r {
-                    kids.clear();
-                    self.scratch = kids;
-                    return Err(e);
-                }
-                self.open(stack);
-                stack.push(Task::Null);
-                stack.extend(kids.drain(..).rev().map(|(o, e)| Task::Obj(o, e)));
-                self.scratch = kids;
+                self.depth += 1;
+                stack.push(Task::Iter {
+                    obj: v,
+                    cursor: 0,
+                    left: usize::MAX,
+                });
             }
             Node::Set { frozen, .. } => {
                 drop(node);
                 let code = if frozen { TYPE_FROZENSET } else { TYPE_SET };
                 let mut items = Vec::new();
-                source.children(v, &mut items)?;
+                source.children(&v, &mut items)?;
                 self.code_size(code | flag, items.len())?;
                 // Deterministic order (bpo-37596): sorted by each item's standalone marshal
                 // bytes, as `sorted(s, key=marshal.dumps)`.
@@ -408,9 +465,8 @@ impl<O> Writer<'_, O> {
                             out: &mut buf,
                             version: self.version,
                             allow_code: self.allow_code,
-                            refs: HashMap::new(),
+                            refs: RefMap::default(),
                             depth: self.depth + 1,
-                            scratch: Vec::new(),
                         };
                         let standalone = source.set_item_extra(held, true);
                         let item = sub.write_keep(source, item, standalone)?;
@@ -428,7 +484,7 @@ impl<O> Writer<'_, O> {
                 }
                 self.out.push(TYPE_SLICE | flag);
                 let mut kids = Vec::with_capacity(3);
-                source.children(v, &mut kids)?;
+                source.children(&v, &mut kids)?;
                 self.open(stack);
                 stack.extend(kids.into_iter().rev().map(|(o, e)| Task::Obj(o, e)));
             }
@@ -441,7 +497,7 @@ impl<O> Writer<'_, O> {
                     .into());
                 }
                 let mut kids = Vec::with_capacity(10);
-                source.children(v, &mut kids)?;
+                source.children(&v, &mut kids)?;
                 if kids.len() != 10 {
                     return Err(unmarshallable().into());
                 }
@@ -470,7 +526,7 @@ impl<O> Writer<'_, O> {
         Ok(())
     }
 
-    fn open(&mut self, stack: &mut Vec<Task<O>>) {
+    fn open<O>(&mut self, stack: &mut Vec<Task<O>>) {
         self.depth += 1;
         stack.push(Task::Exit);
     }

@@ -51,6 +51,10 @@ extern "C" {
 
     /// `co_code` as bytes (public since 3.11; a new reference).
     pub(crate) fn PyCode_GetCode(co: *mut PyObject) -> *mut PyObject;
+    /// `co_varnames`, `co_cellvars`, `co_freevars` (public since 3.11; new references).
+    fn PyCode_GetVarnames(co: *mut PyObject) -> *mut PyObject;
+    fn PyCode_GetCellvars(co: *mut PyObject) -> *mut PyObject;
+    fn PyCode_GetFreevars(co: *mut PyObject) -> *mut PyObject;
 }
 
 /// Builds a code object from the fields the core decoder validated (types and lengths).
@@ -125,9 +129,15 @@ pub(crate) fn localsplus<'py>(
     co: &Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, PyBytes>)> {
     let py = co.py();
-    let varnames = co.getattr(pyo3::intern!(py, "co_varnames"))?;
-    let cellvars = co.getattr(pyo3::intern!(py, "co_cellvars"))?;
-    let freevars = co.getattr(pyo3::intern!(py, "co_freevars"))?;
+    // SAFETY: GIL held; `co` is a live code object (the caller checked PyCode_Check); each
+    // getter returns a new reference (a tuple) or NULL with an exception set.
+    let (varnames, cellvars, freevars) = unsafe {
+        (
+            Bound::from_owned_ptr_or_err(py, PyCode_GetVarnames(co.as_ptr()))?,
+            Bound::from_owned_ptr_or_err(py, PyCode_GetCellvars(co.as_ptr()))?,
+            Bound::from_owned_ptr_or_err(py, PyCode_GetFreevars(co.as_ptr()))?,
+        )
+    };
     let varnames = varnames.cast::<PyTuple>()?;
     let cellvars = cellvars.cast::<PyTuple>()?;
     let freevars = freevars.cast::<PyTuple>()?;
@@ -141,7 +151,7 @@ pub(crate) fn localsplus<'py>(
     for c in cellvars.iter() {
         let mut found = None;
         for (j, nm) in names.iter().enumerate().take(nlocals) {
-            if nm.eq(&c)? {
+            if nm.is(&c) || nm.eq(&c)? {
                 found = Some(j);
                 break;
             }

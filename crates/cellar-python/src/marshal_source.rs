@@ -24,9 +24,10 @@ use cellar_marshal::{DumpOptions, EncodeError};
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi::{self, Py_ssize_t};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PySet, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PySet};
 
 /// One object pending in the encoder, with the `extra` its children get.
+#[derive(Clone)]
 pub(crate) struct PyObj<'py> {
     obj: Bound<'py, PyAny>,
     /// The `extra` of this object's children (see the module docs).
@@ -213,22 +214,65 @@ impl<'py> Source for PySource<'py> {
         Some(v as usize)
     }
 
+    #[inline(always)]
+    fn child(
+        &mut self,
+        o: &PyObj<'py>,
+        cursor: &mut usize,
+    ) -> Result<Option<(PyObj<'py>, u32)>, Fail> {
+        let v = o.obj.as_ptr();
+        let e = o.kids_extra;
+        let i = *cursor as Py_ssize_t;
+        // SAFETY (whole block): GIL held; `v` is alive (held by `o`); every index is checked
+        // against the container's CURRENT size, and each item is turned into an owned reference
+        // at once, so a container changed meanwhile (by Python code run for a buffer-protocol
+        // object) can never hand out a dangling pointer.
+        let item = unsafe {
+            let tp = ffi::Py_TYPE(v);
+            if tp == &raw mut ffi::PyTuple_Type {
+                *cursor += 1;
+                if i < ffi::PyTuple_GET_SIZE(v) {
+                    ffi::PyTuple_GET_ITEM(v, i)
+                } else {
+                    std::ptr::null_mut()
+                }
+            } else if tp == &raw mut ffi::PyList_Type {
+                *cursor += 1;
+                if i < ffi::PyList_GET_SIZE(v) {
+                    ffi::PyList_GET_ITEM(v, i)
+                } else {
+                    std::ptr::null_mut()
+                }
+            } else if tp == &raw mut ffi::PyDict_Type {
+                // cursor = (position before the entry << 1) | (0: key next, 1: value next).
+                let mut pos = (*cursor >> 1) as Py_ssize_t;
+                let start = pos;
+                let mut k: *mut ffi::PyObject = std::ptr::null_mut();
+                let mut x: *mut ffi::PyObject = std::ptr::null_mut();
+                if ffi::PyDict_Next(v, &mut pos, &mut k, &mut x) == 0 {
+                    std::ptr::null_mut()
+                } else if *cursor & 1 == 0 {
+                    *cursor = ((start as usize) << 1) | 1;
+                    k
+                } else {
+                    *cursor = (pos as usize) << 1;
+                    x
+                }
+            } else {
+                std::ptr::null_mut()
+            }
+        };
+        if item.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: `item` is a live borrowed reference (see above); from_borrowed_ptr increfs.
+        let item = unsafe { Bound::from_borrowed_ptr(self.py, item) };
+        Ok(Some((self.obj(item), e)))
+    }
+
     fn children(&mut self, o: &PyObj<'py>, out: &mut Vec<(PyObj<'py>, u32)>) -> Result<(), Fail> {
         let v = &o.obj;
-        let e = o.kids_extra;
-        if let Ok(t) = v.cast::<PyTuple>() {
-            out.reserve(t.len());
-            out.extend(t.iter().map(|x| (self.obj(x), e)));
-        } else if let Ok(l) = v.cast::<PyList>() {
-            out.reserve(l.len());
-            out.extend(l.iter().map(|x| (self.obj(x), e)));
-        } else if let Ok(d) = v.cast::<PyDict>() {
-            out.reserve(d.len() * 2);
-            for (k, x) in d.iter() {
-                out.push((self.obj(k), e));
-                out.push((self.obj(x), e));
-            }
-        } else if let Ok(s) = v.cast::<PySet>() {
+        if let Ok(s) = v.cast::<PySet>() {
             out.extend(s.iter().map(|x| (self.obj(x), 1)));
         } else if let Ok(s) = v.cast::<PyFrozenSet>() {
             out.extend(s.iter().map(|x| (self.obj(x), 1)));
