@@ -457,17 +457,6 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
         }
     }
 
-    /// A container claiming more items than bytes remain cannot be complete.
-    #[inline(always)]
-    fn check_count(&self, n: usize) -> Result<(), S::Error> {
-        if let Some(rem) = self.input.remaining() {
-            if n > rem {
-                return Err(too_short(self.input.position()).into());
-            }
-        }
-        Ok(())
-    }
-
     #[inline(always)]
     fn reserve_slot(&mut self, flag: bool, slot: Slot<S::Value>) -> Option<usize> {
         if !flag {
@@ -768,9 +757,10 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                     };
                     return Ok(Some(self.leaf(flag, v, shape)));
                 }
-                // Each item takes at least one byte: a count beyond the bytes left is truncated
-                // data, and pre-allocation stays within what the input could fill.
-                self.check_count(n)?;
+                // Each item takes at least one byte: pre-allocation stays within what the input
+                // could fill. A claim beyond the bytes left is NOT refused up front: the items
+                // are read until the data runs out (EOFError) or fails otherwise first, as in
+                // CPython, whatever the input (slice or stream).
                 let avail = match self.input.remaining() {
                     Some(rem) => rem.saturating_sub(self.reserved),
                     None => STREAM_PREALLOC_MAX.saturating_sub(self.reserved),
@@ -888,7 +878,6 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                     let v = self.sink.set_close(s)?;
                     return Ok(Some(self.leaf(flag, v, Shape::Other)));
                 }
-                self.check_count(n)?;
                 let slot = if frozen {
                     self.reserve_slot(flag, Slot::Reserved)
                 } else {

@@ -11,6 +11,8 @@
 //! - Reading (encode): the public attributes, `PyCode_GetCode` for `co_code`, and the same
 //!   derivation backwards ([`localsplus`]).
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 use std::os::raw::c_int;
 
 use cellar_marshal::read::CodeFields;
@@ -168,5 +170,15 @@ pub(crate) fn localsplus<'py>(
         names.push(f);
         kinds.push(CO_FAST_FREE);
     }
-    Ok((PyTuple::new(py, names)?, PyBytes::new(py, &kinds)))
+    // A fresh bytes object, as the compiler makes it (`PyBytes::new` would return CPython's
+    // shared one-byte singleton for a single local, whose reference count differs).
+    let kinds = if kinds.is_empty() {
+        PyBytes::new(py, &kinds)
+    } else {
+        PyBytes::new_with(py, kinds.len(), |b| {
+            b.copy_from_slice(&kinds);
+            Ok(())
+        })?
+    };
+    Ok((PyTuple::new(py, names)?, kinds))
 }

@@ -14,6 +14,8 @@
 //!   `PyUnstable_Code_NewWithPosOnlyArgs` from 3.12);
 //! - a small cache of interned short ASCII strings shared by every `loads`.
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 use std::os::raw::c_char;
 use std::sync::Mutex;
 

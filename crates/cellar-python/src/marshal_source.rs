@@ -17,6 +17,8 @@
 //! - set items: written once standalone for the sort key (CPython 3.11/3.12 borrow the item
 //!   there, 3.13 holds a reference) and then for real (CPython holds a (dump, item) pair).
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 use std::borrow::Cow;
 
 use cellar_marshal::write::{Node, Source, StrData};
@@ -81,7 +83,7 @@ impl<'py> Source for PySource<'py> {
     fn node<'n>(&mut self, o: &'n PyObj<'py>) -> Result<Node<'n, PyObj<'py>>, Fail> {
         let v = o.obj.as_ptr();
         let py = self.py;
-        // SAFETY (whole block): GIL held; `v` is alive as long as `o` (an owned reference held
+        // SAFETY: (whole block) GIL held; `v` is alive as long as `o` (an owned reference held
         // by the encoder for as long as the returned node borrows it); every type check comes
         // before the accessor that relies on it; str and bytes objects are immutable, so the
         // slices stay valid while `o` lives.
@@ -223,7 +225,7 @@ impl<'py> Source for PySource<'py> {
         let v = o.obj.as_ptr();
         let e = o.kids_extra;
         let i = *cursor as Py_ssize_t;
-        // SAFETY (whole block): GIL held; `v` is alive (held by `o`); every index is checked
+        // SAFETY: (whole block) GIL held; `v` is alive (held by `o`); every index is checked
         // against the container's CURRENT size, and each item is turned into an owned reference
         // at once, so a container changed meanwhile (by Python code run for a buffer-protocol
         // object) can never hand out a dangling pointer.
