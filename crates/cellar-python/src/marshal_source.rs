@@ -61,6 +61,28 @@ pub(crate) struct PySource<'py> {
     py: Python<'py>,
     /// Flagged objects, kept alive for the whole dump (their addresses are the identities).
     keep: Vec<Bound<'py, PyAny>>,
+    /// The compilation unit of the first code object met (see [`Unit`]).
+    unit: Option<Unit<'py>>,
+}
+
+/// `co_localsplusnames` as CPython's compiler shares it. The compiler merges every tuple of
+/// constants and names of one compilation unit by value (`merge_const_one`): a code object's
+/// `co_localsplusnames` IS the `co_names` or constant tuple of equal value when there is one,
+/// and otherwise one tuple shared by all code objects with those local names. No public API
+/// returns that tuple, so it is found again by value: the real tuple of equal value met in the
+/// unit, else one rebuilt tuple per value, flagged as CPython's would be (its reference count
+/// is the number of code objects sharing it).
+struct Unit<'py> {
+    /// value (tuple of str) -> the object that stands for it.
+    reps: Bound<'py, PyDict>,
+    /// value -> how many code objects have these local names.
+    uses: Bound<'py, PyDict>,
+    /// Rebuilt (localsplusnames, localspluskinds) per code object address.
+    rebuilt: std::collections::HashMap<usize, (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    /// Rebuilt tuples standing for a value.
+    synthetic: std::collections::HashSet<usize>,
+    /// Real tuples held (twice: as key and value) by `reps`: two more references than CPython.
+    held: std::collections::HashSet<usize>,
 }
 
 impl<'py> PySource<'py> {
@@ -199,6 +221,12 @@ impl<'py> Source for PySource<'py> {
     #[inline(always)]
     fn shared_id(&mut self, o: &PyObj<'py>, extra: u32) -> Option<usize> {
         let v = o.obj.as_ptr();
+        let mut extra = extra;
+        if let Some(u) = &self.unit {
+            if !u.held.is_empty() && u.held.contains(&(v as usize)) {
+                extra += 2;
+            }
+        }
         // SAFETY: GIL held; `v` is a live object (held by `o`).
         let (refcnt, interned) = unsafe {
             (
@@ -314,31 +342,145 @@ impl<'py> PySource<'py> {
         out: &mut Vec<(PyObj<'py>, u32)>,
     ) -> Result<(), Fail> {
         let py = self.py;
+        if self.unit.is_none() {
+            self.unit = Some(scan_unit(co)?);
+        }
         let code = crate::marshal_code::co_code(co)?;
         let consts = co.getattr(pyo3::intern!(py, "co_consts"))?;
         let names = co.getattr(pyo3::intern!(py, "co_names"))?;
-        let (lnames, lkinds) = crate::marshal_code::localsplus(co)?;
         let filename = co.getattr(pyo3::intern!(py, "co_filename"))?;
         let name = co.getattr(pyo3::intern!(py, "co_name"))?;
         let qualname = co.getattr(pyo3::intern!(py, "co_qualname"))?;
         let linetable = co.getattr(pyo3::intern!(py, "co_linetable"))?;
         let exctable = co.getattr(pyo3::intern!(py, "co_exceptiontable"))?;
+        let (lnames, lkinds) = match self
+            .unit
+            .as_mut()
+            .and_then(|u| u.rebuilt.remove(&(co.as_ptr() as usize)))
+        {
+            Some(pair) => pair,
+            None => {
+                let (a, b) = crate::marshal_code::localsplus(co)?;
+                (a.into_any(), b.into_any())
+            }
+        };
+        let lnames = self.stand_in(lnames)?;
         out.push((self.obj(code), 0));
         out.push((self.obj(consts), 1));
         out.push((self.obj(names), 1));
-        out.push((
-            PyObj {
-                obj: lnames.into_any(),
-                kids_extra: 2,
-            },
-            0,
-        ));
-        out.push((self.obj(lkinds.into_any()), 0));
+        out.push(lnames);
+        out.push((self.obj(lkinds), 0));
         for x in [filename, name, qualname, linetable, exctable] {
             out.push((self.obj(x), 1));
         }
         Ok(())
     }
+
+    /// The object CPython's code object holds as `co_localsplusnames` for the value `lnames`,
+    /// with its `extra` (see [`Unit`]).
+    fn stand_in(&mut self, lnames: Bound<'py, PyAny>) -> Result<(PyObj<'py>, u32), Fail> {
+        let Some(unit) = self.unit.as_mut() else {
+            return Ok((self.obj(lnames), 0));
+        };
+        if lnames.len()? == 0 {
+            // The empty tuple is a singleton everywhere.
+            return Ok((self.obj(lnames), 0));
+        }
+        let rep = match unit.reps.get_item(&lnames)? {
+            Some(r) => r,
+            None => {
+                unit.reps.set_item(&lnames, &lnames)?;
+                unit.synthetic.insert(lnames.as_ptr() as usize);
+                lnames
+            }
+        };
+        if !unit.synthetic.contains(&(rep.as_ptr() as usize)) {
+            // The real tuple of equal value: it IS the code object's, reference count included.
+            return Ok((
+                PyObj {
+                    obj: rep,
+                    kids_extra: 1,
+                },
+                1,
+            ));
+        }
+        let uses: usize = match unit.uses.get_item(&rep)? {
+            Some(n) => n.extract()?,
+            None => 1,
+        };
+        // SAFETY: GIL held; `rep` is a live object.
+        let refcnt = unsafe { ffi::Py_REFCNT(rep.as_ptr()) }.max(1) as u32;
+        // Flagged exactly when CPython's shared tuple has more than one holder; `+ 1` for the
+        // handle pushed below. The names inside are held by it and by the real (hidden) tuple.
+        let extra = if uses >= 2 { 0 } else { refcnt };
+        Ok((
+            PyObj {
+                obj: rep,
+                kids_extra: 2,
+            },
+            extra,
+        ))
+    }
+}
+
+/// Scans the code objects reachable from `root` through `co_consts`: the real tuples of str
+/// (names, constants) by value, and how many code objects have each `co_localsplusnames` value.
+fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
+    let py = root.py();
+    let reps = PyDict::new(py);
+    let uses = PyDict::new(py);
+    let mut rebuilt = std::collections::HashMap::new();
+    let mut stack = vec![root.clone()];
+    let mut seen = std::collections::HashSet::new();
+    let is_str_tuple = |t: &Bound<'py, PyAny>| -> bool {
+        t.cast::<pyo3::types::PyTuple>()
+            .map(|t| {
+                !t.is_empty()
+                    && t.iter()
+                        .all(|x| x.is_exact_instance_of::<pyo3::types::PyString>())
+            })
+            .unwrap_or(false)
+    };
+    while let Some(o) = stack.pop() {
+        if !seen.insert(o.as_ptr() as usize) {
+            continue;
+        }
+        if is_code(&o) {
+            let names = o.getattr(pyo3::intern!(py, "co_names"))?;
+            if is_str_tuple(&names) && reps.get_item(&names)?.is_none() {
+                reps.set_item(&names, &names)?;
+            }
+            let (ln, lk) = crate::marshal_code::localsplus(&o)?;
+            if !ln.is_empty() {
+                let n: usize = match uses.get_item(&ln)? {
+                    Some(n) => n.extract()?,
+                    None => 0,
+                };
+                uses.set_item(&ln, n + 1)?;
+            }
+            rebuilt.insert(o.as_ptr() as usize, (ln.into_any(), lk.into_any()));
+            stack.push(o.getattr(pyo3::intern!(py, "co_consts"))?);
+        } else if let Ok(t) = o.cast::<pyo3::types::PyTuple>() {
+            if is_str_tuple(&o) && reps.get_item(&o)?.is_none() {
+                reps.set_item(&o, &o)?;
+            }
+            stack.extend(t.iter());
+        } else if let Ok(f) = o.cast::<PyFrozenSet>() {
+            stack.extend(f.iter());
+        }
+    }
+    let mut held = std::collections::HashSet::new();
+    for (_, v) in reps.iter() {
+        held.insert(v.as_ptr() as usize);
+    }
+    // `uses` is keyed by value: a synthetic stand-in created later looks itself up there.
+    Ok(Unit {
+        reps,
+        uses,
+        rebuilt,
+        synthetic: std::collections::HashSet::new(),
+        held,
+    })
 }
 
 /// argcount, posonlyargcount, kwonlyargcount, stacksize, flags, firstlineno.
@@ -391,6 +533,7 @@ pub(crate) fn dumps<'py>(
     let mut src = PySource {
         py,
         keep: Vec::new(),
+        unit: None,
     };
     let mut out = Vec::with_capacity(size_hint(value));
     // The root: the caller's argument is borrowed in CPython too; we hold one more.
