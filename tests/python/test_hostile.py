@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import marshal as c_marshal
+import os
 import random
 import resource
 import struct
@@ -221,6 +222,20 @@ def test_other_errors_match_cpython() -> None:
     ]
     for data in cases:
         assert outcome(r_marshal.loads, data) == outcome(c_marshal.loads, data), data
+
+
+def test_instrumented_opcode_never_reaches_the_code_constructor() -> None:
+    # Found by the loop below on 3.12: co_code holding an INSTRUMENTED_* opcode crashes CPython
+    # 3.12+'s code constructor (and its own marshal.loads). cellar refuses it there; 3.11 has no
+    # such opcodes and builds the code object, as CPython 3.11 does.
+    path = os.path.join(os.path.dirname(__file__), "data", "code_instrumented_opcode.bin")
+    with open(path, "rb") as f:
+        data = f.read()
+    if sys.version_info >= (3, 12):
+        with pytest.raises(ValueError, match="instrumented opcode"):
+            r_marshal.loads(data)
+    else:
+        assert type(r_marshal.loads(data)).__name__ == "code"
 
 
 def test_random_bytes_fuzz_fixed_budget() -> None:

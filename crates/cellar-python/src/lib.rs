@@ -118,6 +118,7 @@ fn _cellar(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dump, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add("version", DEFAULT_VERSION)?;
+    marshal_code::init(m.py())?;
     dbm::register(m)?;
     shelve::register(m)?;
     Ok(())

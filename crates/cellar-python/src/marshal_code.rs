@@ -59,6 +59,88 @@ extern "C" {
     fn PyCode_GetFreevars(co: *mut PyObject) -> *mut PyObject;
 }
 
+/// Which opcodes the running CPython's code constructor accepts without crashing. 3.12+
+/// quickens bytecode as it builds a code object and crashes on an INSTRUMENTED_* opcode (or
+/// 3.13's ENTER_EXECUTOR) in `co_code`, which no code CPython writes contains; so does its own
+/// marshal. Computed once, at import, from the running interpreter's `opcode.opmap`: every byte
+/// except those opcodes (other unknown opcodes are accepted, as CPython's marshal does: bytecode
+/// of another version is still loadable).
+static OPCODE_OK: std::sync::OnceLock<[bool; 256]> = std::sync::OnceLock::new();
+
+/// Reads the running interpreter's opcode table (at import of `cellar._cellar`, so that no
+/// import happens while decoding).
+pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
+    let opmap = py.import("opcode")?.getattr("opmap")?;
+    let opmap = opmap.cast::<pyo3::types::PyDict>()?;
+    let mut ok = [true; 256];
+    for (k, v) in opmap.iter() {
+        let name: String = k.extract()?;
+        let op: usize = v.extract()?;
+        if op < 256 && (name.starts_with("INSTRUMENTED_") || name == "ENTER_EXECUTOR") {
+            ok[op] = false;
+        }
+    }
+    let _ = OPCODE_OK.set(ok);
+    // 3.12+: comprehension variables inlined into their enclosing code are "hidden" locals
+    // (kind bit 0x10), which no public attribute shows; such code saves them with
+    // LOAD_FAST_AND_CLEAR. See `hidden_kinds`.
+    if let Some(op) = opmap.get_item("LOAD_FAST_AND_CLEAR")? {
+        let op: u8 = op.extract()?;
+        let dumps = py.import("marshal")?.getattr("dumps")?.unbind();
+        let _ = HIDDEN.set((op, dumps));
+    }
+    Ok(())
+}
+
+/// LOAD_FAST_AND_CLEAR's opcode and the interpreter's own `marshal.dumps` (3.12+).
+static HIDDEN: std::sync::OnceLock<(u8, Py<PyAny>)> = std::sync::OnceLock::new();
+
+/// The exact `co_localspluskinds` of a 3.12+ code object that may have hidden locals: the only
+/// public API that shows them is the interpreter's own marshal, applied to a copy without
+/// constants (`replace` keeps the kinds), parsed back with the core decoder.
+fn hidden_kinds(co: &Bound<'_, PyAny>, code: &[u8], n: usize) -> PyResult<Option<Vec<u8>>> {
+    let Some((op, dumps)) = HIDDEN.get() else {
+        return Ok(None);
+    };
+    if !code.chunks(2).any(|u| u[0] == *op) {
+        return Ok(None);
+    }
+    let py = co.py();
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("co_consts", PyTuple::empty(py))?;
+    let stripped = co.call_method("replace", (), Some(&kwargs))?;
+    let bytes = dumps.bind(py).call1((stripped,))?;
+    let bytes = bytes.cast::<PyBytes>()?;
+    let v = cellar_marshal::loads(bytes.as_bytes()).ok();
+    Ok(match &v {
+        Some(cellar_marshal::Value::Code(c)) => match &c.localspluskinds {
+            cellar_marshal::Value::Bytes(k) if k.len() == n => Some(k.to_vec()),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// Refuses bytecode the constructor would crash on (see [`OPCODE_OK`]): no code unit's opcode
+/// byte may be an instrumented one (checked at every code unit, cache entries included).
+fn check_bytecode(code: &Bound<'_, PyAny>) -> PyResult<()> {
+    let Some(ok) = OPCODE_OK.get() else {
+        return Ok(());
+    };
+    let code = code.cast::<PyBytes>()?;
+    for (i, unit) in code.as_bytes().chunks(2).enumerate() {
+        if !ok[unit[0] as usize] {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "bad marshal data (invalid code object: opcode {} at offset {} is an instrumented \
+                 opcode, which this Python cannot build code from)",
+                unit[0],
+                2 * i
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Builds a code object from the fields the core decoder validated (types and lengths).
 pub(crate) fn build<'py>(
     py: Python<'py>,
@@ -66,6 +148,7 @@ pub(crate) fn build<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let [code, consts, names, lnames, lkinds, filename, name, qualname, linetable, exctable] =
         f.objects;
+    check_bytecode(&code)?;
     let lnames = lnames.cast_into::<PyTuple>()?;
     let lkinds = lkinds.cast_into::<PyBytes>()?;
     let kinds = lkinds.as_bytes();
@@ -169,6 +252,13 @@ pub(crate) fn localsplus<'py>(
     for f in freevars.iter() {
         names.push(f);
         kinds.push(CO_FAST_FREE);
+    }
+    if !kinds.is_empty() {
+        let code = co_code(co)?;
+        let code = code.cast::<PyBytes>()?;
+        if let Some(exact) = hidden_kinds(co, code.as_bytes(), kinds.len())? {
+            kinds = exact;
+        }
     }
     // A fresh bytes object, as the compiler makes it (`PyBytes::new` would return CPython's
     // shared one-byte singleton for a single local, whose reference count differs).
