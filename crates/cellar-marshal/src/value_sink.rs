@@ -296,7 +296,7 @@ impl<'a> Source for ValueSource<'a> {
             Value::Tuple(items) | Value::List(items) => items.get(i),
             Value::Dict(d) => d
                 .get_index(i / 2)
-                .map(|(k, x)| if i % 2 == 0 { k } else { x }),
+                .map(|(k, x)| if i & 1 == 0 { k } else { x }),
             _ => None,
         };
         *cursor = i + 1;
