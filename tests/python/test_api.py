@@ -113,12 +113,23 @@ def test_code_objects() -> None:
         r_marshal.load(io.BytesIO(data), allow_code=False)
 
 
-def test_code_fast_path_reported() -> None:
-    import sys
+def test_marshal_uses_no_private_cpython_symbols() -> None:
+    """Code objects go through the public constructor: the extension must not import CPython's
+    private code-object functions (nor look symbols up at run time)."""
+    import shutil
+    import subprocess
 
     from cellar import _cellar
 
-    assert _cellar._code_fast_path is (sys.version_info[:2] == (3, 11))
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm not installed")
+    out = subprocess.run(
+        [nm, "-D", "--undefined-only", _cellar.__file__], capture_output=True, text=True, check=True
+    ).stdout
+    undefined = {line.split()[-1] for line in out.splitlines() if line.strip()}
+    for private in ("_PyCode_New", "_PyCode_Validate", "dlsym", "_PyBytes_Resize"):
+        assert private not in undefined
 
 
 def test_sets_are_written_in_sorted_order() -> None:

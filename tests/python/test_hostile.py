@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import marshal as c_marshal
+import os
 import random
 import resource
 import struct
@@ -172,19 +173,27 @@ def test_invalid_references() -> None:
             r_marshal.loads(data)
 
 
-def test_half_built_containers_never_expose_null() -> None:
-    # A tuple whose item is a dict keyed by the tuple itself: CPython would hash a tuple with an
-    # empty slot; cellar fills empty slots with None first.
-    data = b"\xa8\x01\x00\x00\x00{r\x00\x00\x00\x00N0"
-    t = r_marshal.loads(data)
-    assert isinstance(t, tuple) and isinstance(t[0], dict)
-    (key,) = t[0]
-    assert key is t
-    # Self-containing tuple and list (allowed, as in CPython).
-    t = r_marshal.loads(b"\xa9\x01r\x00\x00\x00\x00")
-    assert t[0] is t
+def test_self_containing_tuples_are_refused() -> None:
+    # A tuple whose item is a dict keyed by the tuple itself: hashing it would recurse forever
+    # (CPython crashes). A reference to a tuple still being read is refused (docs/marshal.md).
+    for data in (
+        b"\xa8\x01\x00\x00\x00{r\x00\x00\x00\x00N0",  # dict key
+        b"\xa9\x01r\x00\x00\x00\x00",  # the tuple itself
+        b"\xa9\x01<\x01\x00\x00\x00r\x00\x00\x00\x00",  # set member
+        b"\xa9\x01>\x01\x00\x00\x00r\x00\x00\x00\x00",  # frozenset member
+        b"\xa9\x01[\x01\x00\x00\x00r\x00\x00\x00\x00",  # through a list
+    ):
+        with pytest.raises(ValueError, match=r"a tuple cannot contain itself"):
+            r_marshal.loads(data)
+    # Self-containing list, dict and set: allowed, as in CPython; a list pre-allocated for its
+    # claimed size never exposes a NULL slot (its empty slots hold None until filled).
     lst = r_marshal.loads(b"\xdb\x02\x00\x00\x00r\x00\x00\x00\x00N")
     assert lst[0] is lst and lst[1] is None
+    d = r_marshal.loads(b"\xfbN\xdb\x01\x00\x00\x00r\x00\x00\x00\x000")
+    assert d[None][0] is d
+    # ... but such a container cannot be hashed: a TypeError, never a crash.
+    with pytest.raises(TypeError):
+        r_marshal.loads(b"<\x01\x00\x00\x00\xdb\x01\x00\x00\x00r\x00\x00\x00\x00")
 
 
 def test_other_errors_match_cpython() -> None:
@@ -213,6 +222,20 @@ def test_other_errors_match_cpython() -> None:
     ]
     for data in cases:
         assert outcome(r_marshal.loads, data) == outcome(c_marshal.loads, data), data
+
+
+def test_instrumented_opcode_never_reaches_the_code_constructor() -> None:
+    # Found by the loop below on 3.12: co_code holding an INSTRUMENTED_* opcode crashes CPython
+    # 3.12+'s code constructor (and its own marshal.loads). cellar refuses it there; 3.11 has no
+    # such opcodes and builds the code object, as CPython 3.11 does.
+    path = os.path.join(os.path.dirname(__file__), "data", "code_instrumented_opcode.bin")
+    with open(path, "rb") as f:
+        data = f.read()
+    if sys.version_info >= (3, 12):
+        with pytest.raises(ValueError, match="instrumented opcode"):
+            r_marshal.loads(data)
+    else:
+        assert type(r_marshal.loads(data)).__name__ == "code"
 
 
 def test_random_bytes_fuzz_fixed_budget() -> None:

@@ -21,20 +21,22 @@
 
 mod error;
 pub mod pyc;
-mod read;
+pub mod read;
 mod types;
-mod write;
+mod value_sink;
+pub mod write;
 
 pub use crate::error::{DecodeError, EncodeError, ErrorKind};
-pub use crate::read::LoadOptions;
+pub use crate::read::{decode, Input, InputFailed, LoadOptions, Sink, SliceInput};
 pub use crate::types::{CURRENT_VERSION, DEFAULT_VERSION, MAX_DEPTH};
-pub use crate::write::DumpOptions;
+pub use crate::value_sink::{ValueSink, ValueSource};
+pub use crate::write::{encode, DumpOptions, Source};
 pub use cellar_value::Value;
 
 /// `marshal.dumps(value, version)`: encodes with the given format version (0-5; higher means
 /// the newest), code objects allowed.
 pub fn dumps(value: &Value, version: u32) -> Result<Vec<u8>, EncodeError> {
-    write::write_value(
+    dumps_with(
         value,
         &DumpOptions {
             version,
@@ -45,17 +47,21 @@ pub fn dumps(value: &Value, version: u32) -> Result<Vec<u8>, EncodeError> {
 
 /// `dumps` with every option.
 pub fn dumps_with(value: &Value, opts: &DumpOptions) -> Result<Vec<u8>, EncodeError> {
-    write::write_value(value, opts)
+    let mut out = Vec::with_capacity(64);
+    write::encode(&mut ValueSource::default(), value, 0, opts, &mut out)?;
+    Ok(out)
 }
 
 /// `marshal.loads(data)`: decodes the first object; trailing bytes are ignored, as in CPython.
 pub fn loads(data: &[u8]) -> Result<Value, DecodeError> {
-    read::read_object(data, &LoadOptions::default()).map(|(v, _)| v)
+    loads_with(data, &LoadOptions::default()).map(|(v, _)| v)
 }
 
 /// `loads` with every option; also returns how many bytes the object used.
 pub fn loads_with(data: &[u8], opts: &LoadOptions) -> Result<(Value, usize), DecodeError> {
-    read::read_object(data, opts)
+    let mut input = SliceInput::new(data);
+    let v = read::decode(&mut input, &mut ValueSink, opts)?;
+    Ok((v, input.position()))
 }
 
 /// A failure of [`to_vec`] / [`from_slice`]: the Rust value did not map to a Python value (or

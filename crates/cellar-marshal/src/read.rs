@@ -1,20 +1,30 @@
-//! The marshal decoder: bytes in, [`Value`] out, for every type code of versions 0-5.
+//! The marshal decoder: ONE opcode loop for every consumer, generic over the input ([`Input`])
+//! and over what is built ([`Sink`]).
 //!
-//! It never recurses: open containers live on an explicit stack, so the nesting limit (2000,
-//! as CPython's `MAX_MARSHAL_STACK_DEPTH`) is checked, not discovered by a stack overflow.
-//! Memory is bounded by the input: a claimed count or length is never used to allocate more
-//! than the bytes that remain could fill, and a value built through back-references can be
-//! no deeper than the limit either (so dropping or printing it is always safe).
-
-use std::sync::Arc;
-
-use cellar_value::{validate_surrogatepass, BigInt, Code, Dict, Int, PyStr, Set, Slice, Value};
-use num_bigint::{BigUint, Sign};
+//! The Rust [`Value`](cellar_value::Value) is one sink (`crate::value_sink`); the Python package
+//! implements another that builds Python objects directly. Everything that decides whether
+//! bytes are valid marshal data lives here, once: type codes, sizes, the reference table and
+//! what a reference may point at, the nesting limit, the pre-allocation bound, code-object field
+//! validation, error kinds and messages.
+//!
+//! It never recurses: open containers live on an explicit stack, so the nesting limit (2000, as
+//! CPython's `MAX_MARSHAL_STACK_DEPTH`) is checked, not discovered by a stack overflow. Memory is
+//! bounded by the input: a claimed count or length is never used to allocate more than the bytes
+//! that remain could fill ([`Sink::seq_open`] gets a `capacity` kept below the bytes left over
+//! ALL open containers), and a value built through back-references can be no deeper than the
+//! limit either (so dropping, hashing or printing it never recurses without bound).
+//!
+//! References (see docs/marshal.md, "The reference table"): a reference to a tuple that is still
+//! being read is always refused (a tuple cannot contain itself: hashing it would recurse
+//! forever); a reference to an open list, dict or set is offered to the sink
+//! ([`Sink::seq_ref`], ...), which may refuse it (the `Value` tree cannot hold a cycle) or
+//! return the object (Python objects can); frozenset, code and slice slots are reserved and a
+//! reference before they are complete is "invalid reference", as in CPython.
 
 use crate::error::{DecodeError, ErrorKind};
 use crate::types::*;
 
-/// Options for [`crate::loads_with`].
+/// Options for [`crate::loads_with`] and [`decode`].
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// Accept code objects (`c`); when false they fail with ValueError as in CPython 3.13.
@@ -33,368 +43,610 @@ impl Default for LoadOptions {
     }
 }
 
+/// The input failed for a reason of its own (an I/O error, a Python exception raised by
+/// `file.readinto`); the input has recorded the details, the sink's error type carries them on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputFailed;
+
+/// Where the decoder's bytes come from: a slice ([`SliceInput`]) or a stream.
+pub trait Input {
+    /// The next byte; `Ok(None)` at the end of the input.
+    fn byte(&mut self) -> Result<Option<u8>, InputFailed>;
+    /// Exactly `n` bytes; `Ok(None)` if fewer remain (the input may then be anywhere).
+    fn take(&mut self, n: usize) -> Result<Option<&[u8]>, InputFailed>;
+    /// How many bytes remain, when known (in memory); `None` for a stream, whose claims are
+    /// then never trusted for pre-allocation.
+    fn remaining(&self) -> Option<usize>;
+    /// Bytes consumed so far (for error offsets).
+    fn position(&self) -> usize;
+}
+
+/// An in-memory input.
+#[derive(Debug, Clone)]
+pub struct SliceInput<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> SliceInput<'a> {
+    /// Reads `data` from its start.
+    pub fn new(data: &'a [u8]) -> SliceInput<'a> {
+        SliceInput { data, pos: 0 }
+    }
+}
+
+impl Input for SliceInput<'_> {
+    #[inline(always)]
+    fn byte(&mut self) -> Result<Option<u8>, InputFailed> {
+        match self.data.get(self.pos) {
+            Some(&b) => {
+                self.pos += 1;
+                Ok(Some(b))
+            }
+            None => Ok(None),
+        }
+    }
+    #[inline(always)]
+    fn take(&mut self, n: usize) -> Result<Option<&[u8]>, InputFailed> {
+        let end = self.pos.saturating_add(n);
+        match self.data.get(self.pos..end) {
+            Some(s) => {
+                self.pos = end;
+                Ok(Some(s))
+            }
+            None => Ok(None),
+        }
+    }
+    #[inline(always)]
+    fn remaining(&self) -> Option<usize> {
+        Some(self.data.len() - self.pos)
+    }
+    #[inline(always)]
+    fn position(&self) -> usize {
+        self.pos
+    }
+}
+
+/// The shape of a finished object, as far as the decoder needs it to validate code objects
+/// (CPython's `_PyCode_Validate` rules), whatever the sink builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A `bytes` object of this length.
+    Bytes(usize),
+    /// A `str`.
+    Str,
+    /// A tuple of this length; `all_str` when every item is a `str`.
+    Tuple {
+        /// Number of items.
+        len: usize,
+        /// Every item is a `str`.
+        all_str: bool,
+    },
+    /// Anything else.
+    Other,
+}
+
+/// The 3.11+ code object fields in stream order, validated by the decoder before the sink sees
+/// them: `code` is bytes of even length, `consts` a tuple, `names` and `localsplusnames` tuples
+/// of str, `localspluskinds` bytes as long as `localsplusnames`, `filename`/`name`/`qualname`
+/// str, `linetable`/`exceptiontable` bytes, and the argument counts consistent.
+#[derive(Debug)]
+pub struct CodeFields<V> {
+    /// `co_argcount`.
+    pub argcount: i32,
+    /// `co_posonlyargcount`.
+    pub posonlyargcount: i32,
+    /// `co_kwonlyargcount`.
+    pub kwonlyargcount: i32,
+    /// `co_stacksize`.
+    pub stacksize: i32,
+    /// `co_flags`.
+    pub flags: i32,
+    /// `co_firstlineno`.
+    pub firstlineno: i32,
+    /// code, consts, names, localsplusnames, localspluskinds, filename, name, qualname,
+    /// linetable, exceptiontable.
+    pub objects: [V; 10],
+}
+
+/// What the decoder builds: receives scalars, opens and closes containers, and resolves
+/// back-references. Errors the sink raises itself (an unhashable key, an allocation failure,
+/// invalid UTF-8) travel as `Self::Error`; the decoder's own become `Self::Error` through `From`.
+pub trait Sink {
+    /// A finished object.
+    type Value;
+    /// A tuple or list being filled.
+    type Seq;
+    /// A dict being filled.
+    type Dict;
+    /// A set or frozenset being filled.
+    type Set;
+    /// The sink's error type.
+    type Error: From<DecodeError> + From<InputFailed>;
+    /// Whether this sink can hold a value nested deeper than `max_depth` when the depth comes
+    /// from back-references (a shallow stream can build a deep value by referencing the
+    /// previous container from the next one). `false` (the `Value` tree, whose drop, repr and
+    /// hash recurse): such values fail with "recursion limit exceeded". `true` (Python
+    /// objects, whose dealloc, repr and == guard their own recursion): allowed, except where
+    /// the value would be hashed (a dict key, a set or frozenset item) or walked by the code
+    /// constructor (a code-object field), which fail in every sink.
+    const DEEP_VALUES: bool = false;
+
+    /// `None`.
+    fn none(&mut self) -> Result<Self::Value, Self::Error>;
+    /// `True` / `False`.
+    fn bool(&mut self, v: bool) -> Result<Self::Value, Self::Error>;
+    /// The class `StopIteration`.
+    fn stop_iteration(&mut self) -> Result<Self::Value, Self::Error>;
+    /// `Ellipsis`.
+    fn ellipsis(&mut self) -> Result<Self::Value, Self::Error>;
+    /// An int that fits in 64 bits.
+    fn int(&mut self, v: i64) -> Result<Self::Value, Self::Error>;
+    /// A bigger int: its sign and its magnitude as little-endian bytes (no trailing zero byte).
+    fn big_int(&mut self, negative: bool, magnitude_le: &[u8]) -> Result<Self::Value, Self::Error>;
+    /// A float.
+    fn float(&mut self, v: f64) -> Result<Self::Value, Self::Error>;
+    /// A complex.
+    fn complex(&mut self, re: f64, im: f64) -> Result<Self::Value, Self::Error>;
+    /// A bytes object.
+    fn bytes(&mut self, b: &[u8]) -> Result<Self::Value, Self::Error>;
+    /// A `u`/`t` str: UTF-8 with lone surrogates allowed (surrogatepass). The sink validates it
+    /// and fails with [`ErrorKind::UnicodeDecode`] (or its own equivalent) when it is not;
+    /// `at` is the offset of the first payload byte.
+    fn str_utf8(
+        &mut self,
+        raw: &[u8],
+        interned: bool,
+        at: usize,
+    ) -> Result<Self::Value, Self::Error>;
+    /// An `a`/`A`/`z`/`Z` str: Latin-1, never invalid (CPython does not check it is ASCII).
+    fn str_latin1(&mut self, raw: &[u8], interned: bool) -> Result<Self::Value, Self::Error>;
+    /// Another handle to a finished object (a back-reference to it).
+    fn share(&mut self, v: &Self::Value) -> Self::Value;
+
+    /// Opens a tuple (`list == false`) or list of `len` items. `capacity <= len` is how many
+    /// item slots may be allocated now (bounded by the input); more must grow as items arrive.
+    fn seq_open(
+        &mut self,
+        list: bool,
+        len: usize,
+        capacity: usize,
+    ) -> Result<Self::Seq, Self::Error>;
+    /// Appends the next item.
+    fn seq_push(&mut self, seq: &mut Self::Seq, item: Self::Value) -> Result<(), Self::Error>;
+    /// Closes a sequence once its `len` items were pushed.
+    fn seq_close(&mut self, seq: Self::Seq) -> Result<Self::Value, Self::Error>;
+    /// A reference to a LIST that is still being filled: the list itself (a cycle), or `None`
+    /// if this sink cannot represent it (the decoder then fails with "recursive reference").
+    fn seq_ref(&mut self, seq: &mut Self::Seq) -> Option<Self::Value>;
+
+    /// Opens a dict.
+    fn dict_open(&mut self) -> Result<Self::Dict, Self::Error>;
+    /// `dict[key] = value`; `at` is the offset of the value for error reports.
+    fn dict_set(
+        &mut self,
+        d: &mut Self::Dict,
+        key: Self::Value,
+        value: Self::Value,
+        at: usize,
+    ) -> Result<(), Self::Error>;
+    /// Closes a dict.
+    fn dict_close(&mut self, d: Self::Dict) -> Result<Self::Value, Self::Error>;
+    /// A reference to a dict still being filled (see [`Sink::seq_ref`]).
+    fn dict_ref(&mut self, d: &mut Self::Dict) -> Option<Self::Value>;
+
+    /// Opens a set or frozenset of `len` items.
+    fn set_open(&mut self, frozen: bool, len: usize) -> Result<Self::Set, Self::Error>;
+    /// Adds an item; `at` is its offset for error reports.
+    fn set_add(
+        &mut self,
+        s: &mut Self::Set,
+        item: Self::Value,
+        at: usize,
+    ) -> Result<(), Self::Error>;
+    /// Closes a set or frozenset.
+    fn set_close(&mut self, s: Self::Set) -> Result<Self::Value, Self::Error>;
+    /// A reference to a (mutable) set still being filled (see [`Sink::seq_ref`]).
+    fn set_ref(&mut self, s: &mut Self::Set) -> Option<Self::Value>;
+
+    /// A slice (start, stop, step).
+    fn slice(
+        &mut self,
+        start: Self::Value,
+        stop: Self::Value,
+        step: Self::Value,
+    ) -> Result<Self::Value, Self::Error>;
+    /// A code object from validated fields; `at` is the offset of its type code.
+    fn code(
+        &mut self,
+        fields: CodeFields<Self::Value>,
+        at: usize,
+    ) -> Result<Self::Value, Self::Error>;
+}
+
 /// One slot of the back-reference table.
-enum Slot {
-    /// A container still being read: a reference to it would make a cycle.
-    Open { mutable: bool },
-    /// A finished object and its nesting height.
-    Done(Value, u32),
+enum Slot<V> {
+    /// A tuple still being read: a reference to it is refused.
+    OpenTuple,
+    /// A list, dict or set still being read, at this index of the frame stack.
+    OpenMutable(usize),
+    /// A frozenset, code or slice still being read: "invalid reference", as in CPython.
+    Reserved,
+    /// A finished object, its nesting height and shape.
+    Done(V, u32, Shape),
 }
 
-enum SeqKind {
-    Tuple,
-    List,
-}
-
-enum Frame {
+enum Frame<S: Sink> {
     Seq {
-        kind: SeqKind,
-        items: Vec<Value>,
+        seq: S::Seq,
+        list: bool,
         left: usize,
+        len: usize,
+        all_str: bool,
         slot: Option<usize>,
         height: u32,
         reserved: usize,
     },
     Set {
-        set: Set,
-        frozen: bool,
+        set: S::Set,
         left: usize,
         slot: Option<usize>,
         height: u32,
     },
     Dict {
-        dict: Dict,
-        key: Option<Value>,
+        dict: S::Dict,
+        key: Option<S::Value>,
         slot: Option<usize>,
         height: u32,
     },
     Code {
-        ints: [i32; 5],
-        objs: Vec<Value>,
-        firstlineno: i32,
+        ints: [i32; 6],
+        objs: Vec<(S::Value, Shape)>,
         slot: Option<usize>,
         height: u32,
+        at: usize,
     },
     Slice {
-        parts: Vec<Value>,
+        parts: Vec<S::Value>,
         slot: Option<usize>,
         height: u32,
     },
 }
 
-/// What reading one object's head produced.
-enum Head {
-    /// A complete object (None = the NULL marker `0`) and its height.
-    Done(Option<Value>, u32),
-    /// A container was opened on the stack.
-    Opened,
+/// One finished object on its way to the open container: `None` is the NULL marker `0`.
+struct Item<V> {
+    value: Option<V>,
+    height: u32,
+    shape: Shape,
 }
 
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
-    refs: Vec<Slot>,
-    opts: &'a LoadOptions,
+struct Decoder<'o, I, S: Sink> {
+    input: &'o mut I,
+    sink: &'o mut S,
+    refs: Vec<Slot<S::Value>>,
+    stack: Vec<Frame<S>>,
+    opts: &'o LoadOptions,
     /// Item slots pre-allocated by the open sequences; kept below the bytes that remain, so
     /// nested claims cannot add up to more memory than the input could fill.
     reserved: usize,
 }
 
-/// Decodes one object from the start of `data`; returns it and the number of bytes used.
-pub(crate) fn read_object(data: &[u8], opts: &LoadOptions) -> Result<(Value, usize), DecodeError> {
-    let mut r = Reader {
-        data,
-        pos: 0,
+/// Decodes one object from `input` into `sink`. On success the input is positioned just after
+/// the object (trailing bytes are the caller's business, as in CPython).
+pub fn decode<I: Input, S: Sink>(
+    input: &mut I,
+    sink: &mut S,
+    opts: &LoadOptions,
+) -> Result<S::Value, S::Error> {
+    let mut d = Decoder {
+        input,
+        sink,
         refs: Vec::new(),
+        stack: Vec::new(),
         opts,
         reserved: 0,
     };
-    let v = r.run()?;
-    Ok((v, r.pos))
+    d.run()
 }
 
+#[cold]
 fn type_err(msg: &str, at: usize) -> DecodeError {
     DecodeError::new(ErrorKind::Type, msg, at)
 }
+#[cold]
 fn value_err(msg: impl Into<String>, at: usize) -> DecodeError {
     DecodeError::new(ErrorKind::Value, msg, at)
 }
+#[cold]
+fn too_short(at: usize) -> DecodeError {
+    DecodeError::new(ErrorKind::Eof, "marshal data too short", at)
+}
+#[cold]
+fn eof_object(at: usize) -> DecodeError {
+    DecodeError::new(ErrorKind::Eof, "EOF read where object expected", at)
+}
 
-impl<'a> Reader<'a> {
-    fn remaining(&self) -> usize {
-        self.data.len() - self.pos
+/// CPython's message for a reference to a tuple that is still being read.
+pub(crate) const MSG_SELF_TUPLE: &str =
+    "bad marshal data (recursive reference: a tuple cannot contain itself)";
+/// A value nested deeper than the limit through back-references, where it is not allowed.
+pub(crate) const MSG_DEEP: &str =
+    "recursion limit exceeded (value nested too deeply through back-references)";
+
+/// Dict keys, set items and code fields are hashed or walked recursively by the builder: they
+/// must be no deeper than the limit, whatever the sink.
+#[inline(always)]
+fn check_hashed(height: u32, max_depth: usize, at: usize) -> Result<(), DecodeError> {
+    if height as usize > max_depth {
+        return Err(value_err(MSG_DEEP, at));
+    }
+    Ok(())
+}
+
+/// The message for a cycle through a list, dict or set when the sink cannot hold one.
+pub(crate) const MSG_CYCLE: &str = "bad marshal data (recursive reference: a container that \
+                                    contains itself cannot be represented as a cellar Value)";
+
+impl<I: Input, S: Sink> Decoder<'_, I, S> {
+    #[inline(always)]
+    fn byte(&mut self) -> Result<u8, S::Error> {
+        let at = self.input.position();
+        match self.input.byte()? {
+            Some(b) => Ok(b),
+            None => Err(eof_object(at).into()),
+        }
     }
 
-    fn byte(&mut self) -> Result<u8, DecodeError> {
-        match self.data.get(self.pos) {
-            Some(&b) => {
-                self.pos += 1;
-                Ok(b)
+    #[inline(always)]
+    fn take_array<const N: usize>(&mut self) -> Result<[u8; N], S::Error> {
+        let at = self.input.position();
+        match self.input.take(N)? {
+            Some(s) => {
+                let mut a = [0u8; N];
+                a.copy_from_slice(s);
+                Ok(a)
             }
-            None => Err(DecodeError::new(
-                ErrorKind::Eof,
-                "EOF read where object expected",
-                self.pos,
-            )),
+            None => Err(too_short(at).into()),
         }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.remaining() < n {
-            return Err(DecodeError::new(
-                ErrorKind::Eof,
-                "marshal data too short",
-                self.pos,
-            ));
-        }
-        let s = &self.data[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
+    #[inline(always)]
+    fn i32(&mut self) -> Result<i32, S::Error> {
+        Ok(i32::from_le_bytes(self.take_array::<4>()?))
     }
 
-    fn i32(&mut self) -> Result<i32, DecodeError> {
-        let b = self.take(4)?;
-        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn f64(&mut self) -> Result<f64, DecodeError> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(f64::from_le_bytes(a))
+    #[inline(always)]
+    fn f64(&mut self) -> Result<f64, S::Error> {
+        Ok(f64::from_le_bytes(self.take_array::<8>()?))
     }
 
     /// A 32-bit size: negative is "size out of range" for `what`.
-    fn size(&mut self, what: &str) -> Result<usize, DecodeError> {
-        let at = self.pos;
+    #[inline(always)]
+    fn size(&mut self, what: &str) -> Result<usize, S::Error> {
+        let at = self.input.position();
         let n = self.i32()?;
         if n < 0 {
-            return Err(value_err(
-                format!("bad marshal data ({what} size out of range)"),
-                at,
-            ));
+            return Err(
+                value_err(format!("bad marshal data ({what} size out of range)"), at).into(),
+            );
         }
         Ok(n as usize)
     }
 
-    fn text_float(&mut self) -> Result<f64, DecodeError> {
+    /// A text float (versions 0/1): 1-byte length, then ASCII parsed as CPython does (it
+    /// copies into a NUL-terminated buffer: text after an embedded NUL is ignored).
+    fn text_float(&mut self) -> Result<f64, S::Error> {
         let n = self.byte()? as usize;
-        let at = self.pos;
-        let s = self.take(n)?;
+        let at = self.input.position();
+        let Some(s) = self.input.take(n)? else {
+            return Err(too_short(at).into());
+        };
+        let s = match s.iter().position(|&b| b == 0) {
+            Some(i) => &s[..i],
+            None => s,
+        };
         let text = std::str::from_utf8(s).ok();
-        text.and_then(cellar_value::parse_float_text)
-            .ok_or_else(|| {
-                value_err(
-                    format!(
-                        "could not convert string to float: {}",
-                        cellar_value::bytes_repr(s)
-                    ),
-                    at,
-                )
-            })
-    }
-
-    /// A container claiming more items than bytes remain cannot be complete.
-    fn check_count(&self, n: usize) -> Result<(), DecodeError> {
-        if n > self.remaining() {
-            return Err(DecodeError::new(
-                ErrorKind::Eof,
-                "marshal data too short",
-                self.pos,
-            ));
+        match text.and_then(cellar_value::parse_float_text) {
+            Some(f) => Ok(f),
+            // CPython: PyOS_string_to_double's "could not convert string to float: '%.200s'".
+            None => {
+                let text = String::from_utf8_lossy(s);
+                let text: String = text.chars().take(200).collect();
+                Err(value_err(format!("could not convert string to float: '{text}'"), at).into())
+            }
         }
-        Ok(())
     }
 
-    fn reserve(&mut self, flag: bool, mutable: bool) -> Option<usize> {
+    #[inline(always)]
+    fn reserve_slot(&mut self, flag: bool, slot: Slot<S::Value>) -> Option<usize> {
         if !flag {
             return None;
         }
-        self.refs.push(Slot::Open { mutable });
+        self.refs.push(slot);
         Some(self.refs.len() - 1)
     }
 
-    fn register(&mut self, flag: bool, v: &Value, h: u32) {
-        if flag {
-            self.refs.push(Slot::Done(v.clone(), h));
-        }
-    }
-
-    fn check_height(&self, h: u32, at: usize) -> Result<(), DecodeError> {
-        if h as usize > self.opts.max_depth {
-            return Err(value_err(
-                "recursion limit exceeded (value nested too deeply through back-references)",
-                at,
-            ));
-        }
-        Ok(())
-    }
-
-    fn run(&mut self) -> Result<Value, DecodeError> {
-        let mut stack: Vec<Frame> = Vec::new();
-        loop {
-            let at = self.pos;
-            if stack.len() + 1 > self.opts.max_depth {
-                return Err(value_err("recursion limit exceeded", at));
+    #[inline(always)]
+    fn fill(&mut self, slot: Option<usize>, v: &S::Value, h: u32, shape: Shape) {
+        if let Some(i) = slot {
+            let shared = self.sink.share(v);
+            if let Some(s) = self.refs.get_mut(i) {
+                *s = Slot::Done(shared, h, shape);
             }
-            let (mut item, mut height) = match self.head(&mut stack)? {
-                Head::Done(v, h) => (v, h),
-                Head::Opened => continue,
+        }
+    }
+
+    #[inline(always)]
+    fn leaf(&mut self, flag: bool, v: S::Value, shape: Shape) -> Item<S::Value> {
+        if flag {
+            let shared = self.sink.share(&v);
+            self.refs.push(Slot::Done(shared, 1, shape));
+        }
+        Item {
+            value: Some(v),
+            height: 1,
+            shape,
+        }
+    }
+
+    fn run(&mut self) -> Result<S::Value, S::Error> {
+        loop {
+            let at = self.input.position();
+            if self.stack.len() + 1 > self.opts.max_depth {
+                return Err(value_err("recursion limit exceeded", at).into());
+            }
+            let Some(mut item) = self.head(at)? else {
+                continue;
             };
             // Deliver the finished object to the open containers, closing those it completes.
             loop {
-                let Some(top) = stack.last_mut() else {
-                    return item
-                        .ok_or_else(|| type_err("NULL object in marshal data for object", at));
+                let Some(top) = self.stack.last_mut() else {
+                    return match item.value {
+                        Some(v) => Ok(v),
+                        None => Err(type_err("NULL object in marshal data for object", at).into()),
+                    };
                 };
-                if !self.accept(top, item, height, at)? {
+                if !Self::accept(self.sink, self.input, self.opts.max_depth, top, item, at)? {
                     break;
                 }
-                let Some(frame) = stack.pop() else { break };
-                let (v, h) = self.finish(frame, at)?;
-                item = Some(v);
-                height = h;
+                let Some(frame) = self.stack.pop() else { break };
+                item = self.finish(frame, at)?;
             }
         }
     }
 
     /// Hands `item` to the innermost open container; true when that container is complete.
+    #[inline(always)]
     fn accept(
-        &mut self,
-        top: &mut Frame,
-        item: Option<Value>,
-        h: u32,
+        sink: &mut S,
+        input: &mut I,
+        max_depth: usize,
+        top: &mut Frame<S>,
+        item: Item<S::Value>,
         at: usize,
-    ) -> Result<bool, DecodeError> {
+    ) -> Result<bool, S::Error> {
         match top {
             Frame::Seq {
-                kind,
-                items,
+                seq,
+                list,
                 left,
+                all_str,
                 height,
                 ..
             } => {
-                let Some(v) = item else {
-                    let what = match kind {
-                        SeqKind::Tuple => "tuple",
-                        SeqKind::List => "list",
-                    };
-                    return Err(type_err(
-                        &format!("NULL object in marshal data for {what}"),
-                        at,
-                    ));
+                let Some(v) = item.value else {
+                    let what = if *list { "list" } else { "tuple" };
+                    return Err(
+                        type_err(&format!("NULL object in marshal data for {what}"), at).into(),
+                    );
                 };
-                items.push(v);
-                *height = (*height).max(h + 1);
+                sink.seq_push(seq, v)?;
+                *all_str &= item.shape == Shape::Str;
+                *height = (*height).max(item.height.saturating_add(1));
                 *left -= 1;
                 Ok(*left == 0)
             }
             Frame::Set {
                 set, left, height, ..
             } => {
-                let Some(v) = item else {
-                    return Err(type_err("NULL object in marshal data for set", at));
+                let Some(v) = item.value else {
+                    return Err(type_err("NULL object in marshal data for set", at).into());
                 };
-                set.insert(v).map_err(|e| type_err(&e.to_string(), at))?;
-                *height = (*height).max(h + 1);
+                check_hashed(item.height, max_depth, at)?;
+                sink.set_add(set, v, at)?;
+                *height = (*height).max(item.height.saturating_add(1));
                 *left -= 1;
                 Ok(*left == 0)
             }
             Frame::Dict {
                 dict, key, height, ..
             } => {
-                let Some(v) = item else {
+                let Some(v) = item.value else {
                     // NULL ends the dict, whether in key or value position (a pending key is dropped).
                     *key = None;
                     return Ok(true);
                 };
-                *height = (*height).max(h + 1);
+                *height = (*height).max(item.height.saturating_add(1));
                 match key.take() {
-                    None => *key = Some(v),
-                    Some(k) => {
-                        dict.insert(k, v)
-                            .map_err(|e| type_err(&e.to_string(), at))?;
+                    None => {
+                        check_hashed(item.height, max_depth, at)?;
+                        *key = Some(v)
                     }
+                    Some(k) => sink.dict_set(dict, k, v, at)?,
                 }
                 Ok(false)
             }
             Frame::Code {
-                objs,
-                firstlineno,
-                height,
-                ..
+                ints, objs, height, ..
             } => {
-                let Some(v) = item else {
-                    return Err(type_err("NULL object in marshal data for object", at));
+                let Some(v) = item.value else {
+                    return Err(type_err("NULL object in marshal data for object", at).into());
                 };
-                objs.push(v);
-                *height = (*height).max(h + 1);
+                check_hashed(item.height, max_depth, at)?;
+                objs.push((v, item.shape));
+                *height = (*height).max(item.height.saturating_add(1));
                 if objs.len() == 8 {
                     // co_firstlineno sits between co_qualname and co_linetable.
-                    *firstlineno = self.i32()?;
+                    let p = input.position();
+                    match input.take(4)? {
+                        Some(b) => ints[5] = i32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                        None => return Err(too_short(p).into()),
+                    }
                 }
                 Ok(objs.len() == 10)
             }
             Frame::Slice { parts, height, .. } => {
-                let Some(v) = item else {
-                    return Err(type_err("NULL object in marshal data for object", at));
+                let Some(v) = item.value else {
+                    return Err(type_err("NULL object in marshal data for object", at).into());
                 };
                 parts.push(v);
-                *height = (*height).max(h + 1);
+                *height = (*height).max(item.height.saturating_add(1));
                 Ok(parts.len() == 3)
             }
         }
     }
 
-    fn fill(&mut self, slot: Option<usize>, v: &Value, h: u32) {
-        if let Some(i) = slot {
-            self.refs[i] = Slot::Done(v.clone(), h);
-        }
-    }
-
-    fn finish(&mut self, frame: Frame, at: usize) -> Result<(Value, u32), DecodeError> {
-        let (v, slot, h) = match frame {
+    fn finish(&mut self, frame: Frame<S>, at: usize) -> Result<Item<S::Value>, S::Error> {
+        let (v, slot, h, shape) = match frame {
             Frame::Seq {
-                kind,
-                items,
+                seq,
+                list,
+                len,
+                all_str,
                 slot,
                 height,
                 reserved,
                 ..
             } => {
                 self.reserved -= reserved;
-                let v = match kind {
-                    SeqKind::Tuple => Value::Tuple(Arc::new(items)),
-                    SeqKind::List => Value::List(Arc::new(items)),
+                let v = self.sink.seq_close(seq)?;
+                let shape = if list {
+                    Shape::Other
+                } else {
+                    Shape::Tuple { len, all_str }
                 };
-                (v, slot, height)
+                (v, slot, height, shape)
             }
             Frame::Set {
-                set,
-                frozen,
-                slot,
-                height,
-                ..
-            } => {
-                let v = if frozen {
-                    Value::FrozenSet(Arc::new(set))
-                } else {
-                    Value::Set(Arc::new(set))
-                };
-                (v, slot, height)
-            }
+                set, slot, height, ..
+            } => (self.sink.set_close(set)?, slot, height, Shape::Other),
             Frame::Dict {
                 dict, slot, height, ..
-            } => (Value::Dict(Arc::new(dict)), slot, height.max(1)),
+            } => (
+                self.sink.dict_close(dict)?,
+                slot,
+                height.max(1),
+                Shape::Other,
+            ),
             Frame::Code {
                 ints,
                 objs,
-                firstlineno,
                 slot,
                 height,
+                at: code_at,
             } => {
-                let code = build_code(ints, objs, firstlineno).map_err(|m| value_err(m, at))?;
-                (Value::Code(Arc::new(code)), slot, height)
+                let fields = validate_code(ints, objs).map_err(|m| value_err(m, code_at))?;
+                (self.sink.code(fields, code_at)?, slot, height, Shape::Other)
             }
             Frame::Slice {
                 parts,
@@ -402,344 +654,379 @@ impl<'a> Reader<'a> {
                 height,
             } => {
                 let mut it = parts.into_iter();
-                let mut next = || it.next().unwrap_or(Value::None);
-                let s = Slice {
-                    start: next(),
-                    stop: next(),
-                    step: next(),
+                let (Some(a), Some(b), Some(c)) = (it.next(), it.next(), it.next()) else {
+                    return Err(value_err("bad marshal data (slice)", at).into());
                 };
-                (Value::Slice(Arc::new(s)), slot, height)
+                (self.sink.slice(a, b, c)?, slot, height, Shape::Other)
             }
         };
-        self.check_height(h, at)?;
-        self.fill(slot, &v, h);
-        Ok((v, h))
+        if !S::DEEP_VALUES && h as usize > self.opts.max_depth {
+            return Err(value_err(MSG_DEEP, at).into());
+        }
+        self.fill(slot, &v, h, shape);
+        Ok(Item {
+            value: Some(v),
+            height: h,
+            shape,
+        })
     }
 
-    /// Reads one type code and either a whole scalar or the head of a container.
-    fn head(&mut self, stack: &mut Vec<Frame>) -> Result<Head, DecodeError> {
-        let at = self.pos;
+    /// Reads one type code and either a whole object (returned) or the head of a container
+    /// (pushed on the stack; `None` returned).
+    #[inline(always)]
+    fn head(&mut self, at: usize) -> Result<Option<Item<S::Value>>, S::Error> {
         let code = self.byte()?;
         let flag = code & FLAG_REF != 0;
         let t = code & !FLAG_REF;
-        let done = |v: Value| Ok(Head::Done(Some(v), 1));
+        let single = |v: S::Value| {
+            Ok(Some(Item {
+                value: Some(v),
+                height: 1,
+                shape: Shape::Other,
+            }))
+        };
         match t {
-            TYPE_NULL => Ok(Head::Done(None, 0)),
-            TYPE_NONE => done(Value::None),
-            TYPE_FALSE => done(Value::Bool(false)),
-            TYPE_TRUE => done(Value::Bool(true)),
-            TYPE_STOPITER => done(Value::StopIteration),
-            TYPE_ELLIPSIS => done(Value::Ellipsis),
-            TYPE_INT => {
-                let v = Value::int(self.i32()? as i64);
-                self.register(flag, &v, 1);
-                done(v)
+            TYPE_SHORT_ASCII | TYPE_SHORT_ASCII_INTERNED => {
+                let n = self.byte()? as usize;
+                let p = self.input.position();
+                let Some(raw) = self.input.take(n)? else {
+                    return Err(too_short(p).into());
+                };
+                let v = self.sink.str_latin1(raw, t == TYPE_SHORT_ASCII_INTERNED)?;
+                Ok(Some(self.leaf(flag, v, Shape::Str)))
             }
-            TYPE_INT64 => {
-                let b = self.take(8)?;
-                let mut a = [0u8; 8];
-                a.copy_from_slice(b);
-                let v = Value::int(i64::from_le_bytes(a));
-                self.register(flag, &v, 1);
-                done(v)
-            }
-            TYPE_LONG => {
-                let v = self.long(at)?;
-                self.register(flag, &v, 1);
-                done(v)
-            }
-            TYPE_FLOAT => {
-                let v = Value::Float(self.text_float()?);
-                self.register(flag, &v, 1);
-                done(v)
-            }
-            TYPE_BINARY_FLOAT => {
-                let v = Value::Float(self.f64()?);
-                self.register(flag, &v, 1);
-                done(v)
-            }
-            TYPE_COMPLEX => {
-                let re = self.text_float()?;
-                let im = self.text_float()?;
-                let v = Value::Complex(re, im);
-                self.register(flag, &v, 1);
-                done(v)
-            }
-            TYPE_BINARY_COMPLEX => {
-                let re = self.f64()?;
-                let im = self.f64()?;
-                let v = Value::Complex(re, im);
-                self.register(flag, &v, 1);
-                done(v)
-            }
-            TYPE_STRING => {
-                let n = self.size("bytes object")?;
-                let v = Value::Bytes(self.take(n)?.into());
-                self.register(flag, &v, 1);
-                done(v)
-            }
-            TYPE_UNICODE | TYPE_INTERNED => {
-                let n = self.size("string")?;
-                let start = self.pos;
-                let raw = self.take(n)?;
-                if let Err(e) = validate_surrogatepass(raw) {
-                    return Err(DecodeError::new(
-                        ErrorKind::UnicodeDecode,
-                        e.to_string(),
-                        start + e.start,
-                    ));
-                }
-                let s = PyStr::from_utf8_surrogatepass(raw)
-                    .map_err(|e| {
-                        DecodeError::new(ErrorKind::UnicodeDecode, e.to_string(), start + e.start)
-                    })?
-                    .with_interned(t == TYPE_INTERNED);
-                let v = Value::Str(Arc::new(s));
-                self.register(flag, &v, 1);
-                done(v)
-            }
-            TYPE_ASCII | TYPE_ASCII_INTERNED | TYPE_SHORT_ASCII | TYPE_SHORT_ASCII_INTERNED => {
-                let n = if t == TYPE_ASCII || t == TYPE_ASCII_INTERNED {
-                    self.size("string")?
-                } else {
-                    match self.byte() {
-                        Ok(b) => b as usize,
-                        Err(_) => {
-                            return Err(DecodeError::new(
-                                ErrorKind::Eof,
-                                "EOF read where object expected",
-                                self.pos,
-                            ))
+            TYPE_REF => {
+                let n = self.i32()?;
+                let idx = usize::try_from(n).ok();
+                match idx.and_then(|i| self.refs.get(i)) {
+                    Some(Slot::Done(v, h, shape)) => {
+                        let (h, shape) = (*h, *shape);
+                        let v = self.sink.share(v);
+                        Ok(Some(Item {
+                            value: Some(v),
+                            height: h,
+                            shape,
+                        }))
+                    }
+                    Some(Slot::OpenMutable(fi)) => {
+                        let fi = *fi;
+                        let v = match self.stack.get_mut(fi) {
+                            Some(Frame::Seq { seq, .. }) => self.sink.seq_ref(seq),
+                            Some(Frame::Dict { dict, .. }) => self.sink.dict_ref(dict),
+                            Some(Frame::Set { set, .. }) => self.sink.set_ref(set),
+                            _ => None,
+                        };
+                        match v {
+                            // The open container's height is not known yet; a cycle through
+                            // a mutable container is never hashed (lists, dicts and sets are
+                            // unhashable) and Python's repr/== guard their own recursion.
+                            Some(v) => Ok(Some(Item {
+                                value: Some(v),
+                                height: 1,
+                                shape: Shape::Other,
+                            })),
+                            None => Err(value_err(MSG_CYCLE, at).into()),
                         }
                     }
-                };
-                let raw = self.take(n)?;
-                let interned = t == TYPE_ASCII_INTERNED || t == TYPE_SHORT_ASCII_INTERNED;
-                let v = Value::Str(Arc::new(PyStr::from_latin1(raw).with_interned(interned)));
-                self.register(flag, &v, 1);
-                done(v)
+                    Some(Slot::OpenTuple) => Err(value_err(MSG_SELF_TUPLE, at).into()),
+                    _ => Err(value_err("bad marshal data (invalid reference)", at).into()),
+                }
             }
-            TYPE_TUPLE | TYPE_SMALL_TUPLE | TYPE_LIST => {
+            TYPE_INT => {
+                let v = self.i32()?;
+                let v = self.sink.int(v as i64)?;
+                Ok(Some(self.leaf(flag, v, Shape::Other)))
+            }
+            TYPE_SMALL_TUPLE | TYPE_TUPLE | TYPE_LIST => {
                 let n = match t {
                     TYPE_SMALL_TUPLE => self.byte()? as usize,
                     TYPE_TUPLE => self.size("tuple")?,
                     _ => self.size("list")?,
                 };
-                let slot = self.reserve(flag, true);
-                let kind = if t == TYPE_LIST {
-                    SeqKind::List
-                } else {
-                    SeqKind::Tuple
-                };
+                let list = t == TYPE_LIST;
                 if n == 0 {
-                    let v = match kind {
-                        SeqKind::Tuple => Value::tuple(Vec::new()),
-                        SeqKind::List => Value::list(Vec::new()),
+                    let seq = self.sink.seq_open(list, 0, 0)?;
+                    let v = self.sink.seq_close(seq)?;
+                    let shape = if list {
+                        Shape::Other
+                    } else {
+                        Shape::Tuple {
+                            len: 0,
+                            all_str: true,
+                        }
                     };
-                    self.fill(slot, &v, 1);
-                    return done(v);
+                    return Ok(Some(self.leaf(flag, v, shape)));
                 }
-                // Each item takes at least one byte: a count beyond the bytes left is truncated
-                // data, and pre-allocation stays within what the input could fill.
-                self.check_count(n)?;
-                let reserved = n.min(self.remaining().saturating_sub(self.reserved));
-                self.reserved += reserved;
-                let items = Vec::with_capacity(reserved);
-                stack.push(Frame::Seq {
-                    kind,
-                    items,
+                // Each item takes at least one byte: pre-allocation stays within what the input
+                // could fill. A claim beyond the bytes left is NOT refused up front: the items
+                // are read until the data runs out (EOFError) or fails otherwise first, as in
+                // CPython, whatever the input (slice or stream).
+                let avail = match self.input.remaining() {
+                    Some(rem) => rem.saturating_sub(self.reserved),
+                    None => STREAM_PREALLOC_MAX.saturating_sub(self.reserved),
+                };
+                let capacity = n.min(avail);
+                self.reserved += capacity;
+                let slot = if list {
+                    self.reserve_slot(flag, Slot::OpenMutable(self.stack.len()))
+                } else {
+                    self.reserve_slot(flag, Slot::OpenTuple)
+                };
+                let seq = match self.sink.seq_open(list, n, capacity) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.reserved -= capacity;
+                        return Err(e);
+                    }
+                };
+                self.stack.push(Frame::Seq {
+                    seq,
+                    list,
                     left: n,
+                    len: n,
+                    all_str: true,
                     slot,
                     height: 1,
-                    reserved,
+                    reserved: capacity,
                 });
-                Ok(Head::Opened)
+                Ok(None)
+            }
+            TYPE_NULL => Ok(Some(Item {
+                value: None,
+                height: 0,
+                shape: Shape::Other,
+            })),
+            TYPE_NONE => single(self.sink.none()?),
+            TYPE_FALSE => single(self.sink.bool(false)?),
+            TYPE_TRUE => single(self.sink.bool(true)?),
+            TYPE_STOPITER => single(self.sink.stop_iteration()?),
+            TYPE_ELLIPSIS => single(self.sink.ellipsis()?),
+            TYPE_INT64 => {
+                let v = i64::from_le_bytes(self.take_array::<8>()?);
+                let v = self.sink.int(v)?;
+                Ok(Some(self.leaf(flag, v, Shape::Other)))
+            }
+            TYPE_LONG => {
+                let v = self.long(at)?;
+                Ok(Some(self.leaf(flag, v, Shape::Other)))
+            }
+            TYPE_FLOAT => {
+                let f = self.text_float()?;
+                let v = self.sink.float(f)?;
+                Ok(Some(self.leaf(flag, v, Shape::Other)))
+            }
+            TYPE_BINARY_FLOAT => {
+                let f = self.f64()?;
+                let v = self.sink.float(f)?;
+                Ok(Some(self.leaf(flag, v, Shape::Other)))
+            }
+            TYPE_COMPLEX => {
+                let re = self.text_float()?;
+                let im = self.text_float()?;
+                let v = self.sink.complex(re, im)?;
+                Ok(Some(self.leaf(flag, v, Shape::Other)))
+            }
+            TYPE_BINARY_COMPLEX => {
+                let re = self.f64()?;
+                let im = self.f64()?;
+                let v = self.sink.complex(re, im)?;
+                Ok(Some(self.leaf(flag, v, Shape::Other)))
+            }
+            TYPE_STRING => {
+                let n = self.size("bytes object")?;
+                let p = self.input.position();
+                let Some(raw) = self.input.take(n)? else {
+                    return Err(too_short(p).into());
+                };
+                let v = self.sink.bytes(raw)?;
+                Ok(Some(self.leaf(flag, v, Shape::Bytes(n))))
+            }
+            TYPE_UNICODE | TYPE_INTERNED => {
+                let n = self.size("string")?;
+                let p = self.input.position();
+                let Some(raw) = self.input.take(n)? else {
+                    return Err(too_short(p).into());
+                };
+                let v = self.sink.str_utf8(raw, t == TYPE_INTERNED, p)?;
+                Ok(Some(self.leaf(flag, v, Shape::Str)))
+            }
+            TYPE_ASCII | TYPE_ASCII_INTERNED => {
+                let n = self.size("string")?;
+                let p = self.input.position();
+                let Some(raw) = self.input.take(n)? else {
+                    return Err(too_short(p).into());
+                };
+                let v = self.sink.str_latin1(raw, t == TYPE_ASCII_INTERNED)?;
+                Ok(Some(self.leaf(flag, v, Shape::Str)))
             }
             TYPE_DICT => {
-                let slot = self.reserve(flag, true);
-                stack.push(Frame::Dict {
-                    dict: Dict::new(),
+                let slot = self.reserve_slot(flag, Slot::OpenMutable(self.stack.len()));
+                let dict = self.sink.dict_open()?;
+                self.stack.push(Frame::Dict {
+                    dict,
                     key: None,
                     slot,
                     height: 1,
                 });
-                Ok(Head::Opened)
+                Ok(None)
             }
             TYPE_SET | TYPE_FROZENSET => {
                 let n = self.size("set")?;
                 let frozen = t == TYPE_FROZENSET;
-                let slot = self.reserve(flag, !frozen);
                 if n == 0 {
-                    let v = if frozen {
-                        Value::FrozenSet(Default::default())
-                    } else {
-                        Value::Set(Default::default())
-                    };
-                    self.fill(slot, &v, 1);
-                    return done(v);
+                    let s = self.sink.set_open(frozen, 0)?;
+                    let v = self.sink.set_close(s)?;
+                    return Ok(Some(self.leaf(flag, v, Shape::Other)));
                 }
-                self.check_count(n)?;
-                stack.push(Frame::Set {
-                    set: Set::new(),
-                    frozen,
+                let slot = if frozen {
+                    self.reserve_slot(flag, Slot::Reserved)
+                } else {
+                    self.reserve_slot(flag, Slot::OpenMutable(self.stack.len()))
+                };
+                let set = self.sink.set_open(frozen, n)?;
+                self.stack.push(Frame::Set {
+                    set,
                     left: n,
                     slot,
                     height: 1,
                 });
-                Ok(Head::Opened)
+                Ok(None)
             }
             TYPE_CODE => {
                 if !self.opts.allow_code {
-                    return Err(value_err("unmarshalling code objects is disallowed", at));
+                    return Err(value_err("unmarshalling code objects is disallowed", at).into());
                 }
-                let slot = self.reserve(flag, false);
-                let mut ints = [0i32; 5];
-                for x in ints.iter_mut() {
+                let slot = self.reserve_slot(flag, Slot::Reserved);
+                let mut ints = [0i32; 6];
+                for x in ints.iter_mut().take(5) {
                     *x = self.i32()?;
                 }
-                stack.push(Frame::Code {
+                self.stack.push(Frame::Code {
                     ints,
                     objs: Vec::with_capacity(10),
-                    firstlineno: 0,
                     slot,
                     height: 1,
+                    at,
                 });
-                Ok(Head::Opened)
+                Ok(None)
             }
             TYPE_SLICE => {
-                let slot = self.reserve(flag, false);
-                stack.push(Frame::Slice {
+                let slot = self.reserve_slot(flag, Slot::Reserved);
+                self.stack.push(Frame::Slice {
                     parts: Vec::with_capacity(3),
                     slot,
                     height: 1,
                 });
-                Ok(Head::Opened)
+                Ok(None)
             }
-            TYPE_REF => {
-                let n = self.i32()?;
-                match usize::try_from(n).ok().and_then(|i| self.refs.get(i)) {
-                    Some(Slot::Done(v, h)) => Ok(Head::Done(Some(v.clone()), *h)),
-                    Some(Slot::Open { mutable: true }) => Err(value_err(
-                        "bad marshal data (recursive reference: a container that contains itself \
-                         cannot be represented as a cellar Value)",
-                        at,
-                    )),
-                    _ => Err(value_err("bad marshal data (invalid reference)", at)),
-                }
-            }
-            _ => Err(value_err("bad marshal data (unknown type code)", at)),
+            _ => Err(value_err("bad marshal data (unknown type code)", at).into()),
         }
     }
 
     /// `l`: a signed digit count, then base-2^15 digits, least significant first.
-    fn long(&mut self, at: usize) -> Result<Value, DecodeError> {
+    #[inline(never)]
+    fn long(&mut self, at: usize) -> Result<S::Value, S::Error> {
         let n = self.i32()?;
         if n == 0 {
-            return Ok(Value::int(0));
+            return self.sink.int(0);
         }
         if n == i32::MIN {
-            return Err(value_err("bad marshal data (long size out of range)", at));
+            return Err(value_err("bad marshal data (long size out of range)", at).into());
         }
         let count = n.unsigned_abs() as usize;
-        let raw = self.take(count * 2)?;
-        let mut words: Vec<u32> = Vec::with_capacity(count * 15 / 32 + 1);
-        let (mut acc, mut bits) = (0u64, 0u32);
-        let mut small: u64 = 0;
+        let p = self.input.position();
+        let Some(raw) = self.input.take(count * 2)? else {
+            return Err(too_short(p).into());
+        };
+        let mut bytes: Vec<u8> = Vec::with_capacity(count * 15 / 8 + 2);
+        let (mut acc, mut bits) = (0u32, 0u32);
+        let mut small: u128 = 0;
         for (i, pair) in raw.chunks_exact(2).enumerate() {
             let d = u16::from_le_bytes([pair[0], pair[1]]);
             if d > 0x7FFF {
-                return Err(value_err(
-                    "bad marshal data (digit out of range in long)",
-                    at,
-                ));
+                return Err(value_err("bad marshal data (digit out of range in long)", at).into());
             }
             if i + 1 == count && d == 0 {
-                return Err(value_err("bad marshal data (unnormalized long data)", at));
+                return Err(value_err("bad marshal data (unnormalized long data)", at).into());
             }
-            if count <= 4 {
-                small |= (d as u64) << (15 * i);
+            if count <= 5 {
+                small |= (d as u128) << (15 * i);
             }
-            acc |= (d as u64) << bits;
+            acc |= (d as u32) << bits;
             bits += 15;
-            while bits >= 32 {
-                words.push(acc as u32);
-                acc >>= 32;
-                bits -= 32;
+            while bits >= 8 {
+                bytes.push(acc as u8);
+                acc >>= 8;
+                bits -= 8;
             }
         }
-        if count <= 4 && small <= i64::MAX as u64 {
-            let v = small as i64;
-            return Ok(Value::int(if n < 0 { -v } else { v }));
+        if count <= 5 {
+            if let Ok(v) = i64::try_from(small) {
+                return self.sink.int(if n < 0 { -v } else { v });
+            }
         }
         if bits > 0 {
-            words.push(acc as u32);
+            bytes.push(acc as u8);
         }
-        let sign = if n < 0 { Sign::Minus } else { Sign::Plus };
-        Ok(Value::Int(Int::from_bigint(BigInt::from_biguint(
-            sign,
-            BigUint::new(words),
-        ))))
+        while bytes.last() == Some(&0) {
+            bytes.pop();
+        }
+        self.sink.big_int(n < 0, &bytes)
     }
 }
 
-/// Assembles a code object, checking field types as CPython's `_PyCode_Validate` does.
-fn build_code(ints: [i32; 5], objs: Vec<Value>, firstlineno: i32) -> Result<Code, String> {
-    let mut it = objs.into_iter();
-    let mut next = || it.next().unwrap_or(Value::None);
-    let c = Code {
+/// From a stream (remaining size unknown), at most this many item slots are pre-allocated
+/// over all open containers; beyond it, containers grow as items actually arrive.
+const STREAM_PREALLOC_MAX: usize = 1 << 12;
+
+/// Checks the code-object fields as CPython's `_PyCode_Validate` does.
+fn validate_code<V>(ints: [i32; 6], objs: Vec<(V, Shape)>) -> Result<CodeFields<V>, String> {
+    let bad = |what: &str| Err(format!("bad marshal data (invalid code object: {what})"));
+    let shapes: Vec<Shape> = objs.iter().map(|(_, s)| *s).collect();
+    let [code, consts, names, lnames, lkinds, filename, name, qualname, linetable, exctable] =
+        shapes[..]
+    else {
+        return bad("missing fields");
+    };
+    let is_bytes = |s: Shape| matches!(s, Shape::Bytes(_));
+    let str_tuple = |s: Shape| matches!(s, Shape::Tuple { all_str: true, .. });
+    match code {
+        Shape::Bytes(n) if n % 2 == 0 => {}
+        Shape::Bytes(_) => return bad("co_code length is odd"),
+        _ => return bad("co_code is not bytes"),
+    }
+    if !matches!(consts, Shape::Tuple { .. }) {
+        return bad("co_consts is not a tuple");
+    }
+    if !str_tuple(names) || !str_tuple(lnames) {
+        return bad("co_names/co_localsplusnames is not a tuple of str");
+    }
+    if !is_bytes(lkinds) || !is_bytes(linetable) || !is_bytes(exctable) {
+        return bad("co_localspluskinds/co_linetable/co_exceptiontable is not bytes");
+    }
+    if filename != Shape::Str || name != Shape::Str || qualname != Shape::Str {
+        return bad("co_filename/co_name/co_qualname is not str");
+    }
+    if let (Shape::Tuple { len: a, .. }, Shape::Bytes(b)) = (lnames, lkinds) {
+        if a != b {
+            return bad("co_localsplusnames and co_localspluskinds differ in length");
+        }
+    }
+    let [argcount, posonly, kwonly, stacksize, _, _] = ints;
+    if argcount < posonly || posonly < 0 || kwonly < 0 || stacksize < 0 {
+        return bad("argument counts out of range");
+    }
+    let values: Vec<V> = objs.into_iter().map(|(v, _)| v).collect();
+    let Ok(objects) = <[V; 10]>::try_from(values) else {
+        return bad("missing fields");
+    };
+    Ok(CodeFields {
         argcount: ints[0],
         posonlyargcount: ints[1],
         kwonlyargcount: ints[2],
         stacksize: ints[3],
         flags: ints[4],
-        code: next(),
-        consts: next(),
-        names: next(),
-        localsplusnames: next(),
-        localspluskinds: next(),
-        filename: next(),
-        name: next(),
-        qualname: next(),
-        firstlineno,
-        linetable: next(),
-        exceptiontable: next(),
-    };
-    let bad = |what: &str| Err(format!("bad marshal data (invalid code object: {what})"));
-    let is_bytes = |v: &Value| matches!(v, Value::Bytes(_));
-    let is_str = |v: &Value| matches!(v, Value::Str(_));
-    let str_tuple =
-        |v: &Value| matches!(v, Value::Tuple(t) if t.iter().all(|x| matches!(x, Value::Str(_))));
-    if !is_bytes(&c.code) {
-        return bad("co_code is not bytes");
-    }
-    if !matches!(c.consts, Value::Tuple(_)) {
-        return bad("co_consts is not a tuple");
-    }
-    if !str_tuple(&c.names) || !str_tuple(&c.localsplusnames) {
-        return bad("co_names/co_localsplusnames is not a tuple of str");
-    }
-    if !is_bytes(&c.localspluskinds) || !is_bytes(&c.linetable) || !is_bytes(&c.exceptiontable) {
-        return bad("co_localspluskinds/co_linetable/co_exceptiontable is not bytes");
-    }
-    if !is_str(&c.filename) || !is_str(&c.name) || !is_str(&c.qualname) {
-        return bad("co_filename/co_name/co_qualname is not str");
-    }
-    if let (Value::Tuple(n), Value::Bytes(k)) = (&c.localsplusnames, &c.localspluskinds) {
-        if n.len() != k.len() {
-            return bad("co_localsplusnames and co_localspluskinds differ in length");
-        }
-    }
-    if let Value::Bytes(b) = &c.code {
-        if b.len() % 2 != 0 {
-            return bad("co_code length is odd");
-        }
-    }
-    if c.argcount < c.posonlyargcount
-        || c.posonlyargcount < 0
-        || c.kwonlyargcount < 0
-        || c.stacksize < 0
-    {
-        return bad("argument counts out of range");
-    }
-    Ok(c)
+        firstlineno: ints[5],
+        objects,
+    })
 }

@@ -1,20 +1,24 @@
-//! The marshal encoder: [`Value`] in, bytes out, choosing codes as CPython 3.11+ does for the
-//! requested version (binary floats from 2, references and interned strings from 3, ASCII
-//! codes and small tuples from 4, slices at 5; sets sorted by each item's own marshal bytes).
+//! The marshal encoder: ONE writer for every producer, generic over what it walks ([`Source`]).
 //!
-//! Like the decoder it walks the value with an explicit stack; the nesting limit is CPython's.
-//! Objects whose allocation is shared (an `Arc` with more than one handle, CPython's
-//! "refcount > 1") are written once and then referenced with `r`, from version 3.
+//! The Rust [`Value`](cellar_value::Value) is one source (`crate::value_sink::ValueSource`);
+//! the Python package implements another that reads Python objects directly. The type codes
+//! chosen per version (binary floats from 2, references and interned strings from 3, ASCII codes
+//! and small tuples from 4, slices at 5), the UTF-8 (surrogatepass) encoding of str, base-2^15
+//! longs, set ordering (each item's standalone marshal bytes, bpo-37596), the nesting limit and
+//! the error messages live here once.
+//!
+//! Like the decoder it walks with an explicit stack. Which objects get FLAG_REF is the source's
+//! call ([`Source::shared_id`]): CPython flags an object whose reference count is above one; the
+//! Python source reproduces that exactly, the `Value` source uses the `Arc` strong count.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-
-use cellar_value::{float_g17, Code, Int, Value};
-use num_bigint::Sign;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::EncodeError;
 use crate::types::*;
 
-/// Options for [`crate::dumps_with`].
+/// Options for [`crate::dumps_with`] and [`encode`].
 #[derive(Debug, Clone)]
 pub struct DumpOptions {
     /// Format version 0-5; larger values mean the newest ([`CURRENT_VERSION`]).
@@ -32,20 +36,167 @@ impl Default for DumpOptions {
     }
 }
 
-enum Task<'a> {
-    Obj(&'a Value),
-    Null,
+/// A str's contents as the source holds them; the encoder writes UTF-8 with lone surrogates
+/// encoded as three bytes (surrogatepass), as CPython's marshal does.
+#[derive(Debug, Clone, Copy)]
+pub enum StrData<'n> {
+    /// Pure ASCII.
+    Ascii(&'n [u8]),
+    /// Already UTF-8 (surrogates encoded as three bytes); not ASCII.
+    Utf8(&'n [u8]),
+    /// One code point per byte (Latin-1), not all ASCII.
+    Ucs1(&'n [u8]),
+    /// One code point per u16.
+    Ucs2(&'n [u16]),
+    /// One code point per u32.
+    Ucs4(&'n [u32]),
+}
+
+/// What one object is, as the encoder needs it.
+#[derive(Debug)]
+pub enum Node<'n, O> {
+    /// `None`.
+    None,
+    /// `True` / `False`.
+    Bool(bool),
+    /// The class `StopIteration`.
+    StopIteration,
+    /// `Ellipsis`.
+    Ellipsis,
+    /// An int that fits in 64 bits.
+    Int(i64),
+    /// A bigger int: sign and magnitude, little-endian bytes.
+    BigInt {
+        /// Below zero.
+        negative: bool,
+        /// The magnitude (trailing zero bytes allowed).
+        magnitude_le: Cow<'n, [u8]>,
+    },
+    /// A float.
+    Float(f64),
+    /// A complex.
+    Complex(f64, f64),
+    /// bytes (or anything with the buffer protocol, written as bytes).
+    Bytes(Cow<'n, [u8]>),
+    /// A str.
+    Str {
+        /// Its code points.
+        data: StrData<'n>,
+        /// Interned (written as `t`/`A`/`Z` from version 3/4).
+        interned: bool,
+    },
+    /// A tuple; its items come from [`Source::children`]. The count is a hint only.
+    Tuple(usize),
+    /// A list; items from [`Source::children`] (a snapshot: the count written is theirs).
+    List(usize),
+    /// A dict; [`Source::children`] gives key, value, key, value, ...
+    Dict,
+    /// A set or frozenset; items from [`Source::children`].
+    Set {
+        /// frozenset.
+        frozen: bool,
+        /// Number of items (hint).
+        len: usize,
+    },
+    /// A slice; [`Source::children`] gives start, stop, step.
+    Slice,
+    /// A code object: argcount, posonlyargcount, kwonlyargcount, stacksize, flags,
+    /// firstlineno; [`Source::children`] gives code, consts, names, localsplusnames,
+    /// localspluskinds, filename, name, qualname, linetable, exceptiontable.
+    Code {
+        /// The six integer fields.
+        ints: [i32; 6],
+    },
+    /// Nothing marshal can write.
+    Unmarshallable,
+    /// Never constructed; carries the object type.
+    #[doc(hidden)]
+    _Phantom(std::marker::PhantomData<O>),
+}
+
+/// What the encoder walks.
+pub trait Source {
+    /// A handle to one object (owned by the encoder while it is being written; cloned once
+    /// per set item, which is written twice).
+    type Obj: Clone;
+    /// The source's error type.
+    type Error: From<EncodeError>;
+
+    /// What `o` is.
+    fn node<'n>(&mut self, o: &'n Self::Obj) -> Result<Node<'n, Self::Obj>, Self::Error>;
+    /// An identity for `o` if it is shared and must be written once then referenced (FLAG_REF
+    /// then `r`), or `None`. `extra` counts the references the source itself holds on `o`
+    /// beyond those the reference writer (CPython) would hold at this point. A source that
+    /// returns an identity must keep the object alive until the encoder is done (identities
+    /// must not be reused during one dump).
+    fn shared_id(&mut self, o: &Self::Obj, extra: u32) -> Option<usize>;
+    /// The next child of a tuple, list or dict (for a dict: key, value, key, value, ...), with
+    /// its `extra` (see `shared_id`); `cursor` starts at 0 and is the source's to advance.
+    /// `None` when there are no more. Children are fetched one at a time, just before they are
+    /// written, so a source that owns what it hands out touches each object once.
+    fn child(
+        &mut self,
+        o: &Self::Obj,
+        cursor: &mut usize,
+    ) -> Result<Option<(Self::Obj, u32)>, Self::Error>;
+    /// Appends the children of a set, slice or code object to `out` in writing order, each with the number of
+    /// references the source holds on it beyond CPython's at that point (see `shared_id`).
+    fn children(
+        &mut self,
+        o: &Self::Obj,
+        out: &mut Vec<(Self::Obj, u32)>,
+    ) -> Result<(), Self::Error>;
+    /// The `extra` of a set item (held `held` by the source) when it is written standalone to
+    /// compute the sort key (`standalone`) and when it is written for real. CPython 3.11
+    /// borrows the item for the standalone dump and holds one more reference (a (dump, item)
+    /// pair) for the real one.
+    fn set_item_extra(&self, held: u32, standalone: bool) -> u32 {
+        if standalone {
+            held
+        } else {
+            held.saturating_sub(1)
+        }
+    }
+}
+
+enum Task<O> {
+    Obj(O, u32),
+    /// A tuple, list (`left` items still to write) or dict (`left == usize::MAX`) being written.
+    Iter {
+        obj: O,
+        cursor: usize,
+        left: usize,
+    },
     I32(i32),
     Exit,
 }
 
-pub(crate) struct Writer<'o> {
-    out: Vec<u8>,
-    version: u32,
-    opts: &'o DumpOptions,
-    refs: HashMap<usize, u32>,
-    depth: usize,
+/// Hasher for the reference table's identity keys (addresses): multiply and fold, much cheaper
+/// than SipHash, and identities are not attacker-controlled.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    #[inline(always)]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    #[inline(always)]
+    fn write_usize(&mut self, n: usize) {
+        // Addresses are aligned: drop the dead low bits, multiply to spread them up, then fold
+        // the well-mixed high half back down (hashbrown indexes with the low bits).
+        let x = (n as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = x ^ (x >> 32);
+    }
 }
+
+type RefMap = HashMap<usize, u32, BuildHasherDefault<IdHasher>>;
 
 fn unmarshallable() -> EncodeError {
     EncodeError {
@@ -58,42 +209,112 @@ fn too_deep() -> EncodeError {
     }
 }
 
-pub(crate) fn write_value(v: &Value, opts: &DumpOptions) -> Result<Vec<u8>, EncodeError> {
-    let mut w = Writer::new(opts, 0);
-    w.write(v)?;
-    Ok(w.out)
+/// Encodes `root` (held `extra` times by the source beyond CPython's count) into `out`.
+pub fn encode<S: Source>(
+    source: &mut S,
+    root: S::Obj,
+    extra: u32,
+    opts: &DumpOptions,
+    out: &mut Vec<u8>,
+) -> Result<(), S::Error> {
+    let mut w = Writer {
+        out,
+        version: opts.version.min(CURRENT_VERSION),
+        allow_code: opts.allow_code,
+        refs: RefMap::default(),
+        depth: 0,
+    };
+    w.write(source, root, extra)
 }
 
-impl<'o> Writer<'o> {
-    fn new(opts: &'o DumpOptions, depth: usize) -> Writer<'o> {
-        Writer {
-            out: Vec::with_capacity(64),
-            version: opts.version.min(CURRENT_VERSION),
-            opts,
-            refs: HashMap::new(),
-            depth,
-        }
-    }
+struct Writer<'w> {
+    out: &'w mut Vec<u8>,
+    version: u32,
+    allow_code: bool,
+    refs: RefMap,
+    depth: usize,
+}
 
+impl Writer<'_> {
+    #[inline(always)]
     fn i32(&mut self, v: i32) {
         self.out.extend_from_slice(&v.to_le_bytes());
     }
 
-    fn size(&mut self, n: usize) -> Result<(), EncodeError> {
+    #[inline(always)]
+    fn code_size(&mut self, code: u8, n: usize) -> Result<(), EncodeError> {
         if n > SIZE32_MAX {
             return Err(unmarshallable());
         }
-        self.i32(n as i32);
+        let b = (n as u32).to_le_bytes();
+        self.out.extend_from_slice(&[code, b[0], b[1], b[2], b[3]]);
         Ok(())
     }
 
-    fn write(&mut self, root: &Value) -> Result<(), EncodeError> {
-        let mut stack = vec![Task::Obj(root)];
+    fn write<S: Source>(
+        &mut self,
+        source: &mut S,
+        root: S::Obj,
+        extra: u32,
+    ) -> Result<(), S::Error> {
+        let mut stack = vec![Task::Obj(root, extra)];
+        self.drain(source, &mut stack)
+    }
+
+    /// Writes `root` and hands it back (set items are written twice: standalone for the sort
+    /// key, then for real).
+    fn write_keep<S: Source>(
+        &mut self,
+        source: &mut S,
+        root: S::Obj,
+        extra: u32,
+    ) -> Result<S::Obj, S::Error> {
+        if self.depth + 1 > MAX_DEPTH {
+            return Err(too_deep().into());
+        }
+        // Written through a second handle, which the source holds too: one more reference.
+        let mut stack = Vec::new();
+        self.object(source, root.clone(), extra + 1, &mut stack)?;
+        self.drain(source, &mut stack)?;
+        Ok(root)
+    }
+
+    fn drain<S: Source>(
+        &mut self,
+        source: &mut S,
+        stack: &mut Vec<Task<S::Obj>>,
+    ) -> Result<(), S::Error> {
         while let Some(task) = stack.pop() {
-            let v = match task {
-                Task::Null => {
-                    self.out.push(TYPE_NULL);
-                    continue;
+            let (v, extra) = match task {
+                Task::Obj(v, e) => (v, e),
+                Task::Iter {
+                    obj,
+                    mut cursor,
+                    left,
+                } => {
+                    let dict = left == usize::MAX;
+                    if left == 0 {
+                        self.depth -= 1;
+                        continue;
+                    }
+                    match source.child(&obj, &mut cursor)? {
+                        Some((c, e)) => {
+                            let left = if dict { left } else { left - 1 };
+                            stack.push(Task::Iter { obj, cursor, left });
+                            (c, e)
+                        }
+                        None if dict => {
+                            self.out.push(TYPE_NULL);
+                            self.depth -= 1;
+                            continue;
+                        }
+                        None => {
+                            return Err(EncodeError {
+                                message: "list changed size during marshal".into(),
+                            }
+                            .into())
+                        }
+                    }
                 }
                 Task::I32(x) => {
                     self.i32(x);
@@ -103,228 +324,300 @@ impl<'o> Writer<'o> {
                     self.depth -= 1;
                     continue;
                 }
-                Task::Obj(v) => v,
             };
             if self.depth + 1 > MAX_DEPTH {
-                return Err(too_deep());
+                return Err(too_deep().into());
             }
-            let single = match v {
-                Value::None => Some(TYPE_NONE),
-                Value::Bool(false) => Some(TYPE_FALSE),
-                Value::Bool(true) => Some(TYPE_TRUE),
-                Value::StopIteration => Some(TYPE_STOPITER),
-                Value::Ellipsis => Some(TYPE_ELLIPSIS),
-                _ => None,
-            };
-            if let Some(b) = single {
-                self.out.push(b);
-                continue;
-            }
-            let mut flag = 0u8;
-            if self.version >= 3 && v.share_count() > 1 {
-                if let Some(id) = v.ptr_id() {
-                    if let Some(&idx) = self.refs.get(&id) {
-                        self.out.push(TYPE_REF);
-                        self.i32(idx as i32);
-                        continue;
-                    }
-                    let idx = self.refs.len();
-                    if idx > SIZE32_MAX {
-                        return Err(unmarshallable());
-                    }
-                    self.refs.insert(id, idx as u32);
-                    flag = FLAG_REF;
-                }
-            }
-            self.complex(v, flag, &mut stack)?;
+            self.object(source, v, extra, stack)?;
         }
         Ok(())
     }
 
-    fn complex<'a>(
+    #[inline(always)]
+    fn object<S: Source>(
         &mut self,
-        v: &'a Value,
-        flag: u8,
-        stack: &mut Vec<Task<'a>>,
-    ) -> Result<(), EncodeError> {
-        match v {
-            // An inert pickle object has no marshal form (CPython: "unmarshallable object").
-            Value::Object(_) => return Err(unmarshallable()),
-            Value::Int(Int::Small(i)) => match i32::try_from(*i) {
+        source: &mut S,
+        v: S::Obj,
+        extra: u32,
+        stack: &mut Vec<Task<S::Obj>>,
+    ) -> Result<(), S::Error> {
+        let node = source.node(&v)?;
+        let single = match node {
+            Node::None => Some(TYPE_NONE),
+            Node::Bool(false) => Some(TYPE_FALSE),
+            Node::Bool(true) => Some(TYPE_TRUE),
+            Node::StopIteration => Some(TYPE_STOPITER),
+            Node::Ellipsis => Some(TYPE_ELLIPSIS),
+            _ => None,
+        };
+        if let Some(b) = single {
+            self.out.push(b);
+            return Ok(());
+        }
+        let mut flag = 0u8;
+        if self.version >= 3 {
+            if let Some(id) = source.shared_id(&v, extra) {
+                if let Some(&idx) = self.refs.get(&id) {
+                    let b = idx.to_le_bytes();
+                    self.out
+                        .extend_from_slice(&[TYPE_REF, b[0], b[1], b[2], b[3]]);
+                    return Ok(());
+                }
+                let idx = self.refs.len();
+                if idx >= SIZE32_MAX {
+                    return Err(unmarshallable().into());
+                }
+                self.refs.insert(id, idx as u32);
+                flag = FLAG_REF;
+            }
+        }
+        match node {
+            Node::Int(i) => match i32::try_from(i) {
                 Ok(x) => {
-                    self.out.push(TYPE_INT | flag);
-                    self.i32(x);
+                    let b = x.to_le_bytes();
+                    self.out
+                        .extend_from_slice(&[TYPE_INT | flag, b[0], b[1], b[2], b[3]]);
                 }
                 Err(_) => {
                     self.out.push(TYPE_LONG | flag);
-                    self.long_digits(i.unsigned_abs().to_le_bytes().as_slice(), *i < 0)?;
+                    self.long_digits(&i.unsigned_abs().to_le_bytes(), i < 0)?;
                 }
             },
-            Value::Int(Int::Big(b)) => {
+            Node::BigInt {
+                negative,
+                magnitude_le,
+            } => {
                 self.out.push(TYPE_LONG | flag);
-                let (sign, mag) = b.to_bytes_le();
-                self.long_digits(&mag, sign == Sign::Minus)?;
+                self.long_digits(&magnitude_le, negative)?;
             }
-            Value::Float(f) => {
+            Node::Float(f) => {
                 if self.version > 1 {
                     self.out.push(TYPE_BINARY_FLOAT | flag);
                     self.out.extend_from_slice(&f.to_le_bytes());
                 } else {
                     self.out.push(TYPE_FLOAT | flag);
-                    self.text_float(*f);
+                    self.text_float(f);
                 }
             }
-            Value::Complex(re, im) => {
+            Node::Complex(re, im) => {
                 if self.version > 1 {
                     self.out.push(TYPE_BINARY_COMPLEX | flag);
                     self.out.extend_from_slice(&re.to_le_bytes());
                     self.out.extend_from_slice(&im.to_le_bytes());
                 } else {
                     self.out.push(TYPE_COMPLEX | flag);
-                    self.text_float(*re);
-                    self.text_float(*im);
+                    self.text_float(re);
+                    self.text_float(im);
                 }
             }
-            Value::Bytes(b) => self.bytes(b, flag)?,
-            Value::ByteArray(b) => self.bytes(b, flag)?,
-            Value::Str(s) => {
-                let raw = s.as_bytes();
-                if self.version >= 4 && s.is_ascii() {
-                    let short = raw.len() < 256;
-                    let code = match (short, s.is_interned()) {
-                        (true, true) => TYPE_SHORT_ASCII_INTERNED,
-                        (true, false) => TYPE_SHORT_ASCII,
-                        (false, true) => TYPE_ASCII_INTERNED,
-                        (false, false) => TYPE_ASCII,
-                    };
-                    self.out.push(code | flag);
-                    if short {
-                        self.out.push(raw.len() as u8);
-                    } else {
-                        self.size(raw.len())?;
+            Node::Bytes(b) => {
+                self.code_size(TYPE_STRING | flag, b.len())?;
+                self.out.extend_from_slice(&b);
+            }
+            Node::Str { data, interned } => self.str(data, interned, flag)?,
+            Node::Tuple(n) | Node::List(n) => {
+                let list = matches!(node, Node::List(_));
+                drop(node);
+                if list {
+                    self.code_size(TYPE_LIST | flag, n)?;
+                } else if self.version >= 4 && n < 256 {
+                    self.out
+                        .extend_from_slice(&[TYPE_SMALL_TUPLE | flag, n as u8]);
+                } else {
+                    self.code_size(TYPE_TUPLE | flag, n)?;
+                }
+                self.depth += 1;
+                stack.push(Task::Iter {
+                    obj: v,
+                    cursor: 0,
+                    left: n,
+                });
+            }
+            Node::Dict => {
+                drop(node);
+                self.out.push(TYPE_DICT | flag);
+                self.depth += 1;
+                stack.push(Task::Iter {
+                    obj: v,
+                    cursor: 0,
+                    left: usize::MAX,
+                });
+            }
+            Node::Set { frozen, .. } => {
+                drop(node);
+                let code = if frozen { TYPE_FROZENSET } else { TYPE_SET };
+                let mut items = Vec::new();
+                source.children(&v, &mut items)?;
+                self.code_size(code | flag, items.len())?;
+                // Deterministic order (bpo-37596): sorted by each item's standalone marshal
+                // bytes, as `sorted(s, key=marshal.dumps)`.
+                let mut keyed = Vec::with_capacity(items.len());
+                if items.len() <= 1 {
+                    // One item needs no ordering: skip its standalone dump (which, for nested
+                    // one-item sets, would cost time exponential in the depth).
+                    for (item, held) in items {
+                        keyed.push((Vec::new(), item, source.set_item_extra(held, false)));
                     }
                 } else {
-                    let code = if self.version >= 3 && s.is_interned() {
-                        TYPE_INTERNED
-                    } else {
-                        TYPE_UNICODE
-                    };
-                    self.out.push(code | flag);
-                    self.size(raw.len())?;
-                }
-                self.out.extend_from_slice(raw);
-            }
-            Value::Tuple(items) => {
-                if self.version >= 4 && items.len() < 256 {
-                    self.out.push(TYPE_SMALL_TUPLE | flag);
-                    self.out.push(items.len() as u8);
-                } else {
-                    self.out.push(TYPE_TUPLE | flag);
-                    self.size(items.len())?;
-                }
-                self.open(stack);
-                stack.extend(items.iter().rev().map(Task::Obj));
-            }
-            Value::List(items) => {
-                self.out.push(TYPE_LIST | flag);
-                self.size(items.len())?;
-                self.open(stack);
-                stack.extend(items.iter().rev().map(Task::Obj));
-            }
-            Value::Dict(d) => {
-                self.out.push(TYPE_DICT | flag);
-                self.open(stack);
-                stack.push(Task::Null);
-                for (k, val) in d.iter().rev() {
-                    stack.push(Task::Obj(val));
-                    stack.push(Task::Obj(k));
-                }
-            }
-            Value::Set(s) | Value::FrozenSet(s) => {
-                let code = if matches!(v, Value::Set(_)) {
-                    TYPE_SET
-                } else {
-                    TYPE_FROZENSET
-                };
-                self.out.push(code | flag);
-                self.size(s.len())?;
-                // Deterministic order (bpo-37596): sorted by each item's standalone marshal bytes.
-                let mut keyed = Vec::with_capacity(s.len());
-                for item in s.iter() {
-                    let mut sub = Writer::new(self.opts, self.depth + 1);
-                    sub.write(item)?;
-                    keyed.push((sub.out, item));
+                    for (item, held) in items {
+                        let mut buf = Vec::new();
+                        let mut sub = Writer {
+                            out: &mut buf,
+                            version: self.version,
+                            allow_code: self.allow_code,
+                            refs: RefMap::default(),
+                            depth: self.depth + 1,
+                        };
+                        let standalone = source.set_item_extra(held, true);
+                        let item = sub.write_keep(source, item, standalone)?;
+                        keyed.push((buf, item, source.set_item_extra(held, false)));
+                    }
                 }
                 keyed.sort_by(|a, b| a.0.cmp(&b.0));
                 self.open(stack);
-                stack.extend(keyed.into_iter().rev().map(|(_, item)| Task::Obj(item)));
+                stack.extend(keyed.into_iter().rev().map(|(_, o, e)| Task::Obj(o, e)));
             }
-            Value::Slice(s) => {
+            Node::Slice => {
+                drop(node);
                 if self.version < 5 {
-                    return Err(unmarshallable());
+                    return Err(unmarshallable().into());
                 }
                 self.out.push(TYPE_SLICE | flag);
+                let mut kids = Vec::with_capacity(3);
+                source.children(&v, &mut kids)?;
                 self.open(stack);
-                stack.push(Task::Obj(&s.step));
-                stack.push(Task::Obj(&s.stop));
-                stack.push(Task::Obj(&s.start));
+                stack.extend(kids.into_iter().rev().map(|(o, e)| Task::Obj(o, e)));
             }
-            Value::Code(c) => {
-                if !self.opts.allow_code {
+            Node::Code { ints } => {
+                drop(node);
+                if !self.allow_code {
                     return Err(EncodeError {
                         message: "marshalling code objects is disallowed".into(),
-                    });
+                    }
+                    .into());
+                }
+                let mut kids = Vec::with_capacity(10);
+                source.children(&v, &mut kids)?;
+                if kids.len() != 10 {
+                    return Err(unmarshallable().into());
                 }
                 self.out.push(TYPE_CODE | flag);
-                self.code(c, stack);
+                for x in &ints[..5] {
+                    self.i32(*x);
+                }
+                self.open(stack);
+                // Pushed in reverse: the last two objects, firstlineno, then the first eight.
+                let mut it = kids.into_iter().rev();
+                for _ in 0..2 {
+                    if let Some((o, e)) = it.next() {
+                        stack.push(Task::Obj(o, e));
+                    }
+                }
+                stack.push(Task::I32(ints[5]));
+                stack.extend(it.map(|(o, e)| Task::Obj(o, e)));
             }
-            Value::None | Value::Bool(_) | Value::StopIteration | Value::Ellipsis => {}
+            Node::Unmarshallable => return Err(unmarshallable().into()),
+            Node::None
+            | Node::Bool(_)
+            | Node::StopIteration
+            | Node::Ellipsis
+            | Node::_Phantom(_) => {}
         }
         Ok(())
     }
 
-    fn open(&mut self, stack: &mut Vec<Task<'_>>) {
+    fn open<O>(&mut self, stack: &mut Vec<Task<O>>) {
         self.depth += 1;
         stack.push(Task::Exit);
     }
 
-    fn code<'a>(&mut self, c: &'a Code, stack: &mut Vec<Task<'a>>) {
-        for x in [
-            c.argcount,
-            c.posonlyargcount,
-            c.kwonlyargcount,
-            c.stacksize,
-            c.flags,
-        ] {
-            self.i32(x);
+    fn str(&mut self, data: StrData<'_>, interned: bool, flag: u8) -> Result<(), EncodeError> {
+        if let StrData::Ascii(raw) = data {
+            if self.version >= 4 {
+                let n = raw.len();
+                if n < 256 {
+                    let code = if interned {
+                        TYPE_SHORT_ASCII_INTERNED
+                    } else {
+                        TYPE_SHORT_ASCII
+                    };
+                    self.out.reserve(2 + n);
+                    self.out.extend_from_slice(&[code | flag, n as u8]);
+                } else {
+                    let code = if interned {
+                        TYPE_ASCII_INTERNED
+                    } else {
+                        TYPE_ASCII
+                    };
+                    self.out.reserve(5 + n);
+                    self.code_size(code | flag, n)?;
+                }
+                self.out.extend_from_slice(raw);
+                return Ok(());
+            }
         }
-        self.open(stack);
-        stack.push(Task::Obj(&c.exceptiontable));
-        stack.push(Task::Obj(&c.linetable));
-        stack.push(Task::I32(c.firstlineno));
-        for v in [
-            &c.qualname,
-            &c.name,
-            &c.filename,
-            &c.localspluskinds,
-            &c.localsplusnames,
-            &c.names,
-            &c.consts,
-            &c.code,
-        ] {
-            stack.push(Task::Obj(v));
+        let code = if self.version >= 3 && interned {
+            TYPE_INTERNED
+        } else {
+            TYPE_UNICODE
+        };
+        match data {
+            StrData::Ascii(raw) | StrData::Utf8(raw) => {
+                self.code_size(code | flag, raw.len())?;
+                self.out.extend_from_slice(raw);
+            }
+            StrData::Ucs1(s) => {
+                self.utf8_units(code | flag, s.iter().map(|&c| c as u32), s.len() * 2)?
+            }
+            StrData::Ucs2(s) => {
+                self.utf8_units(code | flag, s.iter().map(|&c| c as u32), s.len() * 3)?
+            }
+            StrData::Ucs4(s) => self.utf8_units(code | flag, s.iter().copied(), s.len() * 4)?,
         }
+        Ok(())
     }
 
-    fn bytes(&mut self, b: &[u8], flag: u8) -> Result<(), EncodeError> {
-        self.out.push(TYPE_STRING | flag);
-        self.size(b.len())?;
-        self.out.extend_from_slice(b);
+    /// Writes code points as UTF-8 (surrogates as three bytes), length patched in afterwards.
+    fn utf8_units(
+        &mut self,
+        code: u8,
+        units: impl Iterator<Item = u32>,
+        max: usize,
+    ) -> Result<(), EncodeError> {
+        let start = self.out.len();
+        self.out.reserve(5 + max);
+        self.out.extend_from_slice(&[code, 0, 0, 0, 0]);
+        for c in units {
+            if c < 0x80 {
+                self.out.push(c as u8);
+            } else if c < 0x800 {
+                self.out
+                    .extend_from_slice(&[0xC0 | (c >> 6) as u8, 0x80 | (c & 0x3F) as u8]);
+            } else if c < 0x10000 {
+                self.out.extend_from_slice(&[
+                    0xE0 | (c >> 12) as u8,
+                    0x80 | ((c >> 6) & 0x3F) as u8,
+                    0x80 | (c & 0x3F) as u8,
+                ]);
+            } else {
+                self.out.extend_from_slice(&[
+                    0xF0 | ((c >> 18) & 0x07) as u8,
+                    0x80 | ((c >> 12) & 0x3F) as u8,
+                    0x80 | ((c >> 6) & 0x3F) as u8,
+                    0x80 | (c & 0x3F) as u8,
+                ]);
+            }
+        }
+        let n = self.out.len() - start - 5;
+        if n > SIZE32_MAX {
+            return Err(unmarshallable());
+        }
+        self.out[start + 1..start + 5].copy_from_slice(&(n as u32).to_le_bytes());
         Ok(())
     }
 
     fn text_float(&mut self, f: f64) {
-        let s = float_g17(f);
+        let s = cellar_value::float_g17(f);
         self.out.push(s.len() as u8);
         self.out.extend_from_slice(s.as_bytes());
     }
@@ -353,6 +646,7 @@ impl<'o> Writer<'o> {
         }
         let n = digits.len() as i32;
         self.i32(if negative { -n } else { n });
+        self.out.reserve(digits.len() * 2);
         for d in digits {
             self.out.extend_from_slice(&d.to_le_bytes());
         }

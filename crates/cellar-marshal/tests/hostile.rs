@@ -89,7 +89,7 @@ fn cpython_error_types_and_messages() {
     assert_eq!(err(b"u\x01\x00\x00\x00\xff").kind, UnicodeDecode);
     assert_eq!(
         err(b"f\x03abc").message,
-        "could not convert string to float: b'abc'"
+        "could not convert string to float: 'abc'"
     );
     // Self-references: immutable containers are invalid references, mutable ones are cycles
     // that cellar's value model refuses.

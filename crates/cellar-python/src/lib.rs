@@ -1,9 +1,10 @@
 //! `cellar._cellar`: the native half of the Python package `cellar`.
 //!
-//! This crate implements CPython's `marshal` format (versions 0-5, 3.11 code-object layout) directly
-//! between Python objects and bytes: [`encode`] walks Python objects and appends marshal bytes to a
-//! `bytes` object it grows in place; [`decode`] reads marshal bytes and builds Python objects as it
-//! goes. There is no intermediate value tree on either path.
+//! marshal: the one codec core (`cellar_marshal::{decode, encode}`, safe Rust, no PyO3) is
+//! plugged into Python objects here: [`marshal_sink`] builds Python objects as the core decodes
+//! (no intermediate value tree), [`marshal_source`] tells the core encoder what each Python object
+//! is, [`marshal_code`] builds and reads code objects through CPython's public API. These three
+//! modules are the only marshal code that touches the C API.
 //!
 //! The pure-Python package (`python/cellar/marshal.py`) re-exports these functions as the drop-in
 //! module `cellar.marshal`.
@@ -14,10 +15,10 @@
 //! it is sound. Hostile input never panics: every read is bounds-checked, nesting is limited to
 //! 2000 levels by a strict counter, and allocations are bounded by the bytes actually present.
 
-mod code311;
 mod dbm;
-mod decode;
-mod encode;
+mod marshal_code;
+mod marshal_sink;
+mod marshal_source;
 mod pickle;
 mod pickle_dump;
 mod pickle_load;
@@ -54,10 +55,7 @@ fn dumps<'py>(
     {
         return Err(PyErr::fetch(py));
     }
-    // SAFETY: we hold the GIL (`py`), and `value` is a live object for the whole call.
-    let ptr = unsafe { encode::dumps(value.as_ptr(), version, allow_code) };
-    // SAFETY: `encode::dumps` returns a new reference or NULL with an exception set.
-    unsafe { Bound::from_owned_ptr_or_err(py, ptr) }
+    Ok(marshal_source::dumps(py, value, version, allow_code)?.into_any())
 }
 
 /// `loads(bytes, /, *, allow_code=True)`: the value encoded at the start of a bytes-like object.
@@ -69,10 +67,7 @@ fn loads<'py>(
     data: &Bound<'py, PyAny>,
     allow_code: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    // SAFETY: GIL held; `data` is live for the call.
-    let ptr = unsafe { decode::loads(data.as_ptr(), allow_code) };
-    // SAFETY: new reference or NULL with an exception set.
-    unsafe { Bound::from_owned_ptr_or_err(py, ptr) }
+    marshal_sink::loads(py, data, allow_code)
 }
 
 /// `dump(value, file, version=4, /, *, allow_code=True)`: write `dumps(value, version)` to `file`.
@@ -111,10 +106,7 @@ fn load<'py>(
     if unsafe { util::PySys_Audit(c"marshal.load".as_ptr(), std::ptr::null()) } < 0 {
         return Err(PyErr::fetch(py));
     }
-    // SAFETY: GIL held; `file` is live for the call.
-    let ptr = unsafe { decode::load(file.as_ptr(), allow_code) };
-    // SAFETY: new reference or NULL with an exception set.
-    unsafe { Bound::from_owned_ptr_or_err(py, ptr) }
+    marshal_sink::load(py, file, allow_code)
 }
 
 /// The extension module `cellar._cellar`.
@@ -128,10 +120,8 @@ fn _cellar(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dump, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add("version", DEFAULT_VERSION)?;
+    marshal_code::init(m.py())?;
     dbm::register(m)?;
     shelve::register(m)?;
-    code311::init(m.py());
-    // Whether code objects use the verified CPython 3.11 struct fast path (for tests/diagnostics).
-    m.add("_code_fast_path", code311::fast().is_some())?;
     Ok(())
 }

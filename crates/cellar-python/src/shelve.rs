@@ -18,7 +18,7 @@ use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
 use crate::dbm::PyDatabase;
 use crate::pickle::PickleLoader;
-use crate::{decode, encode};
+use crate::{marshal_sink, marshal_source};
 
 /// The marshal version `codec="marshal"` shelves write (`cellar.shelve.MARSHAL_VERSION`).
 const MARSHAL_VERSION: i32 = 4;
@@ -99,14 +99,7 @@ impl Fast {
     ) -> PyResult<Bound<'py, PyAny>> {
         match self.kind {
             Kind::Marshal => {
-                // SAFETY: GIL held (`py`); `value` is live for the call; `dumps` returns a new
-                // reference or NULL with an exception set.
-                unsafe {
-                    Bound::from_owned_ptr_or_err(
-                        py,
-                        encode::dumps(value.as_ptr(), MARSHAL_VERSION, false),
-                    )
-                }
+                Ok(marshal_source::dumps(py, value, MARSHAL_VERSION, false)?.into_any())
             }
             Kind::Pickle | Kind::Custom => self
                 .serializer
@@ -125,11 +118,7 @@ impl Fast {
         }
         let bytes = PyBytes::new(py, &data);
         match self.kind {
-            Kind::Marshal => {
-                // SAFETY: GIL held; `bytes` is live for the call; `loads` returns a new
-                // reference or NULL with an exception set.
-                unsafe { Bound::from_owned_ptr_or_err(py, decode::loads(bytes.as_ptr(), false)) }
-            }
+            Kind::Marshal => marshal_sink::loads_slice(py, &data, false),
             Kind::Pickle | Kind::Custom => self.deserializer.bind(py).call1((bytes,)),
         }
     }

@@ -275,6 +275,10 @@ impl Dict {
     ) -> impl DoubleEndedIterator<Item = (&Value, &Value)> + ExactSizeIterator + '_ {
         self.entries.iter().map(|e| (&e.key, &e.value))
     }
+    /// The `i`-th entry in insertion order (O(1)).
+    pub fn get_index(&self, i: usize) -> Option<(&Value, &Value)> {
+        self.entries.get(i).map(|e| (&e.key, &e.value))
+    }
     /// Keys in insertion order.
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = &Value> + ExactSizeIterator + '_ {
         self.entries.iter().map(|e| &e.key)

@@ -1,0 +1,274 @@
+//! Code objects through CPython's PUBLIC API only: no private symbols, no struct layout.
+//!
+//! - Building (decode): `PyCode_NewWithPosOnlyArgs` (3.11), renamed
+//!   `PyUnstable_Code_NewWithPosOnlyArgs` in 3.12+ (chosen at build time by pyo3's version
+//!   cfgs). It takes `co_varnames`, `co_cellvars` and `co_freevars`, which are derived from the
+//!   marshal fields `co_localsplusnames` / `co_localspluskinds` (0x20 local, 0x40 cell, 0x80
+//!   free); the constructor rebuilds the same localsplus table from them. The one bit it cannot
+//!   express is 3.12's `CO_FAST_HIDDEN` (0x10, comprehension variables inlined into their
+//!   enclosing code): the object is equal (`==`) but those locals are no longer hidden from
+//!   `locals()` (docs/marshal.md).
+//! - Reading (encode): the public attributes, `PyCode_GetCode` for `co_code`, and the same
+//!   derivation backwards ([`localsplus`]).
+
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+use std::os::raw::c_int;
+
+use cellar_marshal::read::CodeFields;
+use pyo3::ffi::PyObject;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+/// `co_localspluskinds` bits (Include/internal/pycore_code.h).
+pub(crate) const CO_FAST_LOCAL: u8 = 0x20;
+pub(crate) const CO_FAST_CELL: u8 = 0x40;
+pub(crate) const CO_FAST_FREE: u8 = 0x80;
+
+extern "C" {
+    /// The public code constructor (Include/cpython/code.h): `PyCode_NewWithPosOnlyArgs` in
+    /// 3.11, `PyUnstable_Code_NewWithPosOnlyArgs` (the old name is a static inline) from 3.12.
+    #[cfg_attr(Py_3_12, link_name = "PyUnstable_Code_NewWithPosOnlyArgs")]
+    #[cfg_attr(not(Py_3_12), link_name = "PyCode_NewWithPosOnlyArgs")]
+    fn code_new_with_posonly_args(
+        argcount: c_int,
+        posonlyargcount: c_int,
+        kwonlyargcount: c_int,
+        nlocals: c_int,
+        stacksize: c_int,
+        flags: c_int,
+        code: *mut PyObject,
+        consts: *mut PyObject,
+        names: *mut PyObject,
+        varnames: *mut PyObject,
+        freevars: *mut PyObject,
+        cellvars: *mut PyObject,
+        filename: *mut PyObject,
+        name: *mut PyObject,
+        qualname: *mut PyObject,
+        firstlineno: c_int,
+        linetable: *mut PyObject,
+        exceptiontable: *mut PyObject,
+    ) -> *mut PyObject;
+
+    /// `co_code` as bytes (public since 3.11; a new reference).
+    pub(crate) fn PyCode_GetCode(co: *mut PyObject) -> *mut PyObject;
+    /// `co_varnames`, `co_cellvars`, `co_freevars` (public since 3.11; new references).
+    fn PyCode_GetVarnames(co: *mut PyObject) -> *mut PyObject;
+    fn PyCode_GetCellvars(co: *mut PyObject) -> *mut PyObject;
+    fn PyCode_GetFreevars(co: *mut PyObject) -> *mut PyObject;
+}
+
+/// Which opcodes the running CPython's code constructor accepts without crashing. 3.12+
+/// quickens bytecode as it builds a code object and crashes on an INSTRUMENTED_* opcode (or
+/// 3.13's ENTER_EXECUTOR) in `co_code`, which no code CPython writes contains; so does its own
+/// marshal. Computed once, at import, from the running interpreter's `opcode.opmap`: every byte
+/// except those opcodes (other unknown opcodes are accepted, as CPython's marshal does: bytecode
+/// of another version is still loadable).
+static OPCODE_OK: std::sync::OnceLock<[bool; 256]> = std::sync::OnceLock::new();
+
+/// Reads the running interpreter's opcode table (at import of `cellar._cellar`, so that no
+/// import happens while decoding).
+pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
+    let opmap = py.import("opcode")?.getattr("opmap")?;
+    let opmap = opmap.cast::<pyo3::types::PyDict>()?;
+    let mut ok = [true; 256];
+    for (k, v) in opmap.iter() {
+        let name: String = k.extract()?;
+        let op: usize = v.extract()?;
+        if op < 256 && (name.starts_with("INSTRUMENTED_") || name == "ENTER_EXECUTOR") {
+            ok[op] = false;
+        }
+    }
+    let _ = OPCODE_OK.set(ok);
+    // 3.12+: comprehension variables inlined into their enclosing code are "hidden" locals
+    // (kind bit 0x10), which no public attribute shows; such code saves them with
+    // LOAD_FAST_AND_CLEAR. See `hidden_kinds`.
+    if let Some(op) = opmap.get_item("LOAD_FAST_AND_CLEAR")? {
+        let op: u8 = op.extract()?;
+        let dumps = py.import("marshal")?.getattr("dumps")?.unbind();
+        let _ = HIDDEN.set((op, dumps));
+    }
+    Ok(())
+}
+
+/// LOAD_FAST_AND_CLEAR's opcode and the interpreter's own `marshal.dumps` (3.12+).
+static HIDDEN: std::sync::OnceLock<(u8, Py<PyAny>)> = std::sync::OnceLock::new();
+
+/// The exact `co_localspluskinds` of a 3.12+ code object that may have hidden locals: the only
+/// public API that shows them is the interpreter's own marshal, applied to a copy without
+/// constants (`replace` keeps the kinds), parsed back with the core decoder.
+fn hidden_kinds(co: &Bound<'_, PyAny>, code: &[u8], n: usize) -> PyResult<Option<Vec<u8>>> {
+    let Some((op, dumps)) = HIDDEN.get() else {
+        return Ok(None);
+    };
+    if !code.chunks(2).any(|u| u[0] == *op) {
+        return Ok(None);
+    }
+    let py = co.py();
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("co_consts", PyTuple::empty(py))?;
+    let stripped = co.call_method("replace", (), Some(&kwargs))?;
+    let bytes = dumps.bind(py).call1((stripped,))?;
+    let bytes = bytes.cast::<PyBytes>()?;
+    let v = cellar_marshal::loads(bytes.as_bytes()).ok();
+    Ok(match &v {
+        Some(cellar_marshal::Value::Code(c)) => match &c.localspluskinds {
+            cellar_marshal::Value::Bytes(k) if k.len() == n => Some(k.to_vec()),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// Refuses bytecode the constructor would crash on (see [`OPCODE_OK`]): no code unit's opcode
+/// byte may be an instrumented one (checked at every code unit, cache entries included).
+fn check_bytecode(code: &Bound<'_, PyAny>) -> PyResult<()> {
+    let Some(ok) = OPCODE_OK.get() else {
+        return Ok(());
+    };
+    let code = code.cast::<PyBytes>()?;
+    for (i, unit) in code.as_bytes().chunks(2).enumerate() {
+        if !ok[unit[0] as usize] {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "bad marshal data (invalid code object: opcode {} at offset {} is an instrumented \
+                 opcode, which this Python cannot build code from)",
+                unit[0],
+                2 * i
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Builds a code object from the fields the core decoder validated (types and lengths).
+pub(crate) fn build<'py>(
+    py: Python<'py>,
+    f: CodeFields<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let [code, consts, names, lnames, lkinds, filename, name, qualname, linetable, exctable] =
+        f.objects;
+    check_bytecode(&code)?;
+    let lnames = lnames.cast_into::<PyTuple>()?;
+    let lkinds = lkinds.cast_into::<PyBytes>()?;
+    let kinds = lkinds.as_bytes();
+    let mut groups: [Vec<Bound<'py, PyAny>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for (i, &k) in kinds.iter().enumerate() {
+        let nm = lnames.get_item(i)?;
+        if k & CO_FAST_LOCAL != 0 {
+            groups[0].push(nm.clone());
+        }
+        if k & CO_FAST_CELL != 0 {
+            groups[1].push(nm.clone());
+        }
+        if k & CO_FAST_FREE != 0 {
+            groups[2].push(nm);
+        }
+    }
+    let [var, cell, free] = groups;
+    let nlocals = var.len() as c_int;
+    let varnames = PyTuple::new(py, var)?;
+    let cellvars = PyTuple::new(py, cell)?;
+    let freevars = PyTuple::new(py, free)?;
+    // SAFETY: GIL held; every object argument is a live object of the type the constructor
+    // requires (checked by the core decoder: bytes, tuples of str, str); the constructor takes
+    // its own references and returns a new reference or NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            code_new_with_posonly_args(
+                f.argcount,
+                f.posonlyargcount,
+                f.kwonlyargcount,
+                nlocals,
+                f.stacksize,
+                f.flags,
+                code.as_ptr(),
+                consts.as_ptr(),
+                names.as_ptr(),
+                varnames.as_ptr(),
+                freevars.as_ptr(),
+                cellvars.as_ptr(),
+                filename.as_ptr(),
+                name.as_ptr(),
+                qualname.as_ptr(),
+                f.firstlineno,
+                linetable.as_ptr(),
+                exctable.as_ptr(),
+            ),
+        )
+    }
+}
+
+/// `co_code` of a code object (a new reference, as CPython's marshal takes it).
+pub(crate) fn co_code<'py>(co: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: GIL held; `co` is a live code object (the caller checked PyCode_Check);
+    // PyCode_GetCode returns a new reference or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(co.py(), PyCode_GetCode(co.as_ptr())) }
+}
+
+/// Rebuilds `co_localsplusnames` / `co_localspluskinds` from the public attributes, the way
+/// the constructor does: locals first (a local that is also a cell is marked LOCAL|CELL in
+/// place), then the remaining cells, then the free variables.
+pub(crate) fn localsplus<'py>(
+    co: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, PyBytes>)> {
+    let py = co.py();
+    // SAFETY: GIL held; `co` is a live code object (the caller checked PyCode_Check); each
+    // getter returns a new reference (a tuple) or NULL with an exception set.
+    let (varnames, cellvars, freevars) = unsafe {
+        (
+            Bound::from_owned_ptr_or_err(py, PyCode_GetVarnames(co.as_ptr()))?,
+            Bound::from_owned_ptr_or_err(py, PyCode_GetCellvars(co.as_ptr()))?,
+            Bound::from_owned_ptr_or_err(py, PyCode_GetFreevars(co.as_ptr()))?,
+        )
+    };
+    let varnames = varnames.cast::<PyTuple>()?;
+    let cellvars = cellvars.cast::<PyTuple>()?;
+    let freevars = freevars.cast::<PyTuple>()?;
+    let mut names: Vec<Bound<'py, PyAny>> = Vec::with_capacity(varnames.len());
+    let mut kinds: Vec<u8> = Vec::with_capacity(varnames.len());
+    for n in varnames.iter() {
+        names.push(n);
+        kinds.push(CO_FAST_LOCAL);
+    }
+    let nlocals = names.len();
+    for c in cellvars.iter() {
+        let mut found = None;
+        for (j, nm) in names.iter().enumerate().take(nlocals) {
+            if nm.is(&c) || nm.eq(&c)? {
+                found = Some(j);
+                break;
+            }
+        }
+        match found {
+            Some(j) => kinds[j] |= CO_FAST_CELL,
+            None => {
+                names.push(c);
+                kinds.push(CO_FAST_CELL);
+            }
+        }
+    }
+    for f in freevars.iter() {
+        names.push(f);
+        kinds.push(CO_FAST_FREE);
+    }
+    if !kinds.is_empty() {
+        let code = co_code(co)?;
+        let code = code.cast::<PyBytes>()?;
+        if let Some(exact) = hidden_kinds(co, code.as_bytes(), kinds.len())? {
+            kinds = exact;
+        }
+    }
+    // A fresh bytes object, as the compiler makes it (`PyBytes::new` would return CPython's
+    // shared one-byte singleton for a single local, whose reference count differs).
+    let kinds = if kinds.is_empty() {
+        PyBytes::new(py, &kinds)
+    } else {
+        PyBytes::new_with(py, kinds.len(), |b| {
+            b.copy_from_slice(&kinds);
+            Ok(())
+        })?
+    };
+    Ok((PyTuple::new(py, names)?, kinds))
+}

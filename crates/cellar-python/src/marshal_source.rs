@@ -1,0 +1,579 @@
+//! The Python-object source of the one marshal encoder (`cellar_marshal::write`): Python objects
+//! -> marshal bytes, read directly (no intermediate tree).
+//!
+//! The encoder core chooses codes, writes them, sorts sets and enforces the nesting limit; this
+//! module only says what each object is, like CPython's `w_object` (exact types only, then
+//! anything with the buffer protocol as bytes), and which objects are shared.
+//!
+//! FLAG_REF as the running CPython sets it (so the bytes equal `marshal.dumps`): CPython's
+//! `w_ref` flags an object (other than None/True/False/Ellipsis/StopIteration) whose reference
+//! count is not 1, and every interned str. The source holds one strong reference on every object
+//! the encoder has pending (so nothing it walks can be freed under it); `extra` tells how many
+//! of those CPython would not hold at that point, and is subtracted:
+//! - container items, dict keys/values, code attributes read with getattr: 1 (CPython borrows);
+//! - `co_code` from `PyCode_GetCode`: 0 (CPython also holds the new reference it returns);
+//! - the rebuilt `co_localsplusnames` tuple and kinds bytes: 0 (they stand for the code
+//!   object's own); the names inside: 2 (our rebuilt tuple + our pending reference);
+//! - set items: written once standalone for the sort key (CPython 3.11/3.12 borrow the item
+//!   there, 3.13 holds a reference) and then for real (CPython holds a (dump, item) pair).
+
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+use std::borrow::Cow;
+
+use cellar_marshal::write::{Node, Source, StrData};
+use cellar_marshal::{DumpOptions, EncodeError};
+use pyo3::exceptions::PyValueError;
+use pyo3::ffi::{self, Py_ssize_t};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PySet};
+
+/// One object pending in the encoder, with the `extra` its children get.
+#[derive(Clone)]
+pub(crate) struct PyObj<'py> {
+    obj: Bound<'py, PyAny>,
+    /// The `extra` of this object's children (see the module docs).
+    kids_extra: u32,
+}
+
+/// Why a dump failed.
+pub(crate) enum Fail {
+    Core(EncodeError),
+    Py(PyErr),
+}
+
+impl From<EncodeError> for Fail {
+    #[cold]
+    fn from(e: EncodeError) -> Fail {
+        Fail::Core(e)
+    }
+}
+
+impl From<PyErr> for Fail {
+    #[cold]
+    fn from(e: PyErr) -> Fail {
+        Fail::Py(e)
+    }
+}
+
+/// Reads Python objects for the core encoder.
+pub(crate) struct PySource<'py> {
+    py: Python<'py>,
+    /// Flagged objects, kept alive for the whole dump (their addresses are the identities).
+    keep: Vec<Bound<'py, PyAny>>,
+    /// The compilation unit of the first code object met (see [`Unit`]).
+    unit: Option<Unit<'py>>,
+}
+
+/// `co_localsplusnames` as CPython's compiler shares it. The compiler merges every tuple of
+/// constants and names of one compilation unit by value (`merge_const_one`): a code object's
+/// `co_localsplusnames` IS the `co_names` or constant tuple of equal value when there is one,
+/// and otherwise one tuple shared by all code objects with those local names. No public API
+/// returns that tuple, so it is found again by value: the real tuple of equal value met in the
+/// unit, else one rebuilt tuple per value, flagged as CPython's would be (its reference count
+/// is the number of code objects sharing it).
+struct Unit<'py> {
+    /// value (tuple of str) -> the object that stands for it.
+    reps: Bound<'py, PyDict>,
+    /// value -> how many code objects have these local names.
+    uses: Bound<'py, PyDict>,
+    /// Rebuilt (localsplusnames, localspluskinds) per code object address.
+    rebuilt: std::collections::HashMap<usize, (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    /// Rebuilt tuples standing for a value.
+    synthetic: std::collections::HashSet<usize>,
+    /// Real tuples held (twice: as key and value) by `reps`: two more references than CPython.
+    held: std::collections::HashSet<usize>,
+}
+
+impl<'py> PySource<'py> {
+    fn obj(&self, o: Bound<'py, PyAny>) -> PyObj<'py> {
+        PyObj {
+            obj: o,
+            kids_extra: 1,
+        }
+    }
+}
+
+/// Python 3.13 holds a reference on a set item while dumping it standalone for the sort key.
+const SET_STANDALONE_HELD: u32 = if cfg!(Py_3_13) { 1 } else { 0 };
+
+impl<'py> Source for PySource<'py> {
+    type Obj = PyObj<'py>;
+    type Error = Fail;
+
+    #[inline(always)]
+    fn node<'n>(&mut self, o: &'n PyObj<'py>) -> Result<Node<'n, PyObj<'py>>, Fail> {
+        let v = o.obj.as_ptr();
+        let py = self.py;
+        // SAFETY: (whole block) GIL held; `v` is alive as long as `o` (an owned reference held
+        // by the encoder for as long as the returned node borrows it); every type check comes
+        // before the accessor that relies on it; str and bytes objects are immutable, so the
+        // slices stay valid while `o` lives.
+        unsafe {
+            if v == ffi::Py_None() {
+                return Ok(Node::None);
+            }
+            if v == ffi::Py_True() {
+                return Ok(Node::Bool(true));
+            }
+            if v == ffi::Py_False() {
+                return Ok(Node::Bool(false));
+            }
+            if v == ffi::PyExc_StopIteration {
+                return Ok(Node::StopIteration);
+            }
+            if v == ffi::Py_Ellipsis() {
+                return Ok(Node::Ellipsis);
+            }
+            let tp = ffi::Py_TYPE(v);
+            if tp == &raw mut ffi::PyLong_Type {
+                let mut overflow: std::os::raw::c_int = 0;
+                let x = ffi::PyLong_AsLongLongAndOverflow(v, &mut overflow);
+                if overflow == 0 {
+                    if x == -1 && !ffi::PyErr_Occurred().is_null() {
+                        return Err(Fail::Py(PyErr::fetch(py)));
+                    }
+                    return Ok(Node::Int(x));
+                }
+                return big_int(&o.obj);
+            }
+            if tp == &raw mut ffi::PyUnicode_Type {
+                let n = ffi::PyUnicode_GET_LENGTH(v) as usize;
+                let interned = (*(v as *mut ffi::PyASCIIObject)).interned() != 0;
+                let data = if ffi::PyUnicode_IS_ASCII(v) != 0 {
+                    StrData::Ascii(std::slice::from_raw_parts(ffi::PyUnicode_1BYTE_DATA(v), n))
+                } else {
+                    match ffi::PyUnicode_KIND(v) {
+                        ffi::PyUnicode_1BYTE_KIND => StrData::Ucs1(std::slice::from_raw_parts(
+                            ffi::PyUnicode_1BYTE_DATA(v),
+                            n,
+                        )),
+                        ffi::PyUnicode_2BYTE_KIND => StrData::Ucs2(std::slice::from_raw_parts(
+                            ffi::PyUnicode_2BYTE_DATA(v),
+                            n,
+                        )),
+                        _ => StrData::Ucs4(std::slice::from_raw_parts(
+                            ffi::PyUnicode_4BYTE_DATA(v),
+                            n,
+                        )),
+                    }
+                };
+                return Ok(Node::Str { data, interned });
+            }
+            if tp == &raw mut ffi::PyTuple_Type {
+                return Ok(Node::Tuple(ffi::PyTuple_GET_SIZE(v) as usize));
+            }
+            if tp == &raw mut ffi::PyFloat_Type {
+                return Ok(Node::Float(ffi::PyFloat_AS_DOUBLE(v)));
+            }
+            if tp == &raw mut ffi::PyDict_Type {
+                return Ok(Node::Dict);
+            }
+            if tp == &raw mut ffi::PyList_Type {
+                return Ok(Node::List(ffi::PyList_GET_SIZE(v) as usize));
+            }
+            if tp == &raw mut ffi::PyBytes_Type {
+                let n = ffi::Py_SIZE(v).max(0) as usize;
+                let p = ffi::PyBytes_AS_STRING(v) as *const u8;
+                return Ok(Node::Bytes(Cow::Borrowed(std::slice::from_raw_parts(p, n))));
+            }
+            if tp == &raw mut ffi::PyComplex_Type {
+                return Ok(Node::Complex(
+                    ffi::PyComplex_RealAsDouble(v),
+                    ffi::PyComplex_ImagAsDouble(v),
+                ));
+            }
+            if tp == &raw mut ffi::PySet_Type || tp == &raw mut ffi::PyFrozenSet_Type {
+                return Ok(Node::Set {
+                    frozen: tp == &raw mut ffi::PyFrozenSet_Type,
+                    len: ffi::PySet_Size(v).max(0) as usize,
+                });
+            }
+            if ffi::PyCode_Check(v) != 0 {
+                let ints = code_ints(&o.obj)?;
+                return Ok(Node::Code { ints });
+            }
+            if tp == &raw mut ffi::PySlice_Type {
+                return Ok(Node::Slice);
+            }
+            if ffi::PyObject_CheckBuffer(v) != 0 {
+                // Anything else with the buffer protocol is written as bytes (copied, so the
+                // view is released before any other object is looked at).
+                let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::zeroed();
+                if ffi::PyObject_GetBuffer(v, view.as_mut_ptr(), ffi::PyBUF_SIMPLE) != 0 {
+                    ffi::PyErr_Clear();
+                    return Ok(Node::Unmarshallable);
+                }
+                let mut view = view.assume_init();
+                let n = view.len.max(0) as usize;
+                let data = if n > 0 && !view.buf.is_null() {
+                    std::slice::from_raw_parts(view.buf as *const u8, n).to_vec()
+                } else {
+                    Vec::new()
+                };
+                ffi::PyBuffer_Release(&mut view);
+                return Ok(Node::Bytes(Cow::Owned(data)));
+            }
+        }
+        Ok(Node::Unmarshallable)
+    }
+
+    #[inline(always)]
+    fn shared_id(&mut self, o: &PyObj<'py>, extra: u32) -> Option<usize> {
+        let v = o.obj.as_ptr();
+        let mut extra = extra;
+        if let Some(u) = &self.unit {
+            if !u.held.is_empty() && u.held.contains(&(v as usize)) {
+                extra += 2;
+            }
+        }
+        // SAFETY: GIL held; `v` is a live object (held by `o`).
+        let (refcnt, interned) = unsafe {
+            (
+                ffi::Py_REFCNT(v),
+                ffi::PyUnicode_CheckExact(v) != 0
+                    && (*(v as *mut ffi::PyASCIIObject)).interned() != 0,
+            )
+        };
+        // CPython's w_ref: "if it has only one reference, it definitely isn't shared", except
+        // interned strs, always flagged.
+        if refcnt - extra as Py_ssize_t <= 1 && !interned {
+            return None;
+        }
+        self.keep.push(o.obj.clone());
+        Some(v as usize)
+    }
+
+    #[inline(always)]
+    fn child(
+        &mut self,
+        o: &PyObj<'py>,
+        cursor: &mut usize,
+    ) -> Result<Option<(PyObj<'py>, u32)>, Fail> {
+        let v = o.obj.as_ptr();
+        let e = o.kids_extra;
+        let i = *cursor as Py_ssize_t;
+        // SAFETY: (whole block) GIL held; `v` is alive (held by `o`); every index is checked
+        // against the container's CURRENT size, and each item is turned into an owned reference
+        // at once, so a container changed meanwhile (by Python code run for a buffer-protocol
+        // object) can never hand out a dangling pointer.
+        let item = unsafe {
+            let tp = ffi::Py_TYPE(v);
+            if tp == &raw mut ffi::PyTuple_Type {
+                *cursor += 1;
+                if i < ffi::PyTuple_GET_SIZE(v) {
+                    ffi::PyTuple_GET_ITEM(v, i)
+                } else {
+                    std::ptr::null_mut()
+                }
+            } else if tp == &raw mut ffi::PyList_Type {
+                *cursor += 1;
+                if i < ffi::PyList_GET_SIZE(v) {
+                    ffi::PyList_GET_ITEM(v, i)
+                } else {
+                    std::ptr::null_mut()
+                }
+            } else if tp == &raw mut ffi::PyDict_Type {
+                // cursor = (position before the entry << 1) | (0: key next, 1: value next).
+                let mut pos = (*cursor >> 1) as Py_ssize_t;
+                let start = pos;
+                let mut k: *mut ffi::PyObject = std::ptr::null_mut();
+                let mut x: *mut ffi::PyObject = std::ptr::null_mut();
+                if ffi::PyDict_Next(v, &mut pos, &mut k, &mut x) == 0 {
+                    std::ptr::null_mut()
+                } else if *cursor & 1 == 0 {
+                    *cursor = ((start as usize) << 1) | 1;
+                    k
+                } else {
+                    *cursor = (pos as usize) << 1;
+                    x
+                }
+            } else {
+                std::ptr::null_mut()
+            }
+        };
+        if item.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: `item` is a live borrowed reference (see above); from_borrowed_ptr increfs.
+        let item = unsafe { Bound::from_borrowed_ptr(self.py, item) };
+        Ok(Some((self.obj(item), e)))
+    }
+
+    fn children(&mut self, o: &PyObj<'py>, out: &mut Vec<(PyObj<'py>, u32)>) -> Result<(), Fail> {
+        let v = &o.obj;
+        if let Ok(s) = v.cast::<PySet>() {
+            out.extend(s.iter().map(|x| (self.obj(x), 1)));
+        } else if let Ok(s) = v.cast::<PyFrozenSet>() {
+            out.extend(s.iter().map(|x| (self.obj(x), 1)));
+        } else if let Ok(s) = v.cast::<pyo3::types::PySlice>() {
+            let py = self.py;
+            for name in [
+                pyo3::intern!(py, "start"),
+                pyo3::intern!(py, "stop"),
+                pyo3::intern!(py, "step"),
+            ] {
+                out.push((self.obj(s.getattr(name)?), 1));
+            }
+        } else if is_code(v) {
+            self.code_children(v, out)?;
+        }
+        Ok(())
+    }
+
+    fn set_item_extra(&self, held: u32, standalone: bool) -> u32 {
+        if standalone {
+            held.saturating_sub(SET_STANDALONE_HELD)
+        } else {
+            held.saturating_sub(1)
+        }
+    }
+}
+
+fn is_code(v: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: GIL held; a type check on a live object.
+    unsafe { ffi::PyCode_Check(v.as_ptr()) != 0 }
+}
+
+impl<'py> PySource<'py> {
+    fn code_children(
+        &mut self,
+        co: &Bound<'py, PyAny>,
+        out: &mut Vec<(PyObj<'py>, u32)>,
+    ) -> Result<(), Fail> {
+        let py = self.py;
+        if self.unit.is_none() {
+            self.unit = Some(scan_unit(co)?);
+        }
+        let code = crate::marshal_code::co_code(co)?;
+        let consts = co.getattr(pyo3::intern!(py, "co_consts"))?;
+        let names = co.getattr(pyo3::intern!(py, "co_names"))?;
+        let filename = co.getattr(pyo3::intern!(py, "co_filename"))?;
+        let name = co.getattr(pyo3::intern!(py, "co_name"))?;
+        let qualname = co.getattr(pyo3::intern!(py, "co_qualname"))?;
+        let linetable = co.getattr(pyo3::intern!(py, "co_linetable"))?;
+        let exctable = co.getattr(pyo3::intern!(py, "co_exceptiontable"))?;
+        let (lnames, lkinds) = match self
+            .unit
+            .as_mut()
+            .and_then(|u| u.rebuilt.remove(&(co.as_ptr() as usize)))
+        {
+            Some(pair) => pair,
+            None => {
+                let (a, b) = crate::marshal_code::localsplus(co)?;
+                (a.into_any(), b.into_any())
+            }
+        };
+        let lnames = self.stand_in(lnames)?;
+        out.push((self.obj(code), 0));
+        out.push((self.obj(consts), 1));
+        out.push((self.obj(names), 1));
+        out.push(lnames);
+        out.push((self.obj(lkinds), 0));
+        for x in [filename, name, qualname, linetable, exctable] {
+            out.push((self.obj(x), 1));
+        }
+        Ok(())
+    }
+
+    /// The object CPython's code object holds as `co_localsplusnames` for the value `lnames`,
+    /// with its `extra` (see [`Unit`]).
+    fn stand_in(&mut self, lnames: Bound<'py, PyAny>) -> Result<(PyObj<'py>, u32), Fail> {
+        let Some(unit) = self.unit.as_mut() else {
+            return Ok((self.obj(lnames), 0));
+        };
+        if lnames.len()? == 0 {
+            // The empty tuple is a singleton everywhere.
+            return Ok((self.obj(lnames), 0));
+        }
+        let rep = match unit.reps.get_item(&lnames)? {
+            Some(r) => r,
+            None => {
+                unit.reps.set_item(&lnames, &lnames)?;
+                unit.synthetic.insert(lnames.as_ptr() as usize);
+                lnames
+            }
+        };
+        if !unit.synthetic.contains(&(rep.as_ptr() as usize)) {
+            // The real tuple of equal value: it IS the code object's, reference count included.
+            return Ok((
+                PyObj {
+                    obj: rep,
+                    kids_extra: 1,
+                },
+                1,
+            ));
+        }
+        let uses: usize = match unit.uses.get_item(&rep)? {
+            Some(n) => n.extract()?,
+            None => 1,
+        };
+        // SAFETY: GIL held; `rep` is a live object.
+        let refcnt = unsafe { ffi::Py_REFCNT(rep.as_ptr()) }.max(1) as u32;
+        // Flagged exactly when CPython's shared tuple has more than one holder; `+ 1` for the
+        // handle pushed below. The names inside are held by it and by the real (hidden) tuple.
+        let extra = if uses >= 2 { 0 } else { refcnt };
+        Ok((
+            PyObj {
+                obj: rep,
+                kids_extra: 2,
+            },
+            extra,
+        ))
+    }
+}
+
+/// Scans the code objects reachable from `root` through `co_consts`: the real tuples of str
+/// (names, constants) by value, and how many code objects have each `co_localsplusnames` value.
+fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
+    let py = root.py();
+    let reps = PyDict::new(py);
+    let uses = PyDict::new(py);
+    let mut rebuilt = std::collections::HashMap::new();
+    let mut stack = vec![root.clone()];
+    let mut seen = std::collections::HashSet::new();
+    let is_str_tuple = |t: &Bound<'py, PyAny>| -> bool {
+        t.cast::<pyo3::types::PyTuple>()
+            .map(|t| {
+                !t.is_empty()
+                    && t.iter()
+                        .all(|x| x.is_exact_instance_of::<pyo3::types::PyString>())
+            })
+            .unwrap_or(false)
+    };
+    while let Some(o) = stack.pop() {
+        if !seen.insert(o.as_ptr() as usize) {
+            continue;
+        }
+        if is_code(&o) {
+            let names = o.getattr(pyo3::intern!(py, "co_names"))?;
+            if is_str_tuple(&names) && reps.get_item(&names)?.is_none() {
+                reps.set_item(&names, &names)?;
+            }
+            let (ln, lk) = crate::marshal_code::localsplus(&o)?;
+            if !ln.is_empty() {
+                let n: usize = match uses.get_item(&ln)? {
+                    Some(n) => n.extract()?,
+                    None => 0,
+                };
+                uses.set_item(&ln, n + 1)?;
+            }
+            rebuilt.insert(o.as_ptr() as usize, (ln.into_any(), lk.into_any()));
+            stack.push(o.getattr(pyo3::intern!(py, "co_consts"))?);
+        } else if let Ok(t) = o.cast::<pyo3::types::PyTuple>() {
+            if is_str_tuple(&o) && reps.get_item(&o)?.is_none() {
+                reps.set_item(&o, &o)?;
+            }
+            stack.extend(t.iter());
+        } else if let Ok(f) = o.cast::<PyFrozenSet>() {
+            stack.extend(f.iter());
+        }
+    }
+    let mut held = std::collections::HashSet::new();
+    for (_, v) in reps.iter() {
+        held.insert(v.as_ptr() as usize);
+    }
+    // `uses` is keyed by value: a synthetic stand-in created later looks itself up there.
+    Ok(Unit {
+        reps,
+        uses,
+        rebuilt,
+        synthetic: std::collections::HashSet::new(),
+        held,
+    })
+}
+
+/// argcount, posonlyargcount, kwonlyargcount, stacksize, flags, firstlineno.
+fn code_ints(co: &Bound<'_, PyAny>) -> Result<[i32; 6], Fail> {
+    let py = co.py();
+    let mut ints = [0i32; 6];
+    for (slot, name) in ints.iter_mut().zip([
+        pyo3::intern!(py, "co_argcount"),
+        pyo3::intern!(py, "co_posonlyargcount"),
+        pyo3::intern!(py, "co_kwonlyargcount"),
+        pyo3::intern!(py, "co_stacksize"),
+        pyo3::intern!(py, "co_flags"),
+        pyo3::intern!(py, "co_firstlineno"),
+    ]) {
+        *slot = co.getattr(name)?.extract()?;
+    }
+    Ok(ints)
+}
+
+/// An int beyond 64 bits: sign and magnitude through the public `int` methods.
+#[cold]
+fn big_int<'n, O>(v: &Bound<'_, PyAny>) -> Result<Node<'n, O>, Fail> {
+    let py = v.py();
+    let negative = v.lt(0)?;
+    let a = v.abs()?;
+    let nbits: usize = a.call_method0(pyo3::intern!(py, "bit_length"))?.extract()?;
+    let nbytes = nbits.div_ceil(8);
+    let b = a.call_method1(
+        pyo3::intern!(py, "to_bytes"),
+        (nbytes, pyo3::intern!(py, "little")),
+    )?;
+    let b = b.cast::<PyBytes>().map_err(PyErr::from)?;
+    Ok(Node::BigInt {
+        negative,
+        magnitude_le: Cow::Owned(b.as_bytes().to_vec()),
+    })
+}
+
+/// `marshal.dumps(value, version, allow_code=...)` (no audit event: the caller raises it).
+pub(crate) fn dumps<'py>(
+    py: Python<'py>,
+    value: &Bound<'py, PyAny>,
+    version: i32,
+    allow_code: bool,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let opts = DumpOptions {
+        version: version.max(0) as u32,
+        allow_code,
+    };
+    let mut src = PySource {
+        py,
+        keep: Vec::new(),
+        unit: None,
+    };
+    let mut out = Vec::with_capacity(size_hint(value));
+    // The root: the caller's argument is borrowed in CPython too; we hold one more.
+    let root = PyObj {
+        obj: value.clone(),
+        kids_extra: 1,
+    };
+    let r = cellar_marshal::encode(&mut src, root, 1, &opts, &mut out);
+    drop(src);
+    match r {
+        Ok(()) => Ok(PyBytes::new(py, &out)),
+        Err(Fail::Core(e)) => Err(PyValueError::new_err(e.message)),
+        Err(Fail::Py(e)) => Err(e),
+    }
+}
+
+/// A first guess at the output size, so most dumps never grow the buffer.
+fn size_hint(v: &Bound<'_, PyAny>) -> usize {
+    if let Ok(s) = v.cast::<pyo3::types::PyString>() {
+        // SAFETY: GIL held; `s` is a live str.
+        let n = unsafe { ffi::PyUnicode_GET_LENGTH(s.as_ptr()) }.max(0) as usize;
+        n.saturating_mul(if s.is_ascii_hint() { 1 } else { 3 }) + 5
+    } else if let Ok(b) = v.cast::<PyBytes>() {
+        b.as_bytes().len() + 5
+    } else if let Ok(l) = v.cast::<PyList>() {
+        l.len().saturating_mul(32) + 64
+    } else if let Ok(d) = v.cast::<PyDict>() {
+        d.len().saturating_mul(32) + 64
+    } else {
+        256
+    }
+}
+
+trait AsciiHint {
+    fn is_ascii_hint(&self) -> bool;
+}
+
+impl AsciiHint for Bound<'_, pyo3::types::PyString> {
+    fn is_ascii_hint(&self) -> bool {
+        // SAFETY: GIL held; `self` is a live str.
+        unsafe { ffi::PyUnicode_IS_ASCII(self.as_ptr()) != 0 }
+    }
+}
