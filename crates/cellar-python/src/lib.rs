@@ -15,6 +15,8 @@
 //! it is sound. Hostile input never panics: every read is bounds-checked, nesting is limited to
 //! 2000 levels by a strict counter, and allocations are bounded by the bytes actually present.
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 mod dbm;
 mod marshal_code;
 mod marshal_sink;
