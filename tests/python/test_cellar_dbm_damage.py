@@ -39,6 +39,13 @@ def test_damaged_value_is_reported_by_get_keys_and_iteration(tmp_path):
             db.keys()
         with pytest.raises(ERROR, match="cellar repair"):
             list(db)
+        # Iteration yields every intact key first, then reports the damaged record.
+        seen = []
+        with pytest.raises(ERROR, match=r"offset \d+.*1 damaged record.*999.*intact"):
+            for k in db:
+                seen.append(k)
+        assert len(seen) == 999 and b"key-0500" not in seen
+        assert sorted(seen) == sorted(b"key-%04d" % i for i in range(1000) if i != 500)
         assert len(db) == 1000
 
 

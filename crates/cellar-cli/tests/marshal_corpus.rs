@@ -11,10 +11,18 @@ fn marshal_show_corpus() {
     let tsv = std::fs::read_to_string(dir.join("expected.tsv")).expect("expected.tsv");
     let mut failures = Vec::new();
     let mut n = 0;
-    for line in tsv.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in tsv
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let mut cols = line.split('\t');
         let name = cols.next().expect("name");
-        let expected = cols.next().expect("outcome").rsplit('|').next().expect("outcome");
+        let expected = cols
+            .next()
+            .expect("outcome")
+            .rsplit('|')
+            .next()
+            .expect("outcome");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cellar"));
         cmd.args(["marshal", "show"]);
         if name.starts_with("nocode_") {

@@ -251,6 +251,11 @@ pub trait Database: Send + Sync + fmt::Debug {
     }
     /// All keys (a snapshot, in the backend's order: dumb and sqlite as CPython lists them).
     fn keys(&self) -> Result<Vec<Vec<u8>>>;
+    /// Every readable key, and the error that [`Database::keys`] would give for damaged records
+    /// (native stores: a damaged record does not hide the intact ones). Other backends: `keys()`.
+    fn keys_and_damage(&self) -> Result<(Vec<Vec<u8>>, Option<DbmError>)> {
+        Ok((self.keys()?, None))
+    }
     /// Calls `f` for every `(key, value)` pair.
     fn for_each(&self, f: &mut ItemFn<'_>) -> Result<()>;
     /// All `(key, value)` pairs.

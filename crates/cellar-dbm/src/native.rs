@@ -139,6 +139,12 @@ impl Database for NativeDb {
     fn keys(&self) -> Result<Vec<Vec<u8>>> {
         self.with(|s| Ok(s.keys()?))
     }
+    fn keys_and_damage(&self) -> Result<(Vec<Vec<u8>>, Option<DbmError>)> {
+        self.with(|s| {
+            let (keys, damage) = s.keys_and_damage()?;
+            Ok((keys, damage.map(DbmError::from)))
+        })
+    }
     fn for_each(&self, f: &mut ItemFn<'_>) -> Result<()> {
         self.with(|s| {
             let mut err = None;

@@ -1377,6 +1377,16 @@ impl Store {
     /// records, use [`Store::iter`] (one `Err` item per damaged record, then it continues),
     /// `cellar check` for the full list, `cellar repair` for a clean copy.
     pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
+        match self.keys_and_damage()? {
+            (keys, None) => Ok(keys),
+            (_, Some(damage)) => Err(damage),
+        }
+    }
+
+    /// Every intact key (snapshot), and, if any record failed its checksum, the error
+    /// [`Store::keys`] would return for it: a walk that shows what is readable and still says
+    /// that the store is damaged.
+    pub fn keys_and_damage(&self) -> Result<(Vec<Vec<u8>>, Option<Error>)> {
         let g = self.inner.current()?.clone();
         let offsets = g.index.load().offsets_in_file_order();
         let limit = g.limit();
@@ -1392,8 +1402,8 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-        damage.finish(keys.len())?;
-        Ok(keys)
+        let damage = damage.finish(keys.len()).err();
+        Ok((keys, damage))
     }
 
     /// Calls `f(key, value)` for every live pair (snapshot, file order), without allocating

@@ -328,11 +328,14 @@ impl PyDatabase {
     /// `error` (as dbm.sqlite3's iterators do) instead of yielding the rest.
     fn __iter__(slf: &Bound<'_, Self>) -> PyResult<PyKeyIter> {
         let py = slf.py();
-        let keys = slf.get().run(py, |db| db.keys())?;
+        // A damaged record does not hide the intact ones: they are yielded, then the damage is
+        // raised (cellar.dbm.error naming its offset and `cellar repair`).
+        let (keys, damage) = slf.get().run(py, |db| db.keys_and_damage())?;
         Ok(PyKeyIter {
             db: slf.clone().unbind(),
             keys,
             next: AtomicUsize::new(0),
+            damage: std::sync::Mutex::new(damage),
         })
     }
 
@@ -521,6 +524,8 @@ pub struct PyKeyIter {
     db: Py<PyDatabase>,
     keys: Vec<Vec<u8>>,
     next: AtomicUsize,
+    /// Raised once, after the last intact key.
+    damage: std::sync::Mutex<Option<DbmError>>,
 }
 
 #[pymethods]
@@ -534,7 +539,14 @@ impl PyKeyIter {
             return Err(to_py(py, DbmError::Closed));
         }
         let i = self.next.fetch_add(1, Ordering::SeqCst);
-        Ok(self.keys.get(i).map(|k| PyBytes::new(py, k)))
+        if let Some(k) = self.keys.get(i) {
+            return Ok(Some(PyBytes::new(py, k)));
+        }
+        let damage = self.damage.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match damage {
+            Some(e) => Err(to_py(py, e)),
+            None => Ok(None),
+        }
     }
 }
 
