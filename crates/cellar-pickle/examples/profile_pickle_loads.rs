@@ -1,5 +1,5 @@
 //! Profiling harness for loads on the benchmark workload (100,000 small dicts, protocol 5):
-//! `cargo run --release -p cellar-pickle --example profile_loads` under perf.
+//! `cargo run --release -p cellar-pickle --example profile_pickle_loads` under perf.
 use cellar_pickle::{dumps, loads, LoadOptions, Registry};
 use cellar_value::Value;
 

@@ -1,5 +1,5 @@
 //! Times loads and drop separately on the 100,000-dicts workload (a profiling driver:
-//! `cargo run --release --example profile_loads`, or under perf / callgrind).
+//! `cargo run --release -p cellar-marshal --example profile_marshal_loads`, or under perf / callgrind).
 use std::time::Instant;
 
 use cellar_marshal::{dumps, loads};
