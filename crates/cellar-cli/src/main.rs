@@ -26,7 +26,10 @@ use cellar::value::{parse, repr};
 #[command(
     name = "cellar",
     version,
-    about = "Python's data-persistence stack (marshal, pickle, dbm, shelve), in Rust"
+    about = "Python's data-persistence stack (marshal, pickle, dbm, shelve), in Rust",
+    after_help = "Exit status: 0 success; 1 failure (damage found, key or store not found, bad \
+                  data; the message says what and what to do); 2 usage error. Output into a \
+                  closed pipe ends quietly, as coreutils do."
 )]
 struct Cli {
     #[command(subcommand)]

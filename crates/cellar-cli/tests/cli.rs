@@ -45,7 +45,10 @@ fn encode_then_show_round_trips_literals() {
 fn show_reports_bad_input_clearly() {
     let (ok, _, err) = cellar(&["marshal", "show", "-"], b"[\xff\xff\xff\x7fNN");
     assert!(!ok);
-    assert!(err.contains("EOFError: EOF read where object expected"), "{err}");
+    assert!(
+        err.contains("EOFError: EOF read where object expected"),
+        "{err}"
+    );
     let (ok, _, err) = cellar(&["marshal", "encode"], b"os.system('x')");
     assert!(!ok);
     assert!(err.contains("not a Python literal"), "{err}");

@@ -282,6 +282,7 @@ fn help_names_every_command_and_every_format() {
             "{cmd} missing:\n{help}"
         );
     }
+    assert!(help.contains("Exit status: 0 success; 1 failure"), "{help}");
     let o = run(&["get", "--help"], b"");
     assert!(stdout(&o).contains("dbm.gnu"), "{}", stdout(&o));
     let o = run(&["info", "--help"], b"");
@@ -290,4 +291,32 @@ fn help_names_every_command_and_every_format() {
         text.contains("--json") && text.contains("--bytes"),
         "{text}"
     );
+}
+
+#[test]
+fn a_failed_convert_leaves_no_new_store_behind() {
+    let dir = tmpdir("convert");
+    let src = dir.join("src.cellar");
+    let lines: String = (0..3000)
+        .map(|i| format!("{{\"key\": \"key{i}\", \"value\": \"value {i} value {i}\"}}\n"))
+        .collect();
+    assert!(run(&["load", s(&src)], lines.as_bytes()).status.success());
+    // Damage in the middle of the source: convert reads every record and must fail.
+    let mut bytes = std::fs::read(&src).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&src, &bytes).expect("write");
+    for to in ["native", "sqlite", "dumb"] {
+        let dst = dir.join(format!("dst-{to}"));
+        let o = run(&["convert", s(&src), s(&dst), "--to", to], b"");
+        assert_eq!(o.status.code(), Some(1), "{to}: {}", stderr(&o));
+        assert!(stderr(&o).contains("cellar repair"), "{to}: {}", stderr(&o));
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .filter(|n| n != "src.cellar")
+            .collect();
+        assert!(left.is_empty(), "{to}: a failed convert left {left:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
