@@ -115,7 +115,6 @@ def sync_extensions() -> None:
 # pickletester: they load globals by importing arbitrary modules (math.log, os.path.join, a
 # module planted in sys.modules) or call Unpickler.find_class, which cellar.pickle never does.
 EXPECTED_FAILURES: dict[str, str] = {
-    "test_load_global": "imports math / os.path / a planted sys.modules entry by name (3.13)",
     "test_load_stack_global": "imports math / os.path / a planted sys.modules entry by name (3.13)",
     "test_find_class": "cellar.pickle has no find_class: globals resolve only through allow= (3.13)",
     "test_custom_find_class": "cellar.pickle has no find_class: globals resolve only through allow= (3.13)",
