@@ -634,6 +634,14 @@ fn native_or_damaged(path: &Path, what: &str) -> Result<()> {
     }
 }
 
+/// The damaged regions of a check or repair report, for `--json`.
+fn damage_json(damage: &[cellar::engine::Damage]) -> Vec<Json> {
+    damage
+        .iter()
+        .map(|d| json!({"offset": d.offset, "len": d.len, "reason": d.reason}))
+        .collect()
+}
+
 /// Prints `key: value` lines with the values aligned.
 fn print_fields(fields: &[(String, String)]) {
     let w = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
@@ -733,11 +741,7 @@ pub fn check(path: &Path, json: bool) -> Result<()> {
         if ok { "ok".into() } else { "DAMAGED".into() },
     ));
     if json {
-        let damage: Vec<Json> = report
-            .damage
-            .iter()
-            .map(|d| json!({"offset": d.offset, "len": d.len, "reason": d.reason}))
-            .collect();
+        let damage = damage_json(&report.damage);
         println!(
             "{}",
             json!({
@@ -865,11 +869,7 @@ pub fn repair(src: &Path, dst: &Path, json: bool) -> Result<()> {
         },
     ));
     if json {
-        let damage: Vec<Json> = r
-            .damage
-            .iter()
-            .map(|d| json!({"offset": d.offset, "len": d.len, "reason": d.reason}))
-            .collect();
+        let damage = damage_json(&r.damage);
         println!(
             "{}",
             json!({
