@@ -59,8 +59,19 @@ fn open(path: &Path, flag: &str) -> Result<Box<dyn Database>> {
     } else if path.is_dir() {
         bail!("{} is a directory, not a store", path.display());
     }
-    dbm::open_str(path, flag, dbm::DEFAULT_MODE)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    dbm::open_str(path, flag, dbm::DEFAULT_MODE).map_err(|e| in_cli_words(path, &e))
+}
+
+/// A store error as the CLI says it: the engine's advice names `PATH`, the CLI names the file,
+/// and the file is named once.
+fn in_cli_words(path: &Path, e: &dyn std::fmt::Display) -> anyhow::Error {
+    let shown = path.display().to_string();
+    let msg = e.to_string().replace("PATH", &shown);
+    if msg.starts_with(&shown) {
+        anyhow::anyhow!("{msg}")
+    } else {
+        anyhow::anyhow!("{shown}: {msg}")
+    }
 }
 
 /// Fails, in the CLI's words, when PATH names nothing a read or an update could open.

@@ -320,3 +320,38 @@ fn a_failed_convert_leaves_no_new_store_behind() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_cut_store_is_reported_once_with_the_commands_to_run() {
+    let dir = tmpdir("cut");
+    let db = dir.join("t.cellar");
+    assert!(run(&["demo", s(&db), "--records", "2000"], b"")
+        .status
+        .success());
+    let len = std::fs::metadata(&db).expect("stat").len();
+    for cut in [len / 2, 100] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .and_then(|f| f.set_len(cut))
+            .expect("truncate");
+        for args in [
+            vec!["get", s(&db), "test key"],
+            vec!["set", s(&db), "a", "b"],
+        ] {
+            let o = run(&args, b"");
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+            assert!(
+                !err.contains(&format!("{0}: {0}", s(&db))),
+                "the file is named once at the start: {err}"
+            );
+            assert!(
+                err.contains(&format!("cellar repair {} NEW", s(&db))),
+                "{err}"
+            );
+            assert!(!err.contains("PATH") && !err.contains("repair()"), "{err}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
