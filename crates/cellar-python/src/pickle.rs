@@ -85,18 +85,8 @@ impl PickleLoader {
             _ => None,
         };
         let persistent_load = persistent_load.filter(|p| !p.is_none());
-        let owned;
-        let bytes: &[u8] = if let Ok(b) = data.cast::<PyBytes>() {
-            b.as_bytes()
-        } else if data.is_instance_of::<PyString>() {
-            return Err(pyo3::exceptions::PyTypeError::new_err(
-                "a bytes-like object is required, not 'str'",
-            ));
-        } else {
-            let buf = PyBuffer::<u8>::get(data)?;
-            owned = buf.to_vec(py)?;
-            &owned
-        };
+        let mut owned = Vec::new();
+        let bytes = bytes_like(py, data, &mut owned)?;
         self.load_slice(py, bytes, buffers, persistent_load)
             .and_then(|(obj, used)| PyTuple::new(py, [obj, used.into_pyobject(py)?.into_any()]))
     }
@@ -195,18 +185,8 @@ pub(crate) fn _pickle_globals_of(
     fix_imports: bool,
     extensions: Option<Bound<'_, PyDict>>,
 ) -> PyResult<(Vec<GlobalRow>, Option<String>)> {
-    let owned;
-    let bytes: &[u8] = if let Ok(b) = data.cast::<PyBytes>() {
-        b.as_bytes()
-    } else if data.is_instance_of::<PyString>() {
-        return Err(pyo3::exceptions::PyTypeError::new_err(
-            "a bytes-like object is required, not 'str'",
-        ));
-    } else {
-        let buf = PyBuffer::<u8>::get(data)?;
-        owned = buf.to_vec(py)?;
-        &owned
-    };
+    let mut owned = Vec::new();
+    let bytes = bytes_like(py, data, &mut owned)?;
     let mut reg = cellar_pickle::Registry::default();
     if let Some(ext) = extensions {
         for (code, key) in ext.iter() {
@@ -238,4 +218,23 @@ pub(crate) fn _pickle_globals_of(
         })
         .collect();
     Ok((rows, report.error.map(|e| e.to_string())))
+}
+
+/// The bytes of a bytes-like object without a copy for `bytes` (others are copied into `owned`);
+/// `str` is a TypeError, as for CPython's `pickle.loads`.
+fn bytes_like<'a>(
+    py: Python<'_>,
+    data: &'a Bound<'_, PyAny>,
+    owned: &'a mut Vec<u8>,
+) -> PyResult<&'a [u8]> {
+    if let Ok(b) = data.cast::<PyBytes>() {
+        return Ok(b.as_bytes());
+    }
+    if data.is_instance_of::<PyString>() {
+        return Err(pyo3::exceptions::PyTypeError::new_err(
+            "a bytes-like object is required, not 'str'",
+        ));
+    }
+    *owned = PyBuffer::<u8>::get(data)?.to_vec(py)?;
+    Ok(owned)
 }
