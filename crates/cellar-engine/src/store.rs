@@ -658,7 +658,7 @@ fn replay(g: &Gen, from: u64, to: u64, skip: Option<(u64, u64)>) -> Result<Repla
     let mut rd = LogReader::new(&*g.storage, from, to);
     // Pending records of an unfinished batch: (offset, kind, key, sizes).
     let mut pending: Vec<(u64, u8, Vec<u8>, RecSizes)> = Vec::new();
-    let mut pending_crcs: Vec<u32> = Vec::new();
+    let mut pending_crcs: Vec<u8> = Vec::new();
     let mut commit_end = from;
     loop {
         if let Some((s0, s1)) = skip {
@@ -694,7 +694,7 @@ fn replay(g: &Gen, from: u64, to: u64, skip: Option<(u64, u64)>) -> Result<Repla
                 })
             }
             Next::Rec(off, h, rec) => {
-                pending_crcs.push(h.crc);
+                pending_crcs.extend_from_slice(&h.crc.to_le_bytes());
                 match h.kind {
                     K_PUT | K_DELETE => {
                         let k0 = h.header_len;
@@ -723,12 +723,8 @@ fn replay(g: &Gen, from: u64, to: u64, skip: Option<(u64, u64)>) -> Result<Repla
                     // Make the commit's records readable before indexing them.
                     g.end.store(end, Ordering::Release);
                     g.storage.set_stable(end);
-                    {
-                        let mut t = lock(&g.track);
-                        for c in pending_crcs.drain(..) {
-                            t.sum.add(c);
-                        }
-                    }
+                    lock(&g.track).sum.add_crc_bytes(&pending_crcs);
+                    pending_crcs.clear();
                     for (off, kind, key, sizes) in pending.drain(..) {
                         if kind == K_PUT {
                             g.apply_put(&key, off, sizes)?;
@@ -1135,6 +1131,8 @@ struct WriterState {
     prealloc_end: u64,
     buf: Vec<u8>,
     cbuf: Vec<u8>,
+    /// The CRC fields of the records in `buf` (see `LogSum::add_crc_bytes`).
+    crcs: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -1418,7 +1416,7 @@ impl Store {
             .view(0, limit as usize)
             .map_err(io_err("reading the log"))?;
         let mut damage = WalkDamage::default();
-        let mut intact = 0usize;
+        let walked = offsets.len();
         for off in offsets {
             let rest = all.get(off as usize..).unwrap_or(&[]);
             let h = match parse_header(rest) {
@@ -1435,7 +1433,6 @@ impl Store {
                 damage.add(damaged_record(off, &rec[k0..k1]));
                 continue;
             }
-            intact += 1;
             let k0 = h.header_len;
             let k1 = k0 + h.key_len as usize;
             if h.flags & F_ZSTD != 0 {
@@ -1445,6 +1442,7 @@ impl Store {
                 f(&rec[k0..k1], &rec[k1..]);
             }
         }
+        let intact = walked - damage.count as usize;
         damage.finish(intact)
     }
 
@@ -2106,7 +2104,9 @@ impl Inner {
         let start = g.limit();
         let mut buf = std::mem::take(&mut w.buf);
         let mut cbuf = std::mem::take(&mut w.cbuf);
+        let mut crcs = std::mem::take(&mut w.crcs);
         buf.clear();
+        crcs.clear();
         let mut placed: Vec<(u64, RecSizes)> = Vec::with_capacity(ops.len());
         for (i, (k, v)) in ops.iter().enumerate() {
             let cont = if i + 1 < ops.len() { F_CONT } else { 0 };
@@ -2118,7 +2118,10 @@ impl Inner {
                     None => (K_PUT, cont, v),
                 },
             };
+            let rec_start = buf.len();
             let n = encode_record(&mut buf, kind, flags, k, val);
+            // The stored CRC, for the writer's log checksum (no re-parse after the write).
+            crcs.extend_from_slice(&buf[rec_start..rec_start + 4]);
             placed.push((
                 off,
                 RecSizes {
@@ -2139,8 +2142,9 @@ impl Inner {
             });
         }
         let data = std::mem::take(&mut w.buf);
-        let r = self.append(&g, &mut w, &data, "appending to the log");
+        let r = self.append(&g, &mut w, &data, &crcs, "appending to the log");
         w.buf = data;
+        w.crcs = crcs;
         r?;
         g.storage.set_stable(new_end);
         g.end.store(new_end, Ordering::Release);
@@ -2197,14 +2201,16 @@ impl Inner {
             stored_value_bytes: g.stored_value_bytes.load(Ordering::Relaxed),
             log2_capacity: t.log2(),
         };
-        let plen = t.encode(&meta).len();
-        meta.covers_end = start + record_len(0, plen) as u64;
-        let payload = t.encode(&meta);
+        let mut payload = t.encode(&meta);
+        // `covers_end` (the payload's first field) is the end of the record itself.
+        meta.covers_end = start + record_len(0, payload.len()) as u64;
+        payload[..8].copy_from_slice(&meta.covers_end.to_le_bytes());
         w.buf.clear();
         encode_record(&mut w.buf, K_INDEX, 0, &[], &payload);
         let end = start + w.buf.len() as u64;
         let data = std::mem::take(&mut w.buf);
-        let r = self.append(g, w, &data, "writing an index checkpoint");
+        let crc: [u8; 4] = [data[0], data[1], data[2], data[3]];
+        let r = self.append(g, w, &data, &crc, "writing an index checkpoint");
         w.buf = data;
         r?;
         g.storage.set_stable(end);
@@ -2253,7 +2259,16 @@ impl Inner {
 
     /// Writes `data` at the end of the log (zero-filling ahead on real files). On failure the
     /// file is cut back to the old end, or the handle is poisoned if even that fails.
-    fn append(&self, g: &Gen, w: &mut WriterState, data: &[u8], what: &str) -> Result<()> {
+    /// `crcs` are the stored CRC fields of the records in `data` (4 bytes each, in order), for
+    /// the writer's log checksum.
+    fn append(
+        &self,
+        g: &Gen,
+        w: &mut WriterState,
+        data: &[u8],
+        crcs: &[u8],
+        what: &str,
+    ) -> Result<()> {
         static ZEROS: [u8; 1 << 16] = [0u8; 1 << 16];
         self.clear_closed_mark(g)?;
         let start = g.limit();
@@ -2282,7 +2297,7 @@ impl Inner {
             }
             return Err(err);
         }
-        lock(&g.track).sum.add_all(data);
+        lock(&g.track).sum.add_crc_bytes(crcs);
         publish_end(g, self.session, new_end)
     }
 
