@@ -23,6 +23,7 @@
 #![deny(unsafe_code)]
 
 mod codec;
+mod crc;
 mod error;
 mod format;
 mod index;
