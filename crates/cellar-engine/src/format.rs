@@ -376,7 +376,7 @@ pub fn encode_record(out: &mut Vec<u8>, kind: u8, flags: u8, key: &[u8], value: 
     put_varint(out, value.len() as u64);
     out.extend_from_slice(key);
     out.extend_from_slice(value);
-    let crc = crc32c::crc32c(&out[start + 4..]);
+    let crc = crate::crc::crc32c(&out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
     out.len() - start
 }
@@ -480,7 +480,7 @@ pub fn parse_header(b: &[u8]) -> HeaderParse {
 
 /// Verifies a whole record's checksum; `rec` is exactly the record bytes.
 pub fn verify(h: &RecHeader, rec: &[u8]) -> bool {
-    crc32c::crc32c(&rec[4..]) == h.crc
+    crate::crc::crc32c(&rec[4..]) == h.crc
 }
 
 /// Checkpoint (INDEX record) payload header.

@@ -502,18 +502,20 @@ impl Gen {
 
     /// Looks `key` up and returns its value, reading each candidate record once.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        /// Value bytes the first view of a record covers beyond its header and key.
+        const GET_READ_AHEAD: usize = 256;
         let hash = hash_key(key);
         let t = self.index.load();
         let mut found: Option<Vec<u8>> = None;
         let probe = t.probe(hash, |off| {
             // Read the end after the slot: the writer publishes the end before the slot.
             let limit = self.limit();
+            // One view that holds the whole record when its value is small (a view through the
+            // mapping costs the same whatever its length); a second one otherwise.
+            let first = (MAX_REC_HEADER + key.len() + GET_READ_AHEAD) as u64;
             let hv = self
                 .storage
-                .view(
-                    off,
-                    (MAX_REC_HEADER as u64).min(limit.saturating_sub(off)) as usize,
-                )
+                .view(off, first.min(limit.saturating_sub(off)) as usize)
                 .map_err(|e| Error::io(format!("reading record at offset {off}"), e))?;
             let h = match parse_header(&hv) {
                 HeaderParse::Ok(h) if off + h.total() <= limit => h,
@@ -525,18 +527,23 @@ impl Gen {
                 drop(hv);
                 return self.other_key_or_damage(off, limit);
             }
-            drop(hv);
             let total = usize::try_from(h.total())
                 .map_err(|_| Error::corrupt(off, "record too large for this platform"))?;
-            let rec = self
-                .storage
-                .view(off, total)
-                .map_err(|e| Error::io(format!("reading record at offset {off}"), e))?;
+            let whole;
+            let rec: &[u8] = if total <= hv.len() {
+                &hv[..total]
+            } else {
+                whole = self
+                    .storage
+                    .view(off, total)
+                    .map_err(|e| Error::io(format!("reading record at offset {off}"), e))?;
+                &whole
+            };
             let k0 = h.header_len;
             let k1 = k0 + key.len();
             if &rec[k0..k1] != key {
                 // Checksum before the key comparison's verdict: a damaged key byte is damage.
-                if !verify(&h, &rec) {
+                if !verify(&h, rec) {
                     return Err(damaged_record(off, &rec[k0..k1]));
                 }
                 return Ok(false);
@@ -544,7 +551,7 @@ impl Gen {
             if h.kind != K_PUT {
                 return Err(Error::corrupt(off, "index points at a non-PUT record"));
             }
-            if !verify(&h, &rec) {
+            if !verify(&h, rec) {
                 return Err(damaged_record(off, key));
             }
             found = Some(if h.flags & F_ZSTD != 0 {
