@@ -28,7 +28,7 @@ pub fn crc32c_each<const N: usize>(bufs: &[&[u8]; N]) -> [u32; N] {
     {
         if std::arch::is_x86_feature_detected!("sse4.2") {
             // SAFETY: `interleaved` only requires SSE 4.2, which the CPU was just checked to
-            // support; it is otherwise safe code (slice reads are bounds-checked).
+            // support; its body is otherwise safe code (slice reads are bounds-checked).
             #[allow(unsafe_code)]
             return unsafe { interleaved(bufs) };
         }
@@ -36,9 +36,14 @@ pub fn crc32c_each<const N: usize>(bufs: &[&[u8]; N]) -> [u32; N] {
     bufs.map(crc32c::crc32c)
 }
 
+/// # Safety
+/// The CPU must support SSE 4.2. (An `unsafe fn` rather than a safe `#[target_feature]` one,
+/// which needs Rust 1.86; the workspace MSRV is 1.80. In edition 2021 the body is an unsafe
+/// context, where the `crc32` intrinsics may be called on every supported Rust.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
-fn interleaved<const N: usize>(bufs: &[&[u8]; N]) -> [u32; N] {
+#[allow(unsafe_code)]
+unsafe fn interleaved<const N: usize>(bufs: &[&[u8]; N]) -> [u32; N] {
     use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
     #[inline(always)]
     fn word(w: &[u8]) -> u64 {
