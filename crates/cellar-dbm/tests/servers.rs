@@ -27,6 +27,19 @@ fn server(var: &str) -> Option<String> {
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
 
+/// The tests of one binary run in parallel threads: the fault tests (killing connections or
+/// servers, pausing clients) take this exclusively, the others shared, so a fault injected for
+/// one test never lands in another.
+static FAULTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    FAULTS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    FAULTS.write().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A fresh namespace on the server at `base` (a prefix or table of its own).
 fn namespace(base: &str, name: &str) -> String {
     let n = format!(
@@ -67,6 +80,7 @@ fn kind_of(var: &str) -> DbKind {
 
 #[test]
 fn dbm_semantics_on_every_server() {
+    let _guard = shared();
     for (var, base) in urls() {
         let url = namespace(&base, "sem");
         assert_eq!(whichdb(&url), WhichDb::Unreadable, "{var}: empty namespace");
@@ -173,6 +187,7 @@ fn dbm_semantics_on_every_server() {
 
 #[test]
 fn unreachable_server_is_a_typed_error_not_a_hang() {
+    let _guard = shared();
     // A port nothing listens on.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -196,6 +211,7 @@ fn unreachable_server_is_a_typed_error_not_a_hang() {
 
 #[test]
 fn passwords_never_appear_in_errors() {
+    let _guard = shared();
     for (var, base) in urls() {
         let url = if var.contains("POSTGRES") {
             base.replacen("postgres@", "postgres:hunter2secret@", 1)
@@ -238,6 +254,7 @@ fn psql(sql: &str) {
 
 #[test]
 fn dropped_connection_is_typed_then_reconnects() {
+    let _guard = exclusive();
     if let Some(base) = server("CELLAR_TEST_REDIS_URL") {
         let url = namespace(&base, "drop");
         let db = open(&url, Flag::Create, 0o666).unwrap();
@@ -274,6 +291,7 @@ fn dropped_connection_is_typed_then_reconnects() {
 
 #[test]
 fn redis_response_timeout_is_typed() {
+    let _guard = exclusive();
     let Some(base) = server("CELLAR_TEST_REDIS_URL") else {
         return;
     };
@@ -294,6 +312,7 @@ fn redis_response_timeout_is_typed() {
 
 #[test]
 fn cluster_store_lives_on_one_slot_and_batches_are_atomic() {
+    let _guard = shared();
     let Some(base) = server("CELLAR_TEST_REDIS_CLUSTER_URL") else {
         return;
     };
@@ -369,6 +388,7 @@ fn master_port_for(key: &str) -> Option<String> {
 
 #[test]
 fn cluster_master_killed_during_writes_keeps_every_replicated_write() {
+    let _guard = exclusive();
     let Some(base) = server("CELLAR_TEST_REDIS_CLUSTER_URL") else {
         return;
     };
@@ -460,6 +480,7 @@ fn cluster_master_killed_during_writes_keeps_every_replicated_write() {
 
 #[test]
 fn postgres_restart_mid_batch_is_all_or_nothing() {
+    let _guard = exclusive();
     let Some(base) = server("CELLAR_TEST_POSTGRES_URL") else {
         return;
     };
