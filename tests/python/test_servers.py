@@ -210,6 +210,22 @@ class TestDbm:
             assert len(seen) == 3500 == len(f)
             assert sorted(seen) == sorted(f.keys())
 
+    def test_iteritems_pages_every_pair(self, server: str) -> None:
+        with cellar.dbm.open(fresh(server), "c") as f:
+            with f.batch() as b:
+                for i in range(2500):
+                    b[f"k{i}"] = str(i)
+            f[b""] = b"empty key"
+            pairs = dict(f.iteritems())
+            assert len(pairs) == 2501
+            assert pairs[b""] == b"empty key"
+            assert all(pairs[f"k{i}".encode()] == str(i).encode() for i in range(2500))
+            it = f.iteritems()
+            next(it)
+        with pytest.raises(cellar.dbm.error):
+            for _ in it:
+                pass
+
     def test_batch_is_applied_once_and_dropped_on_error(self, server: str) -> None:
         with cellar.dbm.open(fresh(server), "c") as f:
             f[b"x"] = b"old"
@@ -370,6 +386,20 @@ class TestShelve:
             s["p"] = [1]
         with cellar.dbm.open(url2, "r") as raw:
             assert raw.value_encoding == ("pickle", 4)
+
+    def test_items_and_iteration_are_paged(self, server: str) -> None:
+        url = fresh(server)
+        with cellar.shelve.open(url, "c") as s:
+            with s.batch() as b:
+                for i in range(2100):
+                    b[f"k{i}"] = {"i": i}
+            items = s.items()
+            assert len(items) == 2100
+            assert ("k7", {"i": 7}) in items
+            got = dict(items)
+            assert got == {f"k{i}": {"i": i} for i in range(2100)}
+            assert sorted(s) == sorted(got)
+            assert sorted(v["i"] for v in s.values()) == list(range(2100))
 
     def test_safe_shelf(self, server: str) -> None:
         url = fresh(server)

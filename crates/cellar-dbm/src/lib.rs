@@ -329,6 +329,16 @@ pub trait Database: Send + Sync + fmt::Debug {
         let _ = cursor;
         Ok(None)
     }
+    /// [`Database::key_page`] with the values: one page of `(key, value)` pairs (one round
+    /// trip or two on a server) and the next cursor. `Ok(None)`: the backend does not page.
+    #[allow(clippy::type_complexity)]
+    fn item_page(
+        &self,
+        cursor: &[u8],
+    ) -> Result<Option<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)>> {
+        let _ = cursor;
+        Ok(None)
+    }
 }
 
 /// Opens the database at `path` like CPython's `dbm.open(path, flag, mode)`: unless the flag is

@@ -453,6 +453,25 @@ impl PyDatabase {
         })
     }
 
+    /// An iterator over `(key, value)` pairs: on a server store a page at a time (one or two
+    /// round trips per page, never the whole namespace in memory); on a file store over a
+    /// snapshot of `items()`.
+    fn iteritems(slf: &Bound<'_, Self>) -> PyResult<PyItemIter> {
+        let py = slf.py();
+        let db = slf.get();
+        if db.db.backend().kind().is_server() {
+            return Ok(PyItemIter {
+                db: slf.clone().unbind(),
+                state: Mutex::new((std::collections::VecDeque::new(), Some(Vec::new()))),
+            });
+        }
+        let items = db.run(py, |d| d.items())?;
+        Ok(PyItemIter {
+            db: slf.clone().unbind(),
+            state: Mutex::new((items.into_iter().collect(), None)),
+        })
+    }
+
     /// dbm.dumb's `iterkeys()`: an iterator over the keys.
     fn iterkeys(slf: &Bound<'_, Self>) -> PyResult<PyKeyIter> {
         Self::__iter__(slf)
@@ -699,6 +718,54 @@ impl PyKeyIter {
     }
 }
 
+/// `db.iteritems()`: `(key, value)` pairs, a page at a time on a server store.
+#[pyclass(frozen, module = "cellar.dbm", name = "ItemIterator")]
+pub struct PyItemIter {
+    db: Py<PyDatabase>,
+    /// Pairs of the current page not yet yielded, and the cursor of the next page (`None`
+    /// once the last page is fetched).
+    #[allow(clippy::type_complexity)]
+    state: Mutex<(
+        std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+        Option<Vec<u8>>,
+    )>,
+}
+
+#[pymethods]
+impl PyItemIter {
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+        loop {
+            if self.db.get().closed.load(Ordering::SeqCst) {
+                return Err(to_py(py, DbmError::Closed));
+            }
+            // The lock is never held while the GIL is released.
+            let cursor = {
+                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((k, v)) = st.0.pop_front() {
+                    return Ok(Some((PyBytes::new(py, &k), PyBytes::new(py, &v))));
+                }
+                match st.1.take() {
+                    Some(c) => c,
+                    None => return Ok(None),
+                }
+            };
+            let page = self.db.get().run(py, |db| db.item_page(&cursor))?;
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((items, next)) = page {
+                st.0.extend(items);
+                st.1 = next;
+            }
+        }
+    }
+}
+
 /// `db.batch()`: writes gathered in memory, applied together on a clean exit.
 #[pyclass(frozen, module = "cellar.dbm", name = "Batch")]
 pub struct PyBatch {
@@ -768,6 +835,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyDatabase>()?;
     m.add_class::<PyBatch>()?;
     m.add_class::<PyKeyIter>()?;
+    m.add_class::<PyItemIter>()?;
     m.add("DbmError", m.py().get_type::<DbmError_>())?;
     m.add("DbmCorruptError", corrupt_class(m.py())?)?;
     m.add("DbmServerConnectionError", server_conn_class(m.py())?)?;

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use cellar_engine::ValueEncoding;
 use postgres::error::SqlState;
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config, NoTls, Statement};
 
 use super::{
     bad_url, encoding_text, parse_encoding, plan, query_pairs, redact_url, seconds, Meta, OpenPlan,
@@ -162,6 +162,24 @@ fn map_err(shown: &str, e: postgres::Error) -> DbmError {
     }
 }
 
+/// A connection and the statements prepared on it (each prepared once per connection: one
+/// round trip per call after that, as a hand-written client with prepared statements).
+struct PgConn {
+    client: Client,
+    stmts: std::collections::HashMap<String, Statement>,
+}
+
+impl PgConn {
+    fn st(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.stmts.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
 /// A store in a PostgreSQL table (see the module documentation).
 pub(crate) struct PgDb {
     shown: String,
@@ -169,7 +187,7 @@ pub(crate) struct PgDb {
     config: Config,
     table: String,
     regclass: String,
-    client: Mutex<Option<Client>>,
+    client: Mutex<Option<PgConn>>,
     closed: AtomicBool,
     read_only: bool,
     encoding: ValueEncoding,
@@ -187,6 +205,7 @@ struct Sql {
     count: String,
     keys_after: String,
     items_after: String,
+    items_first: String,
 }
 
 impl Sql {
@@ -207,6 +226,7 @@ impl Sql {
             count: format!("SELECT count(*) FROM {t}"),
             keys_after: format!("SELECT key FROM {t} WHERE key > $1 ORDER BY key LIMIT $2"),
             items_after: format!("SELECT key, value FROM {t} WHERE key > $1 ORDER BY key LIMIT $2"),
+            items_first: format!("SELECT key, value FROM {t} ORDER BY key LIMIT $1"),
         }
     }
 }
@@ -248,7 +268,7 @@ impl PgDb {
                 );
                 let (t, rc) = (db.table.clone(), db.regclass.clone());
                 db.with(|c| {
-                    let mut tx = c.transaction()?;
+                    let mut tx = c.client.transaction()?;
                     // Two clients creating the same store at once: one waits for the other.
                     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&rc])?;
                     let row = tx.query_one(
@@ -291,7 +311,7 @@ impl PgDb {
     fn read_meta(&self) -> Result<Meta> {
         let rc = self.regclass.clone();
         let (exists, comment): (bool, Option<String>) = self.with(|c| {
-            let row = c.query_one(
+            let row = c.client.query_one(
                 "SELECT to_regclass($1) IS NOT NULL, \
                  obj_description(to_regclass($1)::oid, 'pg_class')",
                 &[&rc],
@@ -329,7 +349,7 @@ impl PgDb {
 
     /// Runs `f` with the client, connecting first if there is none; a closed connection is
     /// dropped so the next call reconnects.
-    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> Result<T> {
+    fn with<T>(&self, f: impl FnOnce(&mut PgConn) -> Result<T, postgres::Error>) -> Result<T> {
         if self.closed.load(Ordering::Acquire) {
             return Err(DbmError::Closed);
         }
@@ -344,14 +364,17 @@ impl PgDb {
                 }
                 err
             })?;
-            *g = Some(c);
+            *g = Some(PgConn {
+                client: c,
+                stmts: std::collections::HashMap::new(),
+            });
         }
         let client = g.as_mut().ok_or(DbmError::Closed)?;
         match f(client) {
             Ok(v) => Ok(v),
             Err(e) => {
                 let err = map_err(&self.shown, e);
-                if client.is_closed()
+                if client.client.is_closed()
                     || matches!(
                         err,
                         DbmError::Server {
@@ -375,6 +398,24 @@ impl PgDb {
         }
     }
 
+    /// Up to [`PAGE`] pairs after `after` (from the first key when `None`), in key order.
+    #[allow(clippy::type_complexity)]
+    fn items_after(&self, after: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.with(|c| {
+            let rows = match after {
+                None => {
+                    let st = c.st(&self.sql.items_first)?;
+                    c.client.query(&st, &[&PAGE])?
+                }
+                Some(a) => {
+                    let st = c.st(&self.sql.items_after)?;
+                    c.client.query(&st, &[&a, &PAGE])?
+                }
+            };
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
     /// Up to `limit` keys after `after` (all keys when `after` is `None`), in key order.
     fn keys_after(&self, after: Option<&[u8]>, limit: i64) -> Result<Vec<Vec<u8>>> {
         let sql = &self.sql;
@@ -390,7 +431,9 @@ impl PgDb {
                 Ok(out)
             }
             Some(a) => self.with(|c| {
-                Ok(c.query(&sql.keys_after, &[&a, &limit])?
+                let st = c.st(&sql.keys_after)?;
+                Ok(c.client
+                    .query(&st, &[&a, &limit])?
                     .into_iter()
                     .map(|r| r.get::<_, Vec<u8>>(0))
                     .collect())
@@ -410,21 +453,36 @@ impl Database for PgDb {
         self.read_only
     }
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.with(|c| Ok(c.query_opt(&self.sql.get, &[&key])?.map(|r| r.get(0))))
+        self.with(|c| {
+            let st = c.st(&self.sql.get)?;
+            Ok(c.client.query_opt(&st, &[&key])?.map(|r| r.get(0)))
+        })
     }
     fn insert(&self, key: &[u8], value: &[u8]) -> Result<()> {
         self.writable()?;
-        self.with(|c| c.execute(&self.sql.upsert, &[&key, &value]).map(|_| ()))
+        self.with(|c| {
+            let st = c.st(&self.sql.upsert)?;
+            c.client.execute(&st, &[&key, &value]).map(|_| ())
+        })
     }
     fn remove(&self, key: &[u8]) -> Result<bool> {
         self.writable()?;
-        self.with(|c| Ok(c.execute(&self.sql.delete, &[&key])? == 1))
+        self.with(|c| {
+            let st = c.st(&self.sql.delete)?;
+            Ok(c.client.execute(&st, &[&key])? == 1)
+        })
     }
     fn contains(&self, key: &[u8]) -> Result<bool> {
-        self.with(|c| Ok(c.query_opt(&self.sql.exists, &[&key])?.is_some()))
+        self.with(|c| {
+            let st = c.st(&self.sql.exists)?;
+            Ok(c.client.query_opt(&st, &[&key])?.is_some())
+        })
     }
     fn len(&self) -> Result<usize> {
-        self.with(|c| Ok(c.query_one(&self.sql.count, &[])?.get::<_, i64>(0) as usize))
+        self.with(|c| {
+            let st = c.st(&self.sql.count)?;
+            Ok(c.client.query_one(&st, &[])?.get::<_, i64>(0) as usize)
+        })
     }
     fn keys(&self) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
@@ -440,22 +498,14 @@ impl Database for PgDb {
         }
     }
     fn for_each(&self, f: &mut ItemFn<'_>) -> Result<()> {
-        if let Some(v) = self.get(b"")? {
-            f(b"", &v)?;
-        }
-        let mut after: Vec<u8> = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
         loop {
-            let rows: Vec<(Vec<u8>, Vec<u8>)> = self.with(|c| {
-                Ok(c.query(&self.sql.items_after, &[&after.as_slice(), &PAGE])?
-                    .into_iter()
-                    .map(|r| (r.get(0), r.get(1)))
-                    .collect())
-            })?;
+            let rows = self.items_after(after.as_deref())?;
             for (k, v) in &rows {
                 f(k, v)?;
             }
             match rows.last() {
-                Some((k, _)) if rows.len() as i64 == PAGE => after = k.clone(),
+                Some((k, _)) if rows.len() as i64 == PAGE => after = Some(k.clone()),
                 _ => return Ok(()),
             }
         }
@@ -467,7 +517,9 @@ impl Database for PgDb {
         }
         let sql = &self.sql;
         self.with(|c| {
-            let mut tx = c.transaction()?;
+            let upsert_many = c.st(&sql.upsert_many)?;
+            let delete_many = c.st(&sql.delete_many)?;
+            let mut tx = c.client.transaction()?;
             // Consecutive operations of one kind on distinct keys go in one statement.
             let ops = batch.ops();
             let mut i = 0;
@@ -487,9 +539,9 @@ impl Database for PgDb {
                     i += 1;
                 }
                 if setting {
-                    tx.execute(&sql.upsert_many, &[&keys, &values])?;
+                    tx.execute(&upsert_many, &[&keys, &values])?;
                 } else {
-                    tx.execute(&sql.delete_many, &[&keys])?;
+                    tx.execute(&delete_many, &[&keys])?;
                 }
             }
             tx.commit()
@@ -510,12 +562,12 @@ impl Database for PgDb {
     fn compact(&self) -> Result<()> {
         self.writable()?;
         let t = self.table.clone();
-        self.with(|c| c.batch_execute(&format!("VACUUM {t}")))
+        self.with(|c| c.client.batch_execute(&format!("VACUUM {t}")))
     }
     fn info(&self) -> Result<Info> {
         let (t, rc) = (self.table.clone(), self.regclass.clone());
         let (keys, file_bytes, live_bytes) = self.with(|c| {
-            let row = c.query_one(
+            let row = c.client.query_one(
                 &format!(
                     "SELECT count(*), pg_total_relation_size(to_regclass($1))::bigint, \
                      coalesce(sum(octet_length(key) + octet_length(value)), 0)::bigint FROM {t}"
@@ -552,5 +604,22 @@ impl Database for PgDb {
             })
         };
         Ok(Some((keys, next)))
+    }
+    fn item_page(
+        &self,
+        cursor: &[u8],
+    ) -> Result<Option<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)>> {
+        // The cursor is a marker byte then the last key returned (empty: start).
+        let items = self.items_after(cursor.get(1..))?;
+        let next = if (items.len() as i64) < PAGE {
+            None
+        } else {
+            items.last().map(|(k, _)| {
+                let mut c = vec![b'>'];
+                c.extend_from_slice(k);
+                c
+            })
+        };
+        Ok(Some((items, next)))
     }
 }

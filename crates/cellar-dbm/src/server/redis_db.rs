@@ -599,6 +599,34 @@ impl RedisDb {
     pub(crate) fn page(&self, cursor: u64) -> Result<(u64, Vec<Vec<u8>>)> {
         self.scan_page(cursor, PAGE)
     }
+
+    /// One `SCAN` page with its values (`MGET`; keys deleted in between are left out).
+    #[allow(clippy::type_complexity)]
+    fn items_of_page(&self, cursor: u64) -> Result<(u64, Vec<(Vec<u8>, Vec<u8>)>)> {
+        let (next, keys) = self.scan_page(cursor, PAGE)?;
+        if keys.is_empty() {
+            return Ok((next, Vec::new()));
+        }
+        let mut cmd = redis::cmd("MGET");
+        for k in &keys {
+            cmd.arg(self.data_key(k));
+        }
+        let values: Vec<Option<Vec<u8>>> = self.with(|c| c.query(&cmd))?;
+        Ok((
+            next,
+            keys.into_iter()
+                .zip(values)
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .collect(),
+        ))
+    }
+
+    fn parse_cursor(cursor: &[u8]) -> u64 {
+        std::str::from_utf8(cursor)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+    }
 }
 
 impl Database for RedisDb {
@@ -673,18 +701,9 @@ impl Database for RedisDb {
     fn for_each(&self, f: &mut ItemFn<'_>) -> Result<()> {
         let mut cursor = 0;
         loop {
-            let (next, keys) = self.scan_page(cursor, PAGE)?;
-            if !keys.is_empty() {
-                let mut cmd = redis::cmd("MGET");
-                for k in &keys {
-                    cmd.arg(self.data_key(k));
-                }
-                let values: Vec<Option<Vec<u8>>> = self.with(|c| c.query(&cmd))?;
-                for (k, v) in keys.iter().zip(values) {
-                    if let Some(v) = v {
-                        f(k, &v)?;
-                    }
-                }
+            let (next, items) = self.items_of_page(cursor)?;
+            for (k, v) in &items {
+                f(k, v)?;
             }
             if next == 0 {
                 return Ok(());
@@ -738,17 +757,19 @@ impl Database for RedisDb {
         Some(self.encoding)
     }
     fn key_page(&self, cursor: &[u8]) -> Result<Option<(Vec<Vec<u8>>, Option<Vec<u8>>)>> {
-        let start = if cursor.is_empty() {
-            0
-        } else {
-            std::str::from_utf8(cursor)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let (next, keys) = self.page(start)?;
+        let (next, keys) = self.page(RedisDb::parse_cursor(cursor))?;
         Ok(Some((
             keys,
+            (next != 0).then(|| next.to_string().into_bytes()),
+        )))
+    }
+    fn item_page(
+        &self,
+        cursor: &[u8],
+    ) -> Result<Option<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)>> {
+        let (next, items) = self.items_of_page(RedisDb::parse_cursor(cursor))?;
+        Ok(Some((
+            items,
             (next != 0).then(|| next.to_string().into_bytes()),
         )))
     }
