@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 T0=$SECONDS
 
+CLEANUP=()
+cleanup() { for c in "${CLEANUP[@]}"; do eval "$c" || true; done; }
+trap cleanup EXIT
+
 echo "== legacy-format fixture tools (python3-gdbm, gdbmtool, db5.3-util) =="
 ./scripts/legacy-fixtures.sh
 # Generate the legacy fixtures once for every test binary and pytest (each makes its own when
@@ -13,8 +17,21 @@ echo "== legacy-format fixture tools (python3-gdbm, gdbmtool, db5.3-util) =="
 if /usr/bin/python3 -c 'import dbm.gnu, dbm.ndbm' 2>/dev/null; then
     CELLAR_LEGACY_FIXTURES="$(mktemp -d)"
     export CELLAR_LEGACY_FIXTURES
-    trap 'rm -rf "$CELLAR_LEGACY_FIXTURES"' EXIT
+    CLEANUP+=('rm -rf "$CELLAR_LEGACY_FIXTURES"')
     /usr/bin/python3 scripts/legacy-fixtures.py "$CELLAR_LEGACY_FIXTURES"
+fi
+
+# Real servers for the server-backend tests (Rust tests/servers.rs, pytest test_servers*):
+# one Redis, a Redis Cluster (3 masters + 3 replicas), PostgreSQL, on 127.0.0.1 in a temporary
+# directory, stopped on exit. CELLAR_NO_SERVERS=1 skips them (the tests then say they skip;
+# under CI=true they fail instead).
+if [ "${CELLAR_NO_SERVERS:-}" != 1 ]; then
+    echo "== [$((SECONDS - T0))s] servers: Redis, Redis Cluster, PostgreSQL (scripts/servers.sh) =="
+    CELLAR_SERVERS_DIR="$(mktemp -d)"
+    CLEANUP+=('./scripts/servers.sh stop "$CELLAR_SERVERS_DIR"')
+    ./scripts/servers.sh start "$CELLAR_SERVERS_DIR"
+    # shellcheck disable=SC1091
+    source "$CELLAR_SERVERS_DIR/env"
 fi
 
 echo "== [$((SECONDS - T0))s] Rust: building the workspace and its tests (cargo prints each crate it compiles) =="

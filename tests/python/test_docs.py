@@ -7,6 +7,9 @@ Fenced blocks are run by their info string:
 - ```console: shell commands behind `$ ` prompts, run with bash in a fresh scratch directory with
   the `cellar` binary first on PATH; the lines after a command are its expected output, where a
   line `...` stands for any number of lines and `...` inside a line for any text.
+- A block that names a server test variable (CELLAR_TEST_REDIS_URL and the like, which
+  scripts/servers.sh exports) is skipped, saying so, when that variable is absent; under CI=true
+  it fails instead.
 - ```sh / ```text / untagged blocks are not run (install commands, the test command itself, diagrams).
 Rust blocks are compiled and run by the crate tests/docs-rust (cargo test).
 """
@@ -111,6 +114,11 @@ def _run_console(text: str, cwd: Path) -> None:
 
 @pytest.mark.parametrize("where,lang,text", BLOCKS, ids=[b[0] for b in BLOCKS])
 def test_example_runs_as_shown(where: str, lang: str, text: str, tmp_path: Path) -> None:
+    for var in sorted(set(re.findall(r"CELLAR_TEST_[A-Z_]+_URL", text))):
+        if not os.environ.get(var):
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"{where}: {var} is not set under CI=true (scripts/servers.sh)")
+            pytest.skip(f"{where}: {var} is not set (run under scripts/test.sh or scripts/servers.sh)")
     cwd = tmp_path / "scratch"
     cwd.mkdir()
     if lang == "python":

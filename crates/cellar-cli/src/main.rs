@@ -4,7 +4,8 @@
 //!   object) safely and print it in Python literal syntax.
 //! - `cellar marshal encode [--version N]`: read a Python literal on stdin, write marshal bytes.
 //! - `cellar get|set|del|keys|dump|load|convert|info|check|repair|compact PATH ...`: work with
-//!   any store cellar opens (native, sqlite3, dumb), see [`store`].
+//!   any store cellar opens (native, sqlite3, dumb; Redis, Redis Cluster and PostgreSQL stores
+//!   given by URL where a PATH goes), see [`store`].
 //! - `cellar pickle show FILE|- [--ops|--globals]`: decode a pickle safely (inert objects), list
 //!   its opcodes, or list the globals it names and what each would need.
 //! - `cellar demo`: the main job end to end on the native engine.
@@ -27,7 +28,12 @@ use cellar::value::{parse, repr};
     name = "cellar",
     version,
     about = "Python's data-persistence stack (marshal, pickle, dbm, shelve), in Rust",
-    after_help = "Exit status: 0 success; 1 failure (damage found, key or store not found, bad \
+    after_help = "Store commands take a server URL wherever they take a PATH: \
+                  redis://[user[:pass]@]host:port/db?prefix=app:, \
+                  redis+cluster://host:port,host:port/?prefix=app:, \
+                  postgresql://user@host:port/dbname?table=name (passwords also from \
+                  REDISCLI_AUTH / PGPASSWORD; never shown).\n\n\
+                  Exit status: 0 success; 1 failure (damage found, key or store not found, bad \
                   data; the message says what and what to do); 2 usage error. Output into a \
                   closed pipe ends quietly, as coreutils do."
 )]
@@ -107,7 +113,7 @@ enum Command {
     Convert {
         src: PathBuf,
         dst: PathBuf,
-        /// Backend of DST: native, sqlite or dumb.
+        /// Backend of DST: native, sqlite or dumb (a server URL as DST names its own backend).
         #[arg(long, default_value = "native")]
         to: String,
         /// Record in a native DST's header how its values are encoded: `pickle` for a shelf

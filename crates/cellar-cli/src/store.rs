@@ -7,6 +7,13 @@
 //! `--literal`, a Python literal (`b'\x00\xff'`, `'é'`). Output shows them as Python literals
 //! (`b'...'`), or decoded with `--decode marshal`, or as JSON with `--json`.
 //!
+//! Every store command also takes a server URL where it takes a path (`redis://host:port/0?prefix=app:`,
+//! `redis+cluster://h1:7000,h2:7001/?prefix=app:`, `postgresql://user@host/db?table=t`): the
+//! URL is shown with its password replaced by `***`. `check` on a server store reads every
+//! key and compares the count with the store's own; `compact` is `VACUUM` on PostgreSQL and
+//! nothing on Redis (it frees memory itself); `convert` goes both ways between files and
+//! servers, with the same count and checksum verification.
+//!
 //! `dump` / `load` use JSON Lines, one `{"key": K, "value": V}` object per line, where K and V
 //! are JSON strings when the bytes are valid UTF-8 and `{"base64": "..."}` otherwise, so any
 //! bytes round-trip exactly.
@@ -53,11 +60,28 @@ pub fn arg_bytes(text: &str, literal: bool) -> Result<Vec<u8>> {
     }
 }
 
+/// How a store is named in messages: its path, or its URL with the password hidden.
+pub fn show(path: &Path) -> String {
+    match path.to_str() {
+        Some(s) if dbm::is_server_url(s) => dbm::redact_url(s),
+        _ => path.display().to_string(),
+    }
+}
+
+/// Whether `path` is a server URL rather than a file.
+fn is_url(path: &Path) -> bool {
+    path.to_str().is_some_and(dbm::is_server_url)
+}
+
 fn open(path: &Path, flag: &str) -> Result<Box<dyn Database>> {
+    if is_url(path) {
+        // The server says what is wrong (no such store, unreachable, refused) itself.
+        return dbm::open_str(path, flag, dbm::DEFAULT_MODE).map_err(|e| in_cli_words(path, &e));
+    }
     if !flag.starts_with(['c', 'n']) {
         require_store(path)?;
     } else if path.is_dir() {
-        bail!("{} is a directory, not a store", path.display());
+        bail!("{} is a directory, not a store", show(path));
     }
     dbm::open_str(path, flag, dbm::DEFAULT_MODE).map_err(|e| in_cli_words(path, &e))
 }
@@ -65,9 +89,9 @@ fn open(path: &Path, flag: &str) -> Result<Box<dyn Database>> {
 /// A store error as the CLI says it: the engine's advice names `PATH`, the CLI names the file,
 /// and the file is named once.
 fn in_cli_words(path: &Path, e: &dyn std::fmt::Display) -> anyhow::Error {
-    let shown = path.display().to_string();
+    let shown = show(path);
     let msg = e.to_string().replace("PATH", &shown);
-    if msg.starts_with(&shown) {
+    if msg.starts_with(&shown) || (is_url(path) && msg.contains(&shown)) {
         anyhow::anyhow!("{msg}")
     } else {
         anyhow::anyhow!("{shown}: {msg}")
@@ -77,12 +101,12 @@ fn in_cli_words(path: &Path, e: &dyn std::fmt::Display) -> anyhow::Error {
 /// Fails, in the CLI's words, when PATH names nothing a read or an update could open.
 fn require_store(path: &Path) -> Result<()> {
     if path.is_dir() {
-        bail!("{} is a directory, not a store", path.display());
+        bail!("{} is a directory, not a store", show(path));
     }
     if dbm::whichdb(path) == WhichDb::Unreadable {
         bail!(
             "{}: no such store (`cellar set`, `cellar load` and `cellar convert` create one)",
-            path.display()
+            show(path)
         );
     }
     Ok(())
@@ -108,6 +132,13 @@ struct NewStore {
 
 impl NewStore {
     fn new(path: &Path) -> NewStore {
+        if is_url(path) {
+            // A server namespace is not files: nothing to remove.
+            return NewStore {
+                created: Vec::new(),
+                keep: false,
+            };
+        }
         let created = store_files(path)
             .into_iter()
             .filter(|f| f.symlink_metadata().is_err())
@@ -204,7 +235,7 @@ pub fn get(path: &Path, key: &[u8], out: Output) -> Result<()> {
     let db = open(path, "r")?;
     let out = settle(out, db.as_ref());
     let Some(v) = db.get(key)? else {
-        bail!("key {} not found in {}", bytes_repr(key), path.display());
+        bail!("key {} not found in {}", bytes_repr(key), show(path));
     };
     if out.json {
         println!(
@@ -227,7 +258,7 @@ pub fn set(path: &Path, key: &[u8], value: &[u8]) -> Result<()> {
 pub fn del(path: &Path, key: &[u8]) -> Result<()> {
     let db = open(path, "w")?;
     if !db.remove(key)? {
-        bail!("key {} not found in {}", bytes_repr(key), path.display());
+        bail!("key {} not found in {}", bytes_repr(key), show(path));
     }
     db.close()?;
     Ok(())
@@ -235,6 +266,23 @@ pub fn del(path: &Path, key: &[u8]) -> Result<()> {
 
 pub fn keys(path: &Path, out: Output) -> Result<()> {
     let db = open(path, "r")?;
+    if !out.json {
+        // Server stores: a page at a time, never the whole namespace in memory.
+        let mut cursor = Vec::new();
+        let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+        while let Some((page, next)) = db.key_page(&cursor)? {
+            for k in page {
+                writeln!(stdout, "{}", bytes_repr(&k))?;
+            }
+            match next {
+                Some(c) => cursor = c,
+                None => {
+                    stdout.flush()?;
+                    return Ok(());
+                }
+            }
+        }
+    }
     let keys = db.keys()?;
     let mut stdout = std::io::stdout().lock();
     if out.json {
@@ -286,7 +334,9 @@ pub fn load(path: &Path, input: Option<&Path>, to: Option<Backend>) -> Result<()
     };
     let mut new_store = NewStore::new(path);
     let db = match to {
-        Some(b) if !path.exists() => b.open(path, Flag::Create, dbm::DEFAULT_MODE)?,
+        Some(b) if !is_url(path) && !path.exists() => {
+            b.open(path, Flag::Create, dbm::DEFAULT_MODE)?
+        }
         _ => open(path, "c")?,
     };
     let pb = progress(0, "load");
@@ -315,7 +365,7 @@ pub fn load(path: &Path, input: Option<&Path>, to: Option<Backend>) -> Result<()
     db.close()?;
     new_store.keep = true;
     pb.finish_and_clear();
-    eprintln!("loaded {n} records into {}", path.display());
+    eprintln!("loaded {n} records into {}", show(path));
     Ok(())
 }
 
@@ -382,15 +432,28 @@ fn values_encoding(spec: &str, from: &dyn Database) -> Result<ValueEncoding> {
 
 pub fn convert(src: &Path, dst: &Path, to: Backend, values: Option<&str>) -> Result<()> {
     let from = open(src, "r")?;
-    if dst.exists() {
-        bail!("{} exists; convert writes a new store", dst.display());
+    if is_url(dst) {
+        if dbm::whichdb(dst) != WhichDb::Unreadable {
+            bail!(
+                "{} exists (the namespace holds data); convert writes a new store",
+                show(dst)
+            );
+        }
+    } else if dst.exists() {
+        bail!("{} exists; convert writes a new store", show(dst));
     }
     let encoding = match values {
         Some(spec) => values_encoding(spec, from.as_ref())?,
         None => from.value_encoding().unwrap_or_default(),
     };
     let mut new_store = NewStore::new(dst);
-    let into = to.open_with(dst, Flag::New, dbm::DEFAULT_MODE, encoding)?;
+    let into = if is_url(dst) {
+        // The URL's scheme names the backend.
+        dbm::open_with(dst, Flag::New, dbm::DEFAULT_MODE, encoding)
+            .map_err(|e| in_cli_words(dst, &e))?
+    } else {
+        to.open_with(dst, Flag::New, dbm::DEFAULT_MODE, encoding)?
+    };
     let pb = progress(from.len()? as u64, "convert");
     let mut batch = Batch::new();
     let mut err = None;
@@ -417,16 +480,20 @@ pub fn convert(src: &Path, dst: &Path, to: Backend, values: Option<&str>) -> Res
     let (n2, c2) = checksum(into.as_ref())?;
     into.close()?;
     if (n1, c1) != (n2, c2) {
-        bail!("verification failed: source has {n1} keys (checksum {c1:#018x}), destination {n2} ({c2:#018x}); {} was removed", dst.display());
+        if is_url(dst) {
+            // Leave nothing half-made behind on the server either.
+            drop(dbm::open(dst, Flag::New, dbm::DEFAULT_MODE));
+        }
+        bail!("verification failed: source has {n1} keys (checksum {c1:#018x}), destination {n2} ({c2:#018x}); {} was removed", show(dst));
     }
     new_store.keep = true;
     println!(
         "converted {n1} keys from {} ({}) to {} ({})\n  source:      {n1} keys, checksum \
          {c1:#018x}\n  destination: {n2} keys, checksum {c2:#018x}\n  count and checksums match",
-        src.display(),
+        show(src),
         from.backend().name(),
-        dst.display(),
-        to.name()
+        show(dst),
+        into.backend().name()
     );
     Ok(())
 }
@@ -454,19 +521,28 @@ pub fn info(path: &Path, out: Output, exact: bool) -> Result<()> {
     refuse_special(path)?;
     let kind = match dbm::whichdb(path) {
         WhichDb::Kind(k) => k,
-        WhichDb::Unreadable => return require_store(path),
+        WhichDb::Unreadable => {
+            if is_url(path) {
+                // Unreachable, refused, or no store there: the open says which.
+                open(path, "r")?;
+            }
+            return require_store(path);
+        }
         WhichDb::Unknown => bail!(
             "{} is not a store cellar recognises (native, sqlite3, dumb, dbm.gnu, dbm.ndbm); if it \
              is a damaged native store, `cellar repair {} NEW` salvages its records",
-            path.display(),
-            path.display()
+            show(path),
+            show(path)
         ),
     };
     let db = open(path, "r")?;
     let i = db.info()?;
+    if kind.is_server() {
+        return server_info(path, kind, db.as_ref(), &i, out, exact);
+    }
     let mut json_fields = serde_json::Map::new();
     let mut human: Vec<(String, String)> = vec![
-        ("store".into(), path.display().to_string()),
+        ("store".into(), show(path)),
         ("format".into(), kind.name().into()),
         ("keys".into(), i.keys.to_string()),
         ("file size".into(), size(i.file_bytes, exact)),
@@ -542,8 +618,8 @@ pub fn info(path: &Path, out: Output, exact: bool) -> Result<()> {
             format!(
                 "DAMAGED: {problems} problem(s); `cellar check {}` lists them, `cellar repair {} \
                  NEW` salvages every intact record",
-                path.display(),
-                path.display()
+                show(path),
+                show(path)
             )
         };
         human.push(("status".into(), status));
@@ -565,7 +641,86 @@ pub fn info(path: &Path, out: Output, exact: bool) -> Result<()> {
         print_fields(&human);
     }
     if let Some(n) = damaged {
-        bail!("{} is damaged ({n} problem(s))", path.display());
+        bail!("{} is damaged ({n} problem(s))", show(path));
+    }
+    Ok(())
+}
+
+/// `cellar info` on a server store.
+fn server_info(
+    path: &Path,
+    kind: DbKind,
+    db: &dyn Database,
+    i: &dbm::Info,
+    out: Output,
+    exact: bool,
+) -> Result<()> {
+    let encoding = db.value_encoding().unwrap_or_default();
+    if out.json {
+        let mut o = json!({
+            "format": kind.name(),
+            "store": show(path),
+            "keys": i.keys,
+            "value_encoding": encoding.to_string(),
+        });
+        if kind == DbKind::Postgres {
+            o["table_bytes"] = json!(i.file_bytes);
+            o["live_bytes"] = json!(i.live_bytes);
+        }
+        println!("{o}");
+        return Ok(());
+    }
+    let mut f: Vec<(String, String)> = vec![
+        ("store".into(), show(path)),
+        ("format".into(), kind.name().into()),
+        ("keys".into(), i.keys.to_string()),
+        ("value encoding".into(), encoding.to_string()),
+    ];
+    if kind == DbKind::Postgres {
+        f.push(("table size".into(), size(i.file_bytes, exact)));
+        f.push(("live data".into(), size(i.live_bytes, exact)));
+    }
+    print_fields(&f);
+    Ok(())
+}
+
+/// `cellar check` on a server store: reads every pair (a page at a time) and compares the
+/// number read with the store's own count.
+fn check_server(path: &Path, json: bool) -> Result<()> {
+    let db = open(path, "r")?;
+    let counted = db.len()? as u64;
+    let mut read = 0u64;
+    let mut bytes = 0u64;
+    db.for_each(&mut |k, v| {
+        read += 1;
+        bytes += (k.len() + v.len()) as u64;
+        Ok(())
+    })?;
+    let ok = read == counted;
+    if json {
+        println!(
+            "{}",
+            json!({"store": show(path), "format": db.backend().name(), "keys": counted,
+                   "read": read, "live_bytes": bytes, "ok": ok})
+        );
+    } else {
+        print_fields(&[
+            ("store".into(), show(path)),
+            ("format".into(), db.backend().name().into()),
+            ("keys (store's count)".into(), counted.to_string()),
+            ("pairs read".into(), read.to_string()),
+            (
+                "status".into(),
+                if ok { "ok".into() } else { "MISMATCH".into() },
+            ),
+        ]);
+    }
+    if !ok {
+        bail!(
+            "{}: the store counts {counted} keys but {read} were read (writers active, or the \
+             count was changed outside cellar)",
+            show(path)
+        );
     }
     Ok(())
 }
@@ -575,11 +730,11 @@ fn native_only(path: &Path, what: &str) -> Result<()> {
         WhichDb::Kind(DbKind::Native) => Ok(()),
         WhichDb::Kind(k) => bail!(
             "{what} works on native stores; {} is {} (convert it with `cellar convert`)",
-            path.display(),
+            show(path),
             k.name()
         ),
         WhichDb::Unreadable => require_store(path),
-        WhichDb::Unknown => bail!("{}: db type could not be determined", path.display()),
+        WhichDb::Unknown => bail!("{}: db type could not be determined", show(path)),
     }
 }
 
@@ -589,7 +744,7 @@ fn check_legacy(path: &Path, backend: Backend) -> Result<()> {
     if report.is_ok() {
         println!(
             "{}: ok ({}, {} pairs readable)",
-            path.display(),
+            show(path),
             db.variant(),
             report.readable
         );
@@ -597,7 +752,7 @@ fn check_legacy(path: &Path, backend: Backend) -> Result<()> {
     }
     println!(
         "{}: damaged ({}): {} pairs readable, {} damaged structures:",
-        path.display(),
+        show(path),
         db.variant(),
         report.readable,
         report.problems.len()
@@ -610,8 +765,8 @@ fn check_legacy(path: &Path, backend: Backend) -> Result<()> {
     }
     bail!(
         "{} is damaged; `cellar repair {} NEW` copies every readable pair into a new store",
-        path.display(),
-        path.display()
+        show(path),
+        show(path)
     )
 }
 
@@ -628,7 +783,7 @@ fn refuse_special(path: &Path) -> Result<()> {
             } else {
                 "a device or other special file"
             };
-            bail!("{} is {kind}, not a store", path.display());
+            bail!("{} is {kind}, not a store", show(path));
         }
     }
     Ok(())
@@ -662,6 +817,9 @@ fn print_fields(fields: &[(String, String)]) {
 }
 
 pub fn check(path: &Path, json: bool) -> Result<()> {
+    if is_url(path) {
+        return check_server(path, json);
+    }
     refuse_special(path)?;
     if let WhichDb::Kind(k @ (DbKind::Gnu | DbKind::Ndbm)) = dbm::whichdb(path) {
         if let Some(b) = Backend::from_kind(k) {
@@ -688,7 +846,7 @@ pub fn check(path: &Path, json: bool) -> Result<()> {
         Err(e) => Some(e.to_string()),
     };
     let mut f: Vec<(String, String)> = vec![
-        ("store".into(), path.display().to_string()),
+        ("store".into(), show(path)),
         ("file bytes".into(), report.file_bytes.to_string()),
         ("intact records".into(), report.records.to_string()),
         (
@@ -756,7 +914,7 @@ pub fn check(path: &Path, json: bool) -> Result<()> {
         println!(
             "{}",
             json!({
-                "store": path.display().to_string(),
+                "store": show(path),
                 "file_bytes": report.file_bytes,
                 "records": report.records,
                 "header": report.header,
@@ -777,8 +935,8 @@ pub fn check(path: &Path, json: bool) -> Result<()> {
     } else {
         bail!(
             "{} is damaged; `cellar repair {} NEW` copies every intact record into a new store",
-            path.display(),
-            path.display()
+            show(path),
+            show(path)
         )
     }
 }
@@ -787,7 +945,7 @@ pub fn check(path: &Path, json: bool) -> Result<()> {
 fn repair_legacy(src: &Path, dst: &Path, backend: Backend) -> Result<()> {
     let db = dbm::open_legacy(src, backend)?;
     if dst.exists() {
-        bail!("{} exists; repair writes a new store", dst.display());
+        bail!("{} exists; repair writes a new store", show(dst));
     }
     let into = Backend::Native.open(dst, Flag::New, dbm::DEFAULT_MODE)?;
     let pb = progress(0, "repair");
@@ -817,9 +975,9 @@ fn repair_legacy(src: &Path, dst: &Path, backend: Backend) -> Result<()> {
     println!(
         "copied {} readable pairs of {} ({}) into {}; {} damaged structures skipped",
         report.readable,
-        src.display(),
+        show(src),
         db.variant(),
-        dst.display(),
+        show(dst),
         report.problems.len()
     );
     for p in report.problems.iter().take(50) {
@@ -836,12 +994,12 @@ pub fn repair(src: &Path, dst: &Path, json: bool) -> Result<()> {
     }
     native_or_damaged(src, "repair")?;
     if dst.exists() {
-        bail!("{} exists; repair writes a new store", dst.display());
+        bail!("{} exists; repair writes a new store", show(dst));
     }
     let r = cellar::engine::repair(src, dst, cellar::engine::Options::default())?;
     let mut f: Vec<(String, String)> = vec![
-        ("source".into(), src.display().to_string()),
-        ("new store".into(), dst.display().to_string()),
+        ("source".into(), show(src)),
+        ("new store".into(), show(dst)),
         (
             "source header".into(),
             if r.header_damaged {
@@ -884,8 +1042,8 @@ pub fn repair(src: &Path, dst: &Path, json: bool) -> Result<()> {
         println!(
             "{}",
             json!({
-                "source": src.display().to_string(),
-                "new_store": dst.display().to_string(),
+                "source": show(src),
+                "new_store": show(dst),
                 "header_damaged": r.header_damaged,
                 "salvaged_records": r.salvaged_records,
                 "keys": r.keys,
@@ -900,8 +1058,8 @@ pub fn repair(src: &Path, dst: &Path, json: bool) -> Result<()> {
     if damaged {
         bail!(
             "{} was damaged (exit status 1); {} holds every intact record",
-            src.display(),
-            dst.display()
+            show(src),
+            show(dst)
         )
     }
     Ok(())
@@ -918,7 +1076,7 @@ pub fn compact(path: &Path) -> Result<()> {
     pb.finish_and_clear();
     println!(
         "{}: {} -> {}",
-        path.display(),
+        show(path),
         size(before, false),
         size(after, false)
     );

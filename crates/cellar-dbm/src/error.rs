@@ -59,6 +59,16 @@ pub enum DbmError {
         context: String,
         source: rusqlite::Error,
     },
+    /// A server backend (Redis, Redis Cluster, PostgreSQL) failed. `target` is the URL with
+    /// any password replaced by `***`; `kind` says what kind of failure it is. After
+    /// [`ServerErrorKind::ConnectionLost`], [`ServerErrorKind::Timeout`] or
+    /// [`ServerErrorKind::Failover`] the next call reconnects.
+    Server {
+        backend: &'static str,
+        kind: crate::server::ServerErrorKind,
+        target: String,
+        message: String,
+    },
     /// A backend implemented outside this crate failed (the Python package's sqlite backend,
     /// which runs on the interpreter's own `sqlite3` module, reports the Python exception
     /// here so that the bindings re-raise it unchanged).
@@ -101,6 +111,14 @@ impl DbmError {
         match self {
             DbmError::Io { source, .. } => source.raw_os_error(),
             DbmError::Engine(e) => e.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    /// The kind of a server failure, if this is one.
+    pub fn server_kind(&self) -> Option<crate::server::ServerErrorKind> {
+        match self {
+            DbmError::Server { kind, .. } => Some(*kind),
             _ => None,
         }
     }
@@ -150,6 +168,12 @@ impl fmt::Display for DbmError {
             DbmError::Engine(e) => write!(f, "{e}"),
             DbmError::Sqlite { context, source } => write!(f, "{source} (while {context})"),
             DbmError::External { context, source } => write!(f, "{source} (while {context})"),
+            DbmError::Server {
+                backend,
+                kind,
+                target,
+                message,
+            } => write!(f, "{backend} at {target}: {kind}: {message}"),
         }
     }
 }

@@ -15,6 +15,11 @@
 //!   library (`cellar-legacy`). Opening one for writing, or writing to it, fails with
 //!   [`DbmError::LegacyReadOnly`], which names `cellar convert`.
 //!
+//! * [`Backend::Redis`], [`Backend::RedisCluster`], [`Backend::Postgres`] — a store on a
+//!   server, opened by URL wherever a path is accepted (`redis://host:6379/0?prefix=app:`,
+//!   `redis+cluster://h1:7000,h2:7001/?prefix=app:`, `postgresql://user@host/db?table=t`): see
+//!   [`server`] and `docs/servers.md`.
+//!
 //! Keys and values are bytes; the Python layer encodes `str` as UTF-8 like CPython. The format
 //! details and crash-safety arguments are in `docs/dbm.md`.
 //!
@@ -35,6 +40,7 @@ mod flag;
 mod legacy;
 mod native;
 mod perm;
+pub mod server;
 pub mod sqlite;
 mod whichdb;
 
@@ -45,6 +51,7 @@ pub use crate::dumb::Placement;
 pub use crate::error::{DbmError, PyErrorKind, Result};
 pub use crate::flag::{Access, Flag};
 pub use crate::legacy::{legacy_file, open_legacy};
+pub use crate::server::{is_server_url, redact_url, ServerErrorKind};
 pub use crate::whichdb::{whichdb, DbKind, WhichDb, NATIVE_MAGIC};
 pub use cellar_engine::ValueEncoding;
 pub use cellar_legacy::{LegacyDb, Report as LegacyReport};
@@ -69,6 +76,12 @@ pub enum Backend {
     Gnu,
     /// ndbm files: Berkeley DB hash or gdbm_compat (read-only).
     Ndbm,
+    /// A store on a Redis server (`redis://`).
+    Redis,
+    /// A store on a Redis Cluster (`redis+cluster://`).
+    RedisCluster,
+    /// A store in a PostgreSQL table (`postgresql://`).
+    Postgres,
 }
 
 impl Backend {
@@ -85,6 +98,9 @@ impl Backend {
             Backend::Dumb => DbKind::Dumb,
             Backend::Gnu => DbKind::Gnu,
             Backend::Ndbm => DbKind::Ndbm,
+            Backend::Redis => DbKind::Redis,
+            Backend::RedisCluster => DbKind::RedisCluster,
+            Backend::Postgres => DbKind::Postgres,
         }
     }
 
@@ -101,6 +117,9 @@ impl Backend {
             DbKind::Dumb => Some(Backend::Dumb),
             DbKind::Gnu => Some(Backend::Gnu),
             DbKind::Ndbm => Some(Backend::Ndbm),
+            DbKind::Redis => Some(Backend::Redis),
+            DbKind::RedisCluster => Some(Backend::RedisCluster),
+            DbKind::Postgres => Some(Backend::Postgres),
         }
     }
 
@@ -125,6 +144,11 @@ impl Backend {
                 "r" | "w" | "c" | "n" => Flag::parse(s),
                 _ => Err(sqlite::bad_flag(s)),
             },
+            Backend::Redis | Backend::RedisCluster | Backend::Postgres => {
+                let f = Flag::parse(s)?;
+                server::check_flag(f)?;
+                Ok(f)
+            }
         }
     }
 
@@ -150,6 +174,16 @@ impl Backend {
             Backend::Sqlite3 => Box::new(sqlite::SqliteDb::open(path, flag, mode)?),
             Backend::Dumb => Box::new(dumb::DumbDb::open(path, flag, mode, Placement::Safe)?),
             Backend::Gnu | Backend::Ndbm => Box::new(legacy::LegacyStore::open(path, self, flag)?),
+            Backend::Redis | Backend::RedisCluster | Backend::Postgres => {
+                return match server::url_of(path) {
+                    Some(url) => server::open(url, flag, encoding),
+                    None => Err(DbmError::Unsupported {
+                        backend: self.name(),
+                        what: "file paths (open it by URL: redis://, redis+cluster://, \
+                               postgresql://)",
+                    }),
+                }
+            }
         })
     }
 }
@@ -285,6 +319,26 @@ pub trait Database: Send + Sync + fmt::Debug {
     fn value_encoding(&self) -> Option<ValueEncoding> {
         None
     }
+    /// One page of keys for cursor-driven iteration, for backends that page (the servers):
+    /// start with an empty `cursor`; returns the keys of this page and the cursor of the next
+    /// (`None` at the end). `Ok(None)`: the backend does not page; use [`Database::keys`].
+    /// Keys written or deleted during a walk may or may not be seen; keys present throughout
+    /// are seen (Redis `SCAN` may repeat one: callers that need a set dedupe).
+    #[allow(clippy::type_complexity)]
+    fn key_page(&self, cursor: &[u8]) -> Result<Option<(Vec<Vec<u8>>, Option<Vec<u8>>)>> {
+        let _ = cursor;
+        Ok(None)
+    }
+    /// [`Database::key_page`] with the values: one page of `(key, value)` pairs (one round
+    /// trip or two on a server) and the next cursor. `Ok(None)`: the backend does not page.
+    #[allow(clippy::type_complexity)]
+    fn item_page(
+        &self,
+        cursor: &[u8],
+    ) -> Result<Option<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)>> {
+        let _ = cursor;
+        Ok(None)
+    }
 }
 
 /// Opens the database at `path` like CPython's `dbm.open(path, flag, mode)`: unless the flag is
@@ -307,6 +361,10 @@ pub fn open_with(
     encoding: ValueEncoding,
 ) -> Result<Box<dyn Database>> {
     let path = path.as_ref();
+    if let Some(url) = server::url_of(path) {
+        // A server URL: the scheme names the backend; 'n' empties only that namespace.
+        return server::open(url, flag, encoding);
+    }
     let which = if flag.access() == Access::New {
         match whichdb(path) {
             WhichDb::Kind(k @ (DbKind::Gnu | DbKind::Ndbm)) => {

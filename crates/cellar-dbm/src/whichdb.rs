@@ -18,6 +18,12 @@ pub enum DbKind {
     Gnu,
     /// ndbm: Berkeley DB hash or gdbm_compat (`"dbm.ndbm"`): read-only.
     Ndbm,
+    /// A store on a Redis server (`"dbm.redis"`).
+    Redis,
+    /// A store on a Redis Cluster (`"dbm.redis_cluster"`).
+    RedisCluster,
+    /// A store in a PostgreSQL table (`"dbm.postgresql"`).
+    Postgres,
 }
 
 impl DbKind {
@@ -29,6 +35,9 @@ impl DbKind {
             DbKind::Dumb => "dbm.dumb",
             DbKind::Gnu => "dbm.gnu",
             DbKind::Ndbm => "dbm.ndbm",
+            DbKind::Redis => "dbm.redis",
+            DbKind::RedisCluster => "dbm.redis_cluster",
+            DbKind::Postgres => "dbm.postgresql",
         }
     }
 
@@ -40,13 +49,24 @@ impl DbKind {
             "dumb" => DbKind::Dumb,
             "gnu" => DbKind::Gnu,
             "ndbm" => DbKind::Ndbm,
+            "redis" => DbKind::Redis,
+            "redis_cluster" => DbKind::RedisCluster,
+            "postgresql" => DbKind::Postgres,
             _ => return None,
         })
     }
 
     /// Whether cellar can open this kind for writing.
     pub fn is_writable(self) -> bool {
-        matches!(self, DbKind::Native | DbKind::Sqlite3 | DbKind::Dumb)
+        !matches!(self, DbKind::Gnu | DbKind::Ndbm)
+    }
+
+    /// Whether this kind lives on a server (opened by URL).
+    pub fn is_server(self) -> bool {
+        matches!(
+            self,
+            DbKind::Redis | DbKind::RedisCluster | DbKind::Postgres
+        )
     }
 }
 
@@ -131,8 +151,16 @@ fn open_file(path: &Path) -> std::io::Result<File> {
 /// Beyond CPython: a `path.db` in Berkeley DB 1.85 format (macOS and BSD ndbm) counts as
 /// ndbm; GDBM files in the other byte order and numsync GDBM files are gnu; a file that is
 /// itself a Berkeley DB hash file, 1.85 included (a name given with its `.db`), is ndbm.
+///
+/// A server URL (`redis://`, `redis+cluster://`, `postgresql://`) is asked the same question:
+/// the namespace's cellar metadata names the backend, data without it is
+/// [`WhichDb::Unknown`], and an empty namespace or an unreachable server is
+/// [`WhichDb::Unreadable`].
 pub fn whichdb(path: impl AsRef<Path>) -> WhichDb {
     let path = path.as_ref();
+    if let Some(url) = crate::server::url_of(path) {
+        return crate::server::whichdb(url);
+    }
     if readable(&with_suffix(path, ".pag")) && readable(&with_suffix(path, ".dir")) {
         return WhichDb::Kind(DbKind::Ndbm);
     }

@@ -59,6 +59,53 @@ fn corrupt_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
         .map(|c| c.bind(py))
 }
 
+/// `cellar.dbm.ServerConnectionError` (also a `ConnectionError`) and
+/// `cellar.dbm.ServerTimeoutError` (also a `TimeoutError`): a server store that cannot be
+/// reached, dropped its connection or is failing over; or did not answer in time. The next
+/// call reconnects.
+static SERVER_CONN: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static SERVER_TIMEOUT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+fn mixed_class<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyType>>,
+    name: &str,
+    other: Bound<'py, PyType>,
+) -> PyResult<&'py Bound<'py, PyType>> {
+    cell.get_or_try_init(py, || -> PyResult<Py<PyType>> {
+        let bases = PyTuple::new(
+            py,
+            [py.get_type::<DbmError_>().into_any(), other.into_any()],
+        )?;
+        let ns = PyDict::new(py);
+        ns.set_item("__module__", "cellar.dbm")?;
+        let cls = py
+            .get_type::<PyType>()
+            .call1((name, bases, ns))?
+            .cast_into::<PyType>()?;
+        Ok(cls.unbind())
+    })
+    .map(|c| c.bind(py))
+}
+
+fn server_conn_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    mixed_class(
+        py,
+        &SERVER_CONN,
+        "ServerConnectionError",
+        py.get_type::<pyo3::exceptions::PyConnectionError>(),
+    )
+}
+
+fn server_timeout_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    mixed_class(
+        py,
+        &SERVER_TIMEOUT,
+        "ServerTimeoutError",
+        py.get_type::<pyo3::exceptions::PyTimeoutError>(),
+    )
+}
+
 /// `cellar.dbm.error(msg)`.
 pub(crate) fn dbm_error(msg: String) -> PyErr {
     DbmError_::new_err(msg)
@@ -75,6 +122,20 @@ pub(crate) fn to_py(py: Python<'_>, e: DbmError) -> PyErr {
         e => e,
     };
     let msg = e.to_string();
+    if let Some(kind) = e.server_kind() {
+        use cellar_dbm::ServerErrorKind as K;
+        let cls = match kind {
+            K::Timeout => Some(server_timeout_class(py)),
+            K::Unavailable | K::ConnectionLost | K::Failover => Some(server_conn_class(py)),
+            _ => None,
+        };
+        if let Some(cls) = cls {
+            return match cls {
+                Ok(cls) => PyErr::from_type(cls.clone(), msg),
+                Err(err) => err,
+            };
+        }
+    }
     if matches!(e, DbmError::Corrupt { .. }) {
         return match corrupt_class(py) {
             Ok(cls) => PyErr::from_type(cls.clone(), msg),
@@ -120,6 +181,25 @@ fn backend_of(name: &str) -> PyResult<Backend> {
         .ok_or_else(|| PyValueError::new_err(format!("unknown dbm backend {name:?}")))
 }
 
+/// The value encoding a `("pickle", protocol)` / `("marshal", version)` / `("raw", 0)` tuple
+/// names.
+fn encoding_of(value_encoding: Option<(String, u8)>) -> PyResult<ValueEncoding> {
+    Ok(match value_encoding {
+        None => ValueEncoding::Raw,
+        Some((kind, v)) => match kind.as_str() {
+            "pickle" => ValueEncoding::Pickle { protocol: v },
+            "marshal" => ValueEncoding::Marshal { version: v },
+            "raw" => ValueEncoding::Raw,
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "value_encoding must be ('pickle', protocol), ('marshal', version) or \
+                     ('raw', 0), not ({kind:?}, {v})"
+                )))
+            }
+        },
+    })
+}
+
 /// `_dbm_open(path: bytes, backend: str, flag: str, mode: int, value_encoding=None)`: opens
 /// `path` with one backend (`"dbm.native"`, `"dbm.sqlite3"`, `"dbm.dumb"`, or read-only
 /// `"dbm.gnu"`, `"dbm.ndbm"`), checking `flag` as
@@ -137,20 +217,7 @@ fn _dbm_open(
 ) -> PyResult<PyDatabase> {
     let backend = backend_of(backend)?;
     let flag = backend.parse_flag(flag).map_err(|e| to_py(py, e))?;
-    let encoding = match value_encoding {
-        None => ValueEncoding::Raw,
-        Some((kind, v)) => match kind.as_str() {
-            "pickle" => ValueEncoding::Pickle { protocol: v },
-            "marshal" => ValueEncoding::Marshal { version: v },
-            "raw" => ValueEncoding::Raw,
-            _ => {
-                return Err(PyValueError::new_err(format!(
-                    "value_encoding must be ('pickle', protocol), ('marshal', version) or \
-                     ('raw', 0), not ({kind:?}, {v})"
-                )))
-            }
-        },
-    };
+    let encoding = encoding_of(value_encoding)?;
     let path = path_of(path).to_path_buf();
     if backend == Backend::Sqlite3 {
         // The interpreter's own SQLite, never a second copy in the process: see sqlite_py.
@@ -171,6 +238,38 @@ fn _dbm_open(
         closed: AtomicBool::new(false),
         cursor: Mutex::new(None),
     })
+}
+
+/// `_dbm_open_url(url: str, flag: str, value_encoding=None)`: opens a store on a server
+/// (`redis://`, `redis+cluster://`, `postgresql://`): the scheme names the backend, the flag is
+/// `r`, `w`, `c` or `n` ('n' empties only that namespace). `value_encoding` is recorded in the
+/// metadata of a store this call creates, as for native files.
+#[pyfunction]
+#[pyo3(signature = (url, flag, value_encoding = None))]
+fn _dbm_open_url(
+    py: Python<'_>,
+    url: &str,
+    flag: &str,
+    value_encoding: Option<(String, u8)>,
+) -> PyResult<PyDatabase> {
+    let flag = cellar_dbm::Flag::parse(flag).map_err(|e| to_py(py, e))?;
+    let encoding = encoding_of(value_encoding)?;
+    let url = url.to_string();
+    let db = py
+        .detach(|| cellar_dbm::open_with(&url, flag, cellar_dbm::DEFAULT_MODE, encoding))
+        .map_err(|e| to_py(py, e))?;
+    Ok(PyDatabase {
+        db,
+        sqlite: None,
+        closed: AtomicBool::new(false),
+        cursor: Mutex::new(None),
+    })
+}
+
+/// `_dbm_is_url(s: str)`: whether `s` is a server URL cellar opens.
+#[pyfunction]
+fn _dbm_is_url(s: &str) -> bool {
+    cellar_dbm::is_server_url(s)
 }
 
 /// `_dbm_whichdb(path: bytes)`: CPython's answer (`None`, `""`, or `"dbm.x"`).
@@ -328,6 +427,20 @@ impl PyDatabase {
     /// `error` (as dbm.sqlite3's iterators do) instead of yielding the rest.
     fn __iter__(slf: &Bound<'_, Self>) -> PyResult<PyKeyIter> {
         let py = slf.py();
+        if slf.get().db.backend().kind().is_server() {
+            // Server stores: a page of keys at a time (SCAN / keyset pages), never the whole
+            // namespace in memory.
+            return Ok(PyKeyIter {
+                db: slf.clone().unbind(),
+                keys: Vec::new(),
+                next: AtomicUsize::new(0),
+                damage: std::sync::Mutex::new(None),
+                pages: Some(Mutex::new(Pages {
+                    buf: std::collections::VecDeque::new(),
+                    cursor: Some(Vec::new()),
+                })),
+            });
+        }
         // A damaged record does not hide the intact ones: they are yielded, then the damage is
         // raised (cellar.dbm.error naming its offset and `cellar repair`).
         let (keys, damage) = slf.get().run(py, |db| db.keys_and_damage())?;
@@ -336,6 +449,26 @@ impl PyDatabase {
             keys,
             next: AtomicUsize::new(0),
             damage: std::sync::Mutex::new(damage),
+            pages: None,
+        })
+    }
+
+    /// An iterator over `(key, value)` pairs: on a server store a page at a time (one or two
+    /// round trips per page, never the whole namespace in memory); on a file store over a
+    /// snapshot of `items()`.
+    fn iteritems(slf: &Bound<'_, Self>) -> PyResult<PyItemIter> {
+        let py = slf.py();
+        let db = slf.get();
+        if db.db.backend().kind().is_server() {
+            return Ok(PyItemIter {
+                db: slf.clone().unbind(),
+                state: Mutex::new((std::collections::VecDeque::new(), Some(Vec::new()))),
+            });
+        }
+        let items = db.run(py, |d| d.items())?;
+        Ok(PyItemIter {
+            db: slf.clone().unbind(),
+            state: Mutex::new((items.into_iter().collect(), None)),
         })
     }
 
@@ -526,6 +659,16 @@ pub struct PyKeyIter {
     next: AtomicUsize,
     /// Raised once, after the last intact key.
     damage: std::sync::Mutex<Option<DbmError>>,
+    /// Server stores: keys fetched a page at a time instead of `keys`.
+    pages: Option<Mutex<Pages>>,
+}
+
+/// The paging state of a server store's key iterator.
+struct Pages {
+    /// Keys of the current page not yet yielded.
+    buf: std::collections::VecDeque<Vec<u8>>,
+    /// The cursor of the next page (empty: the first); `None` once the last page is fetched.
+    cursor: Option<Vec<u8>>,
 }
 
 #[pymethods]
@@ -538,6 +681,31 @@ impl PyKeyIter {
         if self.db.get().closed.load(Ordering::SeqCst) {
             return Err(to_py(py, DbmError::Closed));
         }
+        if let Some(pages) = &self.pages {
+            loop {
+                // The lock is never held while the GIL is released (no deadlock with a
+                // thread waiting for the GIL).
+                let cursor = {
+                    let mut p = pages.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(k) = p.buf.pop_front() {
+                        return Ok(Some(PyBytes::new(py, &k)));
+                    }
+                    match p.cursor.take() {
+                        Some(c) => c,
+                        None => return Ok(None),
+                    }
+                };
+                let page = self.db.get().run(py, |db| db.key_page(&cursor))?;
+                let mut p = pages.lock().unwrap_or_else(|e| e.into_inner());
+                match page {
+                    Some((keys, next)) => {
+                        p.buf.extend(keys);
+                        p.cursor = next;
+                    }
+                    None => p.cursor = None,
+                }
+            }
+        }
         let i = self.next.fetch_add(1, Ordering::SeqCst);
         if let Some(k) = self.keys.get(i) {
             return Ok(Some(PyBytes::new(py, k)));
@@ -546,6 +714,54 @@ impl PyKeyIter {
         match damage {
             Some(e) => Err(to_py(py, e)),
             None => Ok(None),
+        }
+    }
+}
+
+/// `db.iteritems()`: `(key, value)` pairs, a page at a time on a server store.
+#[pyclass(frozen, module = "cellar.dbm", name = "ItemIterator")]
+pub struct PyItemIter {
+    db: Py<PyDatabase>,
+    /// Pairs of the current page not yet yielded, and the cursor of the next page (`None`
+    /// once the last page is fetched).
+    #[allow(clippy::type_complexity)]
+    state: Mutex<(
+        std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+        Option<Vec<u8>>,
+    )>,
+}
+
+#[pymethods]
+impl PyItemIter {
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+        loop {
+            if self.db.get().closed.load(Ordering::SeqCst) {
+                return Err(to_py(py, DbmError::Closed));
+            }
+            // The lock is never held while the GIL is released.
+            let cursor = {
+                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((k, v)) = st.0.pop_front() {
+                    return Ok(Some((PyBytes::new(py, &k), PyBytes::new(py, &v))));
+                }
+                match st.1.take() {
+                    Some(c) => c,
+                    None => return Ok(None),
+                }
+            };
+            let page = self.db.get().run(py, |db| db.item_page(&cursor))?;
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((items, next)) = page {
+                st.0.extend(items);
+                st.1 = next;
+            }
         }
     }
 }
@@ -614,10 +830,15 @@ impl PyBatch {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_dbm_open, m)?)?;
     m.add_function(wrap_pyfunction!(_dbm_whichdb, m)?)?;
+    m.add_function(wrap_pyfunction!(_dbm_open_url, m)?)?;
+    m.add_function(wrap_pyfunction!(_dbm_is_url, m)?)?;
     m.add_class::<PyDatabase>()?;
     m.add_class::<PyBatch>()?;
     m.add_class::<PyKeyIter>()?;
+    m.add_class::<PyItemIter>()?;
     m.add("DbmError", m.py().get_type::<DbmError_>())?;
     m.add("DbmCorruptError", corrupt_class(m.py())?)?;
+    m.add("DbmServerConnectionError", server_conn_class(m.py())?)?;
+    m.add("DbmServerTimeoutError", server_timeout_class(m.py())?)?;
     Ok(())
 }

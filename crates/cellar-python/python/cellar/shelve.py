@@ -150,8 +150,20 @@ class Shelf(_ShelfBase, collections.abc.MutableMapping):  # type: ignore[misc,ty
         )
 
     def __iter__(self) -> Iterator[str]:
+        if _on_server(self.dict):
+            # A server store: a page of keys at a time, never the whole namespace in memory.
+            for k in self.dict:
+                yield k.decode(self.keyencoding)
+            return
         for k in self.dict.keys():
             yield k.decode(self.keyencoding)
+
+    def items(self) -> Any:
+        """The ``(key, value)`` view; on a server store without writeback, iterating it fetches
+        a page of pairs per round trip instead of one value per key."""
+        if not self.writeback and _on_server(self.dict):
+            return _PagedItems(self)
+        return super().items()
 
     def _contains(self, key: object) -> bool:
         return key.encode(self.keyencoding) in self.dict  # type: ignore[attr-defined]
@@ -360,6 +372,23 @@ class BsdDbShelf(Shelf):
     def last(self) -> tuple[str, Any]:
         (key, value) = self.dict.last()
         return (key.decode(self.keyencoding), self.deserializer(value))
+
+
+_SERVER_BACKENDS = ("dbm.redis", "dbm.redis_cluster", "dbm.postgresql")
+
+
+def _on_server(db: Any) -> bool:
+    """Whether ``db`` is a cellar database on a server (Redis, Redis Cluster, PostgreSQL)."""
+    return getattr(db, "backend", None) in _SERVER_BACKENDS and hasattr(db, "iteritems")
+
+
+class _PagedItems(collections.abc.ItemsView):  # type: ignore[type-arg]
+    """``Shelf.items()`` on a server store: pairs fetched a page at a time."""
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        shelf = self._mapping
+        for k, v in shelf.dict.iteritems():
+            yield k.decode(shelf.keyencoding), shelf.deserializer(v)
 
 
 class DbfilenameShelf(Shelf):

@@ -12,6 +12,16 @@ routes them to ``cellar.dbm.gnu`` / ``cellar.dbm.ndbm``, which need no C library
 flag on them raises ``error`` naming ``cellar convert``, which migrates them. Database objects are thread safe and release the GIL during I/O; beyond the
 stdlib they have ``batch()`` (a context manager applying its writes as one commit),
 ``compact()`` / ``reorganize()`` and ``stats()``.
+
+Server stores: wherever a path goes, ``open`` also takes a URL — ``redis://[user:pass@]host:port/db
+?prefix=app:``, ``redis+cluster://h1:7000,h2:7001/?prefix=app:`` or
+``postgresql://user@host:5432/dbname?table=name`` — and ``whichdb(url)`` answers
+``'dbm.redis'``, ``'dbm.redis_cluster'`` or ``'dbm.postgresql'`` for a namespace holding a
+cellar store. Flags work as for files (``'n'`` empties only that namespace; ``'r'`` never
+writes). A server that cannot be reached, drops the connection or fails over raises
+``ServerConnectionError`` (also a ``ConnectionError``); one that does not answer in time
+``ServerTimeoutError`` (also a ``TimeoutError``); both are ``error``, and the next call
+reconnects. See docs/servers.md.
 """
 
 from __future__ import annotations
@@ -22,8 +32,11 @@ from typing import Any
 from cellar._cellar import Batch, Database, _dbm_whichdb
 from cellar._cellar import DbmCorruptError as CorruptError
 from cellar._cellar import DbmError as _error
+from cellar._cellar import DbmServerConnectionError as ServerConnectionError
+from cellar._cellar import DbmServerTimeoutError as ServerTimeoutError
+from cellar._cellar import _dbm_is_url, _dbm_open_url
 
-__all__ = ["open", "whichdb", "error"]
+__all__ = ["open", "whichdb", "error", "ServerConnectionError", "ServerTimeoutError"]
 
 #: The writable backends, the default first (the import names of the backend modules).
 _names = ["cellar.dbm.native", "cellar.dbm.sqlite3", "cellar.dbm.dumb"]
@@ -35,6 +48,11 @@ _modules: dict[str, Any] = {}
 _legacy = {"dbm.gnu": "cellar.dbm.gnu", "dbm.ndbm": "cellar.dbm.ndbm"}
 
 error = (_error, OSError)
+
+
+def _is_url(file: Any) -> bool:
+    """Whether ``file`` is a server URL (``redis://``, ``redis+cluster://``, ``postgresql://``)."""
+    return isinstance(file, str) and _dbm_is_url(file)
 
 
 def _fspath(file: Any) -> bytes:
@@ -58,7 +76,12 @@ def _open(
     """CPython's ``dbm.open``, using the ``_names``/``_modules``/``_defaultmod`` of the module
     namespace ``ns`` (so a re-export under another name, such as a test shim, has its own).
     ``value_encoding`` is recorded in a native store this call creates (``cellar.shelve``
-    passes its codec); backends with no header to record it ignore it."""
+    passes its codec); backends with no header to record it ignore it. A server URL opens the
+    store it names (the scheme picks the backend)."""
+    if _is_url(file):
+        if not isinstance(flag, str):
+            flag = repr(flag)
+        return _dbm_open_url(file, flag, value_encoding)
     if ns["_defaultmod"] is None:
         for name in ns["_names"]:
             try:

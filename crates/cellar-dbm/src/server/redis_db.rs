@@ -1,0 +1,776 @@
+//! The Redis backends: one server (`redis://`) or a Redis Cluster (`redis+cluster://`).
+//!
+//! Layout of the store with prefix `P` (default `cellar`):
+//! * `{P}m` — a hash with the metadata: `cellar` (format version), `encoding`, `count` (the
+//!   number of keys, kept exact by the write scripts so `len()` is one `HGET`).
+//! * `{P}k:<key>` — one string per key.
+//!
+//! The braces are a Redis Cluster hash tag: every key of a store hashes to the same slot, so on
+//! a cluster the whole store lives on one master (and its replicas), and every write — a single
+//! insert with its count update, or a whole [`Batch`] — is one Lua script, which Redis runs
+//! atomically on standalone servers and clusters alike. Different stores spread over the
+//! cluster's masters. Iteration is `SCAN` with a cursor on the store's node (`MATCH {P}k:*`),
+//! and values come with `MGET` per page: nothing loads a whole store.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use cellar_engine::ValueEncoding;
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConnection};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, ConnectionLike, FromRedisValue, RedisResult, Script};
+
+use super::{
+    bad_url, encoding_text, parse_encoding, plan, query_pairs, redact_url, seconds, Meta, OpenPlan,
+    ServerErrorKind, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, FORMAT_VERSION,
+};
+use crate::error::{DbmError, Result};
+use crate::flag::{Access, Flag};
+use crate::whichdb::{DbKind, WhichDb};
+use crate::{Backend, Batch, Database, Info, ItemFn};
+
+/// Keys fetched per `SCAN`/`MGET` round trip.
+const PAGE: usize = 1000;
+
+/// Insert one key, keeping the count exact. KEYS: meta, key. ARGV: value.
+const SET_LUA: &str = "\
+local e = redis.call('EXISTS', KEYS[2])
+redis.call('SET', KEYS[2], ARGV[1])
+if e == 0 then redis.call('HINCRBY', KEYS[1], 'count', 1) end
+return e";
+
+/// Delete one key. KEYS: meta, key.
+const DEL_LUA: &str = "\
+local n = redis.call('DEL', KEYS[2])
+if n == 1 then redis.call('HINCRBY', KEYS[1], 'count', -1) end
+return n";
+
+/// A batch. KEYS: meta, key1..keyN. ARGV: op1, value1, ..., opN, valueN ('s' set, 'd' delete).
+const BATCH_LUA: &str = "\
+local d = 0
+for i = 2, #KEYS do
+  local j = 2 * (i - 1)
+  if ARGV[j - 1] == 's' then
+    if redis.call('EXISTS', KEYS[i]) == 0 then d = d + 1 end
+    redis.call('SET', KEYS[i], ARGV[j])
+  else
+    d = d - redis.call('DEL', KEYS[i])
+  end
+end
+if d ~= 0 then redis.call('HINCRBY', KEYS[1], 'count', d) end
+return d";
+
+/// Create the metadata unless present. KEYS: meta. ARGV: format, encoding. Returns 1 if made.
+const CREATE_LUA: &str = "\
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'cellar', ARGV[1], 'encoding', ARGV[2], 'count', 0)
+return 1";
+
+fn script(cell: &'static OnceLock<Script>, src: &str) -> &'static Script {
+    cell.get_or_init(|| Script::new(src))
+}
+static SET_SCRIPT: OnceLock<Script> = OnceLock::new();
+static DEL_SCRIPT: OnceLock<Script> = OnceLock::new();
+static BATCH_SCRIPT: OnceLock<Script> = OnceLock::new();
+static CREATE_SCRIPT: OnceLock<Script> = OnceLock::new();
+
+/// Where to connect.
+enum Target {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// A live connection.
+enum Conn {
+    Single(redis::Connection),
+    Cluster(Box<ClusterConnection>),
+}
+
+impl Conn {
+    fn like(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Conn::Single(c) => c,
+            Conn::Cluster(c) => &mut **c,
+        }
+    }
+
+    /// A command with keys of this store: routed by key on a cluster.
+    fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
+        cmd.query(self.like())
+    }
+
+    /// A keyless command (`SCAN`, `WAIT`) for the node that serves the store's slot.
+    fn node_query<T: FromRedisValue>(&mut self, cmd: &Cmd, route: &Route) -> RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query(c),
+            Conn::Cluster(c) => {
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(*route));
+                let v = c.route_command(cmd, route)?;
+                Ok(T::from_redis_value(v)?)
+            }
+        }
+    }
+}
+
+/// A parsed `redis://` / `redis+cluster://` URL.
+struct Parsed {
+    target: Target,
+    prefix: Vec<u8>,
+    wait: Option<(u32, u64)>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    cluster: bool,
+}
+
+fn parse(url: &str, shown: &str) -> Result<Parsed> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| bad_url(shown, "missing scheme"))?;
+    let scheme = scheme.to_ascii_lowercase();
+    let cluster = scheme.ends_with("+cluster");
+    let tls = scheme.starts_with("rediss");
+    if tls {
+        return Err(bad_url(
+            shown,
+            "rediss:// (TLS) is not built into this cellar: connect through a TLS tunnel \
+             (stunnel, spiped) or over a private network",
+        ));
+    }
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, db_path) = match before_query.find('/') {
+        Some(i) => (&before_query[..i], &before_query[i + 1..]),
+        None => (before_query, ""),
+    };
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+        None => (None, authority),
+    };
+    let mut prefix = b"cellar".to_vec();
+    let mut wait = None;
+    let mut wait_timeout = 1000u64;
+    let mut connect_timeout = DEFAULT_CONNECT_TIMEOUT;
+    let mut response_timeout = DEFAULT_RESPONSE_TIMEOUT;
+    let mut passthrough = Vec::new();
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
+            "prefix" => prefix = v.into_bytes(),
+            "wait" => {
+                wait =
+                    Some(v.parse::<u32>().map_err(|_| {
+                        bad_url(shown, format!("wait={v:?} is not a replica count"))
+                    })?)
+            }
+            "wait_timeout" => {
+                wait_timeout = (seconds(shown, &k, &v)?.as_millis() as u64).max(1);
+            }
+            "connect_timeout" => connect_timeout = seconds(shown, &k, &v)?,
+            "timeout" => response_timeout = seconds(shown, &k, &v)?,
+            "protocol" | "insecure" => passthrough.push(format!("{k}={v}")),
+            _ => {
+                return Err(bad_url(
+                    shown,
+                    format!(
+                        "unknown parameter {k:?} (cellar's Redis URLs take prefix, wait, \
+                         wait_timeout, connect_timeout, timeout)"
+                    ),
+                ))
+            }
+        }
+    }
+    if prefix.is_empty() || prefix.iter().any(|b| *b == b'{' || *b == b'}') {
+        return Err(bad_url(
+            shown,
+            "prefix= must be non-empty and contain no '{' or '}' (it becomes the hash tag {prefix})",
+        ));
+    }
+    // A password from the environment (as redis-cli takes it) when the URL has none.
+    let userinfo = match userinfo {
+        Some(u) if u.contains(':') => Some(u.to_string()),
+        u => match std::env::var("REDISCLI_AUTH") {
+            Ok(pass) if !pass.is_empty() => {
+                let enc: String = url::form_urlencoded::byte_serialize(pass.as_bytes()).collect();
+                Some(format!("{}:{enc}", u.unwrap_or("")))
+            }
+            _ => u.map(str::to_string),
+        },
+    };
+    let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+    let node_url = |host: &str, db: &str| {
+        let mut s = format!("redis://{auth}{host}/{db}");
+        if !passthrough.is_empty() {
+            s.push('?');
+            s.push_str(&passthrough.join("&"));
+        }
+        s
+    };
+    let hosts: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
+    if hosts.is_empty() {
+        return Err(bad_url(shown, "no host"));
+    }
+    // Client errors may quote the URL: never show them, they could carry the password.
+    let client_err = |_e: redis::RedisError| bad_url(shown, "the Redis client rejected the URL");
+    let target = if cluster {
+        if !db_path.is_empty() && db_path != "0" {
+            return Err(bad_url(shown, "a Redis Cluster has only database 0"));
+        }
+        let nodes: Vec<String> = hosts.iter().map(|h| node_url(h, "0")).collect();
+        let client = ClusterClientBuilder::new(nodes)
+            .connection_timeout(connect_timeout)
+            .response_timeout(response_timeout)
+            .retries(3)
+            .build()
+            .map_err(client_err)?;
+        Target::Cluster(client)
+    } else {
+        if hosts.len() != 1 {
+            return Err(bad_url(
+                shown,
+                "redis:// takes one host; use redis+cluster:// for a cluster's seed nodes",
+            ));
+        }
+        Target::Single(redis::Client::open(node_url(hosts[0], db_path)).map_err(client_err)?)
+    };
+    Ok(Parsed {
+        target,
+        prefix,
+        wait: wait.map(|n| (n, wait_timeout)),
+        connect_timeout,
+        response_timeout,
+        cluster,
+    })
+}
+
+/// A store in Redis (see the module documentation).
+pub(crate) struct RedisDb {
+    shown: String,
+    path: PathBuf,
+    target: Target,
+    conn: Mutex<Option<Conn>>,
+    closed: AtomicBool,
+    read_only: bool,
+    cluster: bool,
+    meta_key: Vec<u8>,
+    key_prefix: Vec<u8>,
+    /// The store's slot (every key carries the hash tag `{P}`), on its master.
+    route: Route,
+    wait: Option<(u32, u64)>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    encoding: ValueEncoding,
+}
+
+impl std::fmt::Debug for RedisDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisDb").field("url", &self.shown).finish()
+    }
+}
+
+/// The `DbmError` for a Redis failure. The client's messages name no password (it never puts
+/// credentials in errors); the URL shown is redacted.
+fn map_err(backend: Backend, shown: &str, e: redis::RedisError) -> DbmError {
+    use redis::ErrorKind as K;
+    let text = e.to_string();
+    let kind = if matches!(e.kind(), K::AuthenticationFailed)
+        || e.code().is_some_and(|c| c == "WRONGPASS" || c == "NOAUTH")
+        // A cluster reports each seed node's failure inside one I/O error.
+        || text.contains("AuthenticationFailed")
+        || text.contains("WRONGPASS")
+    {
+        ServerErrorKind::Auth
+    } else if e.is_timeout() {
+        ServerErrorKind::Timeout
+    } else if e.is_connection_refusal() {
+        ServerErrorKind::Unavailable
+    } else if e.is_connection_dropped() || e.is_io_error() {
+        ServerErrorKind::ConnectionLost
+    } else if e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            K::ClusterConnectionNotFound
+                | K::Server(redis::ServerErrorKind::ReadOnly)
+                | K::Server(redis::ServerErrorKind::MasterDown)
+        )
+    {
+        ServerErrorKind::Failover
+    } else {
+        ServerErrorKind::Server
+    };
+    DbmError::Server {
+        backend: backend.name(),
+        kind,
+        target: shown.to_string(),
+        message: text,
+    }
+}
+
+/// Escapes Redis glob characters.
+fn glob_escape(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len() + 2);
+    for &c in b {
+        if matches!(c, b'*' | b'?' | b'[' | b']' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl RedisDb {
+    pub(crate) fn open(url: &str, flag: Flag, encoding: ValueEncoding) -> Result<RedisDb> {
+        let shown = redact_url(url);
+        let p = parse(url, &shown)?;
+        let mut tag = Vec::with_capacity(p.prefix.len() + 4);
+        tag.push(b'{');
+        tag.extend_from_slice(&p.prefix);
+        tag.push(b'}');
+        let mut meta_key = tag.clone();
+        meta_key.push(b'm');
+        let mut key_prefix = tag;
+        key_prefix.extend_from_slice(b"k:");
+        let route = Route::with_key(&meta_key, SlotAddr::Master);
+        let db = RedisDb {
+            path: PathBuf::from(&shown),
+            shown,
+            target: p.target,
+            conn: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            read_only: flag.access() == Access::Read,
+            cluster: p.cluster,
+            meta_key,
+            key_prefix,
+            route,
+            wait: p.wait,
+            connect_timeout: p.connect_timeout,
+            response_timeout: p.response_timeout,
+            encoding,
+        };
+        let meta = db.read_meta()?;
+        let backend = db.backend();
+        let encoding = match plan(meta, flag, &db.shown, backend)? {
+            OpenPlan::Use(e) => e,
+            OpenPlan::Create => {
+                db.with(|c| {
+                    script(&CREATE_SCRIPT, CREATE_LUA)
+                        .key(&db.meta_key)
+                        .arg(FORMAT_VERSION)
+                        .arg(encoding_text(encoding))
+                        .invoke::<i64>(c.like())
+                })?;
+                // Another client may have created it first: use what is there.
+                match db.read_meta()? {
+                    Meta::Store(e) => e,
+                    _ => encoding,
+                }
+            }
+            OpenPlan::Recreate => {
+                db.clear_namespace()?;
+                db.with(|c| {
+                    c.query::<()>(
+                        redis::cmd("HSET")
+                            .arg(&db.meta_key)
+                            .arg("cellar")
+                            .arg(FORMAT_VERSION)
+                            .arg("encoding")
+                            .arg(encoding_text(encoding))
+                            .arg("count")
+                            .arg(0),
+                    )
+                })?;
+                encoding
+            }
+        };
+        Ok(RedisDb { encoding, ..db })
+    }
+
+    /// `whichdb` for a Redis URL.
+    pub(crate) fn detect(url: &str) -> Result<WhichDb> {
+        let shown = redact_url(url);
+        let db = RedisDb::open_probe(url, &shown)?;
+        Ok(match db.read_meta()? {
+            Meta::Store(_) => WhichDb::Kind(if db.cluster {
+                DbKind::RedisCluster
+            } else {
+                DbKind::Redis
+            }),
+            Meta::Foreign => WhichDb::Unknown,
+            Meta::Missing => WhichDb::Unreadable,
+        })
+    }
+
+    fn open_probe(url: &str, shown: &str) -> Result<RedisDb> {
+        // Open read-only without touching metadata: `plan` is not consulted.
+        let p = parse(url, shown)?;
+        let mut meta_key = vec![b'{'];
+        meta_key.extend_from_slice(&p.prefix);
+        meta_key.extend_from_slice(b"}m");
+        let mut key_prefix = meta_key[..meta_key.len() - 1].to_vec();
+        key_prefix.extend_from_slice(b"k:");
+        let route = Route::with_key(&meta_key, SlotAddr::Master);
+        Ok(RedisDb {
+            path: PathBuf::from(shown),
+            shown: shown.to_string(),
+            target: p.target,
+            conn: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            read_only: true,
+            cluster: p.cluster,
+            meta_key,
+            key_prefix,
+            route,
+            wait: None,
+            connect_timeout: p.connect_timeout,
+            response_timeout: p.response_timeout,
+            encoding: ValueEncoding::Raw,
+        })
+    }
+
+    fn connect(&self) -> RedisResult<Conn> {
+        Ok(match &self.target {
+            Target::Single(client) => {
+                let c = client.get_connection_with_timeout(self.connect_timeout)?;
+                c.set_read_timeout(Some(self.response_timeout))?;
+                c.set_write_timeout(Some(self.response_timeout))?;
+                Conn::Single(c)
+            }
+            Target::Cluster(client) => Conn::Cluster(Box::new(client.get_connection()?)),
+        })
+    }
+
+    /// Runs `f` on the connection, connecting first if there is none. On a connection-level
+    /// failure the connection is dropped, so the next call reconnects.
+    fn with<T>(&self, f: impl FnOnce(&mut Conn) -> RedisResult<T>) -> Result<T> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(DbmError::Closed);
+        }
+        let mut g = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(self.connect().map_err(|e| {
+                let mut err = map_err(self.backend(), &self.shown, e);
+                if let DbmError::Server { kind, .. } = &mut err {
+                    if matches!(
+                        *kind,
+                        ServerErrorKind::ConnectionLost | ServerErrorKind::Timeout
+                    ) {
+                        *kind = ServerErrorKind::Unavailable;
+                    }
+                }
+                err
+            })?);
+        }
+        let conn = g.as_mut().ok_or(DbmError::Closed)?;
+        match f(conn) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_unrecoverable_error()
+                    || e.is_cluster_error()
+                    || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+                {
+                    *g = None;
+                }
+                Err(map_err(self.backend(), &self.shown, e))
+            }
+        }
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(DbmError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn data_key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.key_prefix.len() + key.len());
+        k.extend_from_slice(&self.key_prefix);
+        k.extend_from_slice(key);
+        k
+    }
+
+    fn read_meta(&self) -> Result<Meta> {
+        let fields: Vec<(Vec<u8>, Vec<u8>)> =
+            self.with(|c| c.query(redis::cmd("HGETALL").arg(&self.meta_key)))?;
+        if fields.is_empty() {
+            let (_, page) = self.scan_page(0, 10)?;
+            return Ok(if page.is_empty() {
+                Meta::Missing
+            } else {
+                Meta::Foreign
+            });
+        }
+        let get = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name.as_bytes())
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        let Some(version) = get("cellar") else {
+            return Ok(Meta::Foreign);
+        };
+        if version.parse::<u32>().map_or(true, |v| v > FORMAT_VERSION) {
+            return Err(DbmError::Server {
+                backend: self.backend().name(),
+                kind: ServerErrorKind::Server,
+                target: self.shown.clone(),
+                message: format!(
+                    "store format {version} is newer than this cellar reads (up to {FORMAT_VERSION})"
+                ),
+            });
+        }
+        Ok(Meta::Store(
+            get("encoding")
+                .and_then(|e| parse_encoding(&e))
+                .unwrap_or(ValueEncoding::Raw),
+        ))
+    }
+
+    /// One `SCAN` page: the next cursor (0 at the end) and the user keys of this page.
+    fn scan_page(&self, cursor: u64, count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
+        let mut pattern = glob_escape(&self.key_prefix);
+        pattern.push(b'*');
+        let (next, keys): (u64, Vec<Vec<u8>>) = self.with(|c| {
+            c.node_query(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(count),
+                &self.route,
+            )
+        })?;
+        let n = self.key_prefix.len();
+        Ok((
+            next,
+            keys.into_iter()
+                .filter(|k| k.starts_with(&self.key_prefix))
+                .map(|k| k[n..].to_vec())
+                .collect(),
+        ))
+    }
+
+    /// Deletes every key of the namespace, a page at a time ('n').
+    fn clear_namespace(&self) -> Result<()> {
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = self.scan_page(cursor, PAGE)?;
+            if !keys.is_empty() {
+                let mut cmd = redis::cmd("UNLINK");
+                for k in &keys {
+                    cmd.arg(self.data_key(k));
+                }
+                self.with(|c| c.query::<i64>(&cmd))?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        self.with(|c| c.query::<i64>(redis::cmd("UNLINK").arg(&self.meta_key)))?;
+        Ok(())
+    }
+
+    /// With `wait=N`: blocks until N replicas acknowledged the writes so far (`WAIT`), or
+    /// fails with [`ServerErrorKind::NotReplicated`].
+    fn replicate(&self) -> Result<()> {
+        let Some((n, ms)) = self.wait else {
+            return Ok(());
+        };
+        let got: i64 =
+            self.with(|c| c.node_query(redis::cmd("WAIT").arg(n).arg(ms), &self.route))?;
+        if got < i64::from(n) {
+            return Err(DbmError::Server {
+                backend: self.backend().name(),
+                kind: ServerErrorKind::NotReplicated,
+                target: self.shown.clone(),
+                message: format!("{got} of {n} replicas acknowledged within {ms} ms"),
+            });
+        }
+        Ok(())
+    }
+
+    /// One page of keys for cursor-driven iteration: `(next cursor, keys)`; cursor 0 starts,
+    /// and a returned 0 means the end.
+    pub(crate) fn page(&self, cursor: u64) -> Result<(u64, Vec<Vec<u8>>)> {
+        self.scan_page(cursor, PAGE)
+    }
+
+    /// One `SCAN` page with its values (`MGET`; keys deleted in between are left out).
+    #[allow(clippy::type_complexity)]
+    fn items_of_page(&self, cursor: u64) -> Result<(u64, Vec<(Vec<u8>, Vec<u8>)>)> {
+        let (next, keys) = self.scan_page(cursor, PAGE)?;
+        if keys.is_empty() {
+            return Ok((next, Vec::new()));
+        }
+        let mut cmd = redis::cmd("MGET");
+        for k in &keys {
+            cmd.arg(self.data_key(k));
+        }
+        let values: Vec<Option<Vec<u8>>> = self.with(|c| c.query(&cmd))?;
+        Ok((
+            next,
+            keys.into_iter()
+                .zip(values)
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .collect(),
+        ))
+    }
+
+    fn parse_cursor(cursor: &[u8]) -> u64 {
+        std::str::from_utf8(cursor)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Database for RedisDb {
+    fn backend(&self) -> Backend {
+        if self.cluster {
+            Backend::RedisCluster
+        } else {
+            Backend::Redis
+        }
+    }
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let k = self.data_key(key);
+        self.with(|c| c.query(redis::cmd("GET").arg(&k)))
+    }
+    fn insert(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.writable()?;
+        let k = self.data_key(key);
+        self.with(|c| {
+            script(&SET_SCRIPT, SET_LUA)
+                .key(&self.meta_key)
+                .key(&k)
+                .arg(value)
+                .invoke::<i64>(c.like())
+        })?;
+        self.replicate()
+    }
+    fn remove(&self, key: &[u8]) -> Result<bool> {
+        self.writable()?;
+        let k = self.data_key(key);
+        let n: i64 = self.with(|c| {
+            script(&DEL_SCRIPT, DEL_LUA)
+                .key(&self.meta_key)
+                .key(&k)
+                .invoke(c.like())
+        })?;
+        if n == 1 {
+            self.replicate()?;
+        }
+        Ok(n == 1)
+    }
+    fn contains(&self, key: &[u8]) -> Result<bool> {
+        let k = self.data_key(key);
+        let n: i64 = self.with(|c| c.query(redis::cmd("EXISTS").arg(&k)))?;
+        Ok(n == 1)
+    }
+    fn len(&self) -> Result<usize> {
+        let n: Option<i64> =
+            self.with(|c| c.query(redis::cmd("HGET").arg(&self.meta_key).arg("count")))?;
+        Ok(n.unwrap_or(0).max(0) as usize)
+    }
+    fn keys(&self) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = self.scan_page(cursor, PAGE)?;
+            out.extend(keys);
+            if next == 0 {
+                // SCAN may return a key twice (during a rehash): a snapshot lists it once.
+                out.sort_unstable();
+                out.dedup();
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+    fn for_each(&self, f: &mut ItemFn<'_>) -> Result<()> {
+        let mut cursor = 0;
+        loop {
+            let (next, items) = self.items_of_page(cursor)?;
+            for (k, v) in &items {
+                f(k, v)?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+    fn batch(&self, batch: &Batch) -> Result<()> {
+        self.writable()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let s = script(&BATCH_SCRIPT, BATCH_LUA);
+        let mut inv = s.key(&self.meta_key);
+        for (k, v) in batch.ops() {
+            inv.key(self.data_key(k));
+            match v {
+                Some(v) => inv.arg("s").arg(v.as_slice()),
+                None => inv.arg("d").arg(""),
+            };
+        }
+        self.with(|c| inv.invoke::<i64>(c.like()))?;
+        self.replicate()
+    }
+    fn sync(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.replicate()
+    }
+    fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Ok(())
+    }
+    fn compact(&self) -> Result<()> {
+        // Redis frees memory itself (and rewrites its AOF in the background): nothing to do.
+        self.writable()?;
+        self.with(|c| c.query::<String>(&redis::cmd("PING")))
+            .map(|_| ())
+    }
+    fn info(&self) -> Result<Info> {
+        Ok(Info {
+            backend: self.backend(),
+            keys: self.len()? as u64,
+            file_bytes: 0,
+            live_bytes: 0,
+        })
+    }
+    fn value_encoding(&self) -> Option<ValueEncoding> {
+        Some(self.encoding)
+    }
+    fn key_page(&self, cursor: &[u8]) -> Result<Option<(Vec<Vec<u8>>, Option<Vec<u8>>)>> {
+        let (next, keys) = self.page(RedisDb::parse_cursor(cursor))?;
+        Ok(Some((
+            keys,
+            (next != 0).then(|| next.to_string().into_bytes()),
+        )))
+    }
+    fn item_page(
+        &self,
+        cursor: &[u8],
+    ) -> Result<Option<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)>> {
+        let (next, items) = self.items_of_page(RedisDb::parse_cursor(cursor))?;
+        Ok(Some((
+            items,
+            (next != 0).then(|| next.to_string().into_bytes()),
+        )))
+    }
+}

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Real servers for cellar's server-backend tests, on 127.0.0.1 only, in a temporary directory:
+#   * one Redis (appendonly yes, appendfsync everysec),
+#   * a Redis Cluster of 3 masters with 1 replica each (cluster-node-timeout 2000 ms),
+#   * one PostgreSQL (initdb as the unprivileged `postgres` user when run as root; password
+#     authentication, the password handed over in PGPASSWORD, never in a URL).
+# Installs Debian's redis-server and postgresql with apt-get when they are missing.
+#
+#   scripts/servers.sh start DIR          start everything under DIR (created), write DIR/env
+#   scripts/servers.sh env DIR            print the `export` lines (CELLAR_TEST_REDIS_URL,
+#                                         CELLAR_TEST_REDIS_CLUSTER_URL, CELLAR_TEST_POSTGRES_URL,
+#                                         CELLAR_TEST_REDIS_CLUSTER_PORTS, CELLAR_TEST_SERVERS_DIR,
+#                                         PGPASSWORD)
+#   scripts/servers.sh stop DIR           stop everything and remove DIR
+#   scripts/servers.sh restart-pg DIR     stop PostgreSQL (fast: open transactions roll back)
+#                                         and start it again (the fault tests)
+#   scripts/servers.sh start-redis-node DIR PORT   restart a cluster node that a test killed
+#
+# Needs no stdin; used by scripts/test.sh, which stops the servers on exit (trap).
+set -euo pipefail
+cmd=${1:-}
+DIR=${2:-}
+[ -n "$cmd" ] && [ -n "$DIR" ] || { sed -n '2,20p' "$0"; exit 2; }
+
+as_postgres() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+pg_bin() {
+    local d
+    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    [ -n "$d" ] && [ -x "$d/initdb" ] && { echo "$d"; return; }
+    command -v initdb >/dev/null && { dirname "$(command -v initdb)"; return; }
+    return 1
+}
+
+install_missing() {
+    local pkgs=()
+    command -v redis-server >/dev/null && command -v redis-cli >/dev/null || pkgs+=(redis-server)
+    pg_bin >/dev/null || pkgs+=(postgresql)
+    [ ${#pkgs[@]} -eq 0 ] && return
+    echo "servers: installing ${pkgs[*]} (apt-get)"
+    local sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo -n)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" apt-get install -y -qq "${pkgs[@]}" >/dev/null
+}
+
+# N free TCP ports on 127.0.0.1 whose +10000 (Redis Cluster bus) ports are free too.
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+n, out, held = int(sys.argv[1]), [], []
+while len(out) < n:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
+    if p + 10000 > 65535:
+        s.close(); continue
+    b = socket.socket()
+    try:
+        b.bind(("127.0.0.1", p + 10000))
+    except OSError:
+        s.close(); b.close(); continue
+    held += [s, b]; out.append(p)
+print(" ".join(map(str, out)))
+EOF
+}
+
+redis_node() { # DIR NAME PORT [extra args]
+    local d=$1/$2 port=$3
+    shift 3
+    mkdir -p "$d"
+    redis-server --bind 127.0.0.1 --port "$port" --dir "$d" --daemonize yes \
+        --pidfile "$d/redis.pid" --logfile "$d/redis.log" --save "" \
+        --appendonly yes --appendfsync everysec "$@"
+}
+
+wait_redis() { # PORT
+    for _ in $(seq 100); do
+        redis-cli -p "$1" ping 2>/dev/null | grep -q PONG && return 0
+        sleep 0.1
+    done
+    echo "servers: redis on port $1 did not start" >&2
+    return 1
+}
+
+cluster_node() { # DIR PORT
+    redis_node "$1" "cluster-$2" "$2" --cluster-enabled yes \
+        --cluster-config-file "$1/cluster-$2/nodes.conf" --cluster-node-timeout 2000
+}
+
+start() {
+    install_missing
+    mkdir -p "$DIR"
+    chmod 755 "$DIR"
+    local ports
+    read -r -a ports <<<"$(free_ports 8)"
+    local rport=${ports[0]} pgport=${ports[7]}
+    local cports=("${ports[@]:1:6}")
+
+    redis_node "$DIR" redis "$rport"
+    for p in "${cports[@]}"; do cluster_node "$DIR" "$p"; done
+    wait_redis "$rport"
+    for p in "${cports[@]}"; do wait_redis "$p"; done
+    local nodes=()
+    for p in "${cports[@]}"; do nodes+=("127.0.0.1:$p"); done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$DIR/cluster-create.log" 2>&1 \
+        || { cat "$DIR/cluster-create.log" >&2; return 1; }
+    local ok=0
+    for _ in $(seq 200); do
+        ok=1
+        for p in "${cports[@]}"; do
+            redis-cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || ok=0
+        done
+        [ $ok = 1 ] && break
+        sleep 0.1
+    done
+    [ $ok = 1 ] || { echo "servers: the Redis Cluster did not reach state ok" >&2; return 1; }
+
+    local bin pw
+    bin=$(pg_bin)
+    pw=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+    mkdir -p "$DIR/pg" "$DIR/pg-sock"
+    printf '%s\n' "$pw" >"$DIR/pg-pw"
+    if [ "$(id -u)" = 0 ]; then chown -R postgres: "$DIR/pg" "$DIR/pg-sock" "$DIR/pg-pw"; fi
+    chmod 700 "$DIR/pg"
+    as_postgres "$bin/initdb" -D "$DIR/pg/data" -U postgres -A scram-sha-256 \
+        --pwfile="$DIR/pg-pw" --no-sync >"$DIR/pg/initdb.log" 2>&1 \
+        || { cat "$DIR/pg/initdb.log" >&2; return 1; }
+    rm -f "$DIR/pg-pw"
+    cat >>"$DIR/pg/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $pgport
+unix_socket_directories = '$DIR/pg-sock'
+fsync = on
+synchronous_commit = on
+max_connections = 100
+EOF
+    as_postgres "$bin/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/log" -w -t 60 start >/dev/null
+    {
+        echo "export CELLAR_TEST_SERVERS_DIR='$DIR'"
+        echo "export CELLAR_TEST_REDIS_URL='redis://127.0.0.1:$rport/0'"
+        echo "export CELLAR_TEST_REDIS_CLUSTER_URL='redis+cluster://127.0.0.1:${cports[0]},127.0.0.1:${cports[1]}/'"
+        echo "export CELLAR_TEST_REDIS_CLUSTER_PORTS='${cports[*]}'"
+        echo "export CELLAR_TEST_POSTGRES_URL='postgresql://postgres@127.0.0.1:$pgport/postgres'"
+        echo "export PGPASSWORD='$pw'"
+    } >"$DIR/env"
+    chmod 600 "$DIR/env"
+    echo "$rport" >"$DIR/redis-port"
+    echo "${cports[*]}" >"$DIR/cluster-ports"
+    echo "servers: redis 127.0.0.1:$rport, cluster 127.0.0.1:{${cports[*]// /,}}, postgresql 127.0.0.1:$pgport ($bin)"
+}
+
+stop() {
+    [ -d "$DIR" ] || return 0
+    for pidfile in "$DIR"/redis/redis.pid "$DIR"/cluster-*/redis.pid; do
+        [ -f "$pidfile" ] || continue
+        kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    if [ -f "$DIR/pg/data/postmaster.pid" ]; then
+        local bin
+        bin=$(pg_bin)
+        as_postgres "$bin/pg_ctl" -D "$DIR/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$DIR"
+}
+
+case "$cmd" in
+    start) start ;;
+    env) cat "$DIR/env" ;;
+    stop) stop ;;
+    restart-pg)
+        bin=$(pg_bin)
+        as_postgres "$bin/pg_ctl" -D "$DIR/pg/data" -m fast -w stop >/dev/null
+        as_postgres "$bin/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/log" -w -t 60 start >/dev/null
+        ;;
+    start-redis-node)
+        port=${3:?port}
+        cluster_node "$DIR" "$port"
+        wait_redis "$port"
+        ;;
+    *) echo "unknown command $cmd" >&2; exit 2 ;;
+esac
