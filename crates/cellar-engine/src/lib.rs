@@ -22,6 +22,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+mod block;
 mod codec;
 mod crc;
 mod error;
