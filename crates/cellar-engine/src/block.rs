@@ -3,9 +3,7 @@
 //! the store's own records; the block index (one separator key per block) with a Bloom filter
 //! over every key; and a cache of decompressed, parsed blocks with hit/miss counters.
 //!
-//! Pure encoding, decoding and caching: no file I/O. Nothing in the store uses this module yet
-//! (section 10.9 of the format doc says what is left).
-#![allow(dead_code)]
+//! Pure encoding, decoding and caching: no file I/O (the store writes and reads the records).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -267,6 +265,7 @@ impl Block {
     }
 
     /// No entries.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }
@@ -274,11 +273,6 @@ impl Block {
     /// Bytes held in memory (for the cache budget).
     pub fn mem_bytes(&self) -> usize {
         self.data.capacity() + self.spans.capacity() * 12 + 64
-    }
-
-    fn key(&self, i: usize) -> &[u8] {
-        let (k0, k1, _) = self.spans[i];
-        &self.data[k0 as usize..k1 as usize]
     }
 
     /// The `i`-th entry.
@@ -302,11 +296,6 @@ impl Block {
     /// The entries in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         (0..self.spans.len()).map(|i| self.entry(i))
-    }
-
-    /// The first key (None if empty).
-    pub fn first_key(&self) -> Option<&[u8]> {
-        (!self.spans.is_empty()).then(|| self.key(0))
     }
 }
 
@@ -436,6 +425,8 @@ impl BlockIndex {
     }
 
     /// Decodes a BLOCKINDEX payload; `None` if it is inconsistent.
+    // `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
+    #[allow(clippy::manual_is_multiple_of)]
     pub fn decode(b: &[u8]) -> Option<BlockIndex> {
         let n = u64le(b.get(0..8)?);
         let entries = u64le(b.get(8..16)?);
@@ -475,11 +466,7 @@ impl BlockIndex {
         let flen = u64le(b.get(pos + 8..pos + 16)?);
         pos += 16;
         let rest = b.get(pos..)?;
-        if flen != rest.len() as u64
-            || flen == 0
-            || !flen.is_multiple_of(8)
-            || !(1..=30).contains(&hashes)
-        {
+        if flen != rest.len() as u64 || flen == 0 || flen % 8 != 0 || !(1..=30).contains(&hashes) {
             return None;
         }
         let bits = rest.chunks_exact(8).map(u64le).collect();

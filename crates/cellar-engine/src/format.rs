@@ -8,7 +8,13 @@ pub const MAGIC: &[u8; 8] = b"CELLARKV";
 /// Format version this build writes (and the newest it reads). Version 1 files are read, and
 /// upgraded to 2 (a header rewrite) by the first writer that opens them (docs/engine-format.md,
 /// section 9).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// The version written for a file without a compact section: such a file is exactly a
+/// version 2 file, readable by version 2 code.
+pub const PLAIN_VERSION: u32 = 2;
+/// `incompat_flags` bit: the file has a compact section (docs/engine-format.md section 10);
+/// code that does not know it must refuse the file (its hash index misses every compact key).
+pub const INCOMPAT_COMPACT: u32 = 0x1;
 /// Offset of the first record.
 pub const LOG_START: u64 = 4096;
 /// Size of the static header.
@@ -40,6 +46,10 @@ pub const K_DELETE: u8 = 2;
 pub const K_INDEX: u8 = 3;
 pub const K_DICT: u8 = 4;
 pub const K_SUPERSEDED: u8 = 5;
+pub const K_BLOCK: u8 = 6;
+pub const K_BLOCKINDEX: u8 = 7;
+/// The largest known record kind.
+const K_LAST: u8 = K_BLOCKINDEX;
 
 /// Record flags.
 pub const F_CONT: u8 = 0x01;
@@ -123,13 +133,20 @@ pub struct StaticHeader {
     pub compression: Compression,
     pub generation: u64,
     pub dict_offset: u64,
+    /// Offset of the BLOCKINDEX record of the compact section (0 = none).
+    pub compact_offset: u64,
 }
 
 impl StaticHeader {
     pub fn encode(&self) -> [u8; STATIC_LEN] {
         let mut b = [0u8; STATIC_LEN];
         b[0..8].copy_from_slice(MAGIC);
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        if self.compact_offset != 0 {
+            b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+            b[12..16].copy_from_slice(&INCOMPAT_COMPACT.to_le_bytes());
+        } else {
+            b[8..12].copy_from_slice(&PLAIN_VERSION.to_le_bytes());
+        }
         let ve = self.value_encoding.to_bytes();
         b[16] = ve[0];
         b[17] = ve[1];
@@ -147,6 +164,7 @@ impl StaticHeader {
         }
         b[24..32].copy_from_slice(&self.generation.to_le_bytes());
         b[32..40].copy_from_slice(&self.dict_offset.to_le_bytes());
+        b[40..48].copy_from_slice(&self.compact_offset.to_le_bytes());
         let crc = crc32c::crc32c(&b[0..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
@@ -170,8 +188,12 @@ impl StaticHeader {
         }
         let version = u32le(&b[8..12]);
         let flags = u32le(&b[12..16]);
-        if version > FORMAT_VERSION || version == 0 || flags != 0 {
+        if version > FORMAT_VERSION || version == 0 || flags & !INCOMPAT_COMPACT != 0 {
             return Ok(Err(Error::UnsupportedVersion { version, flags }));
+        }
+        let compact_offset = u64le(&b[40..48]);
+        if (flags & INCOMPAT_COMPACT != 0) != (compact_offset != 0) {
+            return Err("header's compact-section flag and offset disagree".into());
         }
         let compression = match (b[18], b[20]) {
             (0, _) => Compression::None,
@@ -184,6 +206,7 @@ impl StaticHeader {
             compression,
             generation: u64le(&b[24..32]),
             dict_offset: u64le(&b[32..40]),
+            compact_offset,
         }))
     }
 
@@ -198,7 +221,10 @@ impl StaticHeader {
     /// The settings of a header whose magic or checksum is damaged, when its fields still look
     /// plausible (used by repair; `None` if they do not).
     pub fn salvage(b: &[u8]) -> Option<(ValueEncoding, Compression)> {
-        if b.len() < STATIC_LEN || !matches!(u32le(&b[8..12]), 1 | 2) || u32le(&b[12..16]) != 0 {
+        if b.len() < STATIC_LEN
+            || !matches!(u32le(&b[8..12]), 1..=3)
+            || u32le(&b[12..16]) & !INCOMPAT_COMPACT != 0
+        {
             return None;
         }
         let compression = match (b[18], b[20]) {
@@ -428,7 +454,7 @@ pub enum HeaderParse {
 pub fn parse_header(b: &[u8]) -> HeaderParse {
     if b.len() < 8 {
         // Could still be valid; but reject obviously bad kind/flags early.
-        if b.len() >= 5 && !(K_PUT..=K_SUPERSEDED).contains(&b[4]) {
+        if b.len() >= 5 && !(K_PUT..=K_LAST).contains(&b[4]) {
             return HeaderParse::Invalid("unknown record kind");
         }
         if b.len() >= 6 && b[5] & !F_KNOWN != 0 {
@@ -438,7 +464,7 @@ pub fn parse_header(b: &[u8]) -> HeaderParse {
     }
     let kind = b[4];
     let flags = b[5];
-    if !(K_PUT..=K_SUPERSEDED).contains(&kind) {
+    if !(K_PUT..=K_LAST).contains(&kind) {
         return HeaderParse::Invalid("unknown record kind");
     }
     if flags & !F_KNOWN != 0 {
@@ -574,6 +600,14 @@ mod tests {
             compression: Compression::ZstdDict { level: -3 },
             generation: 9,
             dict_offset: 4096,
+            compact_offset: 0,
+        };
+        let b = h.encode();
+        assert_eq!(StaticHeader::version_of(&b), PLAIN_VERSION);
+        assert_eq!(StaticHeader::decode(&b).unwrap().unwrap(), h);
+        let h = StaticHeader {
+            compact_offset: 9000,
+            ..h
         };
         let b = h.encode();
         assert_eq!(StaticHeader::decode(&b).unwrap().unwrap(), h);

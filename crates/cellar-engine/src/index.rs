@@ -175,6 +175,17 @@ impl Table {
         }
     }
 
+    /// Number of live slots.
+    pub fn live_slots(&self) -> u64 {
+        self.slots
+            .iter()
+            .filter(|s| {
+                let v = s.load(Ordering::Relaxed);
+                v != EMPTY && v != TOMB
+            })
+            .count() as u64
+    }
+
     /// All live offsets (snapshot).
     pub fn offsets(&self) -> Vec<u64> {
         self.slots

@@ -11,6 +11,10 @@ use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
 
+use crate::block::{
+    train_dict, Block, BlockBuilder, BlockCache, BlockCodec, BlockIndex, BlockRef, RawBlock,
+    DEFAULT_BLOCK_BYTES, MAX_BLOCK_ENTRY,
+};
 use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::format::*;
@@ -42,6 +46,12 @@ pub struct Options {
     pub compact_min_bytes: u64,
     /// Write an index checkpoint after this many new log bytes (bounds replay after a crash).
     pub checkpoint_bytes: u64,
+    /// Compaction writes the live records as a compact section: key-sorted zstd blocks with a
+    /// trained dictionary (docs/engine-format.md section 10). The file then needs this version
+    /// of cellar to be read.
+    pub compact_form: bool,
+    /// Bytes of decompressed blocks of the compact section kept in memory.
+    pub block_cache_bytes: usize,
 }
 
 impl Default for Options {
@@ -57,6 +67,8 @@ impl Default for Options {
             compact_ratio: 0.5,
             compact_min_bytes: 64 << 20,
             checkpoint_bytes: 256 << 20,
+            compact_form: false,
+            block_cache_bytes: 32 << 20,
         }
     }
 }
@@ -115,6 +127,18 @@ pub struct Stats {
     pub recovered_tail_bytes: u64,
     /// The store has a trained zstd dictionary.
     pub has_dictionary: bool,
+    /// Bytes of the zstd dictionary (0 = none).
+    pub dictionary_bytes: u64,
+    /// Blocks in the compact section (0 = the store has none).
+    pub compact_blocks: u64,
+    /// Entries in the compact section (including those replaced or deleted since).
+    pub compact_entries: u64,
+    /// Lookups of compact data served by the block cache.
+    pub block_cache_hits: u64,
+    /// Lookups of compact data that decompressed a block.
+    pub block_cache_misses: u64,
+    /// Decompressed bytes held by the block cache.
+    pub block_cache_bytes: u64,
 }
 
 /// One damaged region found by [`Store::check`].
@@ -231,6 +255,20 @@ struct Gen {
     seen_hint: Mutex<(u64, u64)>,
     /// What the log holds (count and checksum of its records) and the newest slot.
     track: Mutex<Track>,
+    /// The compact section (docs/engine-format.md section 10), if the file has one.
+    compact: Option<CompactTier>,
+    /// With a compact section: live slots of the hash index (PUTs and DELETE shadows), which
+    /// sizes the table (`keys` counts the compact keys too).
+    slots: AtomicU64,
+}
+
+/// The compact section of a file generation: its block index, the codec of its blocks and the
+/// store's block cache.
+#[derive(Debug)]
+struct CompactTier {
+    index: BlockIndex,
+    codec: BlockCodec,
+    cache: Arc<BlockCache>,
 }
 
 /// The writer's account of the log: what the next checkpoint slot records.
@@ -438,15 +476,138 @@ impl Gen {
         table.probe(hash, |off| self.key_matches(off, key))
     }
 
+    /// What sizes the hash index: its live slots. Without a compact section every live slot
+    /// is a key; with one, `keys` also counts the compact keys, which have no slot.
+    fn table_load(&self) -> u64 {
+        if self.compact.is_some() {
+            self.slots.load(Ordering::Relaxed)
+        } else {
+            self.keys.load(Ordering::Relaxed)
+        }
+    }
+
     fn grow_if_needed(&self) -> Result<()> {
         let t = self.index.load();
-        let keys = self.keys.load(Ordering::Relaxed);
-        if t.needs_grow(keys, self.tombs.load(Ordering::Relaxed)) {
-            let nt = t.rebuilt(keys, |off| self.key_hash_at(off))?;
+        let load = self.table_load();
+        if t.needs_grow(load, self.tombs.load(Ordering::Relaxed)) {
+            let nt = t.rebuilt(load, |off| self.key_hash_at(off))?;
             self.index.store(Arc::new(nt));
             self.tombs.store(0, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Whether the record a slot points at is a DELETE shadowing a compact key (only files
+    /// with a compact section have such slots).
+    fn is_shadow(&self, off: u64) -> Result<bool> {
+        if self.compact.is_none() {
+            return Ok(false);
+        }
+        let (h, _) = read_header(&*self.storage, off, self.limit())?;
+        Ok(h.kind == K_DELETE)
+    }
+
+    /// The decompressed block `r` of the compact section: from the cache, or read (its record
+    /// checksum verified), decompressed and parsed, then cached.
+    fn compact_block(&self, ct: &CompactTier, r: &BlockRef) -> Result<Arc<Block>> {
+        ct.cache
+            .get_or_load((self.header.generation, r.offset), || {
+                self.load_block(ct, r)
+            })
+    }
+
+    /// Reads, verifies and decompresses block `r` without the cache (walks and compaction).
+    fn load_block(&self, ct: &CompactTier, r: &BlockRef) -> Result<Block> {
+        match read_record(&*self.storage, r.offset, self.limit()) {
+            Ok((h, body)) if h.kind == K_BLOCK => ct.codec.decode(&body, r.offset),
+            Ok(_) => Err(Error::corrupt(
+                r.offset,
+                "the block index points at a record that is not a compressed block",
+            )),
+            Err(Error::Corrupt { offset, reason }) => Err(Error::corrupt(
+                offset,
+                format!(
+                    "the compressed block of {} entries up to key {} is damaged ({reason}); \
+                     every other block stays readable, cellar repair salvages them",
+                    r.entries,
+                    show_key(&r.last_key)
+                ),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The keys of the hash index snapshot `offsets` (PUT records and DELETE shadows), which
+    /// hide the compact entries of the same key. Empty without a compact section. A record
+    /// that fails its checksum is left out (the walk of the log tier reports it).
+    fn shadowed_keys(&self, offsets: &[u64]) -> Result<std::collections::HashSet<Vec<u8>>> {
+        let mut set = std::collections::HashSet::new();
+        if self.compact.is_none() {
+            return Ok(set);
+        }
+        let limit = self.limit();
+        for &off in offsets {
+            match read_record(&*self.storage, off, limit) {
+                Ok((h, mut body)) => {
+                    body.truncate(h.key_len as usize);
+                    set.insert(body);
+                }
+                Err(Error::Corrupt { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(set)
+    }
+
+    /// Calls `f` for every visible entry of the compact section (not hidden by the hash index
+    /// snapshot `offsets`), block by block without filling the cache; a damaged block is added
+    /// to `damage` and the walk goes on.
+    fn walk_compact(
+        &self,
+        offsets: &[u64],
+        damage: &mut WalkDamage,
+        mut f: impl FnMut(&[u8], &[u8]),
+    ) -> Result<()> {
+        let Some(ct) = &self.compact else {
+            return Ok(());
+        };
+        let shadow = self.shadowed_keys(offsets)?;
+        for r in &ct.index.blocks {
+            match self.load_block(ct, r) {
+                Ok(b) => {
+                    for (k, v) in b.iter() {
+                        if !shadow.contains(k) {
+                            f(k, v);
+                        }
+                    }
+                }
+                Err(e @ Error::Corrupt { .. }) => damage.add(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of `key` in the compact section (ignoring the hash index).
+    fn compact_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some(ct) = &self.compact else {
+            return Ok(None);
+        };
+        let Some(r) = ct.index.block_for(key) else {
+            return Ok(None);
+        };
+        Ok(self.compact_block(ct, r)?.get(key).map(<[u8]>::to_vec))
+    }
+
+    /// Whether the compact section holds `key` (ignoring the hash index).
+    fn compact_has(&self, key: &[u8]) -> Result<bool> {
+        let Some(ct) = &self.compact else {
+            return Ok(false);
+        };
+        let Some(r) = ct.index.block_for(key) else {
+            return Ok(false);
+        };
+        Ok(self.compact_block(ct, r)?.get(key).is_some())
     }
 
     /// Points `key` at the PUT record at `off` (single writer of this index only).
@@ -456,8 +617,13 @@ impl Gen {
         let t = self.index.load();
         match self.probe(&t, hash, key)? {
             Probe::Found { slot, offset } => {
+                let shadow = self.is_shadow(offset)?;
                 let old = self.sizes_at(offset)?;
                 t.set(slot, hash, off);
+                if shadow {
+                    // A key deleted from the compact section comes back.
+                    self.keys.fetch_add(1, Ordering::Relaxed);
+                }
                 self.live_bytes.fetch_sub(old.total, Ordering::Relaxed);
                 self.raw_value_bytes.fetch_sub(old.raw, Ordering::Relaxed);
                 self.stored_value_bytes
@@ -467,11 +633,15 @@ impl Gen {
                 insert_at,
                 reuses_tomb,
             } => {
+                let in_compact = self.compact_has(key)?;
                 t.set(insert_at, hash, off);
                 if reuses_tomb {
                     self.tombs.fetch_sub(1, Ordering::Relaxed);
                 }
-                self.keys.fetch_add(1, Ordering::Relaxed);
+                self.slots.fetch_add(1, Ordering::Relaxed);
+                if !in_compact {
+                    self.keys.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         self.live_bytes.fetch_add(sizes.total, Ordering::Relaxed);
@@ -481,14 +651,27 @@ impl Gen {
         Ok(())
     }
 
-    fn apply_delete(&self, key: &[u8]) -> Result<bool> {
+    /// Deletes `key` by the DELETE record at `off` (of size `sizes`); returns whether it was
+    /// present. A key of the compact section keeps a slot pointing at the DELETE record (a
+    /// shadow), so that the compact entry stays hidden.
+    fn apply_delete(&self, key: &[u8], off: u64, sizes: RecSizes) -> Result<bool> {
+        self.grow_if_needed()?;
         let hash = hash_key(key);
         let t = self.index.load();
         match self.probe(&t, hash, key)? {
             Probe::Found { slot, offset } => {
+                if self.is_shadow(offset)? {
+                    return Ok(false);
+                }
                 let old = self.sizes_at(offset)?;
-                t.remove(slot);
-                self.tombs.fetch_add(1, Ordering::Relaxed);
+                if self.compact_has(key)? {
+                    t.set(slot, hash, off);
+                    self.live_bytes.fetch_add(sizes.total, Ordering::Relaxed);
+                } else {
+                    t.remove(slot);
+                    self.tombs.fetch_add(1, Ordering::Relaxed);
+                    self.slots.fetch_sub(1, Ordering::Relaxed);
+                }
                 self.keys.fetch_sub(1, Ordering::Relaxed);
                 self.live_bytes.fetch_sub(old.total, Ordering::Relaxed);
                 self.raw_value_bytes.fetch_sub(old.raw, Ordering::Relaxed);
@@ -496,7 +679,22 @@ impl Gen {
                     .fetch_sub(old.stored, Ordering::Relaxed);
                 Ok(true)
             }
-            Probe::Missing { .. } => Ok(false),
+            Probe::Missing {
+                insert_at,
+                reuses_tomb,
+            } => {
+                if !self.compact_has(key)? {
+                    return Ok(false);
+                }
+                t.set(insert_at, hash, off);
+                if reuses_tomb {
+                    self.tombs.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.slots.fetch_add(1, Ordering::Relaxed);
+                self.keys.fetch_sub(1, Ordering::Relaxed);
+                self.live_bytes.fetch_add(sizes.total, Ordering::Relaxed);
+                Ok(true)
+            }
         }
     }
 
@@ -548,11 +746,16 @@ impl Gen {
                 }
                 return Ok(false);
             }
-            if h.kind != K_PUT {
-                return Err(Error::corrupt(off, "index points at a non-PUT record"));
-            }
             if !verify(&h, rec) {
                 return Err(damaged_record(off, key));
+            }
+            if h.kind != K_PUT {
+                if h.kind == K_DELETE && self.compact.is_some() {
+                    // Deleted since the compaction: the compact section is not asked.
+                    found = None;
+                    return Ok(true);
+                }
+                return Err(Error::corrupt(off, "index points at a non-PUT record"));
             }
             found = Some(if h.flags & F_ZSTD != 0 {
                 self.codec.decompress(h.flags, &rec[k1..], off)?
@@ -561,21 +764,26 @@ impl Gen {
             });
             Ok(true)
         })?;
-        Ok(match probe {
-            Probe::Found { .. } => found,
-            Probe::Missing { .. } => None,
-        })
+        match probe {
+            Probe::Found { .. } => Ok(found),
+            Probe::Missing { .. } => self.compact_get(key),
+        }
     }
 
-    fn contains(&self, key: &[u8]) -> Result<Option<u64>> {
+    fn contains(&self, key: &[u8]) -> Result<bool> {
         let t = self.index.load();
-        Ok(match self.probe(&t, hash_key(key), key)? {
-            Probe::Found { offset, .. } => Some(offset),
-            Probe::Missing { .. } => None,
-        })
+        match self.probe(&t, hash_key(key), key)? {
+            Probe::Found { offset, .. } => Ok(!self.is_shadow(offset)?),
+            Probe::Missing { .. } => self.compact_has(key),
+        }
     }
 
     fn stats(&self) -> Stats {
+        let cache = self
+            .compact
+            .as_ref()
+            .map(|c| c.cache.stats())
+            .unwrap_or_default();
         let end = self.limit();
         let live = self.live_bytes.load(Ordering::Relaxed);
         let raw = self.raw_value_bytes.load(Ordering::Relaxed);
@@ -607,7 +815,23 @@ impl Gen {
             },
             generation: self.header.generation,
             recovered_tail_bytes: self.recovered_tail,
-            has_dictionary: self.codec.has_dict(),
+            has_dictionary: self.codec.has_dict()
+                || self
+                    .compact
+                    .as_ref()
+                    .is_some_and(|c| c.codec.dict_len() > 0),
+            dictionary_bytes: self
+                .compact
+                .as_ref()
+                .map_or(0, |c| c.codec.dict_len() as u64),
+            compact_blocks: self
+                .compact
+                .as_ref()
+                .map_or(0, |c| c.index.blocks.len() as u64),
+            compact_entries: self.compact.as_ref().map_or(0, |c| c.index.entries),
+            block_cache_hits: cache.hits,
+            block_cache_misses: cache.misses,
+            block_cache_bytes: cache.bytes,
         }
     }
 }
@@ -736,7 +960,7 @@ fn replay(g: &Gen, from: u64, to: u64, skip: Option<(u64, u64)>) -> Result<Repla
                         if kind == K_PUT {
                             g.apply_put(&key, off, sizes)?;
                         } else {
-                            g.apply_delete(&key)?;
+                            g.apply_delete(&key, off, sizes)?;
                         }
                     }
                     commit_end = end;
@@ -851,9 +1075,10 @@ fn load_gen(
     path: &Path,
     ident: Option<(u64, u64)>,
     judge: Judge<'_>,
+    cache: &Arc<BlockCache>,
 ) -> Result<Gen> {
     if writable || writer_lock.is_some() {
-        return load_gen_once(storage, writer_lock, writable, path, ident, judge);
+        return load_gen_once(storage, writer_lock, writable, path, ident, judge, cache);
     }
     // A reader reads the length, then the superblock, then the log, while a writer in another
     // process may append, checkpoint, close or reopen in between: a verdict of damage that
@@ -861,7 +1086,7 @@ fn load_gen(
     let mut attempt = 0;
     loop {
         let before = storage.len().ok();
-        match load_gen_once(Arc::clone(&storage), None, false, path, ident, judge) {
+        match load_gen_once(Arc::clone(&storage), None, false, path, ident, judge, cache) {
             Err(e @ Error::Corrupt { .. }) => {
                 if attempt < 20 && storage.len().ok() != before {
                     attempt += 1;
@@ -882,6 +1107,7 @@ fn load_gen_once(
     path: &Path,
     ident: Option<(u64, u64)>,
     judge: Judge<'_>,
+    cache: &Arc<BlockCache>,
 ) -> Result<Gen> {
     let file_len = storage
         .len()
@@ -982,19 +1208,55 @@ fn load_gen_once(
             }
         }
     }
-    let dict = if header.dict_offset != 0 {
-        let (h, body) = read_record(&*storage, header.dict_offset, file_len)?;
+    // The compact section: its block index, and where the copy of the dictionary is.
+    let compact_index = if header.compact_offset != 0 {
+        let damaged = |why: &str| {
+            Error::corrupt(
+                header.compact_offset,
+                format!(
+                    "the block index of the compact section is damaged ({why}); cellar repair \
+                     salvages every intact block and record"
+                ),
+            )
+        };
+        match read_record(&*storage, header.compact_offset, file_len) {
+            Ok((h, body)) if h.kind == K_BLOCKINDEX => match BlockIndex::decode(&body) {
+                Some(ix) => Some((ix, header.compact_offset + h.total())),
+                None => return Err(damaged("its contents are inconsistent")),
+            },
+            Ok(_) => return Err(damaged("the header points at another kind of record")),
+            Err(Error::Corrupt { reason, .. }) => return Err(damaged(&reason)),
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
+    let read_dict = |off: u64| -> Result<Vec<u8>> {
+        let (h, body) = read_record(&*storage, off, file_len)?;
         if h.kind != K_DICT {
             return Err(Error::corrupt(
-                header.dict_offset,
+                off,
                 "header's dictionary offset does not point at a DICT record",
             ));
         }
-        Some(body)
+        Ok(body)
+    };
+    let dict = if header.dict_offset != 0 {
+        match (read_dict(header.dict_offset), &compact_index) {
+            (Ok(d), _) => Some(d),
+            // A compact section keeps a copy of its dictionary right after its block index.
+            (Err(Error::Corrupt { .. }), Some((_, copy))) => Some(read_dict(*copy)?),
+            (Err(e), _) => return Err(e),
+        }
     } else {
         None
     };
     let codec = Codec::new(header.compression.level(), dict.as_deref());
+    let compact = compact_index.map(|(index, _)| CompactTier {
+        index,
+        codec: BlockCodec::new(3, dict.as_deref()),
+        cache: Arc::clone(cache),
+    });
     let mut track = Track::fresh();
     track.damaged_checkpoint = damaged_checkpoint;
     let (meta, table) = match loaded {
@@ -1040,7 +1302,13 @@ fn load_gen_once(
         slot_seq: AtomicU64::new(max_seq),
         seen_hint: Mutex::new((0, 0)),
         track: Mutex::new(track),
+        slots: AtomicU64::new(0),
+        compact,
     };
+    if g.compact.is_some() {
+        g.slots
+            .store(g.index.load().live_slots(), Ordering::Relaxed);
+    }
     g.storage.set_stable(meta.covers_end);
     let mut g = g;
     let closed = newest.filter(|s| s.is_closed() && !slot_damaged);
@@ -1113,7 +1381,7 @@ fn load_gen_once(
             }
         }
     }
-    if writable && StaticHeader::version_of(&hb) < FORMAT_VERSION {
+    if writable && StaticHeader::version_of(&hb) < PLAIN_VERSION {
         // Upgrade a version 1 file: from now on its slots carry counts and the clean-close mark,
         // which a version 1 writer would not maintain, so it must no longer open the file.
         g.storage
@@ -1159,6 +1427,8 @@ struct Inner {
     closed: AtomicBool,
     /// Writers: the id published with the log's end (see `publish_end`).
     session: u64,
+    /// Decompressed blocks of the compact section, shared by the file generations.
+    cache: Arc<BlockCache>,
 }
 
 /// An open store. `Send + Sync`: share it between threads by reference or in an `Arc`.
@@ -1254,8 +1524,9 @@ impl Store {
             } else {
                 Judge::Reader(&path)
             };
-            let gen = load_gen(storage, lock, writable, &path, ident, judge)?;
-            let store = Store::from_gen(Some(path.clone()), opts.clone(), gen);
+            let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
+            let gen = load_gen(storage, lock, writable, &path, ident, judge, &cache)?;
+            let store = Store::from_gen(Some(path.clone()), opts.clone(), gen, cache);
             if opts.truncate && store.inner.gen.load().keys.load(Ordering::Relaxed) > 0 {
                 store.inner.compact_inner(true)?;
             }
@@ -1279,11 +1550,13 @@ impl Store {
                 compression: opts.compression,
                 generation: 1,
                 dict_offset: 0,
+                compact_offset: 0,
             };
             storage
                 .write_at(0, &new_file_bytes(&h))
                 .map_err(io_err("writing a new header"))?;
         }
+        let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
         let gen = load_gen(
             storage,
             None,
@@ -1291,11 +1564,12 @@ impl Store {
             Path::new("<storage>"),
             None,
             Judge::Alone,
+            &cache,
         )?;
-        Ok(Store::from_gen(None, opts, gen))
+        Ok(Store::from_gen(None, opts, gen, cache))
     }
 
-    fn from_gen(path: Option<PathBuf>, opts: Options, gen: Gen) -> Store {
+    fn from_gen(path: Option<PathBuf>, opts: Options, gen: Gen, cache: Arc<BlockCache>) -> Store {
         let generation = gen.header.generation;
         let end = gen.limit();
         Store {
@@ -1313,6 +1587,7 @@ impl Store {
                 compacting: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 session: new_session_id(),
+                cache,
             }),
         }
     }
@@ -1324,7 +1599,7 @@ impl Store {
 
     /// Whether `key` is present.
     pub fn contains(&self, key: &[u8]) -> Result<bool> {
-        Ok(self.inner.current()?.contains(key)?.is_some())
+        self.inner.current()?.contains(key)
     }
 
     /// Stores `value` under `key`.
@@ -1337,7 +1612,7 @@ impl Store {
         self.inner.check_writable()?;
         {
             let _w = lock(&self.inner.writer);
-            if self.inner.gen.load().contains(key)?.is_none() {
+            if !self.inner.gen.load().contains(key)? {
                 return Ok(false);
             }
         }
@@ -1369,10 +1644,14 @@ impl Store {
     pub fn iter(&self) -> Result<Iter> {
         let g = self.inner.current()?.clone();
         let offsets = g.index.load().offsets_in_file_order();
+        let shadow = g.shadowed_keys(&offsets)?;
         Ok(Iter {
             gen: g,
             offsets,
             pos: 0,
+            shadow,
+            block: 0,
+            cur: None,
         })
     }
 
@@ -1397,8 +1676,10 @@ impl Store {
         let limit = g.limit();
         let mut keys = Vec::with_capacity(offsets.len());
         let mut damage = WalkDamage::default();
+        g.walk_compact(&offsets, &mut damage, |k, _| keys.push(k.to_vec()))?;
         for off in offsets {
             match read_record(&*g.storage, off, limit) {
+                Ok((h, _)) if h.kind != K_PUT => {}
                 Ok((h, mut body)) => {
                     body.truncate(h.key_len as usize);
                     keys.push(body);
@@ -1423,7 +1704,11 @@ impl Store {
             .view(0, limit as usize)
             .map_err(io_err("reading the log"))?;
         let mut damage = WalkDamage::default();
-        let walked = offsets.len();
+        let mut intact = 0usize;
+        g.walk_compact(&offsets, &mut damage, |k, v| {
+            intact += 1;
+            f(k, v);
+        })?;
         // Records are verified three at a time (independent CRC chains in flight, see
         // `crc.rs`), then handled in file order.
         const LANES: usize = 3;
@@ -1452,6 +1737,11 @@ impl Store {
                     damage.add(damaged_record(off, &rec[k0..k1]));
                     continue;
                 }
+                if h.kind != K_PUT {
+                    // A DELETE shadowing a compact key.
+                    continue;
+                }
+                intact += 1;
                 let k1 = k0 + h.key_len as usize;
                 if h.flags & F_ZSTD != 0 {
                     let v = g.codec.decompress(h.flags, &rec[k1..], off)?;
@@ -1461,7 +1751,6 @@ impl Store {
                 }
             }
         }
-        let intact = walked - damage.count as usize;
         damage.finish(intact)
     }
 
@@ -1503,6 +1792,7 @@ impl Store {
         for off in g.index.load().offsets() {
             match read_record(&*g.storage, off, limit) {
                 Ok((h, _)) if h.kind == K_PUT => {}
+                Ok((h, _)) if h.kind == K_DELETE && g.compact.is_some() => {}
                 Ok(_) => report
                     .index_errors
                     .push(format!("index entry at {off} is not a PUT record")),
@@ -1760,6 +2050,17 @@ pub fn repair(src: impl AsRef<Path>, dst: impl AsRef<Path>, opts: Options) -> Re
     }
     let out = Store::open(dst, new_opts)?;
     let mut codec = Codec::new(None, None);
+    // Blocks of a compact section need its dictionary, which is written twice (before the
+    // blocks and after the block index): the first intact copy anywhere in the file.
+    let mut block_dict: Option<Vec<u8>> = None;
+    scan_log(&st, len, |_, h, rec| {
+        if h.kind == K_DICT && block_dict.is_none() {
+            block_dict = Some(rec[h.header_len..].to_vec());
+        }
+        Ok(())
+    })?;
+    let bcodec = BlockCodec::new(3, block_dict.as_deref());
+    let mut block_damage: Vec<Damage> = Vec::new();
     let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
     let mut salvaged = 0u64;
     // A commit is known to be complete once any later record that ends a commit is intact:
@@ -1781,6 +2082,16 @@ pub fn repair(src: impl AsRef<Path>, dst: impl AsRef<Path>, opts: Options) -> Re
             }
             K_DELETE => pending.push((rec[k0..k1].to_vec(), None)),
             K_DICT => codec = Codec::new(Some(3), Some(&rec[k0..])),
+            K_BLOCK => match bcodec.decode(&rec[k1..], off) {
+                // A block is one record: intact means complete.
+                Ok(b) => pending.extend(b.iter().map(|(k, v)| (k.to_vec(), Some(v.to_vec())))),
+                // Intact bytes that do not decompress (no intact dictionary): reported.
+                Err(e) => block_damage.push(Damage {
+                    offset: off,
+                    len: h.total(),
+                    reason: e.to_string(),
+                }),
+            },
             _ => {}
         }
         if h.flags & F_CONT == 0 && !pending.is_empty() {
@@ -1795,6 +2106,8 @@ pub fn repair(src: impl AsRef<Path>, dst: impl AsRef<Path>, opts: Options) -> Re
     report.salvaged_records = salvaged;
     report.dropped_partial_records = pending.len() as u64;
     report.damage = scan.damage;
+    report.damage.extend(block_damage);
+    report.damage.sort_by_key(|d| d.offset);
     report.keys = out.len()?;
     out.close()?;
     Ok(report)
@@ -1862,14 +2175,56 @@ pub struct Iter {
     gen: Arc<Gen>,
     offsets: Vec<u64>,
     pos: usize,
+    /// Compact section: keys the hash index snapshot holds (they hide compact entries).
+    shadow: std::collections::HashSet<Vec<u8>>,
+    /// Compact section: the next block to read, and the block being walked with its position.
+    block: usize,
+    cur: Option<(Block, usize)>,
+}
+
+impl Iter {
+    /// The next visible entry of the compact section (or its damage); None when done.
+    fn next_compact(&mut self) -> Option<Result<(Vec<u8>, Vec<u8>)>> {
+        let ct = self.gen.compact.as_ref()?;
+        loop {
+            if let Some((b, i)) = &mut self.cur {
+                while *i < b.len() {
+                    let (k, v) = b.entry(*i);
+                    *i += 1;
+                    if !self.shadow.contains(k) {
+                        return Some(Ok((k.to_vec(), v.to_vec())));
+                    }
+                }
+                self.cur = None;
+            }
+            let r = ct.index.blocks.get(self.block)?;
+            self.block += 1;
+            match self.gen.load_block(ct, r) {
+                Ok(b) => self.cur = Some((b, 0)),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
 }
 
 impl Iterator for Iter {
     type Item = Result<(Vec<u8>, Vec<u8>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let off = *self.offsets.get(self.pos)?;
-        self.pos += 1;
+        if let Some(item) = self.next_compact() {
+            return Some(item);
+        }
+        loop {
+            let off = *self.offsets.get(self.pos)?;
+            self.pos += 1;
+            let limit = self.gen.limit();
+            match read_record(&*self.gen.storage, off, limit) {
+                // A DELETE shadowing a compact key.
+                Ok((h, _)) if h.kind == K_DELETE => continue,
+                _ => break,
+            }
+        }
+        let off = self.offsets[self.pos - 1];
         Some((|| {
             let limit = self.gen.limit();
             let (h, mut body) = match read_record(&*self.gen.storage, off, limit) {
@@ -1889,6 +2244,9 @@ impl Iterator for Iter {
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         let n = self.offsets.len() - self.pos;
+        if self.gen.compact.is_some() {
+            return (0, None);
+        }
         (n, Some(n))
     }
 }
@@ -1957,6 +2315,7 @@ fn init_empty(file: &File, opts: &Options, path: &Path) -> Result<()> {
         compression: opts.compression,
         generation: 1,
         dict_offset: 0,
+        compact_offset: 0,
     };
     if file.metadata().map(|m| m.len()).unwrap_or(1) != 0 {
         return Ok(());
@@ -1975,6 +2334,7 @@ fn create_file(path: &Path, opts: &Options) -> Result<()> {
         compression: opts.compression,
         generation: 1,
         dict_offset: 0,
+        compact_offset: 0,
     };
     let tmp = with_suffix(path, &format!(".new-{}", std::process::id()));
     let mut f = File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
@@ -2086,7 +2446,15 @@ impl Inner {
                         .map_err(io_err(format!("reopening {}", path.display())))?;
                     let ident = file_ident(&file);
                     let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
-                    let ng = load_gen(storage, None, false, path, ident, Judge::Reader(path))?;
+                    let ng = load_gen(
+                        storage,
+                        None,
+                        false,
+                        path,
+                        ident,
+                        Judge::Reader(path),
+                        &self.cache,
+                    )?;
                     self.gen.store(Arc::new(ng));
                 }
             }
@@ -2171,7 +2539,7 @@ impl Inner {
             if v.is_some() {
                 g.apply_put(k, off, sizes)?;
             } else {
-                g.apply_delete(k)?;
+                g.apply_delete(k, off, sizes)?;
             }
         }
         w.since_checkpoint += new_end - start;
@@ -2359,6 +2727,246 @@ impl Inner {
         }
     }
 
+    /// Phase 1 of a compaction into the compact form (docs/engine-format.md section 10.6):
+    /// writes the superblock, DICT, BLOCKs, BLOCKINDEX and DICT copy into `storage` (the new
+    /// file), then entries too large for a block as log records, and returns the new
+    /// generation. Reads the old generation `g0` up to `e0` only.
+    #[allow(clippy::too_many_arguments)]
+    fn build_compact(
+        &self,
+        g0: &Gen,
+        e0: u64,
+        offsets: &[u64],
+        header: StaticHeader,
+        storage: &Arc<dyn Storage>,
+        nlock: WriterLock,
+        ident: Option<(u64, u64)>,
+    ) -> Result<Gen> {
+        // The live records of the log tier, sorted by key, and every key the hash index holds
+        // (PUTs and DELETE shadows hide the compact entries of the same key).
+        let mut log_entries: Vec<(Vec<u8>, u64)> = Vec::with_capacity(offsets.len());
+        let mut in_table: std::collections::HashSet<Vec<u8>> = Default::default();
+        for &off in offsets {
+            let (h, mut body) = read_record(&*g0.storage, off, e0)?;
+            body.truncate(h.key_len as usize);
+            if g0.compact.is_some() {
+                in_table.insert(body.clone());
+            }
+            if h.kind == K_PUT {
+                log_entries.push((body, off));
+            }
+        }
+        log_entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let no_blocks: &[BlockRef] = &[];
+        let old_blocks = g0
+            .compact
+            .as_ref()
+            .map_or(no_blocks, |c| &c.index.blocks[..]);
+        // Dictionary samples: every n-th log entry and entries of every m-th old block.
+        let mut samples: Vec<Vec<u8>> = Vec::new();
+        let mut sampled = 0usize;
+        let step = (log_entries.len() / 2000).max(1);
+        for (k, off) in log_entries.iter().step_by(step) {
+            if sampled > (4 << 20) {
+                break;
+            }
+            let mut s = k.clone();
+            s.extend_from_slice(&g0.read_value(*off)?);
+            sampled += s.len();
+            samples.push(s);
+        }
+        if let Some(ct) = &g0.compact {
+            for r in old_blocks.iter().step_by((old_blocks.len() / 64).max(1)) {
+                let b = g0.load_block(ct, r)?;
+                for (k, v) in b.iter().step_by((b.len() / 32).max(1)) {
+                    samples.push([k, v].concat());
+                }
+            }
+        }
+        let refs: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
+        let dict_size = (refs.iter().map(|s| s.len()).sum::<usize>() / 10).clamp(4096, 32 << 10);
+        let dict = train_dict(&refs, dict_size);
+        drop(refs);
+        drop(samples);
+        let level = g0.header.compression.level().unwrap_or(3).max(1);
+        let bcodec = BlockCodec::new(level, dict.as_deref());
+
+        /// Appends records to the new file in 1 MiB writes.
+        struct Out<'a> {
+            st: &'a dyn Storage,
+            pos: u64,
+            buf: Vec<u8>,
+            crcs: Vec<u8>,
+        }
+        impl Out<'_> {
+            fn record(&mut self, kind: u8, key: &[u8], value: &[u8]) -> Result<u64> {
+                let off = self.pos + self.buf.len() as u64;
+                let start = self.buf.len();
+                encode_record(&mut self.buf, kind, 0, key, value);
+                self.crcs.extend_from_slice(&self.buf[start..start + 4]);
+                if self.buf.len() >= 1 << 20 {
+                    self.flush()?;
+                }
+                Ok(off)
+            }
+            fn flush(&mut self) -> Result<()> {
+                self.st
+                    .write_at(self.pos, &self.buf)
+                    .map_err(io_err("writing the compacted file"))?;
+                self.pos += self.buf.len() as u64;
+                self.buf.clear();
+                Ok(())
+            }
+        }
+        fn write_block(
+            out: &mut Out<'_>,
+            index: &mut BlockIndex,
+            codec: &BlockCodec,
+            raw: RawBlock,
+        ) -> Result<()> {
+            let payload = codec.encode(&raw)?;
+            let off = out.record(K_BLOCK, &[], &payload)?;
+            index.push(off, &raw)
+        }
+
+        let mut head = new_file_bytes(&header);
+        head[PID_OFFSET as usize..PID_OFFSET as usize + 4]
+            .copy_from_slice(&std::process::id().to_le_bytes());
+        storage
+            .write_at(0, &head)
+            .map_err(io_err("writing the compacted file"))?;
+        let mut out = Out {
+            st: &**storage,
+            pos: LOG_START,
+            buf: Vec::with_capacity(2 << 20),
+            crcs: Vec::new(),
+        };
+        let dict_offset = match &dict {
+            Some(d) => out.record(K_DICT, &[], d)?,
+            None => 0,
+        };
+        let estimate =
+            log_entries.len() as u64 + g0.compact.as_ref().map_or(0, |c| c.index.entries);
+        let mut index = BlockIndex::new(estimate);
+        let mut builder = BlockBuilder::new(DEFAULT_BLOCK_BYTES);
+        let mut large: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut li = 0usize;
+        let emit_log = |li: usize,
+                        out: &mut Out<'_>,
+                        index: &mut BlockIndex,
+                        builder: &mut BlockBuilder,
+                        large: &mut Vec<(Vec<u8>, u64)>|
+         -> Result<()> {
+            let (k, off) = &log_entries[li];
+            let v = g0.read_value(*off)?;
+            if k.len() + v.len() > MAX_BLOCK_ENTRY {
+                large.push((k.clone(), *off));
+            } else if let Some(raw) = builder.add(k, &v)? {
+                write_block(out, index, &bcodec, raw)?;
+            }
+            Ok(())
+        };
+        if let Some(ct) = &g0.compact {
+            for r in old_blocks {
+                let b = g0.load_block(ct, r)?;
+                for (k, v) in b.iter() {
+                    if in_table.contains(k) {
+                        continue;
+                    }
+                    while li < log_entries.len() && log_entries[li].0.as_slice() < k {
+                        emit_log(li, &mut out, &mut index, &mut builder, &mut large)?;
+                        li += 1;
+                    }
+                    if let Some(raw) = builder.add(k, v)? {
+                        write_block(&mut out, &mut index, &bcodec, raw)?;
+                    }
+                }
+            }
+        }
+        while li < log_entries.len() {
+            emit_log(li, &mut out, &mut index, &mut builder, &mut large)?;
+            li += 1;
+        }
+        if let Some(raw) = builder.finish() {
+            write_block(&mut out, &mut index, &bcodec, raw)?;
+        }
+        let compact_offset = out.record(K_BLOCKINDEX, &[], &index.encode())?;
+        if let Some(d) = &dict {
+            out.record(K_DICT, &[], d)?;
+        }
+        out.flush()?;
+        let section_end = out.pos;
+        let header = StaticHeader {
+            dict_offset,
+            compact_offset,
+            ..header
+        };
+        storage
+            .write_at(0, &header.encode())
+            .map_err(io_err("writing the compacted file's header"))?;
+        storage.set_stable(section_end);
+        let mut sum = LogSum::default();
+        sum.add_crc_bytes(&out.crcs);
+        let section_bytes = section_end - LOG_START;
+        let ng = Gen {
+            storage: Arc::clone(storage),
+            _lock: Some(nlock),
+            header,
+            codec: Codec::new(header.compression.level(), dict.as_deref()),
+            index: ArcSwap::from_pointee(Table::with_log2(10)),
+            end: AtomicU64::new(section_end),
+            keys: AtomicU64::new(index.entries),
+            tombs: AtomicU64::new(0),
+            live_bytes: AtomicU64::new(section_bytes),
+            raw_value_bytes: AtomicU64::new(index.raw_bytes),
+            stored_value_bytes: AtomicU64::new(section_bytes),
+            superseded: AtomicBool::new(false),
+            ident,
+            recovered_tail: 0,
+            slot_seq: AtomicU64::new(0),
+            seen_hint: Mutex::new((0, 0)),
+            track: Mutex::new(Track {
+                sum,
+                ..Track::fresh()
+            }),
+            compact: Some(CompactTier {
+                index,
+                codec: bcodec,
+                cache: Arc::clone(&self.cache),
+            }),
+            slots: AtomicU64::new(0),
+        };
+        // Entries too large for a block stay log records, after the section.
+        let mut buf = Vec::new();
+        let mut cbuf = Vec::new();
+        for (k, off) in large {
+            let val = g0.read_value(off)?;
+            let start = ng.limit();
+            buf.clear();
+            let (flags, v): (u8, &[u8]) = match ng.codec.compress(&val, &mut cbuf) {
+                Some(f) => (f, cbuf.as_slice()),
+                None => (0, &val),
+            };
+            let n = encode_record(&mut buf, K_PUT, flags, &k, v);
+            ng.storage
+                .write_at(start, &buf)
+                .map_err(io_err("writing the compacted file"))?;
+            lock(&ng.track).sum.add_all(&buf);
+            ng.storage.set_stable(start + n as u64);
+            ng.end.store(start + n as u64, Ordering::Release);
+            ng.apply_put(
+                &k,
+                start,
+                RecSizes {
+                    total: n as u64,
+                    stored: v.len() as u64,
+                    raw: val.len() as u64,
+                },
+            )?;
+        }
+        Ok(ng)
+    }
+
     /// Compaction (or, with `empty`, replacement by an empty store). See the format doc,
     /// section 7.
     fn compact_inner(&self, empty: bool) -> Result<()> {
@@ -2410,6 +3018,7 @@ impl Inner {
             compression: g0.header.compression,
             generation: g0.header.generation + 1,
             dict_offset: if dict.is_some() { LOG_START } else { 0 },
+            compact_offset: 0,
         };
         let file = OpenOptions::new()
             .read(true)
@@ -2426,7 +3035,17 @@ impl Inner {
         let nlock = WriterLock::acquire_file(&tmp, &file)?;
         let ident = file_ident(&file);
         let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
+        // A store that has a compact section keeps one (its hash index holds DELETE shadows
+        // that only the compact path understands).
+        let compact_form = !empty && (self.opts.compact_form || g0.compact.is_some());
         let result = (|| -> Result<Gen> {
+            if compact_form {
+                let header = StaticHeader {
+                    dict_offset: 0,
+                    ..header
+                };
+                return self.build_compact(&g0, e0, &offsets, header, &storage, nlock, ident);
+            }
             let mut head = new_file_bytes(&header);
             head[PID_OFFSET as usize..PID_OFFSET as usize + 4]
                 .copy_from_slice(&std::process::id().to_le_bytes());
@@ -2455,6 +3074,8 @@ impl Inner {
                 slot_seq: AtomicU64::new(0),
                 seen_hint: Mutex::new((0, 0)),
                 track: Mutex::new(Track::fresh()),
+                compact: None,
+                slots: AtomicU64::new(0),
             };
             lock(&ng.track).sum.add_all(&head[LOG_START as usize..]);
             let mut out = Vec::with_capacity(1 << 20);
@@ -2579,7 +3200,25 @@ impl Inner {
                                     ng.apply_put(&key, start, sizes)?;
                                 }
                                 K_DELETE => {
-                                    ng.apply_delete(&key)?;
+                                    let start = ng.limit();
+                                    out.clear();
+                                    let n = encode_record(&mut out, K_DELETE, 0, &key, &[]);
+                                    let sizes = RecSizes {
+                                        total: n as u64,
+                                        stored: 0,
+                                        raw: 0,
+                                    };
+                                    if ng.compact.is_some() {
+                                        // The key may live in the new compact section: the
+                                        // shadow needs its DELETE record in the new file.
+                                        ng.storage
+                                            .write_at(start, &out)
+                                            .map_err(io_err("writing the compacted file"))?;
+                                        lock(&ng.track).sum.add_all(&out);
+                                        ng.storage.set_stable(start + n as u64);
+                                        ng.end.store(start + n as u64, Ordering::Release);
+                                    }
+                                    ng.apply_delete(&key, start, sizes)?;
                                 }
                                 _ => {}
                             }

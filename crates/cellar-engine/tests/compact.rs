@@ -1,0 +1,444 @@
+//! The compact form (docs/engine-format.md section 10): compaction into zstd blocks with a
+//! trained dictionary, reads and writes on top of it, a model-based property test, a crash in
+//! the middle of writing blocks, a flipped bit inside a compressed block, and a store in the
+//! previous format converted by compaction.
+// `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
+#![allow(clippy::manual_is_multiple_of)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cellar_engine::{check_file, repair, Batch, Compression, Error, Options, Store};
+use proptest::prelude::*;
+
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn opts() -> Options {
+    Options {
+        compact_form: true,
+        auto_compact: false,
+        ..Options::default()
+    }
+}
+
+fn key(i: u32) -> Vec<u8> {
+    format!("key{i}").into_bytes()
+}
+
+/// A small pickled-dict-like value (issue 14's workload shape).
+fn value(i: u32, gen: u32) -> Vec<u8> {
+    format!(
+        "\u{80}\u{4}}}\u{94}(\u{8c}\u{2}id\u{94}J{i}\u{8c}\u{4}name\u{94}\u{8c}user{i}\u{94}\
+         \u{8c}\u{4}tags\u{94}\u{8c}\u{1}a\u{8c}\u{1}b\u{86}\u{8c}\u{5}score\u{94}G{gen}u."
+    )
+    .into_bytes()
+}
+
+fn contents(s: &Store) -> Model {
+    let mut m = Model::new();
+    for item in s.iter().unwrap() {
+        let (k, v) = item.unwrap();
+        assert!(m.insert(k, v).is_none(), "a key came twice from iter");
+    }
+    let mut fe = Model::new();
+    s.for_each(|k, v| {
+        fe.insert(k.to_vec(), v.to_vec());
+    })
+    .unwrap();
+    assert_eq!(fe, m, "for_each and iter disagree");
+    let mut keys = s.keys().unwrap();
+    keys.sort();
+    assert_eq!(keys, m.keys().cloned().collect::<Vec<_>>());
+    assert_eq!(s.len().unwrap(), m.len() as u64);
+    m
+}
+
+fn assert_reads(s: &Store, model: &Model, absent: impl Iterator<Item = Vec<u8>>) {
+    for (k, v) in model {
+        assert_eq!(s.get(k).unwrap().as_ref(), Some(v), "key {k:?}");
+        assert!(s.contains(k).unwrap());
+    }
+    for k in absent {
+        if !model.contains_key(&k) {
+            assert_eq!(s.get(&k).unwrap(), None);
+            assert!(!s.contains(&k).unwrap());
+        }
+    }
+    assert_eq!(&contents(s), model);
+}
+
+#[test]
+fn compaction_writes_blocks_and_everything_reads_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let s = Store::open(&path, opts()).unwrap();
+    let mut model = Model::new();
+    for chunk in (0..20_000u32).collect::<Vec<_>>().chunks(1000) {
+        let mut b = Batch::new();
+        for &i in chunk {
+            b.put(key(i), value(i, 0));
+            model.insert(key(i), value(i, 0));
+        }
+        s.batch(&b).unwrap();
+    }
+    for i in (0..20_000).step_by(7) {
+        s.delete(&key(i)).unwrap();
+        model.remove(&key(i));
+    }
+    let before = s.stats().unwrap().file_bytes;
+    s.compact().unwrap();
+    let st = s.stats().unwrap();
+    assert!(st.compact_blocks > 0);
+    assert!(st.dictionary_bytes > 0, "{st:?}");
+    assert!(
+        st.file_bytes * 8 < before,
+        "compact file {} vs {before}",
+        st.file_bytes
+    );
+    assert_reads(&s, &model, (20_000..20_100).map(key));
+    let st = s.stats().unwrap();
+    assert!(
+        st.block_cache_hits > 0 && st.block_cache_misses > 0,
+        "{st:?}"
+    );
+
+    // Writes on top of the compact section: overwrite, delete, re-add, new keys.
+    for i in (1..20_000).step_by(5) {
+        s.put(&key(i), &value(i, 1)).unwrap();
+        model.insert(key(i), value(i, 1));
+    }
+    for i in (2..20_000).step_by(11) {
+        let was = model.remove(&key(i)).is_some();
+        assert_eq!(s.delete(&key(i)).unwrap(), was, "delete {i}");
+        assert!(!s.delete(&key(i)).unwrap());
+    }
+    for i in (2..20_000).step_by(33) {
+        s.put(&key(i), &value(i, 2)).unwrap();
+        model.insert(key(i), value(i, 2));
+    }
+    for i in 30_000..30_500 {
+        s.put(&key(i), &value(i, 3)).unwrap();
+        model.insert(key(i), value(i, 3));
+    }
+    assert_reads(&s, &model, (20_000..20_100).map(key));
+    s.close().unwrap();
+
+    // Reopened (checkpoint + replay of DELETE shadows), then read-only, then compacted again.
+    let s = Store::open(&path, opts()).unwrap();
+    assert_reads(&s, &model, (20_000..20_100).map(key));
+    drop(s);
+    let r = Store::open(
+        &path,
+        Options {
+            read_only: true,
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert_reads(&r, &model, std::iter::empty());
+    drop(r);
+    let s = Store::open(&path, opts()).unwrap();
+    s.compact().unwrap();
+    assert_reads(&s, &model, (20_000..20_100).map(key));
+    s.close().unwrap();
+    assert!(check_file(&path).unwrap().is_ok());
+    let s = Store::open(&path, opts()).unwrap();
+    assert_reads(&s, &model, std::iter::empty());
+}
+
+#[test]
+fn a_flipped_bit_in_a_block_is_reported_and_repair_salvages_every_other_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let s = Store::open(&path, opts()).unwrap();
+    let mut b = Batch::new();
+    for i in 0..5000u32 {
+        b.put(key(i), value(i, 0));
+    }
+    s.batch(&b).unwrap();
+    s.compact().unwrap();
+    let blocks = s.stats().unwrap().compact_blocks;
+    assert!(blocks >= 3);
+    s.close().unwrap();
+    // The first BLOCK record follows the DICT record at 4096: flip a bit in the middle of
+    // the second block's bytes. Find it by scanning for record kind 6 after the dictionary.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let dict_len = {
+        // DICT record: crc 4, kind 1, flags 1, key_len varint (0), val_len varint.
+        let mut v = 0usize;
+        let mut shift = 0;
+        let mut i = 4096 + 7;
+        loop {
+            let b = bytes[i];
+            v |= ((b & 0x7f) as usize) << shift;
+            shift += 7;
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        i - 4096 + v
+    };
+    let first_block = 4096 + dict_len;
+    assert_eq!(
+        bytes[first_block + 4],
+        6,
+        "a BLOCK record follows the dictionary"
+    );
+    let flip = first_block + 100;
+    bytes[flip] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let s = Store::open(&path, opts()).unwrap();
+    let mut damaged = 0;
+    let mut intact = 0;
+    for i in 0..5000u32 {
+        match s.get(&key(i)) {
+            Ok(Some(v)) => {
+                assert_eq!(v, value(i, 0));
+                intact += 1;
+            }
+            Err(Error::Corrupt { offset, reason }) => {
+                assert_eq!(offset as usize, first_block, "{reason}");
+                assert!(reason.contains("repair"), "{reason}");
+                damaged += 1;
+            }
+            other => panic!("key {i}: {other:?}"),
+        }
+    }
+    assert!(damaged > 0 && intact > 0, "{damaged} {intact}");
+    // Walks report the block and go on.
+    let errors = s.iter().unwrap().filter(|r| r.is_err()).count();
+    assert_eq!(errors, 1);
+    assert!(s.keys().is_err());
+    let report = check_file(&path).unwrap();
+    assert!(!report.is_ok());
+    assert_eq!(report.damage.len(), 1);
+    assert_eq!(report.damage[0].offset as usize, first_block);
+    drop(s);
+    let out = dir.path().join("repaired.db");
+    let rep = repair(&path, &out, Options::default()).unwrap();
+    assert_eq!(rep.keys, intact as u64, "{rep:?}");
+    let r = Store::open(&out, Options::default()).unwrap();
+    for i in 0..5000u32 {
+        if let Some(v) = r.get(&key(i)).unwrap() {
+            assert_eq!(v, value(i, 0));
+        }
+    }
+    assert_eq!(r.len().unwrap(), intact as u64);
+}
+
+#[test]
+fn a_store_in_the_previous_format_converts_and_reads_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let old_opts = Options {
+        compression: Compression::Zstd { level: 3 },
+        auto_compact: false,
+        ..Options::default()
+    };
+    let s = Store::open(&path, old_opts.clone()).unwrap();
+    for i in 0..3000u32 {
+        s.put(&key(i), &value(i, 0).repeat(1 + i as usize % 3))
+            .unwrap();
+    }
+    for i in (0..3000).step_by(9) {
+        s.delete(&key(i)).unwrap();
+    }
+    // One value too large for a block stays a log record.
+    s.put(b"big", &vec![7u8; (1 << 20) + 10]).unwrap();
+    s.close().unwrap();
+    assert_eq!(&std::fs::read(&path).unwrap()[8..12], &2u32.to_le_bytes());
+    let s = Store::open(&path, old_opts).unwrap();
+    let model = contents(&s);
+    s.close().unwrap();
+
+    let s = Store::open(&path, opts()).unwrap();
+    s.compact().unwrap();
+    assert!(s.stats().unwrap().compact_blocks > 0);
+    assert_reads(&s, &model, (5000..5010).map(key));
+    s.close().unwrap();
+    let head = std::fs::read(&path).unwrap();
+    assert_eq!(&head[8..12], &3u32.to_le_bytes(), "format version 3");
+    assert_eq!(&head[12..16], &1u32.to_le_bytes(), "incompat flag COMPACT");
+    let s = Store::open(&path, opts()).unwrap();
+    assert_reads(&s, &model, std::iter::empty());
+    assert_eq!(s.compression(), Compression::Zstd { level: 3 });
+}
+
+/// The child of `kill_during_block_writing`: compacts the store again and again.
+#[test]
+fn compact_child() {
+    let Ok(path) = std::env::var("CELLAR_COMPACT_CHILD") else {
+        return;
+    };
+    let s = Store::open(&path, opts()).unwrap();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "OPEN").unwrap();
+    out.flush().unwrap();
+    for round in 0u32.. {
+        s.put(b"round", &round.to_le_bytes()).unwrap();
+        s.compact().unwrap();
+    }
+}
+
+fn big_model(path: &Path) -> Model {
+    let s = Store::open(path, opts()).unwrap();
+    let mut model = Model::new();
+    for chunk in (0..60_000u32).collect::<Vec<_>>().chunks(5000) {
+        let mut b = Batch::new();
+        for &i in chunk {
+            b.put(key(i), value(i, 0));
+            model.insert(key(i), value(i, 0));
+        }
+        s.batch(&b).unwrap();
+    }
+    s.compact().unwrap();
+    for i in (0..60_000).step_by(13) {
+        s.delete(&key(i)).unwrap();
+        model.remove(&key(i));
+    }
+    s.close().unwrap();
+    model
+}
+
+#[test]
+fn kill_during_block_writing_leaves_the_store_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let model = big_model(&path);
+    let exe = std::env::current_exe().unwrap();
+    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut saw_leftover = 0;
+    for round in 0..12 {
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "compact_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("CELLAR_COMPACT_CHILD", &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(Ok(l)) = lines.next() {
+            if l.ends_with("OPEN") {
+                break;
+            }
+        }
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_micros(rng % 150_000));
+        child.kill().unwrap();
+        let _ = child.wait();
+        let leftover = dir.path().join("k.db.compact");
+        if leftover.exists() {
+            saw_leftover += 1;
+        }
+        let s = Store::open(&path, opts()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(
+            !leftover.exists(),
+            "the writer removes a half-written compaction"
+        );
+        let mut m = contents(&s);
+        m.remove(&b"round"[..]);
+        assert_eq!(m, model, "round {round}");
+        drop(s);
+        assert!(check_file(&path).unwrap().is_ok() || round > 0);
+    }
+    // The kills must have landed inside compactions at least sometimes.
+    assert!(saw_leftover > 0, "no kill landed inside a compaction");
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u8, u8),
+    Delete(u8),
+    Batch(Vec<(u8, Option<u8>)>),
+    Compact,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (any::<u8>(), any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+        3 => any::<u8>().prop_map(Op::Delete),
+        2 => proptest::collection::vec((any::<u8>(), proptest::option::of(any::<u8>())), 1..20)
+            .prop_map(Op::Batch),
+        1 => Just(Op::Compact),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn pkey(k: u8) -> Vec<u8> {
+    let mut v = format!("k{}", k % 97).into_bytes();
+    if k % 7 == 0 {
+        v.extend(std::iter::repeat_n(k, 40));
+    }
+    v
+}
+
+fn pval(k: u8, v: u8) -> Vec<u8> {
+    format!("{k}:{v}:")
+        .repeat(1 + (v % 9) as usize)
+        .into_bytes()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn model_with_compactions(ops in proptest::collection::vec(op(), 1..120)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let mut s = Store::open(&path, opts()).unwrap();
+        let mut model = Model::new();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => {
+                    s.put(&pkey(k), &pval(k, v)).unwrap();
+                    model.insert(pkey(k), pval(k, v));
+                }
+                Op::Delete(k) => {
+                    let was = model.remove(&pkey(k)).is_some();
+                    prop_assert_eq!(s.delete(&pkey(k)).unwrap(), was);
+                }
+                Op::Batch(ops) => {
+                    let mut b = Batch::new();
+                    for (k, v) in ops {
+                        match v {
+                            Some(v) => {
+                                b.put(pkey(k), pval(k, v));
+                                model.insert(pkey(k), pval(k, v));
+                            }
+                            None => {
+                                b.delete(pkey(k));
+                                model.remove(&pkey(k));
+                            }
+                        }
+                    }
+                    s.batch(&b).unwrap();
+                }
+                Op::Compact => s.compact().unwrap(),
+                Op::Reopen => {
+                    s.close().unwrap();
+                    s = Store::open(&path, opts()).unwrap();
+                }
+            }
+            prop_assert_eq!(s.len().unwrap(), model.len() as u64);
+        }
+        for k in 0..=255u8 {
+            prop_assert_eq!(s.get(&pkey(k)).unwrap(), model.get(&pkey(k)).cloned());
+        }
+        prop_assert_eq!(&contents(&s), &model);
+        s.close().unwrap();
+        prop_assert!(check_file(&path).unwrap().is_ok());
+    }
+}
