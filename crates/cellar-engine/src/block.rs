@@ -316,15 +316,24 @@ impl Bloom {
         }
     }
 
+    /// Bit positions of a key: double hashing, each mapped onto `[0, nbits)` by a multiply
+    /// and shift (no division).
     fn positions(&self, hash: u64) -> impl Iterator<Item = u64> {
-        let n = self.bits.len() as u64 * 64;
+        let n = u128::from(self.bits.len() as u64 * 64);
         let h2 = hash.rotate_left(32) | 1;
-        (0..u64::from(self.hashes)).map(move |i| hash.wrapping_add(i.wrapping_mul(h2)) % n)
+        (0..u64::from(self.hashes)).map(move |i| {
+            let h = hash.wrapping_add(i.wrapping_mul(h2));
+            ((u128::from(h) * n) >> 64) as u64
+        })
     }
 
     /// Adds a key by its hash.
     pub fn add(&mut self, hash: u64) {
-        for p in self.positions(hash).collect::<Vec<_>>() {
+        let n = u128::from(self.bits.len() as u64 * 64);
+        let h2 = hash.rotate_left(32) | 1;
+        for i in 0..u64::from(self.hashes) {
+            let h = hash.wrapping_add(i.wrapping_mul(h2));
+            let p = ((u128::from(h) * n) >> 64) as u64;
             self.bits[(p / 64) as usize] |= 1 << (p % 64);
         }
     }
@@ -396,7 +405,12 @@ impl BlockIndex {
     /// The block that holds `key` if any does: the first whose last key is `>= key`, and only
     /// if the filter does not rule the key out.
     pub fn block_for(&self, key: &[u8]) -> Option<&BlockRef> {
-        if !self.filter.may_contain(hash_key(key)) {
+        self.block_for_hashed(key, hash_key(key))
+    }
+
+    /// `block_for` with the key's hash (`index::hash_key`) already computed.
+    pub fn block_for_hashed(&self, key: &[u8], hash: u64) -> Option<&BlockRef> {
+        if !self.filter.may_contain(hash) {
             return None;
         }
         let i = self.blocks.partition_point(|b| b.last_key.as_slice() < key);
@@ -499,9 +513,30 @@ pub type BlockKey = (u64, u64);
 
 const SHARDS: usize = 16;
 
+/// A multiply-rotate hasher for block keys (two integers; SipHash's flooding resistance is
+/// not needed for offsets the engine chose itself).
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(26) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type KeyMap = HashMap<BlockKey, usize, std::hash::BuildHasherDefault<KeyHasher>>;
+
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<BlockKey, usize>,
+    map: KeyMap,
     /// CLOCK ring: (key, block, referenced since the hand last passed).
     ring: Vec<(BlockKey, Arc<Block>, bool)>,
     hand: usize,

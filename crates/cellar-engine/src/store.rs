@@ -589,11 +589,11 @@ impl Gen {
     }
 
     /// The value of `key` in the compact section (ignoring the hash index).
-    fn compact_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn compact_get(&self, key: &[u8], hash: u64) -> Result<Option<Vec<u8>>> {
         let Some(ct) = &self.compact else {
             return Ok(None);
         };
-        let Some(r) = ct.index.block_for(key) else {
+        let Some(r) = ct.index.block_for_hashed(key, hash) else {
             return Ok(None);
         };
         Ok(self.compact_block(ct, r)?.get(key).map(<[u8]>::to_vec))
@@ -766,7 +766,7 @@ impl Gen {
         })?;
         match probe {
             Probe::Found { .. } => Ok(found),
-            Probe::Missing { .. } => self.compact_get(key),
+            Probe::Missing { .. } => self.compact_get(key, hash),
         }
     }
 
