@@ -65,10 +65,13 @@ fn rng(seed: &mut u64) -> u64 {
     *seed
 }
 
+/// Writers' options; the children of the compact-form run compact into the compact form
+/// (docs/engine-format.md section 10).
 fn wopts() -> Options {
     Options {
         auto_compact: false,
         checkpoint_bytes: 64 << 10,
+        compact_form: std::env::var("CELLAR_STRESS_COMPACT_FORM").is_ok(),
         ..Options::default()
     }
 }
@@ -191,26 +194,48 @@ fn stress_reader_child() {
 
 #[test]
 fn readers_never_see_errors_from_writers_reopening_and_compacting() {
+    run(false, secs());
+}
+
+/// The same with writers compacting into the compact form (zstd blocks): readers switch
+/// between files with and without a compact section, and read both tiers.
+#[test]
+fn readers_never_see_errors_with_the_compact_form() {
+    run(true, secs().div_ceil(2).max(5));
+}
+
+fn run(compact_form: bool, secs: u64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("stress.db");
-    let s = Store::open(&path, wopts()).unwrap();
+    let s = Store::open(
+        &path,
+        Options {
+            compact_form,
+            ..wopts()
+        },
+    )
+    .unwrap();
     let mut b = Batch::new();
     for i in 0..KEYS {
         b.put(key(i), value(i, 0));
     }
     s.batch(&b).unwrap();
     s.close().unwrap();
-    let ms = secs() * 1000;
+    let ms = secs * 1000;
     let exe = std::env::current_exe().unwrap();
     let spawn = |role: &str, test: &str| {
-        Command::new(&exe)
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        let mut c = Command::new(&exe);
+        c.args(["--exact", test, "--nocapture", "--test-threads=1"])
             .env(role, &path)
             .env("CELLAR_STRESS_UNTIL", ms.to_string())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+            .stderr(Stdio::piped());
+        if compact_form {
+            c.env("CELLAR_STRESS_COMPACT_FORM", "1");
+        } else {
+            c.env_remove("CELLAR_STRESS_COMPACT_FORM");
+        }
+        c.spawn().unwrap()
     };
     let mut children: Vec<_> = (0..READERS)
         .map(|_| spawn("CELLAR_STRESS_READER", "stress_reader_child"))
@@ -247,16 +272,9 @@ fn readers_never_see_errors_from_writers_reopening_and_compacting() {
         }
     }
     println!(
-        "stress {} s: reader ops {} (errors {}, wrong {}, reopens {}); writer opens {}, puts {}, \
-         compactions {}",
-        secs(),
-        totals[0],
-        totals[1],
-        totals[2],
-        totals[3],
-        totals[4],
-        totals[5],
-        totals[6]
+        "stress {} s (compact form: {compact_form}): reader ops {} (errors {}, wrong {}, \
+         reopens {}); writer opens {}, puts {}, compactions {}",
+        secs, totals[0], totals[1], totals[2], totals[3], totals[4], totals[5], totals[6]
     );
     assert!(
         totals[0] > 1000 && totals[4] > 5,
@@ -265,4 +283,7 @@ fn readers_never_see_errors_from_writers_reopening_and_compacting() {
     let s = Store::open(&path, Options::from_dbm_flag("r").unwrap()).unwrap();
     assert_eq!(s.len().unwrap(), KEYS);
     assert!(s.check().unwrap().is_ok());
+    if compact_form {
+        assert!(totals[6] > 0, "no compaction ran");
+    }
 }
