@@ -3302,7 +3302,7 @@ impl Inner {
         let tail = g.limit().saturating_sub(t.slot.covers_end.max(LOG_START));
         let index_bytes = 64
             + g.index.load().capacity() as u64 / 8
-            + 8 * (g.keys.load(Ordering::Relaxed) + g.tombs.load(Ordering::Relaxed));
+            + 8 * (g.table_load() + g.tombs.load(Ordering::Relaxed));
         if (t.rebuilt || t.damaged_checkpoint.is_some()) && g.limit() > LOG_START
             || tail >= index_bytes
             || tail >= self.opts.checkpoint_bytes
