@@ -402,6 +402,34 @@ impl BlockIndex {
         Ok(())
     }
 
+    /// Records an already decoded block found at `offset` (blocks in key order; used to
+    /// rebuild a damaged index).
+    pub fn push_block(&mut self, offset: u64, block: &Block) -> Result<()> {
+        let Some(last) = block.len().checked_sub(1) else {
+            return Err(Error::corrupt(offset, "an empty compressed block"));
+        };
+        let last_key = block.entry(last).0.to_vec();
+        if let Some(prev) = self.blocks.last() {
+            if prev.last_key.as_slice() >= block.entry(0).0 {
+                return Err(Error::corrupt(offset, "compressed blocks out of key order"));
+            }
+        }
+        for (k, _) in block.iter() {
+            self.filter.add(hash_key(k));
+        }
+        self.entries += block.len() as u64;
+        self.raw_bytes += block
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum::<u64>();
+        self.blocks.push(BlockRef {
+            offset,
+            entries: block.len() as u32,
+            last_key,
+        });
+        Ok(())
+    }
+
     /// The block that holds `key` if any does: the first whose last key is `>= key`, and only
     /// if the filter does not rule the key out.
     pub fn block_for(&self, key: &[u8]) -> Option<&BlockRef> {

@@ -284,6 +284,8 @@ struct Track {
     rebuilt: bool,
     /// Offset of a damaged checkpoint (INDEX record) that open had to skip.
     damaged_checkpoint: Option<u64>,
+    /// Offset of a damaged BLOCKINDEX record that open rebuilt from the blocks.
+    damaged_block_index: Option<u64>,
 }
 
 impl Track {
@@ -1208,29 +1210,24 @@ fn load_gen_once(
             }
         }
     }
-    // The compact section: its block index, and where the copy of the dictionary is.
-    let compact_index = if header.compact_offset != 0 {
-        let damaged = |why: &str| {
-            Error::corrupt(
-                header.compact_offset,
-                format!(
-                    "the block index of the compact section is damaged ({why}); cellar repair \
-                     salvages every intact block and record"
-                ),
+    // The compact section: its block index (Err: damaged, rebuilt below from the blocks),
+    // and where the copy of the dictionary is.
+    let compact_index: Option<std::result::Result<(BlockIndex, u64), String>> =
+        if header.compact_offset != 0 {
+            Some(
+                match read_record(&*storage, header.compact_offset, file_len) {
+                    Ok((h, body)) if h.kind == K_BLOCKINDEX => match BlockIndex::decode(&body) {
+                        Some(ix) => Ok((ix, header.compact_offset + h.total())),
+                        None => Err("its contents are inconsistent".to_string()),
+                    },
+                    Ok(_) => Err("the header points at another kind of record".to_string()),
+                    Err(Error::Corrupt { reason, .. }) => Err(reason),
+                    Err(e) => return Err(e),
+                },
             )
+        } else {
+            None
         };
-        match read_record(&*storage, header.compact_offset, file_len) {
-            Ok((h, body)) if h.kind == K_BLOCKINDEX => match BlockIndex::decode(&body) {
-                Some(ix) => Some((ix, header.compact_offset + h.total())),
-                None => return Err(damaged("its contents are inconsistent")),
-            },
-            Ok(_) => return Err(damaged("the header points at another kind of record")),
-            Err(Error::Corrupt { reason, .. }) => return Err(damaged(&reason)),
-            Err(e) => return Err(e),
-        }
-    } else {
-        None
-    };
     let read_dict = |off: u64| -> Result<Vec<u8>> {
         let (h, body) = read_record(&*storage, off, file_len)?;
         if h.kind != K_DICT {
@@ -1241,24 +1238,68 @@ fn load_gen_once(
         }
         Ok(body)
     };
-    let dict = if header.dict_offset != 0 {
-        match (read_dict(header.dict_offset), &compact_index) {
-            (Ok(d), _) => Some(d),
-            // A compact section keeps a copy of its dictionary right after its block index.
-            (Err(Error::Corrupt { .. }), Some((_, copy))) => Some(read_dict(*copy)?),
-            (Err(e), _) => return Err(e),
-        }
-    } else {
-        None
-    };
+    let dict =
+        if header.dict_offset != 0 {
+            match (read_dict(header.dict_offset), &compact_index) {
+                (Ok(d), _) => Some(d),
+                // A compact section keeps a copy of its dictionary right after its block index.
+                (Err(Error::Corrupt { .. }), Some(Ok((_, copy)))) => Some(read_dict(*copy)?),
+                (Err(Error::Corrupt { .. }), Some(Err(_))) => {
+                    // Both the first copy and the block index are damaged: the copy is the first
+                    // intact record after the block index.
+                    let mut rd = LogReader::new(&*storage, header.compact_offset, file_len);
+                    match rd.find_intact(header.compact_offset, false)? {
+                        Some(off) => Some(read_dict(off)?),
+                        None => {
+                            return Err(read_dict(header.dict_offset).err().unwrap_or(
+                                Error::corrupt(header.dict_offset, "the dictionary is damaged"),
+                            ))
+                        }
+                    }
+                }
+                (Err(e), _) => return Err(e),
+            }
+        } else {
+            None
+        };
     let codec = Codec::new(header.compression.level(), dict.as_deref());
-    let compact = compact_index.map(|(index, _)| CompactTier {
+    let bcodec = BlockCodec::new(3, dict.as_deref());
+    let mut damaged_block_index = None;
+    let compact_index = match compact_index {
+        None => None,
+        Some(Ok((index, _))) => Some(index),
+        Some(Err(why)) => {
+            // Rebuild it from the BLOCK records (each verified and decompressed); refused if
+            // one of them is damaged too (its keys could not be placed).
+            let index = rebuild_block_index(
+                &*storage,
+                header.compact_offset,
+                header.dict_offset,
+                dict.as_ref().map_or(0, Vec::len),
+                &bcodec,
+            )
+            .map_err(|e| {
+                Error::corrupt(
+                    header.compact_offset,
+                    format!(
+                        "the block index of the compact section is damaged ({why}) and \
+                             cannot be rebuilt from the blocks ({e}); cellar repair salvages \
+                             every intact block and record"
+                    ),
+                )
+            })?;
+            damaged_block_index = Some(header.compact_offset);
+            Some(index)
+        }
+    };
+    let compact = compact_index.map(|index| CompactTier {
         index,
-        codec: BlockCodec::new(3, dict.as_deref()),
+        codec: bcodec,
         cache: Arc::clone(cache),
     });
     let mut track = Track::fresh();
     track.damaged_checkpoint = damaged_checkpoint;
+    track.damaged_block_index = damaged_block_index;
     let (meta, table) = match loaded {
         Some((meta, table, s)) => {
             track.known = s.has_counts();
@@ -1390,6 +1431,43 @@ fn load_gen_once(
             .map_err(io_err("upgrading the header to format version 2"))?;
     }
     Ok(g)
+}
+
+/// The block index of a compact section whose BLOCKINDEX record (at `end`) is damaged, rebuilt
+/// from the BLOCK records before it: every one must be intact. The only damage stepped over is
+/// the first DICT record at `dict_offset` (the copy, of `dict_len` bytes, was used instead):
+/// exactly its length, so that no block can be skipped with it.
+fn rebuild_block_index(
+    st: &dyn Storage,
+    end: u64,
+    dict_offset: u64,
+    dict_len: usize,
+    codec: &BlockCodec,
+) -> Result<BlockIndex> {
+    let mut blocks = Vec::new();
+    let mut entries = 0u64;
+    let mut rd = LogReader::new(st, LOG_START, end);
+    loop {
+        match rd.next_record()? {
+            Next::End => break,
+            Next::Bad { offset, .. } if offset == dict_offset && dict_offset != 0 => {
+                rd.pos = offset + record_len(0, dict_len) as u64;
+            }
+            Next::Bad { offset, reason } => return Err(Error::corrupt(offset, reason)),
+            Next::Rec(off, h, rec) => {
+                if h.kind == K_BLOCK {
+                    let b = codec.decode(&rec[h.header_len..], off)?;
+                    entries += b.len() as u64;
+                    blocks.push((off, b));
+                }
+            }
+        }
+    }
+    let mut index = BlockIndex::new(entries);
+    for (off, b) in &blocks {
+        index.push_block(*off, b)?;
+    }
+    Ok(index)
 }
 
 /// A slot whose INDEX region is plausible enough to be skipped as a unit.
@@ -1782,6 +1860,12 @@ impl Store {
             if !report.checkpoint.contains(&msg) {
                 report.checkpoint.push(msg);
             }
+        }
+        if let Some(off) = t.damaged_block_index {
+            report.checkpoint.push(format!(
+                "the block index of the compact section (record at {off}) is damaged; open \
+                 rebuilt it from the blocks (the next compaction writes a new one)"
+            ));
         }
         if t.known && report.damage.is_empty() && t.sum.records != report.records {
             report.checkpoint.push(format!(
