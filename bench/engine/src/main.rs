@@ -3,6 +3,7 @@
 //!
 //! Usage: engine-bench [--scale F] [--only a,b,...] [--engines cellar,redb,...] [--dir DIR]
 //! `--scale 1` is the sizes (1M keys, 10k commits, 100k 4 KiB values, 10M-key open).
+//! Engine `cellar-compact` is cellar with `Options::compact_form` (compaction writes zstd blocks).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,10 +50,11 @@ fn disk_usage(p: &Path) -> u64 {
 // ---------------------------------------------------------------- cellar
 struct Cellar(cellar_engine::Store);
 impl Cellar {
-    fn open(dir: &Path, compression: cellar_engine::Compression) -> Cellar {
+    fn open(dir: &Path, compression: cellar_engine::Compression, compact_form: bool) -> Cellar {
         let opts = cellar_engine::Options {
             compression,
             auto_compact: false,
+            compact_form,
             ..Default::default()
         };
         Cellar(cellar_engine::Store::open(dir.join("store.cellar"), opts).expect("open cellar"))
@@ -374,13 +376,16 @@ impl Engine for Sled {
 fn open(name: &str, dir: &Path, compressible: bool) -> Box<dyn Engine> {
     std::fs::create_dir_all(dir).unwrap();
     match name {
-        "cellar" => Box::new(Cellar::open(
+        // `cellar-compact`: compaction writes the compact form (zstd blocks with a trained
+        // dictionary, docs/engine-format.md section 10).
+        "cellar" | "cellar-compact" => Box::new(Cellar::open(
             dir,
             if compressible {
                 cellar_engine::Compression::Zstd { level: 1 }
             } else {
                 cellar_engine::Compression::None
             },
+            name == "cellar-compact",
         )),
         "redb" => Box::new(Redb::open(dir)),
         "fjall" => Box::new(Fjall::open(dir)),
@@ -526,7 +531,7 @@ impl Results {
             let cellar = m.get("cellar");
             let peers: Vec<f64> = m
                 .iter()
-                .filter(|(e, _)| e.as_str() != "cellar")
+                .filter(|(e, _)| !e.starts_with("cellar"))
                 .map(|(_, x)| x.0)
                 .collect();
             match (cellar, peers.is_empty()) {

@@ -873,6 +873,21 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Arbitrary bytes as a block payload or a block index: an error or a value, never a
+        /// panic (the record checksum normally stops such bytes before they get here).
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(
+            proptest::prelude::any::<u8>(), 0..600), entries in 0u32..50, raw in 0u32..5000) {
+            let codec = BlockCodec::new(1, None);
+            let _ = codec.decode(&bytes, 0);
+            // A well-formed header in front of arbitrary frame bytes.
+            let mut p = entries.to_le_bytes().to_vec();
+            p.extend_from_slice(&raw.to_le_bytes());
+            p.extend_from_slice(&bytes);
+            let _ = codec.decode(&p, 0);
+            let _ = BlockIndex::decode(&bytes);
+        }
+
         #[test]
         fn model(map in proptest::collection::btree_map(
             proptest::collection::vec(0u8..4, 0..6),
