@@ -226,6 +226,17 @@ pub struct Block {
     data: Vec<u8>,
     /// Per entry: (key start, key end, value end); the value starts at the key's end.
     spans: Vec<(u32, u32, u32)>,
+    /// Per entry: the key's first 8 bytes, zero-padded, big-endian: ordered like the keys
+    /// wherever they differ, so most steps of a search compare integers.
+    prefixes: Vec<u64>,
+}
+
+/// The first 8 bytes of a key, zero-padded, as a big-endian integer.
+fn prefix(key: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = key.len().min(8);
+    a[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(a)
 }
 
 impl Block {
@@ -256,7 +267,18 @@ impl Block {
             ));
             pos = v1;
         }
-        (spans.len() as u64 == u64::from(entries)).then_some(Block { data, spans })
+        if spans.len() as u64 != u64::from(entries) {
+            return None;
+        }
+        let prefixes = spans
+            .iter()
+            .map(|&(k0, k1, _)| prefix(&data[k0 as usize..k1 as usize]))
+            .collect();
+        Some(Block {
+            data,
+            spans,
+            prefixes,
+        })
     }
 
     /// Number of entries.
@@ -272,7 +294,7 @@ impl Block {
 
     /// Bytes held in memory (for the cache budget).
     pub fn mem_bytes(&self) -> usize {
-        self.data.capacity() + self.spans.capacity() * 12 + 64
+        self.data.capacity() + self.spans.capacity() * 12 + self.prefixes.capacity() * 8 + 64
     }
 
     /// The `i`-th entry.
@@ -286,11 +308,22 @@ impl Block {
 
     /// The value of `key` (binary search).
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        let i = self
-            .spans
-            .binary_search_by(|&(k0, k1, _)| self.data[k0 as usize..k1 as usize].cmp(key))
-            .ok()?;
-        Some(self.entry(i).1)
+        use std::cmp::Ordering;
+        let p = prefix(key);
+        let (mut lo, mut hi) = (0, self.spans.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let ord = match self.prefixes[mid].cmp(&p) {
+                Ordering::Equal => self.entry(mid).0.cmp(key),
+                o => o,
+            };
+            match ord {
+                Ordering::Less => lo = mid + 1,
+                Ordering::Greater => hi = mid,
+                Ordering::Equal => return Some(self.entry(mid).1),
+            }
+        }
+        None
     }
 
     /// The entries in key order.
