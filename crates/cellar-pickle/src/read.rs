@@ -175,6 +175,8 @@ struct Decoder<'a, 's, S: Sink> {
     partials: Vec<PartialState<S::Handle>>,
     /// Loop-side tuples, and the sink's tuple once one was made.
     tuples: Vec<LoopTuple<S::Handle>>,
+    /// Reused for the items of APPENDS / SETITEMS / ADDITEMS (no allocation per opcode).
+    scratch: Vec<S::Handle>,
     used: usize,
     limit: usize,
 }
@@ -204,6 +206,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
             glob_index: std::collections::HashMap::new(),
             partials: Vec::new(),
             tuples: Vec::new(),
+            scratch: Vec::new(),
             used: 0,
             limit,
         }
@@ -1157,8 +1160,35 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
     /// `m - 1`, which must be something the sink made.
     fn fill(&mut self, m: usize, what: Fill) -> Res<(), S::Error> {
         self.charge((self.stack.len() - m) * 16)?;
-        let d = self.depth_of(&self.stack[m..])?;
-        let items = self.drain_values(m)?;
+        let mut items = std::mem::take(&mut self.scratch);
+        items.clear();
+        // One pass: the depth of the new items, and whether they are all sink values.
+        let mut deepest = 0;
+        let mut all_made = true;
+        for it in &self.stack[m..] {
+            match it {
+                Item::V(_, d) => deepest = deepest.max(*d),
+                other => {
+                    all_made = false;
+                    deepest = deepest.max(self.item_depth(other));
+                }
+            }
+        }
+        let d = if self.stack.len() > m { deepest + 1 } else { 1 };
+        self.check_depth(d)?;
+        if all_made {
+            items.reserve(self.stack.len() - m);
+            for it in self.stack.drain(m..) {
+                if let Item::V(h, _) = it {
+                    items.push(h);
+                }
+            }
+        } else {
+            let rest = self.stack.split_off(m);
+            for it in rest {
+                items.push(self.value(it)?);
+            }
+        }
         let refused = match what {
             Fill::Append => "APPEND/APPENDS target is not a list",
             Fill::SetItems => "SETITEM/SETITEMS target is not a dict",
@@ -1172,11 +1202,13 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
         }
         let target = target.clone();
         let ok = match what {
-            Fill::Append => self.sink.append(&target, items),
-            Fill::SetItems => self.sink.set_items(&target, items),
-            Fill::AddItems => self.sink.add_items(&target, items),
+            Fill::Append => self.sink.append(&target, &mut items),
+            Fill::SetItems => self.sink.set_items(&target, &mut items),
+            Fill::AddItems => self.sink.add_items(&target, &mut items),
         }
         .map_err(sink_err)?;
+        items.clear();
+        self.scratch = items;
         if !ok {
             return Err(self.err(refused).into());
         }
@@ -1187,6 +1219,9 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
     fn tuple_items(&self, it: &Item<S::Handle>, what: &str) -> Res<Vec<Item<S::Handle>>, S::Error> {
         match it {
             Item::V(h, d) if matches!(self.sink.shape(h), Shape::Tuple(_)) => {
+                if self.sink.shape(h) == Shape::Tuple(0) {
+                    return Ok(Vec::new());
+                }
                 let d = d.saturating_sub(1);
                 Ok(self
                     .sink

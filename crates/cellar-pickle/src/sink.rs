@@ -169,23 +169,25 @@ pub trait Sink {
     /// A frozenset of `items`.
     fn frozenset(&mut self, items: Vec<Self::Handle>) -> Result<Self::Handle, Self::Error>;
     /// APPEND/APPENDS: `false` if `target` is not something the sink lets items be appended
-    /// to (a list, or an object it created through an allowed class).
+    /// to (a list, or an object it created through an allowed class). `items` is the loop's
+    /// reusable buffer: the sink takes the items out of it (whatever it leaves is dropped).
     fn append(
         &mut self,
         target: &Self::Handle,
-        items: Vec<Self::Handle>,
+        items: &mut Vec<Self::Handle>,
     ) -> Result<bool, Self::Error>;
-    /// SETITEM/SETITEMS (interleaved): `false` if `target` takes no items.
+    /// SETITEM/SETITEMS (keys and values interleaved in `kv`, a reusable buffer as for
+    /// [`Sink::append`]): `false` if `target` takes no items.
     fn set_items(
         &mut self,
         target: &Self::Handle,
-        kv: Vec<Self::Handle>,
+        kv: &mut Vec<Self::Handle>,
     ) -> Result<bool, Self::Error>;
-    /// ADDITEMS: `false` if `target` is not a set.
+    /// ADDITEMS (`items` as for [`Sink::append`]): `false` if `target` is not a set.
     fn add_items(
         &mut self,
         target: &Self::Handle,
-        items: Vec<Self::Handle>,
+        items: &mut Vec<Self::Handle>,
     ) -> Result<bool, Self::Error>;
 
     // ---- questions about what the sink made ----------------------------------------------

@@ -11,7 +11,6 @@
 //! after all, the sink fails with [`RESTART`] and [`crate::loads`] decodes again in full graph
 //! mode.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use cellar_value::{BigInt, Dict, Int, PyStr, Set, Slice, Value};
@@ -156,7 +155,8 @@ pub(crate) struct ValueSink<'o> {
     nodes: Vec<Node>,
     /// Nesting depth of each node as known so far (exact depths are computed when freezing).
     node_depth: Vec<u32>,
-    globs: HashMap<u32, GlobInfo>,
+    /// Indexed by the loop's global id.
+    globs: Vec<Option<GlobInfo>>,
     next_buffer: usize,
     /// Freeze containers as soon as they are placed in another container (see `settle_vec`).
     eager: bool,
@@ -205,7 +205,7 @@ impl<'o> ValueSink<'o> {
             max_depth: opts.max_depth,
             nodes: Vec::new(),
             node_depth: Vec::new(),
-            globs: HashMap::new(),
+            globs: Vec::new(),
             next_buffer: 0,
             eager,
         }
@@ -257,11 +257,17 @@ impl<'o> ValueSink<'o> {
     }
 
     fn glob(&mut self, g: &GlobalRef<'_, Option<Constructor>>) -> u32 {
-        self.globs.entry(g.id).or_insert_with(|| GlobInfo {
-            module: g.module.to_owned(),
-            name: g.name.to_owned(),
-            ctor: g.allowed.cloned().flatten(),
-        });
+        let i = g.id as usize;
+        if self.globs.len() <= i {
+            self.globs.resize_with(i + 1, || None);
+        }
+        if self.globs[i].is_none() {
+            self.globs[i] = Some(GlobInfo {
+                module: g.module.to_owned(),
+                name: g.name.to_owned(),
+                ctor: g.allowed.cloned().flatten(),
+            });
+        }
         g.id
     }
 
@@ -487,18 +493,19 @@ impl<'o> ValueSink<'o> {
             }
             Node::Obj(o) => {
                 let o = *o;
-                let (module, name, ctor) = match self.globs.get(&o.glob) {
-                    Some(g) => (
-                        g.module.clone(),
-                        g.name.clone(),
-                        if o.construct != Construct::Call {
-                            g.ctor.clone()
-                        } else {
-                            None
-                        },
-                    ),
-                    None => return Err(err("internal error: unknown global")),
-                };
+                let (module, name, ctor) =
+                    match self.globs.get(o.glob as usize).and_then(Option::as_ref) {
+                        Some(g) => (
+                            g.module.clone(),
+                            g.name.clone(),
+                            if o.construct != Construct::Call {
+                                g.ctor.clone()
+                            } else {
+                                None
+                            },
+                        ),
+                        None => return Err(err("internal error: unknown global")),
+                    };
                 let mut args = Vec::with_capacity(o.args.len());
                 for it in o.args {
                     args.push(val(it, &mut depth)?);
@@ -713,25 +720,27 @@ impl<'o> Sink for ValueSink<'o> {
         self.new_node(Node::FrozenSet(items))
     }
 
-    fn append(&mut self, target: &VH, mut items: Vec<VH>) -> Res<bool> {
+    fn append(&mut self, target: &VH, items: &mut Vec<VH>) -> Res<bool> {
         let VH::N(n) = *target else {
             return Ok(false);
         };
         self.frozen_target(n)?;
-        self.settle_vec(&mut items)?;
+        self.settle_vec(items)?;
         // (settling may have frozen the target itself: a self-insertion, i.e. recursion)
         self.frozen_target(n)?;
         let d = self.items_depth(items.iter());
         self.deepen(n, d)?;
         match &mut self.nodes[n as usize] {
-            Node::List(l) => l.extend(items),
-            Node::Obj(o) => o.list.extend(items),
+            // (an empty list takes the buffer itself: no second copy of a large APPENDS)
+            Node::List(l) if l.is_empty() => std::mem::swap(l, items),
+            Node::List(l) => l.append(items),
+            Node::Obj(o) => o.list.append(items),
             _ => return Ok(false),
         }
         Ok(true)
     }
 
-    fn set_items(&mut self, target: &VH, mut kv: Vec<VH>) -> Res<bool> {
+    fn set_items(&mut self, target: &VH, kv: &mut Vec<VH>) -> Res<bool> {
         for k in kv.iter().step_by(2) {
             self.check_hashable(k)?;
         }
@@ -739,14 +748,14 @@ impl<'o> Sink for ValueSink<'o> {
             return Ok(false);
         };
         self.frozen_target(n)?;
-        self.settle_vec(&mut kv)?;
+        self.settle_vec(kv)?;
         self.frozen_target(n)?;
         let d = self.items_depth(kv.iter());
         self.deepen(n, d)?;
         if let Node::DictV(_) = &self.nodes[n as usize] {
             if kv.iter().all(|i| matches!(i, VH::V(..))) {
                 if let Node::DictV(dict) = &mut self.nodes[n as usize] {
-                    let mut it = kv.into_iter();
+                    let mut it = kv.drain(..);
                     while let (Some(VH::V(k, _)), Some(VH::V(v, _))) = (it.next(), it.next()) {
                         dict.insert(k, v).map_err(hash_err)?;
                     }
@@ -764,9 +773,10 @@ impl<'o> Sink for ValueSink<'o> {
             }
         }
         match &mut self.nodes[n as usize] {
-            Node::Dict(d) => d.extend(kv),
+            Node::Dict(d) if d.is_empty() => std::mem::swap(d, kv),
+            Node::Dict(d) => d.append(kv),
             Node::Obj(o) => {
-                let mut it = kv.into_iter();
+                let mut it = kv.drain(..);
                 while let (Some(k), Some(v)) = (it.next(), it.next()) {
                     o.dict.push((k, v));
                 }
@@ -776,9 +786,9 @@ impl<'o> Sink for ValueSink<'o> {
         Ok(true)
     }
 
-    fn add_items(&mut self, target: &VH, mut items: Vec<VH>) -> Res<bool> {
-        self.settle_vec(&mut items)?;
-        for it in &items {
+    fn add_items(&mut self, target: &VH, items: &mut Vec<VH>) -> Res<bool> {
+        self.settle_vec(items)?;
+        for it in items.iter() {
             self.check_hashable(it)?;
         }
         let VH::N(n) = *target else {
@@ -788,7 +798,8 @@ impl<'o> Sink for ValueSink<'o> {
         let d = self.items_depth(items.iter());
         self.deepen(n, d)?;
         match &mut self.nodes[n as usize] {
-            Node::Set(s) => s.extend(items),
+            Node::Set(s) if s.is_empty() => std::mem::swap(s, items),
+            Node::Set(s) => s.append(items),
             _ => return Ok(false),
         }
         Ok(true)
@@ -857,7 +868,8 @@ impl<'o> Sink for ValueSink<'o> {
             VH::N(n) => match &self.nodes[*n as usize] {
                 Node::Obj(o) => self
                     .globs
-                    .get(&o.glob)
+                    .get(o.glob as usize)
+                    .and_then(Option::as_ref)
                     .map(|g| (g.module.clone(), g.name.clone())),
                 _ => None,
             },

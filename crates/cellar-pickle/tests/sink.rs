@@ -118,21 +118,21 @@ impl Sink for LogSink {
         let what = format!("frozenset {items:?}");
         self.make(Made::Seq(Shape::FrozenSet, items), what)
     }
-    fn append(&mut self, target: &u32, items: Vec<u32>) -> R<bool> {
+    fn append(&mut self, target: &u32, items: &mut Vec<u32>) -> R<bool> {
         self.log.push(format!("append {target} {items:?}"));
         Ok(matches!(
             &self.made[*target as usize],
             Made::Seq(Shape::List, _)
         ))
     }
-    fn set_items(&mut self, target: &u32, kv: Vec<u32>) -> R<bool> {
+    fn set_items(&mut self, target: &u32, kv: &mut Vec<u32>) -> R<bool> {
         self.log.push(format!("set_items {target} {kv:?}"));
         Ok(matches!(
             &self.made[*target as usize],
             Made::Seq(Shape::Dict(_), _)
         ))
     }
-    fn add_items(&mut self, target: &u32, items: Vec<u32>) -> R<bool> {
+    fn add_items(&mut self, target: &u32, items: &mut Vec<u32>) -> R<bool> {
         self.log.push(format!("add_items {target} {items:?}"));
         Ok(matches!(
             &self.made[*target as usize],
