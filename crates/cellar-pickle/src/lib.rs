@@ -9,6 +9,10 @@
 //!   `module.name`, or, with [`LoadOptions::inert`], kept as an [`Inert`] object for
 //!   inspection. The decoder never recurses on the Rust stack, bounds nesting
 //!   ([`LoadOptions::max_depth`]) and memory ([`LoadOptions::max_bytes`]), and never panics.
+//! - The decoder is one opcode loop, [`decode`], generic over a [`Sink`] that makes the values:
+//!   the loop owns the format, the limits and the safety policy ([`policy`]); [`loads`] is
+//!   `decode` into the `Value` sink, and the Python package can drive the same loop with a sink
+//!   of its own.
 //! - [`dumps`] writes protocols 0-5 as CPython's pickler does: framing at 4+, memoized shared
 //!   objects, the same globals for complex/set/frozenset/bytearray/bytes at each protocol,
 //!   inert objects written back to an equivalent pickle, registered reducers and extension
@@ -44,17 +48,21 @@ pub mod policy;
 mod read;
 mod registry;
 mod serde_api;
+pub mod sink;
 mod text;
+mod value_sink;
 mod write;
 
 pub use crate::disasm::{disassemble, Op};
 pub use crate::error::{ErrorKind, PicklingError, RegistryError, UnpicklingError};
 pub use crate::globals::{globals_of, GlobalUse, GlobalsReport};
 pub use crate::inert::{Construct, Inert};
-pub use crate::read::{LoadOptions, PersistentLoad, DEFAULT_MAX_DEPTH};
+pub use crate::read::{decode, DecodeOptions, DEFAULT_MAX_DEPTH};
 pub use crate::registry::{Constructor, Reducer, Registry};
 pub use crate::serde_api::{from_slice, from_slice_with, to_vec, to_vec_with, SerdeError};
+pub use crate::sink::{Buffer, GlobalRef, Shape, Sink};
 pub use crate::text::{DecodeErrors, StringEncoding};
+pub use crate::value_sink::{LoadOptions, PersistentLoad};
 pub use crate::write::MAX_DUMP_DEPTH;
 pub use cellar_value::Value;
 
@@ -93,14 +101,7 @@ pub fn loads_with(
     registry: &Registry,
     opts: &LoadOptions<'_>,
 ) -> Result<(Value, usize), UnpicklingError> {
-    // Fast path first (containers frozen as soon as they are nested); a pickle that mutates a
-    // container after nesting it is decoded again in full graph mode.
-    match read::Reader::new(data, registry, opts, true).run() {
-        Err(e) if e.message == read::RESTART => {
-            read::Reader::new(data, registry, opts, false).run()
-        }
-        r => r,
-    }
+    value_sink::loads_with(data, registry, opts)
 }
 
 /// `pickle.dumps(value, protocol)` (protocol 0-5) with `registry`'s reducers and extension

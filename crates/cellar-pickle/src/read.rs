@@ -1,20 +1,27 @@
-//! The decoder: a flat opcode loop over the input with an explicit value stack (no recursion on
-//! the Rust stack), building a graph of mutable nodes (lists, dicts, sets, objects, which later
-//! opcodes may still modify through the memo), then freezing that graph into immutable
-//! [`Value`]s with an explicit DFS that keeps shared nodes shared and refuses cycles.
+//! The one pickle decoder: a flat opcode loop over the input with an explicit stack (no
+//! recursion on the Rust stack), generic over a [`Sink`] that makes the values.
+//!
+//! This loop owns the format and the safety policy; the sinks only build things (see
+//! [`crate::sink`]). Here, and only here: opcode parsing, frames, the stack and marks, the memo
+//! (of sink handles), the limits (`max_depth` over marks and the nesting of what is built,
+//! `max_bytes` charged for payloads, containers, stack slots, memo slots and globals), global
+//! resolution (the default table in [`crate::policy`], then the caller's consent through
+//! [`Sink::resolve`], then inert mode), the argument shapes the basic-type constructors
+//! accept, the pattern markers (`_reconstructor`, `__newobj__`, `__newobj_ex__`,
+//! `getattr(cls, '__new__')`, `functools.partial(cls.__new__, cls, ...)`: kept as loop-side
+//! items, never given to a sink as values, never built on), the rule that BUILD, APPEND,
+//! SETITEM and ADDITEMS act only on what the sink made (a global, a marker or a pattern is
+//! refused here), and every error message of the format.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use cellar_value::{BigInt, Dict, Int, PyStr, Set, Slice, Value};
-use num_traits::ToPrimitive;
+use cellar_value::{BigInt, Int, PyStr};
 
 use crate::compat;
 use crate::error::{ErrorKind, UnpicklingError};
-use crate::inert::{Construct, Inert};
+use crate::inert::Construct;
 use crate::ops::*;
 use crate::policy::{self, Known};
-use crate::registry::{Allowed, Registry};
+use crate::registry::Registry;
+use crate::sink::{Buffer, GlobalRef, Shape, Sink};
 use crate::text::{self, DecodeErrors, StringEncoding};
 
 /// The default nesting limit (containers inside containers, and MARK depth).
@@ -23,77 +30,95 @@ pub const DEFAULT_MAX_DEPTH: usize = 2000;
 /// Python's limit on decimal digits for text integers (`sys.get_int_max_str_digits()`).
 const INT_MAX_STR_DIGITS: usize = 4300;
 
-/// A `persistent_load` callback: receives the persistent id, returns the object.
-pub type PersistentLoad<'a> = &'a dyn Fn(Value) -> Result<Value, String>;
-
-/// Options of [`crate::loads_with`], mirroring `pickle.loads`' keyword arguments plus the safety
-/// limits.
-#[derive(Clone, Copy)]
-pub struct LoadOptions<'a> {
-    /// Decode globals that the registry does not allow to inert objects (see [`Inert`])
-    /// instead of refusing them.
+/// What the loop needs to know for one decode, whatever the sink (the sink keeps its own
+/// configuration: registry, buffers, `persistent_load`).
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeOptions {
+    /// Keep globals nobody allowed as inert objects instead of refusing them.
     pub inert: bool,
-    /// Map Python 2 global names to Python 3 ones at protocols 0-2 (pickle's `fix_imports`).
+    /// Map Python 2 global names to Python 3 ones at protocols 0-2.
     pub fix_imports: bool,
-    /// How Python 2 strings (STRING, BINSTRING, SHORT_BINSTRING) decode.
+    /// How Python 2 strings decode (passed to [`Sink::py2_string`]).
     pub encoding: StringEncoding,
     /// Error handler for `encoding`.
     pub errors: DecodeErrors,
-    /// Out-of-band buffers for NEXT_BUFFER (bytes or bytearray values), in order.
-    pub buffers: Option<&'a [Value]>,
-    /// PERSID / BINPERSID handler; without one those opcodes are refused.
-    pub persistent_load: Option<PersistentLoad<'a>>,
-    /// Maximum nesting of the decoded value and of MARKs.
+    /// Maximum nesting of MARKs and of the decoded value.
     pub max_depth: usize,
-    /// Maximum bytes the decoded value may occupy (payloads plus 16 per container item). `None`
-    /// means `max(64 * input length, 16 MiB)`.
+    /// Maximum bytes the decoded value may occupy; `None`: `max(64 * input length, 16 MiB)`.
     pub max_bytes: Option<usize>,
 }
 
-impl Default for LoadOptions<'_> {
+impl Default for DecodeOptions {
     fn default() -> Self {
-        LoadOptions {
+        DecodeOptions {
             inert: false,
             fix_imports: true,
             encoding: StringEncoding::Ascii,
             errors: DecodeErrors::Strict,
-            buffers: None,
-            persistent_load: None,
             max_depth: DEFAULT_MAX_DEPTH,
             max_bytes: None,
         }
     }
 }
 
-impl std::fmt::Debug for LoadOptions<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadOptions")
-            .field("inert", &self.inert)
-            .field("fix_imports", &self.fix_imports)
-            .field("encoding", &self.encoding)
-            .field("errors", &self.errors)
-            .field("buffers", &self.buffers.map(<[Value]>::len))
-            .field("persistent_load", &self.persistent_load.is_some())
-            .field("max_depth", &self.max_depth)
-            .field("max_bytes", &self.max_bytes)
-            .finish()
+/// Decodes the first pickle in `data` into `sink`; returns the sink's result and the bytes the
+/// pickle used (through STOP). Trailing bytes are ignored, as in CPython.
+pub fn decode<S: Sink>(
+    data: &[u8],
+    sink: &mut S,
+    opts: &DecodeOptions,
+) -> Result<(S::Output, usize), S::Error> {
+    let mut d = Decoder::new(data, sink, opts);
+    match d.run() {
+        Ok(r) => Ok(r),
+        Err(Fail::Own(e)) => Err(e.into()),
+        Err(Fail::Sink(e)) => Err(d.sink.locate(e, d.op_pos)),
     }
 }
 
-type Res<T> = Result<T, UnpicklingError>;
+/// An error of the loop (already located) or of the sink (located on the way out).
+enum Fail<E> {
+    Own(UnpicklingError),
+    Sink(E),
+}
 
-/// A stack / memo slot: a finished immutable value (with its nesting depth), a node of the
-/// mutable graph, or a global.
-#[derive(Clone)]
-enum Item {
-    V(Value, u32),
-    N(u32),
+impl<E> From<UnpicklingError> for Fail<E> {
+    fn from(e: UnpicklingError) -> Self {
+        Fail::Own(e)
+    }
+}
+
+type Res<T, E> = Result<T, Fail<E>>;
+
+/// A stack / memo slot.
+enum Item<H> {
+    /// Something the sink made, with the nesting depth known so far.
+    V(H, u32),
+    /// A resolved global (index into the globals table).
     G(u32),
+    /// `getattr(cls, '__new__')` of an allowed class (global index).
+    NewOf(u32),
+    /// `functools.partial(cls.__new__)` (index into the partials table).
+    Partial(u32),
+    /// A tuple holding loop-side items (globals, markers): kept here until it is used as
+    /// arguments, or made by the sink when it is used as a value.
+    T(u32),
+}
+
+impl<H: Clone> Clone for Item<H> {
+    fn clone(&self) -> Self {
+        match self {
+            Item::V(h, d) => Item::V(h.clone(), *d),
+            Item::G(g) => Item::G(*g),
+            Item::NewOf(g) => Item::NewOf(*g),
+            Item::Partial(p) => Item::Partial(*p),
+            Item::T(t) => Item::T(*t),
+        }
+    }
 }
 
 /// What a global resolves to. Only these; nothing is imported.
-#[derive(Clone)]
-enum GKind {
+enum GKind<G> {
     Complex,
     Set,
     FrozenSet,
@@ -101,12 +126,9 @@ enum GKind {
     Bytes,
     CodecsEncode,
     Slice,
-    /// `builtins.range`: `range(*ints)` becomes an inert `builtins.range(...)` description
-    /// (the value model has no range; the Python package builds a real range).
     Range,
-    /// A value global: Ellipsis, StopIteration, NotImplemented (inert `builtins.NotImplemented`).
-    Value(Value),
-    /// Pattern helpers, only meaningful together with allowed classes.
+    /// Ellipsis, StopIteration, NotImplemented.
+    Constant(Known),
     Reconstructor,
     NewObjFn,
     NewObjExFn,
@@ -114,174 +136,148 @@ enum GKind {
     Partial,
     /// A builtin type used as `_reconstructor`'s base (object, list, dict, int, ...).
     Base,
-    /// A class or function the registry allows (or any global, in inert mode).
-    Class(Option<crate::registry::Constructor>),
+    /// A class or function the caller allowed (`Some`), or any global in inert mode (`None`).
+    Class(Option<G>),
 }
 
-struct Glob {
+struct Glob<G> {
     module: String,
     name: String,
-    kind: GKind,
+    kind: GKind<G>,
 }
 
-struct ObjNode {
-    glob: u32,
-    construct: Construct,
-    args: Vec<Item>,
-    kwargs: Option<Item>,
-    state: Option<Item>,
-    list: Vec<Item>,
-    dict: Vec<(Item, Item)>,
+/// The arguments a prepared `functools.partial` passes to `cls.__new__`: `(cls, *args)` and
+/// the keyword arguments.
+type PartialArgs<H> = (Vec<Item<H>>, Option<Item<H>>);
+
+struct PartialState<H> {
+    cls: u32,
+    built: Option<PartialArgs<H>>,
 }
 
-enum Node {
-    List(Vec<Item>),
-    /// Keys and values interleaved: k0, v0, k1, v1, ...
-    Dict(Vec<Item>),
-    /// A dict whose keys and values are all finished values, built in place (the common case;
-    /// it becomes `Dict` if a node is ever set in it).
-    DictV(Dict),
-    Set(Vec<Item>),
-    FrozenSet(Vec<Item>),
-    Tuple(Vec<Item>),
-    Obj(Box<ObjNode>),
-    /// `getattr(cls, '__new__')`
-    NewOf(u32),
-    /// `functools.partial(cls.__new__)` then BUILD (func, (cls, *args), kwargs, dict)
-    Partial {
-        cls: u32,
-        built: Option<Box<(Vec<Item>, Option<Item>)>>,
-    },
-    /// Frozen early (fast path): the finished value and its depth. Mutating it afterwards
-    /// restarts the decode without the fast path.
-    Frozen(Value, u32),
-    /// Already frozen (its content moved out).
-    Taken,
-}
+/// A loop-side tuple and, once it was needed as a value, the sink's tuple with its depth.
+type LoopTuple<H> = (Vec<Item<H>>, Option<(H, u32)>);
 
-pub(crate) struct Reader<'a, 'o> {
+struct Decoder<'a, 's, S: Sink> {
     data: &'a [u8],
     pos: usize,
     op_pos: usize,
     frame_end: Option<usize>,
-    opts: &'o LoadOptions<'o>,
-    reg: &'o Registry,
+    opts: DecodeOptions,
+    sink: &'s mut S,
     proto: u8,
-    stack: Vec<Item>,
+    stack: Vec<Item<S::Handle>>,
     marks: Vec<usize>,
-    memo: Vec<Option<Item>>,
-    memo_sparse: HashMap<u32, Item>,
-    nodes: Vec<Node>,
-    /// Nesting depth of each node as known so far (exact depths are computed when freezing;
-    /// this catches depth bombs while decoding).
-    node_depth: Vec<u32>,
-    globals: Vec<Glob>,
-    glob_index: HashMap<(String, String), u32>,
+    memo: Vec<Option<Item<S::Handle>>>,
+    memo_sparse: std::collections::HashMap<u32, Item<S::Handle>>,
+    globals: Vec<Glob<S::Global>>,
+    glob_index: std::collections::HashMap<(String, String), u32>,
+    partials: Vec<PartialState<S::Handle>>,
+    /// Loop-side tuples, and the sink's tuple once one was made.
+    tuples: Vec<LoopTuple<S::Handle>>,
+    /// Reused for the items of APPENDS / SETITEMS / ADDITEMS (no allocation per opcode).
+    scratch: Vec<S::Handle>,
     used: usize,
     limit: usize,
-    next_buffer: usize,
-    /// Freeze containers as soon as they are placed in another container (see `settle`).
-    eager: bool,
 }
 
-/// The message of the internal error that makes [`crate::loads`] decode again without the
-/// eager fast path (a container was mutated after it was frozen early).
-pub(crate) const RESTART: &str = "\u{0}restart without eager freezing";
-
-fn scalar(v: Value) -> Item {
-    Item::V(v, 0)
+fn sink_err<E>(e: E) -> Fail<E> {
+    Fail::Sink(e)
 }
 
-impl<'a, 'o> Reader<'a, 'o> {
-    pub(crate) fn new(
-        data: &'a [u8],
-        reg: &'o Registry,
-        opts: &'o LoadOptions<'o>,
-        eager: bool,
-    ) -> Self {
+impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
+    fn new(data: &'a [u8], sink: &'s mut S, opts: &DecodeOptions) -> Self {
         let limit = opts
             .max_bytes
             .unwrap_or_else(|| data.len().saturating_mul(64).max(16 << 20));
-        Reader {
+        Decoder {
             data,
             pos: 0,
             op_pos: 0,
             frame_end: None,
-            opts,
-            reg,
+            opts: *opts,
+            sink,
             proto: 0,
-            stack: Vec::new(),
+            stack: Vec::with_capacity(16),
             marks: Vec::new(),
             memo: Vec::new(),
-            memo_sparse: HashMap::new(),
-            nodes: Vec::new(),
-            node_depth: Vec::new(),
+            memo_sparse: std::collections::HashMap::new(),
             globals: Vec::new(),
-            glob_index: HashMap::new(),
+            glob_index: std::collections::HashMap::new(),
+            partials: Vec::new(),
+            tuples: Vec::new(),
+            scratch: Vec::new(),
             used: 0,
             limit,
-            next_buffer: 0,
-            eager,
         }
     }
 
     // -----------------------------------------------------------------------------------------
     // errors and input
 
+    #[cold]
     fn err(&self, msg: impl Into<String>) -> UnpicklingError {
         UnpicklingError::new(ErrorKind::Unpickling, msg, self.op_pos)
     }
+    #[cold]
     fn err_kind(&self, kind: ErrorKind, msg: impl Into<String>) -> UnpicklingError {
         UnpicklingError::new(kind, msg, self.op_pos)
     }
+    #[cold]
     fn truncated(&self) -> UnpicklingError {
         self.err("pickle data was truncated")
     }
 
-    fn charge(&mut self, n: usize) -> Res<()> {
+    #[inline]
+    fn charge(&mut self, n: usize) -> Res<(), S::Error> {
         self.used = self.used.saturating_add(n);
         if self.used > self.limit {
-            return Err(self.err(format!(
-                "pickle exceeds the memory limit (max_bytes = {})",
-                self.limit
-            )));
+            return Err(self
+                .err(format!(
+                    "pickle exceeds the memory limit (max_bytes = {})",
+                    self.limit
+                ))
+                .into());
         }
         Ok(())
     }
 
-    fn take(&mut self, n: usize) -> Res<&'a [u8]> {
+    #[inline]
+    fn take(&mut self, n: usize) -> Res<&'a [u8], S::Error> {
         if let Some(end) = self.frame_end {
             if self.pos == end {
                 self.frame_end = None;
             } else if n > end - self.pos {
-                return Err(self.err("pickle exhausted before end of frame"));
+                return Err(self.err("pickle exhausted before end of frame").into());
             }
         }
         if n > self.data.len() - self.pos {
-            return Err(self.truncated());
+            return Err(self.truncated().into());
         }
         let s = &self.data[self.pos..self.pos + n];
         self.pos += n;
         Ok(s)
     }
 
-    fn take_len(&mut self, n: u64) -> Res<&'a [u8]> {
+    fn take_len(&mut self, n: u64) -> Res<&'a [u8], S::Error> {
         let n = usize::try_from(n).map_err(|_| self.truncated())?;
         self.take(n)
     }
 
-    fn byte(&mut self) -> Res<u8> {
+    #[inline]
+    fn byte(&mut self) -> Res<u8, S::Error> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Res<u16> {
+    fn u16(&mut self) -> Res<u16, S::Error> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self) -> Res<u32> {
+    #[inline]
+    fn u32(&mut self) -> Res<u32, S::Error> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self) -> Res<u64> {
+    fn u64(&mut self) -> Res<u64, S::Error> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
@@ -289,7 +285,7 @@ impl<'a, 'o> Reader<'a, 'o> {
     }
 
     /// A line without its `\n`.
-    fn line(&mut self) -> Res<&'a [u8]> {
+    fn line(&mut self) -> Res<&'a [u8], S::Error> {
         let limit = match self.frame_end {
             Some(end) if self.pos == end => {
                 self.frame_end = None;
@@ -305,160 +301,166 @@ impl<'a, 'o> Reader<'a, 'o> {
                 Ok(&rest[..i])
             }
             None if self.frame_end.is_some() => {
-                Err(self.err("pickle exhausted before end of frame"))
+                Err(self.err("pickle exhausted before end of frame").into())
             }
-            None => Err(self.truncated()),
+            None => Err(self.truncated().into()),
         }
     }
 
     // -----------------------------------------------------------------------------------------
     // stack
 
+    #[inline]
     fn fence(&self) -> usize {
         self.marks.last().copied().unwrap_or(0)
     }
+    #[cold]
     fn underflow(&self) -> UnpicklingError {
         self.err("unpickling stack underflow")
     }
-    fn pop(&mut self) -> Res<Item> {
+    #[inline]
+    fn pop(&mut self) -> Res<Item<S::Handle>, S::Error> {
         if self.stack.len() <= self.fence() {
-            return Err(self.underflow());
+            return Err(self.underflow().into());
         }
-        self.stack.pop().ok_or_else(|| self.underflow())
+        self.stack.pop().ok_or_else(|| self.underflow().into())
     }
-    fn top(&self) -> Res<&Item> {
+    fn top(&self) -> Res<&Item<S::Handle>, S::Error> {
         if self.stack.len() <= self.fence() {
-            return Err(self.underflow());
+            return Err(self.underflow().into());
         }
-        self.stack.last().ok_or_else(|| self.underflow())
+        self.stack.last().ok_or_else(|| self.underflow().into())
     }
-    fn pop_mark(&mut self) -> Res<Vec<Item>> {
-        let Some(m) = self.marks.pop() else {
-            return Err(self.err("could not find MARK"));
-        };
-        Ok(self.stack.split_off(m.min(self.stack.len())))
+    fn pop_mark_index(&mut self) -> Res<usize, S::Error> {
+        match self.marks.pop() {
+            Some(m) => Ok(m.min(self.stack.len())),
+            None => Err(self.err("could not find MARK").into()),
+        }
     }
-    fn push(&mut self, it: Item) -> Res<()> {
+    fn pop_mark(&mut self) -> Res<Vec<Item<S::Handle>>, S::Error> {
+        let m = self.pop_mark_index()?;
+        Ok(self.stack.split_off(m))
+    }
+    #[inline]
+    fn push(&mut self, it: Item<S::Handle>) -> Res<(), S::Error> {
         self.charge(16)?;
         self.stack.push(it);
         Ok(())
     }
-    fn push_v(&mut self, v: Value) -> Res<()> {
-        self.push(Item::V(v, 0))
+    /// Pushes a scalar the sink made.
+    #[inline]
+    fn push_made(&mut self, r: Result<S::Handle, S::Error>) -> Res<(), S::Error> {
+        let h = r.map_err(sink_err)?;
+        self.push(Item::V(h, 0))
     }
-    fn new_node(&mut self, n: Node) -> Res<Item> {
-        self.charge(32)?;
-        let idx = u32::try_from(self.nodes.len()).map_err(|_| self.err("too many objects"))?;
-        let d = match &n {
-            Node::List(v) | Node::Set(v) | Node::FrozenSet(v) | Node::Tuple(v) | Node::Dict(v) => {
-                self.items_depth(v.iter())
-            }
-            Node::Obj(o) => self.items_depth(o.args.iter()),
-            _ => 1,
-        };
-        self.check_depth(d)?;
-        self.nodes.push(n);
-        self.node_depth.push(d);
-        Ok(Item::N(idx))
+
+    fn check_depth(&self, d: u32) -> Res<(), S::Error> {
+        if d as usize > self.opts.max_depth {
+            return Err(self
+                .err(format!(
+                    "maximum nesting depth exceeded (max_depth = {})",
+                    self.opts.max_depth
+                ))
+                .into());
+        }
+        Ok(())
     }
-    fn item_depth(&self, it: &Item) -> u32 {
+
+    fn item_depth(&self, it: &Item<S::Handle>) -> u32 {
         match it {
             Item::V(_, d) => *d,
-            Item::N(n) => self.node_depth[*n as usize],
-            Item::G(_) => 0,
+            Item::T(t) => match &self.tuples[*t as usize].1 {
+                Some((_, d)) => *d,
+                None => 1,
+            },
+            _ => 0,
         }
     }
-    /// 1 + the deepest of `items`.
-    fn items_depth<'i>(&self, items: impl Iterator<Item = &'i Item>) -> u32 {
-        1 + items.map(|i| self.item_depth(i)).max().unwrap_or(0)
-    }
-    /// Raises node `n`'s known depth for new content of depth `d` (content depth + 1).
-    fn deepen(&mut self, n: u32, d: u32) -> Res<()> {
-        let slot = &mut self.node_depth[n as usize];
-        if d > *slot {
-            *slot = d;
-            self.check_depth(d)?;
-        }
-        Ok(())
-    }
-    fn check_depth(&self, d: u32) -> Res<()> {
-        if d as usize > self.opts.max_depth {
-            return Err(self.err(format!(
-                "maximum nesting depth exceeded (max_depth = {})",
-                self.opts.max_depth
-            )));
-        }
-        Ok(())
+
+    /// 1 + the deepest of `items`, checked against `max_depth`.
+    fn depth_of(&self, items: &[Item<S::Handle>]) -> Res<u32, S::Error> {
+        let d = 1 + items.iter().map(|i| self.item_depth(i)).max().unwrap_or(0);
+        self.check_depth(d)?;
+        Ok(d)
     }
 
     // -----------------------------------------------------------------------------------------
-    // eager freezing: a container placed inside another one is finished in every pickle CPython
-    // writes, so it is turned into a value right away (no graph left to freeze at STOP). If a
-    // later opcode mutates it after all, the decode restarts in full graph mode.
+    // loop-side items into sink values
 
-    fn restart(&self) -> UnpicklingError {
-        self.err(RESTART)
-    }
-
-    fn frozen_target(&self, n: u32) -> Res<()> {
-        if matches!(self.nodes[n as usize], Node::Frozen(..)) {
-            return Err(self.restart());
-        }
-        Ok(())
-    }
-
-    /// Freezes node `c` now if all its content is finished values (an unhashable key fails
-    /// here, as CPython fails at the SETITEM).
-    fn try_freeze(&mut self, c: u32) -> Res<Option<Item>> {
-        let ready = match &self.nodes[c as usize] {
-            Node::List(v) | Node::Set(v) | Node::FrozenSet(v) | Node::Dict(v) => {
-                v.iter().all(|i| matches!(i, Item::V(..)))
-            }
-            Node::Frozen(v, d) => return Ok(Some(Item::V(v.clone(), *d))),
-            Node::DictV(_) => true,
-            _ => false,
-        };
-        if !ready {
-            return Ok(None);
-        }
-        let (v, d) = self.build_node(c, &[])?;
-        self.nodes[c as usize] = Node::Frozen(v.clone(), d);
-        Ok(Some(Item::V(v, d)))
-    }
-
-    /// Settles the stack items from `from` up (about to move into a container).
-    fn settle_stack(&mut self, from: usize) -> Res<()> {
-        if !self.eager {
-            return Ok(());
-        }
-        for i in from..self.stack.len() {
-            if let Item::N(c) = self.stack[i] {
-                if let Some(it) = self.try_freeze(c)? {
-                    self.stack[i] = it;
+    /// The sink value of `it` (a global used as a value, a loop-side tuple); markers and
+    /// patterns never become values.
+    fn value(&mut self, it: Item<S::Handle>) -> Res<S::Handle, S::Error> {
+        match it {
+            Item::V(h, _) => Ok(h),
+            Item::G(g) => self.global_value(g),
+            Item::T(t) => {
+                if let Some((h, _)) = &self.tuples[t as usize].1 {
+                    return Ok(h.clone());
                 }
+                let items = self.tuples[t as usize].0.clone();
+                let d = self.depth_of(&items)?;
+                let vals = self.values(items)?;
+                let h = self.sink.tuple(vals).map_err(sink_err)?;
+                self.tuples[t as usize].1 = Some((h.clone(), d));
+                Ok(h)
             }
+            Item::NewOf(_) | Item::Partial(_) => Err(self
+                .err("incomplete functools.partial / getattr pattern cannot be loaded as a value")
+                .into()),
         }
-        Ok(())
     }
 
-    fn settle_vec(&mut self, items: &mut [Item]) -> Res<()> {
-        if !self.eager {
-            return Ok(());
+    fn values(&mut self, items: Vec<Item<S::Handle>>) -> Res<Vec<S::Handle>, S::Error> {
+        let mut out = Vec::with_capacity(items.len());
+        for it in items {
+            out.push(self.value(it)?);
         }
-        for it in items.iter_mut() {
-            if let Item::N(c) = *it {
-                if let Some(v) = self.try_freeze(c)? {
-                    *it = v;
-                }
+        Ok(out)
+    }
+
+    /// The stack items from `m` up, as sink values (drained).
+    fn drain_values(&mut self, m: usize) -> Res<Vec<S::Handle>, S::Error> {
+        if self.stack[m..].iter().all(|i| matches!(i, Item::V(..))) {
+            return Ok(self
+                .stack
+                .drain(m..)
+                .filter_map(|i| match i {
+                    Item::V(h, _) => Some(h),
+                    _ => None,
+                })
+                .collect());
+        }
+        let items = self.stack.split_off(m);
+        self.values(items)
+    }
+
+    fn global_value(&mut self, g: u32) -> Res<S::Handle, S::Error> {
+        match &self.globals[g as usize].kind {
+            GKind::Constant(k) => {
+                let k = *k;
+                self.sink.constant(k).map_err(sink_err)
             }
+            GKind::Class(_) => {
+                let r = self.sink.global(gref_of(&self.globals, g));
+                r.map_err(sink_err)
+            }
+            _ if self.opts.inert => {
+                let r = self.sink.global(gref_of(&self.globals, g));
+                r.map_err(sink_err)
+            }
+            _ => Err(self
+                .err(format!(
+                    "global '{}' cannot be loaded as a value (load with inert=True to inspect it)",
+                    self.glob_name(g)
+                ))
+                .into()),
         }
-        Ok(())
     }
 
     // -----------------------------------------------------------------------------------------
     // memo
 
-    fn memo_put(&mut self, idx: u64, it: Item) -> Res<()> {
+    fn memo_put(&mut self, idx: u64, it: Item<S::Handle>) -> Res<(), S::Error> {
         let idx = u32::try_from(idx).map_err(|_| self.err("memo index out of range"))?;
         let i = idx as usize;
         if i < self.memo.len() {
@@ -467,23 +469,26 @@ impl<'a, 'o> Reader<'a, 'o> {
             self.charge(16)?;
             self.memo.push(Some(it));
         } else {
-            self.charge(48)?;
+            if !self.memo_sparse.contains_key(&idx) {
+                self.charge(48)?;
+            }
             self.memo_sparse.insert(idx, it);
         }
         Ok(())
     }
-    fn memo_get(&self, idx: u64) -> Res<Item> {
+    fn memo_get(&self, idx: u64) -> Res<Item<S::Handle>, S::Error> {
         let found = u32::try_from(idx)
             .ok()
             .and_then(|i| match self.memo.get(i as usize) {
                 Some(Some(it)) => Some(it.clone()),
                 _ => self.memo_sparse.get(&i).cloned(),
             });
-        // (a frozen node stays a node here, so mutating it is noticed; `settle` turns it into
-        // its value when it is nested)
-        found.ok_or_else(|| self.err(format!("Memo value not found at index {idx}")))
+        found.ok_or_else(|| {
+            self.err(format!("Memo value not found at index {idx}"))
+                .into()
+        })
     }
-    fn put_top(&mut self, idx: u64) -> Res<()> {
+    fn put_top(&mut self, idx: u64) -> Res<(), S::Error> {
         let it = self.top()?.clone();
         self.memo_put(idx, it)
     }
@@ -491,25 +496,27 @@ impl<'a, 'o> Reader<'a, 'o> {
     // -----------------------------------------------------------------------------------------
     // the opcode loop
 
-    pub(crate) fn run(mut self) -> Res<(Value, usize)> {
+    fn run(&mut self) -> Res<(S::Output, usize), S::Error> {
         if self.data.is_empty() {
-            return Err(UnpicklingError::new(ErrorKind::Eof, "Ran out of input", 0));
+            return Err(UnpicklingError::new(ErrorKind::Eof, "Ran out of input", 0).into());
         }
         loop {
             self.op_pos = self.pos;
             if self.pos >= self.data.len() {
                 // pickle.py / _pickle: no opcode where one is expected is EOFError.
-                return Err(self.err_kind(ErrorKind::Eof, "Ran out of input"));
+                return Err(self.err_kind(ErrorKind::Eof, "Ran out of input").into());
             }
             let op = self.byte()?;
             match op {
                 PROTO => {
                     let p = self.byte()?;
                     if p > 5 {
-                        return Err(self.err_kind(
-                            ErrorKind::Value,
-                            format!("unsupported pickle protocol: {p}"),
-                        ));
+                        return Err(self
+                            .err_kind(
+                                ErrorKind::Value,
+                                format!("unsupported pickle protocol: {p}"),
+                            )
+                            .into());
                     }
                     self.proto = p;
                 }
@@ -517,28 +524,31 @@ impl<'a, 'o> Reader<'a, 'o> {
                     let n = self.u64()?;
                     if let Some(end) = self.frame_end {
                         if self.pos != end {
-                            return Err(
-                                self.err("beginning of a new frame before end of current frame")
-                            );
+                            return Err(self
+                                .err("beginning of a new frame before end of current frame")
+                                .into());
                         }
                     }
                     if n > (self.data.len() - self.pos) as u64 {
-                        return Err(self.truncated());
+                        return Err(self.truncated().into());
                     }
                     self.frame_end = Some(self.pos + n as usize);
                 }
                 STOP => {
                     let it = self.pop()?;
                     let end = self.pos;
-                    let v = self.freeze(it)?;
-                    return Ok((v, end));
+                    let h = self.value(it)?;
+                    let out = self.sink.finish(h).map_err(sink_err)?;
+                    return Ok((out, end));
                 }
                 MARK => {
                     if self.marks.len() >= self.opts.max_depth {
-                        return Err(self.err(format!(
-                            "too many nested MARKs (max_depth = {})",
-                            self.opts.max_depth
-                        )));
+                        return Err(self
+                            .err(format!(
+                                "too many nested MARKs (max_depth = {})",
+                                self.opts.max_depth
+                            ))
+                            .into());
                     }
                     self.charge(8)?;
                     self.marks.push(self.stack.len());
@@ -547,7 +557,7 @@ impl<'a, 'o> Reader<'a, 'o> {
                     if self.stack.len() > self.fence() {
                         self.stack.pop();
                     } else if self.marks.pop().is_none() {
-                        return Err(self.underflow());
+                        return Err(self.underflow().into());
                     }
                 }
                 POP_MARK => {
@@ -558,29 +568,44 @@ impl<'a, 'o> Reader<'a, 'o> {
                     self.push(it)?;
                 }
                 // ---- numbers
-                NONE => self.push_v(Value::None)?,
-                NEWTRUE => self.push_v(Value::Bool(true))?,
-                NEWFALSE => self.push_v(Value::Bool(false))?,
+                NONE => {
+                    let r = self.sink.none();
+                    self.push_made(r)?
+                }
+                NEWTRUE => {
+                    let r = self.sink.bool(true);
+                    self.push_made(r)?
+                }
+                NEWFALSE => {
+                    let r = self.sink.bool(false);
+                    self.push_made(r)?
+                }
                 BININT1 => {
                     let b = self.byte()?;
-                    self.push_v(Value::int(b as i64))?
+                    let r = self.sink.int(b as i64);
+                    self.push_made(r)?
                 }
                 BININT2 => {
                     let v = self.u16()?;
-                    self.push_v(Value::int(v as i64))?
+                    let r = self.sink.int(v as i64);
+                    self.push_made(r)?
                 }
                 BININT => {
                     let v = self.u32()? as i32;
-                    self.push_v(Value::int(v as i64))?
+                    let r = self.sink.int(v as i64);
+                    self.push_made(r)?
                 }
                 INT => {
                     let line = self.line()?;
-                    let v = match line {
-                        b"00" => Value::Bool(false),
-                        b"01" => Value::Bool(true),
-                        _ => Value::Int(self.parse_int(line)?),
+                    let r = match line {
+                        b"00" => self.sink.bool(false),
+                        b"01" => self.sink.bool(true),
+                        _ => {
+                            let v = self.parse_int(line)?;
+                            self.make_int(v)
+                        }
                     };
-                    self.push_v(v)?
+                    self.push_made(r)?
                 }
                 LONG => {
                     let mut line = self.line()?;
@@ -588,21 +613,24 @@ impl<'a, 'o> Reader<'a, 'o> {
                         line = rest;
                     }
                     let v = self.parse_int(line)?;
-                    self.push_v(Value::Int(v))?
+                    let r = self.make_int(v);
+                    self.push_made(r)?
                 }
                 LONG1 => {
                     let n = self.byte()? as usize;
                     let b = self.take(n)?;
-                    self.push_v(Value::bigint(BigInt::from_signed_bytes_le(b)))?
+                    let r = self.le_int(b);
+                    self.push_made(r)?
                 }
                 LONG4 => {
                     let n = self.u32()? as i32;
                     if n < 0 {
-                        return Err(self.err("LONG pickle has negative byte count"));
+                        return Err(self.err("LONG pickle has negative byte count").into());
                     }
                     let b = self.take(n as usize)?;
                     self.charge(b.len())?;
-                    self.push_v(Value::bigint(BigInt::from_signed_bytes_le(b)))?
+                    let r = self.le_int(b);
+                    self.push_made(r)?
                 }
                 FLOAT => {
                     let line = self.line()?;
@@ -619,20 +647,26 @@ impl<'a, 'o> Reader<'a, 'o> {
                                 ),
                             )
                         })?;
-                    self.push_v(Value::Float(f))?
+                    let r = self.sink.float(f);
+                    self.push_made(r)?
                 }
                 BINFLOAT => {
                     let b = self.take(8)?;
                     let mut a = [0u8; 8];
                     a.copy_from_slice(b);
-                    self.push_v(Value::Float(f64::from_be_bytes(a)))?
+                    let r = self.sink.float(f64::from_be_bytes(a));
+                    self.push_made(r)?
                 }
                 // ---- strings
                 STRING => {
                     let line = self.line()?;
                     let body = match line {
                         [q @ (b'\'' | b'"'), body @ .., e] if q == e => body,
-                        _ => return Err(self.err("the STRING opcode argument must be quoted")),
+                        _ => {
+                            return Err(self
+                                .err("the STRING opcode argument must be quoted")
+                                .into())
+                        }
                     };
                     let raw = text::escape_decode(body)
                         .map_err(|m| self.err_kind(ErrorKind::Value, m))?;
@@ -641,7 +675,7 @@ impl<'a, 'o> Reader<'a, 'o> {
                 BINSTRING => {
                     let n = self.u32()? as i32;
                     if n < 0 {
-                        return Err(self.err("BINSTRING pickle has negative byte count"));
+                        return Err(self.err("BINSTRING pickle has negative byte count").into());
                     }
                     let b = self.take(n as usize)?;
                     self.push_py2_string(b)?
@@ -656,7 +690,8 @@ impl<'a, 'o> Reader<'a, 'o> {
                     self.charge(line.len() * 2)?;
                     let s = text::raw_unicode_escape_decode(line)
                         .map_err(|m| self.err_kind(ErrorKind::UnicodeDecode, m))?;
-                    self.push_v(Value::from(s))?
+                    let r = self.sink.str(s);
+                    self.push_made(r)?
                 }
                 SHORT_BINUNICODE => {
                     let n = self.byte()? as usize;
@@ -676,155 +711,155 @@ impl<'a, 'o> Reader<'a, 'o> {
                 SHORT_BINBYTES => {
                     let n = self.byte()? as usize;
                     let b = self.take(n)?;
-                    self.push_v(Value::Bytes(b.into()))?
+                    let r = self.sink.bytes(b);
+                    self.push_made(r)?
                 }
                 BINBYTES => {
                     let n = self.u32()? as u64;
                     let b = self.take_len(n)?;
                     self.charge(b.len())?;
-                    self.push_v(Value::Bytes(b.into()))?
+                    let r = self.sink.bytes(b);
+                    self.push_made(r)?
                 }
                 BINBYTES8 => {
                     let n = self.u64()?;
                     let b = self.take_len(n)?;
                     self.charge(b.len())?;
-                    self.push_v(Value::Bytes(b.into()))?
+                    let r = self.sink.bytes(b);
+                    self.push_made(r)?
                 }
                 BYTEARRAY8 => {
                     let n = self.u64()?;
                     let b = self.take_len(n)?;
                     self.charge(b.len())?;
-                    self.push_v(Value::ByteArray(Arc::new(b.to_vec())))?
+                    let r = self.sink.bytearray(b);
+                    self.push_made(r)?
                 }
-                NEXT_BUFFER => {
-                    let Some(bufs) = self.opts.buffers else {
-                        return Err(self.err(
-                            "pickle stream refers to out-of-band data but no *buffers* argument was given",
-                        ));
-                    };
-                    let Some(b) = bufs.get(self.next_buffer) else {
-                        return Err(self.err("not enough out-of-band buffers"));
-                    };
-                    self.next_buffer += 1;
-                    let b = b.clone();
-                    self.push_v(b)?
-                }
-                READONLY_BUFFER => {
-                    let mut it = self.pop()?;
-                    if let Item::V(Value::ByteArray(b), d) = &it {
-                        let ro = Item::V(Value::Bytes(b[..].into()), *d);
-                        it = ro;
+                NEXT_BUFFER => match self.sink.next_buffer().map_err(sink_err)? {
+                    Buffer::Next(h) => self.push(Item::V(h, 0))?,
+                    Buffer::NotGiven => {
+                        return Err(self
+                            .err("pickle stream refers to out-of-band data but no *buffers* argument was given")
+                            .into())
                     }
+                    Buffer::Exhausted => {
+                        return Err(self.err("not enough out-of-band buffers").into())
+                    }
+                },
+                READONLY_BUFFER => {
+                    let it = self.pop()?;
+                    let it = match it {
+                        Item::V(h, d) => Item::V(self.sink.readonly(h).map_err(sink_err)?, d),
+                        other => other,
+                    };
                     self.push(it)?
                 }
                 // ---- containers
-                EMPTY_TUPLE => self.push(Item::V(Value::tuple(Vec::new()), 1))?,
+                EMPTY_TUPLE => {
+                    let r = self.sink.tuple(Vec::new()).map_err(sink_err)?;
+                    self.push(Item::V(r, 1))?
+                }
                 TUPLE => {
-                    let items = self.pop_mark()?;
-                    let t = self.make_tuple(items)?;
+                    let m = self.pop_mark_index()?;
+                    let t = self.make_tuple(m)?;
                     self.push(t)?
                 }
                 TUPLE1 | TUPLE2 | TUPLE3 => {
                     let n = (op - TUPLE1 + 1) as usize;
                     if self.stack.len() < self.fence() + n {
-                        return Err(self.underflow());
+                        return Err(self.underflow().into());
                     }
-                    let items = self.stack.split_off(self.stack.len() - n);
-                    let t = self.make_tuple(items)?;
+                    let t = self.make_tuple(self.stack.len() - n)?;
                     self.push(t)?
                 }
                 EMPTY_LIST => {
-                    let n = self.new_node(Node::List(Vec::new()))?;
-                    self.push(n)?
+                    self.charge(32)?;
+                    let r = self.sink.list(Vec::new()).map_err(sink_err)?;
+                    self.push(Item::V(r, 1))?
                 }
                 LIST => {
-                    let mut items = self.pop_mark()?;
-                    self.settle_vec(&mut items)?;
-                    self.charge(items.len() * 16)?;
-                    let n = self.new_node(Node::List(items))?;
-                    self.push(n)?
+                    let m = self.pop_mark_index()?;
+                    let d = self.depth_of(&self.stack[m..])?;
+                    self.charge((self.stack.len() - m) * 16 + 32)?;
+                    let items = self.drain_values(m)?;
+                    let r = self.sink.list(items).map_err(sink_err)?;
+                    self.push(Item::V(r, d))?
                 }
                 EMPTY_DICT => {
-                    let n = self.new_node(Node::DictV(Dict::new()))?;
-                    self.push(n)?
+                    self.charge(32)?;
+                    let r = self.sink.dict(Vec::new()).map_err(sink_err)?;
+                    self.push(Item::V(r, 1))?
                 }
                 DICT => {
-                    let mut items = self.pop_mark()?;
-                    self.settle_vec(&mut items)?;
-                    if items.len() & 1 == 1 {
-                        return Err(self.err("odd number of items for DICT"));
+                    let m = self.pop_mark_index()?;
+                    if (self.stack.len() - m) & 1 == 1 {
+                        return Err(self.err("odd number of items for DICT").into());
                     }
-                    self.charge(items.len() * 16)?;
-                    let n = self.new_node(Node::Dict(items))?;
-                    self.push(n)?
+                    let d = self.depth_of(&self.stack[m..])?;
+                    self.charge((self.stack.len() - m) * 16 + 32)?;
+                    let items = self.drain_values(m)?;
+                    let r = self.sink.dict(items).map_err(sink_err)?;
+                    self.push(Item::V(r, d))?
                 }
                 EMPTY_SET => {
-                    let n = self.new_node(Node::Set(Vec::new()))?;
-                    self.push(n)?
+                    self.charge(32)?;
+                    let r = self.sink.set(Vec::new()).map_err(sink_err)?;
+                    self.push(Item::V(r, 1))?
                 }
                 FROZENSET => {
-                    let mut items = self.pop_mark()?;
-                    for it in &items {
-                        self.check_hashable(it)?;
-                    }
-                    self.settle_vec(&mut items)?;
-                    self.charge(items.len() * 16)?;
-                    let n = self.new_node(Node::FrozenSet(items))?;
-                    self.push(n)?
+                    let m = self.pop_mark_index()?;
+                    let d = self.depth_of(&self.stack[m..])?;
+                    self.charge((self.stack.len() - m) * 16 + 32)?;
+                    let items = self.drain_values(m)?;
+                    let r = self.sink.frozenset(items).map_err(sink_err)?;
+                    self.push(Item::V(r, d))?
                 }
                 APPEND => {
-                    let mut v = [self.pop()?];
-                    self.settle_vec(&mut v)?;
-                    let [v] = v;
-                    self.extend_list(vec![v])?;
+                    if self.stack.len() < self.fence() + 2 {
+                        return Err(self.underflow().into());
+                    }
+                    self.fill(self.stack.len() - 1, Fill::Append)?
                 }
-                APPENDS => self.appends_from_mark()?,
+                APPENDS => {
+                    let m = self.pop_mark_index()?;
+                    if m <= self.fence() {
+                        return Err(self.underflow().into());
+                    }
+                    self.fill(m, Fill::Append)?
+                }
                 SETITEM => {
                     if self.stack.len() < self.fence() + 3 {
-                        return Err(self.underflow());
+                        return Err(self.underflow().into());
                     }
-                    let m = self.stack.len() - 2;
-                    self.setitems_from(m)?;
+                    self.fill(self.stack.len() - 2, Fill::SetItems)?
                 }
                 SETITEMS => {
                     let Some(m) = self.marks.pop() else {
-                        return Err(self.err("could not find MARK"));
+                        return Err(self.err("could not find MARK").into());
                     };
                     if (self.stack.len() - m) & 1 == 1 {
-                        return Err(self.err("odd number of items for SETITEMS"));
+                        return Err(self.err("odd number of items for SETITEMS").into());
                     }
                     if m <= self.fence() {
-                        return Err(self.underflow());
+                        return Err(self.underflow().into());
                     }
-                    self.setitems_from(m)?;
+                    self.fill(m, Fill::SetItems)?
                 }
                 ADDITEMS => {
-                    let mut items = self.pop_mark()?;
-                    self.charge(items.len() * 16)?;
-                    self.settle_vec(&mut items)?;
-                    for it in &items {
-                        self.check_hashable(it)?;
+                    let m = self.pop_mark_index()?;
+                    if m <= self.fence() {
+                        return Err(self.underflow().into());
                     }
-                    let top = self.top()?.clone();
-                    if let Item::N(n) = top {
-                        self.frozen_target(n)?;
-                        let d = self.items_depth(items.iter());
-                        self.deepen(n, d)?;
-                    }
-                    match top {
-                        Item::N(n) => match &mut self.nodes[n as usize] {
-                            Node::Set(s) => s.extend(items),
-                            _ => return Err(self.err("ADDITEMS target is not a set")),
-                        },
-                        _ => return Err(self.err("ADDITEMS target is not a set")),
-                    }
+                    self.fill(m, Fill::AddItems)?
                 }
                 // ---- memo
                 PUT => {
                     let line = self.line()?;
                     let idx = self.parse_index(line)?;
                     if idx < 0 {
-                        return Err(self.err_kind(ErrorKind::Value, "negative PUT argument"));
+                        return Err(self
+                            .err_kind(ErrorKind::Value, "negative PUT argument")
+                            .into());
                     }
                     self.put_top(idx as u64)?
                 }
@@ -843,11 +878,12 @@ impl<'a, 'o> Reader<'a, 'o> {
                 GET => {
                     let line = self.line()?;
                     let idx = self.parse_index(line)?;
-                    let it = if idx < 0 {
-                        return Err(self.err(format!("Memo value not found at index {idx}")));
-                    } else {
-                        self.memo_get(idx as u64)?
-                    };
+                    if idx < 0 {
+                        return Err(self
+                            .err(format!("Memo value not found at index {idx}"))
+                            .into());
+                    }
+                    let it = self.memo_get(idx as u64)?;
                     self.push(it)?
                 }
                 BINGET => {
@@ -872,8 +908,9 @@ impl<'a, 'o> Reader<'a, 'o> {
                 STACK_GLOBAL => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    let (Some(module), Some(name)) = (str_of(&module), str_of(&name)) else {
-                        return Err(self.err("STACK_GLOBAL requires str"));
+                    let (Some(module), Some(name)) = (self.str_of(&module), self.str_of(&name))
+                    else {
+                        return Err(self.err("STACK_GLOBAL requires str").into());
                     };
                     let g = self.find_class(&module, &name)?;
                     self.push(Item::G(g))?
@@ -885,17 +922,18 @@ impl<'a, 'o> Reader<'a, 'o> {
                         _ => self.u32()? as i32 as i64,
                     };
                     if code <= 0 {
-                        return Err(self.err("EXT specifies code <= 0"));
+                        return Err(self.err("EXT specifies code <= 0").into());
                     }
                     let key = i32::try_from(code)
                         .ok()
-                        .and_then(|c| self.reg.extension(c))
-                        .map(|(m, n)| (m.to_owned(), n.to_owned()));
+                        .and_then(|c| self.sink.extension(c));
                     let Some((m, n)) = key else {
-                        return Err(self.err_kind(
-                            ErrorKind::Value,
-                            format!("unregistered extension code {code}"),
-                        ));
+                        return Err(self
+                            .err_kind(
+                                ErrorKind::Value,
+                                format!("unregistered extension code {code}"),
+                            )
+                            .into());
                     };
                     let g = self.find_class(&m, &n)?;
                     self.push(Item::G(g))?
@@ -934,7 +972,7 @@ impl<'a, 'o> Reader<'a, 'o> {
                 OBJ => {
                     let mut items = self.pop_mark()?;
                     if items.is_empty() {
-                        return Err(self.underflow());
+                        return Err(self.underflow().into());
                     }
                     let args = items.split_off(1);
                     let cls = items.pop().ok_or_else(|| self.underflow())?;
@@ -943,57 +981,74 @@ impl<'a, 'o> Reader<'a, 'o> {
                 }
                 BUILD => {
                     let state = self.pop()?;
-                    let target = self.top()?.clone();
-                    self.build(target, state)?;
+                    if self.stack.len() <= self.fence() {
+                        return Err(self.underflow().into());
+                    }
+                    self.build(state)?;
                 }
                 PERSID => {
                     let line = self.line()?;
-                    let Ok(pid) = std::str::from_utf8(line) else {
-                        return Err(self.err("persistent IDs in protocol 0 must be ASCII strings"));
+                    let pid = match std::str::from_utf8(line) {
+                        Ok(p) if p.is_ascii() => p,
+                        _ => {
+                            return Err(self
+                                .err("persistent IDs in protocol 0 must be ASCII strings")
+                                .into())
+                        }
                     };
-                    if !pid.is_ascii() {
-                        return Err(self.err("persistent IDs in protocol 0 must be ASCII strings"));
-                    }
-                    let v = self.persistent(Value::str(pid))?;
+                    let pid = self.sink.str(PyStr::from(pid)).map_err(sink_err)?;
+                    let v = self.persistent(pid)?;
                     self.push(v)?
                 }
                 BINPERSID => {
                     let pid = self.pop()?;
-                    let pid = self.freeze(pid)?;
+                    let pid = self.value(pid)?;
                     let v = self.persistent(pid)?;
                     self.push(v)?
                 }
                 _ => {
-                    return Err(self.err(if op.is_ascii_graphic() {
-                        format!("invalid load key, '{}'.", op as char)
-                    } else {
-                        format!("invalid load key, '\\x{op:02x}'.")
-                    }))
+                    return Err(self
+                        .err(if op.is_ascii_graphic() {
+                            format!("invalid load key, '{}'.", op as char)
+                        } else {
+                            format!("invalid load key, '\\x{op:02x}'.")
+                        })
+                        .into())
                 }
             }
         }
     }
 
-    fn persistent(&self, pid: Value) -> Res<Item> {
-        let Some(f) = self.opts.persistent_load else {
-            return Err(self.err(
-                "A load persistent id instruction was encountered, but no persistent_load function was specified.",
-            ));
-        };
-        let v = f(pid).map_err(|m| self.err(m))?;
-        Ok(Item::V(v, 1))
+    fn persistent(&mut self, pid: S::Handle) -> Res<Item<S::Handle>, S::Error> {
+        match self.sink.persistent_load(pid).map_err(sink_err)? {
+            Some(h) => Ok(Item::V(h, 1)),
+            None => Err(self
+                .err("A load persistent id instruction was encountered, but no persistent_load function was specified.")
+                .into()),
+        }
     }
 
-    fn utf8_name(&self, b: &[u8]) -> Res<String> {
+    fn utf8_name(&self, b: &[u8]) -> Res<String, S::Error> {
         std::str::from_utf8(b).map(str::to_owned).map_err(|_| {
             self.err_kind(
                 ErrorKind::UnicodeDecode,
                 "'utf-8' codec can't decode global name",
             )
+            .into()
         })
     }
 
-    fn parse_index(&self, line: &[u8]) -> Res<i64> {
+    fn str_of(&self, it: &Item<S::Handle>) -> Option<String> {
+        match it {
+            Item::V(h, _) => self
+                .sink
+                .text(h)
+                .and_then(|s| s.as_str().map(str::to_owned)),
+            _ => None,
+        }
+    }
+
+    fn parse_index(&self, line: &[u8]) -> Res<i64, S::Error> {
         std::str::from_utf8(line)
             .ok()
             .and_then(|s| s.trim().parse::<i64>().ok())
@@ -1005,10 +1060,11 @@ impl<'a, 'o> Reader<'a, 'o> {
                         String::from_utf8_lossy(line)
                     ),
                 )
+                .into()
             })
     }
 
-    fn parse_int(&self, line: &[u8]) -> Res<Int> {
+    fn parse_int(&self, line: &[u8]) -> Res<Int, S::Error> {
         let bad = || {
             self.err_kind(
                 ErrorKind::Value,
@@ -1024,7 +1080,7 @@ impl<'a, 'o> Reader<'a, 'o> {
             || s.len() - digits.len() > 1
             || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'_')
         {
-            return Err(bad());
+            return Err(bad().into());
         }
         if digits.len() > INT_MAX_STR_DIGITS {
             return Err(self.err_kind(
@@ -1033,7 +1089,7 @@ impl<'a, 'o> Reader<'a, 'o> {
                     "Exceeds the limit ({INT_MAX_STR_DIGITS} digits) for integer string conversion: value has {} digits; use sys.set_int_max_str_digits() to increase the limit",
                     digits.len()
                 ),
-            ));
+            ).into());
         }
         let clean = s.replace('_', "");
         if let Ok(v) = clean.parse::<i64>() {
@@ -1043,225 +1099,168 @@ impl<'a, 'o> Reader<'a, 'o> {
         Ok(Int::from_bigint(b))
     }
 
-    fn push_utf8(&mut self, b: &[u8]) -> Res<()> {
-        self.charge(b.len())?;
-        let s = PyStr::from_utf8_surrogatepass(b)
-            .map_err(|e| self.err_kind(ErrorKind::UnicodeDecode, e.to_string()))?;
-        self.push_v(Value::from(s))
+    fn make_int(&mut self, v: Int) -> Result<S::Handle, S::Error> {
+        match v {
+            Int::Small(v) => self.sink.int(v),
+            Int::Big(b) => self.sink.big_int(&b.to_signed_bytes_le()),
+        }
     }
 
-    fn push_py2_string(&mut self, b: &[u8]) -> Res<()> {
-        self.charge(b.len() * 2)?;
-        let v = if self.opts.encoding == StringEncoding::Bytes {
-            Value::Bytes(b.into())
-        } else {
-            let s = text::decode_py2(b, self.opts.encoding, self.opts.errors)
-                .map_err(|m| self.err_kind(ErrorKind::UnicodeDecode, m))?;
-            Value::from(s)
-        };
-        self.push_v(v)
-    }
-
-    fn make_tuple(&mut self, mut items: Vec<Item>) -> Res<Item> {
-        self.charge(items.len() * 16)?;
-        self.settle_vec(&mut items)?;
-        if items.iter().all(|i| matches!(i, Item::V(..))) {
-            let mut d = 0;
-            let vals: Vec<Value> = items
-                .into_iter()
-                .map(|i| match i {
-                    Item::V(v, dd) => {
-                        d = d.max(dd);
-                        v
-                    }
-                    _ => Value::None,
-                })
-                .collect();
-            self.check_depth(d + 1)?;
-            return Ok(Item::V(Value::tuple(vals), d + 1));
-        }
-        self.new_node(Node::Tuple(items))
-    }
-
-    fn pairs(&self, items: Vec<Item>, what: &str) -> Res<Vec<(Item, Item)>> {
-        if items.len() & 1 == 1 {
-            return Err(self.err(format!("odd number of items for {what}")));
-        }
-        let mut out = Vec::with_capacity(items.len() / 2);
-        let mut it = items.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            out.push((k, v));
-        }
-        Ok(out)
-    }
-
-    fn extend_list(&mut self, items: Vec<Item>) -> Res<()> {
-        self.charge(items.len() * 16)?;
-        let top = self.top()?.clone();
-        if let Item::N(n) = top {
-            self.frozen_target(n)?;
-            let d = self.items_depth(items.iter());
-            self.deepen(n, d)?;
-            match &mut self.nodes[n as usize] {
-                Node::List(l) => {
-                    l.extend(items);
-                    return Ok(());
-                }
-                Node::Obj(o) => {
-                    o.list.extend(items);
-                    return Ok(());
-                }
-                _ => {}
-            }
-        }
-        Err(self.err("APPEND/APPENDS target is not a list"))
-    }
-
-    /// APPENDS: the items above the last MARK go into the list (or list-subclass object) just
-    /// below it, drained straight from the stack.
-    fn appends_from_mark(&mut self) -> Res<()> {
-        let Some(m) = self.marks.pop() else {
-            return Err(self.err("could not find MARK"));
-        };
-        let m = m.min(self.stack.len());
-        if m <= self.fence() {
-            return Err(self.underflow());
-        }
-        self.charge((self.stack.len() - m) * 16)?;
-        if let Item::N(n) = self.stack[m - 1] {
-            self.frozen_target(n)?;
-            self.settle_stack(m)?;
-            // (settling may have frozen the target itself: a self-insertion, i.e. recursion)
-            self.frozen_target(n)?;
-            let d = self.items_depth(self.stack[m..].iter());
-            self.deepen(n, d)?;
-            match &mut self.nodes[n as usize] {
-                Node::List(l) => {
-                    l.extend(self.stack.drain(m..));
-                    return Ok(());
-                }
-                Node::Obj(o) => {
-                    o.list.extend(self.stack.drain(m..));
-                    return Ok(());
-                }
-                _ => {}
-            }
-        }
-        Err(self.err("APPEND/APPENDS target is not a list"))
-    }
-
-    /// SETITEM(S): the key/value items from `m` up go into the dict (or dict-subclass object)
-    /// at `m - 1`.
-    fn setitems_from(&mut self, m: usize) -> Res<()> {
-        self.charge((self.stack.len() - m) * 16)?;
-        for i in (m..self.stack.len()).step_by(2) {
-            self.check_hashable(&self.stack[i])?;
-        }
-        if let Item::N(n) = self.stack[m - 1] {
-            self.frozen_target(n)?;
-            self.settle_stack(m)?;
-            // (settling may have frozen the target itself: a self-insertion, i.e. recursion)
-            self.frozen_target(n)?;
-            let d = self.items_depth(self.stack[m..].iter());
-            self.deepen(n, d)?;
-            if let Node::DictV(_) = &self.nodes[n as usize] {
-                if self.stack[m..].iter().all(|i| matches!(i, Item::V(..))) {
-                    let mut err = None;
-                    if let Node::DictV(dict) = &mut self.nodes[n as usize] {
-                        let mut it = self.stack.drain(m..);
-                        while let (Some(Item::V(k, _)), Some(Item::V(v, _))) =
-                            (it.next(), it.next())
-                        {
-                            if let Err(e) = dict.insert(k, v) {
-                                err = Some(e);
-                                break;
-                            }
-                        }
-                    }
-                    return match err {
-                        Some(e) => Err(self.err_kind(ErrorKind::Type, e.to_string())),
-                        None => Ok(()),
-                    };
-                }
-                // A node goes in: fall back to the item list.
-                let depth = self.node_depth[n as usize].saturating_sub(1);
-                if let Node::DictV(dict) = &self.nodes[n as usize] {
-                    let items: Vec<Item> = dict
-                        .iter()
-                        .flat_map(|(k, v)| [Item::V(k.clone(), depth), Item::V(v.clone(), depth)])
-                        .collect();
-                    self.nodes[n as usize] = Node::Dict(items);
-                }
-            }
-            match &mut self.nodes[n as usize] {
-                Node::Dict(d) => {
-                    d.extend(self.stack.drain(m..));
-                    return Ok(());
-                }
-                Node::Obj(_) => {
-                    let items: Vec<Item> = self.stack.drain(m..).collect();
-                    let pairs = self.pairs(items, "SETITEMS")?;
-                    if let Node::Obj(o) = &mut self.nodes[n as usize] {
-                        o.dict.extend(pairs);
-                    }
-                    return Ok(());
-                }
-                _ => {}
-            }
-        }
-        Err(self.err("SETITEM/SETITEMS target is not a dict"))
-    }
-
-    /// A dict key or set member that is a node must be hashable as CPython sees it at the
-    /// SETITEM / ADDITEMS / FROZENSET: a list, dict or set (or a tuple holding one, however
-    /// deep, cycles included) is a TypeError there, never a recursive hash.
-    fn check_hashable(&self, it: &Item) -> Res<()> {
-        let Item::N(start) = it else {
-            return Ok(());
-        };
-        let mut todo = vec![*start];
-        let mut seen = std::collections::HashSet::new();
-        while let Some(n) = todo.pop() {
-            if !seen.insert(n) {
-                continue;
-            }
-            let kind = match &self.nodes[n as usize] {
-                Node::List(_) => "list",
-                Node::Dict(_) | Node::DictV(_) => "dict",
-                Node::Set(_) => "set",
-                Node::Tuple(items) => {
-                    todo.extend(items.iter().filter_map(|i| match i {
-                        Item::N(c) => Some(*c),
-                        _ => None,
-                    }));
-                    continue;
-                }
-                _ => continue,
+    /// LONG1/LONG4's little-endian two's complement payload.
+    fn le_int(&mut self, b: &[u8]) -> Result<S::Handle, S::Error> {
+        if b.len() <= 8 {
+            let fill = if b.last().is_some_and(|&x| x & 0x80 != 0) {
+                0xff
+            } else {
+                0
             };
-            return Err(self.err_kind(ErrorKind::Type, format!("unhashable type: '{kind}'")));
+            let mut w = [fill; 8];
+            w[..b.len()].copy_from_slice(b);
+            return self.sink.int(i64::from_le_bytes(w));
+        }
+        self.sink.big_int(b)
+    }
+
+    fn push_utf8(&mut self, b: &[u8]) -> Res<(), S::Error> {
+        self.charge(b.len())?;
+        let r = self.sink.str_utf8(b);
+        self.push_made(r)
+    }
+
+    fn push_py2_string(&mut self, b: &[u8]) -> Res<(), S::Error> {
+        self.charge(b.len() * 2)?;
+        let r = self
+            .sink
+            .py2_string(b, self.opts.encoding, self.opts.errors);
+        self.push_made(r)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // containers
+
+    /// TUPLE / TUPLE1-3 over the stack items from `m` up: made by the sink when they are all
+    /// sink values, kept loop-side when they hold globals or markers (REDUCE arguments).
+    fn make_tuple(&mut self, m: usize) -> Res<Item<S::Handle>, S::Error> {
+        let n = self.stack.len() - m;
+        self.charge(n * 16)?;
+        let d = self.depth_of(&self.stack[m..])?;
+        if self.stack[m..].iter().all(|i| matches!(i, Item::V(..))) {
+            let vals = self.drain_values(m)?;
+            let h = self.sink.tuple(vals).map_err(sink_err)?;
+            return Ok(Item::V(h, d));
+        }
+        let items = self.stack.split_off(m);
+        let t = u32::try_from(self.tuples.len()).map_err(|_| self.err("too many objects"))?;
+        self.charge(32)?;
+        self.tuples.push((items, None));
+        Ok(Item::T(t))
+    }
+
+    /// APPEND(S) / SETITEM(S) / ADDITEMS: the stack items from `m` up go into the target at
+    /// `m - 1`, which must be something the sink made.
+    fn fill(&mut self, m: usize, what: Fill) -> Res<(), S::Error> {
+        self.charge((self.stack.len() - m) * 16)?;
+        let mut items = std::mem::take(&mut self.scratch);
+        items.clear();
+        // One pass: the depth of the new items, and whether they are all sink values.
+        let mut deepest = 0;
+        let mut all_made = true;
+        for it in &self.stack[m..] {
+            match it {
+                Item::V(_, d) => deepest = deepest.max(*d),
+                other => {
+                    all_made = false;
+                    deepest = deepest.max(self.item_depth(other));
+                }
+            }
+        }
+        let d = if self.stack.len() > m { deepest + 1 } else { 1 };
+        self.check_depth(d)?;
+        if all_made {
+            items.reserve(self.stack.len() - m);
+            for it in self.stack.drain(m..) {
+                if let Item::V(h, _) = it {
+                    items.push(h);
+                }
+            }
+        } else {
+            let rest = self.stack.split_off(m);
+            for it in rest {
+                items.push(self.value(it)?);
+            }
+        }
+        let refused = match what {
+            Fill::Append => "APPEND/APPENDS target is not a list",
+            Fill::SetItems => "SETITEM/SETITEMS target is not a dict",
+            Fill::AddItems => "ADDITEMS target is not a set",
+        };
+        let Some(Item::V(target, td)) = self.stack.last_mut() else {
+            return Err(self.err(refused).into());
+        };
+        if d > *td {
+            *td = d;
+        }
+        let target = target.clone();
+        let ok = match what {
+            Fill::Append => self.sink.append(&target, &mut items),
+            Fill::SetItems => self.sink.set_items(&target, &mut items),
+            Fill::AddItems => self.sink.add_items(&target, &mut items),
+        }
+        .map_err(sink_err)?;
+        items.clear();
+        self.scratch = items;
+        if !ok {
+            return Err(self.err(refused).into());
         }
         Ok(())
     }
 
-    /// The items of a tuple on the stack (a finished tuple value or a tuple node).
-    fn tuple_items(&self, it: &Item, what: &str) -> Res<Vec<Item>> {
+    /// The items of a tuple on the stack (a sink tuple or a loop-side one).
+    fn tuple_items(&self, it: &Item<S::Handle>, what: &str) -> Res<Vec<Item<S::Handle>>, S::Error> {
         match it {
-            Item::V(Value::Tuple(t), d) => Ok(t
-                .iter()
-                .map(|v| Item::V(v.clone(), d.saturating_sub(1)))
-                .collect()),
-            Item::N(n) => match &self.nodes[*n as usize] {
-                Node::Tuple(items) => Ok(items.clone()),
-                _ => Err(self.err(format!("{what} must be a tuple"))),
+            Item::V(h, d) if matches!(self.sink.shape(h), Shape::Tuple(_)) => {
+                if self.sink.shape(h) == Shape::Tuple(0) {
+                    return Ok(Vec::new());
+                }
+                let d = d.saturating_sub(1);
+                Ok(self
+                    .sink
+                    .items(h)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|h| Item::V(h, d))
+                    .collect())
+            }
+            Item::T(t) => Ok(self.tuples[*t as usize].0.clone()),
+            _ => Err(self.err(format!("{what} must be a tuple")).into()),
+        }
+    }
+
+    /// The items of a list/tuple/set argument (`set(x)`, `frozenset(x)`).
+    fn iter_items(&self, it: &Item<S::Handle>) -> Option<Vec<Item<S::Handle>>> {
+        match it {
+            Item::V(h, d) => match self.sink.shape(h) {
+                Shape::Tuple(_) | Shape::List | Shape::Set | Shape::FrozenSet => {
+                    let d = d.saturating_sub(1);
+                    Some(
+                        self.sink
+                            .items(h)?
+                            .into_iter()
+                            .map(|h| Item::V(h, d))
+                            .collect(),
+                    )
+                }
+                _ => None,
             },
-            _ => Err(self.err(format!("{what} must be a tuple"))),
+            Item::T(t) => Some(self.tuples[*t as usize].0.clone()),
+            _ => None,
         }
     }
 
     // -----------------------------------------------------------------------------------------
     // globals
 
-    fn find_class(&mut self, module: &str, name: &str) -> Res<u32> {
+    fn find_class(&mut self, module: &str, name: &str) -> Res<u32, S::Error> {
         let (m, n) = if self.proto < 3 && self.opts.fix_imports {
             compat::py2_to_py3(module, name)
         } else {
@@ -1270,8 +1269,8 @@ impl<'a, 'o> Reader<'a, 'o> {
         if let Some(&g) = self.glob_index.get(&(m.to_owned(), n.to_owned())) {
             return Ok(g);
         }
-        // The fixed table lives in `policy`: basic types first, then the caller's registry,
-        // then the pattern markers (which a registry entry of the same name overrides).
+        // The fixed table lives in `policy`: basic types first, then the caller's consent,
+        // then the pattern markers (which a consent for the same name overrides).
         let known = policy::default_global(m, n);
         let basic = match known {
             Some(Known::Complex) => Some(GKind::Complex),
@@ -1282,21 +1281,18 @@ impl<'a, 'o> Reader<'a, 'o> {
             Some(Known::CodecsEncode) => Some(GKind::CodecsEncode),
             Some(Known::Slice) => Some(GKind::Slice),
             Some(Known::Range) => Some(GKind::Range),
-            Some(Known::Ellipsis) => Some(GKind::Value(Value::Ellipsis)),
-            Some(Known::StopIteration) => Some(GKind::Value(Value::StopIteration)),
-            Some(Known::NotImplemented) => Some(GKind::Value(
-                Inert::global("builtins", "NotImplemented").to_value(),
-            )),
+            Some(k @ (Known::Ellipsis | Known::StopIteration | Known::NotImplemented)) => {
+                Some(GKind::Constant(k))
+            }
             _ => None,
         };
         let kind = match basic {
             Some(k) => k,
-            None => match self.reg.lookup(m, n) {
-                Some(Allowed::Construct(f)) => GKind::Class(Some(f.clone())),
-                Some(Allowed::Inert) => GKind::Class(None),
-                // Pattern markers are accepted as inert markers: they are never resolved to
-                // anything callable and only shape objects of allowed classes (anything else
-                // is refused when they are used).
+            None => match self.sink.resolve(m, n).map_err(sink_err)? {
+                Some(g) => GKind::Class(Some(g)),
+                // Pattern markers are accepted as loop-side markers: they are never resolved
+                // to anything callable and only shape objects of allowed classes (anything
+                // else is refused when they are used).
                 None => match known {
                     Some(Known::Reconstructor) => GKind::Reconstructor,
                     Some(Known::NewObj) => GKind::NewObjFn,
@@ -1305,11 +1301,11 @@ impl<'a, 'o> Reader<'a, 'o> {
                     Some(Known::Partial) => GKind::Partial,
                     Some(Known::Base) => GKind::Base,
                     _ if self.opts.inert => GKind::Class(None),
-                    _ => return Err(self.refused(m, n)),
+                    _ => return Err(self.refused(m, n).into()),
                 },
             },
         };
-        let g = self.globals.len() as u32;
+        let g = u32::try_from(self.globals.len()).map_err(|_| self.err("too many globals"))?;
         self.charge(64 + m.len() + n.len())?;
         self.globals.push(Glob {
             module: m.to_owned(),
@@ -1320,9 +1316,12 @@ impl<'a, 'o> Reader<'a, 'o> {
         Ok(g)
     }
 
+    #[cold]
     fn refused(&self, m: &str, n: &str) -> UnpicklingError {
         // Error path only: scan the pickle to say how it uses the global.
-        let report = crate::globals::globals_of(self.data, self.reg, self.opts.fix_imports);
+        let default = Registry::default();
+        let reg = self.sink.registry().unwrap_or(&default);
+        let report = crate::globals::globals_of(self.data, reg, self.opts.fix_imports);
         let need = report
             .globals
             .iter()
@@ -1336,620 +1335,461 @@ impl<'a, 'o> Reader<'a, 'o> {
         format!("{}.{}", g.module, g.name)
     }
 
-    fn reduce(&mut self, callable: Item, args: Item) -> Res<Item> {
+    fn is_class(&self, g: u32) -> bool {
+        matches!(self.globals[g as usize].kind, GKind::Class(_))
+    }
+
+    fn reduce(
+        &mut self,
+        callable: Item<S::Handle>,
+        args: Item<S::Handle>,
+    ) -> Res<Item<S::Handle>, S::Error> {
         let g = match callable {
             Item::G(g) => g,
-            Item::N(n) => {
-                // Calling a prepared functools.partial(cls.__new__, cls, *args, **kwargs).
-                if let Node::Partial { cls, built } = &self.nodes[n as usize] {
-                    let cls = *cls;
-                    let Some((pargs, kwargs)) = built.as_deref().cloned() else {
-                        return Err(self.err("functools.partial called before its state was set"));
-                    };
-                    let extra = self.tuple_items(&args, "REDUCE args")?;
-                    if !extra.is_empty() {
-                        return Err(self.err("unsupported functools.partial call"));
-                    }
-                    let mut pargs = pargs;
-                    if pargs.is_empty() || !matches!(pargs[0], Item::G(c) if c == cls) {
-                        return Err(
-                            self.err("functools.partial of cls.__new__ must pass cls first")
-                        );
-                    }
-                    pargs.remove(0);
-                    return self.new_object(Item::G(cls), Construct::NewObjEx, pargs, kwargs);
-                }
-                if self.opts.inert {
-                    if let Node::Obj(o) = &self.nodes[n as usize] {
-                        let g = o.glob;
-                        return self.inert_call(g, Item::N(n), args);
-                    }
-                }
-                return Err(self.err("REDUCE target is not callable"));
-            }
-            Item::V(v, d) if self.opts.inert && matches!(v, Value::Object(_)) => {
-                let (m, nm) = match &v {
-                    Value::Object(o) => (o.module.clone(), o.name.clone()),
-                    _ => return Err(self.err("REDUCE target is not callable")),
+            Item::Partial(p) => return self.call_partial(p, args),
+            Item::V(h, d) if self.opts.inert => {
+                let Some((m, n)) = self.sink.inert_name(&h) else {
+                    return Err(self.err("REDUCE target is not callable").into());
                 };
-                let g = self.find_class(&m, &nm)?;
-                return self.inert_call(g, Item::V(v, d), args);
+                let g = self.find_class(&m, &n)?;
+                let mut items = vec![Item::V(h, d)];
+                items.extend(self.tuple_items(&args, "REDUCE args")?);
+                self.charge(items.len() * 16 + 32)?;
+                let dd = self.depth_of(&items)?;
+                let mut vals = self.values(items)?;
+                let callee = vals.remove(0);
+                let r = self
+                    .sink
+                    .inert_call(gref_of(&self.globals, g), callee, vals)
+                    .map_err(sink_err)?;
+                return Ok(Item::V(r, dd));
             }
-            Item::V(..) => return Err(self.err("REDUCE target is not callable")),
+            _ => return Err(self.err("REDUCE target is not callable").into()),
         };
         let items = self.tuple_items(&args, "REDUCE args")?;
-        let kind = self.globals[g as usize].kind.clone();
-        if !self.opts.inert || matches!(kind, GKind::Class(_)) {
-            return self.reduce_global(g, kind, items);
+        if !self.opts.inert || self.is_class(g) {
+            return self.reduce_global(g, items);
         }
         // Inert mode: a default global (basic type or pattern marker) called with a shape the
-        // policy does not serve is kept as an inert call, as the Python package does; limits
-        // and malformed data still fail.
+        // policy does not serve is kept as an inert call; limits and malformed data still
+        // fail.
         let saved = items.clone();
-        match self.reduce_global(g, kind, items) {
-            Err(e) if is_shape_refusal(&e) => {
-                self.charge(saved.len() * 16)?;
-                let o = self.obj_node(g, Construct::Reduce, saved, None);
-                self.new_node(Node::Obj(Box::new(o)))
-            }
+        match self.reduce_global(g, items) {
+            Err(Fail::Own(e)) if is_shape_refusal(&e) => self.inert_object(g, saved),
             r => r,
         }
     }
 
-    /// Inert mode: `f(*args)` where `f` is an inert object, kept as a [`Construct::Call`].
-    fn inert_call(&mut self, g: u32, callee: Item, args: Item) -> Res<Item> {
-        let mut items = vec![callee];
-        items.extend(self.tuple_items(&args, "REDUCE args")?);
-        self.charge(items.len() * 16)?;
-        let o = self.obj_node(g, Construct::Call, items, None);
-        self.new_node(Node::Obj(Box::new(o)))
+    /// An inert `g(*args)` (inert mode).
+    fn inert_object(
+        &mut self,
+        g: u32,
+        args: Vec<Item<S::Handle>>,
+    ) -> Res<Item<S::Handle>, S::Error> {
+        self.charge(args.len() * 16 + 32)?;
+        let d = self.depth_of(&args)?;
+        let vals = self.values(args)?;
+        let gr = GlobalRef {
+            allowed: None,
+            ..gref_of(&self.globals, g)
+        };
+        let r = self
+            .sink
+            .object(gr, Construct::Reduce, vals, None)
+            .map_err(sink_err)?;
+        Ok(Item::V(r, d))
     }
 
-    fn reduce_global(&mut self, g: u32, kind: GKind, items: Vec<Item>) -> Res<Item> {
-        let bad = |s: &Self| s.err(format!("unsupported arguments for {}", s.glob_name(g)));
-        match kind {
+    /// `functools.partial(cls.__new__, cls, *args, **kwargs)()`, once its state is set.
+    fn call_partial(&mut self, p: u32, args: Item<S::Handle>) -> Res<Item<S::Handle>, S::Error> {
+        let cls = self.partials[p as usize].cls;
+        let Some((pargs, kwargs)) = self.partials[p as usize].built.clone() else {
+            return Err(self
+                .err("functools.partial called before its state was set")
+                .into());
+        };
+        let extra = self.tuple_items(&args, "REDUCE args")?;
+        if !extra.is_empty() {
+            return Err(self.err("unsupported functools.partial call").into());
+        }
+        let mut pargs = pargs;
+        if pargs.is_empty() || !matches!(pargs[0], Item::G(c) if c == cls) {
+            return Err(self
+                .err("functools.partial of cls.__new__ must pass cls first")
+                .into());
+        }
+        pargs.remove(0);
+        self.new_object(Item::G(cls), Construct::NewObjEx, pargs, kwargs)
+    }
+
+    fn number(&self, it: &Item<S::Handle>) -> Option<f64> {
+        let Item::V(h, _) = it else { return None };
+        match self.sink.shape(h) {
+            Shape::Float(f) => Some(f),
+            Shape::Int(f) => f,
+            Shape::Bool(b) => Some(b as i64 as f64),
+            _ => None,
+        }
+    }
+
+    fn text_of(&self, it: &Item<S::Handle>) -> Option<PyStr> {
+        match it {
+            Item::V(h, _) if self.sink.shape(h) == Shape::Str => self.sink.text(h),
+            _ => None,
+        }
+    }
+
+    #[cold]
+    fn bad_args(&self, g: u32) -> Fail<S::Error> {
+        self.err(format!("unsupported arguments for {}", self.glob_name(g)))
+            .into()
+    }
+
+    fn reduce_global(
+        &mut self,
+        g: u32,
+        items: Vec<Item<S::Handle>>,
+    ) -> Res<Item<S::Handle>, S::Error> {
+        match &self.globals[g as usize].kind {
             GKind::Complex => {
                 let mut parts = [0.0f64; 2];
                 if items.len() > 2 {
-                    return Err(bad(self));
+                    return Err(self.bad_args(g));
                 }
                 for (i, it) in items.iter().enumerate() {
-                    parts[i] = match it {
-                        Item::V(Value::Float(f), _) => *f,
-                        Item::V(Value::Int(Int::Small(v)), _) => *v as f64,
-                        Item::V(Value::Int(Int::Big(b)), _) => {
-                            b.to_f64().filter(|f| f.is_finite()).ok_or_else(|| bad(self))?
-                        }
-                        Item::V(Value::Bool(b), _) => *b as i64 as f64,
-                        _ => return Err(bad(self)),
-                    };
+                    parts[i] = self.number(it).ok_or_else(|| self.bad_args(g))?;
                 }
-                Ok(scalar(Value::Complex(parts[0], parts[1])))
+                let r = self.sink.complex(parts[0], parts[1]).map_err(sink_err)?;
+                Ok(Item::V(r, 0))
             }
-            GKind::Set | GKind::FrozenSet => {
+            kind @ (GKind::Set | GKind::FrozenSet) => {
+                let frozen = matches!(kind, GKind::FrozenSet);
                 let content = match items.as_slice() {
                     [] => Vec::new(),
-                    [it] => self.iter_items(it).ok_or_else(|| bad(self))?,
-                    _ => return Err(bad(self)),
+                    [it] => self.iter_items(it).ok_or_else(|| self.bad_args(g))?,
+                    _ => return Err(self.bad_args(g)),
                 };
-                self.charge(content.len() * 16)?;
-                let node = if matches!(kind, GKind::Set) {
-                    Node::Set(content)
+                self.charge(content.len() * 16 + 32)?;
+                let d = self.depth_of(&content)?;
+                let vals = self.values(content)?;
+                let r = if frozen {
+                    self.sink.frozenset(vals)
                 } else {
-                    Node::FrozenSet(content)
-                };
-                self.new_node(node)
+                    self.sink.set(vals)
+                }
+                .map_err(sink_err)?;
+                Ok(Item::V(r, d))
             }
-            GKind::ByteArray | GKind::Bytes => {
+            kind @ (GKind::ByteArray | GKind::Bytes | GKind::CodecsEncode) => {
+                let is_bytes = !matches!(kind, GKind::ByteArray);
+                let codecs = matches!(kind, GKind::CodecsEncode);
                 let data: Vec<u8> = match items.as_slice() {
-                    [] => Vec::new(),
-                    [Item::V(Value::Bytes(b), _)] => b.to_vec(),
-                    [Item::V(Value::ByteArray(b), _)] => b.to_vec(),
-                    [Item::V(Value::Str(s), _), Item::V(Value::Str(enc), _)] => {
-                        self.encode_str(s, enc).ok_or_else(|| bad(self))?
-                    }
-                    _ => return Err(bad(self)),
+                    [] if !codecs => Vec::new(),
+                    [Item::V(h, _)] if !codecs => match self.sink.shape(h) {
+                        Shape::Bytes | Shape::ByteArray => {
+                            self.sink.data(h).ok_or_else(|| self.bad_args(g))?
+                        }
+                        _ => return Err(self.bad_args(g)),
+                    },
+                    [s, enc] => match (self.text_of(s), self.text_of(enc)) {
+                        (Some(s), Some(enc)) => {
+                            encode_str(&s, &enc).ok_or_else(|| self.bad_args(g))?
+                        }
+                        _ => return Err(self.bad_args(g)),
+                    },
+                    _ => return Err(self.bad_args(g)),
                 };
                 self.charge(data.len())?;
-                Ok(scalar(if matches!(kind, GKind::Bytes) {
-                    Value::Bytes(data.into())
+                let r = if is_bytes {
+                    self.sink.bytes(&data)
                 } else {
-                    Value::ByteArray(Arc::new(data))
-                }))
-            }
-            GKind::CodecsEncode => {
-                let data = match items.as_slice() {
-                    [Item::V(Value::Str(s), _), Item::V(Value::Str(enc), _)] => {
-                        self.encode_str(s, enc).ok_or_else(|| bad(self))?
-                    }
-                    _ => return Err(bad(self)),
-                };
-                self.charge(data.len())?;
-                Ok(scalar(Value::Bytes(data.into())))
+                    self.sink.bytearray(&data)
+                }
+                .map_err(sink_err)?;
+                Ok(Item::V(r, 0))
             }
             GKind::Slice => {
-                let mut vals = Vec::with_capacity(3);
-                let mut d = 0;
-                for it in items {
-                    match it {
-                        Item::V(v, dd) => {
-                            d = d.max(dd);
-                            vals.push(v)
-                        }
-                        _ => return Err(bad(self)),
-                    }
+                if !(1..=3).contains(&items.len()) || !items.iter().all(|i| matches!(i, Item::V(..)))
+                {
+                    return Err(self.bad_args(g));
                 }
+                let d = self.depth_of(&items)?;
+                let mut vals = self.values(items)?;
+                let none = |s: &mut Self| s.sink.none().map_err(sink_err);
                 let (start, stop, step) = match vals.len() {
-                    1 => (Value::None, vals.pop().unwrap_or(Value::None), Value::None),
-                    2 | 3 => {
-                        let step = if vals.len() == 3 { vals.pop().unwrap_or(Value::None) } else { Value::None };
-                        let stop = vals.pop().unwrap_or(Value::None);
-                        let start = vals.pop().unwrap_or(Value::None);
+                    1 => {
+                        let stop = vals.remove(0);
+                        (none(self)?, stop, none(self)?)
+                    }
+                    2 => {
+                        let stop = vals.remove(1);
+                        let start = vals.remove(0);
+                        (start, stop, none(self)?)
+                    }
+                    _ => {
+                        let step = vals.remove(2);
+                        let stop = vals.remove(1);
+                        let start = vals.remove(0);
                         (start, stop, step)
                     }
-                    _ => return Err(bad(self)),
                 };
-                self.check_depth(d + 1)?;
-                Ok(Item::V(
-                    Value::Slice(Arc::new(Slice { start, stop, step })),
-                    d + 1,
-                ))
+                let r = self.sink.slice(start, stop, step).map_err(sink_err)?;
+                Ok(Item::V(r, d))
             }
             GKind::Range => {
                 if !(1..=3).contains(&items.len())
-                    || !items
-                        .iter()
-                        .all(|it| matches!(it, Item::V(Value::Int(_), _)))
+                    || !items.iter().all(|it| {
+                        matches!(it, Item::V(h, _) if matches!(self.sink.shape(h), Shape::Int(_)))
+                    })
                 {
-                    return Err(bad(self));
+                    return Err(self.bad_args(g));
                 }
-                let o = self.obj_node(g, Construct::Reduce, items, None);
-                self.new_node(Node::Obj(Box::new(o)))
+                self.charge(items.len() * 16 + 32)?;
+                let vals = self.values(items)?;
+                let r = self
+                    .sink
+                    .range(gref_of(&self.globals, g), vals)
+                    .map_err(sink_err)?;
+                Ok(Item::V(r, 1))
             }
             GKind::Reconstructor => {
                 // copyreg._reconstructor(cls, base, state)
-                let [cls, base, state] = <[Item; 3]>::try_from(items).map_err(|_| bad(self))?;
+                let [cls, base, state] =
+                    <[Item<S::Handle>; 3]>::try_from(items).map_err(|_| self.bad_args(g))?;
                 let (Item::G(c), Item::G(b)) = (&cls, &base) else {
-                    return Err(bad(self));
+                    return Err(self.bad_args(g));
                 };
                 let (c, b) = (*c, *b);
-                if !matches!(self.globals[c as usize].kind, GKind::Class(_)) {
-                    return Err(bad(self));
+                if !self.is_class(c) {
+                    return Err(self.bad_args(g));
                 }
-                let _ = b;
-                // Kept as is (object.__new__-style creation differs from cls.__new__), so it
-                // is written back the same way.
-                let obj = self.obj_node(c, Construct::Reconstructor, vec![base, state], None);
-                self.new_node(Node::Obj(Box::new(obj)))
+                self.charge(64)?;
+                let d = self.depth_of(std::slice::from_ref(&state))?;
+                let state = self.value(state)?;
+                let r = self
+                    .sink
+                    .reconstruct(gref_of(&self.globals, c), gref_of(&self.globals, b), state)
+                    .map_err(sink_err)?;
+                Ok(Item::V(r, d))
             }
-            GKind::NewObjFn | GKind::NewObjExFn => {
+            kind @ (GKind::NewObjFn | GKind::NewObjExFn) => {
+                let ex = matches!(kind, GKind::NewObjExFn);
                 let mut items = items;
                 if items.is_empty() {
-                    return Err(bad(self));
+                    return Err(self.bad_args(g));
                 }
                 let cls = items.remove(0);
-                if matches!(kind, GKind::NewObjFn) {
+                if !ex {
                     self.new_object(cls, Construct::NewObj, items, None)
                 } else {
-                    let [args, kwargs] = <[Item; 2]>::try_from(items).map_err(|_| bad(self))?;
+                    let [args, kwargs] =
+                        <[Item<S::Handle>; 2]>::try_from(items).map_err(|_| self.bad_args(g))?;
                     let args = self.tuple_items(&args, "__newobj_ex__ args")?;
                     self.new_object(cls, Construct::NewObjEx, args, Some(kwargs))
                 }
             }
             GKind::Getattr => match items.as_slice() {
-                [Item::G(c), Item::V(Value::Str(s), _)]
-                    if s.as_bytes() == b"__new__"
-                        && matches!(self.globals[*c as usize].kind, GKind::Class(_)) =>
+                [Item::G(c), name]
+                    if self.is_class(*c)
+                        && self.text_of(name).is_some_and(|s| s.as_str() == Some("__new__")) =>
                 {
-                    let c = *c;
-                    self.new_node(Node::NewOf(c))
+                    self.charge(32)?;
+                    Ok(Item::NewOf(*c))
                 }
-                _ => Err(self.err("builtins.getattr is only allowed as getattr(cls, '__new__') of an allowed class")),
+                _ => Err(self
+                    .err("builtins.getattr is only allowed as getattr(cls, '__new__') of an allowed class")
+                    .into()),
             },
             GKind::Partial => match items.as_slice() {
-                [Item::N(n)] => match self.nodes[*n as usize] {
-                    Node::NewOf(c) => self.new_node(Node::Partial {
+                [Item::NewOf(c)] => {
+                    let c = *c;
+                    self.charge(32)?;
+                    let p = u32::try_from(self.partials.len())
+                        .map_err(|_| self.err("too many objects"))?;
+                    self.partials.push(PartialState {
                         cls: c,
                         built: None,
-                    }),
-                    _ => Err(bad(self)),
-                },
-                _ => Err(self.err("functools.partial is only allowed over cls.__new__ of an allowed class")),
+                    });
+                    Ok(Item::Partial(p))
+                }
+                [_] => Err(self.bad_args(g)),
+                _ => Err(self
+                    .err("functools.partial is only allowed over cls.__new__ of an allowed class")
+                    .into()),
             },
             GKind::Class(_) => self.new_object(Item::G(g), Construct::Reduce, items, None),
-            GKind::Base if items.is_empty() && self.has_base_empty(g) => {
-                self.base_empty(g).unwrap_or(Ok(Item::V(Value::None, 0)))
+            GKind::Base if items.is_empty() && base_empty_name(&self.globals[g as usize].name) => {
+                self.base_empty(g)
             }
-            GKind::Value(_) | GKind::Base if self.opts.inert => {
-                self.charge(items.len() * 16)?;
-                let o = self.obj_node(g, Construct::Reduce, items, None);
-                self.new_node(Node::Obj(Box::new(o)))
-            }
-            GKind::Value(_) | GKind::Base => Err(self.err(format!(
-                "calling {} is forbidden: creating its objects is not in the registry (load with inert=True to inspect it)",
-                self.glob_name(g)
-            ))),
+            GKind::Constant(_) | GKind::Base if self.opts.inert => self.inert_object(g, items),
+            GKind::Constant(_) | GKind::Base => Err(self
+                .err(format!(
+                    "calling {} is forbidden: creating its objects is not in the registry (load with inert=True to inspect it)",
+                    self.glob_name(g)
+                ))
+                .into()),
         }
-    }
-
-    fn encode_str(&self, s: &PyStr, enc: &PyStr) -> Option<Vec<u8>> {
-        let enc = enc.as_str()?;
-        match StringEncoding::from_name(enc)? {
-            StringEncoding::Latin1 => s
-                .code_points()
-                .map(|c| u8::try_from(c).ok())
-                .collect::<Option<Vec<u8>>>(),
-            StringEncoding::Ascii => s
-                .code_points()
-                .map(|c| u8::try_from(c).ok().filter(u8::is_ascii))
-                .collect::<Option<Vec<u8>>>(),
-            StringEncoding::Utf8 => s.as_str().map(|t| t.as_bytes().to_vec()),
-            StringEncoding::Bytes => None,
-        }
-    }
-
-    /// The items of a list/tuple/set argument (set(x), frozenset(x), _reconstructor state).
-    fn iter_items(&self, it: &Item) -> Option<Vec<Item>> {
-        match it {
-            Item::V(Value::Tuple(t) | Value::List(t), d) => Some(
-                t.iter()
-                    .map(|v| Item::V(v.clone(), d.saturating_sub(1)))
-                    .collect(),
-            ),
-            Item::N(n) => match &self.nodes[*n as usize] {
-                Node::List(l) | Node::Tuple(l) | Node::Set(l) | Node::FrozenSet(l) => {
-                    Some(l.clone())
-                }
-                Node::Frozen(Value::List(t) | Value::Tuple(t), d) => Some(
-                    t.iter()
-                        .map(|v| Item::V(v.clone(), d.saturating_sub(1)))
-                        .collect(),
-                ),
-                Node::Frozen(Value::Set(t) | Value::FrozenSet(t), d) => Some(
-                    t.iter()
-                        .map(|v| Item::V(v.clone(), d.saturating_sub(1)))
-                        .collect(),
-                ),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-
-    fn has_base_empty(&self, g: u32) -> bool {
-        matches!(
-            self.globals[g as usize].name.as_str(),
-            "int" | "float" | "str" | "tuple" | "list" | "dict"
-        )
     }
 
     /// `int()`, `float()`, `str()`, `tuple()`, `list()`, `dict()`: the empty value of a basic
-    /// type named by a base global (`None` for `object`, which has no value).
-    fn base_empty(&mut self, g: u32) -> Option<Res<Item>> {
-        let name = self.globals[g as usize].name.as_str();
-        Some(match name {
-            "int" => Ok(scalar(Value::int(0))),
-            "float" => Ok(scalar(Value::Float(0.0))),
-            "str" => Ok(scalar(Value::str(""))),
-            "tuple" => Ok(Item::V(Value::tuple(Vec::new()), 1)),
-            "list" => self.new_node(Node::List(Vec::new())),
-            "dict" => self.new_node(Node::DictV(Dict::new())),
-            _ => return None,
-        })
-    }
-
-    fn obj_node(
-        &self,
-        glob: u32,
-        construct: Construct,
-        args: Vec<Item>,
-        kwargs: Option<Item>,
-    ) -> ObjNode {
-        ObjNode {
-            glob,
-            construct,
-            args,
-            kwargs,
-            state: None,
-            list: Vec::new(),
-            dict: Vec::new(),
-        }
+    /// type named by a reconstructor base.
+    fn base_empty(&mut self, g: u32) -> Res<Item<S::Handle>, S::Error> {
+        let (r, d) = match self.globals[g as usize].name.as_str() {
+            "int" => (self.sink.int(0), 0),
+            "float" => (self.sink.float(0.0), 0),
+            "str" => (self.sink.str(PyStr::from("")), 0),
+            "tuple" => (self.sink.tuple(Vec::new()), 1),
+            "list" => {
+                self.charge(32)?;
+                (self.sink.list(Vec::new()), 1)
+            }
+            "dict" => {
+                self.charge(32)?;
+                (self.sink.dict(Vec::new()), 1)
+            }
+            _ => return Err(self.err("internal error: no empty value").into()),
+        };
+        Ok(Item::V(r.map_err(sink_err)?, d))
     }
 
     fn new_object(
         &mut self,
-        cls: Item,
+        cls: Item<S::Handle>,
         construct: Construct,
-        args: Vec<Item>,
-        kwargs: Option<Item>,
-    ) -> Res<Item> {
+        args: Vec<Item<S::Handle>>,
+        kwargs: Option<Item<S::Handle>>,
+    ) -> Res<Item<S::Handle>, S::Error> {
         let Item::G(g) = cls else {
-            return Err(self.err("class argument must be a global"));
+            return Err(self.err("class argument must be a global").into());
         };
         let no_kwargs = match &kwargs {
             None => true,
-            Some(Item::V(Value::Dict(d), _)) => d.is_empty(),
-            Some(Item::N(k)) => matches!(&self.nodes[*k as usize], Node::DictV(d) if d.is_empty()),
+            Some(Item::V(h, _)) => self.sink.shape(h) == Shape::Dict(0),
             _ => false,
         };
-        if matches!(self.globals[g as usize].kind, GKind::Base) && args.is_empty() && no_kwargs {
+        let glob = &self.globals[g as usize];
+        if matches!(glob.kind, GKind::Base)
+            && args.is_empty()
+            && no_kwargs
+            && base_empty_name(&glob.name)
+        {
             // int.__new__(int) and friends: the empty value of a basic type
-            if let Some(r) = self.base_empty(g) {
-                return r;
-            }
+            return self.base_empty(g);
         }
-        if !matches!(self.globals[g as usize].kind, GKind::Class(_)) && !self.opts.inert {
-            return Err(self.err(format!(
-                "creating {} objects this way is forbidden: not in the registry (load with inert=True to inspect it)",
-                self.glob_name(g)
-            )));
+        if !self.is_class(g) && !self.opts.inert {
+            return Err(self
+                .err(format!(
+                    "creating {} objects this way is forbidden: not in the registry (load with inert=True to inspect it)",
+                    self.glob_name(g)
+                ))
+                .into());
         }
-        self.charge(args.len() * 16)?;
-        let o = self.obj_node(g, construct, args, kwargs);
-        self.new_node(Node::Obj(Box::new(o)))
+        self.charge(args.len() * 16 + 32)?;
+        let mut d = self.depth_of(&args)?;
+        if let Some(k) = &kwargs {
+            d = d.max(1 + self.item_depth(k));
+            self.check_depth(d)?;
+        }
+        let vals = self.values(args)?;
+        let kwargs = match kwargs {
+            Some(k) => Some(self.value(k)?),
+            None => None,
+        };
+        let r = self
+            .sink
+            .object(gref_of(&self.globals, g), construct, vals, kwargs)
+            .map_err(sink_err)?;
+        Ok(Item::V(r, d))
     }
 
-    fn build(&mut self, target: Item, state: Item) -> Res<()> {
-        let Item::N(n) = target else {
-            return Err(self.err("BUILD target is not an object"));
-        };
-        self.frozen_target(n)?;
-        let cls = match &mut self.nodes[n as usize] {
-            Node::Obj(o) => {
-                o.state = Some(state);
-                return Ok(());
+    /// BUILD: the state goes to an object the sink made (or to a prepared functools.partial);
+    /// a global, a marker, a loop-side tuple is refused here.
+    fn build(&mut self, state: Item<S::Handle>) -> Res<(), S::Error> {
+        let top = self.stack.len() - 1;
+        match self.stack[top].clone() {
+            Item::Partial(p) => self.build_partial(p, state),
+            Item::V(target, td) => {
+                let d = (1 + self.item_depth(&state)).max(td);
+                self.check_depth(d)?;
+                let state = self.value(state)?;
+                if !self.sink.build(&target, state).map_err(sink_err)? {
+                    return Err(self.err("BUILD target is not an object").into());
+                }
+                self.stack[top] = Item::V(target, d);
+                Ok(())
             }
-            Node::Partial { cls, .. } => *cls,
-            _ => return Err(self.err("BUILD target is not an object")),
-        };
-        // functools.partial state: (func, args, kwargs, __dict__)
-        let bad = |s: &Self| s.err("unsupported functools.partial state");
+            _ => Err(self.err("BUILD target is not an object").into()),
+        }
+    }
+
+    /// functools.partial state: (func, args, kwargs, __dict__) with func the same cls.__new__.
+    fn build_partial(&mut self, p: u32, state: Item<S::Handle>) -> Res<(), S::Error> {
+        let cls = self.partials[p as usize].cls;
+        let bad =
+            |s: &Self| -> Fail<S::Error> { s.err("unsupported functools.partial state").into() };
         let parts = self.tuple_items(&state, "functools.partial state")?;
-        if parts.len() != 4 || !matches!(parts[3], Item::V(Value::None, _)) {
+        let is_none = |s: &Self, it: &Item<S::Handle>| matches!(it, Item::V(h, _) if s.sink.shape(h) == Shape::None);
+        if parts.len() != 4 || !is_none(self, &parts[3]) {
             return Err(bad(self));
         }
-        match &parts[0] {
-            Item::N(f) if matches!(self.nodes[*f as usize], Node::NewOf(c) if c == cls) => {}
-            _ => return Err(bad(self)),
+        if !matches!(parts[0], Item::NewOf(c) if c == cls) {
+            return Err(bad(self));
         }
         let args = self.tuple_items(&parts[1], "functools.partial args")?;
-        let kwargs = match &parts[2] {
-            Item::V(Value::None, _) => None,
-            other => Some(other.clone()),
+        let kwargs = if is_none(self, &parts[2]) {
+            None
+        } else {
+            Some(parts[2].clone())
         };
-        if let Node::Partial { built, .. } = &mut self.nodes[n as usize] {
-            *built = Some(Box::new((args, kwargs)));
-        }
+        self.partials[p as usize].built = Some((args, kwargs));
         Ok(())
-    }
-
-    // -----------------------------------------------------------------------------------------
-    // freezing the graph into values
-
-    fn global_value(&self, g: u32) -> Res<Value> {
-        let glob = &self.globals[g as usize];
-        match &glob.kind {
-            GKind::Value(v) => Ok(v.clone()),
-            GKind::Class(Some(f)) => {
-                let inert = Inert::global(&glob.module, &glob.name);
-                f(&inert).map_err(|m| self.err(m))
-            }
-            GKind::Class(None) => Ok(Inert::global(&glob.module, &glob.name).to_value()),
-            _ if self.opts.inert => Ok(Inert::global(&glob.module, &glob.name).to_value()),
-            _ => Err(self.err(format!(
-                "global '{}' cannot be loaded as a value (load with inert=True to inspect it)",
-                self.glob_name(g)
-            ))),
-        }
-    }
-
-    fn children(&self, n: u32, out: &mut Vec<u32>) {
-        let mut add = |it: &Item| {
-            if let Item::N(c) = it {
-                out.push(*c);
-            }
-        };
-        match &self.nodes[n as usize] {
-            Node::List(v) | Node::Set(v) | Node::FrozenSet(v) | Node::Tuple(v) | Node::Dict(v) => {
-                v.iter().for_each(&mut add)
-            }
-            Node::Obj(o) => {
-                o.args.iter().for_each(&mut add);
-                o.kwargs.iter().for_each(&mut add);
-                o.state.iter().for_each(&mut add);
-                o.list.iter().for_each(&mut add);
-                o.dict.iter().for_each(|(k, v)| {
-                    add(k);
-                    add(v)
-                });
-            }
-            Node::NewOf(_)
-            | Node::Partial { .. }
-            | Node::Frozen(..)
-            | Node::DictV(_)
-            | Node::Taken => {}
-        }
-    }
-
-    fn freeze(&mut self, root: Item) -> Res<Value> {
-        let root = match root {
-            Item::V(v, _) => return Ok(v),
-            Item::G(g) => return self.global_value(g),
-            Item::N(n) => n,
-        };
-        let count = self.nodes.len();
-        let mut frozen: Vec<Option<(Value, u32)>> = vec![None; count];
-        let mut visiting = vec![0u8; count];
-        let mut work: Vec<(u32, bool)> = vec![(root, false)];
-        let mut kids = Vec::new();
-        while let Some((n, expanded)) = work.pop() {
-            if expanded {
-                let (v, d) = self.build_node(n, &frozen)?;
-                self.check_depth(d)?;
-                frozen[n as usize] = Some((v, d));
-                visiting[n as usize] = 2;
-                continue;
-            }
-            match visiting[n as usize] {
-                2 => continue,
-                1 => return Err(self.recursive()),
-                _ => {}
-            }
-            visiting[n as usize] = 1;
-            work.push((n, true));
-            kids.clear();
-            self.children(n, &mut kids);
-            for &c in &kids {
-                match visiting[c as usize] {
-                    1 => return Err(self.recursive()),
-                    0 => work.push((c, false)),
-                    _ => {}
-                }
-            }
-        }
-        match frozen[root as usize].take() {
-            Some((v, _)) => Ok(v),
-            None => Err(self.err("internal error: value not built")),
-        }
-    }
-
-    fn recursive(&self) -> UnpicklingError {
-        self.err("recursive structure: the pickle contains an object that contains itself, which cellar values cannot represent")
-    }
-
-    fn build_node(&mut self, n: u32, frozen: &[Option<(Value, u32)>]) -> Res<(Value, u32)> {
-        let node = std::mem::replace(&mut self.nodes[n as usize], Node::Taken);
-        let is_frozen = matches!(node, Node::FrozenSet(_));
-        let mut depth = 0u32;
-        let val = |s: &Self, it: Item, depth: &mut u32| -> Res<Value> {
-            match it {
-                Item::V(v, d) => {
-                    *depth = (*depth).max(d);
-                    Ok(v)
-                }
-                Item::N(c) => match &frozen[c as usize] {
-                    Some((v, d)) => {
-                        *depth = (*depth).max(*d);
-                        Ok(v.clone())
-                    }
-                    None => Err(s.recursive()),
-                },
-                Item::G(g) => s.global_value(g),
-            }
-        };
-        let hash_err =
-            |s: &Self, e: cellar_value::HashError| s.err_kind(ErrorKind::Type, e.to_string());
-        let v =
-            match node {
-                Node::List(items) => {
-                    let mut out = Vec::with_capacity(items.len());
-                    for it in items {
-                        out.push(val(self, it, &mut depth)?);
-                    }
-                    Value::list(out)
-                }
-                Node::Tuple(items) => {
-                    let mut out = Vec::with_capacity(items.len());
-                    for it in items {
-                        out.push(val(self, it, &mut depth)?);
-                    }
-                    Value::tuple(out)
-                }
-                Node::Dict(items) => {
-                    let mut d = Dict::with_capacity(items.len() / 2);
-                    let mut it = items.into_iter();
-                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                        let k = val(self, k, &mut depth)?;
-                        let v = val(self, v, &mut depth)?;
-                        d.insert(k, v).map_err(|e| hash_err(self, e))?;
-                    }
-                    Value::Dict(Arc::new(d))
-                }
-                Node::Set(items) | Node::FrozenSet(items) => {
-                    let mut s = Set::new();
-                    for it in items {
-                        let v = val(self, it, &mut depth)?;
-                        s.insert(v).map_err(|e| hash_err(self, e))?;
-                    }
-                    if is_frozen {
-                        Value::FrozenSet(Arc::new(s))
-                    } else {
-                        Value::Set(Arc::new(s))
-                    }
-                }
-                Node::Obj(o) => {
-                    let o = *o;
-                    let glob = &self.globals[o.glob as usize];
-                    let (module, name) = (glob.module.clone(), glob.name.clone());
-                    let ctor = match &glob.kind {
-                        GKind::Class(c) if o.construct != Construct::Call => c.clone(),
-                        _ => None,
-                    };
-                    let mut args = Vec::with_capacity(o.args.len());
-                    for (i, it) in o.args.into_iter().enumerate() {
-                        match it {
-                            // _reconstructor's base class: a name, kept as an inert global.
-                            Item::G(b) if i == 0 && o.construct == Construct::Reconstructor => {
-                                let b = &self.globals[b as usize];
-                                args.push(Inert::global(&b.module, &b.name).to_value());
-                            }
-                            it => args.push(val(self, it, &mut depth)?),
-                        }
-                    }
-                    let kwargs = match o.kwargs {
-                        Some(k) => val(self, k, &mut depth)?,
-                        None if o.construct == Construct::NewObjEx => {
-                            Value::dict([]).unwrap_or(Value::None)
-                        }
-                        None => Value::None,
-                    };
-                    let state = match o.state {
-                        Some(s) => val(self, s, &mut depth)?,
-                        None => Value::None,
-                    };
-                    let mut listitems = Vec::with_capacity(o.list.len());
-                    for it in o.list {
-                        listitems.push(val(self, it, &mut depth)?);
-                    }
-                    let mut dictitems = Vec::with_capacity(o.dict.len());
-                    for (k, v) in o.dict {
-                        let k = val(self, k, &mut depth)?;
-                        let v = val(self, v, &mut depth)?;
-                        dictitems.push((k, v));
-                    }
-                    let inert = Inert {
-                        module,
-                        name,
-                        construct: o.construct,
-                        args: Value::tuple(args),
-                        kwargs,
-                        state,
-                        listitems,
-                        dictitems,
-                    };
-                    match ctor {
-                        Some(f) => f(&inert).map_err(|m| self.err(m))?,
-                        None => inert.to_value(),
-                    }
-                }
-                Node::NewOf(_) | Node::Partial { .. } => return Err(self.err(
-                    "incomplete functools.partial / getattr pattern cannot be loaded as a value",
-                )),
-                Node::Frozen(v, d) => {
-                    self.nodes[n as usize] = Node::Frozen(v.clone(), d);
-                    return Ok((v, d));
-                }
-                Node::DictV(d) => {
-                    return Ok((Value::Dict(Arc::new(d)), self.node_depth[n as usize].max(1)));
-                }
-                Node::Taken => return Err(self.err("internal error: node frozen twice")),
-            };
-        Ok((v, depth + 1))
     }
 }
 
-/// A refusal of an argument shape (not a limit or malformed data): what inert mode keeps as an
-/// inert call instead.
+#[derive(Clone, Copy)]
+enum Fill {
+    Append,
+    SetItems,
+    AddItems,
+}
+
+fn gref_of<G>(globals: &[Glob<G>], g: u32) -> GlobalRef<'_, G> {
+    let glob = &globals[g as usize];
+    GlobalRef {
+        id: g,
+        module: &glob.module,
+        name: &glob.name,
+        allowed: match &glob.kind {
+            GKind::Class(a) => a.as_ref(),
+            _ => None,
+        },
+    }
+}
+
+fn base_empty_name(name: &str) -> bool {
+    matches!(name, "int" | "float" | "str" | "tuple" | "list" | "dict")
+}
+
+/// `str.encode(enc)` for the encodings CPython writes (`_codecs.encode(s, 'latin1')`,
+/// `bytearray(s, 'latin-1')`).
+fn encode_str(s: &PyStr, enc: &PyStr) -> Option<Vec<u8>> {
+    let enc = enc.as_str()?;
+    match StringEncoding::from_name(enc)? {
+        StringEncoding::Latin1 => s
+            .code_points()
+            .map(|c| u8::try_from(c).ok())
+            .collect::<Option<Vec<u8>>>(),
+        StringEncoding::Ascii => s
+            .code_points()
+            .map(|c| u8::try_from(c).ok().filter(u8::is_ascii))
+            .collect::<Option<Vec<u8>>>(),
+        StringEncoding::Utf8 => s.as_str().map(|t| t.as_bytes().to_vec()),
+        StringEncoding::Bytes => None,
+    }
+}
+
+/// A refusal of an argument shape (not a limit or malformed data): what inert mode keeps as
+/// an inert call instead.
 fn is_shape_refusal(e: &UnpicklingError) -> bool {
     e.kind == ErrorKind::Unpickling
         && [
@@ -1960,11 +1800,4 @@ fn is_shape_refusal(e: &UnpicklingError) -> bool {
         ]
         .iter()
         .any(|p| e.message.starts_with(p))
-}
-
-fn str_of(it: &Item) -> Option<String> {
-    match it {
-        Item::V(Value::Str(s), _) => s.as_str().map(str::to_owned),
-        _ => None,
-    }
 }

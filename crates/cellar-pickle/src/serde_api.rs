@@ -7,8 +7,8 @@ use std::any::TypeId;
 use cellar_value::{Dict, Value};
 
 use crate::inert::{Construct, Inert};
-use crate::read::LoadOptions;
 use crate::registry::Registry;
+use crate::value_sink::LoadOptions;
 use crate::{dumps, loads_with, DEFAULT_PROTOCOL};
 use crate::{PicklingError, UnpicklingError};
 

@@ -116,15 +116,14 @@ add(
     P2 + G(CC, "Point") + b")\x81" + b"}" + U("__setstate__") + G("builtins", "getattr") + b"sb" + b"}" + U("y") + b"K\x02sb.",
     UE, "ok", UE,
     "instance state plants __setstate__=getattr; never called; the marker stays in the instance __dict__ "
-    "and is refused as a value (Rust keeps only the last BUILD state)",
-    rust={"allow": "ok"},
+    "and is refused as a value (the decoder core refuses a marker as soon as it is stored)",
 )
 add(
     "setstate_injection_bytearray",
     P2 + G(CC, "Point") + b")\x81" + b"}" + U("__setstate__") + G("builtins", "bytearray") + b"sb" + b"J\x00\x00\x00\x40b.",
     UE, "ok", UE,
-    "__setstate__=bytearray in instance state must not be called with 1 GiB (Rust keeps the state as data)",
-    rust={"allow": "ok"},
+    "__setstate__=bytearray in instance state must not be called with 1 GiB (the basic-type global as a "
+    "stored value is refused)",
 )
 add(
     "setstate_injection_reconstructor",
