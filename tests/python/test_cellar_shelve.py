@@ -87,6 +87,30 @@ def test_marshal_codec_recorded_in_header(tmp_path: Path) -> None:
         shelve.open(pickled, codec="marshal")
 
 
+def test_marshal_codec_reads_raise_the_marshal_loads_audit_event(tmp_path: Path) -> None:
+    # Every value read from a marshal shelf raises `marshal.loads` with the stored bytes, as
+    # `cellar.marshal.loads` (and CPython's marshal.loads) does, whichever path decodes it.
+    code = (
+        "import sys, marshal, cellar.shelve as shelve\n"
+        "ev = []\n"
+        "sys.addaudithook(lambda e, a: ev.append(a) if e == 'marshal.loads' else None)\n"
+        "value = {'id': 1, 'tags': ('a', 'b'), 'score': 1.5}\n"
+        "with shelve.open(sys.argv[1], codec='marshal') as db:\n"
+        "    db['u'] = value\n"
+        "    del ev[:]\n"
+        "    assert db['u'] == value and db.get('u') == value\n"
+        "    assert list(db.values()) == [value] and dict(db.items()) == {'u': value}\n"
+        "    assert len(ev) == 4, ev\n"
+        "    assert all(a == (marshal.dumps(value, 4),) for a in ev), ev\n"
+        "    assert all(type(a[0]) is bytes for a in ev), ev\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "m")], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout == "ok\n", out.stderr
+
+
 def test_marshal_codec_refused_where_it_cannot_be_recorded(tmp_path: Path) -> None:
     path = str(tmp_path / "d")
     cellar.dbm.dumb.open(path, "c").close()

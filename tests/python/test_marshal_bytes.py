@@ -101,3 +101,39 @@ def test_values_dump_to_cpythons_bytes() -> None:
     for v in values:
         for version in range(5):
             assert r_marshal.dumps(v, version) == c_marshal.dumps(v, version), (v, version)
+
+
+def test_loaded_code_keeps_hidden_local_kinds() -> None:
+    # 3.12+ inlines comprehensions; in module and class code their variables become hidden fast
+    # locals (CO_FAST_HIDDEN, 0x10 in co_localspluskinds), which only marshal shows. Code objects
+    # loaded by cellar must keep that bit: CPython's dump of them equals its dump of its own load.
+    src = (
+        "a = [x for x in range(3)]\n"
+        "class C:\n"
+        "    b = [i * i for i in range(3)]\n"
+        "    c = sorted(locals())\n"
+        "def f(xs):\n"
+        "    return [x for x in xs], {k: v for k, v in zip(xs, xs)}\n"
+        "d = sorted(k for k in locals() if not k.startswith('__'))\n"
+    )
+    co = compile(src, "<hidden>", "exec")
+    data = c_marshal.dumps(co)
+    if sys.version_info >= (3, 12):
+        # The module's co_localspluskinds: one hidden local (0x20 | 0x10), the bit under test.
+        assert b"s\x01\x00\x00\x000" in data
+    # (Each loaded object held by one name, so FLAG_REF sees the same reference counts.)
+    by_c = c_marshal.loads(data)
+    for by_r in (r_marshal.loads(data), r_marshal.loads(r_marshal.dumps(co))):
+        assert by_r == by_c
+        if sys.version_info >= (3, 12):
+            # (3.11 has no hidden locals; there CPython's loaded co_localsplusnames of a
+            # comprehension is shared, so its re-dump differs in one FLAG_REF bit.)
+            assert c_marshal.dumps(by_r) == c_marshal.dumps(by_c)
+            assert r_marshal.dumps(by_r) == c_marshal.dumps(by_c)
+    ns_c: dict[str, object] = {}
+    ns_r: dict[str, object] = {}
+    exec(c_marshal.loads(data), ns_c)
+    exec(r_marshal.loads(data), ns_r)
+    assert ns_r["d"] == ns_c["d"] == ["C", "a", "f"]
+    assert ns_r["C"].c == ns_c["C"].c  # type: ignore[attr-defined]
+    assert ns_r["f"]([1, 2]) == ns_c["f"]([1, 2])  # type: ignore[operator]

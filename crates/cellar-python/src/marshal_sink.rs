@@ -622,7 +622,7 @@ impl Drop for SimpleView<'_> {
 }
 
 /// CPython's `marshal.loads` audit event, with the input bytes.
-fn audit_loads(py: Python<'_>, data: &[u8]) -> PyResult<()> {
+pub(crate) fn audit_loads(py: Python<'_>, data: &[u8]) -> PyResult<()> {
     // SAFETY: GIL held; the format "y#" takes a char pointer and a Py_ssize_t length that
     // describe `data`.
     let r = unsafe {

@@ -116,10 +116,15 @@ impl Fast {
                 .load_slice(py, &data, None, None)
                 .map(|(obj, _)| obj);
         }
-        let bytes = PyBytes::new(py, &data);
         match self.kind {
-            Kind::Marshal => marshal_sink::loads_slice(py, &data, false),
-            Kind::Pickle | Kind::Custom => self.deserializer.bind(py).call1((bytes,)),
+            // The same `marshal.loads` audit event as the Python path (`cellar.marshal.loads`).
+            Kind::Marshal => {
+                marshal_sink::audit_loads(py, &data)?;
+                marshal_sink::loads_slice(py, &data, false)
+            }
+            Kind::Pickle | Kind::Custom => {
+                self.deserializer.bind(py).call1((PyBytes::new(py, &data),))
+            }
         }
     }
 }
