@@ -344,3 +344,20 @@ def test_stdlib_dbm_reads_cellar_dumb_in_subprocess(tmp_path: Path) -> None:
     code = "import dbm,sys; d=dbm.open(sys.argv[1]); print(d[b'q\\'\"\\n'].decode()); d.close()"
     out = subprocess.run([sys.executable, "-c", code, p], capture_output=True, check=True)
     assert out.stdout.decode().strip() == "ü"
+
+
+def test_import_does_not_load_sqlite3():
+    # `import cellar.dbm` must stay cheap: the sqlite3 backend imports the interpreter's sqlite3
+    # module only when a sqlite3 store is opened.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cellar.dbm, cellar.shelve\n"
+        "assert 'sqlite3' not in sys.modules, sorted(m for m in sys.modules if 'sqlite' in m)\n"
+        "import tempfile, os\n"
+        "d = tempfile.mkdtemp()\n"
+        "db = cellar.dbm.sqlite3.open(os.path.join(d, 's'), 'c'); db[b'k'] = b'v'; db.close()\n"
+        "assert 'sqlite3' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -14,13 +14,15 @@ and float keys and values are stored as ``CAST(? AS BLOB)`` makes them (``42`` -
 from __future__ import annotations
 
 import os
-import sqlite3 as _sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cellar._cellar import Database
 from cellar._cellar import DbmError as _error
 from cellar.dbm import _backend_open
+
+if TYPE_CHECKING:
+    import sqlite3 as _sqlite3
 
 __all__ = ["open", "error"]
 
@@ -57,6 +59,10 @@ def _connect(path: bytes, flag: str) -> _sqlite3.Connection:
     files when it is the last to close), read-only where the file cannot be written. Called by
     cellar's native half; the connection is shared by the threads using the database, one at a
     time."""
+    # Imported here, not at module level: `import cellar.dbm` (which imports this backend)
+    # should not pay for the sqlite3 module in processes that never open a sqlite3 store.
+    import sqlite3 as _sqlite3
+
     uri = _normalize_uri(os.fsdecode(path))
 
     def connect(mode: str) -> _sqlite3.Connection:
