@@ -12,7 +12,8 @@
 //! Python source reproduces that exactly, the `Value` source uses the `Arc` strong count.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::EncodeError;
@@ -139,6 +140,26 @@ pub trait Source {
         o: &Self::Obj,
         cursor: &mut usize,
     ) -> Result<Option<(Self::Obj, u32)>, Self::Error>;
+    /// The next (key, value) entry of a dict, each with its `extra`; `cursor` starts at 0 and
+    /// is the source's to advance. The encoder writes the key, then the value. The default
+    /// takes two [`Source::child`] calls; a source whose dict iteration yields both at once
+    /// (CPython's `PyDict_Next`) overrides it.
+    #[allow(clippy::type_complexity)]
+    fn dict_item(
+        &mut self,
+        o: &Self::Obj,
+        cursor: &mut usize,
+    ) -> Result<Option<((Self::Obj, u32), (Self::Obj, u32))>, Self::Error> {
+        let Some(k) = self.child(o, cursor)? else {
+            return Ok(None);
+        };
+        Ok(self.child(o, cursor)?.map(|x| (k, x)))
+    }
+    /// Called once per identity the encoder records (the first time an object that
+    /// [`Source::shared_id`] named is written): a source whose identities are addresses keeps
+    /// the object alive from here until the dump ends. The default does nothing.
+    #[inline(always)]
+    fn retain(&mut self, _o: &Self::Obj) {}
     /// Appends the children of a set, slice or code object to `out` in writing order, each with the number of
     /// references the source holds on it beyond CPython's at that point (see `shared_id`).
     fn children(
@@ -171,10 +192,11 @@ enum Task<O> {
     Exit,
 }
 
-/// Hasher for the reference table's identity keys (addresses): multiply and fold, much cheaper
-/// than SipHash, and identities are not attacker-controlled.
+/// Hasher for identity keys (addresses): multiply and fold, much cheaper than SipHash, and
+/// identities are not attacker-controlled. Public so that sources (the Python package's) key
+/// their own identity tables with it too ([`IdMap`], [`IdSet`]).
 #[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
+pub struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     #[inline(always)]
@@ -196,7 +218,14 @@ impl Hasher for IdHasher {
     }
 }
 
-type RefMap = HashMap<usize, u32, BuildHasherDefault<IdHasher>>;
+/// `BuildHasher` of [`IdHasher`].
+pub type IdBuild = BuildHasherDefault<IdHasher>;
+/// A map keyed by identity (address).
+pub type IdMap<V> = HashMap<usize, V, IdBuild>;
+/// A set of identities (addresses).
+pub type IdSet = HashSet<usize, IdBuild>;
+
+type RefMap = IdMap<u32>;
 
 fn unmarshallable() -> EncodeError {
     EncodeError {
@@ -292,27 +321,39 @@ impl Writer<'_> {
                     mut cursor,
                     left,
                 } => {
-                    let dict = left == usize::MAX;
-                    if left == 0 {
+                    if left == usize::MAX {
+                        // A dict: key now, its value next (pushed above the continuation).
+                        match source.dict_item(&obj, &mut cursor)? {
+                            Some(((k, ke), (x, xe))) => {
+                                stack.push(Task::Iter { obj, cursor, left });
+                                stack.push(Task::Obj(x, xe));
+                                (k, ke)
+                            }
+                            None => {
+                                self.out.push(TYPE_NULL);
+                                self.depth -= 1;
+                                continue;
+                            }
+                        }
+                    } else if left == 0 {
                         self.depth -= 1;
                         continue;
-                    }
-                    match source.child(&obj, &mut cursor)? {
-                        Some((c, e)) => {
-                            let left = if dict { left } else { left - 1 };
-                            stack.push(Task::Iter { obj, cursor, left });
-                            (c, e)
-                        }
-                        None if dict => {
-                            self.out.push(TYPE_NULL);
-                            self.depth -= 1;
-                            continue;
-                        }
-                        None => {
-                            return Err(EncodeError {
-                                message: "list changed size during marshal".into(),
+                    } else {
+                        match source.child(&obj, &mut cursor)? {
+                            Some((c, e)) => {
+                                stack.push(Task::Iter {
+                                    obj,
+                                    cursor,
+                                    left: left - 1,
+                                });
+                                (c, e)
                             }
-                            .into())
+                            None => {
+                                return Err(EncodeError {
+                                    message: "list changed size during marshal".into(),
+                                }
+                                .into())
+                            }
                         }
                     }
                 }
@@ -357,17 +398,22 @@ impl Writer<'_> {
         let mut flag = 0u8;
         if self.version >= 3 {
             if let Some(id) = source.shared_id(&v, extra) {
-                if let Some(&idx) = self.refs.get(&id) {
-                    let b = idx.to_le_bytes();
-                    self.out
-                        .extend_from_slice(&[TYPE_REF, b[0], b[1], b[2], b[3]]);
-                    return Ok(());
-                }
                 let idx = self.refs.len();
-                if idx >= SIZE32_MAX {
-                    return Err(unmarshallable().into());
+                match self.refs.entry(id) {
+                    Entry::Occupied(e) => {
+                        let b = e.get().to_le_bytes();
+                        self.out
+                            .extend_from_slice(&[TYPE_REF, b[0], b[1], b[2], b[3]]);
+                        return Ok(());
+                    }
+                    Entry::Vacant(e) => {
+                        if idx >= SIZE32_MAX {
+                            return Err(unmarshallable().into());
+                        }
+                        e.insert(idx as u32);
+                    }
                 }
-                self.refs.insert(id, idx as u32);
+                source.retain(&v);
                 flag = FLAG_REF;
             }
         }

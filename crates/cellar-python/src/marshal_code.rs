@@ -98,11 +98,13 @@ static HIDDEN: std::sync::OnceLock<(u8, Py<PyAny>)> = std::sync::OnceLock::new()
 /// The exact `co_localspluskinds` of a 3.12+ code object that may have hidden locals: the only
 /// public API that shows them is the interpreter's own marshal, applied to a copy without
 /// constants (`replace` keeps the kinds), parsed back with the core decoder.
-fn hidden_kinds(co: &Bound<'_, PyAny>, code: &[u8], n: usize) -> PyResult<Option<Vec<u8>>> {
+fn hidden_kinds(co: &Bound<'_, PyAny>, n: usize) -> PyResult<Option<Vec<u8>>> {
     let Some((op, dumps)) = HIDDEN.get() else {
         return Ok(None);
     };
-    if !code.chunks(2).any(|u| u[0] == *op) {
+    let code = co_code(co)?;
+    let code = code.cast::<PyBytes>()?;
+    if !code.as_bytes().chunks(2).any(|u| u[0] == *op) {
         return Ok(None);
     }
     let py = co.py();
@@ -254,9 +256,7 @@ pub(crate) fn localsplus<'py>(
         kinds.push(CO_FAST_FREE);
     }
     if !kinds.is_empty() {
-        let code = co_code(co)?;
-        let code = code.cast::<PyBytes>()?;
-        if let Some(exact) = hidden_kinds(co, code.as_bytes(), kinds.len())? {
+        if let Some(exact) = hidden_kinds(co, kinds.len())? {
             kinds = exact;
         }
     }

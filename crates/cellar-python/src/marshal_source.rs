@@ -21,7 +21,7 @@
 
 use std::borrow::Cow;
 
-use cellar_marshal::write::{Node, Source, StrData};
+use cellar_marshal::write::{IdMap, IdSet, Node, Source, StrData};
 use cellar_marshal::{DumpOptions, EncodeError};
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi::{self, Py_ssize_t};
@@ -78,11 +78,11 @@ struct Unit<'py> {
     /// value -> how many code objects have these local names.
     uses: Bound<'py, PyDict>,
     /// Rebuilt (localsplusnames, localspluskinds) per code object address.
-    rebuilt: std::collections::HashMap<usize, (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    rebuilt: IdMap<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
     /// Rebuilt tuples standing for a value.
-    synthetic: std::collections::HashSet<usize>,
+    synthetic: IdSet,
     /// Real tuples held (twice: as key and value) by `reps`: two more references than CPython.
-    held: std::collections::HashSet<usize>,
+    held: IdSet,
 }
 
 impl<'py> PySource<'py> {
@@ -240,8 +240,42 @@ impl<'py> Source for PySource<'py> {
         if refcnt - extra as Py_ssize_t <= 1 && !interned {
             return None;
         }
-        self.keep.push(o.obj.clone());
         Some(v as usize)
+    }
+
+    #[inline(always)]
+    fn retain(&mut self, o: &PyObj<'py>) {
+        self.keep.push(o.obj.clone());
+    }
+
+    /// One `PyDict_Next` per entry (CPython's `w_object` does the same); both key and value
+    /// become owned references at once.
+    #[inline(always)]
+    fn dict_item(
+        &mut self,
+        o: &PyObj<'py>,
+        cursor: &mut usize,
+    ) -> Result<Option<((PyObj<'py>, u32), (PyObj<'py>, u32))>, Fail> {
+        let v = o.obj.as_ptr();
+        let e = o.kids_extra;
+        let mut pos = *cursor as Py_ssize_t;
+        let mut k: *mut ffi::PyObject = std::ptr::null_mut();
+        let mut x: *mut ffi::PyObject = std::ptr::null_mut();
+        // SAFETY: GIL held; `v` is a live dict (the encoder only asks dicts for entries);
+        // PyDict_Next checks `pos` against the dict's current size and yields borrowed
+        // references, turned into owned ones at once below.
+        if unsafe { ffi::PyDict_Next(v, &mut pos, &mut k, &mut x) } == 0 {
+            return Ok(None);
+        }
+        *cursor = pos as usize;
+        // SAFETY: `k` and `x` are live borrowed references (see above); from_borrowed_ptr increfs.
+        let (k, x) = unsafe {
+            (
+                Bound::from_borrowed_ptr(self.py, k),
+                Bound::from_borrowed_ptr(self.py, x),
+            )
+        };
+        Ok(Some(((self.obj(k), e), (self.obj(x), e))))
     }
 
     #[inline(always)]
@@ -272,21 +306,6 @@ impl<'py> Source for PySource<'py> {
                     ffi::PyList_GET_ITEM(v, i)
                 } else {
                     std::ptr::null_mut()
-                }
-            } else if tp == &raw mut ffi::PyDict_Type {
-                // cursor = (position before the entry << 1) | (0: key next, 1: value next).
-                let mut pos = (*cursor >> 1) as Py_ssize_t;
-                let start = pos;
-                let mut k: *mut ffi::PyObject = std::ptr::null_mut();
-                let mut x: *mut ffi::PyObject = std::ptr::null_mut();
-                if ffi::PyDict_Next(v, &mut pos, &mut k, &mut x) == 0 {
-                    std::ptr::null_mut()
-                } else if *cursor & 1 == 0 {
-                    *cursor = ((start as usize) << 1) | 1;
-                    k
-                } else {
-                    *cursor = (pos as usize) << 1;
-                    x
                 }
             } else {
                 std::ptr::null_mut()
@@ -386,14 +405,10 @@ impl<'py> PySource<'py> {
             // The empty tuple is a singleton everywhere.
             return Ok((self.obj(lnames), 0));
         }
-        let rep = match unit.reps.get_item(&lnames)? {
-            Some(r) => r,
-            None => {
-                unit.reps.set_item(&lnames, &lnames)?;
-                unit.synthetic.insert(lnames.as_ptr() as usize);
-                lnames
-            }
-        };
+        let rep = set_default(&unit.reps, &lnames)?;
+        if rep.is(&lnames) {
+            unit.synthetic.insert(lnames.as_ptr() as usize);
+        }
         if !unit.synthetic.contains(&(rep.as_ptr() as usize)) {
             // The real tuple of equal value: it IS the code object's, reference count included.
             return Ok((
@@ -429,9 +444,9 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
     let py = root.py();
     let reps = PyDict::new(py);
     let uses = PyDict::new(py);
-    let mut rebuilt = std::collections::HashMap::new();
+    let mut rebuilt = IdMap::default();
     let mut stack = vec![root.clone()];
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = IdSet::default();
     let is_str_tuple = |t: &Bound<'py, PyAny>| -> bool {
         t.cast::<pyo3::types::PyTuple>()
             .map(|t| {
@@ -447,8 +462,8 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
         }
         if is_code(&o) {
             let names = o.getattr(pyo3::intern!(py, "co_names"))?;
-            if is_str_tuple(&names) && reps.get_item(&names)?.is_none() {
-                reps.set_item(&names, &names)?;
+            if is_str_tuple(&names) {
+                set_default(&reps, &names)?;
             }
             let (ln, lk) = crate::marshal_code::localsplus(&o)?;
             if !ln.is_empty() {
@@ -461,15 +476,15 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
             rebuilt.insert(o.as_ptr() as usize, (ln.into_any(), lk.into_any()));
             stack.push(o.getattr(pyo3::intern!(py, "co_consts"))?);
         } else if let Ok(t) = o.cast::<pyo3::types::PyTuple>() {
-            if is_str_tuple(&o) && reps.get_item(&o)?.is_none() {
-                reps.set_item(&o, &o)?;
+            if is_str_tuple(&o) {
+                set_default(&reps, &o)?;
             }
             stack.extend(t.iter());
         } else if let Ok(f) = o.cast::<PyFrozenSet>() {
             stack.extend(f.iter());
         }
     }
-    let mut held = std::collections::HashSet::new();
+    let mut held = IdSet::default();
     for (_, v) in reps.iter() {
         held.insert(v.as_ptr() as usize);
     }
@@ -478,9 +493,25 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
         reps,
         uses,
         rebuilt,
-        synthetic: std::collections::HashSet::new(),
+        synthetic: IdSet::default(),
         held,
     })
+}
+
+/// `d.setdefault(key, key)` in one lookup: the value now stored under `key`.
+fn set_default<'py>(
+    d: &Bound<'py, PyDict>,
+    key: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: GIL held; `d` is a dict and `key` a live object; PyDict_SetDefault returns a
+    // borrowed reference (or NULL with an exception set), turned into an owned one at once.
+    unsafe {
+        let r = ffi::PyDict_SetDefault(d.as_ptr(), key.as_ptr(), key.as_ptr());
+        if r.is_null() {
+            return Err(PyErr::fetch(d.py()));
+        }
+        Ok(Bound::from_borrowed_ptr(d.py(), r))
+    }
 }
 
 /// argcount, posonlyargcount, kwonlyargcount, stacksize, flags, firstlineno.
@@ -562,6 +593,9 @@ fn size_hint(v: &Bound<'_, PyAny>) -> usize {
         l.len().saturating_mul(32) + 64
     } else if let Ok(d) = v.cast::<PyDict>() {
         d.len().saturating_mul(32) + 64
+    } else if is_code(v) {
+        // A module's code object: tens of KiB, written without regrowing from 256 bytes.
+        16 * 1024
     } else {
         256
     }
