@@ -12,7 +12,6 @@
 //! Python source reproduces that exactly, the `Value` source uses the `Arc` strong count.
 
 use std::borrow::Cow;
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -313,41 +312,35 @@ impl Writer<'_> {
         source: &mut S,
         stack: &mut Vec<Task<S::Obj>>,
     ) -> Result<(), S::Error> {
-        while let Some(task) = stack.pop() {
-            let (v, extra) = match task {
-                Task::Obj(v, e) => (v, e),
-                Task::Iter {
-                    obj,
-                    mut cursor,
-                    left,
-                } => {
-                    if left == usize::MAX {
+        loop {
+            // A container being written stays on top of the stack and advances in place; its
+            // next child is written from here (a child that is a container pushes its own task
+            // above it).
+            let (v, extra) = match stack.last_mut() {
+                None => break,
+                Some(Task::Iter { obj, cursor, left }) => {
+                    if *left == usize::MAX {
                         // A dict: key now, its value next (pushed above the continuation).
-                        match source.dict_item(&obj, &mut cursor)? {
+                        match source.dict_item(obj, cursor)? {
                             Some(((k, ke), (x, xe))) => {
-                                stack.push(Task::Iter { obj, cursor, left });
                                 stack.push(Task::Obj(x, xe));
                                 (k, ke)
                             }
                             None => {
+                                stack.pop();
                                 self.out.push(TYPE_NULL);
                                 self.depth -= 1;
                                 continue;
                             }
                         }
-                    } else if left == 0 {
+                    } else if *left == 0 {
+                        stack.pop();
                         self.depth -= 1;
                         continue;
                     } else {
-                        match source.child(&obj, &mut cursor)? {
-                            Some((c, e)) => {
-                                stack.push(Task::Iter {
-                                    obj,
-                                    cursor,
-                                    left: left - 1,
-                                });
-                                (c, e)
-                            }
+                        *left -= 1;
+                        match source.child(obj, cursor)? {
+                            Some(c) => c,
                             None => {
                                 return Err(EncodeError {
                                     message: "list changed size during marshal".into(),
@@ -357,14 +350,18 @@ impl Writer<'_> {
                         }
                     }
                 }
-                Task::I32(x) => {
-                    self.i32(x);
-                    continue;
-                }
-                Task::Exit => {
-                    self.depth -= 1;
-                    continue;
-                }
+                Some(_) => match stack.pop() {
+                    Some(Task::Obj(v, e)) => (v, e),
+                    Some(Task::I32(x)) => {
+                        self.i32(x);
+                        continue;
+                    }
+                    Some(Task::Exit) => {
+                        self.depth -= 1;
+                        continue;
+                    }
+                    Some(Task::Iter { .. }) | None => continue,
+                },
             };
             if self.depth + 1 > MAX_DEPTH {
                 return Err(too_deep().into());
@@ -398,21 +395,17 @@ impl Writer<'_> {
         let mut flag = 0u8;
         if self.version >= 3 {
             if let Some(id) = source.shared_id(&v, extra) {
-                let idx = self.refs.len();
-                match self.refs.entry(id) {
-                    Entry::Occupied(e) => {
-                        let b = e.get().to_le_bytes();
-                        self.out
-                            .extend_from_slice(&[TYPE_REF, b[0], b[1], b[2], b[3]]);
-                        return Ok(());
-                    }
-                    Entry::Vacant(e) => {
-                        if idx >= SIZE32_MAX {
-                            return Err(unmarshallable().into());
-                        }
-                        e.insert(idx as u32);
-                    }
+                if let Some(&idx) = self.refs.get(&id) {
+                    let b = idx.to_le_bytes();
+                    self.out
+                        .extend_from_slice(&[TYPE_REF, b[0], b[1], b[2], b[3]]);
+                    return Ok(());
                 }
+                let idx = self.refs.len();
+                if idx >= SIZE32_MAX {
+                    return Err(unmarshallable().into());
+                }
+                self.refs.insert(id, idx as u32);
                 source.retain(&v);
                 flag = FLAG_REF;
             }

@@ -110,21 +110,6 @@ impl<'py> Source for PySource<'py> {
         // before the accessor that relies on it; str and bytes objects are immutable, so the
         // slices stay valid while `o` lives.
         unsafe {
-            if v == ffi::Py_None() {
-                return Ok(Node::None);
-            }
-            if v == ffi::Py_True() {
-                return Ok(Node::Bool(true));
-            }
-            if v == ffi::Py_False() {
-                return Ok(Node::Bool(false));
-            }
-            if v == ffi::PyExc_StopIteration {
-                return Ok(Node::StopIteration);
-            }
-            if v == ffi::Py_Ellipsis() {
-                return Ok(Node::Ellipsis);
-            }
             let tp = ffi::Py_TYPE(v);
             if tp == &raw mut ffi::PyLong_Type {
                 let mut overflow: std::os::raw::c_int = 0;
@@ -176,6 +161,22 @@ impl<'py> Source for PySource<'py> {
                 let n = ffi::Py_SIZE(v).max(0) as usize;
                 let p = ffi::PyBytes_AS_STRING(v) as *const u8;
                 return Ok(Node::Bytes(Cow::Borrowed(std::slice::from_raw_parts(p, n))));
+            }
+            // The singletons (their types are none of the above).
+            if v == ffi::Py_None() {
+                return Ok(Node::None);
+            }
+            if v == ffi::Py_True() {
+                return Ok(Node::Bool(true));
+            }
+            if v == ffi::Py_False() {
+                return Ok(Node::Bool(false));
+            }
+            if v == ffi::PyExc_StopIteration {
+                return Ok(Node::StopIteration);
+            }
+            if v == ffi::Py_Ellipsis() {
+                return Ok(Node::Ellipsis);
             }
             if tp == &raw mut ffi::PyComplex_Type {
                 return Ok(Node::Complex(
