@@ -570,7 +570,32 @@ impl Writer<'_> {
         stack.push(Task::Exit);
     }
 
+    /// A str: short ASCII (the common case) inline, the rest in [`Writer::str_other`].
+    #[inline(always)]
     fn str(&mut self, data: StrData<'_>, interned: bool, flag: u8) -> Result<(), EncodeError> {
+        if let StrData::Ascii(raw) = data {
+            if self.version >= 4 && raw.len() < 256 {
+                let code = if interned {
+                    TYPE_SHORT_ASCII_INTERNED
+                } else {
+                    TYPE_SHORT_ASCII
+                };
+                self.out.reserve(2 + raw.len());
+                self.out.extend_from_slice(&[code | flag, raw.len() as u8]);
+                self.out.extend_from_slice(raw);
+                return Ok(());
+            }
+        }
+        self.str_other(data, interned, flag)
+    }
+
+    #[inline(never)]
+    fn str_other(
+        &mut self,
+        data: StrData<'_>,
+        interned: bool,
+        flag: u8,
+    ) -> Result<(), EncodeError> {
         if let StrData::Ascii(raw) = data {
             if self.version >= 4 {
                 let n = raw.len();

@@ -59,7 +59,8 @@ extern "C" {
     fn PyCode_GetFreevars(co: *mut PyObject) -> *mut PyObject;
 }
 
-/// Which opcodes the running CPython's code constructor accepts without crashing. 3.12+
+/// Which opcodes the running CPython's code constructor accepts without crashing (unset when it
+/// accepts every byte, as 3.11's does). 3.12+
 /// quickens bytecode as it builds a code object and crashes on an INSTRUMENTED_* opcode (or
 /// 3.13's ENTER_EXECUTOR) in `co_code`, which no code CPython writes contains; so does its own
 /// marshal. Computed once, at import, from the running interpreter's `opcode.opmap`: every byte
@@ -80,7 +81,10 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
             ok[op] = false;
         }
     }
-    let _ = OPCODE_OK.set(ok);
+    // 3.11 has no such opcodes: nothing to check then.
+    if ok.iter().any(|&b| !b) {
+        let _ = OPCODE_OK.set(ok);
+    }
     // 3.12+: comprehension variables inlined into their enclosing code are "hidden" locals
     // (kind bit 0x10), which no public attribute shows; such code saves them with
     // LOAD_FAST_AND_CLEAR. See `hidden_kinds`.
@@ -129,18 +133,16 @@ fn check_bytecode(code: &Bound<'_, PyAny>) -> PyResult<()> {
     let Some(ok) = OPCODE_OK.get() else {
         return Ok(());
     };
-    let code = code.cast::<PyBytes>()?;
-    for (i, unit) in code.as_bytes().chunks(2).enumerate() {
-        if !ok[unit[0] as usize] {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "bad marshal data (invalid code object: opcode {} at offset {} is an instrumented \
-                 opcode, which this Python cannot build code from)",
-                unit[0],
-                2 * i
-            )));
-        }
+    let code = code.cast::<PyBytes>()?.as_bytes();
+    match code.iter().step_by(2).position(|&op| !ok[op as usize]) {
+        None => Ok(()),
+        Some(i) => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "bad marshal data (invalid code object: opcode {} at offset {} is an instrumented \
+             opcode, which this Python cannot build code from)",
+            code[2 * i],
+            2 * i
+        ))),
     }
-    Ok(())
 }
 
 /// Builds a code object from the fields the core decoder validated (types and lengths).

@@ -77,13 +77,18 @@ struct Unit<'py> {
     reps: Bound<'py, PyDict>,
     /// value -> how many code objects have these local names.
     uses: Bound<'py, PyDict>,
-    /// Rebuilt (localsplusnames, localspluskinds) per code object address.
-    rebuilt: IdMap<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    /// Per code object address, what the scan already read: the rebuilt (localsplusnames,
+    /// localspluskinds), and `co_names` and `co_consts`.
+    rebuilt: IdMap<Scanned<'py>>,
     /// Rebuilt tuples standing for a value.
     synthetic: IdSet,
     /// Real tuples held (twice: as key and value) by `reps`: two more references than CPython.
     held: IdSet,
 }
+
+/// What [`scan_unit`] read from one code object: localsplusnames, localspluskinds, co_names,
+/// co_consts.
+type Scanned<'py> = [Bound<'py, PyAny>; 4];
 
 impl<'py> PySource<'py> {
     fn obj(&self, o: Bound<'py, PyAny>) -> PyObj<'py> {
@@ -366,22 +371,25 @@ impl<'py> PySource<'py> {
             self.unit = Some(scan_unit(co)?);
         }
         let code = crate::marshal_code::co_code(co)?;
-        let consts = co.getattr(pyo3::intern!(py, "co_consts"))?;
-        let names = co.getattr(pyo3::intern!(py, "co_names"))?;
         let filename = co.getattr(pyo3::intern!(py, "co_filename"))?;
         let name = co.getattr(pyo3::intern!(py, "co_name"))?;
         let qualname = co.getattr(pyo3::intern!(py, "co_qualname"))?;
         let linetable = co.getattr(pyo3::intern!(py, "co_linetable"))?;
         let exctable = co.getattr(pyo3::intern!(py, "co_exceptiontable"))?;
-        let (lnames, lkinds) = match self
+        let [lnames, lkinds, names, consts] = match self
             .unit
             .as_mut()
             .and_then(|u| u.rebuilt.remove(&(co.as_ptr() as usize)))
         {
-            Some(pair) => pair,
+            Some(scanned) => scanned,
             None => {
                 let (a, b) = crate::marshal_code::localsplus(co)?;
-                (a.into_any(), b.into_any())
+                [
+                    a.into_any(),
+                    b.into_any(),
+                    co.getattr(pyo3::intern!(py, "co_names"))?,
+                    co.getattr(pyo3::intern!(py, "co_consts"))?,
+                ]
             }
         };
         let lnames = self.stand_in(lnames)?;
@@ -474,8 +482,12 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
                 };
                 uses.set_item(&ln, n + 1)?;
             }
-            rebuilt.insert(o.as_ptr() as usize, (ln.into_any(), lk.into_any()));
-            stack.push(o.getattr(pyo3::intern!(py, "co_consts"))?);
+            let consts = o.getattr(pyo3::intern!(py, "co_consts"))?;
+            stack.push(consts.clone());
+            rebuilt.insert(
+                o.as_ptr() as usize,
+                [ln.into_any(), lk.into_any(), names, consts],
+            );
         } else if let Ok(t) = o.cast::<pyo3::types::PyTuple>() {
             if is_str_tuple(&o) {
                 set_default(&reps, &o)?;
@@ -567,7 +579,12 @@ pub(crate) fn dumps<'py>(
         keep: Vec::new(),
         unit: None,
     };
-    let mut out = Vec::with_capacity(size_hint(value));
+    // The buffer of this thread's last dump, reused: no regrowing from a guess and no fresh
+    // pages to fault in for repeated dumps (taken out of the slot while in use, so a dump
+    // started by Python code run during this one gets its own).
+    let mut out = SPARE.with(|c| c.take());
+    out.clear();
+    out.reserve(size_hint(value));
     // The root: the caller's argument is borrowed in CPython too; we hold one more.
     let root = PyObj {
         obj: value.clone(),
@@ -575,11 +592,24 @@ pub(crate) fn dumps<'py>(
     };
     let r = cellar_marshal::encode(&mut src, root, 1, &opts, &mut out);
     drop(src);
-    match r {
+    let r = match r {
         Ok(()) => Ok(PyBytes::new(py, &out)),
         Err(Fail::Core(e)) => Err(PyValueError::new_err(e.message)),
         Err(Fail::Py(e)) => Err(e),
+    };
+    if out.capacity() <= SPARE_MAX {
+        out.clear();
+        SPARE.with(|c| c.set(out));
     }
+    r
+}
+
+/// The largest output buffer kept for reuse per thread.
+const SPARE_MAX: usize = 8 << 20;
+
+std::thread_local! {
+    /// The output buffer of this thread's last `dumps` (empty while a dump runs).
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// A first guess at the output size, so most dumps never grow the buffer.
