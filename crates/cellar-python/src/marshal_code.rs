@@ -156,24 +156,32 @@ pub(crate) fn build<'py>(
     let lnames = lnames.cast_into::<PyTuple>()?;
     let lkinds = lkinds.cast_into::<PyBytes>()?;
     let kinds = lkinds.as_bytes();
-    let mut groups: [Vec<Bound<'py, PyAny>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-    for (i, &k) in kinds.iter().enumerate() {
-        let nm = lnames.get_item(i)?;
-        if k & CO_FAST_LOCAL != 0 {
-            groups[0].push(nm.clone());
+    let (nlocals, varnames, cellvars, freevars) = if kinds.iter().all(|&k| k == CO_FAST_LOCAL) {
+        // Plain locals only (most functions): `co_varnames` is `co_localsplusnames` itself.
+        let empty = PyTuple::empty(py);
+        (kinds.len() as c_int, lnames.clone(), empty.clone(), empty)
+    } else {
+        let mut groups: [Vec<Bound<'py, PyAny>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for (i, &k) in kinds.iter().enumerate() {
+            let nm = lnames.get_item(i)?;
+            if k & CO_FAST_LOCAL != 0 {
+                groups[0].push(nm.clone());
+            }
+            if k & CO_FAST_CELL != 0 {
+                groups[1].push(nm.clone());
+            }
+            if k & CO_FAST_FREE != 0 {
+                groups[2].push(nm);
+            }
         }
-        if k & CO_FAST_CELL != 0 {
-            groups[1].push(nm.clone());
-        }
-        if k & CO_FAST_FREE != 0 {
-            groups[2].push(nm);
-        }
-    }
-    let [var, cell, free] = groups;
-    let nlocals = var.len() as c_int;
-    let varnames = PyTuple::new(py, var)?;
-    let cellvars = PyTuple::new(py, cell)?;
-    let freevars = PyTuple::new(py, free)?;
+        let [var, cell, free] = groups;
+        (
+            var.len() as c_int,
+            PyTuple::new(py, var)?,
+            PyTuple::new(py, cell)?,
+            PyTuple::new(py, free)?,
+        )
+    };
     // SAFETY: GIL held; every object argument is a live object of the type the constructor
     // requires (checked by the core decoder: bytes, tuples of str, str); the constructor takes
     // its own references and returns a new reference or NULL with an exception set.
@@ -227,9 +235,17 @@ pub(crate) fn localsplus<'py>(
             Bound::from_owned_ptr_or_err(py, PyCode_GetFreevars(co.as_ptr()))?,
         )
     };
-    let varnames = varnames.cast::<PyTuple>()?;
+    let varnames = varnames.cast_into::<PyTuple>()?;
     let cellvars = cellvars.cast::<PyTuple>()?;
     let freevars = freevars.cast::<PyTuple>()?;
+    if cellvars.is_empty() && freevars.is_empty() {
+        // Plain locals only (most functions): the names are `co_varnames` (a new tuple from
+        // PyCode_GetVarnames, as a rebuilt one would be), every kind CO_FAST_LOCAL.
+        let n = varnames.len();
+        let exact = if n > 0 { hidden_kinds(co, n)? } else { None };
+        let kinds = exact.unwrap_or_else(|| vec![CO_FAST_LOCAL; n]);
+        return Ok((varnames, fresh_bytes(py, &kinds)?));
+    }
     let mut names: Vec<Bound<'py, PyAny>> = Vec::with_capacity(varnames.len());
     let mut kinds: Vec<u8> = Vec::with_capacity(varnames.len());
     for n in varnames.iter() {
@@ -262,15 +278,18 @@ pub(crate) fn localsplus<'py>(
             kinds = exact;
         }
     }
-    // A fresh bytes object, as the compiler makes it (`PyBytes::new` would return CPython's
-    // shared one-byte singleton for a single local, whose reference count differs).
-    let kinds = if kinds.is_empty() {
-        PyBytes::new(py, &kinds)
+    Ok((PyTuple::new(py, names)?, fresh_bytes(py, &kinds)?))
+}
+
+/// A fresh bytes object, as the compiler makes it (`PyBytes::new` would return CPython's shared
+/// one-byte singleton for a single local, whose reference count differs).
+fn fresh_bytes<'py>(py: Python<'py>, b: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    if b.is_empty() {
+        Ok(PyBytes::new(py, b))
     } else {
-        PyBytes::new_with(py, kinds.len(), |b| {
-            b.copy_from_slice(&kinds);
+        PyBytes::new_with(py, b.len(), |dst| {
+            dst.copy_from_slice(b);
             Ok(())
-        })?
-    };
-    Ok((PyTuple::new(py, names)?, kinds))
+        })
+    }
 }

@@ -75,10 +75,11 @@ pub(crate) struct PySource<'py> {
 struct Unit<'py> {
     /// value (tuple of str) -> the object that stands for it.
     reps: Bound<'py, PyDict>,
-    /// value -> how many code objects have these local names.
-    uses: Bound<'py, PyDict>,
-    /// Per code object address, what the scan already read: the rebuilt (localsplusnames,
-    /// localspluskinds), and `co_names` and `co_consts`.
+    /// Stand-in (by address) -> how many code objects of the unit have these local names.
+    uses: IdMap<usize>,
+    /// Per code object address, what the scan already read: the stand-in for its
+    /// `co_localsplusnames` (resolved through `reps`), the rebuilt `co_localspluskinds`, and
+    /// `co_names` and `co_consts`.
     rebuilt: IdMap<Scanned<'py>>,
     /// Rebuilt tuples standing for a value.
     synthetic: IdSet,
@@ -86,8 +87,8 @@ struct Unit<'py> {
     held: IdSet,
 }
 
-/// What [`scan_unit`] read from one code object: localsplusnames, localspluskinds, co_names,
-/// co_consts.
+/// What [`scan_unit`] read from one code object: the localsplusnames stand-in,
+/// localspluskinds, co_names, co_consts.
 type Scanned<'py> = [Bound<'py, PyAny>; 4];
 
 impl<'py> PySource<'py> {
@@ -376,23 +377,20 @@ impl<'py> PySource<'py> {
         let qualname = co.getattr(pyo3::intern!(py, "co_qualname"))?;
         let linetable = co.getattr(pyo3::intern!(py, "co_linetable"))?;
         let exctable = co.getattr(pyo3::intern!(py, "co_exceptiontable"))?;
-        let [lnames, lkinds, names, consts] = match self
+        let ([lnames, lkinds, names, consts], resolved) = match self
             .unit
             .as_mut()
             .and_then(|u| u.rebuilt.remove(&(co.as_ptr() as usize)))
         {
-            Some(scanned) => scanned,
+            Some(scanned) => (scanned, true),
             None => {
                 let (a, b) = crate::marshal_code::localsplus(co)?;
-                [
-                    a.into_any(),
-                    b.into_any(),
-                    co.getattr(pyo3::intern!(py, "co_names"))?,
-                    co.getattr(pyo3::intern!(py, "co_consts"))?,
-                ]
+                let names = co.getattr(pyo3::intern!(py, "co_names"))?;
+                let consts = co.getattr(pyo3::intern!(py, "co_consts"))?;
+                ([a.into_any(), b.into_any(), names, consts], false)
             }
         };
-        let lnames = self.stand_in(lnames)?;
+        let lnames = self.stand_in(lnames, resolved)?;
         out.push((self.obj(code), 0));
         out.push((self.obj(consts), 1));
         out.push((self.obj(names), 1));
@@ -405,8 +403,12 @@ impl<'py> PySource<'py> {
     }
 
     /// The object CPython's code object holds as `co_localsplusnames` for the value `lnames`,
-    /// with its `extra` (see [`Unit`]).
-    fn stand_in(&mut self, lnames: Bound<'py, PyAny>) -> Result<(PyObj<'py>, u32), Fail> {
+    /// with its `extra` (see [`Unit`]); `resolved`: `lnames` is already the stand-in.
+    fn stand_in(
+        &mut self,
+        lnames: Bound<'py, PyAny>,
+        resolved: bool,
+    ) -> Result<(PyObj<'py>, u32), Fail> {
         let Some(unit) = self.unit.as_mut() else {
             return Ok((self.obj(lnames), 0));
         };
@@ -414,10 +416,11 @@ impl<'py> PySource<'py> {
             // The empty tuple is a singleton everywhere.
             return Ok((self.obj(lnames), 0));
         }
-        let rep = set_default(&unit.reps, &lnames)?;
-        if rep.is(&lnames) {
-            unit.synthetic.insert(lnames.as_ptr() as usize);
-        }
+        let rep = if resolved {
+            lnames
+        } else {
+            unit.resolve(lnames)?
+        };
         if !unit.synthetic.contains(&(rep.as_ptr() as usize)) {
             // The real tuple of equal value: it IS the code object's, reference count included.
             return Ok((
@@ -428,10 +431,11 @@ impl<'py> PySource<'py> {
                 1,
             ));
         }
-        let uses: usize = match unit.uses.get_item(&rep)? {
-            Some(n) => n.extract()?,
-            None => 1,
-        };
+        let uses = unit
+            .uses
+            .get(&(rep.as_ptr() as usize))
+            .copied()
+            .unwrap_or(1);
         // SAFETY: GIL held; `rep` is a live object.
         let refcnt = unsafe { ffi::Py_REFCNT(rep.as_ptr()) }.max(1) as u32;
         // Flagged exactly when CPython's shared tuple has more than one holder; `+ 1` for the
@@ -452,8 +456,8 @@ impl<'py> PySource<'py> {
 fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
     let py = root.py();
     let reps = PyDict::new(py);
-    let uses = PyDict::new(py);
-    let mut rebuilt = IdMap::default();
+    let mut rebuilt: IdMap<Scanned<'py>> = IdMap::default();
+    let mut order = Vec::new();
     let mut stack = vec![root.clone()];
     let mut seen = IdSet::default();
     let is_str_tuple = |t: &Bound<'py, PyAny>| -> bool {
@@ -475,13 +479,7 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
                 set_default(&reps, &names)?;
             }
             let (ln, lk) = crate::marshal_code::localsplus(&o)?;
-            if !ln.is_empty() {
-                let n: usize = match uses.get_item(&ln)? {
-                    Some(n) => n.extract()?,
-                    None => 0,
-                };
-                uses.set_item(&ln, n + 1)?;
-            }
+            order.push(o.as_ptr() as usize);
             let consts = o.getattr(pyo3::intern!(py, "co_consts"))?;
             stack.push(consts.clone());
             rebuilt.insert(
@@ -501,14 +499,39 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
     for (_, v) in reps.iter() {
         held.insert(v.as_ptr() as usize);
     }
-    // `uses` is keyed by value: a synthetic stand-in created later looks itself up there.
-    Ok(Unit {
+    let mut unit = Unit {
         reps,
-        uses,
-        rebuilt,
+        uses: IdMap::default(),
+        rebuilt: IdMap::default(),
         synthetic: IdSet::default(),
         held,
-    })
+    };
+    // Now that every real tuple is known: each code object's local names resolved to their
+    // stand-in once (one lookup by value per code object), and the uses counted per stand-in.
+    for id in order {
+        let Some(mut scanned) = rebuilt.remove(&id) else {
+            continue;
+        };
+        if !scanned[0].is_empty()? {
+            let rep = unit.resolve(scanned[0].clone())?;
+            *unit.uses.entry(rep.as_ptr() as usize).or_insert(0) += 1;
+            scanned[0] = rep;
+        }
+        unit.rebuilt.insert(id, scanned);
+    }
+    Ok(unit)
+}
+
+impl<'py> Unit<'py> {
+    /// The object standing for the value of `lnames`: the real tuple of equal value, else the
+    /// first rebuilt tuple of that value (registered as synthetic).
+    fn resolve(&mut self, lnames: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let rep = set_default(&self.reps, &lnames)?;
+        if rep.is(&lnames) {
+            self.synthetic.insert(lnames.as_ptr() as usize);
+        }
+        Ok(rep)
+    }
 }
 
 /// `d.setdefault(key, key)` in one lookup: the value now stored under `key`.
