@@ -26,7 +26,7 @@ use cellar_marshal::{DumpOptions, EncodeError};
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi::{self, Py_ssize_t};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PySet};
+use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PySet, PyString};
 
 /// One object pending in the encoder, with the `extra` its children get.
 #[derive(Clone)]
@@ -460,14 +460,15 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
     let mut order = Vec::new();
     let mut stack = vec![root.clone()];
     let mut seen = IdSet::default();
-    let is_str_tuple = |t: &Bound<'py, PyAny>| -> bool {
-        t.cast::<pyo3::types::PyTuple>()
-            .map(|t| {
-                !t.is_empty()
-                    && t.iter()
-                        .all(|x| x.is_exact_instance_of::<pyo3::types::PyString>())
-            })
-            .unwrap_or(false)
+    // Only containers that can hold code objects or tuples of str are walked.
+    let walkable = |x: &Bound<'py, PyAny>| {
+        let tp = x.get_type_ptr();
+        // SAFETY: GIL held; comparing a live object's type pointer with the static types.
+        unsafe {
+            tp == &raw mut ffi::PyTuple_Type
+                || tp == &raw mut ffi::PyFrozenSet_Type
+                || ffi::PyCode_Check(x.as_ptr()) != 0
+        }
     };
     while let Some(o) = stack.pop() {
         if !seen.insert(o.as_ptr() as usize) {
@@ -475,8 +476,10 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
         }
         if is_code(&o) {
             let names = o.getattr(pyo3::intern!(py, "co_names"))?;
-            if is_str_tuple(&names) {
-                set_default(&reps, &names)?;
+            if let Ok(t) = names.cast::<pyo3::types::PyTuple>() {
+                if !t.is_empty() && t.iter().all(|x| x.is_exact_instance_of::<PyString>()) {
+                    set_default(&reps, &names)?;
+                }
             }
             let (ln, lk) = crate::marshal_code::localsplus(&o)?;
             order.push(o.as_ptr() as usize);
@@ -487,12 +490,22 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
                 [ln.into_any(), lk.into_any(), names, consts],
             );
         } else if let Ok(t) = o.cast::<pyo3::types::PyTuple>() {
-            if is_str_tuple(&o) {
+            // One pass: is it a tuple of str (a merge candidate), and which items to walk.
+            let mut all_str = !t.is_empty();
+            for x in t.iter_borrowed() {
+                if x.is_exact_instance_of::<PyString>() {
+                    continue;
+                }
+                all_str = false;
+                if walkable(&x) {
+                    stack.push(x.to_owned());
+                }
+            }
+            if all_str {
                 set_default(&reps, &o)?;
             }
-            stack.extend(t.iter());
         } else if let Ok(f) = o.cast::<PyFrozenSet>() {
-            stack.extend(f.iter());
+            stack.extend(f.iter().filter(|x| walkable(x)));
         }
     }
     let mut held = IdSet::default();
