@@ -12,7 +12,7 @@
 //! Python source reproduces that exactly, the `Value` source uses the `Arc` strong count.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::EncodeError;
@@ -139,6 +139,26 @@ pub trait Source {
         o: &Self::Obj,
         cursor: &mut usize,
     ) -> Result<Option<(Self::Obj, u32)>, Self::Error>;
+    /// The next (key, value) entry of a dict, each with its `extra`; `cursor` starts at 0 and
+    /// is the source's to advance. The encoder writes the key, then the value. The default
+    /// takes two [`Source::child`] calls; a source whose dict iteration yields both at once
+    /// (CPython's `PyDict_Next`) overrides it.
+    #[allow(clippy::type_complexity)]
+    fn dict_item(
+        &mut self,
+        o: &Self::Obj,
+        cursor: &mut usize,
+    ) -> Result<Option<((Self::Obj, u32), (Self::Obj, u32))>, Self::Error> {
+        let Some(k) = self.child(o, cursor)? else {
+            return Ok(None);
+        };
+        Ok(self.child(o, cursor)?.map(|x| (k, x)))
+    }
+    /// Called once per identity the encoder records (the first time an object that
+    /// [`Source::shared_id`] named is written): a source whose identities are addresses keeps
+    /// the object alive from here until the dump ends. The default does nothing.
+    #[inline(always)]
+    fn retain(&mut self, _o: &Self::Obj) {}
     /// Appends the children of a set, slice or code object to `out` in writing order, each with the number of
     /// references the source holds on it beyond CPython's at that point (see `shared_id`).
     fn children(
@@ -171,10 +191,11 @@ enum Task<O> {
     Exit,
 }
 
-/// Hasher for the reference table's identity keys (addresses): multiply and fold, much cheaper
-/// than SipHash, and identities are not attacker-controlled.
+/// Hasher for identity keys (addresses): multiply and fold, much cheaper than SipHash, and
+/// identities are not attacker-controlled. Public so that sources (the Python package's) key
+/// their own identity tables with it too ([`IdMap`], [`IdSet`]).
 #[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
+pub struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     #[inline(always)]
@@ -196,7 +217,14 @@ impl Hasher for IdHasher {
     }
 }
 
-type RefMap = HashMap<usize, u32, BuildHasherDefault<IdHasher>>;
+/// `BuildHasher` of [`IdHasher`].
+pub type IdBuild = BuildHasherDefault<IdHasher>;
+/// A map keyed by identity (address).
+pub type IdMap<V> = HashMap<usize, V, IdBuild>;
+/// A set of identities (addresses).
+pub type IdSet = HashSet<usize, IdBuild>;
+
+type RefMap = IdMap<u32>;
 
 fn unmarshallable() -> EncodeError {
     EncodeError {
@@ -284,46 +312,56 @@ impl Writer<'_> {
         source: &mut S,
         stack: &mut Vec<Task<S::Obj>>,
     ) -> Result<(), S::Error> {
-        while let Some(task) = stack.pop() {
-            let (v, extra) = match task {
-                Task::Obj(v, e) => (v, e),
-                Task::Iter {
-                    obj,
-                    mut cursor,
-                    left,
-                } => {
-                    let dict = left == usize::MAX;
-                    if left == 0 {
+        loop {
+            // A container being written stays on top of the stack and advances in place; its
+            // next child is written from here (a child that is a container pushes its own task
+            // above it).
+            let (v, extra) = match stack.last_mut() {
+                None => break,
+                Some(Task::Iter { obj, cursor, left }) => {
+                    if *left == usize::MAX {
+                        // A dict: key now, its value next (pushed above the continuation).
+                        match source.dict_item(obj, cursor)? {
+                            Some(((k, ke), (x, xe))) => {
+                                stack.push(Task::Obj(x, xe));
+                                (k, ke)
+                            }
+                            None => {
+                                stack.pop();
+                                self.out.push(TYPE_NULL);
+                                self.depth -= 1;
+                                continue;
+                            }
+                        }
+                    } else if *left == 0 {
+                        stack.pop();
+                        self.depth -= 1;
+                        continue;
+                    } else {
+                        *left -= 1;
+                        match source.child(obj, cursor)? {
+                            Some(c) => c,
+                            None => {
+                                return Err(EncodeError {
+                                    message: "list changed size during marshal".into(),
+                                }
+                                .into())
+                            }
+                        }
+                    }
+                }
+                Some(_) => match stack.pop() {
+                    Some(Task::Obj(v, e)) => (v, e),
+                    Some(Task::I32(x)) => {
+                        self.i32(x);
+                        continue;
+                    }
+                    Some(Task::Exit) => {
                         self.depth -= 1;
                         continue;
                     }
-                    match source.child(&obj, &mut cursor)? {
-                        Some((c, e)) => {
-                            let left = if dict { left } else { left - 1 };
-                            stack.push(Task::Iter { obj, cursor, left });
-                            (c, e)
-                        }
-                        None if dict => {
-                            self.out.push(TYPE_NULL);
-                            self.depth -= 1;
-                            continue;
-                        }
-                        None => {
-                            return Err(EncodeError {
-                                message: "list changed size during marshal".into(),
-                            }
-                            .into())
-                        }
-                    }
-                }
-                Task::I32(x) => {
-                    self.i32(x);
-                    continue;
-                }
-                Task::Exit => {
-                    self.depth -= 1;
-                    continue;
-                }
+                    Some(Task::Iter { .. }) | None => continue,
+                },
             };
             if self.depth + 1 > MAX_DEPTH {
                 return Err(too_deep().into());
@@ -368,6 +406,7 @@ impl Writer<'_> {
                     return Err(unmarshallable().into());
                 }
                 self.refs.insert(id, idx as u32);
+                source.retain(&v);
                 flag = FLAG_REF;
             }
         }
@@ -531,7 +570,32 @@ impl Writer<'_> {
         stack.push(Task::Exit);
     }
 
+    /// A str: short ASCII (the common case) inline, the rest in [`Writer::str_other`].
+    #[inline(always)]
     fn str(&mut self, data: StrData<'_>, interned: bool, flag: u8) -> Result<(), EncodeError> {
+        if let StrData::Ascii(raw) = data {
+            if self.version >= 4 && raw.len() < 256 {
+                let code = if interned {
+                    TYPE_SHORT_ASCII_INTERNED
+                } else {
+                    TYPE_SHORT_ASCII
+                };
+                self.out.reserve(2 + raw.len());
+                self.out.extend_from_slice(&[code | flag, raw.len() as u8]);
+                self.out.extend_from_slice(raw);
+                return Ok(());
+            }
+        }
+        self.str_other(data, interned, flag)
+    }
+
+    #[inline(never)]
+    fn str_other(
+        &mut self,
+        data: StrData<'_>,
+        interned: bool,
+        flag: u8,
+    ) -> Result<(), EncodeError> {
         if let StrData::Ascii(raw) = data {
             if self.version >= 4 {
                 let n = raw.len();

@@ -59,7 +59,8 @@ extern "C" {
     fn PyCode_GetFreevars(co: *mut PyObject) -> *mut PyObject;
 }
 
-/// Which opcodes the running CPython's code constructor accepts without crashing. 3.12+
+/// Which opcodes the running CPython's code constructor accepts without crashing (unset when it
+/// accepts every byte, as 3.11's does). 3.12+
 /// quickens bytecode as it builds a code object and crashes on an INSTRUMENTED_* opcode (or
 /// 3.13's ENTER_EXECUTOR) in `co_code`, which no code CPython writes contains; so does its own
 /// marshal. Computed once, at import, from the running interpreter's `opcode.opmap`: every byte
@@ -80,7 +81,10 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
             ok[op] = false;
         }
     }
-    let _ = OPCODE_OK.set(ok);
+    // 3.11 has no such opcodes: nothing to check then.
+    if ok.iter().any(|&b| !b) {
+        let _ = OPCODE_OK.set(ok);
+    }
     // 3.12+: comprehension variables inlined into their enclosing code are "hidden" locals
     // (kind bit 0x10), which no public attribute shows; such code saves them with
     // LOAD_FAST_AND_CLEAR. See `hidden_kinds`.
@@ -98,11 +102,13 @@ static HIDDEN: std::sync::OnceLock<(u8, Py<PyAny>)> = std::sync::OnceLock::new()
 /// The exact `co_localspluskinds` of a 3.12+ code object that may have hidden locals: the only
 /// public API that shows them is the interpreter's own marshal, applied to a copy without
 /// constants (`replace` keeps the kinds), parsed back with the core decoder.
-fn hidden_kinds(co: &Bound<'_, PyAny>, code: &[u8], n: usize) -> PyResult<Option<Vec<u8>>> {
+fn hidden_kinds(co: &Bound<'_, PyAny>, n: usize) -> PyResult<Option<Vec<u8>>> {
     let Some((op, dumps)) = HIDDEN.get() else {
         return Ok(None);
     };
-    if !code.chunks(2).any(|u| u[0] == *op) {
+    let code = co_code(co)?;
+    let code = code.cast::<PyBytes>()?;
+    if !code.as_bytes().chunks(2).any(|u| u[0] == *op) {
         return Ok(None);
     }
     let py = co.py();
@@ -127,18 +133,16 @@ fn check_bytecode(code: &Bound<'_, PyAny>) -> PyResult<()> {
     let Some(ok) = OPCODE_OK.get() else {
         return Ok(());
     };
-    let code = code.cast::<PyBytes>()?;
-    for (i, unit) in code.as_bytes().chunks(2).enumerate() {
-        if !ok[unit[0] as usize] {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "bad marshal data (invalid code object: opcode {} at offset {} is an instrumented \
-                 opcode, which this Python cannot build code from)",
-                unit[0],
-                2 * i
-            )));
-        }
+    let code = code.cast::<PyBytes>()?.as_bytes();
+    match code.iter().step_by(2).position(|&op| !ok[op as usize]) {
+        None => Ok(()),
+        Some(i) => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "bad marshal data (invalid code object: opcode {} at offset {} is an instrumented \
+             opcode, which this Python cannot build code from)",
+            code[2 * i],
+            2 * i
+        ))),
     }
-    Ok(())
 }
 
 /// Builds a code object from the fields the core decoder validated (types and lengths).
@@ -152,24 +156,32 @@ pub(crate) fn build<'py>(
     let lnames = lnames.cast_into::<PyTuple>()?;
     let lkinds = lkinds.cast_into::<PyBytes>()?;
     let kinds = lkinds.as_bytes();
-    let mut groups: [Vec<Bound<'py, PyAny>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-    for (i, &k) in kinds.iter().enumerate() {
-        let nm = lnames.get_item(i)?;
-        if k & CO_FAST_LOCAL != 0 {
-            groups[0].push(nm.clone());
+    let (nlocals, varnames, cellvars, freevars) = if kinds.iter().all(|&k| k == CO_FAST_LOCAL) {
+        // Plain locals only (most functions): `co_varnames` is `co_localsplusnames` itself.
+        let empty = PyTuple::empty(py);
+        (kinds.len() as c_int, lnames.clone(), empty.clone(), empty)
+    } else {
+        let mut groups: [Vec<Bound<'py, PyAny>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for (i, &k) in kinds.iter().enumerate() {
+            let nm = lnames.get_item(i)?;
+            if k & CO_FAST_LOCAL != 0 {
+                groups[0].push(nm.clone());
+            }
+            if k & CO_FAST_CELL != 0 {
+                groups[1].push(nm.clone());
+            }
+            if k & CO_FAST_FREE != 0 {
+                groups[2].push(nm);
+            }
         }
-        if k & CO_FAST_CELL != 0 {
-            groups[1].push(nm.clone());
-        }
-        if k & CO_FAST_FREE != 0 {
-            groups[2].push(nm);
-        }
-    }
-    let [var, cell, free] = groups;
-    let nlocals = var.len() as c_int;
-    let varnames = PyTuple::new(py, var)?;
-    let cellvars = PyTuple::new(py, cell)?;
-    let freevars = PyTuple::new(py, free)?;
+        let [var, cell, free] = groups;
+        (
+            var.len() as c_int,
+            PyTuple::new(py, var)?,
+            PyTuple::new(py, cell)?,
+            PyTuple::new(py, free)?,
+        )
+    };
     // SAFETY: GIL held; every object argument is a live object of the type the constructor
     // requires (checked by the core decoder: bytes, tuples of str, str); the constructor takes
     // its own references and returns a new reference or NULL with an exception set.
@@ -223,9 +235,17 @@ pub(crate) fn localsplus<'py>(
             Bound::from_owned_ptr_or_err(py, PyCode_GetFreevars(co.as_ptr()))?,
         )
     };
-    let varnames = varnames.cast::<PyTuple>()?;
+    let varnames = varnames.cast_into::<PyTuple>()?;
     let cellvars = cellvars.cast::<PyTuple>()?;
     let freevars = freevars.cast::<PyTuple>()?;
+    if cellvars.is_empty() && freevars.is_empty() {
+        // Plain locals only (most functions): the names are `co_varnames` (a new tuple from
+        // PyCode_GetVarnames, as a rebuilt one would be), every kind CO_FAST_LOCAL.
+        let n = varnames.len();
+        let exact = if n > 0 { hidden_kinds(co, n)? } else { None };
+        let kinds = exact.unwrap_or_else(|| vec![CO_FAST_LOCAL; n]);
+        return Ok((varnames, fresh_bytes(py, &kinds)?));
+    }
     let mut names: Vec<Bound<'py, PyAny>> = Vec::with_capacity(varnames.len());
     let mut kinds: Vec<u8> = Vec::with_capacity(varnames.len());
     for n in varnames.iter() {
@@ -254,21 +274,22 @@ pub(crate) fn localsplus<'py>(
         kinds.push(CO_FAST_FREE);
     }
     if !kinds.is_empty() {
-        let code = co_code(co)?;
-        let code = code.cast::<PyBytes>()?;
-        if let Some(exact) = hidden_kinds(co, code.as_bytes(), kinds.len())? {
+        if let Some(exact) = hidden_kinds(co, kinds.len())? {
             kinds = exact;
         }
     }
-    // A fresh bytes object, as the compiler makes it (`PyBytes::new` would return CPython's
-    // shared one-byte singleton for a single local, whose reference count differs).
-    let kinds = if kinds.is_empty() {
-        PyBytes::new(py, &kinds)
+    Ok((PyTuple::new(py, names)?, fresh_bytes(py, &kinds)?))
+}
+
+/// A fresh bytes object, as the compiler makes it (`PyBytes::new` would return CPython's shared
+/// one-byte singleton for a single local, whose reference count differs).
+fn fresh_bytes<'py>(py: Python<'py>, b: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    if b.is_empty() {
+        Ok(PyBytes::new(py, b))
     } else {
-        PyBytes::new_with(py, kinds.len(), |b| {
-            b.copy_from_slice(&kinds);
+        PyBytes::new_with(py, b.len(), |dst| {
+            dst.copy_from_slice(b);
             Ok(())
-        })?
-    };
-    Ok((PyTuple::new(py, names)?, kinds))
+        })
+    }
 }

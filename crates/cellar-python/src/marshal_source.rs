@@ -21,12 +21,12 @@
 
 use std::borrow::Cow;
 
-use cellar_marshal::write::{Node, Source, StrData};
+use cellar_marshal::write::{IdMap, IdSet, Node, Source, StrData};
 use cellar_marshal::{DumpOptions, EncodeError};
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi::{self, Py_ssize_t};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PySet};
+use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PySet, PyString};
 
 /// One object pending in the encoder, with the `extra` its children get.
 #[derive(Clone)]
@@ -75,15 +75,21 @@ pub(crate) struct PySource<'py> {
 struct Unit<'py> {
     /// value (tuple of str) -> the object that stands for it.
     reps: Bound<'py, PyDict>,
-    /// value -> how many code objects have these local names.
-    uses: Bound<'py, PyDict>,
-    /// Rebuilt (localsplusnames, localspluskinds) per code object address.
-    rebuilt: std::collections::HashMap<usize, (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    /// Stand-in (by address) -> how many code objects of the unit have these local names.
+    uses: IdMap<usize>,
+    /// Per code object address, what the scan already read: the stand-in for its
+    /// `co_localsplusnames` (resolved through `reps`), the rebuilt `co_localspluskinds`, and
+    /// `co_names` and `co_consts`.
+    rebuilt: IdMap<Scanned<'py>>,
     /// Rebuilt tuples standing for a value.
-    synthetic: std::collections::HashSet<usize>,
+    synthetic: IdSet,
     /// Real tuples held (twice: as key and value) by `reps`: two more references than CPython.
-    held: std::collections::HashSet<usize>,
+    held: IdSet,
 }
+
+/// What [`scan_unit`] read from one code object: the localsplusnames stand-in,
+/// localspluskinds, co_names, co_consts.
+type Scanned<'py> = [Bound<'py, PyAny>; 4];
 
 impl<'py> PySource<'py> {
     fn obj(&self, o: Bound<'py, PyAny>) -> PyObj<'py> {
@@ -110,21 +116,6 @@ impl<'py> Source for PySource<'py> {
         // before the accessor that relies on it; str and bytes objects are immutable, so the
         // slices stay valid while `o` lives.
         unsafe {
-            if v == ffi::Py_None() {
-                return Ok(Node::None);
-            }
-            if v == ffi::Py_True() {
-                return Ok(Node::Bool(true));
-            }
-            if v == ffi::Py_False() {
-                return Ok(Node::Bool(false));
-            }
-            if v == ffi::PyExc_StopIteration {
-                return Ok(Node::StopIteration);
-            }
-            if v == ffi::Py_Ellipsis() {
-                return Ok(Node::Ellipsis);
-            }
             let tp = ffi::Py_TYPE(v);
             if tp == &raw mut ffi::PyLong_Type {
                 let mut overflow: std::os::raw::c_int = 0;
@@ -176,6 +167,22 @@ impl<'py> Source for PySource<'py> {
                 let n = ffi::Py_SIZE(v).max(0) as usize;
                 let p = ffi::PyBytes_AS_STRING(v) as *const u8;
                 return Ok(Node::Bytes(Cow::Borrowed(std::slice::from_raw_parts(p, n))));
+            }
+            // The singletons (their types are none of the above).
+            if v == ffi::Py_None() {
+                return Ok(Node::None);
+            }
+            if v == ffi::Py_True() {
+                return Ok(Node::Bool(true));
+            }
+            if v == ffi::Py_False() {
+                return Ok(Node::Bool(false));
+            }
+            if v == ffi::PyExc_StopIteration {
+                return Ok(Node::StopIteration);
+            }
+            if v == ffi::Py_Ellipsis() {
+                return Ok(Node::Ellipsis);
             }
             if tp == &raw mut ffi::PyComplex_Type {
                 return Ok(Node::Complex(
@@ -240,8 +247,42 @@ impl<'py> Source for PySource<'py> {
         if refcnt - extra as Py_ssize_t <= 1 && !interned {
             return None;
         }
-        self.keep.push(o.obj.clone());
         Some(v as usize)
+    }
+
+    #[inline(always)]
+    fn retain(&mut self, o: &PyObj<'py>) {
+        self.keep.push(o.obj.clone());
+    }
+
+    /// One `PyDict_Next` per entry (CPython's `w_object` does the same); both key and value
+    /// become owned references at once.
+    #[inline(always)]
+    fn dict_item(
+        &mut self,
+        o: &PyObj<'py>,
+        cursor: &mut usize,
+    ) -> Result<Option<((PyObj<'py>, u32), (PyObj<'py>, u32))>, Fail> {
+        let v = o.obj.as_ptr();
+        let e = o.kids_extra;
+        let mut pos = *cursor as Py_ssize_t;
+        let mut k: *mut ffi::PyObject = std::ptr::null_mut();
+        let mut x: *mut ffi::PyObject = std::ptr::null_mut();
+        // SAFETY: GIL held; `v` is a live dict (the encoder only asks dicts for entries);
+        // PyDict_Next checks `pos` against the dict's current size and yields borrowed
+        // references, turned into owned ones at once below.
+        if unsafe { ffi::PyDict_Next(v, &mut pos, &mut k, &mut x) } == 0 {
+            return Ok(None);
+        }
+        *cursor = pos as usize;
+        // SAFETY: `k` and `x` are live borrowed references (see above); from_borrowed_ptr increfs.
+        let (k, x) = unsafe {
+            (
+                Bound::from_borrowed_ptr(self.py, k),
+                Bound::from_borrowed_ptr(self.py, x),
+            )
+        };
+        Ok(Some(((self.obj(k), e), (self.obj(x), e))))
     }
 
     #[inline(always)]
@@ -272,21 +313,6 @@ impl<'py> Source for PySource<'py> {
                     ffi::PyList_GET_ITEM(v, i)
                 } else {
                     std::ptr::null_mut()
-                }
-            } else if tp == &raw mut ffi::PyDict_Type {
-                // cursor = (position before the entry << 1) | (0: key next, 1: value next).
-                let mut pos = (*cursor >> 1) as Py_ssize_t;
-                let start = pos;
-                let mut k: *mut ffi::PyObject = std::ptr::null_mut();
-                let mut x: *mut ffi::PyObject = std::ptr::null_mut();
-                if ffi::PyDict_Next(v, &mut pos, &mut k, &mut x) == 0 {
-                    std::ptr::null_mut()
-                } else if *cursor & 1 == 0 {
-                    *cursor = ((start as usize) << 1) | 1;
-                    k
-                } else {
-                    *cursor = (pos as usize) << 1;
-                    x
                 }
             } else {
                 std::ptr::null_mut()
@@ -346,25 +372,25 @@ impl<'py> PySource<'py> {
             self.unit = Some(scan_unit(co)?);
         }
         let code = crate::marshal_code::co_code(co)?;
-        let consts = co.getattr(pyo3::intern!(py, "co_consts"))?;
-        let names = co.getattr(pyo3::intern!(py, "co_names"))?;
         let filename = co.getattr(pyo3::intern!(py, "co_filename"))?;
         let name = co.getattr(pyo3::intern!(py, "co_name"))?;
         let qualname = co.getattr(pyo3::intern!(py, "co_qualname"))?;
         let linetable = co.getattr(pyo3::intern!(py, "co_linetable"))?;
         let exctable = co.getattr(pyo3::intern!(py, "co_exceptiontable"))?;
-        let (lnames, lkinds) = match self
+        let ([lnames, lkinds, names, consts], resolved) = match self
             .unit
             .as_mut()
             .and_then(|u| u.rebuilt.remove(&(co.as_ptr() as usize)))
         {
-            Some(pair) => pair,
+            Some(scanned) => (scanned, true),
             None => {
                 let (a, b) = crate::marshal_code::localsplus(co)?;
-                (a.into_any(), b.into_any())
+                let names = co.getattr(pyo3::intern!(py, "co_names"))?;
+                let consts = co.getattr(pyo3::intern!(py, "co_consts"))?;
+                ([a.into_any(), b.into_any(), names, consts], false)
             }
         };
-        let lnames = self.stand_in(lnames)?;
+        let lnames = self.stand_in(lnames, resolved)?;
         out.push((self.obj(code), 0));
         out.push((self.obj(consts), 1));
         out.push((self.obj(names), 1));
@@ -377,8 +403,12 @@ impl<'py> PySource<'py> {
     }
 
     /// The object CPython's code object holds as `co_localsplusnames` for the value `lnames`,
-    /// with its `extra` (see [`Unit`]).
-    fn stand_in(&mut self, lnames: Bound<'py, PyAny>) -> Result<(PyObj<'py>, u32), Fail> {
+    /// with its `extra` (see [`Unit`]); `resolved`: `lnames` is already the stand-in.
+    fn stand_in(
+        &mut self,
+        lnames: Bound<'py, PyAny>,
+        resolved: bool,
+    ) -> Result<(PyObj<'py>, u32), Fail> {
         let Some(unit) = self.unit.as_mut() else {
             return Ok((self.obj(lnames), 0));
         };
@@ -386,13 +416,10 @@ impl<'py> PySource<'py> {
             // The empty tuple is a singleton everywhere.
             return Ok((self.obj(lnames), 0));
         }
-        let rep = match unit.reps.get_item(&lnames)? {
-            Some(r) => r,
-            None => {
-                unit.reps.set_item(&lnames, &lnames)?;
-                unit.synthetic.insert(lnames.as_ptr() as usize);
-                lnames
-            }
+        let rep = if resolved {
+            lnames
+        } else {
+            unit.resolve(lnames)?
         };
         if !unit.synthetic.contains(&(rep.as_ptr() as usize)) {
             // The real tuple of equal value: it IS the code object's, reference count included.
@@ -404,10 +431,11 @@ impl<'py> PySource<'py> {
                 1,
             ));
         }
-        let uses: usize = match unit.uses.get_item(&rep)? {
-            Some(n) => n.extract()?,
-            None => 1,
-        };
+        let uses = unit
+            .uses
+            .get(&(rep.as_ptr() as usize))
+            .copied()
+            .unwrap_or(1);
         // SAFETY: GIL held; `rep` is a live object.
         let refcnt = unsafe { ffi::Py_REFCNT(rep.as_ptr()) }.max(1) as u32;
         // Flagged exactly when CPython's shared tuple has more than one holder; `+ 1` for the
@@ -428,18 +456,19 @@ impl<'py> PySource<'py> {
 fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
     let py = root.py();
     let reps = PyDict::new(py);
-    let uses = PyDict::new(py);
-    let mut rebuilt = std::collections::HashMap::new();
+    let mut rebuilt: IdMap<Scanned<'py>> = IdMap::default();
+    let mut order = Vec::new();
     let mut stack = vec![root.clone()];
-    let mut seen = std::collections::HashSet::new();
-    let is_str_tuple = |t: &Bound<'py, PyAny>| -> bool {
-        t.cast::<pyo3::types::PyTuple>()
-            .map(|t| {
-                !t.is_empty()
-                    && t.iter()
-                        .all(|x| x.is_exact_instance_of::<pyo3::types::PyString>())
-            })
-            .unwrap_or(false)
+    let mut seen = IdSet::default();
+    // Only containers that can hold code objects or tuples of str are walked.
+    let walkable = |x: &Bound<'py, PyAny>| {
+        let tp = x.get_type_ptr();
+        // SAFETY: GIL held; comparing a live object's type pointer with the static types.
+        unsafe {
+            tp == &raw mut ffi::PyTuple_Type
+                || tp == &raw mut ffi::PyFrozenSet_Type
+                || ffi::PyCode_Check(x.as_ptr()) != 0
+        }
     };
     while let Some(o) = stack.pop() {
         if !seen.insert(o.as_ptr() as usize) {
@@ -447,40 +476,91 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
         }
         if is_code(&o) {
             let names = o.getattr(pyo3::intern!(py, "co_names"))?;
-            if is_str_tuple(&names) && reps.get_item(&names)?.is_none() {
-                reps.set_item(&names, &names)?;
+            if let Ok(t) = names.cast::<pyo3::types::PyTuple>() {
+                if !t.is_empty() && t.iter().all(|x| x.is_exact_instance_of::<PyString>()) {
+                    set_default(&reps, &names)?;
+                }
             }
             let (ln, lk) = crate::marshal_code::localsplus(&o)?;
-            if !ln.is_empty() {
-                let n: usize = match uses.get_item(&ln)? {
-                    Some(n) => n.extract()?,
-                    None => 0,
-                };
-                uses.set_item(&ln, n + 1)?;
-            }
-            rebuilt.insert(o.as_ptr() as usize, (ln.into_any(), lk.into_any()));
-            stack.push(o.getattr(pyo3::intern!(py, "co_consts"))?);
+            order.push(o.as_ptr() as usize);
+            let consts = o.getattr(pyo3::intern!(py, "co_consts"))?;
+            stack.push(consts.clone());
+            rebuilt.insert(
+                o.as_ptr() as usize,
+                [ln.into_any(), lk.into_any(), names, consts],
+            );
         } else if let Ok(t) = o.cast::<pyo3::types::PyTuple>() {
-            if is_str_tuple(&o) && reps.get_item(&o)?.is_none() {
-                reps.set_item(&o, &o)?;
+            // One pass: is it a tuple of str (a merge candidate), and which items to walk.
+            let mut all_str = !t.is_empty();
+            for x in t.iter_borrowed() {
+                if x.is_exact_instance_of::<PyString>() {
+                    continue;
+                }
+                all_str = false;
+                if walkable(&x) {
+                    stack.push(x.to_owned());
+                }
             }
-            stack.extend(t.iter());
+            if all_str {
+                set_default(&reps, &o)?;
+            }
         } else if let Ok(f) = o.cast::<PyFrozenSet>() {
-            stack.extend(f.iter());
+            stack.extend(f.iter().filter(|x| walkable(x)));
         }
     }
-    let mut held = std::collections::HashSet::new();
+    let mut held = IdSet::default();
     for (_, v) in reps.iter() {
         held.insert(v.as_ptr() as usize);
     }
-    // `uses` is keyed by value: a synthetic stand-in created later looks itself up there.
-    Ok(Unit {
+    let mut unit = Unit {
         reps,
-        uses,
-        rebuilt,
-        synthetic: std::collections::HashSet::new(),
+        uses: IdMap::default(),
+        rebuilt: IdMap::default(),
+        synthetic: IdSet::default(),
         held,
-    })
+    };
+    // Now that every real tuple is known: each code object's local names resolved to their
+    // stand-in once (one lookup by value per code object), and the uses counted per stand-in.
+    for id in order {
+        let Some(mut scanned) = rebuilt.remove(&id) else {
+            continue;
+        };
+        if !scanned[0].is_empty()? {
+            let rep = unit.resolve(scanned[0].clone())?;
+            *unit.uses.entry(rep.as_ptr() as usize).or_insert(0) += 1;
+            scanned[0] = rep;
+        }
+        unit.rebuilt.insert(id, scanned);
+    }
+    Ok(unit)
+}
+
+impl<'py> Unit<'py> {
+    /// The object standing for the value of `lnames`: the real tuple of equal value, else the
+    /// first rebuilt tuple of that value (registered as synthetic).
+    fn resolve(&mut self, lnames: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let rep = set_default(&self.reps, &lnames)?;
+        if rep.is(&lnames) {
+            self.synthetic.insert(lnames.as_ptr() as usize);
+        }
+        Ok(rep)
+    }
+}
+
+/// `d.setdefault(key, key)` in one lookup: the value now stored under `key`.
+fn set_default<'py>(
+    d: &Bound<'py, PyDict>,
+    key: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: GIL held; `d` is a dict and `key` a live object; PyDict_SetDefault returns a
+    // borrowed reference (or NULL with an exception set), turned into an owned one at once.
+    unsafe {
+        let r = ffi::PyDict_SetDefault(d.as_ptr(), key.as_ptr(), key.as_ptr());
+        if r.is_null() {
+            return Err(PyErr::fetch(d.py()));
+        }
+        Ok(Bound::from_borrowed_ptr(d.py(), r))
+    }
 }
 
 /// argcount, posonlyargcount, kwonlyargcount, stacksize, flags, firstlineno.
@@ -535,7 +615,12 @@ pub(crate) fn dumps<'py>(
         keep: Vec::new(),
         unit: None,
     };
-    let mut out = Vec::with_capacity(size_hint(value));
+    // The buffer of this thread's last dump, reused: no regrowing from a guess and no fresh
+    // pages to fault in for repeated dumps (taken out of the slot while in use, so a dump
+    // started by Python code run during this one gets its own).
+    let mut out = SPARE.with(|c| c.take());
+    out.clear();
+    out.reserve(size_hint(value));
     // The root: the caller's argument is borrowed in CPython too; we hold one more.
     let root = PyObj {
         obj: value.clone(),
@@ -543,11 +628,24 @@ pub(crate) fn dumps<'py>(
     };
     let r = cellar_marshal::encode(&mut src, root, 1, &opts, &mut out);
     drop(src);
-    match r {
+    let r = match r {
         Ok(()) => Ok(PyBytes::new(py, &out)),
         Err(Fail::Core(e)) => Err(PyValueError::new_err(e.message)),
         Err(Fail::Py(e)) => Err(e),
+    };
+    if out.capacity() <= SPARE_MAX {
+        out.clear();
+        SPARE.with(|c| c.set(out));
     }
+    r
+}
+
+/// The largest output buffer kept for reuse per thread.
+const SPARE_MAX: usize = 8 << 20;
+
+std::thread_local! {
+    /// The output buffer of this thread's last `dumps` (empty while a dump runs).
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// A first guess at the output size, so most dumps never grow the buffer.
@@ -562,6 +660,9 @@ fn size_hint(v: &Bound<'_, PyAny>) -> usize {
         l.len().saturating_mul(32) + 64
     } else if let Ok(d) = v.cast::<PyDict>() {
         d.len().saturating_mul(32) + 64
+    } else if is_code(v) {
+        // A module's code object: tens of KiB, written without regrowing from 256 bytes.
+        16 * 1024
     } else {
         256
     }
