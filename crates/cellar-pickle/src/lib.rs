@@ -36,6 +36,7 @@
 
 mod compat;
 mod disasm;
+pub mod encode;
 mod error;
 mod globals;
 mod inert;
