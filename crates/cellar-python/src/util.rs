@@ -1,7 +1,6 @@
-//! Small shared pieces: the CPython function pyo3-ffi does not declare (`PySys_Audit`), a
-//! pointer-keyed hasher, and the current thread's stack bounds.
+//! Small shared pieces: the CPython function pyo3-ffi does not declare (`PySys_Audit`) and the
+//! current thread's stack bounds.
 
-use std::hash::{BuildHasherDefault, Hasher};
 use std::os::raw::c_int;
 
 extern "C" {
@@ -12,32 +11,6 @@ extern "C" {
         ...
     ) -> c_int;
 }
-
-/// A fast hasher for pointer keys (multiply and fold; see `write_usize`).
-#[derive(Default, Clone, Copy)]
-pub(crate) struct PtrHasher(u64);
-
-impl Hasher for PtrHasher {
-    #[inline(always)]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    #[inline(always)]
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    #[inline(always)]
-    fn write_usize(&mut self, n: usize) {
-        // Heap pointers are 16-byte aligned: drop the dead low bits, multiply to spread them up,
-        // then fold the well-mixed high half back down (hashbrown indexes with the low bits).
-        let x = (n as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = x ^ (x >> 32);
-    }
-}
-
-pub(crate) type PtrBuild = BuildHasherDefault<PtrHasher>;
 
 /// Stop recursing when fewer than this many bytes of stack remain (or a quarter of the stack,
 /// if that is less).
