@@ -79,6 +79,28 @@ pub enum Node<'n, O> {
     Reduce(Box<Reduction<O>>),
 }
 
+/// A value written without a memo entry, found before the memo is consulted (as CPython's
+/// `save` writes None, bools, ints and floats first).
+#[derive(Clone, Copy)]
+pub enum Scalar {
+    /// `None`.
+    None,
+    /// `True` / `False`.
+    Bool(bool),
+    /// An int that fits in 64 bits.
+    Int(i64),
+    /// A float.
+    Float(f64),
+}
+
+/// What [`Source::id`] found: a scalar, or the memo identity of anything else.
+pub enum Ident {
+    /// Written at once, never memoized.
+    Scalar(Scalar),
+    /// An object with this identity (`None`: cannot be met twice).
+    Obj(Option<usize>),
+}
+
 /// What a callable of a reduction is.
 pub enum Callee<O> {
     /// A global by name, memoized by name.
@@ -156,8 +178,10 @@ pub trait Source {
     /// What `o` is when written at protocol `proto`.
     fn node<'n>(&mut self, o: &'n Self::Obj, proto: u8)
         -> Result<Node<'n, Self::Obj>, Self::Error>;
-    /// The identity of `o` for the memo, or `None` for an object that cannot be met twice.
-    fn id(&self, o: &Self::Obj) -> Option<usize>;
+    /// `o` as a scalar (None, bool, int that fits 64 bits, float: written at once, skipping
+    /// [`Source::node`]), or its identity for the memo (`None` for an object that cannot be met
+    /// twice).
+    fn id(&self, o: &Self::Obj) -> Ident;
     /// `o` (with an identity) was memoized: keep it alive until the dump ends so its identity
     /// is not reused.
     fn retain(&mut self, _o: &Self::Obj) {}
@@ -400,7 +424,18 @@ impl<S: Source> Encoder<'_, '_, S> {
 
     fn save(&mut self, o: &S::Obj) -> Res<S> {
         self.boundary();
-        let id = self.src.id(o);
+        let id = match self.src.id(o) {
+            Ident::Scalar(s) => {
+                match s {
+                    Scalar::None => self.out.push(NONE),
+                    Scalar::Bool(b) => self.save_bool(b),
+                    Scalar::Int(v) => self.save_int(v),
+                    Scalar::Float(f) => self.save_float(f),
+                }
+                return Ok(());
+            }
+            Ident::Obj(id) => id,
+        };
         if let Some(i) = id {
             if let Some(&idx) = self.memo.get(&i) {
                 self.get(idx);
@@ -410,14 +445,7 @@ impl<S: Source> Encoder<'_, '_, S> {
         let node = self.src.node(o, self.proto)?;
         match node {
             Node::None => self.out.push(NONE),
-            Node::Bool(b) => {
-                if self.proto >= 2 {
-                    self.out.push(if b { NEWTRUE } else { NEWFALSE });
-                } else {
-                    self.out
-                        .extend_from_slice(if b { b"I01\n" } else { b"I00\n" });
-                }
-            }
+            Node::Bool(b) => self.save_bool(b),
             Node::Int(v) => self.save_int(v),
             Node::BigInt(bytes) => {
                 if self.proto >= 2 {
@@ -600,6 +628,17 @@ impl<S: Source> Encoder<'_, '_, S> {
         Ok(())
     }
 
+    #[inline]
+    fn save_bool(&mut self, b: bool) {
+        if self.proto >= 2 {
+            self.out.push(if b { NEWTRUE } else { NEWFALSE });
+        } else {
+            self.out
+                .extend_from_slice(if b { b"I01\n" } else { b"I00\n" });
+        }
+    }
+
+    #[inline]
     fn save_int(&mut self, v: i64) {
         if self.proto >= 1 {
             if (0..=0xff).contains(&v) {
@@ -647,10 +686,12 @@ impl<S: Source> Encoder<'_, '_, S> {
         Ok(())
     }
 
+    #[inline(always)]
     fn save_float(&mut self, f: f64) {
         if self.proto >= 1 {
-            self.out.push(BINFLOAT);
-            self.out.extend_from_slice(&f.to_be_bytes());
+            let mut op = [BINFLOAT, 0, 0, 0, 0, 0, 0, 0, 0];
+            op[1..].copy_from_slice(&f.to_be_bytes());
+            self.out.extend_from_slice(&op);
         } else {
             self.out.push(FLOAT);
             self.out

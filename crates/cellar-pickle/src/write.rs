@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use cellar_value::{Int, Value};
 
-use crate::encode::{self, Args, Call, Callee, Node, Options, Reduction, Source};
+use crate::encode::{self, Args, Call, Callee, Ident, Node, Options, Reduction, Scalar, Source};
 use crate::error::PicklingError;
 use crate::inert::{Construct, Inert};
 use crate::registry::Registry;
@@ -234,11 +234,21 @@ impl<'a> Source for ValueSource<'_, 'a> {
     }
 
     #[inline]
-    fn id(&self, o: &VObj<'a>) -> Option<usize> {
-        match o {
+    fn id(&self, o: &VObj<'a>) -> Ident {
+        let v = o.v();
+        if self.reg.reducers.is_empty() {
+            match v {
+                Value::None => return Ident::Scalar(Scalar::None),
+                Value::Bool(b) => return Ident::Scalar(Scalar::Bool(*b)),
+                Value::Int(Int::Small(i)) => return Ident::Scalar(Scalar::Int(*i)),
+                Value::Float(f) => return Ident::Scalar(Scalar::Float(*f)),
+                _ => {}
+            }
+        }
+        Ident::Obj(match o {
             VObj::Ref(v) => shared_id(v),
             VObj::Own(_) => None,
-        }
+        })
     }
 
     fn items(&mut self, o: &VObj<'a>) -> Result<VItems<'a>, PicklingError> {

@@ -17,7 +17,9 @@
 
 use std::borrow::Cow;
 
-use cellar_pickle::encode::{self, Args, Call, Callee, Node, Options, Reduction, Source};
+use cellar_pickle::encode::{
+    self, Args, Call, Callee, Ident, Node, Options, Reduction, Scalar, Source,
+};
 use cellar_pickle::PicklingError;
 use pyo3::exceptions::{PyRecursionError, PyValueError};
 use pyo3::intern;
@@ -59,8 +61,8 @@ impl From<PicklingError> for DumpError {
 /// Items of a tuple or list (read by index, as `_pickle.c` does, so a list that changes while
 /// it is written is never read out of bounds), or collected ones (sets, frozensets).
 pub(crate) enum PyItems<'py> {
-    List(Bound<'py, PyList>, usize),
-    Tuple(Bound<'py, PyTuple>, usize),
+    List(pyo3::types::list::BoundListIterator<'py>),
+    Tuple(pyo3::types::tuple::BoundTupleIterator<'py>),
     Vec(std::vec::IntoIter<Bound<'py, PyAny>>),
 }
 
@@ -69,22 +71,18 @@ impl<'py> Iterator for PyItems<'py> {
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            PyItems::List(l, i) => {
-                let it = l.get_item(*i).ok()?;
-                *i += 1;
-                Some(Ok(it))
-            }
-            PyItems::Tuple(t, i) => {
-                let it = t.get_item(*i).ok()?;
-                *i += 1;
-                Some(Ok(it))
-            }
+            PyItems::List(it) => it.next().map(Ok),
+            PyItems::Tuple(it) => it.next().map(Ok),
             PyItems::Vec(v) => v.next().map(Ok),
         }
     }
 }
 
 type Pair<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>);
+
+/// A dict's items, collected before any is written (as the previous encoder did).
+pub(crate) type PyPairs<'py> =
+    std::iter::Map<std::vec::IntoIter<Pair<'py>>, fn(Pair<'py>) -> Result<Pair<'py>, DumpError>>;
 
 struct PySource<'py> {
     py: Python<'py>,
@@ -341,7 +339,7 @@ impl<'py> Source for PySource<'py> {
     type Obj = Bound<'py, PyAny>;
     type Error = DumpError;
     type Items = PyItems<'py>;
-    type Pairs = std::vec::IntoIter<Result<Pair<'py>, DumpError>>;
+    type Pairs = PyPairs<'py>;
 
     fn node<'n>(
         &mut self,
@@ -431,16 +429,24 @@ impl<'py> Source for PySource<'py> {
     }
 
     #[inline]
-    fn id(&self, obj: &Bound<'py, PyAny>) -> Option<usize> {
-        // Never memoized (as in CPython's save): None, bools, ints, floats.
-        if obj.is_none()
-            || obj.is_exact_instance_of::<PyFloat>()
-            || obj.is_exact_instance_of::<PyInt>()
-            || obj.is_exact_instance_of::<PyBool>()
-        {
-            return None;
+    fn id(&self, obj: &Bound<'py, PyAny>) -> Ident {
+        // Written first and never memoized (as in CPython's save): None, bools, ints, floats.
+        if obj.is_none() {
+            return Ident::Scalar(Scalar::None);
         }
-        Some(obj.as_ptr() as usize)
+        if let Ok(f) = obj.cast_exact::<PyFloat>() {
+            return Ident::Scalar(Scalar::Float(f.value()));
+        }
+        if let Ok(b) = obj.cast_exact::<PyBool>() {
+            return Ident::Scalar(Scalar::Bool(b.is_true()));
+        }
+        if obj.is_exact_instance_of::<PyInt>() {
+            return match obj.extract::<i64>() {
+                Ok(v) => Ident::Scalar(Scalar::Int(v)),
+                Err(_) => Ident::Obj(None),
+            };
+        }
+        Ident::Obj(Some(obj.as_ptr() as usize))
     }
 
     #[inline]
@@ -450,22 +456,19 @@ impl<'py> Source for PySource<'py> {
 
     fn items(&mut self, obj: &Bound<'py, PyAny>) -> Result<PyItems<'py>, DumpError> {
         if let Ok(l) = obj.cast_exact::<PyList>() {
-            return Ok(PyItems::List(l.clone(), 0));
+            return Ok(PyItems::List(l.clone().into_iter()));
         }
         if let Ok(t) = obj.cast_exact::<PyTuple>() {
-            return Ok(PyItems::Tuple(t.clone(), 0));
+            return Ok(PyItems::Tuple(t.clone().into_iter()));
         }
         let items: Vec<_> = obj.try_iter()?.collect::<PyResult<_>>()?;
         Ok(PyItems::Vec(items.into_iter()))
     }
 
-    fn pairs(
-        &mut self,
-        obj: &Bound<'py, PyAny>,
-    ) -> Result<std::vec::IntoIter<Result<Pair<'py>, DumpError>>, DumpError> {
+    fn pairs(&mut self, obj: &Bound<'py, PyAny>) -> Result<PyPairs<'py>, DumpError> {
         let d = obj.cast::<PyDict>().map_err(PyErr::from)?;
-        let pairs: Vec<_> = d.iter().map(Ok).collect();
-        Ok(pairs.into_iter())
+        let pairs: Vec<Pair<'py>> = d.iter().collect();
+        Ok(pairs.into_iter().map(Ok))
     }
 
     fn int_decimal(&mut self, obj: &Bound<'py, PyAny>) -> Result<String, DumpError> {
