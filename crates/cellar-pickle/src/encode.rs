@@ -701,6 +701,7 @@ impl<S: Source> Encoder<'_, '_, S> {
     }
 
     /// A str's opcode and payload (not memoized).
+    #[inline]
     fn save_str(&mut self, b: &[u8]) -> Res<S> {
         if self.proto == 0 {
             let s = cellar_value::PyStr::from_utf8_surrogatepass(b)

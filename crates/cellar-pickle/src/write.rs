@@ -163,6 +163,7 @@ impl<'a> Source for ValueSource<'_, 'a> {
     type Items = VItems<'a>;
     type Pairs = VPairs<'a>;
 
+    #[inline]
     fn node<'n>(
         &mut self,
         o: &'n VObj<'a>,
