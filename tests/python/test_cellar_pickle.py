@@ -564,3 +564,46 @@ def test_mutation_fuzz_never_crashes() -> None:
         except allowed_errors:
             pass
     assert not CALLED
+
+
+def _shared_and_recursive_values() -> list:
+    """Values whose objects are shared or contain themselves: the memo must follow identity
+    exactly as CPython's pickler does."""
+    s, b, t, lst, d = "shared" * 3, b"bytes" * 3, (1, "x"), [1, 2], {"k": 1}
+    rec_list: list = [1]
+    rec_list.append(rec_list)
+    rec_dict: dict = {}
+    rec_dict["self"] = rec_dict
+    rec_tuple_list: list = []
+    rec_tuple = (rec_tuple_list, 5)
+    rec_tuple_list.append(rec_tuple)
+    big_tuple_list: list = []
+    big_tuple = (big_tuple_list, 1, 2, 3, 4)
+    big_tuple_list.append(big_tuple)
+    fs = frozenset({1, 2})
+    big_s = "L" * 70_000
+    return [
+        [s, s, b, b, t, t, lst, lst, d, d],
+        {"a": lst, "b": lst, "c": (lst, lst)},
+        rec_list,
+        rec_dict,
+        [rec_dict, rec_list, rec_dict],
+        rec_tuple,
+        rec_tuple_list,
+        big_tuple,
+        [fs, fs, {1: fs}],
+        [bytearray(b"q" * 300)] * 3,
+        [big_s, big_s, "M" * 200_000, b"N" * 131_072],
+        [[i, str(i)] for i in range(40_000)],
+        [lst] * 1500,
+        [1j, 1j, complex(2, 3)],
+    ]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_dumps_shared_and_recursive_byte_identical(protocol: int) -> None:
+    """Shared and recursive objects (lists, dicts, tuples through lists, frozensets) and
+    payloads over 64 KiB: the same bytes as CPython's pickle.dumps at every protocol."""
+    for v in _shared_and_recursive_values():
+        a, b = pickle.dumps(v, protocol), cp.dumps(v, protocol)
+        assert a == b, (repr(v)[:60], protocol, len(a), len(b))

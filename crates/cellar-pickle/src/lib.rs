@@ -40,6 +40,7 @@
 
 mod compat;
 mod disasm;
+pub mod encode;
 mod error;
 mod globals;
 mod inert;

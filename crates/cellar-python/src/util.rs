@@ -1,5 +1,5 @@
-//! Small shared pieces: the CPython function pyo3-ffi does not declare (`PySys_Audit`), a
-//! pointer-keyed hasher, and the current thread's stack bounds.
+//! Small shared pieces: the CPython function pyo3-ffi does not declare (`PySys_Audit`) and the
+//! current thread's stack bounds.
 
 use std::os::raw::c_int;
 
@@ -11,9 +11,6 @@ extern "C" {
         ...
     ) -> c_int;
 }
-
-/// The pointer-keyed hasher, shared with the marshal encoder's reference table.
-pub(crate) type PtrBuild = cellar_marshal::write::IdBuild;
 
 /// Stop recursing when fewer than this many bytes of stack remain (or a quarter of the stack,
 /// if that is less).
