@@ -238,6 +238,31 @@ def test_instrumented_opcode_never_reaches_the_code_constructor() -> None:
         assert type(r_marshal.loads(data)).__name__ == "code"
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="3.11 does not quicken at construction")
+def test_inline_caches_past_the_end_never_reach_the_code_constructor() -> None:
+    # Found by the loop below on 3.13 under PYTHONMALLOC=debug: CPython 3.12+ quickens bytecode
+    # while it builds a code object and writes the first inline cache entry of every
+    # instruction that has some; co_code ending right after such an instruction (LOAD_ATTR
+    # here) made it write 2 bytes past its allocation, a heap corruption that crashed a later
+    # compile(). cellar refuses such bytecode.
+    import dis
+    import marshal as std_marshal
+    import struct
+
+    code = compile("a.b", "<hostile>", "eval")
+    co = code.co_code
+    at = next(i.offset for i in dis.get_instructions(code) if i.opname == "LOAD_ATTR")
+    cut = co[: at + 2]
+    data = std_marshal.dumps(code)
+    old = struct.pack("<i", len(co)) + co
+    assert data.count(old) == 1
+    hostile = data.replace(old, struct.pack("<i", len(cut)) + cut)
+    with pytest.raises(ValueError, match="inline cache entries"):
+        r_marshal.loads(hostile)
+    # The intact stream still loads.
+    assert r_marshal.loads(data) == code
+
+
 def test_random_bytes_fuzz_fixed_budget() -> None:
     rng = random.Random(1234)
     seeds = BLOBS

@@ -84,6 +84,8 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
     // 3.11 has no such opcodes: nothing to check then.
     if ok.iter().any(|&b| !b) {
         let _ = OPCODE_OK.set(ok);
+        // The same versions quicken at construction: the inline cache entries must fit.
+        let _ = CACHES.set(cache_table(py)?);
     }
     // 3.12+: comprehension variables inlined into their enclosing code are "hidden" locals
     // (kind bit 0x10), which no public attribute shows; such code saves them with
@@ -94,6 +96,50 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
         let _ = HIDDEN.set((op, dumps));
     }
     Ok(())
+}
+
+/// How many inline cache entries follow each opcode byte, as the running CPython's code
+/// constructor sees it (3.12+): it quickens bytecode while building a code object and writes
+/// the first cache entry of every instruction that has some, so an instruction whose cache
+/// entries run past the end of `co_code` makes it write past its allocation (heap corruption;
+/// CPython's own marshal lets that happen). Specialized opcodes count as their base opcode.
+static CACHES: std::sync::OnceLock<[u8; 256]> = std::sync::OnceLock::new();
+
+/// Reads [`CACHES`] from the interpreter's `dis` and `opcode` tables (the same ones `dis` uses
+/// to skip cache entries): the larger of the opcode's own and its base opcode's cache size.
+fn cache_table(py: Python<'_>) -> PyResult<[u8; 256]> {
+    let dis = py.import("dis")?;
+    let names = dis.getattr("_all_opname")?;
+    let deopt = dis.getattr("deoptmap")?;
+    let all_opmap = dis.getattr("_all_opmap")?;
+    // A list indexed by opcode (3.12) or a dict keyed by name (3.13).
+    let entries = py.import("opcode")?.getattr("_inline_cache_entries")?;
+    let size = |name: &Bound<'_, PyAny>| -> PyResult<usize> {
+        if let Ok(by_name) = entries.cast::<pyo3::types::PyDict>() {
+            return match by_name.get_item(name)? {
+                Some(v) => v.extract(),
+                None => Ok(0),
+            };
+        }
+        match all_opmap.get_item(name) {
+            Ok(op) => {
+                let op: usize = op.extract()?;
+                if op < 256 {
+                    entries.get_item(op)?.extract()
+                } else {
+                    Ok(0)
+                }
+            }
+            Err(_) => Ok(0),
+        }
+    };
+    let mut table = [0u8; 256];
+    for (b, slot) in table.iter_mut().enumerate() {
+        let name = names.get_item(b)?;
+        let base = deopt.call_method1("get", (&name, &name))?;
+        *slot = size(&name)?.max(size(&base)?).min(255) as u8;
+    }
+    Ok(table)
 }
 
 /// LOAD_FAST_AND_CLEAR's opcode and the interpreter's own `marshal.dumps` (3.12+).
@@ -134,15 +180,38 @@ fn check_bytecode(code: &Bound<'_, PyAny>) -> PyResult<()> {
         return Ok(());
     };
     let code = code.cast::<PyBytes>()?.as_bytes();
-    match code.iter().step_by(2).position(|&op| !ok[op as usize]) {
-        None => Ok(()),
-        Some(i) => Err(pyo3::exceptions::PyValueError::new_err(format!(
+    if let Some(i) = code.iter().step_by(2).position(|&op| !ok[op as usize]) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
             "bad marshal data (invalid code object: opcode {} at offset {} is an instrumented \
              opcode, which this Python cannot build code from)",
             code[2 * i],
             2 * i
-        ))),
+        )));
     }
+    check_caches(code)
+}
+
+/// Refuses bytecode whose last instruction's inline cache entries would run past its end
+/// (see [`CACHES`]), walking it as the constructor does: instruction, its caches, next.
+fn check_caches(code: &[u8]) -> PyResult<()> {
+    let Some(caches) = CACHES.get() else {
+        return Ok(());
+    };
+    let units = code.len() / 2;
+    let mut i = 0;
+    while i < units {
+        let op = code[2 * i];
+        let n = caches[op as usize] as usize;
+        if n > 0 && i + n >= units {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "bad marshal data (invalid code object: opcode {op} at offset {} needs {n} \
+                 inline cache entries, past the end of the bytecode)",
+                2 * i
+            )));
+        }
+        i += 1 + n;
+    }
+    Ok(())
 }
 
 /// Builds a code object from the fields the core decoder validated (types and lengths).
