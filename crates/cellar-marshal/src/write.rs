@@ -12,8 +12,6 @@
 //! Python source reproduces that exactly, the `Value` source uses the `Arc` strong count.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::EncodeError;
 use crate::types::*;
@@ -191,38 +189,8 @@ enum Task<O> {
     Exit,
 }
 
-/// Hasher for identity keys (addresses): multiply and fold, much cheaper than SipHash, and
-/// identities are not attacker-controlled. Public so that sources (the Python package's) key
-/// their own identity tables with it too ([`IdMap`], [`IdSet`]).
-#[derive(Default, Clone, Copy)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    #[inline(always)]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    #[inline(always)]
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    #[inline(always)]
-    fn write_usize(&mut self, n: usize) {
-        // Addresses are aligned: drop the dead low bits, multiply to spread them up, then fold
-        // the well-mixed high half back down (hashbrown indexes with the low bits).
-        let x = (n as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = x ^ (x >> 32);
-    }
-}
-
-/// `BuildHasher` of [`IdHasher`].
-pub type IdBuild = BuildHasherDefault<IdHasher>;
-/// A map keyed by identity (address).
-pub type IdMap<V> = HashMap<usize, V, IdBuild>;
-/// A set of identities (addresses).
-pub type IdSet = HashSet<usize, IdBuild>;
+/// Identity tables (one hasher for both codecs and the Python package's sources).
+pub use cellar_value::identity::{IdBuild, IdHasher, IdMap, IdSet};
 
 type RefMap = IdMap<u32>;
 

@@ -18,7 +18,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::compat;
 use crate::error::PicklingError;
@@ -218,29 +217,7 @@ pub struct Options<'r> {
     pub registry: Option<&'r Registry>,
 }
 
-/// Multiply-and-fold hasher for identity keys (addresses are not attacker-controlled).
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    #[inline(always)]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    #[inline(always)]
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    #[inline(always)]
-    fn write_usize(&mut self, n: usize) {
-        let x = (n as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = x ^ (x >> 32);
-    }
-}
-
-type IdMap = HashMap<usize, u32, BuildHasherDefault<IdHasher>>;
+type IdMap = cellar_value::identity::IdMap<u32>;
 
 /// Pickle `root` from `src` with `opts`: the whole pickle (PROTO through STOP).
 pub fn encode<S: Source>(

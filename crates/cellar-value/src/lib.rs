@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod hash;
+pub mod identity;
 mod object;
 mod parse;
 mod printable;
