@@ -1,331 +1,381 @@
-//! The `Value` source of the encoder ([`crate::encode`]): [`crate::dumps`] presents a cellar
-//! [`Value`] tree to the one pickle encoder. Only values whose `Arc` is held more than once get
-//! a memo identity (a tree's values cannot be met twice), registered reducers are applied to
-//! every non-inert value, and inert objects are written back the way they were read.
+//! The Rust [`Value`] as a [`Source`] of the encoder core (`crate::encode`): `cellar_pickle::dumps`.
+//!
+//! A value tree shares explicitly (`Arc`), so only values held more than once get a memo slot
+//! (`CPYTHON_MEMO = false`). Inert objects are written back in the form they record
+//! ([`Construct`]); registered reducers turn a value into an inert object first; extension codes
+//! come from the [`Registry`].
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use cellar_value::{Int, Value};
 
-use crate::encode::{self, Args, Call, Callee, Ident, Node, Options, Reduction, Scalar, Source};
+use crate::encode::{self, BigIntRepr, Encoder, Kind, Source};
 use crate::error::PicklingError;
 use crate::inert::{Construct, Inert};
+use crate::ops::*;
 use crate::registry::Registry;
 
 pub use crate::encode::MAX_DUMP_DEPTH;
 
-/// A value being written: borrowed from the caller's tree, or owned (made by a reducer).
+type Res<T> = Result<T, PicklingError>;
+
+/// A value in the tree being written (`B`), or one the dump made (a reducer's result and its
+/// parts, `O`: holding it adds one to its share count).
 #[derive(Clone)]
-pub(crate) enum VObj<'a> {
-    Ref(&'a Value),
-    Own(Value),
+pub(crate) enum VRef<'v> {
+    B(&'v Value),
+    O(Value),
 }
 
-impl VObj<'_> {
-    #[inline(always)]
-    fn v(&self) -> &Value {
+impl VRef<'_> {
+    fn get(&self) -> &Value {
         match self {
-            VObj::Ref(v) => v,
-            VObj::Own(v) => v,
+            VRef::B(v) => v,
+            VRef::O(v) => v,
         }
     }
 }
 
-/// Items of a tuple, list, set or frozenset.
-pub(crate) enum VItems<'a> {
-    Slice(std::slice::Iter<'a, Value>),
-    Refs(std::vec::IntoIter<&'a Value>),
-    Own(std::vec::IntoIter<Value>),
+/// Items of a container, borrowed or owned.
+pub(crate) enum Seq<'v> {
+    B(std::slice::Iter<'v, Value>),
+    O(std::vec::IntoIter<Value>),
 }
 
-impl<'a> Iterator for VItems<'a> {
-    type Item = Result<VObj<'a>, PicklingError>;
+impl<'v> Iterator for Seq<'v> {
+    type Item = VRef<'v>;
     #[inline]
-    fn next(&mut self) -> Option<Self::Item> {
+    fn next(&mut self) -> Option<VRef<'v>> {
         match self {
-            VItems::Slice(it) => it.next().map(|v| Ok(VObj::Ref(v))),
-            VItems::Refs(it) => it.next().map(|v| Ok(VObj::Ref(v))),
-            VItems::Own(it) => it.next().map(|v| Ok(VObj::Own(v))),
+            Seq::B(it) => it.next().map(VRef::B),
+            Seq::O(it) => it.next().map(VRef::O),
+        }
+    }
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Seq::B(it) => it.size_hint(),
+            Seq::O(it) => it.size_hint(),
         }
     }
 }
 
-/// Pairs of a dict.
-pub(crate) enum VPairs<'a> {
-    Dict(&'a cellar_value::Dict, usize),
-    Own(std::vec::IntoIter<(Value, Value)>),
+impl ExactSizeIterator for Seq<'_> {}
+
+/// Pairs of a dict, borrowed or owned.
+pub(crate) enum Pairs<'v> {
+    B(&'v cellar_value::Dict, usize),
+    O(std::vec::IntoIter<(Value, Value)>),
 }
 
-impl<'a> Iterator for VPairs<'a> {
-    type Item = Result<(VObj<'a>, VObj<'a>), PicklingError>;
+impl<'v> Iterator for Pairs<'v> {
+    type Item = (VRef<'v>, VRef<'v>);
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            VPairs::Dict(d, i) => {
+            Pairs::B(d, i) => {
                 let (k, v) = d.get_index(*i)?;
                 *i += 1;
-                Some(Ok((VObj::Ref(k), VObj::Ref(v))))
+                Some((VRef::B(k), VRef::B(v)))
             }
-            VPairs::Own(it) => it.next().map(|(k, v)| Ok((VObj::Own(k), VObj::Own(v)))),
+            Pairs::O(it) => it.next().map(|(k, v)| (VRef::O(k), VRef::O(v))),
+        }
+    }
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Pairs::B(d, i) => (d.len() - *i, Some(d.len() - *i)),
+            Pairs::O(it) => it.size_hint(),
         }
     }
 }
 
-struct ValueSource<'r, 'a> {
+impl ExactSizeIterator for Pairs<'_> {}
+
+struct ValueSource<'r, 'v> {
     reg: &'r Registry,
-    _tree: std::marker::PhantomData<&'a Value>,
+    tree: std::marker::PhantomData<&'v Value>,
+    /// Originals replaced by a reducer's result, kept so their addresses stay memo keys.
+    keep: Vec<Value>,
+    /// The next `kind` call skips the reducers (none applied to that value).
+    bypass: bool,
 }
 
-pub(crate) fn dumps(value: &Value, protocol: u8, reg: &Registry) -> Result<Vec<u8>, PicklingError> {
-    let mut src = ValueSource {
+pub(crate) fn dumps(value: &Value, protocol: u8, reg: &Registry) -> Res<Vec<u8>> {
+    let src = ValueSource {
         reg,
-        _tree: std::marker::PhantomData,
+        tree: std::marker::PhantomData,
+        keep: Vec::new(),
+        bypass: false,
     };
-    let opts = Options {
-        protocol,
-        fix_imports: true,
-        memo_all: false,
-        nested_getattr: false,
-        registry: Some(reg),
-    };
-    encode::encode(&mut src, &VObj::Ref(value), opts)
+    encode::encode(src, &VRef::B(value), protocol, true)
 }
 
-/// An inert object's node; `wrap` makes a handle of one of its parts.
-fn inert_node<'n, 'b, 'a>(
-    o: &'b Inert,
-    wrap: &dyn Fn(&'b Value) -> VObj<'a>,
-    name: impl Fn(&'b str) -> Cow<'n, str>,
-) -> Result<Node<'n, VObj<'a>>, PicklingError> {
-    let args: Vec<&'b Value> = match &o.args {
-        Value::Tuple(t) => t.iter().collect(),
-        Value::None => Vec::new(),
-        _ => return Err(PicklingError::new("inert object args must be a tuple")),
-    };
-    let named = || Callee::Named(o.module.clone(), o.name.clone());
-    let items = |a: &[&'b Value]| a.iter().map(|v| wrap(v)).collect::<Vec<_>>();
-    let call = match o.construct {
-        Construct::Global => {
-            return Ok(Node::Global {
-                module: name(&o.module),
-                name: name(&o.name),
-            })
-        }
-        Construct::Reduce => Call::Reduce {
-            func: named(),
-            args: Args::Items(items(&args)),
-        },
-        Construct::NewObj => Call::NewObj {
-            cls: named(),
-            args: Args::Items(items(&args)),
-        },
-        Construct::NewObjEx => Call::NewObjEx {
-            cls: named(),
-            args: Args::Items(items(&args)),
-            kwargs: match &o.kwargs {
-                Value::None => None,
-                k => Some(wrap(k)),
-            },
-        },
-        Construct::Call => {
-            // args = (callee, *call_args): the callee (an inert object), then REDUCE.
-            let Some((f, rest)) = args.split_first() else {
-                return Err(PicklingError::new("an inert call without its callee"));
-            };
-            Call::Reduce {
-                func: Callee::Obj(wrap(f)),
-                args: Args::Items(items(rest)),
-            }
-        }
-        Construct::Reconstructor => Call::Reconstructor {
-            cls: named(),
-            args: items(&args),
-        },
-    };
-    Ok(Node::Reduce(Box::new(Reduction {
-        call,
-        listitems: o.listitems.iter().map(wrap).collect(),
-        dictitems: o
-            .dictitems
-            .iter()
-            .map(|(k, v)| (wrap(k), wrap(v)))
-            .collect(),
-        state: match &o.state {
-            Value::None => None,
-            s => Some(wrap(s)),
-        },
-    })))
-}
-
-impl<'a> Source for ValueSource<'_, 'a> {
-    type Obj = VObj<'a>;
+impl<'v> Source for ValueSource<'_, 'v> {
+    type Obj = VRef<'v>;
+    type Seq = Seq<'v>;
+    type Pairs = Pairs<'v>;
     type Error = PicklingError;
-    type Items = VItems<'a>;
-    type Pairs = VPairs<'a>;
+    const CPYTHON_MEMO: bool = false;
 
     #[inline]
-    fn node<'n>(
-        &mut self,
-        o: &'n VObj<'a>,
-        _proto: u8,
-    ) -> Result<Node<'n, VObj<'a>>, PicklingError> {
-        let v = o.v();
-        if !self.reg.reducers.is_empty() && !Inert::is_inert(v) {
-            for r in &self.reg.reducers {
-                if let Some(obj) = r(v) {
-                    return inert_node(&obj, &|x: &Value| VObj::Own(x.clone()), |s: &str| {
-                        Cow::Owned(s.to_owned())
-                    });
-                }
-            }
+    fn kind(&mut self, obj: &VRef<'v>) -> Res<Kind> {
+        let v = obj.get();
+        if !self.reg.reducers.is_empty() && !std::mem::take(&mut self.bypass) && !Inert::is_inert(v)
+        {
+            return Ok(Kind::Object);
         }
         Ok(match v {
-            Value::None => Node::None,
-            Value::Bool(b) => Node::Bool(*b),
-            Value::Int(Int::Small(i)) => Node::Int(*i),
-            Value::Int(Int::Big(b)) => Node::BigInt(Cow::Owned(b.to_signed_bytes_le())),
-            Value::Float(f) => Node::Float(*f),
-            Value::Complex(re, im) => Node::Complex(*re, *im),
-            Value::Str(s) => Node::Str(Cow::Borrowed(s.as_bytes())),
-            Value::Bytes(b) => Node::Bytes(Cow::Borrowed(b)),
-            Value::ByteArray(b) => Node::ByteArray(Cow::Borrowed(b)),
-            Value::Tuple(t) => Node::Tuple(t.len()),
-            Value::List(t) => Node::List(t.len()),
-            Value::Dict(d) => Node::Dict(d.len()),
-            Value::Set(s) => Node::Set(s.len()),
-            Value::FrozenSet(s) => Node::FrozenSet(s.len()),
-            Value::Ellipsis => Node::Global {
-                module: Cow::Borrowed("builtins"),
-                name: Cow::Borrowed("Ellipsis"),
-            },
-            Value::StopIteration => Node::Global {
-                module: Cow::Borrowed("builtins"),
-                name: Cow::Borrowed("StopIteration"),
-            },
-            Value::Slice(s) => {
-                let parts = [&s.start, &s.stop, &s.step];
-                let args = match o {
-                    VObj::Ref(Value::Slice(s)) => {
-                        vec![VObj::Ref(&s.start), VObj::Ref(&s.stop), VObj::Ref(&s.step)]
-                    }
-                    _ => parts.iter().map(|p| VObj::Own((*p).clone())).collect(),
-                };
-                Node::Reduce(Box::new(Reduction {
-                    call: Call::Reduce {
-                        func: Callee::Named("builtins".into(), "slice".into()),
-                        args: Args::Items(args),
-                    },
-                    listitems: Vec::new(),
-                    dictitems: Vec::new(),
-                    state: None,
-                }))
+            Value::None => Kind::None,
+            Value::Bool(b) => Kind::Bool(*b),
+            Value::Int(Int::Small(i)) => Kind::Int(*i),
+            Value::Int(Int::Big(_)) => Kind::BigInt,
+            Value::Float(f) => Kind::Float(*f),
+            Value::Complex(re, im) => Kind::Complex(*re, *im),
+            Value::Str(_) => Kind::Str,
+            Value::Bytes(_) => Kind::Bytes,
+            Value::ByteArray(_) => Kind::ByteArray,
+            Value::Tuple(t) => Kind::Tuple(t.len()),
+            Value::List(_) => Kind::List,
+            Value::Dict(_) => Kind::Dict,
+            Value::Set(_) => Kind::Set,
+            Value::FrozenSet(_) => Kind::FrozenSet,
+            Value::Ellipsis | Value::StopIteration | Value::Slice(_) | Value::Object(_) => {
+                Kind::Object
             }
             Value::Code(_) => return Err(PicklingError::new("cannot pickle 'code' object")),
-            Value::Object(obj) => match o {
-                VObj::Ref(Value::Object(obj)) => inert_node(
-                    obj,
-                    &|x: &'a Value| VObj::Ref(x),
-                    |s: &'a str| -> Cow<'n, str> { Cow::Borrowed(s) },
-                )?,
-                _ => inert_node(obj, &|x: &Value| VObj::Own(x.clone()), |s: &str| {
-                    Cow::Owned(s.to_owned())
-                })?,
-            },
         })
     }
 
     #[inline]
-    fn id(&self, o: &VObj<'a>) -> Ident {
-        let v = o.v();
-        if self.reg.reducers.is_empty() {
-            match v {
-                Value::None => return Ident::Scalar(Scalar::None),
-                Value::Bool(b) => return Ident::Scalar(Scalar::Bool(*b)),
-                Value::Int(Int::Small(i)) => return Ident::Scalar(Scalar::Int(*i)),
-                Value::Float(f) => return Ident::Scalar(Scalar::Float(*f)),
-                _ => {}
-            }
+    fn data<'a>(&mut self, obj: &'a VRef<'v>) -> Res<Cow<'a, [u8]>> {
+        match obj.get() {
+            Value::Str(s) => Ok(Cow::Borrowed(s.as_bytes())),
+            Value::Bytes(b) => Ok(Cow::Borrowed(&b[..])),
+            Value::ByteArray(b) => Ok(Cow::Borrowed(&b[..])),
+            _ => Err(PicklingError::new("not a str, bytes or bytearray")),
         }
-        Ident::Obj(match o {
-            VObj::Ref(v) => shared_id(v),
-            VObj::Own(_) => None,
-        })
     }
 
-    fn items(&mut self, o: &VObj<'a>) -> Result<VItems<'a>, PicklingError> {
-        Ok(match o {
-            VObj::Ref(v) => match v {
-                Value::Tuple(t) | Value::List(t) => VItems::Slice(t.iter()),
+    #[inline]
+    fn memo_id(&self, obj: &VRef<'v>) -> Option<usize> {
+        // Only a value held more than once can recur; our own handle on an owned one counts.
+        let held = match obj {
+            VRef::B(_) => 1,
+            VRef::O(_) => 2,
+        };
+        fn id<T: ?Sized>(a: &Arc<T>) -> (usize, usize) {
+            (Arc::strong_count(a), Arc::as_ptr(a) as *const u8 as usize)
+        }
+        let (count, ptr) = match obj.get() {
+            Value::Str(a) => id(a),
+            Value::Bytes(a) => id(a),
+            Value::ByteArray(a) => id(a),
+            Value::Tuple(a) | Value::List(a) => id(a),
+            Value::Dict(a) => id(a),
+            Value::Set(a) | Value::FrozenSet(a) => id(a),
+            Value::Slice(a) => id(a),
+            Value::Object(a) => id(a),
+            _ => return None,
+        };
+        (count > held).then_some(ptr)
+    }
+
+    fn items(&mut self, obj: &VRef<'v>) -> Res<Seq<'v>> {
+        match obj {
+            VRef::B(v) => match v {
+                Value::Tuple(t) | Value::List(t) => Ok(Seq::B(t.iter())),
                 Value::Set(s) | Value::FrozenSet(s) => {
-                    VItems::Refs(s.iter().collect::<Vec<_>>().into_iter())
+                    Ok(Seq::O(s.iter().cloned().collect::<Vec<_>>().into_iter()))
                 }
-                _ => VItems::Own(Vec::new().into_iter()),
+                _ => Err(PicklingError::new("not a container")),
             },
-            VObj::Own(v) => VItems::Own(
-                match v {
-                    Value::Tuple(t) | Value::List(t) => t.to_vec(),
-                    Value::Set(s) | Value::FrozenSet(s) => s.iter().cloned().collect(),
-                    _ => Vec::new(),
+            VRef::O(v) => match v {
+                #[allow(clippy::unnecessary_to_owned)] // Seq::O owns its items
+                Value::Tuple(t) | Value::List(t) => Ok(Seq::O(t.to_vec().into_iter())),
+                Value::Set(s) | Value::FrozenSet(s) => {
+                    Ok(Seq::O(s.iter().cloned().collect::<Vec<_>>().into_iter()))
                 }
-                .into_iter(),
-            ),
-        })
+                _ => Err(PicklingError::new("not a container")),
+            },
+        }
     }
 
-    fn pairs(&mut self, o: &VObj<'a>) -> Result<VPairs<'a>, PicklingError> {
-        Ok(match o {
-            VObj::Ref(Value::Dict(d)) => VPairs::Dict(d, 0),
-            VObj::Own(Value::Dict(d)) => VPairs::Own(
+    fn pairs(&mut self, obj: &VRef<'v>) -> Res<Pairs<'v>> {
+        match obj {
+            VRef::B(Value::Dict(d)) => Ok(Pairs::B(d, 0)),
+            VRef::O(Value::Dict(d)) => Ok(Pairs::O(
                 d.iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect::<Vec<_>>()
                     .into_iter(),
-            ),
-            _ => VPairs::Own(Vec::new().into_iter()),
-        })
+            )),
+            _ => Err(PicklingError::new("not a dict")),
+        }
     }
 
-    fn int_decimal(&mut self, o: &VObj<'a>) -> Result<String, PicklingError> {
-        let Value::Int(i) = o.v() else {
-            return Err(PicklingError::new("int_decimal of a non-int"));
+    fn big_int(&mut self, obj: &VRef<'v>, le: bool) -> Res<BigIntRepr> {
+        let Value::Int(i) = obj.get() else {
+            return Err(PicklingError::new("not an int"));
         };
-        match i {
-            Int::Small(v) => Ok(v.to_string()),
-            Int::Big(b) => {
-                let s = b.to_string();
-                if b.bits() > 14_300 {
-                    let digits = s.trim_start_matches('-').len();
-                    if digits > 4300 {
-                        return Err(PicklingError::new(format!(
-                            "Exceeds the limit (4300 digits) for integer string conversion; use sys.set_int_max_str_digits() to increase the limit (value has {digits} digits)"
-                        )));
-                    }
+        let b = i.to_bigint();
+        if le {
+            let bytes = if b == 0.into() {
+                Vec::new()
+            } else {
+                b.to_signed_bytes_le()
+            };
+            return Ok(BigIntRepr::Le(bytes));
+        }
+        let s = b.to_string();
+        let digits = s.trim_start_matches('-').len();
+        if digits > 4300 {
+            return Err(PicklingError::new(format!(
+                "Exceeds the limit (4300 digits) for integer string conversion; use sys.set_int_max_str_digits() to increase the limit (value has {digits} digits)"
+            )));
+        }
+        Ok(BigIntRepr::Decimal(s))
+    }
+
+    fn save_object(enc: &mut Encoder<Self>, obj: &VRef<'v>) -> Res<()> {
+        let v = obj.get();
+        let src = enc.source();
+        if !src.reg.reducers.is_empty() && !Inert::is_inert(v) {
+            let reducers = src.reg.reducers.clone();
+            for r in &reducers {
+                if let Some(o) = r(v) {
+                    enc.source().keep.push(v.clone());
+                    save_inert(enc, None, &o)?;
+                    // memoize the original value as this object
+                    enc.memoize(obj);
+                    return Ok(());
                 }
-                Ok(s)
             }
+            // No reducer: the value as it is.
+            return save_plain(enc, obj);
+        }
+        save_plain(enc, obj)
+    }
+
+    fn extension_code(&self, module: &str, name: &str) -> Option<i32> {
+        self.reg.extension_code(module, name)
+    }
+
+    fn error(&self, msg: String) -> PicklingError {
+        PicklingError::new(msg)
+    }
+}
+
+/// A value the core hands back as [`Kind::Object`] with no reducer applying.
+fn save_plain<'v>(enc: &mut Encoder<ValueSource<'_, 'v>>, obj: &VRef<'v>) -> Res<()> {
+    match obj.get() {
+        Value::Ellipsis => enc.save_global("builtins", "Ellipsis"),
+        Value::StopIteration => enc.save_global("builtins", "StopIteration"),
+        Value::Slice(s) => {
+            enc.save_global("builtins", "slice")?;
+            let parts = [s.start.clone(), s.stop.clone(), s.step.clone()].map(VRef::O);
+            enc.save_tuple_of(&parts)?;
+            enc.op(REDUCE);
+            enc.memoize(obj);
+            Ok(())
+        }
+        Value::Object(o) => {
+            let o = o.clone();
+            save_inert(enc, Some(obj), &o)
+        }
+        _ => {
+            // Basic types reach here only when reducers are registered and none applied: write
+            // them by kind, the reducers out of the way for this one value.
+            enc.source().bypass = true;
+            enc.save(obj)
         }
     }
 }
 
-/// The identity of a value that may appear more than once in the tree (a shared `Arc`); values
-/// held by a single handle cannot recur, so they are never memoized.
-#[inline]
-fn shared_id(v: &Value) -> Option<usize> {
-    match v {
-        Value::Str(_)
-        | Value::Bytes(_)
-        | Value::ByteArray(_)
-        | Value::Tuple(_)
-        | Value::List(_)
-        | Value::Dict(_)
-        | Value::Set(_)
-        | Value::FrozenSet(_)
-        | Value::Slice(_)
-        | Value::Object(_)
-            if v.share_count() > 1 =>
-        {
-            v.ptr_id()
+/// An inert object: pickle.py's `save_reduce` with the creation form the object records;
+/// memoized as `as_value` after it is created.
+fn save_inert<'v>(
+    enc: &mut Encoder<ValueSource<'_, 'v>>,
+    as_value: Option<&VRef<'v>>,
+    o: &Inert,
+) -> Res<()> {
+    let args: Vec<VRef<'v>> = match &o.args {
+        Value::Tuple(t) => t.iter().cloned().map(VRef::O).collect(),
+        Value::None => Vec::new(),
+        _ => return Err(PicklingError::new("inert object args must be a tuple")),
+    };
+    let class = || VRef::O(Inert::global(&o.module, &o.name).to_value());
+    match o.construct {
+        Construct::Global => return enc.save_global(&o.module, &o.name),
+        Construct::Reduce => {
+            enc.save_global(&o.module, &o.name)?;
+            enc.save_tuple_of(&args)?;
+            enc.op(REDUCE);
         }
-        _ => None,
+        Construct::NewObj => {
+            if enc.protocol() >= 2 {
+                enc.save_global(&o.module, &o.name)?;
+                enc.save_tuple_of(&args)?;
+                enc.op(NEWOBJ);
+            } else {
+                enc.save_global("copyreg", "__newobj__")?;
+                let mut full = vec![class()];
+                full.extend(args);
+                enc.save_tuple_of(&full)?;
+                enc.op(REDUCE);
+            }
+        }
+        Construct::NewObjEx => {
+            let kwargs = VRef::O(match &o.kwargs {
+                Value::None => Value::dict([]).unwrap_or(Value::None),
+                k => k.clone(),
+            });
+            if enc.protocol() >= 4 {
+                enc.save_global(&o.module, &o.name)?;
+                enc.save_tuple_of(&args)?;
+                enc.save(&kwargs)?;
+                enc.op(NEWOBJ_EX);
+            } else {
+                enc.save_global("copyreg", "__newobj_ex__")?;
+                let args = VRef::O(Value::tuple(args.iter().map(|a| a.get().clone()).collect()));
+                enc.save_tuple_of(&[class(), args, kwargs])?;
+                enc.op(REDUCE);
+            }
+        }
+        Construct::Call => {
+            // args = (callee, *call_args): the callee (an inert object), then REDUCE.
+            let Some((callee, rest)) = args.split_first() else {
+                return Err(PicklingError::new("an inert call without its callee"));
+            };
+            enc.save(callee)?;
+            enc.save_tuple_of(rest)?;
+            enc.op(REDUCE);
+        }
+        Construct::Reconstructor => {
+            enc.save_global("copyreg", "_reconstructor")?;
+            let mut full = vec![class()];
+            full.extend(args);
+            enc.save_tuple_of(&full)?;
+            enc.op(REDUCE);
+        }
     }
+    if let Some(v) = as_value {
+        enc.memoize(v);
+    }
+    if !o.listitems.is_empty() {
+        enc.appends(o.listitems.iter().cloned().map(VRef::O))?;
+    }
+    if !o.dictitems.is_empty() {
+        enc.setitems(
+            o.dictitems
+                .iter()
+                .map(|(k, v)| (VRef::O(k.clone()), VRef::O(v.clone()))),
+        )?;
+    }
+    if !matches!(o.state, Value::None) {
+        enc.save(&VRef::O(o.state.clone()))?;
+        enc.op(BUILD);
+    }
+    Ok(())
 }

@@ -1,27 +1,18 @@
-//! Python objects as a source of cellar-pickle's one encoder: `cellar.pickle.dumps`.
+//! Python objects as a [`Source`] of cellar-pickle's encoder core: `cellar.pickle.dumps`.
 //!
-//! The encoder (`cellar_pickle::encode`: opcodes per protocol, framing, memo, batching, depth
-//! limit, messages) is shared with the Rust API; this module only says what each Python object
-//! is ([`Node`]), hands out its items, and gives every str, bytes, container and reduced object
-//! its address as memo identity (`memo_all`, as CPython's pickler memoizes by `id()`), keeping
-//! memoized objects alive until the dump ends. Objects other than basic types are written from
-//! a reduce value: `cellar.pickle.Inert` objects the way they were read, classes and functions
-//! by name, slices and ranges by `__reduce_ex__`, anything `cellar.copyreg` registers through
-//! its reduce function. bytes below protocol 3 and bytearray below 5 are presented as the
-//! reduce values CPython builds for them (real str/bytes objects, so CPython's cached
-//! one-character objects are memoized by identity exactly as it does).
-
-// Issue 12: every unsafe block documented, no unsafe operation without its own block (the
-// crate-level attribute waits for the marshal modules).
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+//! The core (`cellar_pickle::encode`) decides every byte: opcodes per protocol, framing, memo,
+//! batching, globals, nesting limit and messages. This module only says what a Python object
+//! is (exact basic types by `cast_exact`, str as UTF-8 with surrogatepass), hands out items,
+//! keys the memo on object identity (every object gets a memo slot, as in CPython, and is kept
+//! alive while memoized), and writes what is not a basic type through the core's reduce
+//! primitives: `cellar.pickle.Inert` objects written back the way they were read, anything
+//! `cellar.copyreg` registers through its reduce function, slices and ranges by
+//! `__reduce_ex__`, classes and functions by name.
 
 use std::borrow::Cow;
 
-use cellar_pickle::encode::{
-    self, Args, Call, Callee, Ident, Node, Options, Reduction, Scalar, Source,
-};
-use cellar_pickle::PicklingError;
 use pyo3::exceptions::{PyRecursionError, PyValueError};
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -30,8 +21,8 @@ use pyo3::types::{
     PyString, PyTuple, PyType,
 };
 
-/// Nesting deeper than this is refused as CPython's recursion limit would.
-const MAX_DEPTH: usize = 1500;
+use cellar_pickle::encode::{self, BigIntRepr, Encoder, Kind, Source, DEPTH_MESSAGE};
+use cellar_pickle::ops as op;
 
 static PICKLING_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
@@ -42,54 +33,15 @@ fn perr(py: Python<'_>, msg: impl Into<String>) -> PyErr {
     }
 }
 
-/// The source's error: a Python exception (the encoder's own errors become
-/// `pickle.PicklingError`).
-pub(crate) struct DumpError(PyErr);
-
-impl From<PyErr> for DumpError {
-    fn from(e: PyErr) -> Self {
-        DumpError(e)
-    }
-}
-
-impl From<PicklingError> for DumpError {
-    fn from(e: PicklingError) -> Self {
-        DumpError(Python::attach(|py| perr(py, e.message)))
-    }
-}
-
-/// Items of a tuple or list (read by index, as `_pickle.c` does, so a list that changes while
-/// it is written is never read out of bounds), or collected ones (sets, frozensets).
-pub(crate) enum PyItems<'py> {
-    List(pyo3::types::list::BoundListIterator<'py>),
-    Tuple(pyo3::types::tuple::BoundTupleIterator<'py>),
-    Vec(std::vec::IntoIter<Bound<'py, PyAny>>),
-}
-
-impl<'py> Iterator for PyItems<'py> {
-    type Item = Result<Bound<'py, PyAny>, DumpError>;
-    #[inline]
-    fn next(&mut self) -> Option<Self::Item> {
-        match self {
-            PyItems::List(it) => it.next().map(Ok),
-            PyItems::Tuple(it) => it.next().map(Ok),
-            PyItems::Vec(v) => v.next().map(Ok),
-        }
-    }
-}
-
-type Pair<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>);
-
-/// A dict's items, collected before any is written (as the previous encoder did).
-pub(crate) type PyPairs<'py> =
-    std::iter::Map<std::vec::IntoIter<Pair<'py>>, fn(Pair<'py>) -> Result<Pair<'py>, DumpError>>;
-
+/// The Python object source.
 struct PySource<'py> {
     py: Python<'py>,
+    /// Memoized objects, kept alive so their addresses cannot be reused during the dump.
+    keep: Vec<Bound<'py, PyAny>>,
     inert: Bound<'py, PyType>,
     reducer: Bound<'py, PyAny>,
-    /// Memoized objects, alive until the dump ends so their addresses are not reused.
-    keep: Vec<Bound<'py, PyAny>>,
+    /// The current thread's stack floor (0: unknown).
+    stack_floor: usize,
 }
 
 /// `dumps(obj, protocol, fix_imports, Inert, reducer)`.
@@ -101,73 +53,149 @@ pub(crate) fn dumps<'py>(
     inert: Bound<'py, PyType>,
     reducer: Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let mut src = PySource {
+    let src = PySource {
         py,
+        keep: Vec::with_capacity(64),
         inert,
         reducer,
-        keep: Vec::with_capacity(64),
+        stack_floor: crate::util::stack_floor(),
     };
-    let opts = Options {
-        protocol: proto,
-        fix_imports,
-        memo_all: true,
-        nested_getattr: true,
-        registry: None,
-    };
-    let out = encode::encode(&mut src, obj, opts).map_err(|e| e.0)?;
+    let out = encode::encode(src, obj, proto, fix_imports)?;
     Ok(PyBytes::new(py, &out))
 }
 
-fn reduction<'py>(call: Call<Bound<'py, PyAny>>) -> Node<'static, Bound<'py, PyAny>> {
-    Node::Reduce(Box::new(Reduction {
-        call,
-        listitems: Vec::new(),
-        dictitems: Vec::new(),
-        state: None,
-    }))
-}
+type Items<'py> = std::vec::IntoIter<Bound<'py, PyAny>>;
 
-fn named<O>(module: &str, name: &str) -> Callee<O> {
-    Callee::Named(module.to_owned(), name.to_owned())
-}
+impl<'py> Source for PySource<'py> {
+    type Obj = Bound<'py, PyAny>;
+    type Seq = Items<'py>;
+    type Pairs = std::vec::IntoIter<(Bound<'py, PyAny>, Bound<'py, PyAny>)>;
+    type Error = PyErr;
+    const CPYTHON_MEMO: bool = true;
 
-impl<'py> PySource<'py> {
-    /// The node of an object that is not a basic type.
-    fn object_node<'n>(
-        &mut self,
-        obj: &'n Bound<'py, PyAny>,
-        proto: u8,
-    ) -> Result<Node<'n, Bound<'py, PyAny>>, DumpError> {
-        let py = self.py;
-        if obj.is_instance(&self.inert)? {
-            return self.inert_node(obj);
+    #[inline(always)]
+    fn kind(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<Kind> {
+        if obj.is_none() {
+            return Ok(Kind::None);
+        }
+        if let Ok(b) = obj.cast_exact::<PyBool>() {
+            return Ok(Kind::Bool(b.is_true()));
+        }
+        if obj.is_exact_instance_of::<PyInt>() {
+            return Ok(match obj.extract::<i64>() {
+                Ok(v) => Kind::Int(v),
+                Err(_) => Kind::BigInt,
+            });
+        }
+        if let Ok(f) = obj.cast_exact::<PyFloat>() {
+            return Ok(Kind::Float(f.value()));
+        }
+        if obj.is_exact_instance_of::<PyString>() {
+            return Ok(Kind::Str);
+        }
+        if obj.is_exact_instance_of::<PyBytes>() {
+            return Ok(Kind::Bytes);
+        }
+        if let Ok(t) = obj.cast_exact::<PyTuple>() {
+            return Ok(Kind::Tuple(t.len()));
+        }
+        if obj.is_exact_instance_of::<PyList>() {
+            return Ok(Kind::List);
+        }
+        if obj.is_exact_instance_of::<PyDict>() {
+            return Ok(Kind::Dict);
+        }
+        if obj.is_exact_instance_of::<PySet>() {
+            return Ok(Kind::Set);
+        }
+        if obj.is_exact_instance_of::<PyFrozenSet>() {
+            return Ok(Kind::FrozenSet);
+        }
+        if obj.is_exact_instance_of::<PyByteArray>() {
+            return Ok(Kind::ByteArray);
+        }
+        if let Ok(c) = obj.cast_exact::<PyComplex>() {
+            return Ok(Kind::Complex(c.real(), c.imag()));
+        }
+        Ok(Kind::Object)
+    }
+
+    #[inline]
+    fn data<'a>(&mut self, obj: &'a Bound<'py, PyAny>) -> PyResult<Cow<'a, [u8]>> {
+        if let Ok(s) = obj.cast_exact::<PyString>() {
+            return str_utf8(s);
+        }
+        if let Ok(b) = obj.cast_exact::<PyBytes>() {
+            return Ok(Cow::Borrowed(b.as_bytes()));
+        }
+        Ok(Cow::Owned(obj.cast::<PyByteArray>()?.to_vec()))
+    }
+
+    #[inline(always)]
+    fn memo_id(&self, obj: &Bound<'py, PyAny>) -> Option<usize> {
+        Some(obj.as_ptr() as usize)
+    }
+
+    #[inline]
+    fn retain(&mut self, obj: &Bound<'py, PyAny>) {
+        self.keep.push(obj.clone());
+    }
+
+    fn items(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<Items<'py>> {
+        let v: Vec<_> = if let Ok(t) = obj.cast_exact::<PyTuple>() {
+            t.iter().collect()
+        } else if let Ok(l) = obj.cast_exact::<PyList>() {
+            l.iter().collect()
+        } else if let Ok(s) = obj.cast_exact::<PySet>() {
+            s.iter().collect()
+        } else if let Ok(s) = obj.cast_exact::<PyFrozenSet>() {
+            s.iter().collect()
+        } else {
+            obj.try_iter()?.collect::<PyResult<_>>()?
+        };
+        Ok(v.into_iter())
+    }
+
+    fn pairs(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<Self::Pairs> {
+        let d = obj.cast::<PyDict>()?;
+        Ok(d.iter().collect::<Vec<_>>().into_iter())
+    }
+
+    fn big_int(&mut self, obj: &Bound<'py, PyAny>, le: bool) -> PyResult<BigIntRepr> {
+        if le {
+            return long_bytes(obj).map(BigIntRepr::Le);
+        }
+        Ok(BigIntRepr::Decimal(obj.repr()?.to_str()?.to_owned()))
+    }
+
+    fn save_object(enc: &mut Encoder<Self>, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+        let py = enc.source().py;
+        if obj.is_instance(&enc.source().inert)? {
+            return save_inert(enc, obj);
         }
         if obj.is(py.Ellipsis()) {
-            return Ok(global("builtins", "Ellipsis"));
+            return enc.save_global_as(obj, "builtins", "Ellipsis");
         }
         if obj.is(py.NotImplemented()) {
-            return Ok(global("builtins", "NotImplemented"));
+            return enc.save_global_as(obj, "builtins", "NotImplemented");
         }
         // copyreg's dispatch table comes before the built-in reductions below, as in pickle.
-        let rv = self.reducer.call1((obj,))?;
+        let rv = enc.source().reducer.call1((obj,))?;
         if !rv.is_none() {
-            return self.reduce_value(obj, &rv, proto);
+            return save_reduce_value(enc, obj, &rv);
         }
         if obj.is_exact_instance_of::<pyo3::types::PySlice>()
             || obj.is_exact_instance_of::<pyo3::types::PyRange>()
         {
-            let rv = obj.call_method1(intern!(py, "__reduce_ex__"), (proto,))?;
-            return self.reduce_value(obj, &rv, proto);
+            let rv = obj.call_method1(intern!(py, "__reduce_ex__"), (enc.protocol(),))?;
+            return save_reduce_value(enc, obj, &rv);
         }
         if obj.is_instance_of::<PyType>()
             || obj.is_instance_of::<pyo3::types::PyCFunction>()
             || obj.is_instance_of::<pyo3::types::PyFunction>()
         {
             let (m, n) = global_names(obj)?;
-            return Ok(Node::Global {
-                module: Cow::Owned(m),
-                name: Cow::Owned(n),
-            });
+            return enc.save_global_as(obj, &m, &n);
         }
         Err(perr(
             py,
@@ -176,312 +204,234 @@ impl<'py> PySource<'py> {
                  cellar.copyreg.pickle(), or use the stdlib's pickle",
                 obj.get_type().name()?
             ),
-        )
-        .into())
+        ))
     }
 
-    /// A reduce value (a string naming a global, or a 2-6 tuple), as pickle's `save_reduce`
-    /// reads it.
-    fn reduce_value<'n>(
-        &mut self,
-        obj: &Bound<'py, PyAny>,
-        rv: &Bound<'py, PyAny>,
-        proto: u8,
-    ) -> Result<Node<'n, Bound<'py, PyAny>>, DumpError> {
-        let py = self.py;
-        if let Ok(s) = rv.cast::<PyString>() {
-            let m: String = obj
-                .getattr(intern!(py, "__module__"))
-                .and_then(|m| m.extract())
-                .map_err(|_| perr(py, "can't pickle a global without a __module__"))?;
-            return Ok(Node::Global {
-                module: Cow::Owned(m),
-                name: Cow::Owned(s.to_str()?.to_owned()),
-            });
-        }
-        let Ok(t) = rv.cast::<PyTuple>() else {
-            return Err(perr(py, "__reduce__ must return a string or tuple").into());
-        };
-        if !(2..=6).contains(&t.len()) {
-            return Err(perr(
-                py,
-                "tuple returned by __reduce__ must contain 2 through 6 elements",
-            )
-            .into());
-        }
-        let get =
-            |i: usize| -> Option<Bound<'py, PyAny>> { t.get_item(i).ok().filter(|o| !o.is_none()) };
-        let func = t.get_item(0)?;
-        let args = t.get_item(1)?;
-        let Ok(args) = args.cast_into::<PyTuple>() else {
-            return Err(perr(
-                py,
-                "second item of the tuple returned by __reduce__ must be a tuple",
-            )
-            .into());
-        };
-        let fname: Option<String> = func
-            .getattr(intern!(py, "__name__"))
-            .ok()
-            .and_then(|n| n.extract().ok());
-        let call = if proto >= 2 && fname.as_deref() == Some("__newobj__") && !args.is_empty() {
-            let items: Vec<_> = args.iter().collect();
-            Call::NewObj {
-                cls: Callee::Obj(items[0].clone()),
-                args: Args::Items(items[1..].to_vec()),
-            }
-        } else if proto >= 4 && fname.as_deref() == Some("__newobj_ex__") && args.len() == 3 {
-            Call::NewObjEx {
-                cls: Callee::Obj(args.get_item(0)?),
-                args: Args::Obj(args.get_item(1)?),
-                kwargs: Some(args.get_item(2)?),
-            }
+    fn make_str(&mut self, text: &str, interned: bool) -> Option<Bound<'py, PyAny>> {
+        Some(if interned {
+            PyString::intern(self.py, text).into_any()
         } else {
-            Call::Reduce {
-                func: Callee::Obj(func),
-                args: Args::Obj(args.into_any()),
-            }
-        };
-        let listitems = match get(3) {
-            Some(l) => l.try_iter()?.collect::<PyResult<Vec<_>>>()?,
-            None => Vec::new(),
-        };
-        let dictitems = match get(4) {
-            Some(d) => d
-                .try_iter()?
-                .map(|p| p.and_then(|p| p.extract::<Pair<'py>>()))
-                .collect::<PyResult<Vec<_>>>()?,
-            None => Vec::new(),
-        };
-        Ok(Node::Reduce(Box::new(Reduction {
-            call,
-            listitems,
-            dictitems,
-            state: get(2),
-        })))
+            PyString::new(self.py, text).into_any()
+        })
     }
 
-    /// A `cellar.pickle.Inert` object, written back the way it was read.
-    fn inert_node<'n>(
-        &mut self,
-        obj: &Bound<'py, PyAny>,
-    ) -> Result<Node<'n, Bound<'py, PyAny>>, DumpError> {
-        let py = self.py;
-        let module: String = obj.getattr(intern!(py, "module"))?.extract()?;
-        let name: String = obj.getattr(intern!(py, "name"))?.extract()?;
-        let construct: String = obj.getattr(intern!(py, "construct"))?.extract()?;
-        let args: Vec<Bound<'py, PyAny>> = obj
-            .getattr(intern!(py, "args"))?
-            .try_iter()?
-            .collect::<PyResult<_>>()?;
-        let kwargs = obj.getattr(intern!(py, "kwargs"))?;
-        let cls = || Callee::Named(module.clone(), name.clone());
-        let call = match construct.as_str() {
-            "global" => {
-                return Ok(Node::Global {
-                    module: Cow::Owned(module),
-                    name: Cow::Owned(name),
-                })
-            }
-            "reduce" => Call::Reduce {
-                func: cls(),
-                args: Args::Items(args),
-            },
-            "call" => Call::Reduce {
-                func: Callee::Obj(obj.getattr(intern!(py, "func"))?),
-                args: Args::Items(args),
-            },
-            "newobj" => Call::NewObj {
-                cls: cls(),
-                args: Args::Items(args),
-            },
-            "newobj_ex" => Call::NewObjEx {
-                cls: cls(),
-                args: Args::Items(args),
-                kwargs: (!kwargs.is_none()).then_some(kwargs),
-            },
-            "reconstructor" => Call::Reconstructor { cls: cls(), args },
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "Inert.construct must be global, reduce, call, newobj, newobj_ex or \
-                     reconstructor, not {other:?}"
-                ))
-                .into())
-            }
-        };
-        let listitems: Vec<_> = obj
-            .getattr(intern!(py, "listitems"))?
-            .try_iter()?
-            .collect::<PyResult<_>>()?;
-        let dictitems: Vec<Pair<'py>> = obj
-            .getattr(intern!(py, "dictitems"))?
-            .try_iter()?
-            .map(|p| p.and_then(|p| p.extract()))
-            .collect::<PyResult<_>>()?;
-        let state = obj.getattr(intern!(py, "state"))?;
-        Ok(Node::Reduce(Box::new(Reduction {
-            call,
-            listitems,
-            dictitems,
-            state: (!state.is_none()).then_some(state),
-        })))
+    #[inline]
+    fn stack_ok(&self) -> bool {
+        crate::util::stack_here() >= self.stack_floor
+    }
+
+    fn error(&self, msg: String) -> PyErr {
+        perr(self.py, msg)
+    }
+
+    fn depth_error(&self) -> PyErr {
+        PyRecursionError::new_err(DEPTH_MESSAGE)
     }
 }
 
-fn global<O>(module: &'static str, name: &'static str) -> Node<'static, O> {
-    Node::Global {
-        module: Cow::Borrowed(module),
-        name: Cow::Borrowed(name),
+/// A str's UTF-8 bytes (lone surrogates with surrogatepass, as pickle writes them).
+#[inline]
+fn str_utf8<'a>(s: &'a Bound<'_, PyString>) -> PyResult<Cow<'a, [u8]>> {
+    let mut size: ffi::Py_ssize_t = 0;
+    // SAFETY: the GIL is held (`s` is a Bound) and `s` is a live str object.
+    let p = unsafe { ffi::PyUnicode_AsUTF8AndSize(s.as_ptr(), &mut size) };
+    if p.is_null() {
+        // Lone surrogates: UTF-8 with surrogatepass, as pickle does.
+        // SAFETY: the GIL is held; the pending UnicodeEncodeError is replaced by the retry.
+        unsafe { ffi::PyErr_Clear() };
+        let b = s.call_method1(intern!(s.py(), "encode"), ("utf-8", "surrogatepass"))?;
+        return Ok(Cow::Owned(b.cast::<PyBytes>()?.as_bytes().to_vec()));
     }
+    // SAFETY: `p` points to `size` bytes of UTF-8 cached in the str object, which lives as long
+    // as the borrow of `s` ('a) and is immutable.
+    Ok(Cow::Borrowed(unsafe {
+        std::slice::from_raw_parts(p.cast::<u8>(), size as usize)
+    }))
 }
 
-impl<'py> Source for PySource<'py> {
-    type Obj = Bound<'py, PyAny>;
-    type Error = DumpError;
-    type Items = PyItems<'py>;
-    type Pairs = PyPairs<'py>;
+type Enc<'py> = Encoder<PySource<'py>>;
 
-    fn node<'n>(
-        &mut self,
-        obj: &'n Bound<'py, PyAny>,
-        proto: u8,
-    ) -> Result<Node<'n, Bound<'py, PyAny>>, DumpError> {
-        let py = self.py;
-        if obj.is_none() {
-            return Ok(Node::None);
+/// A reduce value (a string naming a global, or a 2-6 tuple), as pickle's `save_reduce`.
+fn save_reduce_value<'py>(
+    enc: &mut Enc<'py>,
+    obj: &Bound<'py, PyAny>,
+    rv: &Bound<'py, PyAny>,
+) -> PyResult<()> {
+    let py = obj.py();
+    if let Ok(s) = rv.cast::<PyString>() {
+        let m: String = obj
+            .getattr(intern!(py, "__module__"))
+            .and_then(|m| m.extract())
+            .map_err(|_| perr(py, "can't pickle a global without a __module__"))?;
+        return enc.save_global_as(obj, &m, s.to_str()?);
+    }
+    let Ok(t) = rv.cast::<PyTuple>() else {
+        return Err(perr(py, "__reduce__ must return a string or tuple"));
+    };
+    if !(2..=6).contains(&t.len()) {
+        return Err(perr(
+            py,
+            "tuple returned by __reduce__ must contain 2 through 6 elements",
+        ));
+    }
+    let get =
+        |i: usize| -> Option<Bound<'py, PyAny>> { t.get_item(i).ok().filter(|o| !o.is_none()) };
+    let func = t.get_item(0)?;
+    let args = t.get_item(1)?;
+    let Ok(args) = args.cast::<PyTuple>() else {
+        return Err(perr(
+            py,
+            "second item of the tuple returned by __reduce__ must be a tuple",
+        ));
+    };
+    let fname: Option<String> = func
+        .getattr(intern!(py, "__name__"))
+        .ok()
+        .and_then(|n| n.extract().ok());
+    let proto = enc.protocol();
+    if proto >= 2 && fname.as_deref() == Some("__newobj__") && !args.is_empty() {
+        enc.save(&args.get_item(0)?)?;
+        enc.save(args.get_slice(1, args.len()).as_any())?;
+        enc.op(op::NEWOBJ);
+    } else if proto >= 4 && fname.as_deref() == Some("__newobj_ex__") && args.len() == 3 {
+        enc.save(&args.get_item(0)?)?;
+        enc.save(&args.get_item(1)?)?;
+        enc.save(&args.get_item(2)?)?;
+        enc.op(op::NEWOBJ_EX);
+    } else {
+        enc.save(&func)?;
+        enc.save(args.as_any())?;
+        enc.op(op::REDUCE);
+    }
+    enc.end_reduce(obj);
+    let listitems = get(3)
+        .map(|l| l.try_iter().and_then(|i| i.collect::<PyResult<Vec<_>>>()))
+        .transpose()?;
+    let dictitems = get(4)
+        .map(|d| {
+            d.try_iter().and_then(|i| {
+                i.map(|p| p.and_then(|p| p.extract::<(Bound<'py, PyAny>, Bound<'py, PyAny>)>()))
+                    .collect::<PyResult<Vec<_>>>()
+            })
+        })
+        .transpose()?;
+    finish_reduce(enc, listitems, dictitems, get(2))
+}
+
+/// listitems, dictitems and state after a reduction.
+fn finish_reduce<'py>(
+    enc: &mut Enc<'py>,
+    listitems: Option<Vec<Bound<'py, PyAny>>>,
+    dictitems: Option<Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>>,
+    state: Option<Bound<'py, PyAny>>,
+) -> PyResult<()> {
+    if let Some(items) = listitems {
+        enc.appends(items.into_iter())?;
+    }
+    if let Some(items) = dictitems {
+        enc.setitems(items.into_iter())?;
+    }
+    if let Some(state) = state {
+        enc.save(&state)?;
+        enc.op(op::BUILD);
+    }
+    Ok(())
+}
+
+/// An inert object, written back the way it was read.
+fn save_inert<'py>(enc: &mut Enc<'py>, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+    let py = obj.py();
+    let module: String = obj.getattr(intern!(py, "module"))?.extract()?;
+    let name: String = obj.getattr(intern!(py, "name"))?.extract()?;
+    let construct: String = obj.getattr(intern!(py, "construct"))?.extract()?;
+    let args = obj.getattr(intern!(py, "args"))?;
+    let args = PyTuple::new(py, args.try_iter()?.collect::<PyResult<Vec<_>>>()?)?;
+    let kwargs = obj.getattr(intern!(py, "kwargs"))?;
+    let proto = enc.protocol();
+    match construct.as_str() {
+        "global" => return enc.save_global_as(obj, &module, &name),
+        "reduce" => {
+            enc.save_global(&module, &name)?;
+            enc.save(args.as_any())?;
+            enc.op(op::REDUCE);
         }
-        if let Ok(f) = obj.cast_exact::<PyFloat>() {
-            return Ok(Node::Float(f.value()));
+        "call" => {
+            let func = obj.getattr(intern!(py, "func"))?;
+            enc.save(&func)?;
+            enc.save(args.as_any())?;
+            enc.op(op::REDUCE);
         }
-        if let Ok(b) = obj.cast_exact::<PyBool>() {
-            return Ok(Node::Bool(b.is_true()));
-        }
-        if obj.is_exact_instance_of::<PyInt>() {
-            return Ok(match obj.extract::<i64>() {
-                Ok(v) => Node::Int(v),
-                Err(_) => Node::BigInt(Cow::Owned(long_bytes(obj)?)),
-            });
-        }
-        if let Ok(s) = obj.cast_exact::<PyString>() {
-            return Ok(Node::Str(match s.to_str() {
-                Ok(t) => Cow::Borrowed(t.as_bytes()),
-                Err(_) => {
-                    // Lone surrogates: UTF-8 with surrogatepass, as pickle does.
-                    let b = s.call_method1(intern!(py, "encode"), ("utf-8", "surrogatepass"))?;
-                    Cow::Owned(
-                        b.cast::<PyBytes>()
-                            .map_err(PyErr::from)?
-                            .as_bytes()
-                            .to_vec(),
-                    )
-                }
-            }));
-        }
-        if let Ok(b) = obj.cast_exact::<PyBytes>() {
-            let data = b.as_bytes();
-            if proto < 3 && !data.is_empty() {
-                // CPython's save_bytes: _codecs.encode(str(obj, 'latin1'), 'latin1').
-                let text: String = data.iter().map(|&c| c as char).collect();
-                return Ok(reduction(Call::Reduce {
-                    func: named("_codecs", "encode"),
-                    args: Args::Items(vec![
-                        PyString::new(py, &text).into_any(),
-                        intern!(py, "latin1").clone().into_any(),
-                    ]),
-                }));
-            }
-            return Ok(Node::Bytes(Cow::Borrowed(data)));
-        }
-        if let Ok(t) = obj.cast_exact::<PyTuple>() {
-            return Ok(Node::Tuple(t.len()));
-        }
-        if let Ok(l) = obj.cast_exact::<PyList>() {
-            return Ok(Node::List(l.len()));
-        }
-        if let Ok(d) = obj.cast_exact::<PyDict>() {
-            return Ok(Node::Dict(d.len()));
-        }
-        if let Ok(s) = obj.cast_exact::<PySet>() {
-            return Ok(Node::Set(s.len()));
-        }
-        if let Ok(s) = obj.cast_exact::<PyFrozenSet>() {
-            return Ok(Node::FrozenSet(s.len()));
-        }
-        if let Ok(b) = obj.cast_exact::<PyByteArray>() {
-            let data = b.to_vec();
-            if proto >= 5 {
-                return Ok(Node::ByteArray(Cow::Owned(data)));
-            }
-            let args = if data.is_empty() {
-                Vec::new()
+        "newobj" => {
+            if proto >= 2 {
+                enc.save_global(&module, &name)?;
+                enc.save(args.as_any())?;
+                enc.op(op::NEWOBJ);
             } else {
-                vec![PyBytes::new(py, &data).into_any()]
+                enc.save_global("copyreg", "__newobj__")?;
+                enc.op(op::MARK);
+                enc.save_global(&module, &name)?;
+                for a in args.iter() {
+                    enc.save(&a)?;
+                }
+                enc.op(op::TUPLE);
+                enc.op(op::REDUCE);
+            }
+        }
+        "newobj_ex" => {
+            let kwargs = if kwargs.is_none() {
+                PyDict::new(py).into_any()
+            } else {
+                kwargs
             };
-            return Ok(reduction(Call::Reduce {
-                func: named("builtins", "bytearray"),
-                args: Args::Items(args),
-            }));
+            if proto >= 4 {
+                enc.save_global(&module, &name)?;
+                enc.save(args.as_any())?;
+                enc.save(&kwargs)?;
+                enc.op(op::NEWOBJ_EX);
+            } else {
+                enc.save_global("copyreg", "__newobj_ex__")?;
+                enc.tuple_start(3);
+                enc.save_global(&module, &name)?;
+                enc.save(args.as_any())?;
+                enc.save(&kwargs)?;
+                enc.tuple_end(3);
+                enc.op(op::REDUCE);
+            }
         }
-        if let Ok(c) = obj.cast_exact::<PyComplex>() {
-            return Ok(Node::Complex(c.real(), c.imag()));
+        "reconstructor" => {
+            enc.save_global("copyreg", "_reconstructor")?;
+            enc.op(op::MARK);
+            enc.save_global(&module, &name)?;
+            for a in args.iter() {
+                enc.save(&a)?;
+            }
+            enc.op(op::TUPLE);
+            enc.op(op::REDUCE);
         }
-        self.object_node(obj, proto)
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "Inert.construct must be global, reduce, call, newobj, newobj_ex or \
+                 reconstructor, not {other:?}"
+            )))
+        }
     }
-
-    #[inline]
-    fn id(&self, obj: &Bound<'py, PyAny>) -> Ident {
-        // Written first and never memoized (as in CPython's save): None, bools, ints, floats.
-        if obj.is_none() {
-            return Ident::Scalar(Scalar::None);
-        }
-        if let Ok(f) = obj.cast_exact::<PyFloat>() {
-            return Ident::Scalar(Scalar::Float(f.value()));
-        }
-        if let Ok(b) = obj.cast_exact::<PyBool>() {
-            return Ident::Scalar(Scalar::Bool(b.is_true()));
-        }
-        if obj.is_exact_instance_of::<PyInt>() {
-            return match obj.extract::<i64>() {
-                Ok(v) => Ident::Scalar(Scalar::Int(v)),
-                Err(_) => Ident::Obj(None),
-            };
-        }
-        Ident::Obj(Some(obj.as_ptr() as usize))
-    }
-
-    #[inline]
-    fn retain(&mut self, obj: &Bound<'py, PyAny>) {
-        self.keep.push(obj.clone());
-    }
-
-    fn items(&mut self, obj: &Bound<'py, PyAny>) -> Result<PyItems<'py>, DumpError> {
-        if let Ok(l) = obj.cast_exact::<PyList>() {
-            return Ok(PyItems::List(l.clone().into_iter()));
-        }
-        if let Ok(t) = obj.cast_exact::<PyTuple>() {
-            return Ok(PyItems::Tuple(t.clone().into_iter()));
-        }
-        let items: Vec<_> = obj.try_iter()?.collect::<PyResult<_>>()?;
-        Ok(PyItems::Vec(items.into_iter()))
-    }
-
-    fn pairs(&mut self, obj: &Bound<'py, PyAny>) -> Result<PyPairs<'py>, DumpError> {
-        let d = obj.cast::<PyDict>().map_err(PyErr::from)?;
-        let pairs: Vec<Pair<'py>> = d.iter().collect();
-        Ok(pairs.into_iter().map(Ok))
-    }
-
-    fn int_decimal(&mut self, obj: &Bound<'py, PyAny>) -> Result<String, DumpError> {
-        Ok(obj.repr()?.to_str()?.to_owned())
-    }
-
-    #[inline]
-    fn enter(&mut self, depth: usize) -> Result<(), DumpError> {
-        if depth > MAX_DEPTH || crate::util::stack_here() < crate::util::stack_floor() {
-            return Err(PyRecursionError::new_err(encode::DEPTH_MESSAGE).into());
-        }
-        Ok(())
-    }
+    enc.end_reduce(obj);
+    let listitems: Vec<_> = obj
+        .getattr(intern!(py, "listitems"))?
+        .try_iter()?
+        .collect::<PyResult<_>>()?;
+    let dictitems: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = obj
+        .getattr(intern!(py, "dictitems"))?
+        .try_iter()?
+        .map(|p| p.and_then(|p| p.extract()))
+        .collect::<PyResult<_>>()?;
+    let state = obj.getattr(intern!(py, "state"))?;
+    finish_reduce(
+        enc,
+        Some(listitems),
+        Some(dictitems),
+        (!state.is_none()).then_some(state),
+    )
 }
 
 /// `__module__` and `__qualname__` of a class or function.
@@ -501,11 +451,14 @@ fn global_names(obj: &Bound<'_, PyAny>) -> PyResult<(String, String)> {
     Ok((m, n))
 }
 
-/// pickle's `encode_long` of an int beyond i64: `int.bit_length()` and
-/// `int.to_bytes(n, 'little', signed=True)` (public API only; `_PyLong_AsByteArray` changed
-/// its signature in 3.13).
+/// pickle's `encode_long`: minimal little-endian two's complement (b'' for 0). Public API only
+/// (no `_PyLong_AsByteArray`, whose signature changed in 3.13): Rust arithmetic for ints that fit
+/// an i64, else `int.bit_length()` and `int.to_bytes(n, 'little', signed=True)`.
 fn long_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     let py = obj.py();
+    if let Ok(v) = obj.extract::<i64>() {
+        return Ok(encode::encode_long_i64(v));
+    }
     let bits: usize = obj.call_method0(intern!(py, "bit_length"))?.extract()?;
     let n = (bits >> 3) + 1;
     let kwargs = PyDict::new(py);
