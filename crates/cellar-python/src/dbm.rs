@@ -222,22 +222,12 @@ fn _dbm_open(
     if backend == Backend::Sqlite3 {
         // The interpreter's own SQLite, never a second copy in the process: see sqlite_py.
         let sq = PySqliteDb::open(py, &path, flag, mode)?;
-        return Ok(PyDatabase {
-            db: Box::new(sq.clone()),
-            sqlite: Some(sq),
-            closed: AtomicBool::new(false),
-            cursor: Mutex::new(None),
-        });
+        return Ok(PyDatabase::new(Box::new(sq.clone()), Some(sq)));
     }
     let db = py
         .detach(|| backend.open_with(&path, flag, mode, encoding))
         .map_err(|e| to_py(py, e))?;
-    Ok(PyDatabase {
-        db,
-        sqlite: None,
-        closed: AtomicBool::new(false),
-        cursor: Mutex::new(None),
-    })
+    Ok(PyDatabase::new(db, None))
 }
 
 /// `_dbm_open_url(url: str, flag: str, value_encoding=None)`: opens a store on a server
@@ -258,12 +248,7 @@ fn _dbm_open_url(
     let db = py
         .detach(|| cellar_dbm::open_with(&url, flag, cellar_dbm::DEFAULT_MODE, encoding))
         .map_err(|e| to_py(py, e))?;
-    Ok(PyDatabase {
-        db,
-        sqlite: None,
-        closed: AtomicBool::new(false),
-        cursor: Mutex::new(None),
-    })
+    Ok(PyDatabase::new(db, None))
 }
 
 /// `_dbm_is_url(s: str)`: whether `s` is a server URL cellar opens.
@@ -309,6 +294,16 @@ impl KeyCursor {
 }
 
 impl PyDatabase {
+    /// An open database (and the sqlite backend's connection, when that is the backend).
+    fn new(db: Box<dyn Database>, sqlite: Option<PySqliteDb>) -> PyDatabase {
+        PyDatabase {
+            db,
+            sqlite,
+            closed: AtomicBool::new(false),
+            cursor: Mutex::new(None),
+        }
+    }
+
     pub(crate) fn run<T: Send>(
         &self,
         py: Python<'_>,
