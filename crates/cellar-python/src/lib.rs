@@ -37,7 +37,7 @@ pub const DEFAULT_VERSION: i32 = 4;
 
 /// `dumps(value, version=4, /, *, allow_code=True)`: the bytes `marshal.dump(value, f)` would write.
 #[pyfunction]
-#[pyo3(signature = (value, version = DEFAULT_VERSION, /, *, allow_code = true))]
+#[pyo3(signature = (value, version = DEFAULT_VERSION, /, *, allow_code = true), text_signature = "(value, version=4, /, *, allow_code=True)")]
 fn dumps<'py>(
     py: Python<'py>,
     value: &Bound<'py, PyAny>,
@@ -63,18 +63,18 @@ fn dumps<'py>(
 /// `loads(bytes, /, *, allow_code=True)`: the value encoded at the start of a bytes-like object.
 /// Trailing bytes are ignored, as CPython does.
 #[pyfunction]
-#[pyo3(signature = (data, /, *, allow_code = true))]
+#[pyo3(signature = (bytes, /, *, allow_code = true))]
 fn loads<'py>(
     py: Python<'py>,
-    data: &Bound<'py, PyAny>,
+    bytes: &Bound<'py, PyAny>,
     allow_code: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    marshal_sink::loads(py, data, allow_code)
+    marshal_sink::loads(py, bytes, allow_code)
 }
 
 /// `dump(value, file, version=4, /, *, allow_code=True)`: write `dumps(value, version)` to `file`.
 #[pyfunction]
-#[pyo3(signature = (value, file, version = DEFAULT_VERSION, /, *, allow_code = true))]
+#[pyo3(signature = (value, file, version = DEFAULT_VERSION, /, *, allow_code = true), text_signature = "(value, file, version=4, /, *, allow_code=True)")]
 fn dump<'py>(
     py: Python<'py>,
     value: &Bound<'py, PyAny>,

@@ -11,6 +11,8 @@ class _ReadableBinary(Protocol):
 class _WritableBinary(Protocol):
     def write(self, data: bytes, /) -> Any: ...
 
+__all__ = ["dump", "dumps", "load", "loads", "version"]
+
 version: int
 
 def dumps(value: object, version: int = 4, /, *, allow_code: bool = True) -> bytes: ...
