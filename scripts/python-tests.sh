@@ -2,7 +2,7 @@
 # The Python part of the test suite, once per available CPython >= 3.11:
 #   1. builds the `cellar` wheel with maturin (`maturin build --release`, never an editable
 #      install) for that interpreter and installs it into its own venv, .venv-3.X (git-ignored;
-#      pip installs maturin, pytest and mypy there itself);
+#      pip installs maturin, pytest, mypy and atheris there itself);
 #   2. runs the README's seed example (its shelve block) with that venv's python;
 #   3. pytest tests/python (warnings are errors: tests/python/pytest.ini);
 #   4. that version's OWN Lib/test suites against cellar's modules: test_marshal;
@@ -101,8 +101,8 @@ for PY in "${PYTHONS[@]}"; do
     if [ ! -x "$VENV/bin/python" ]; then
         "$PY" -m venv "$VENV" || { SUMMARY+=("$VER | venv | FAILED |"); STATUS=1; continue; }
     fi
-    if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "maturin>=1.5,<2" pytest "mypy>=1.11"; then
-        SUMMARY+=("$VER | pip install maturin pytest mypy | FAILED |")
+    if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "maturin>=1.5,<2" pytest "mypy>=1.11" atheris; then
+        SUMMARY+=("$VER | pip install maturin pytest mypy atheris | FAILED |")
         STATUS=1
         continue
     fi

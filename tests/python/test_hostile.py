@@ -19,7 +19,8 @@ import pytest
 
 import cellar.marshal as r_marshal
 
-ALLOWED = (EOFError, ValueError, TypeError, SystemError, OverflowError)
+# What malformed marshal data may raise (docs/marshal.md, "Errors"): never SystemError or a crash.
+ALLOWED = (EOFError, ValueError, TypeError)
 
 
 def sample_blobs() -> list[bytes]:
@@ -194,6 +195,20 @@ def test_self_containing_tuples_are_refused() -> None:
     # ... but such a container cannot be hashed: a TypeError, never a crash.
     with pytest.raises(TypeError):
         r_marshal.loads(b"<\x01\x00\x00\x00\xdb\x01\x00\x00\x00r\x00\x00\x00\x00")
+
+
+def test_code_counts_the_constructor_refuses_are_value_errors() -> None:
+    # Counts CPython's code constructor rejects with SystemError ("bad argument to internal
+    # function"; CPython's marshal.loads raises that): found by scripts/fuzz-python.sh.
+    base = bytearray(c_marshal.dumps(compile("def f(a, b, /, c, *, d): pass", "m", "exec")))
+    assert base[0] & 0x7F == ord("c")
+    fields = {"argcount": 1, "posonlyargcount": 5, "kwonlyargcount": 9, "stacksize": 13, "flags": 17}
+    for name, value in [("posonlyargcount", 5), ("posonlyargcount", -1), ("kwonlyargcount", -1),
+                        ("stacksize", -2), ("flags", -1), ("argcount", -1)]:
+        data = bytearray(base)
+        struct.pack_into("<i", data, fields[name], value)
+        with pytest.raises(ValueError, match=r"bad marshal data \(invalid code object"):
+            r_marshal.loads(bytes(data))
 
 
 def test_other_errors_match_cpython() -> None:

@@ -214,11 +214,37 @@ fn check_caches(code: &[u8]) -> PyResult<()> {
     Ok(())
 }
 
+/// Refuses the counts the code constructor rejects with SystemError ("bad argument to internal
+/// function", as CPython's own marshal.loads then raises): negative counts, stack size or flags,
+/// more positional-only arguments than positional ones.
+fn check_counts<V>(f: &CodeFields<V>) -> PyResult<()> {
+    let bad = if f.argcount < f.posonlyargcount {
+        Some("co_posonlyargcount exceeds co_argcount")
+    } else if f.posonlyargcount < 0 {
+        Some("negative co_posonlyargcount")
+    } else if f.kwonlyargcount < 0 {
+        Some("negative co_kwonlyargcount")
+    } else if f.stacksize < 0 {
+        Some("negative co_stacksize")
+    } else if f.flags < 0 {
+        Some("negative co_flags")
+    } else {
+        None
+    };
+    match bad {
+        Some(what) => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "bad marshal data (invalid code object: {what})"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Builds a code object from the fields the core decoder validated (types and lengths).
 pub(crate) fn build<'py>(
     py: Python<'py>,
     f: CodeFields<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    check_counts(&f)?;
     let [code, consts, names, lnames, lkinds, filename, name, qualname, linetable, exctable] =
         f.objects;
     check_bytecode(&code)?;
