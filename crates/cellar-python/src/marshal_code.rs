@@ -84,9 +84,9 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
     // 3.11 has no such opcodes: nothing to check then.
     if ok.iter().any(|&b| !b) {
         let _ = OPCODE_OK.set(ok);
-        // The same versions quicken at construction: the inline cache entries must fit.
-        let _ = CACHES.set(cache_table(py)?);
     }
+    // Every version: the inline cache entries must fit (see `CACHES`).
+    let _ = CACHES.set(cache_table(py)?);
     // 3.12+: comprehension variables inlined into their enclosing code are "hidden" locals
     // (kind bit 0x10), which no public attribute shows; such code saves them with
     // LOAD_FAST_AND_CLEAR. See `hidden_kinds`.
@@ -98,11 +98,14 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
-/// How many inline cache entries follow each opcode byte, as the running CPython's code
-/// constructor sees it (3.12+): it quickens bytecode while building a code object and writes
-/// the first cache entry of every instruction that has some, so an instruction whose cache
-/// entries run past the end of `co_code` makes it write past its allocation (heap corruption;
-/// CPython's own marshal lets that happen). Specialized opcodes count as their base opcode.
+/// How many inline cache entries follow each opcode byte, as the running CPython sees it. An
+/// instruction whose cache entries run past the end of `co_code` makes CPython write past an
+/// allocation (heap corruption; CPython's own marshal lets such bytecode through): 3.12+
+/// quickens bytecode while building a code object and writes the first cache entry of every
+/// instruction that has some; 3.11 quickens later, and its `co_code` getter (which
+/// `marshal.dumps` uses) zeroes every cache entry into a new bytes object of `co_code`'s size
+/// (found by scripts/fuzz-python.sh under PYTHONMALLOC=debug). Specialized opcodes count as their
+/// base opcode.
 static CACHES: std::sync::OnceLock<[u8; 256]> = std::sync::OnceLock::new();
 
 /// Reads [`CACHES`] from the interpreter's `dis` and `opcode` tables (the same ones `dis` uses
@@ -176,11 +179,11 @@ fn hidden_kinds(co: &Bound<'_, PyAny>, n: usize) -> PyResult<Option<Vec<u8>>> {
 /// Refuses bytecode the constructor would crash on (see [`OPCODE_OK`]): no code unit's opcode
 /// byte may be an instrumented one (checked at every code unit, cache entries included).
 fn check_bytecode(code: &Bound<'_, PyAny>) -> PyResult<()> {
-    let Some(ok) = OPCODE_OK.get() else {
-        return Ok(());
-    };
     let code = code.cast::<PyBytes>()?.as_bytes();
-    if let Some(i) = code.iter().step_by(2).position(|&op| !ok[op as usize]) {
+    let instrumented = OPCODE_OK
+        .get()
+        .and_then(|ok| code.iter().step_by(2).position(|&op| !ok[op as usize]));
+    if let Some(i) = instrumented {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
             "bad marshal data (invalid code object: opcode {} at offset {} is an instrumented \
              opcode, which this Python cannot build code from)",
