@@ -19,7 +19,7 @@ use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::format::*;
 use crate::index::{hash_key, Probe, Table};
-use crate::lock::WriterLock;
+use crate::lock::{LockMode, WriterLock, COMMIT_BYTE, COMPACT_BYTE};
 use crate::log::{read_header, read_record, LogReader, Next};
 use crate::storage::{FileStorage, Storage};
 
@@ -52,6 +52,15 @@ pub struct Options {
     pub compact_form: bool,
     /// Bytes of decompressed blocks of the compact section kept in memory.
     pub block_cache_bytes: usize,
+    /// One writer for the handle's whole life (the fastest bulk loads; a second writer gets
+    /// [`Error::Locked`]). Off (the default): any number of handles, in any processes, may
+    /// write; each commit takes the store's write lock, catches up with the other writers'
+    /// commits, appends and releases it (docs/engine-format.md section 1, "Concurrency").
+    pub exclusive: bool,
+    /// Shared mode: how long a commit waits for the write lock before failing with
+    /// [`Error::Busy`] (which names the holder's pid); also how long a shared open waits for
+    /// an exclusive writer to close. Like SQLite's busy timeout.
+    pub lock_timeout: std::time::Duration,
 }
 
 impl Default for Options {
@@ -69,6 +78,8 @@ impl Default for Options {
             checkpoint_bytes: 256 << 20,
             compact_form: false,
             block_cache_bytes: 32 << 20,
+            exclusive: false,
+            lock_timeout: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -237,7 +248,7 @@ impl Batch {
 #[derive(Debug)]
 struct Gen {
     storage: Arc<dyn Storage>,
-    _lock: Option<WriterLock>,
+    wlock: Option<WriterLock>,
     header: StaticHeader,
     codec: Codec,
     index: ArcSwap<Table>,
@@ -1327,7 +1338,7 @@ fn load_gen_once(
     let skip = skip.filter(|&(s0, _)| s0 >= meta.covers_end);
     let g = Gen {
         storage,
-        _lock: writer_lock,
+        wlock: writer_lock,
         header,
         codec,
         index: ArcSwap::from_pointee(table),
@@ -1482,6 +1493,8 @@ struct WriterState {
     /// The file is zero-filled up to here (0 = not yet), so appends overwrite allocated blocks
     /// and `fdatasync` needs no metadata journal commit.
     prealloc_end: u64,
+    /// The generation `prealloc_end` belongs to.
+    prealloc_gen: u64,
     buf: Vec<u8>,
     cbuf: Vec<u8>,
     /// The CRC fields of the records in `buf` (see `LogSum::add_crc_bytes`).
@@ -1507,6 +1520,57 @@ struct Inner {
     session: u64,
     /// Decompressed blocks of the compact section, shared by the file generations.
     cache: Arc<BlockCache>,
+    /// A shared-mode writer (not `Options::exclusive`): commits take the store's write lock
+    /// and catch up with other writers first; reads catch up like a reader's.
+    shared: bool,
+    /// Serialises changes of this handle's index by catch-up (reads of a read-only or shared
+    /// handle) and by its own commits (shared mode), without making reads wait for a commit's
+    /// turn at the cross-process write lock.
+    catchup: Mutex<()>,
+}
+
+/// A held commit or compaction lock (shared mode): released on drop.
+struct CommitGuard {
+    gen: Arc<Gen>,
+    byte: i64,
+}
+
+impl Drop for CommitGuard {
+    fn drop(&mut self) {
+        if let Some(l) = &self.gen.wlock {
+            l.unlock_range(self.byte);
+        }
+    }
+}
+
+/// Takes the commit lock of `g` (shared mode) until `deadline`; the error names the holder.
+fn lock_commit(g: &Arc<Gen>, path: &Path, timeout: std::time::Duration) -> Result<CommitGuard> {
+    let Some(l) = &g.wlock else {
+        return Err(Error::Unsupported("shared writing without a writer lock"));
+    };
+    let started = std::time::Instant::now();
+    if !l.lock_range(COMMIT_BYTE, started + timeout)? {
+        let pid = match g.storage.view(PID_OFFSET, 4) {
+            Ok(v) if v.len() == 4 => {
+                let p = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+                (p != 0).then_some(p)
+            }
+            _ => None,
+        };
+        return Err(Error::Busy {
+            path: path.to_path_buf(),
+            pid,
+            waited: started.elapsed(),
+        });
+    }
+    // Name ourselves for the error of a writer that times out waiting for us.
+    let _ = g
+        .storage
+        .write_hint(PID_OFFSET, &std::process::id().to_le_bytes());
+    Ok(CommitGuard {
+        gen: Arc::clone(g),
+        byte: COMMIT_BYTE,
+    })
 }
 
 /// An open store. `Send + Sync`: share it between threads by reference or in an `Arc`.
@@ -1583,8 +1647,13 @@ impl Store {
                     });
                 }
             }
+            let mode = if opts.exclusive {
+                LockMode::Exclusive
+            } else {
+                LockMode::Shared
+            };
             let lock = if writable {
-                Some(WriterLock::acquire(&path, &file)?)
+                Some(WriterLock::acquire(&path, &file, mode, opts.lock_timeout)?)
             } else {
                 None
             };
@@ -1593,10 +1662,21 @@ impl Store {
                 // Replaced by a compaction between our open and our lock: try again.
                 continue;
             }
-            if writable {
+            if writable && (opts.exclusive || !crate::lock::compaction_active(&file)) {
                 let _ = fs::remove_file(with_suffix(&path, ".compact"));
             }
             let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
+            // Shared mode: load (and cut a torn tail) only while no other writer commits.
+            if let (Some(l), LockMode::Shared) = (&lock, mode) {
+                let started = std::time::Instant::now();
+                if !l.lock_range(COMMIT_BYTE, started + opts.lock_timeout)? {
+                    return Err(Error::Busy {
+                        path,
+                        pid: crate::lock::holder_pid(storage.file().ok_or(Error::Closed)?),
+                        waited: started.elapsed(),
+                    });
+                }
+            }
             let judge = if writable {
                 Judge::Alone
             } else {
@@ -1604,13 +1684,20 @@ impl Store {
             };
             let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
             let gen = load_gen(storage, lock, writable, &path, ident, judge, &cache)?;
+            if let (Some(l), LockMode::Shared) = (&gen.wlock, mode) {
+                l.unlock_range(COMMIT_BYTE);
+            }
             let store = Store::from_gen(Some(path.clone()), opts.clone(), gen, cache);
             if opts.truncate && store.inner.gen.load().keys.load(Ordering::Relaxed) > 0 {
                 store.inner.compact_inner(true)?;
             }
             return Ok(store);
         }
-        Err(Error::Locked { path, pid: None })
+        Err(Error::Locked {
+            path,
+            pid: None,
+            shared: !opts.exclusive,
+        })
     }
 
     /// Opens a store on caller-supplied storage (tests inject faults this way). No locking;
@@ -1650,8 +1737,11 @@ impl Store {
     fn from_gen(path: Option<PathBuf>, opts: Options, gen: Gen, cache: Arc<BlockCache>) -> Store {
         let generation = gen.header.generation;
         let end = gen.limit();
+        let shared = !opts.read_only && !opts.exclusive && gen.wlock.is_some();
         Store {
             inner: Arc::new(Inner {
+                shared,
+                catchup: Mutex::new(()),
                 path,
                 writable: !opts.read_only,
                 opts,
@@ -1688,6 +1778,10 @@ impl Store {
     /// Deletes `key`; returns whether it was present.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
         self.inner.check_writable()?;
+        if self.inner.shared {
+            // Whether the key exists is only known after catching up, inside the commit.
+            return self.inner.commit_ops(&[(key, None)], true);
+        }
         {
             let _w = lock(&self.inner.writer);
             if !self.inner.gen.load().contains(key)? {
@@ -2470,7 +2564,7 @@ impl Inner {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        if !self.writable {
+        if !self.writable || self.shared {
             self.refresh()?;
         }
         Ok(self.gen.load())
@@ -2496,7 +2590,7 @@ impl Inner {
         }
         let checked: *const Gen = &**g;
         drop(g);
-        let _w = lock(&self.writer);
+        let _c = lock(&self.catchup);
         let g = self.gen.load_full();
         let len = g
             .storage
@@ -2522,7 +2616,10 @@ impl Inner {
             // Everything published up to `hint` (read before the checks) is now replayed.
             *lock(&g.seen_hint) = hint;
         }
-        if g.superseded.load(Ordering::Acquire) {
+        if g.superseded.load(Ordering::Acquire) && self.shared {
+            // A writer handle moves to the compacted file as it does before a commit.
+            self.switch_gen(&g)?;
+        } else if g.superseded.load(Ordering::Acquire) {
             if let Some(path) = &self.path {
                 let now = path_ident(path);
                 if now.is_some() && now != g.ident {
@@ -2547,9 +2644,148 @@ impl Inner {
     }
 
     fn commit(self: &Arc<Self>, ops: &[(&[u8], Option<&[u8]>)]) -> Result<()> {
+        self.commit_ops(ops, false).map(drop)
+    }
+
+    /// Shared mode, with the commit lock held: catches up with what other writers appended
+    /// since this handle's last look (their commits into the index, a torn tail of a writer
+    /// that died cut off, the checkpoint slots they wrote) and returns whether the file was
+    /// superseded by a compaction (then the handle switched to the new file, and the caller
+    /// must lock that one instead).
+    fn catch_up(&self, g: &Arc<Gen>, w: &mut WriterState) -> Result<bool> {
+        let hint = published_end(g);
+        if hint == (self.session, g.limit()) && !g.superseded.load(Ordering::Acquire) {
+            // We were the last to append: every writer publishes before it appends.
+            return Ok(false);
+        }
+        let len = g
+            .storage
+            .len()
+            .map_err(io_err("checking the store's length"))?;
+        if len > g.limit() && !zero_at(&*g.storage, g.limit(), len)? {
+            if let ReplayEnd::Bad {
+                commit_end,
+                bad,
+                reason,
+            } = replay(g, g.limit(), len, None)?
+            {
+                // Zeros right after the last commit are preallocated space; anything else
+                // (a batch without its final record, a bad record) is not.
+                if bad > commit_end || !zero_at(&*g.storage, bad, len)? {
+                    // Nobody else appends while we hold the commit lock: intact commits after
+                    // a bad record are damage; otherwise it is the torn tail of a writer that
+                    // died in the middle of its append. Cut it, durably, before appending.
+                    let mut rd = LogReader::new(&*g.storage, bad, len);
+                    if rd.find_intact(bad, true)?.is_some() {
+                        return Err(damage_error(g, bad, len, reason)?);
+                    }
+                    g.storage
+                        .set_len(commit_end)
+                        .and_then(|_| g.storage.sync_data())
+                        .map_err(io_err("truncating a torn tail left by another writer"))?;
+                    w.prealloc_end = 0;
+                }
+            }
+        }
+        // The checkpoint slots other writers wrote (the next slot goes into the older one).
+        let mut hb = [0u8; SLOT_LEN * 2];
+        g.storage
+            .read_at(SLOT_OFFSETS[0], &mut hb)
+            .map_err(io_err("reading the checkpoint slots"))?;
+        let newest = [0, SLOT_LEN]
+            .iter()
+            .filter_map(|&o| Slot::decode(&hb[o..o + SLOT_LEN]))
+            .max_by_key(|s| s.seq);
+        if let Some(s) = newest {
+            g.slot_seq.fetch_max(s.seq, Ordering::Relaxed);
+            let mut t = lock(&g.track);
+            if s.seq > t.slot.seq {
+                t.slot = s;
+            }
+        }
+        *lock(&g.seen_hint) = hint;
+        if g.superseded.load(Ordering::Acquire) {
+            return self.switch_gen(g);
+        }
+        Ok(false)
+    }
+
+    /// Shared mode: after a compaction in another process superseded the file of `g`, opens
+    /// the file now at the path as this handle's generation (writer session lock, loaded under
+    /// its commit lock). Returns false if the path still names `g`'s file (a compaction that
+    /// died before its rename: writers carry on in this file).
+    fn switch_gen(&self, g: &Arc<Gen>) -> Result<bool> {
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let now = path_ident(path);
+        if now.is_none() || now == g.ident {
+            g.superseded.store(false, Ordering::Release);
+            return Ok(false);
+        }
+        let file = open_regular(path, true)?;
+        let wl = WriterLock::acquire(path, &file, LockMode::Shared, self.opts.lock_timeout)?;
+        let ident = file_ident(&file);
+        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
+        let started = std::time::Instant::now();
+        if !wl.lock_range(COMMIT_BYTE, started + self.opts.lock_timeout)? {
+            return Err(Error::Busy {
+                path: path.clone(),
+                pid: None,
+                waited: started.elapsed(),
+            });
+        }
+        let ng = load_gen(
+            storage,
+            Some(wl),
+            true,
+            path,
+            ident,
+            Judge::Alone,
+            &self.cache,
+        )?;
+        if let Some(l) = &ng.wlock {
+            l.unlock_range(COMMIT_BYTE);
+        }
+        let generation = ng.header.generation;
+        let end = ng.limit();
+        self.gen.store(Arc::new(ng));
+        *lock(&self.synced) = (generation, end);
+        Ok(true)
+    }
+
+    /// The generation to append to, with the commit lock (shared mode; `None` in exclusive
+    /// mode) and the catch-up mutex held, caught up with every other writer.
+    fn writer_gen(
+        &self,
+        w: &mut WriterState,
+    ) -> Result<(Arc<Gen>, Option<CommitGuard>, Option<MutexGuard<'_, ()>>)> {
+        if !self.shared {
+            return Ok((self.gen.load_full(), None, None));
+        }
+        let path = self.path.as_deref().unwrap_or(Path::new("<storage>"));
+        loop {
+            let g = self.gen.load_full();
+            let guard = lock_commit(&g, path, self.opts.lock_timeout)?;
+            let c = lock(&self.catchup);
+            if self.catch_up(&g, w)? {
+                continue;
+            }
+            return Ok((g, Some(guard), Some(c)));
+        }
+    }
+
+    /// Appends `ops` as one commit. With `only_if_present` (a single delete in shared mode)
+    /// nothing is written when the key is missing after catching up; returns whether it was
+    /// written.
+    fn commit_ops(
+        self: &Arc<Self>,
+        ops: &[(&[u8], Option<&[u8]>)],
+        only_if_present: bool,
+    ) -> Result<bool> {
         self.check_writable()?;
         if ops.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         for (k, v) in ops {
             if k.len() as u64 > MAX_KEY {
@@ -2571,8 +2807,18 @@ impl Inner {
         }
         let mut w = lock(&self.writer);
         self.check_writable()?;
-        let g = self.gen.load_full();
+        let (g, guard, catchup) = self.writer_gen(&mut w)?;
+        if only_if_present && !g.contains(ops[0].0)? {
+            return Ok(false);
+        }
         let start = g.limit();
+        if guard.is_some() {
+            // Announce the append before making it: a writer that dies between its append and
+            // its publication leaves a published pair that the next writer does not take for
+            // its own, so it catches up (and finds the commit, or cuts its torn tail) instead
+            // of appending over it.
+            publish_end(&g, self.session, start)?;
+        }
         let mut buf = std::mem::take(&mut w.buf);
         let mut cbuf = std::mem::take(&mut w.cbuf);
         let mut crcs = std::mem::take(&mut w.crcs);
@@ -2630,12 +2876,18 @@ impl Inner {
         if w.since_checkpoint >= self.opts.checkpoint_bytes {
             self.checkpoint(&g, &mut w)?;
         }
+        if guard.is_some() {
+            // Everything up to here is in this handle's index: reads need not look again.
+            *lock(&g.seen_hint) = published_end(&g);
+        }
+        drop(catchup);
+        drop(guard);
         drop(w);
         if self.opts.sync_on_commit {
             self.sync()?;
         }
         self.maybe_compact(&g);
-        Ok(())
+        Ok(true)
     }
 
     fn sync(&self) -> Result<()> {
@@ -2744,6 +2996,10 @@ impl Inner {
         self.clear_closed_mark(g)?;
         let start = g.limit();
         let new_end = start + data.len() as u64;
+        if w.prealloc_gen != g.header.generation {
+            w.prealloc_gen = g.header.generation;
+            w.prealloc_end = 0;
+        }
         if g.storage.file().is_some() && new_end > w.prealloc_end {
             let target = new_end + (new_end / 8).clamp(1 << 20, 64 << 20);
             let mut at = w.prealloc_end.max(start);
@@ -2994,7 +3250,7 @@ impl Inner {
         let section_bytes = section_end - LOG_START;
         let ng = Gen {
             storage: Arc::clone(storage),
-            _lock: Some(nlock),
+            wlock: Some(nlock),
             header,
             codec: Codec::new(header.compression.level(), dict.as_deref()),
             index: ArcSwap::from_pointee(Table::with_log2(10)),
@@ -3060,11 +3316,45 @@ impl Inner {
         };
         self.check_writable()?;
         let tmp = with_suffix(&path, ".compact");
-        let _ = fs::remove_file(&tmp);
+        // Shared mode: one compaction of a file at a time (the compaction lock, taken while
+        // holding the commit lock of the current, caught-up file, so that file cannot be
+        // superseded under us); the snapshot and the switch are made with the commit lock.
+        let mut compaction_guard = None;
+        let mut commit_guard = None;
+        let mut catchup_guard = None;
+        let started = std::time::Instant::now();
         // Phase 1: snapshot without blocking writers.
         let (g0, e0, mut offsets) = {
-            let _w = lock(&self.writer);
-            let g = self.gen.load_full();
+            let mut w = lock(&self.writer);
+            let g = if self.shared {
+                loop {
+                    let (g, guard, c) = self.writer_gen(&mut w)?;
+                    let l = g.wlock.as_ref().ok_or(Error::Closed)?;
+                    if l.lock_range(COMPACT_BYTE, std::time::Instant::now())? {
+                        compaction_guard = Some(CommitGuard {
+                            gen: Arc::clone(&g),
+                            byte: COMPACT_BYTE,
+                        });
+                        if empty {
+                            commit_guard = guard;
+                            drop(c);
+                        }
+                        break g;
+                    }
+                    drop((guard, c));
+                    if started.elapsed() >= self.opts.lock_timeout {
+                        return Err(Error::Busy {
+                            path: path.clone(),
+                            pid: None,
+                            waited: started.elapsed(),
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            } else {
+                self.gen.load_full()
+            };
+            let _ = fs::remove_file(&tmp);
             let e0 = g.limit();
             let offs = if empty {
                 Vec::new()
@@ -3116,7 +3406,12 @@ impl Inner {
             file.set_permissions(meta.permissions())
                 .map_err(io_err(format!("setting the mode of {}", tmp.display())))?;
         }
-        let nlock = WriterLock::acquire_file(&tmp, &file)?;
+        let mode = if self.shared {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        };
+        let nlock = WriterLock::acquire_file(&tmp, &file, mode)?;
         let ident = file_ident(&file);
         let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
         // A store that has a compact section keeps one (its hash index holds DELETE shadows
@@ -3142,7 +3437,7 @@ impl Inner {
             let codec = Codec::new(header.compression.level(), dict.as_deref());
             let ng = Gen {
                 storage: Arc::clone(&storage),
-                _lock: Some(nlock),
+                wlock: Some(nlock),
                 header,
                 codec,
                 index: ArcSwap::from_pointee(Table::for_keys(offsets.len() as u64)),
@@ -3239,6 +3534,23 @@ impl Inner {
             Some(w) => w,
             None => lock(&self.writer),
         };
+        if self.shared && commit_guard.is_none() {
+            commit_guard = match lock_commit(&g0, &path, self.opts.lock_timeout) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            };
+        }
+        if self.shared {
+            catchup_guard = Some(lock(&self.catchup));
+            // Nobody else can have superseded g0 (we hold its compaction lock).
+            if let Err(e) = self.catch_up(&g0, &mut w) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
         let finish = (|| -> Result<()> {
             self.check_writable()?;
             let e1 = g0.limit();
@@ -3351,6 +3663,9 @@ impl Inner {
         w.since_checkpoint = 0;
         // Preallocation starts afresh in the new file (close trims whatever is past the end).
         w.prealloc_end = 0;
+        drop(catchup_guard);
+        drop(commit_guard);
+        drop(compaction_guard);
         Ok(())
     }
 
@@ -3368,8 +3683,13 @@ impl Inner {
         if self.poisoned.load(Ordering::Acquire) {
             return Ok(());
         }
-        let g = self.gen.load_full();
         let mut w = lock(&self.writer);
+        let (g, _commit, _catchup) = self.writer_gen(&mut w)?;
+        if self.shared && g.wlock.as_ref().is_none_or(|l| l.others_in_session()) {
+            // Other writers go on: the log's end, its preallocated zeros and the clean-close
+            // mark are theirs to settle (the last one to close does).
+            return Ok(());
+        }
         let t = *lock(&g.track);
         if t.slot.is_closed()
             && t.slot.closed_end == g.limit()
