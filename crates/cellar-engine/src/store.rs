@@ -3551,6 +3551,10 @@ impl Inner {
                 return Err(e);
             }
         }
+        // No preallocation in the new file before the switch (its checkpoint is appended
+        // below): a compacted file is as small as its contents until the next commit.
+        w.prealloc_gen = ng.header.generation;
+        w.prealloc_end = u64::MAX;
         let finish = (|| -> Result<()> {
             self.check_writable()?;
             let e1 = g0.limit();
