@@ -242,21 +242,29 @@ impl WriterLock {
             .ok_or(Error::Closed)
     }
 
-    /// Write-locks the range byte `byte` (shared mode), waiting until `deadline`: `Ok(false)`
-    /// when it passed. Waits spin briefly, then sleep with a growing pause (up to 1 ms), like
-    /// SQLite's busy handler.
-    pub fn lock_range(&self, byte: i64, deadline: std::time::Instant) -> Result<bool> {
+    /// Write-locks the range byte `byte` (shared mode), waiting up to `timeout`: `Ok(None)`
+    /// once it is held, `Ok(Some(waited))` when the timeout passed. Waits spin briefly, then
+    /// sleep with a growing pause (up to 1 ms), like SQLite's busy handler. The clock is read
+    /// only once the first attempt failed.
+    pub fn lock_range(
+        &self,
+        byte: i64,
+        timeout: std::time::Duration,
+    ) -> Result<Option<std::time::Duration>> {
         let fd = self.fd()?;
         let mut pause = std::time::Duration::from_micros(20);
         let mut spins = 0;
+        let mut started = None;
         loop {
             if try_range(fd, libc::F_WRLCK, byte)
                 .map_err(|e| Error::io("taking the store's write lock", e))?
             {
-                return Ok(true);
+                return Ok(None);
             }
-            if std::time::Instant::now() >= deadline {
-                return Ok(false);
+            let t0 = *started.get_or_insert_with(std::time::Instant::now);
+            let waited = t0.elapsed();
+            if waited >= timeout {
+                return Ok(Some(waited));
             }
             if spins < 8 {
                 spins += 1;

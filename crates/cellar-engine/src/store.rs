@@ -327,13 +327,14 @@ fn publish_end(g: &Gen, session: u64, end: u64) -> Result<()> {
     b[8..].copy_from_slice(&end.to_le_bytes());
     g.storage
         .write_hint(END_HINT_OFFSET, &b)
-        .map_err(io_err("publishing the log end"))
+        .map_err(|e| Error::io("publishing the log end", e))
 }
 
 /// Reader: the writer's last published `(session, end)` ((0, 0) if none, or unreadable).
 fn published_end(g: &Gen) -> (u64, u64) {
-    match g.storage.view(END_HINT_OFFSET, 16) {
-        Ok(v) if v.len() == 16 => {
+    let mut v = [0u8; 16];
+    match g.storage.read_hint(END_HINT_OFFSET, &mut v) {
+        Ok(()) => {
             let mut a = [0u8; 8];
             let mut b = [0u8; 8];
             a.copy_from_slice(&v[..8]);
@@ -1548,19 +1549,16 @@ fn lock_commit(g: &Arc<Gen>, path: &Path, timeout: std::time::Duration) -> Resul
     let Some(l) = &g.wlock else {
         return Err(Error::Unsupported("shared writing without a writer lock"));
     };
-    let started = std::time::Instant::now();
-    if !l.lock_range(COMMIT_BYTE, started + timeout)? {
-        let pid = match g.storage.view(PID_OFFSET, 4) {
-            Ok(v) if v.len() == 4 => {
-                let p = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
-                (p != 0).then_some(p)
-            }
+    if let Some(waited) = l.lock_range(COMMIT_BYTE, timeout)? {
+        let mut v = [0u8; 4];
+        let pid = match g.storage.read_hint(PID_OFFSET, &mut v) {
+            Ok(()) => Some(u32::from_le_bytes(v)).filter(|&p| p != 0),
             _ => None,
         };
         return Err(Error::Busy {
             path: path.to_path_buf(),
             pid,
-            waited: started.elapsed(),
+            waited,
         });
     }
     // Name ourselves for the error of a writer that times out waiting for us.
@@ -1668,12 +1666,11 @@ impl Store {
             let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
             // Shared mode: load (and cut a torn tail) only while no other writer commits.
             if let (Some(l), LockMode::Shared) = (&lock, mode) {
-                let started = std::time::Instant::now();
-                if !l.lock_range(COMMIT_BYTE, started + opts.lock_timeout)? {
+                if let Some(waited) = l.lock_range(COMMIT_BYTE, opts.lock_timeout)? {
                     return Err(Error::Busy {
                         path,
                         pid: crate::lock::holder_pid(storage.file().ok_or(Error::Closed)?),
-                        waited: started.elapsed(),
+                        waited,
                     });
                 }
             }
@@ -2727,12 +2724,11 @@ impl Inner {
         let wl = WriterLock::acquire(path, &file, LockMode::Shared, self.opts.lock_timeout)?;
         let ident = file_ident(&file);
         let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
-        let started = std::time::Instant::now();
-        if !wl.lock_range(COMMIT_BYTE, started + self.opts.lock_timeout)? {
+        if let Some(waited) = wl.lock_range(COMMIT_BYTE, self.opts.lock_timeout)? {
             return Err(Error::Busy {
                 path: path.clone(),
                 pid: None,
-                waited: started.elapsed(),
+                waited,
             });
         }
         let ng = load_gen(
@@ -2878,7 +2874,7 @@ impl Inner {
         }
         if guard.is_some() {
             // Everything up to here is in this handle's index: reads need not look again.
-            *lock(&g.seen_hint) = published_end(&g);
+            *lock(&g.seen_hint) = (self.session, g.limit());
         }
         drop(catchup);
         drop(guard);
@@ -3330,7 +3326,9 @@ impl Inner {
                 loop {
                     let (g, guard, c) = self.writer_gen(&mut w)?;
                     let l = g.wlock.as_ref().ok_or(Error::Closed)?;
-                    if l.lock_range(COMPACT_BYTE, std::time::Instant::now())? {
+                    if l.lock_range(COMPACT_BYTE, std::time::Duration::ZERO)?
+                        .is_none()
+                    {
                         compaction_guard = Some(CommitGuard {
                             gen: Arc::clone(&g),
                             byte: COMPACT_BYTE,
