@@ -235,7 +235,12 @@ impl WriterLock {
         WriterLock::acquire(path, data, mode, std::time::Duration::ZERO)
     }
 
+    /// The lock descriptor; an error in a forked child (whose copy the atfork handler closed:
+    /// the number may name another file by now).
     fn fd(&self) -> Result<i32> {
+        if std::process::id() != self.owner_pid {
+            return Err(Error::Closed);
+        }
         self.file
             .as_ref()
             .map(AsRawFd::as_raw_fd)

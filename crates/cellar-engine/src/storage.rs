@@ -50,6 +50,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         buf.copy_from_slice(&v);
         Ok(())
     }
+    /// A 4-byte counter inside the first 4 KiB shared by every process that maps the file
+    /// (`offset` 4-aligned); `None` where there is no shared mapping (custom storage).
+    fn shared_counter(&self, _offset: u64) -> Option<&std::sync::atomic::AtomicU32> {
+        None
+    }
 }
 
 type MapGuard = arc_swap::Guard<Option<Arc<memmap2::Mmap>>>;
@@ -195,6 +200,29 @@ impl Storage for FileStorage {
             }
             _ => self.write_at(offset, data),
         }
+    }
+
+    fn shared_counter(&self, offset: u64) -> Option<&std::sync::atomic::AtomicU32> {
+        const HEAD: usize = 4096;
+        if offset % 4 != 0 || offset as usize + 4 > HEAD {
+            return None;
+        }
+        let head = self.head.get_or_init(|| {
+            memmap2::MmapOptions::new()
+                .len(HEAD)
+                .map_raw(&self.file)
+                .ok()
+        });
+        let m = head.as_ref()?;
+        if m.len() < HEAD {
+            return None;
+        }
+        // SAFETY: the mapping is page-aligned and `offset` is 4-aligned and inside it (checked
+        // above), so the pointer is a valid, aligned `AtomicU32` for as long as `self` (which
+        // owns the mapping) lives; the first page is never truncated. Other processes access
+        // these bytes only through the same atomic operations.
+        #[allow(unsafe_code)]
+        Some(unsafe { &*(m.as_ptr().add(offset as usize) as *const std::sync::atomic::AtomicU32) })
     }
 
     fn read_hint(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {

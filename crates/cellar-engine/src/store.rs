@@ -1500,6 +1500,9 @@ struct WriterState {
     cbuf: Vec<u8>,
     /// The CRC fields of the records in `buf` (see `LogSum::add_crc_bytes`).
     crcs: Vec<u8>,
+    /// Shared mode: the commit lock this handle keeps between its commits while no other
+    /// writer wants it (the single-writer case pays no lock calls per commit).
+    held: Option<CommitGuard>,
 }
 
 #[derive(Debug)]
@@ -1528,9 +1531,47 @@ struct Inner {
     /// handle) and by its own commits (shared mode), without making reads wait for a commit's
     /// turn at the cross-process write lock.
     catchup: Mutex<()>,
+    /// Shared mode: a watcher thread for a kept commit lock is running.
+    watcher: AtomicBool,
+    /// Shared mode: `clock_ms` of the last commit that kept the lock.
+    last_commit: AtomicU64,
+    opened: std::time::Instant,
 }
 
+/// The watcher of a kept commit lock (shared mode): every millisecond, if the handle keeps the
+/// lock and another writer waits for it (or no commit came for 20 ms, or the handle closed),
+/// releases it, unless a commit is running (which releases or keeps it itself). Ends when it
+/// released the lock, or with the handle.
+fn watch_kept_lock(inner: std::sync::Weak<Inner>) {
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let Some(me) = inner.upgrade() else {
+            return;
+        };
+        let Ok(mut w) = me.writer.try_lock() else {
+            continue;
+        };
+        let Some(kept) = &w.held else {
+            me.watcher.store(false, Ordering::Release);
+            return;
+        };
+        let idle = me
+            .clock_ms()
+            .saturating_sub(me.last_commit.load(Ordering::Relaxed));
+        if commit_wanted(&kept.gen) || idle >= 20 || me.closed.load(Ordering::Acquire) {
+            w.held = None;
+            me.watcher.store(false, Ordering::Release);
+            return;
+        }
+    }
+}
+
+/// What a commit holds while it appends: the generation, its commit lock (shared mode) and the
+/// handle's catch-up mutex (shared mode).
+type WriterTurn<'a> = (Arc<Gen>, Option<CommitGuard>, Option<MutexGuard<'a, ()>>);
+
 /// A held commit or compaction lock (shared mode): released on drop.
+#[derive(Debug)]
 struct CommitGuard {
     gen: Arc<Gen>,
     byte: i64,
@@ -1544,12 +1585,45 @@ impl Drop for CommitGuard {
     }
 }
 
+/// Takes the commit lock `l` of the file in `storage`, waiting up to `timeout`: `Some(waited)`
+/// when it passed. While it waits it counts itself in the file's WANT counter, which makes a
+/// holder that keeps the lock between its commits release it.
+fn wait_commit_lock(
+    l: &WriterLock,
+    storage: &dyn Storage,
+    timeout: std::time::Duration,
+) -> Result<Option<std::time::Duration>> {
+    if l.lock_range(COMMIT_BYTE, std::time::Duration::ZERO)?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let want = storage.shared_counter(WANT_OFFSET);
+    if let Some(c) = want {
+        c.fetch_add(1, Ordering::SeqCst);
+    }
+    let r = l.lock_range(COMMIT_BYTE, timeout);
+    if let Some(c) = want {
+        // Never below zero, whatever a killed waiter left behind.
+        let _ = c.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
+    }
+    r
+}
+
+/// Whether another writer waits for the commit lock of `g`'s file.
+fn commit_wanted(g: &Gen) -> bool {
+    match g.storage.shared_counter(WANT_OFFSET) {
+        Some(c) => c.load(Ordering::SeqCst) != 0,
+        None => true,
+    }
+}
+
 /// Takes the commit lock of `g` (shared mode) until `deadline`; the error names the holder.
 fn lock_commit(g: &Arc<Gen>, path: &Path, timeout: std::time::Duration) -> Result<CommitGuard> {
     let Some(l) = &g.wlock else {
         return Err(Error::Unsupported("shared writing without a writer lock"));
     };
-    if let Some(waited) = l.lock_range(COMMIT_BYTE, timeout)? {
+    if let Some(waited) = wait_commit_lock(l, &*g.storage, timeout)? {
         let mut v = [0u8; 4];
         let pid = match g.storage.read_hint(PID_OFFSET, &mut v) {
             Ok(()) => Some(u32::from_le_bytes(v)).filter(|&p| p != 0),
@@ -1666,7 +1740,7 @@ impl Store {
             let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
             // Shared mode: load (and cut a torn tail) only while no other writer commits.
             if let (Some(l), LockMode::Shared) = (&lock, mode) {
-                if let Some(waited) = l.lock_range(COMMIT_BYTE, opts.lock_timeout)? {
+                if let Some(waited) = wait_commit_lock(l, &*storage, opts.lock_timeout)? {
                     return Err(Error::Busy {
                         path,
                         pid: crate::lock::holder_pid(storage.file().ok_or(Error::Closed)?),
@@ -1739,6 +1813,9 @@ impl Store {
             inner: Arc::new(Inner {
                 shared,
                 catchup: Mutex::new(()),
+                watcher: AtomicBool::new(false),
+                last_commit: AtomicU64::new(0),
+                opened: std::time::Instant::now(),
                 path,
                 writable: !opts.read_only,
                 opts,
@@ -2724,7 +2801,7 @@ impl Inner {
         let wl = WriterLock::acquire(path, &file, LockMode::Shared, self.opts.lock_timeout)?;
         let ident = file_ident(&file);
         let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
-        if let Some(waited) = wl.lock_range(COMMIT_BYTE, self.opts.lock_timeout)? {
+        if let Some(waited) = wait_commit_lock(&wl, &*storage, self.opts.lock_timeout)? {
             return Err(Error::Busy {
                 path: path.clone(),
                 pid: None,
@@ -2752,23 +2829,62 @@ impl Inner {
 
     /// The generation to append to, with the commit lock (shared mode; `None` in exclusive
     /// mode) and the catch-up mutex held, caught up with every other writer.
-    fn writer_gen(
-        &self,
-        w: &mut WriterState,
-    ) -> Result<(Arc<Gen>, Option<CommitGuard>, Option<MutexGuard<'_, ()>>)> {
+    fn writer_gen(&self, w: &mut WriterState) -> Result<WriterTurn<'_>> {
         if !self.shared {
             return Ok((self.gen.load_full(), None, None));
         }
-        let path = self.path.as_deref().unwrap_or(Path::new("<storage>"));
         loop {
             let g = self.gen.load_full();
-            let guard = lock_commit(&g, path, self.opts.lock_timeout)?;
+            let guard = self.take_commit(w, &g)?;
             let c = lock(&self.catchup);
             if self.catch_up(&g, w)? {
                 continue;
             }
             return Ok((g, Some(guard), Some(c)));
         }
+    }
+
+    /// The commit lock of `g`: the one this handle kept since its last commit, or taken now
+    /// (a kept lock of an older generation is released first). Writer mutex held.
+    fn take_commit(&self, w: &mut WriterState, g: &Arc<Gen>) -> Result<CommitGuard> {
+        match w.held.take() {
+            Some(kept) if Arc::ptr_eq(&kept.gen, g) => Ok(kept),
+            other => {
+                drop(other);
+                let path = self.path.as_deref().unwrap_or(Path::new("<storage>"));
+                lock_commit(g, path, self.opts.lock_timeout)
+            }
+        }
+    }
+
+    /// After a commit: keep the commit lock for the next one unless another writer waits for
+    /// it (or it cannot be watched). A watcher thread releases a kept lock within about a
+    /// millisecond once another writer waits, or after 20 ms without a commit. Writer mutex
+    /// held.
+    fn keep_or_release(self: &Arc<Self>, w: &mut WriterState, guard: Option<CommitGuard>) {
+        let Some(guard) = guard else {
+            return;
+        };
+        if commit_wanted(&guard.gen) || self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        self.last_commit.store(self.clock_ms(), Ordering::Relaxed);
+        if !self.watcher.swap(true, Ordering::AcqRel) {
+            let me = Arc::downgrade(self);
+            let spawned = std::thread::Builder::new()
+                .name("cellar-lock-watch".into())
+                .spawn(move || watch_kept_lock(me));
+            if spawned.is_err() {
+                self.watcher.store(false, Ordering::Release);
+                return;
+            }
+        }
+        w.held = Some(guard);
+    }
+
+    /// Milliseconds since this handle was opened (for the idle release of a kept lock).
+    fn clock_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
     }
 
     /// Appends `ops` as one commit. With `only_if_present` (a single delete in shared mode)
@@ -2877,7 +2993,7 @@ impl Inner {
             *lock(&g.seen_hint) = (self.session, g.limit());
         }
         drop(catchup);
-        drop(guard);
+        self.keep_or_release(&mut w, guard);
         drop(w);
         if self.opts.sync_on_commit {
             self.sync()?;
@@ -3533,7 +3649,7 @@ impl Inner {
             None => lock(&self.writer),
         };
         if self.shared && commit_guard.is_none() {
-            commit_guard = match lock_commit(&g0, &path, self.opts.lock_timeout) {
+            commit_guard = match self.take_commit(&mut w, &g0) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     let _ = fs::remove_file(&tmp);

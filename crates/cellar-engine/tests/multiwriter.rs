@@ -67,15 +67,13 @@ fn writer_child() {
                 for j in 0..BATCH {
                     b.put(format!("b{id}-{i}-{j}").into_bytes(), value(id, i));
                 }
-                // A batch also deletes a key of an earlier acknowledged batch element? No: it
-                // deletes a key nobody writes, so that batches mix kinds.
+                // The batch also deletes a key nobody writes, so that batches mix kinds.
                 b.delete(format!("never{id}-{i}").into_bytes());
                 s.batch(&b).unwrap();
                 say(format!("B b{id}-{i}\n"));
             }
             4 => {
-                // Delete the key put 4 operations ago (i - 4 is 0 mod 6 or 1 mod 6? i%6==4 ->
-                // i-4 is 0 mod 6: a distinct-key put).
+                // Delete the key put 4 operations ago (i - 4 is 0 mod 6: a distinct-key put).
                 let k = format!("w{id}-{}", i - 4);
                 say(format!("D? {k}\n"));
                 assert!(s.delete(k.as_bytes()).unwrap(), "{k} missing before delete");
@@ -108,7 +106,7 @@ fn writers_in_many_processes_with_kills() {
     let path = dir.path().join("mw.db");
     let exe = std::env::current_exe().unwrap();
     let n = 6u64;
-    let mut seed = u64::from(std::process::id()) * 0x9E37_79B9_7F4A_7C15 | 1;
+    let mut seed = u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut children: Vec<_> = (0..n)
         .map(|id| {
             let c = Command::new(&exe)
