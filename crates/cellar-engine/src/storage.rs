@@ -204,7 +204,7 @@ impl Storage for FileStorage {
 
     fn shared_counter(&self, offset: u64) -> Option<&std::sync::atomic::AtomicU32> {
         const HEAD: usize = 4096;
-        if offset % 4 != 0 || offset as usize + 4 > HEAD {
+        if offset & 3 != 0 || offset as usize + 4 > HEAD {
             return None;
         }
         let head = self.head.get_or_init(|| {
