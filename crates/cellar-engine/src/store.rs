@@ -2736,6 +2736,14 @@ impl Inner {
             .storage
             .len()
             .map_err(io_err("checking the store's length"))?;
+        // First the commits up to the published end (complete by construction): reading
+        // exactly those bytes, not the preallocated zeros after them.
+        let (session, published) = hint;
+        if session != 0 && published > g.limit() && published <= len {
+            if let ReplayEnd::Bad { bad, reason, .. } = replay(g, g.limit(), published, None)? {
+                return Err(damage_error(g, bad, len, reason)?);
+            }
+        }
         if len > g.limit() && !zero_at(&*g.storage, g.limit(), len)? {
             if let ReplayEnd::Bad {
                 commit_end,
