@@ -1533,9 +1533,9 @@ struct Inner {
     catchup: Mutex<()>,
     /// Shared mode: a watcher thread for a kept commit lock is running.
     watcher: AtomicBool,
-    /// Shared mode: `clock_ms` of the last commit that kept the lock.
-    last_commit: AtomicU64,
-    opened: std::time::Instant,
+    /// Shared mode: commits that kept the lock (the watcher's idle clock: no clock read per
+    /// commit).
+    commits: AtomicU64,
 }
 
 /// The watcher of a kept commit lock (shared mode): every millisecond, if the handle keeps the
@@ -1543,6 +1543,8 @@ struct Inner {
 /// releases it, unless a commit is running (which releases or keeps it itself). Ends when it
 /// released the lock, or with the handle.
 fn watch_kept_lock(inner: std::sync::Weak<Inner>) {
+    let mut seen = u64::MAX;
+    let mut idle_ticks = 0u32;
     loop {
         std::thread::sleep(std::time::Duration::from_millis(1));
         let Some(me) = inner.upgrade() else {
@@ -1555,10 +1557,14 @@ fn watch_kept_lock(inner: std::sync::Weak<Inner>) {
             me.watcher.store(false, Ordering::Release);
             return;
         };
-        let idle = me
-            .clock_ms()
-            .saturating_sub(me.last_commit.load(Ordering::Relaxed));
-        if commit_wanted(&kept.gen) || idle >= 20 || me.closed.load(Ordering::Acquire) {
+        let now = me.commits.load(Ordering::Relaxed);
+        if now == seen {
+            idle_ticks += 1;
+        } else {
+            seen = now;
+            idle_ticks = 0;
+        }
+        if commit_wanted(&kept.gen) || idle_ticks >= 20 || me.closed.load(Ordering::Acquire) {
             w.held = None;
             me.watcher.store(false, Ordering::Release);
             return;
@@ -1814,8 +1820,7 @@ impl Store {
                 shared,
                 catchup: Mutex::new(()),
                 watcher: AtomicBool::new(false),
-                last_commit: AtomicU64::new(0),
-                opened: std::time::Instant::now(),
+                commits: AtomicU64::new(0),
                 path,
                 writable: !opts.read_only,
                 opts,
@@ -2876,7 +2881,7 @@ impl Inner {
         if commit_wanted(&guard.gen) || self.closed.load(Ordering::Acquire) {
             return;
         }
-        self.last_commit.store(self.clock_ms(), Ordering::Relaxed);
+        self.commits.fetch_add(1, Ordering::Relaxed);
         if !self.watcher.swap(true, Ordering::AcqRel) {
             let me = Arc::downgrade(self);
             let spawned = std::thread::Builder::new()
@@ -2888,11 +2893,6 @@ impl Inner {
             }
         }
         w.held = Some(guard);
-    }
-
-    /// Milliseconds since this handle was opened (for the idle release of a kept lock).
-    fn clock_ms(&self) -> u64 {
-        self.opened.elapsed().as_millis() as u64
     }
 
     /// Appends `ops` as one commit. With `only_if_present` (a single delete in shared mode)
