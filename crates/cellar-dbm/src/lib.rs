@@ -47,11 +47,11 @@ mod whichdb;
 use std::fmt;
 use std::path::Path;
 
-pub use crate::native::WriterOptions;
 pub use crate::dumb::Placement;
 pub use crate::error::{DbmError, PyErrorKind, Result};
 pub use crate::flag::{Access, Flag};
 pub use crate::legacy::{legacy_file, open_legacy};
+pub use crate::native::WriterOptions;
 pub use crate::server::{is_server_url, redact_url, ServerErrorKind};
 pub use crate::whichdb::{whichdb, DbKind, WhichDb, NATIVE_MAGIC};
 pub use cellar_engine::ValueEncoding;
@@ -184,9 +184,9 @@ impl Backend {
     ) -> Result<Box<dyn Database>> {
         let path = path.as_ref();
         Ok(match self {
-            Backend::Native => Box::new(native::NativeDb::open(
-                path, flag, mode, encoding, writers,
-            )?),
+            Backend::Native => {
+                Box::new(native::NativeDb::open(path, flag, mode, encoding, writers)?)
+            }
             Backend::Sqlite3 => Box::new(sqlite::SqliteDb::open(path, flag, mode)?),
             Backend::Dumb => Box::new(dumb::DumbDb::open(path, flag, mode, Placement::Safe)?),
             Backend::Gnu | Backend::Ndbm => Box::new(legacy::LegacyStore::open(path, self, flag)?),

@@ -3,8 +3,8 @@
 //! gets `mode & ~umask`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use std::sync::RwLock;
+use std::time::Duration;
 
 use cellar_engine::{Options, Store, ValueEncoding};
 
