@@ -403,3 +403,49 @@ fn shared_writers_take_turns_and_see_each_other() {
     assert!(e.to_string().contains(&std::process::id().to_string()));
     x.close().unwrap();
 }
+
+/// A commit that cannot get the write lock within the timeout fails with `Busy`, naming the
+/// pid of the last holder; once the lock is free, writing goes on.
+#[test]
+#[cfg(target_os = "linux")]
+fn busy_after_the_lock_timeout_names_the_holder() {
+    use std::os::unix::io::AsRawFd;
+    let d = tmp();
+    let p = d.path().join("db");
+    let opts = Options {
+        lock_timeout: std::time::Duration::from_millis(30),
+        ..Options::default()
+    };
+    let s = Store::open(&p, opts).unwrap();
+    s.put(b"k", b"v").unwrap(); // records our pid as the last holder
+                                // The handle keeps the commit lock after its commit while nobody waits; its watcher
+                                // releases it after 20 ms without a commit. Then another open file description takes the
+                                // commit lock (byte 2^62), as another writer in the middle of a long commit would.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    // SAFETY: a zeroed `struct flock` is a valid value; the descriptor is open for writing and
+    // `fl` outlives the call.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 1 << 62;
+    fl.l_len = 1;
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let e = s.put(b"k2", b"v").unwrap_err();
+    match &e {
+        Error::Busy { pid, waited, .. } => {
+            assert_eq!(*pid, Some(std::process::id()));
+            assert!(*waited >= std::time::Duration::from_millis(30));
+        }
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert!(e.to_string().contains("timed out"), "{e}");
+    drop(f); // the other "writer" goes away (its lock with its descriptor)
+    s.put(b"k2", b"v").unwrap();
+    assert_eq!(s.get(b"k2").unwrap().unwrap(), b"v");
+}
