@@ -241,9 +241,7 @@ fn _dbm_open(
 fn writer_options(timeout: Option<f64>, exclusive: bool) -> PyResult<cellar_dbm::WriterOptions> {
     let lock_timeout = match timeout {
         None => None,
-        Some(t) if t.is_finite() && t >= 0.0 && t <= 1e9 => {
-            Some(std::time::Duration::from_secs_f64(t))
-        }
+        Some(t) if (0.0..=1e9).contains(&t) => Some(std::time::Duration::from_secs_f64(t)),
         Some(t) => {
             return Err(PyValueError::new_err(format!(
                 "timeout must be a number of seconds >= 0, not {t}"
