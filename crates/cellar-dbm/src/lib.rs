@@ -51,6 +51,7 @@ pub use crate::dumb::Placement;
 pub use crate::error::{DbmError, PyErrorKind, Result};
 pub use crate::flag::{Access, Flag};
 pub use crate::legacy::{legacy_file, open_legacy};
+pub use crate::native::WriterOptions;
 pub use crate::server::{is_server_url, redact_url, ServerErrorKind};
 pub use crate::whichdb::{whichdb, DbKind, WhichDb, NATIVE_MAGIC};
 pub use cellar_engine::ValueEncoding;
@@ -168,9 +169,24 @@ impl Backend {
         mode: u32,
         encoding: ValueEncoding,
     ) -> Result<Box<dyn Database>> {
+        self.open_writers(path, flag, mode, encoding, WriterOptions::default())
+    }
+
+    /// [`Backend::open_with`] with the native backend's [`WriterOptions`] (the other backends
+    /// ignore them).
+    pub fn open_writers(
+        self,
+        path: impl AsRef<Path>,
+        flag: Flag,
+        mode: u32,
+        encoding: ValueEncoding,
+        writers: WriterOptions,
+    ) -> Result<Box<dyn Database>> {
         let path = path.as_ref();
         Ok(match self {
-            Backend::Native => Box::new(native::NativeDb::open(path, flag, mode, encoding)?),
+            Backend::Native => {
+                Box::new(native::NativeDb::open(path, flag, mode, encoding, writers)?)
+            }
             Backend::Sqlite3 => Box::new(sqlite::SqliteDb::open(path, flag, mode)?),
             Backend::Dumb => Box::new(dumb::DumbDb::open(path, flag, mode, Placement::Safe)?),
             Backend::Gnu | Backend::Ndbm => Box::new(legacy::LegacyStore::open(path, self, flag)?),
@@ -360,6 +376,17 @@ pub fn open_with(
     mode: u32,
     encoding: ValueEncoding,
 ) -> Result<Box<dyn Database>> {
+    open_writers(path, flag, mode, encoding, WriterOptions::default())
+}
+
+/// [`open_with`] with the native backend's [`WriterOptions`] (other backends ignore them).
+pub fn open_writers(
+    path: impl AsRef<Path>,
+    flag: Flag,
+    mode: u32,
+    encoding: ValueEncoding,
+    writers: WriterOptions,
+) -> Result<Box<dyn Database>> {
     let path = path.as_ref();
     if let Some(url) = server::url_of(path) {
         // A server URL: the scheme names the backend; 'n' empties only that namespace.
@@ -401,7 +428,7 @@ pub fn open_with(
         },
     };
     backend.parse_flag(&flag.to_string())?;
-    backend.open_with(path, flag, mode, encoding)
+    backend.open_writers(path, flag, mode, encoding, writers)
 }
 
 /// Opens a dbm.dumb database choosing where overwrites go ([`Placement`]; `Backend::Dumb.open`

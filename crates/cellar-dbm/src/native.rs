@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
+use std::time::Duration;
 
 use cellar_engine::{Options, Store, ValueEncoding};
 
@@ -41,6 +42,27 @@ fn replaceable(path: &Path) -> Result<bool> {
     }
 }
 
+/// How a native store is shared between writers (docs/dbm.md, "Many writers"): by default
+/// any number of handles, in any processes, write, taking turns per commit and waiting up to
+/// `lock_timeout` (default 5 s) for their turn; `exclusive` keeps the store to one writer
+/// handle for its whole life (the fastest bulk loads; other writers are refused).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WriterOptions {
+    /// One writer handle for the store's whole life.
+    pub exclusive: bool,
+    /// How long a commit waits for its turn (`None`: the engine's default, 5 s).
+    pub lock_timeout: Option<Duration>,
+}
+
+impl WriterOptions {
+    fn apply(&self, opts: &mut Options) {
+        opts.exclusive = self.exclusive;
+        if let Some(t) = self.lock_timeout {
+            opts.lock_timeout = t;
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct NativeDb {
     path: PathBuf,
@@ -54,6 +76,7 @@ impl NativeDb {
         flag: Flag,
         mode: u32,
         encoding: ValueEncoding,
+        writers: WriterOptions,
     ) -> Result<NativeDb> {
         let mut opts =
             Options::from_dbm_flag(&flag.to_string()).ok_or_else(|| DbmError::BadFlag {
@@ -61,6 +84,7 @@ impl NativeDb {
                 message: format!("flag {flag:?} is not accepted by the native engine"),
             })?;
         opts.value_encoding = encoding;
+        writers.apply(&mut opts);
         if flag.access() == Access::New && path.is_file() && !is_native(path) && replaceable(path)?
         {
             // 'n' always makes a new database (as dbm.gnu and dbm.sqlite3 do): an empty file or

@@ -14,8 +14,22 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// An operating-system I/O error, with what the engine was doing.
     Io { context: String, source: io::Error },
-    /// Another handle (possibly in another process) holds the writer lock.
-    Locked { path: PathBuf, pid: Option<u32> },
+    /// Another handle (possibly in another process) holds the writer lock for its whole life:
+    /// an exclusive writer (`Options::exclusive`), or, for an exclusive open (`shared` false),
+    /// any writer.
+    Locked {
+        path: PathBuf,
+        pid: Option<u32>,
+        /// The refused open was a shared-mode one (it waited for an exclusive writer).
+        shared: bool,
+    },
+    /// Shared mode: another writer held the store's write lock (one commit at a time) for
+    /// longer than the handle's lock timeout.
+    Busy {
+        path: PathBuf,
+        pid: Option<u32>,
+        waited: std::time::Duration,
+    },
     /// The file does not start with a valid cellar header.
     BadHeader { path: PathBuf, reason: String },
     /// The file was written by a newer, incompatible format version.
@@ -75,17 +89,48 @@ impl fmt::Display for Error {
             Error::Locked {
                 path,
                 pid: Some(pid),
+                shared: false,
             } => write!(
                 f,
-                "store {} is locked for writing by process {pid}; only one writer at a time \
-                 (open it read-only, or close the other writer)",
+                "store {} is locked for writing by process {pid}; an exclusive writer needs \
+                 the store to itself (open it read-only, close the other writer, or open \
+                 without exclusive so that writers take turns per commit)",
                 path.display()
             ),
-            Error::Locked { path, pid: None } => write!(
+            Error::Locked {
+                path,
+                pid: Some(pid),
+                shared: true,
+            } => write!(
+                f,
+                "store {} is locked for writing by process {pid}, an exclusive writer; \
+                 shared writers wait for it to close (open it read-only, or raise the timeout)",
+                path.display()
+            ),
+            Error::Locked {
+                path, pid: None, ..
+            } => write!(
                 f,
                 "store {} is locked for writing by another handle (holder pid unknown)",
                 path.display()
             ),
+            Error::Busy { path, pid, waited } => {
+                write!(
+                    f,
+                    "timed out after {:.3} s waiting for the write lock of store {}",
+                    waited.as_secs_f64(),
+                    path.display()
+                )?;
+                match pid {
+                    Some(pid) => write!(f, ", held by process {pid}")?,
+                    None => write!(f, ", held by another writer")?,
+                }
+                write!(
+                    f,
+                    " (writers take turns per commit; raise the timeout, or make that \
+                     process commit in smaller pieces)"
+                )
+            }
             Error::BadHeader { path, reason } => write!(
                 f,
                 "{} is not a readable cellar store: {reason} (`cellar repair PATH NEW` salvages \
@@ -118,7 +163,8 @@ impl fmt::Display for Error {
             Error::Forked { owner_pid, pid } => write!(
                 f,
                 "this writer handle was opened by process {owner_pid} and inherited by process \
-                 {pid} through fork(); a forked child must open its own handle"
+                 {pid} through fork(); a forked child must open its own handle (reopen the \
+                 store in the child: many processes may write to one store)"
             ),
             Error::Poisoned { reason } => write!(
                 f,

@@ -31,6 +31,10 @@ pub const PID_OFFSET: u64 = 192;
 /// saw to skip the `fstat` that would otherwise check for new commits. The session id rules out
 /// a stale pair (from before a crash) being mistaken for a new one.
 pub const END_HINT_OFFSET: u64 = 200;
+/// Shared mode: a u32 counter of writers waiting for the commit lock (atomic, through the
+/// writers' shared mappings of the first page). Informational: a holder that sees it non-zero
+/// releases the lock it keeps between its commits. Never read by recovery.
+pub const WANT_OFFSET: u64 = 216;
 /// Largest record header: crc 4 + kind 1 + flags 1 + varint 5 + varint 10.
 pub const MAX_REC_HEADER: usize = 21;
 /// API limit on key length.

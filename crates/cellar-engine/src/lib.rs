@@ -5,8 +5,10 @@
 //!   before the call returns; [`Store::sync`] makes it durable (grouped `fdatasync`).
 //! * Batches ([`Batch`]) commit atomically, also across crashes.
 //! * Reads never wait for the writer (lock-free index, reads from a shared mmap).
-//! * One writer, many readers, across threads and processes; a second writer gets
-//!   [`Error::Locked`] naming the holder's pid.
+//! * Many writers and readers, across threads and processes: writers take turns per commit
+//!   (each catches up with the others' commits first; [`Error::Busy`] names the holder's pid
+//!   after [`Options::lock_timeout`]); [`Options::exclusive`] keeps one writer for a handle's
+//!   life, and any other writer gets [`Error::Locked`] naming it.
 //! * Checkpointed index: a clean open never rescans the log.
 //! * Background and manual compaction; optional zstd compression with a trained dictionary.
 //!

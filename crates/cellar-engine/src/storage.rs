@@ -43,6 +43,18 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn write_hint(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.write_at(offset, data)
     }
+    /// Reads a small informational field inside the first 4 KiB (what `write_hint` wrote, by
+    /// this or another process): a real file with a writer's mapping reads it from there.
+    fn read_hint(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let v = self.view(offset, buf.len())?;
+        buf.copy_from_slice(&v);
+        Ok(())
+    }
+    /// A 4-byte counter inside the first 4 KiB shared by every process that maps the file
+    /// (`offset` 4-aligned); `None` where there is no shared mapping (custom storage).
+    fn shared_counter(&self, _offset: u64) -> Option<&std::sync::atomic::AtomicU32> {
+        None
+    }
 }
 
 type MapGuard = arc_swap::Guard<Option<Arc<memmap2::Mmap>>>;
@@ -163,7 +175,8 @@ impl Storage for FileStorage {
             return self.write_at(offset, data);
         }
         // The first page exists for the whole life of the file (header, slots, padding) and is
-        // never truncated; only this process's writer handle writes through the mapping.
+        // never truncated; only writers write through the mapping (one handle in exclusive
+        // mode; in shared mode the one holding the commit lock).
         let head = self.head.get_or_init(|| {
             memmap2::MmapOptions::new()
                 .len(HEAD)
@@ -187,6 +200,53 @@ impl Storage for FileStorage {
             }
             _ => self.write_at(offset, data),
         }
+    }
+
+    fn shared_counter(&self, offset: u64) -> Option<&std::sync::atomic::AtomicU32> {
+        const HEAD: usize = 4096;
+        if offset & 3 != 0 || offset as usize + 4 > HEAD {
+            return None;
+        }
+        let head = self.head.get_or_init(|| {
+            memmap2::MmapOptions::new()
+                .len(HEAD)
+                .map_raw(&self.file)
+                .ok()
+        });
+        let m = head.as_ref()?;
+        if m.len() < HEAD {
+            return None;
+        }
+        // SAFETY: the mapping is page-aligned and `offset` is 4-aligned and inside it (checked
+        // above), so the pointer is a valid, aligned `AtomicU32` for as long as `self` (which
+        // owns the mapping) lives; the first page is never truncated. Other processes access
+        // these bytes only through the same atomic operations.
+        #[allow(unsafe_code)]
+        Some(unsafe { &*(m.as_ptr().add(offset as usize) as *const std::sync::atomic::AtomicU32) })
+    }
+
+    fn read_hint(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if let Some(Some(m)) = self.head.get() {
+            let end = offset as usize + buf.len();
+            if end <= m.len() {
+                // SAFETY: `offset..end` lies inside the live 4 KiB mapping of the first page
+                // (checked above), which is never truncated. Another process may be writing
+                // the bytes: a torn value is tolerated by every caller (hints only decide
+                // whether to look at the file).
+                #[allow(unsafe_code)]
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        m.as_ptr().add(offset as usize),
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                    );
+                }
+                return Ok(());
+            }
+        }
+        let v = self.view(offset, buf.len())?;
+        buf.copy_from_slice(&v);
+        Ok(())
     }
 
     fn len(&self) -> io::Result<u64> {

@@ -19,7 +19,7 @@ use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::format::*;
 use crate::index::{hash_key, Probe, Table};
-use crate::lock::WriterLock;
+use crate::lock::{LockMode, WriterLock, COMMIT_BYTE, COMPACT_BYTE};
 use crate::log::{read_header, read_record, LogReader, Next};
 use crate::storage::{FileStorage, Storage};
 
@@ -52,6 +52,15 @@ pub struct Options {
     pub compact_form: bool,
     /// Bytes of decompressed blocks of the compact section kept in memory.
     pub block_cache_bytes: usize,
+    /// One writer for the handle's whole life (the fastest bulk loads; a second writer gets
+    /// [`Error::Locked`]). Off (the default): any number of handles, in any processes, may
+    /// write; each commit takes the store's write lock, catches up with the other writers'
+    /// commits, appends and releases it (docs/engine-format.md section 1, "Concurrency").
+    pub exclusive: bool,
+    /// Shared mode: how long a commit waits for the write lock before failing with
+    /// [`Error::Busy`] (which names the holder's pid); also how long a shared open waits for
+    /// an exclusive writer to close. Like SQLite's busy timeout.
+    pub lock_timeout: std::time::Duration,
 }
 
 impl Default for Options {
@@ -69,6 +78,8 @@ impl Default for Options {
             checkpoint_bytes: 256 << 20,
             compact_form: false,
             block_cache_bytes: 32 << 20,
+            exclusive: false,
+            lock_timeout: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -237,7 +248,7 @@ impl Batch {
 #[derive(Debug)]
 struct Gen {
     storage: Arc<dyn Storage>,
-    _lock: Option<WriterLock>,
+    wlock: Option<WriterLock>,
     header: StaticHeader,
     codec: Codec,
     index: ArcSwap<Table>,
@@ -316,13 +327,14 @@ fn publish_end(g: &Gen, session: u64, end: u64) -> Result<()> {
     b[8..].copy_from_slice(&end.to_le_bytes());
     g.storage
         .write_hint(END_HINT_OFFSET, &b)
-        .map_err(io_err("publishing the log end"))
+        .map_err(|e| Error::io("publishing the log end", e))
 }
 
 /// Reader: the writer's last published `(session, end)` ((0, 0) if none, or unreadable).
 fn published_end(g: &Gen) -> (u64, u64) {
-    match g.storage.view(END_HINT_OFFSET, 16) {
-        Ok(v) if v.len() == 16 => {
+    let mut v = [0u8; 16];
+    match g.storage.read_hint(END_HINT_OFFSET, &mut v) {
+        Ok(()) => {
             let mut a = [0u8; 8];
             let mut b = [0u8; 8];
             a.copy_from_slice(&v[..8]);
@@ -1327,7 +1339,7 @@ fn load_gen_once(
     let skip = skip.filter(|&(s0, _)| s0 >= meta.covers_end);
     let g = Gen {
         storage,
-        _lock: writer_lock,
+        wlock: writer_lock,
         header,
         codec,
         index: ArcSwap::from_pointee(table),
@@ -1482,10 +1494,15 @@ struct WriterState {
     /// The file is zero-filled up to here (0 = not yet), so appends overwrite allocated blocks
     /// and `fdatasync` needs no metadata journal commit.
     prealloc_end: u64,
+    /// The generation `prealloc_end` belongs to.
+    prealloc_gen: u64,
     buf: Vec<u8>,
     cbuf: Vec<u8>,
     /// The CRC fields of the records in `buf` (see `LogSum::add_crc_bytes`).
     crcs: Vec<u8>,
+    /// Shared mode: the commit lock this handle keeps between its commits while no other
+    /// writer wants it (the single-writer case pays no lock calls per commit).
+    held: Option<CommitGuard>,
 }
 
 #[derive(Debug)]
@@ -1507,6 +1524,131 @@ struct Inner {
     session: u64,
     /// Decompressed blocks of the compact section, shared by the file generations.
     cache: Arc<BlockCache>,
+    /// A shared-mode writer (not `Options::exclusive`): commits take the store's write lock
+    /// and catch up with other writers first; reads catch up like a reader's.
+    shared: bool,
+    /// Serialises changes of this handle's index by catch-up (reads of a read-only or shared
+    /// handle) and by its own commits (shared mode), without making reads wait for a commit's
+    /// turn at the cross-process write lock.
+    catchup: Mutex<()>,
+    /// Shared mode: a watcher thread for a kept commit lock is running.
+    watcher: AtomicBool,
+    /// Shared mode: commits that kept the lock (the watcher's idle clock: no clock read per
+    /// commit).
+    commits: AtomicU64,
+}
+
+/// The watcher of a kept commit lock (shared mode): every millisecond, if the handle keeps the
+/// lock and another writer waits for it (or no commit came for 20 ms, or the handle closed),
+/// releases it, unless a commit is running (which releases or keeps it itself). Ends when it
+/// released the lock, or with the handle.
+fn watch_kept_lock(inner: std::sync::Weak<Inner>) {
+    let mut seen = u64::MAX;
+    let mut idle_ticks = 0u32;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let Some(me) = inner.upgrade() else {
+            return;
+        };
+        let Ok(mut w) = me.writer.try_lock() else {
+            continue;
+        };
+        let Some(kept) = &w.held else {
+            me.watcher.store(false, Ordering::Release);
+            return;
+        };
+        let now = me.commits.load(Ordering::Relaxed);
+        if now == seen {
+            idle_ticks += 1;
+        } else {
+            seen = now;
+            idle_ticks = 0;
+        }
+        if commit_wanted(&kept.gen) || idle_ticks >= 20 || me.closed.load(Ordering::Acquire) {
+            w.held = None;
+            me.watcher.store(false, Ordering::Release);
+            return;
+        }
+    }
+}
+
+/// What a commit holds while it appends: the generation, its commit lock (shared mode) and the
+/// handle's catch-up mutex (shared mode).
+type WriterTurn<'a> = (Arc<Gen>, Option<CommitGuard>, Option<MutexGuard<'a, ()>>);
+
+/// A held commit or compaction lock (shared mode): released on drop.
+#[derive(Debug)]
+struct CommitGuard {
+    gen: Arc<Gen>,
+    byte: i64,
+}
+
+impl Drop for CommitGuard {
+    fn drop(&mut self) {
+        if let Some(l) = &self.gen.wlock {
+            l.unlock_range(self.byte);
+        }
+    }
+}
+
+/// Takes the commit lock `l` of the file in `storage`, waiting up to `timeout`: `Some(waited)`
+/// when it passed. While it waits it counts itself in the file's WANT counter, which makes a
+/// holder that keeps the lock between its commits release it.
+fn wait_commit_lock(
+    l: &WriterLock,
+    storage: &dyn Storage,
+    timeout: std::time::Duration,
+) -> Result<Option<std::time::Duration>> {
+    if l.lock_range(COMMIT_BYTE, std::time::Duration::ZERO)?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let want = storage.shared_counter(WANT_OFFSET);
+    if let Some(c) = want {
+        c.fetch_add(1, Ordering::SeqCst);
+    }
+    let r = l.lock_range(COMMIT_BYTE, timeout);
+    if let Some(c) = want {
+        // Never below zero, whatever a killed waiter left behind.
+        let _ = c.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
+    }
+    r
+}
+
+/// Whether another writer waits for the commit lock of `g`'s file.
+fn commit_wanted(g: &Gen) -> bool {
+    match g.storage.shared_counter(WANT_OFFSET) {
+        Some(c) => c.load(Ordering::SeqCst) != 0,
+        None => true,
+    }
+}
+
+/// Takes the commit lock of `g` (shared mode) until `deadline`; the error names the holder.
+fn lock_commit(g: &Arc<Gen>, path: &Path, timeout: std::time::Duration) -> Result<CommitGuard> {
+    let Some(l) = &g.wlock else {
+        return Err(Error::Unsupported("shared writing without a writer lock"));
+    };
+    if let Some(waited) = wait_commit_lock(l, &*g.storage, timeout)? {
+        let mut v = [0u8; 4];
+        let pid = match g.storage.read_hint(PID_OFFSET, &mut v) {
+            Ok(()) => Some(u32::from_le_bytes(v)).filter(|&p| p != 0),
+            _ => None,
+        };
+        return Err(Error::Busy {
+            path: path.to_path_buf(),
+            pid,
+            waited,
+        });
+    }
+    // Name ourselves for the error of a writer that times out waiting for us.
+    let _ = g
+        .storage
+        .write_hint(PID_OFFSET, &std::process::id().to_le_bytes());
+    Ok(CommitGuard {
+        gen: Arc::clone(g),
+        byte: COMMIT_BYTE,
+    })
 }
 
 /// An open store. `Send + Sync`: share it between threads by reference or in an `Arc`.
@@ -1583,8 +1725,13 @@ impl Store {
                     });
                 }
             }
+            let mode = if opts.exclusive {
+                LockMode::Exclusive
+            } else {
+                LockMode::Shared
+            };
             let lock = if writable {
-                Some(WriterLock::acquire(&path, &file)?)
+                Some(WriterLock::acquire(&path, &file, mode, opts.lock_timeout)?)
             } else {
                 None
             };
@@ -1593,10 +1740,20 @@ impl Store {
                 // Replaced by a compaction between our open and our lock: try again.
                 continue;
             }
-            if writable {
+            if writable && (opts.exclusive || !crate::lock::compaction_active(&file)) {
                 let _ = fs::remove_file(with_suffix(&path, ".compact"));
             }
             let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
+            // Shared mode: load (and cut a torn tail) only while no other writer commits.
+            if let (Some(l), LockMode::Shared) = (&lock, mode) {
+                if let Some(waited) = wait_commit_lock(l, &*storage, opts.lock_timeout)? {
+                    return Err(Error::Busy {
+                        path,
+                        pid: crate::lock::holder_pid(storage.file().ok_or(Error::Closed)?),
+                        waited,
+                    });
+                }
+            }
             let judge = if writable {
                 Judge::Alone
             } else {
@@ -1604,13 +1761,20 @@ impl Store {
             };
             let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
             let gen = load_gen(storage, lock, writable, &path, ident, judge, &cache)?;
+            if let (Some(l), LockMode::Shared) = (&gen.wlock, mode) {
+                l.unlock_range(COMMIT_BYTE);
+            }
             let store = Store::from_gen(Some(path.clone()), opts.clone(), gen, cache);
             if opts.truncate && store.inner.gen.load().keys.load(Ordering::Relaxed) > 0 {
                 store.inner.compact_inner(true)?;
             }
             return Ok(store);
         }
-        Err(Error::Locked { path, pid: None })
+        Err(Error::Locked {
+            path,
+            pid: None,
+            shared: !opts.exclusive,
+        })
     }
 
     /// Opens a store on caller-supplied storage (tests inject faults this way). No locking;
@@ -1650,8 +1814,13 @@ impl Store {
     fn from_gen(path: Option<PathBuf>, opts: Options, gen: Gen, cache: Arc<BlockCache>) -> Store {
         let generation = gen.header.generation;
         let end = gen.limit();
+        let shared = !opts.read_only && !opts.exclusive && gen.wlock.is_some();
         Store {
             inner: Arc::new(Inner {
+                shared,
+                catchup: Mutex::new(()),
+                watcher: AtomicBool::new(false),
+                commits: AtomicU64::new(0),
                 path,
                 writable: !opts.read_only,
                 opts,
@@ -1688,6 +1857,10 @@ impl Store {
     /// Deletes `key`; returns whether it was present.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
         self.inner.check_writable()?;
+        if self.inner.shared {
+            // Whether the key exists is only known after catching up, inside the commit.
+            return self.inner.commit_ops(&[(key, None)], true);
+        }
         {
             let _w = lock(&self.inner.writer);
             if !self.inner.gen.load().contains(key)? {
@@ -2470,7 +2643,7 @@ impl Inner {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        if !self.writable {
+        if !self.writable || self.shared {
             self.refresh()?;
         }
         Ok(self.gen.load())
@@ -2496,7 +2669,7 @@ impl Inner {
         }
         let checked: *const Gen = &**g;
         drop(g);
-        let _w = lock(&self.writer);
+        let _c = lock(&self.catchup);
         let g = self.gen.load_full();
         let len = g
             .storage
@@ -2522,7 +2695,10 @@ impl Inner {
             // Everything published up to `hint` (read before the checks) is now replayed.
             *lock(&g.seen_hint) = hint;
         }
-        if g.superseded.load(Ordering::Acquire) {
+        if g.superseded.load(Ordering::Acquire) && self.shared {
+            // A writer handle moves to the compacted file as it does before a commit.
+            self.switch_gen(&g)?;
+        } else if g.superseded.load(Ordering::Acquire) {
             if let Some(path) = &self.path {
                 let now = path_ident(path);
                 if now.is_some() && now != g.ident {
@@ -2547,9 +2723,189 @@ impl Inner {
     }
 
     fn commit(self: &Arc<Self>, ops: &[(&[u8], Option<&[u8]>)]) -> Result<()> {
+        self.commit_ops(ops, false).map(drop)
+    }
+
+    /// Shared mode, with the commit lock held: catches up with what other writers appended
+    /// since this handle's last look (their commits into the index, a torn tail of a writer
+    /// that died cut off, the checkpoint slots they wrote) and returns whether the file was
+    /// superseded by a compaction (then the handle switched to the new file, and the caller
+    /// must lock that one instead).
+    fn catch_up(&self, g: &Arc<Gen>, w: &mut WriterState) -> Result<bool> {
+        let hint = published_end(g);
+        if hint == (self.session, g.limit()) && !g.superseded.load(Ordering::Acquire) {
+            // We were the last to append: every writer publishes before it appends.
+            return Ok(false);
+        }
+        let len = g
+            .storage
+            .len()
+            .map_err(io_err("checking the store's length"))?;
+        // First the commits up to the published end (complete by construction): reading
+        // exactly those bytes, not the preallocated zeros after them.
+        let (session, published) = hint;
+        if session != 0 && published > g.limit() && published <= len {
+            if let ReplayEnd::Bad { bad, reason, .. } = replay(g, g.limit(), published, None)? {
+                return Err(damage_error(g, bad, len, reason)?);
+            }
+        }
+        if len > g.limit() && !zero_at(&*g.storage, g.limit(), len)? {
+            if let ReplayEnd::Bad {
+                commit_end,
+                bad,
+                reason,
+            } = replay(g, g.limit(), len, None)?
+            {
+                // Zeros right after the last commit are preallocated space; anything else
+                // (a batch without its final record, a bad record) is not.
+                if bad > commit_end || !zero_at(&*g.storage, bad, len)? {
+                    // Nobody else appends while we hold the commit lock: intact commits after
+                    // a bad record are damage; otherwise it is the torn tail of a writer that
+                    // died in the middle of its append. Cut it, durably, before appending.
+                    let mut rd = LogReader::new(&*g.storage, bad, len);
+                    if rd.find_intact(bad, true)?.is_some() {
+                        return Err(damage_error(g, bad, len, reason)?);
+                    }
+                    g.storage
+                        .set_len(commit_end)
+                        .and_then(|_| g.storage.sync_data())
+                        .map_err(io_err("truncating a torn tail left by another writer"))?;
+                    w.prealloc_end = 0;
+                }
+            }
+        }
+        // The checkpoint slots other writers wrote (the next slot goes into the older one).
+        let mut hb = [0u8; SLOT_LEN * 2];
+        g.storage
+            .read_at(SLOT_OFFSETS[0], &mut hb)
+            .map_err(io_err("reading the checkpoint slots"))?;
+        let newest = [0, SLOT_LEN]
+            .iter()
+            .filter_map(|&o| Slot::decode(&hb[o..o + SLOT_LEN]))
+            .max_by_key(|s| s.seq);
+        if let Some(s) = newest {
+            g.slot_seq.fetch_max(s.seq, Ordering::Relaxed);
+            let mut t = lock(&g.track);
+            if s.seq > t.slot.seq {
+                t.slot = s;
+            }
+        }
+        *lock(&g.seen_hint) = hint;
+        if g.superseded.load(Ordering::Acquire) {
+            return self.switch_gen(g);
+        }
+        Ok(false)
+    }
+
+    /// Shared mode: after a compaction in another process superseded the file of `g`, opens
+    /// the file now at the path as this handle's generation (writer session lock, loaded under
+    /// its commit lock). Returns false if the path still names `g`'s file (a compaction that
+    /// died before its rename: writers carry on in this file).
+    fn switch_gen(&self, g: &Arc<Gen>) -> Result<bool> {
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let now = path_ident(path);
+        if now.is_none() || now == g.ident {
+            g.superseded.store(false, Ordering::Release);
+            return Ok(false);
+        }
+        let file = open_regular(path, true)?;
+        let wl = WriterLock::acquire(path, &file, LockMode::Shared, self.opts.lock_timeout)?;
+        let ident = file_ident(&file);
+        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
+        if let Some(waited) = wait_commit_lock(&wl, &*storage, self.opts.lock_timeout)? {
+            return Err(Error::Busy {
+                path: path.clone(),
+                pid: None,
+                waited,
+            });
+        }
+        let ng = load_gen(
+            storage,
+            Some(wl),
+            true,
+            path,
+            ident,
+            Judge::Alone,
+            &self.cache,
+        )?;
+        if let Some(l) = &ng.wlock {
+            l.unlock_range(COMMIT_BYTE);
+        }
+        let generation = ng.header.generation;
+        let end = ng.limit();
+        self.gen.store(Arc::new(ng));
+        *lock(&self.synced) = (generation, end);
+        Ok(true)
+    }
+
+    /// The generation to append to, with the commit lock (shared mode; `None` in exclusive
+    /// mode) and the catch-up mutex held, caught up with every other writer.
+    fn writer_gen(&self, w: &mut WriterState) -> Result<WriterTurn<'_>> {
+        if !self.shared {
+            return Ok((self.gen.load_full(), None, None));
+        }
+        loop {
+            let g = self.gen.load_full();
+            let guard = self.take_commit(w, &g)?;
+            let c = lock(&self.catchup);
+            if self.catch_up(&g, w)? {
+                continue;
+            }
+            return Ok((g, Some(guard), Some(c)));
+        }
+    }
+
+    /// The commit lock of `g`: the one this handle kept since its last commit, or taken now
+    /// (a kept lock of an older generation is released first). Writer mutex held.
+    fn take_commit(&self, w: &mut WriterState, g: &Arc<Gen>) -> Result<CommitGuard> {
+        match w.held.take() {
+            Some(kept) if Arc::ptr_eq(&kept.gen, g) => Ok(kept),
+            other => {
+                drop(other);
+                let path = self.path.as_deref().unwrap_or(Path::new("<storage>"));
+                lock_commit(g, path, self.opts.lock_timeout)
+            }
+        }
+    }
+
+    /// After a commit: keep the commit lock for the next one unless another writer waits for
+    /// it (or it cannot be watched). A watcher thread releases a kept lock within about a
+    /// millisecond once another writer waits, or after 20 ms without a commit. Writer mutex
+    /// held.
+    fn keep_or_release(self: &Arc<Self>, w: &mut WriterState, guard: Option<CommitGuard>) {
+        let Some(guard) = guard else {
+            return;
+        };
+        if commit_wanted(&guard.gen) || self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        if !self.watcher.swap(true, Ordering::AcqRel) {
+            let me = Arc::downgrade(self);
+            let spawned = std::thread::Builder::new()
+                .name("cellar-lock-watch".into())
+                .spawn(move || watch_kept_lock(me));
+            if spawned.is_err() {
+                self.watcher.store(false, Ordering::Release);
+                return;
+            }
+        }
+        w.held = Some(guard);
+    }
+
+    /// Appends `ops` as one commit. With `only_if_present` (a single delete in shared mode)
+    /// nothing is written when the key is missing after catching up; returns whether it was
+    /// written.
+    fn commit_ops(
+        self: &Arc<Self>,
+        ops: &[(&[u8], Option<&[u8]>)],
+        only_if_present: bool,
+    ) -> Result<bool> {
         self.check_writable()?;
         if ops.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         for (k, v) in ops {
             if k.len() as u64 > MAX_KEY {
@@ -2571,8 +2927,18 @@ impl Inner {
         }
         let mut w = lock(&self.writer);
         self.check_writable()?;
-        let g = self.gen.load_full();
+        let (g, guard, catchup) = self.writer_gen(&mut w)?;
+        if only_if_present && !g.contains(ops[0].0)? {
+            return Ok(false);
+        }
         let start = g.limit();
+        if guard.is_some() {
+            // Announce the append before making it: a writer that dies between its append and
+            // its publication leaves a published pair that the next writer does not take for
+            // its own, so it catches up (and finds the commit, or cuts its torn tail) instead
+            // of appending over it.
+            publish_end(&g, self.session, start)?;
+        }
         let mut buf = std::mem::take(&mut w.buf);
         let mut cbuf = std::mem::take(&mut w.cbuf);
         let mut crcs = std::mem::take(&mut w.crcs);
@@ -2630,12 +2996,18 @@ impl Inner {
         if w.since_checkpoint >= self.opts.checkpoint_bytes {
             self.checkpoint(&g, &mut w)?;
         }
+        if guard.is_some() {
+            // Everything up to here is in this handle's index: reads need not look again.
+            *lock(&g.seen_hint) = (self.session, g.limit());
+        }
+        drop(catchup);
+        self.keep_or_release(&mut w, guard);
         drop(w);
         if self.opts.sync_on_commit {
             self.sync()?;
         }
         self.maybe_compact(&g);
-        Ok(())
+        Ok(true)
     }
 
     fn sync(&self) -> Result<()> {
@@ -2744,6 +3116,10 @@ impl Inner {
         self.clear_closed_mark(g)?;
         let start = g.limit();
         let new_end = start + data.len() as u64;
+        if w.prealloc_gen != g.header.generation {
+            w.prealloc_gen = g.header.generation;
+            w.prealloc_end = 0;
+        }
         if g.storage.file().is_some() && new_end > w.prealloc_end {
             let target = new_end + (new_end / 8).clamp(1 << 20, 64 << 20);
             let mut at = w.prealloc_end.max(start);
@@ -2994,7 +3370,7 @@ impl Inner {
         let section_bytes = section_end - LOG_START;
         let ng = Gen {
             storage: Arc::clone(storage),
-            _lock: Some(nlock),
+            wlock: Some(nlock),
             header,
             codec: Codec::new(header.compression.level(), dict.as_deref()),
             index: ArcSwap::from_pointee(Table::with_log2(10)),
@@ -3060,11 +3436,47 @@ impl Inner {
         };
         self.check_writable()?;
         let tmp = with_suffix(&path, ".compact");
-        let _ = fs::remove_file(&tmp);
+        // Shared mode: one compaction of a file at a time (the compaction lock, taken while
+        // holding the commit lock of the current, caught-up file, so that file cannot be
+        // superseded under us); the snapshot and the switch are made with the commit lock.
+        let mut compaction_guard = None;
+        let mut commit_guard = None;
+        let mut catchup_guard = None;
+        let started = std::time::Instant::now();
         // Phase 1: snapshot without blocking writers.
         let (g0, e0, mut offsets) = {
-            let _w = lock(&self.writer);
-            let g = self.gen.load_full();
+            let mut w = lock(&self.writer);
+            let g = if self.shared {
+                loop {
+                    let (g, guard, c) = self.writer_gen(&mut w)?;
+                    let l = g.wlock.as_ref().ok_or(Error::Closed)?;
+                    if l.lock_range(COMPACT_BYTE, std::time::Duration::ZERO)?
+                        .is_none()
+                    {
+                        compaction_guard = Some(CommitGuard {
+                            gen: Arc::clone(&g),
+                            byte: COMPACT_BYTE,
+                        });
+                        if empty {
+                            commit_guard = guard;
+                            drop(c);
+                        }
+                        break g;
+                    }
+                    drop((guard, c));
+                    if started.elapsed() >= self.opts.lock_timeout {
+                        return Err(Error::Busy {
+                            path: path.clone(),
+                            pid: None,
+                            waited: started.elapsed(),
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            } else {
+                self.gen.load_full()
+            };
+            let _ = fs::remove_file(&tmp);
             let e0 = g.limit();
             let offs = if empty {
                 Vec::new()
@@ -3116,7 +3528,12 @@ impl Inner {
             file.set_permissions(meta.permissions())
                 .map_err(io_err(format!("setting the mode of {}", tmp.display())))?;
         }
-        let nlock = WriterLock::acquire_file(&tmp, &file)?;
+        let mode = if self.shared {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        };
+        let nlock = WriterLock::acquire_file(&tmp, &file, mode)?;
         let ident = file_ident(&file);
         let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
         // A store that has a compact section keeps one (its hash index holds DELETE shadows
@@ -3142,7 +3559,7 @@ impl Inner {
             let codec = Codec::new(header.compression.level(), dict.as_deref());
             let ng = Gen {
                 storage: Arc::clone(&storage),
-                _lock: Some(nlock),
+                wlock: Some(nlock),
                 header,
                 codec,
                 index: ArcSwap::from_pointee(Table::for_keys(offsets.len() as u64)),
@@ -3239,6 +3656,27 @@ impl Inner {
             Some(w) => w,
             None => lock(&self.writer),
         };
+        if self.shared && commit_guard.is_none() {
+            commit_guard = match self.take_commit(&mut w, &g0) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            };
+        }
+        if self.shared {
+            catchup_guard = Some(lock(&self.catchup));
+            // Nobody else can have superseded g0 (we hold its compaction lock).
+            if let Err(e) = self.catch_up(&g0, &mut w) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        // No preallocation in the new file before the switch (its checkpoint is appended
+        // below): a compacted file is as small as its contents until the next commit.
+        w.prealloc_gen = ng.header.generation;
+        w.prealloc_end = u64::MAX;
         let finish = (|| -> Result<()> {
             self.check_writable()?;
             let e1 = g0.limit();
@@ -3351,6 +3789,9 @@ impl Inner {
         w.since_checkpoint = 0;
         // Preallocation starts afresh in the new file (close trims whatever is past the end).
         w.prealloc_end = 0;
+        drop(catchup_guard);
+        drop(commit_guard);
+        drop(compaction_guard);
         Ok(())
     }
 
@@ -3368,8 +3809,13 @@ impl Inner {
         if self.poisoned.load(Ordering::Acquire) {
             return Ok(());
         }
-        let g = self.gen.load_full();
         let mut w = lock(&self.writer);
+        let (g, _commit, _catchup) = self.writer_gen(&mut w)?;
+        if self.shared && g.wlock.as_ref().is_none_or(|l| l.others_in_session()) {
+            // Other writers go on: the log's end, its preallocated zeros and the clean-close
+            // mark are theirs to settle (the last one to close does).
+            return Ok(());
+        }
         let t = *lock(&g.track);
         if t.slot.is_closed()
             && t.slot.closed_end == g.limit()

@@ -198,8 +198,64 @@ fn run_file(ops: Vec<Op>, compressed: bool) {
     assert!(s.check().unwrap().is_ok());
 }
 
+/// Several writer handles on one file (shared mode, as several processes would have), the
+/// operations interleaved among them: every handle must see every other's commits (reads,
+/// deletes that report presence, lengths), also across compactions by any of them and
+/// reopens of some of them; at the end every handle holds the model and the file checks clean.
+fn run_writers(ops: Vec<(usize, Op)>, compressed: bool) {
+    const N: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut hs: Vec<Store> = (0..N)
+        .map(|_| Store::open(&path, opts(compressed)).unwrap())
+        .collect();
+    let mut model = Model::new();
+    for (w, op) in &ops {
+        let w = *w % N;
+        match op {
+            Op::Put(..) | Op::Delete(_) | Op::Batch(_) => mutate(&hs[w], &mut model, op),
+            Op::Get(k) => assert_eq!(hs[w].get(&key(*k)).unwrap(), model.get(&key(*k)).cloned()),
+            Op::Sync => hs[w].sync().unwrap(),
+            Op::Compact => hs[w].compact().unwrap(),
+            Op::Reopen | Op::CrashProcess | Op::CrashPower(..) => {
+                let old =
+                    std::mem::replace(&mut hs[w], Store::open(&path, opts(compressed)).unwrap());
+                old.close().unwrap();
+            }
+        }
+        let other = (w + 1) % N;
+        assert_eq!(
+            hs[other].len().unwrap(),
+            model.len() as u64,
+            "after {op:?} by {w}"
+        );
+    }
+    for h in &hs {
+        assert_eq!(contents(h), model);
+        let report = h.check().unwrap();
+        assert!(report.is_ok(), "{report:?}");
+    }
+    for h in hs {
+        h.close().unwrap();
+    }
+    let r = Store::open(&path, Options::from_dbm_flag("r").unwrap()).unwrap();
+    assert_eq!(contents(&r), model);
+    assert!(
+        r.check().unwrap().closed_cleanly,
+        "the last writer to close marks the store"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn model_several_writers_interleaved(
+        ops in prop::collection::vec((0usize..3, op()), 1..80),
+        c in any::<bool>(),
+    ) {
+        run_writers(ops, c);
+    }
 
     #[test]
     fn model_in_memory_with_crashes(ops in prop::collection::vec(op(), 1..120), c in any::<bool>()) {

@@ -16,6 +16,14 @@ fn item(i: u64) -> Vec<u8> {
         .into_bytes()
 }
 
+/// The exclusive (single-writer) mode these tests are about.
+fn excl() -> Options {
+    Options {
+        exclusive: true,
+        ..Options::default()
+    }
+}
+
 fn ro() -> Options {
     Options::from_dbm_flag("r").unwrap()
 }
@@ -31,7 +39,7 @@ fn reader_child() {
     };
     let parent: u32 = parent.parse().unwrap();
     // A second writer is refused and told who holds the lock.
-    match Store::open(&path, Options::default()) {
+    match Store::open(&path, excl()) {
         Err(Error::Locked { pid, .. }) => assert_eq!(pid, Some(parent)),
         other => panic!("expected Locked, got {other:?}"),
     }
@@ -70,6 +78,7 @@ fn readers_follow_writer_commits_and_compactions() {
         &path,
         Options {
             auto_compact: false,
+            exclusive: true,
             ..Options::default()
         },
     )
@@ -109,7 +118,8 @@ fn fork_child_body(path: &std::path::Path, w: &Store, parent: u32) -> bool {
     let forked_write = matches!(w.put(b"child", b"x"), Err(Error::Forked { owner_pid, pid: p }) if owner_pid == parent && p == pid);
     let forked_compact = matches!(w.compact(), Err(Error::Forked { .. }));
     let read_ok = w.get(b"k").ok().flatten().as_deref() == Some(&b"v"[..]);
-    let locked = matches!(Store::open(path, Options::default()), Err(Error::Locked { pid: Some(p), .. }) if p == parent);
+    let locked =
+        matches!(Store::open(path, excl()), Err(Error::Locked { pid: Some(p), .. }) if p == parent);
     forked_write && forked_compact && read_ok && locked
 }
 
@@ -120,7 +130,7 @@ fn fork_child() {
         return;
     };
     let path = std::path::PathBuf::from(path);
-    let w = Store::open(&path, Options::default()).unwrap();
+    let w = Store::open(&path, excl()).unwrap();
     w.put(b"k", b"v").unwrap();
     let parent = std::process::id();
     let mut to_child = [0i32; 2];
@@ -150,7 +160,7 @@ fn fork_child() {
         );
         // The child is still alive; closing our handle must release the writer lock.
         w.close().unwrap();
-        let again = Store::open(&path, Options::default());
+        let again = Store::open(&path, excl());
         let b = [1u8];
         libc::write(to_child[1], b.as_ptr().cast(), 1);
         let mut status = 0;

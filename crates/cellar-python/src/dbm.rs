@@ -205,8 +205,11 @@ fn encoding_of(value_encoding: Option<(String, u8)>) -> PyResult<ValueEncoding> 
 /// `"dbm.gnu"`, `"dbm.ndbm"`), checking `flag` as
 /// that backend does. `value_encoding` (`("pickle", protocol)` or `("marshal", version)`) is
 /// recorded in the header of a native store this call creates (how `cellar.shelve` marks it).
+/// `timeout` (seconds a commit waits for its turn at the write lock, default 5) and
+/// `exclusive` (one writer handle for the store's life) apply to the native backend.
 #[pyfunction]
-#[pyo3(signature = (path, backend, flag, mode, value_encoding = None))]
+#[pyo3(signature = (path, backend, flag, mode, value_encoding = None, timeout = None, exclusive = false))]
+#[allow(clippy::too_many_arguments)]
 fn _dbm_open(
     py: Python<'_>,
     path: &Bound<'_, PyBytes>,
@@ -214,7 +217,10 @@ fn _dbm_open(
     flag: &str,
     mode: u32,
     value_encoding: Option<(String, u8)>,
+    timeout: Option<f64>,
+    exclusive: bool,
 ) -> PyResult<PyDatabase> {
+    let writers = writer_options(timeout, exclusive)?;
     let backend = backend_of(backend)?;
     let flag = backend.parse_flag(flag).map_err(|e| to_py(py, e))?;
     let encoding = encoding_of(value_encoding)?;
@@ -225,9 +231,27 @@ fn _dbm_open(
         return Ok(PyDatabase::new(Box::new(sq.clone()), Some(sq)));
     }
     let db = py
-        .detach(|| backend.open_with(&path, flag, mode, encoding))
+        .detach(|| backend.open_writers(&path, flag, mode, encoding, writers))
         .map_err(|e| to_py(py, e))?;
     Ok(PyDatabase::new(db, None))
+}
+
+/// The native backend's writer options from `timeout=` (seconds, `None`: 5) and
+/// `exclusive=`.
+fn writer_options(timeout: Option<f64>, exclusive: bool) -> PyResult<cellar_dbm::WriterOptions> {
+    let lock_timeout = match timeout {
+        None => None,
+        Some(t) if (0.0..=1e9).contains(&t) => Some(std::time::Duration::from_secs_f64(t)),
+        Some(t) => {
+            return Err(PyValueError::new_err(format!(
+                "timeout must be a number of seconds >= 0, not {t}"
+            )))
+        }
+    };
+    Ok(cellar_dbm::WriterOptions {
+        exclusive,
+        lock_timeout,
+    })
 }
 
 /// `_dbm_open_url(url: str, flag: str, value_encoding=None)`: opens a store on a server

@@ -26,7 +26,13 @@ class DbmServerConnectionError(DbmError, ConnectionError): ...
 class DbmServerTimeoutError(DbmError, TimeoutError): ...
 
 def _dbm_open(
-    path: bytes, backend: str, flag: str, mode: int, value_encoding: tuple[str, int] | None = None
+    path: bytes,
+    backend: str,
+    flag: str,
+    mode: int,
+    value_encoding: tuple[str, int] | None = None,
+    timeout: float | None = None,
+    exclusive: bool = False,
 ) -> Database: ...
 def _dbm_whichdb(path: bytes) -> str | None: ...
 def _dbm_open_url(

@@ -408,6 +408,8 @@ class DbfilenameShelf(Shelf):
         safe: bool = False,
         allow: Iterable[Any] = (),
         codec: str | None = None,
+        timeout: float | None = None,
+        exclusive: bool = False,
     ) -> None:
         # Validate the arguments before touching the file system.
         kind, _, _ = _codecs(codec, safe, allow, serializer, deserializer)
@@ -418,7 +420,9 @@ class DbfilenameShelf(Shelf):
             encoding = ("marshal", MARSHAL_VERSION)
         else:
             encoding = None
-        db = cellar.dbm._open(_dbm_namespace, filename, flag, 0o666, encoding)
+        db = cellar.dbm._open(
+            _dbm_namespace, filename, flag, 0o666, encoding, timeout, exclusive
+        )
         try:
             recorded = getattr(db, "value_encoding", None)
             if recorded is not None and recorded[0] in ("pickle", "marshal"):
@@ -461,6 +465,8 @@ def open(
     safe: bool = False,
     allow: Iterable[Any] = (),
     codec: str | None = None,
+    timeout: float | None = None,
+    exclusive: bool = False,
 ) -> DbfilenameShelf:
     """Open a persistent dictionary (CPython's ``shelve.open``).
 
@@ -471,6 +477,14 @@ def open(
     ``pickle.DEFAULT_PROTOCOL``). ``writeback``: cache fetched entries and write back the
     changed ones on ``sync()``/``close()``. ``safe``, ``allow``, ``codec``, ``serializer`` and
     ``deserializer`` choose how values are encoded: see the module documentation.
+
+    Many writers (native stores): any number of processes may open the same shelf for writing;
+    each assignment or deletion is one commit that waits up to ``timeout`` seconds (default 5)
+    for the store's write lock and sees every other writer's commits first. Reads see what
+    other writers committed before them. With ``writeback=True`` the cache is this process's
+    own: entries it fetched are written back whole on ``sync()``/``close()``, replacing what
+    other writers stored under those keys meanwhile (last writer wins per key).
+    ``exclusive=True`` keeps the shelf to this one writer until it closes.
     """
     return DbfilenameShelf(
         filename,
@@ -482,4 +496,6 @@ def open(
         safe=safe,
         allow=allow,
         codec=codec,
+        timeout=timeout,
+        exclusive=exclusive,
     )

@@ -81,6 +81,8 @@ class DbfilenameShelf(Shelf):
         safe: bool = False,
         allow: Iterable[Any] = (),
         codec: str | None = None,
+        timeout: float | None = None,
+        exclusive: bool = False,
     ) -> None: ...
 
 def open(
@@ -94,4 +96,6 @@ def open(
     safe: bool = False,
     allow: Iterable[Any] = (),
     codec: str | None = None,
+    timeout: float | None = None,
+    exclusive: bool = False,
 ) -> DbfilenameShelf: ...

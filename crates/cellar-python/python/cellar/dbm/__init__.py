@@ -72,11 +72,14 @@ def _open(
     flag: str,
     mode: int,
     value_encoding: tuple[str, int] | None = None,
+    timeout: float | None = None,
+    exclusive: bool = False,
 ) -> Database:
     """CPython's ``dbm.open``, using the ``_names``/``_modules``/``_defaultmod`` of the module
     namespace ``ns`` (so a re-export under another name, such as a test shim, has its own).
     ``value_encoding`` is recorded in a native store this call creates (``cellar.shelve``
-    passes its codec); backends with no header to record it ignore it. A server URL opens the
+    passes its codec); backends with no header to record it ignore it. ``timeout`` and
+    ``exclusive`` go to the native backend (the others ignore them). A server URL opens the
     store it names (the scheme picks the backend)."""
     if _is_url(file):
         if not isinstance(flag, str):
@@ -118,19 +121,36 @@ def _open(
         )
     else:
         mod = modules[result]
+    kwargs: dict[str, Any] = {}
     if value_encoding is not None and getattr(mod, "_records_value_encoding", False):
-        return mod.open(file, flag, mode, value_encoding=value_encoding)  # type: ignore[no-any-return]
-    return mod.open(file, flag, mode)  # type: ignore[no-any-return]
+        kwargs["value_encoding"] = value_encoding
+    if (timeout is not None or exclusive) and getattr(mod, "_takes_writer_options", False):
+        kwargs["timeout"] = timeout
+        kwargs["exclusive"] = exclusive
+    return mod.open(file, flag, mode, **kwargs)  # type: ignore[no-any-return]
 
 
-def open(file: Any, flag: str = "r", mode: int = 0o666) -> Database:
+def open(
+    file: Any,
+    flag: str = "r",
+    mode: int = 0o666,
+    *,
+    timeout: float | None = None,
+    exclusive: bool = False,
+) -> Database:
     """Open or create the database at ``file`` (CPython's ``dbm.open``).
 
     ``flag``: ``'r'`` read only, ``'w'`` read-write, ``'c'`` create if missing, ``'n'`` always
     new; the native backend also takes gnu's modifiers ``f``, ``s``, ``u``. ``mode``: permission
     bits of created files (masked by the umask). New stores use the native backend.
+
+    Native stores: any number of handles, in any processes, may write ('w', 'c', 'n'); each
+    write takes the store's write lock for that one commit, waiting up to ``timeout`` seconds
+    (default 5) for its turn, then raises ``error`` naming the process that holds it.
+    ``exclusive=True`` keeps the store to this one writer handle until it closes (the fastest
+    bulk loads; other writers are refused). Other backends ignore both.
     """
-    return _open(globals(), file, flag, mode)
+    return _open(globals(), file, flag, mode, None, timeout, exclusive)
 
 
 def _backend_open(
@@ -139,13 +159,15 @@ def _backend_open(
     flag: Any,
     mode: int,
     value_encoding: tuple[str, int] | None = None,
+    timeout: float | None = None,
+    exclusive: bool = False,
 ) -> Database:
     from cellar._cellar import _dbm_open
 
     path = _fspath(file)
     if not isinstance(flag, str):
         flag = repr(flag)
-    return _dbm_open(path, backend, flag, mode, value_encoding)
+    return _dbm_open(path, backend, flag, mode, value_encoding, timeout, exclusive)
 
 
 # Imported last: the backend modules use the helpers above.

@@ -87,13 +87,22 @@ class Database:
     def __exit__(self, *args: object) -> None: ...
 
 def whichdb(filename: _Path) -> str | None: ...
-def open(file: _Path, flag: str = "r", mode: int = 0o666) -> Database: ...
+def open(
+    file: _Path,
+    flag: str = "r",
+    mode: int = 0o666,
+    *,
+    timeout: float | None = None,
+    exclusive: bool = False,
+) -> Database: ...
 def _open(
     ns: dict[str, Any],
     file: _Path,
     flag: str,
     mode: int,
     value_encoding: tuple[str, int] | None = None,
+    timeout: float | None = None,
+    exclusive: bool = False,
 ) -> Database: ...
 def _backend_open(
     backend: str,
@@ -101,4 +110,6 @@ def _backend_open(
     flag: Any,
     mode: int,
     value_encoding: tuple[str, int] | None = None,
+    timeout: float | None = None,
+    exclusive: bool = False,
 ) -> Database: ...

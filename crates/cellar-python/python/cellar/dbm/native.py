@@ -19,6 +19,8 @@ error = _error
 _whichdb_name = "dbm.native"
 #: ``open`` takes ``value_encoding`` (recorded in the header of a store it creates).
 _records_value_encoding = True
+#: ``open`` takes ``timeout`` and ``exclusive`` (many writers; see ``open``).
+_takes_writer_options = True
 
 
 def open(
@@ -27,9 +29,15 @@ def open(
     mode: int = 0o666,
     *,
     value_encoding: tuple[str, int] | None = None,
+    timeout: float | None = None,
+    exclusive: bool = False,
 ) -> Database:
     """Open or create a dbm.native database at ``file`` (no format detection).
 
     ``value_encoding`` (``("pickle", protocol)`` or ``("marshal", version)``) is recorded in
-    the header of a store this call creates, so tools know how to decode its values."""
-    return _backend_open("dbm.native", file, flag, mode, value_encoding)
+    the header of a store this call creates, so tools know how to decode its values.
+
+    Many writers: any number of handles, in any processes, may write; each commit waits up to
+    ``timeout`` seconds (default 5) for the store's write lock, then raises ``error`` naming
+    the holder's pid. ``exclusive=True``: this handle is the only writer until it closes."""
+    return _backend_open("dbm.native", file, flag, mode, value_encoding, timeout, exclusive)

@@ -5,6 +5,7 @@ __all__ = ["open", "error"]
 error: type[_error]
 _whichdb_name: str
 _records_value_encoding: bool
+_takes_writer_options: bool
 
 def open(
     file: _Path,
@@ -12,4 +13,6 @@ def open(
     mode: int = 0o666,
     *,
     value_encoding: tuple[str, int] | None = None,
+    timeout: float | None = None,
+    exclusive: bool = False,
 ) -> Database: ...
