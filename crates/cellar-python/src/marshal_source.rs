@@ -354,7 +354,10 @@ impl<'py> Source for PySource<'py> {
         let v = o.as_ptr();
         let mut extra = extra + o.promoted.get() as u32;
         if let Some(u) = &self.unit {
-            if !u.held.is_empty() && u.held.contains(&(v as usize)) {
+            // Only tuples are ever held (see `Unit::held`).
+            // SAFETY: GIL held; a type check on a live object.
+            let tuple = unsafe { ffi::PyTuple_CheckExact(v) } != 0;
+            if tuple && !u.held.is_empty() && u.held.contains(&(v as usize)) {
                 extra += 2;
             }
         }
@@ -498,16 +501,16 @@ impl<'py> PySource<'py> {
         co: &Bound<'py, PyAny>,
         out: &mut Vec<(PyObj<'py>, u32)>,
     ) -> Result<(), Fail> {
-        let py = self.py;
         if self.unit.is_none() {
             self.unit = Some(scan_unit(co)?);
         }
+        use crate::marshal_code::code_obj;
         let code = crate::marshal_code::co_code(co)?;
-        let filename = co.getattr(pyo3::intern!(py, "co_filename"))?;
-        let name = co.getattr(pyo3::intern!(py, "co_name"))?;
-        let qualname = co.getattr(pyo3::intern!(py, "co_qualname"))?;
-        let linetable = co.getattr(pyo3::intern!(py, "co_linetable"))?;
-        let exctable = co.getattr(pyo3::intern!(py, "co_exceptiontable"))?;
+        let filename = code_obj(co, 8)?;
+        let name = code_obj(co, 9)?;
+        let qualname = code_obj(co, 10)?;
+        let linetable = code_obj(co, 11)?;
+        let exctable = code_obj(co, 12)?;
         let ([lnames, lkinds, names, consts], resolved) = match self
             .unit
             .as_mut()
@@ -516,8 +519,8 @@ impl<'py> PySource<'py> {
             Some(scanned) => (scanned, true),
             None => {
                 let (a, b) = crate::marshal_code::localsplus(co)?;
-                let names = co.getattr(pyo3::intern!(py, "co_names"))?;
-                let consts = co.getattr(pyo3::intern!(py, "co_consts"))?;
+                let names = code_obj(co, 7)?;
+                let consts = code_obj(co, 6)?;
                 ([a.into_any(), b.into_any(), names, consts], false)
             }
         };
@@ -594,7 +597,7 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
             continue;
         }
         if is_code(&o) {
-            let names = o.getattr(pyo3::intern!(py, "co_names"))?;
+            let names = crate::marshal_code::code_obj(&o, 7)?;
             if let Ok(t) = names.cast::<pyo3::types::PyTuple>() {
                 if !t.is_empty() && t.iter().all(|x| x.is_exact_instance_of::<PyString>()) {
                     set_default(&reps, &names)?;
@@ -602,7 +605,7 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
             }
             let (ln, lk) = crate::marshal_code::localsplus(&o)?;
             order.push(o.as_ptr() as usize);
-            let consts = o.getattr(pyo3::intern!(py, "co_consts"))?;
+            let consts = crate::marshal_code::code_obj(&o, 6)?;
             stack.push(consts.clone());
             rebuilt.insert(
                 o.as_ptr() as usize,
@@ -684,17 +687,9 @@ fn set_default<'py>(
 
 /// argcount, posonlyargcount, kwonlyargcount, stacksize, flags, firstlineno.
 fn code_ints(co: &Bound<'_, PyAny>) -> Result<[i32; 6], Fail> {
-    let py = co.py();
     let mut ints = [0i32; 6];
-    for (slot, name) in ints.iter_mut().zip([
-        pyo3::intern!(py, "co_argcount"),
-        pyo3::intern!(py, "co_posonlyargcount"),
-        pyo3::intern!(py, "co_kwonlyargcount"),
-        pyo3::intern!(py, "co_stacksize"),
-        pyo3::intern!(py, "co_flags"),
-        pyo3::intern!(py, "co_firstlineno"),
-    ]) {
-        *slot = co.getattr(name)?.extract()?;
+    for (i, slot) in ints.iter_mut().enumerate() {
+        *slot = crate::marshal_code::code_int(co, i)?;
     }
     Ok(ints)
 }
