@@ -169,6 +169,15 @@ struct Unit<'py> {
     synthetic: IdSet,
     /// Real tuples held (twice: as key and value) by `reps`: two more references than CPython.
     held: IdSet,
+    /// The lengths of the unit's local-name tuples (index: length): only real tuples of those
+    /// lengths can stand for one, so only those enter `reps` at once.
+    lens: Vec<bool>,
+    /// The other real tuples of str, in the order met; entered into `reps` only if a local-name
+    /// tuple of another length (from a code object outside the unit) is resolved. Addresses,
+    /// not references (a reference would change the counts FLAG_REF is decided on): they are
+    /// alive for the whole dump, reachable through immutable tuples and code objects from the
+    /// unit's root code object, which the source keeps (code objects are promoted).
+    deferred: Vec<usize>,
 }
 
 /// What [`scan_unit`] read from one code object: the localsplusnames stand-in,
@@ -581,7 +590,11 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
     let mut rebuilt: IdMap<Scanned<'py>> = IdMap::default();
     let mut order = Vec::new();
     let mut stack = vec![root.clone()];
+    // Code objects met (tuples of constants are trees: they are walked again if shared).
     let mut seen = IdSet::default();
+    // Tuples of str in the order met, and the lengths of the local-name tuples.
+    let mut cands: Vec<Bound<'py, PyAny>> = Vec::new();
+    let mut lens: Vec<bool> = Vec::new();
     // Only containers that can hold code objects or tuples of str are walked.
     let walkable = |x: &Bound<'py, PyAny>| {
         let tp = x.get_type_ptr();
@@ -593,17 +606,24 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
         }
     };
     while let Some(o) = stack.pop() {
-        if !seen.insert(o.as_ptr() as usize) {
-            continue;
-        }
         if is_code(&o) {
+            if !seen.insert(o.as_ptr() as usize) {
+                continue;
+            }
             let names = crate::marshal_code::code_obj(&o, 7)?;
             if let Ok(t) = names.cast::<pyo3::types::PyTuple>() {
                 if !t.is_empty() && t.iter().all(|x| x.is_exact_instance_of::<PyString>()) {
-                    set_default(&reps, &names)?;
+                    cands.push(names.clone());
                 }
             }
             let (ln, lk) = crate::marshal_code::localsplus(&o)?;
+            let n = ln.len();
+            if n > 0 {
+                if lens.len() <= n {
+                    lens.resize(n + 1, false);
+                }
+                lens[n] = true;
+            }
             order.push(o.as_ptr() as usize);
             let consts = crate::marshal_code::code_obj(&o, 6)?;
             stack.push(consts.clone());
@@ -624,10 +644,20 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
                 }
             }
             if all_str {
-                set_default(&reps, &o)?;
+                cands.push(o);
             }
         } else if let Ok(f) = o.cast::<PyFrozenSet>() {
             stack.extend(f.iter().filter(|x| walkable(x)));
+        }
+    }
+    let mut deferred = Vec::new();
+    for c in cands {
+        // SAFETY: GIL held; every candidate is a tuple.
+        let n = unsafe { ffi::PyTuple_GET_SIZE(c.as_ptr()) } as usize;
+        if lens.get(n) == Some(&true) {
+            set_default(&reps, &c)?;
+        } else {
+            deferred.push(c.as_ptr() as usize);
         }
     }
     let mut held = IdSet::default();
@@ -640,6 +670,8 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
         rebuilt: IdMap::default(),
         synthetic: IdSet::default(),
         held,
+        lens,
+        deferred,
     };
     // Now that every real tuple is known: each code object's local names resolved to their
     // stand-in once (one lookup by value per code object), and the uses counted per stand-in.
@@ -661,6 +693,19 @@ impl<'py> Unit<'py> {
     /// The object standing for the value of `lnames`: the real tuple of equal value, else the
     /// first rebuilt tuple of that value (registered as synthetic).
     fn resolve(&mut self, lnames: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if !self.deferred.is_empty() && self.lens.get(lnames.len()?) != Some(&true) {
+            // A length no tuple of the unit was entered for: the rest enter now, in the order
+            // met (none of their lengths has an entry yet, so the outcome is as if they had
+            // entered during the scan).
+            for d in std::mem::take(&mut self.deferred) {
+                // SAFETY: GIL held; `d` is alive (see `deferred`); a new reference.
+                let d = unsafe { Bound::from_borrowed_ptr(lnames.py(), d as *mut ffi::PyObject) };
+                let r = set_default(&self.reps, &d)?;
+                if r.is(&d) {
+                    self.held.insert(d.as_ptr() as usize);
+                }
+            }
+        }
         let rep = set_default(&self.reps, &lnames)?;
         if rep.is(&lnames) {
             self.synthetic.insert(lnames.as_ptr() as usize);
