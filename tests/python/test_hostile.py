@@ -396,3 +396,104 @@ print(len(out), out[:5])
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("25 ['ok', 'ok', 'ok', 'ok', 'ok']"), r.stdout
+
+
+# dumps borrows the objects it walks (as CPython does) and takes strong references on everything
+# pending only before it runs code that could change or free them ("escapes": the buffer
+# protocol of other types, big ints, sets, slices, code objects; the garbage collector's
+# finalizers can run on any allocation there). These scripts free what the encoder has pending
+# from inside such code; they run in a child process under the debug allocator (freed memory
+# is overwritten), where a use-after-free crashes or shows up in the output.
+_DEBUG_ENV = {**os.environ, "PYTHONMALLOC": "debug", "PYTHONDEVMODE": "1"}
+
+_GC_FINALIZER_SCRIPT = r"""
+import gc, cellar.marshal as m
+victim = {}
+key = compile("x = 1", "<s>", "exec")
+victim[key] = ["pending value %d" % i for i in range(50)]
+for i in range(50):
+    victim["other %d" % i] = ["freed %d" % j for j in range(20)]
+class Bomb:
+    def __del__(self):
+        victim.clear()
+        gc.collect()
+def arm():
+    b = Bomb()
+    b.cycle = b
+full = {k: list(v) for k, v in victim.items()}
+gc.collect()
+arm()
+gc.set_threshold(1)
+try:
+    out = m.dumps(victim)
+finally:
+    gc.set_threshold(700)
+back = m.loads(out)
+# 3.11 collects on allocation: the key (a code object: reading it allocates, the collector runs
+# the finalizer, which empties the dict) and its pending value are written, then the iteration ends.
+# 3.12+ collects only between bytecodes: the finalizer runs after the dump.
+if back == {key: ["pending value %d" % i for i in range(50)]}:
+    print("ok partial")
+else:
+    assert back == full, back
+    print("ok full")
+"""
+
+_BUFFER_SCRIPT = r"""
+import gc, cellar.marshal as m
+victims = []
+class Evil:
+    def __buffer__(self, flags):
+        for v in victims:
+            v.clear()
+        gc.collect()
+        return memoryview(b"evil")
+    def __hash__(self):
+        return 1
+d = {Evil(): ["pending value %d" % i for i in range(50)]}
+for i in range(50):
+    d["other %d" % i] = ["freed %d" % j for j in range(20)]
+victims.append(d)
+assert m.loads(m.dumps(d)) == {b"evil": ["pending value %d" % i for i in range(50)]}
+inner = [Evil(), ["pending %d" % i for i in range(30)]]
+top = [inner, ["freed %d" % i for i in range(30)]]
+del inner
+victims[:] = [top]
+try:
+    m.dumps(top)
+except ValueError as e:
+    assert "list changed size during marshal" in str(e), e
+else:
+    raise AssertionError("no error")
+victims[:] = [top]
+top[:] = [{"k": [Evil(), ("pending", ["x %d" % i for i in range(9)])]}, "freed"]
+try:
+    m.dumps(top)
+except ValueError as e:
+    assert "list changed size during marshal" in str(e), e
+print("ok")
+"""
+
+
+def _run_debug(script: str) -> str:
+    import subprocess
+
+    r = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script],
+        env=_DEBUG_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-3000:])
+    return r.stdout
+
+
+def test_dumps_survives_a_finalizer_freeing_pending_objects() -> None:
+    out = _run_debug(_GC_FINALIZER_SCRIPT)
+    assert out.startswith("ok partial" if sys.version_info < (3, 12) else "ok full"), out
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="__buffer__ is 3.12+")
+def test_dumps_survives_a_buffer_hook_freeing_pending_objects() -> None:
+    assert _run_debug(_BUFFER_SCRIPT).startswith("ok")

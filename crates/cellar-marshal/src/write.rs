@@ -107,6 +107,11 @@ pub enum Node<'n, O> {
     },
     /// Nothing marshal can write.
     Unmarshallable,
+    /// The source must run foreign code (code that could change or free what the encoder has
+    /// pending) to describe this object: the encoder first calls [`Source::promote`] on every
+    /// handle it holds, then asks again with [`Source::node_escaped`]. A source whose handles
+    /// always own their object never returns it.
+    Escape,
     /// Never constructed; carries the object type.
     #[doc(hidden)]
     _Phantom(std::marker::PhantomData<O>),
@@ -122,6 +127,17 @@ pub trait Source {
 
     /// What `o` is.
     fn node<'n>(&mut self, o: &'n Self::Obj) -> Result<Node<'n, Self::Obj>, Self::Error>;
+    /// What `o` is, after [`Node::Escape`]: every handle the encoder holds has been passed to
+    /// [`Source::promote`], so the source may now run code that changes or frees objects.
+    fn node_escaped<'n>(&mut self, _o: &'n Self::Obj) -> Result<Node<'n, Self::Obj>, Self::Error> {
+        Ok(Node::Unmarshallable)
+    }
+    /// Makes `o` (a handle the encoder holds, pending or being written) keep its object alive
+    /// until the dump ends, for a source whose handles borrow (see [`Node::Escape`]). A source
+    /// must account for the reference this takes in [`Source::shared_id`]. The default does
+    /// nothing.
+    #[inline(always)]
+    fn promote(&mut self, _o: &Self::Obj) {}
     /// An identity for `o` if it is shared and must be written once then referenced (FLAG_REF
     /// then `r`), or `None`. `extra` counts the references the source itself holds on `o`
     /// beyond those the reference writer (CPython) would hold at this point. A source that
@@ -177,6 +193,45 @@ pub trait Source {
     }
 }
 
+/// A root that is one flat payload (see [`flat_header`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Flat {
+    /// bytes (written as `s`).
+    Bytes,
+    /// An ASCII str (written as `a`/`A` from version 4).
+    Ascii {
+        /// Interned.
+        interned: bool,
+    },
+}
+
+/// The 5-byte header [`encode`] writes before the payload when the root is one bytes or ASCII
+/// str object of `len` bytes (`shared`: [`Source::shared_id`] names it), or `None` when that
+/// root is not written as header + payload (a short or pre-version-4 str, or too long). A
+/// source can then write the output in one piece, straight into its final buffer.
+pub fn flat_header(kind: Flat, len: usize, shared: bool, version: u32) -> Option<[u8; 5]> {
+    let version = version.min(CURRENT_VERSION);
+    if len > SIZE32_MAX {
+        return None;
+    }
+    let code = match kind {
+        Flat::Bytes => TYPE_STRING,
+        Flat::Ascii { interned } => {
+            if version < 4 || len < 256 {
+                return None;
+            }
+            if interned {
+                TYPE_ASCII_INTERNED
+            } else {
+                TYPE_ASCII
+            }
+        }
+    };
+    let flag = if version >= 3 && shared { FLAG_REF } else { 0 };
+    let b = (len as u32).to_le_bytes();
+    Some([code | flag, b[0], b[1], b[2], b[3]])
+}
+
 enum Task<O> {
     Obj(O, u32),
     /// A tuple, list (`left` items still to write) or dict (`left == usize::MAX`) being written.
@@ -213,14 +268,31 @@ pub fn encode<S: Source>(
     opts: &DumpOptions,
     out: &mut Vec<u8>,
 ) -> Result<(), S::Error> {
+    // The reference table of this thread's last dump, reused: a dump with many shared objects
+    // (a module's code: every interned name) does not regrow it from empty each time. Taken out
+    // of the slot while in use (a dump started by the source's own code gets a fresh one).
+    let refs = SPARE_REFS.with(|c| c.take());
     let mut w = Writer {
         out,
         version: opts.version.min(CURRENT_VERSION),
         allow_code: opts.allow_code,
-        refs: RefMap::default(),
+        refs,
         depth: 0,
     };
-    w.write(source, root, extra)
+    let r = w.write(source, root, extra);
+    let mut refs = w.refs;
+    if refs.capacity() <= SPARE_REFS_MAX {
+        refs.clear();
+        SPARE_REFS.with(|c| c.set(refs));
+    }
+    r
+}
+
+/// The largest reference table kept for reuse per thread.
+const SPARE_REFS_MAX: usize = 1 << 16;
+
+std::thread_local! {
+    static SPARE_REFS: std::cell::Cell<RefMap> = std::cell::Cell::new(RefMap::default());
 }
 
 struct Writer<'w> {
@@ -347,7 +419,11 @@ impl Writer<'_> {
         extra: u32,
         stack: &mut Vec<Task<S::Obj>>,
     ) -> Result<(), S::Error> {
-        let node = source.node(&v)?;
+        let mut node = source.node(&v)?;
+        if let Node::Escape = node {
+            self.escape(source, stack, &v);
+            node = source.node_escaped(&v)?;
+        }
         let single = match node {
             Node::None => Some(TYPE_NONE),
             Node::Bool(false) => Some(TYPE_FALSE),
@@ -453,6 +529,9 @@ impl Writer<'_> {
             Node::Set { frozen, .. } => {
                 drop(node);
                 let code = if frozen { TYPE_FROZENSET } else { TYPE_SET };
+                // Reading the items and their standalone dumps may escape: everything pending is
+                // promoted first (and nothing is pushed until the items are sorted).
+                self.escape(source, stack, &v);
                 let mut items = Vec::new();
                 source.children(&v, &mut items)?;
                 self.code_size(code | flag, items.len())?;
@@ -523,7 +602,7 @@ impl Writer<'_> {
                 stack.push(Task::I32(ints[5]));
                 stack.extend(it.map(|(o, e)| Task::Obj(o, e)));
             }
-            Node::Unmarshallable => return Err(unmarshallable().into()),
+            Node::Unmarshallable | Node::Escape => return Err(unmarshallable().into()),
             Node::None
             | Node::Bool(_)
             | Node::StopIteration
@@ -531,6 +610,22 @@ impl Writer<'_> {
             | Node::_Phantom(_) => {}
         }
         Ok(())
+    }
+
+    /// Before the source runs foreign code: every handle pending on `stack`, and `v`, promoted
+    /// (see [`Node::Escape`]). A set item's standalone dump runs on its own stack, but the outer
+    /// stack was promoted when the set was met (sets escape), and nothing is pushed onto it
+    /// until the set's items are sorted.
+    #[cold]
+    #[inline(never)]
+    fn escape<S: Source>(&mut self, source: &mut S, stack: &[Task<S::Obj>], v: &S::Obj) {
+        for t in stack {
+            match t {
+                Task::Obj(o, _) | Task::Iter { obj: o, .. } => source.promote(o),
+                Task::I32(_) | Task::Exit => {}
+            }
+        }
+        source.promote(v);
     }
 
     fn open<O>(&mut self, stack: &mut Vec<Task<O>>) {
@@ -683,5 +778,67 @@ impl Writer<'_> {
             self.out.extend_from_slice(&d.to_le_bytes());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cellar_value::Value;
+
+    /// The flat header plus the payload is what the encoder writes for that root.
+    #[test]
+    fn flat_header_matches_encode() {
+        for version in 0..=5u32 {
+            for n in [0usize, 5, 255, 256, 4000] {
+                let payload = vec![b'x'; n];
+                let mut want = Vec::new();
+                encode(
+                    &mut crate::ValueSource::default(),
+                    &Value::Bytes(payload.clone().into()),
+                    0,
+                    &DumpOptions {
+                        version,
+                        allow_code: true,
+                    },
+                    &mut want,
+                )
+                .unwrap();
+                let mut got = flat_header(Flat::Bytes, n, false, version)
+                    .unwrap()
+                    .to_vec();
+                got.extend_from_slice(&payload);
+                assert_eq!(got, want, "bytes, version {version}, {n} bytes");
+                let s = "y".repeat(n);
+                let mut want = Vec::new();
+                encode(
+                    &mut crate::ValueSource::default(),
+                    &Value::str(&s),
+                    0,
+                    &DumpOptions {
+                        version,
+                        allow_code: true,
+                    },
+                    &mut want,
+                )
+                .unwrap();
+                match flat_header(Flat::Ascii { interned: false }, n, false, version) {
+                    Some(h) => {
+                        let mut got = h.to_vec();
+                        got.extend_from_slice(s.as_bytes());
+                        assert_eq!(got, want, "str, version {version}, {n} bytes");
+                    }
+                    None => assert!(version < 4 || n < 256),
+                }
+            }
+        }
+        assert_eq!(
+            flat_header(Flat::Ascii { interned: true }, 300, true, 4),
+            Some([b'A' | 0x80, 44, 1, 0, 0])
+        );
+        assert_eq!(
+            flat_header(Flat::Bytes, 1, true, 2),
+            Some([b's', 1, 0, 0, 0])
+        );
     }
 }

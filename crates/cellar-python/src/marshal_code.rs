@@ -16,7 +16,7 @@
 use std::os::raw::c_int;
 
 use cellar_marshal::read::CodeFields;
-use pyo3::ffi::PyObject;
+use pyo3::ffi::{self, PyObject};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
@@ -308,6 +308,89 @@ pub(crate) fn build<'py>(
             ),
         )
     }
+}
+
+/// The code type's members that marshal reads, as `PyCode_Type.tp_members` (public
+/// `PyMemberDef` metadata, the table generic attribute access itself consults) describes them:
+/// read at their offset directly instead of through `getattr` (a type lookup and a descriptor
+/// call per field, most of the cost of writing a small code object).
+pub(crate) const MEMBER_NAMES: [&str; 13] = [
+    "co_argcount",
+    "co_posonlyargcount",
+    "co_kwonlyargcount",
+    "co_stacksize",
+    "co_flags",
+    "co_firstlineno",
+    "co_consts",
+    "co_names",
+    "co_filename",
+    "co_name",
+    "co_qualname",
+    "co_linetable",
+    "co_exceptiontable",
+];
+
+/// Per [`MEMBER_NAMES`] entry: its type code and offset, when it is a read-only member of type
+/// int (the first six) or object (the rest).
+static MEMBERS: std::sync::OnceLock<[Option<(c_int, isize)>; 13]> = std::sync::OnceLock::new();
+
+fn member_table() -> &'static [Option<(c_int, isize)>; 13] {
+    MEMBERS.get_or_init(|| {
+        let mut out = [None; 13];
+        // SAFETY: PyCode_Type is a static type, immortal; its tp_members array ends with an
+        // entry whose name is NULL; names are NUL-terminated C strings.
+        unsafe {
+            let mut m = (*std::ptr::addr_of!(ffi::PyCode_Type)).tp_members;
+            while !m.is_null() && !(*m).name.is_null() {
+                let name = std::ffi::CStr::from_ptr((*m).name);
+                if let Some(i) = MEMBER_NAMES
+                    .iter()
+                    .position(|n| n.as_bytes() == name.to_bytes())
+                {
+                    let want_int = i < 6;
+                    let t = (*m).type_code;
+                    let ok = if want_int {
+                        t == ffi::Py_T_INT
+                    } else {
+                        // T_OBJECT (6; 3.11's code type) or Py_T_OBJECT_EX.
+                        t == 6 || t == ffi::Py_T_OBJECT_EX
+                    };
+                    if ok && (*m).offset > 0 {
+                        out[i] = Some((t, (*m).offset));
+                    }
+                }
+                m = m.add(1);
+            }
+        }
+        out
+    })
+}
+
+/// An int field of a code object ([`MEMBER_NAMES`] index `i` < 6).
+pub(crate) fn code_int(co: &Bound<'_, PyAny>, i: usize) -> PyResult<i32> {
+    if let Some(Some((_, off))) = member_table().get(i).filter(|_| i < 6) {
+        // SAFETY: GIL held; `co` is an exact code object (callers checked PyCode_Check), and
+        // the code type's own member table says a C int lives at this offset.
+        return Ok(unsafe { *((co.as_ptr() as *const u8).offset(*off) as *const c_int) });
+    }
+    let name = pyo3::types::PyString::new(co.py(), MEMBER_NAMES[i.min(5)]);
+    co.getattr(name)?.extract()
+}
+
+/// An object field of a code object ([`MEMBER_NAMES`] index `i` >= 6), a new reference.
+pub(crate) fn code_obj<'py>(co: &Bound<'py, PyAny>, i: usize) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(Some((_, off))) = member_table().get(i).filter(|_| i >= 6) {
+        // SAFETY: GIL held; `co` is an exact code object (callers checked PyCode_Check), and
+        // the code type's own member table says an object pointer lives at this offset (a
+        // read-only member, set at construction); from_borrowed_ptr takes a new reference.
+        let p = unsafe { *((co.as_ptr() as *const u8).offset(*off) as *const *mut ffi::PyObject) };
+        if !p.is_null() {
+            // SAFETY: a live object the code object holds.
+            return Ok(unsafe { Bound::from_borrowed_ptr(co.py(), p) });
+        }
+    }
+    let name = pyo3::types::PyString::new(co.py(), MEMBER_NAMES[i.clamp(6, 12)]);
+    co.getattr(name)
 }
 
 /// `co_code` of a code object (a new reference, as CPython's marshal takes it).

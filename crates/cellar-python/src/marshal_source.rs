@@ -7,19 +7,34 @@
 //!
 //! FLAG_REF as the running CPython sets it (so the bytes equal `marshal.dumps`): CPython's
 //! `w_ref` flags an object (other than None/True/False/Ellipsis/StopIteration) whose reference
-//! count is not 1, and every interned str. The source holds one strong reference on every object
-//! the encoder has pending (so nothing it walks can be freed under it); `extra` tells how many
-//! of those CPython would not hold at that point, and is subtracted:
-//! - container items, dict keys/values, code attributes read with getattr: 1 (CPython borrows);
+//! count is not 1, and every interned str. `extra` tells how many references the source holds
+//! on an object that CPython would not hold at that point, and is subtracted:
+//! - container items, dict keys/values: 0 (borrowed, as CPython borrows them);
+//! - code attributes read with getattr, slice fields, set items: 1 (a new reference);
 //! - `co_code` from `PyCode_GetCode`: 0 (CPython also holds the new reference it returns);
 //! - the rebuilt `co_localsplusnames` tuple and kinds bytes: 0 (they stand for the code
-//!   object's own); the names inside: 2 (our rebuilt tuple + our pending reference);
+//!   object's own); the names inside: 1 (our rebuilt tuple);
 //! - set items: written once standalone for the sort key (CPython 3.11/3.12 borrow the item
-//!   there, 3.13 holds a reference) and then for real (CPython holds a (dump, item) pair).
+//!   there, 3.13 holds a reference) and then for real (CPython holds a (dump, item) pair);
+//! - a handle promoted before an escape (below): one more.
+//!
+//! Borrowing and escapes: like CPython's `w_object`, the encoder borrows container items (no
+//! reference count traffic on the common path: every object is touched once, and not dirtied).
+//! That is sound while no foreign code runs, because then nothing can change or free what the
+//! encoder has pending. Only the uncommon objects can run code or trigger the garbage collector
+//! (whose finalizers run arbitrary Python code): the buffer-protocol fallback (3.12+
+//! `__buffer__`/`__release_buffer__`), big ints, sets, slices and code objects (they allocate
+//! objects and call methods). For those `node` answers [`Node::Escape`]: the encoder first hands
+//! every handle it holds to [`Source::promote`], which takes a strong reference kept until the
+//! dump ends, and only then is the object described (`node_escaped`). Every reference the source
+//! takes (promotions, new objects from getattr, flagged objects) is released only after the
+//! dump, so no deallocation (and no finalizer) runs in the middle of it either.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::borrow::Cow;
+use std::cell::Cell;
+use std::marker::PhantomData;
 
 use cellar_marshal::write::{IdMap, IdSet, Node, Source, StrData};
 use cellar_marshal::{DumpOptions, EncodeError};
@@ -27,13 +42,80 @@ use pyo3::exceptions::PyValueError;
 use pyo3::ffi::{self, Py_ssize_t};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PySet, PyString};
+use pyo3::Borrowed;
 
-/// One object pending in the encoder, with the `extra` its children get.
-#[derive(Clone)]
+/// One object pending in the encoder, with the `extra` its children get. A borrowed pointer:
+/// the object is kept alive by its container (nothing runs that could change it, see the
+/// module docs) or by the source's `keep` list, except for a clone, which owns one reference.
 pub(crate) struct PyObj<'py> {
-    obj: Bound<'py, PyAny>,
+    /// Never null.
+    ptr: *mut ffi::PyObject,
     /// The `extra` of this object's children (see the module docs).
     kids_extra: u32,
+    /// Promoted before an escape: the source holds one more reference on it.
+    promoted: Cell<bool>,
+    /// A clone: this handle owns one reference, released when it is dropped.
+    owned: bool,
+    /// Only made while the GIL is held (`Python<'py>` is neither Send nor Sync).
+    _py: PhantomData<Python<'py>>,
+}
+
+impl<'py> PyObj<'py> {
+    /// A handle on `ptr`, which must stay alive while the encoder holds it (borrowed from a
+    /// pending container, or kept by the source).
+    #[inline(always)]
+    fn borrowed(ptr: *mut ffi::PyObject, kids_extra: u32) -> Option<PyObj<'py>> {
+        if ptr.is_null() {
+            return None;
+        }
+        Some(PyObj {
+            ptr,
+            kids_extra,
+            promoted: Cell::new(false),
+            owned: false,
+            _py: PhantomData,
+        })
+    }
+
+    #[inline(always)]
+    fn as_ptr(&self) -> *mut ffi::PyObject {
+        self.ptr
+    }
+
+    /// The object as a borrowed pyo3 handle.
+    fn bound<'a>(&'a self, py: Python<'py>) -> Borrowed<'a, 'py, PyAny> {
+        // SAFETY: GIL held (`py`); the object is alive while this handle is (see the type docs).
+        unsafe { Borrowed::from_ptr(py, self.as_ptr()) }
+    }
+}
+
+/// Set items are written twice (standalone for the sort key, then for real) through a second
+/// handle, which owns a reference as CPython's does (the encoder counts it in `extra`).
+impl Clone for PyObj<'_> {
+    fn clone(&self) -> Self {
+        // SAFETY: GIL held (a PyObj only exists during a dump, see `_py`); the object is alive
+        // (held by `self`).
+        unsafe { ffi::Py_INCREF(self.as_ptr()) };
+        PyObj {
+            ptr: self.ptr,
+            kids_extra: self.kids_extra,
+            promoted: self.promoted.clone(),
+            owned: true,
+            _py: PhantomData,
+        }
+    }
+}
+
+impl Drop for PyObj<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if self.owned {
+            // SAFETY: GIL held (see `_py`); this handle's own reference. Only set items are
+            // cloned, and the source keeps every set item until the dump ends, so this never
+            // frees the object (no finalizer runs mid-dump).
+            unsafe { ffi::Py_DECREF(self.as_ptr()) };
+        }
+    }
 }
 
 /// Why a dump failed.
@@ -59,7 +141,9 @@ impl From<PyErr> for Fail {
 /// Reads Python objects for the core encoder.
 pub(crate) struct PySource<'py> {
     py: Python<'py>,
-    /// Flagged objects, kept alive for the whole dump (their addresses are the identities).
+    /// Every reference the source takes, released when the dump ends: flagged objects (their
+    /// addresses are the identities), promoted handles, and objects it made or read by
+    /// attribute.
     keep: Vec<Bound<'py, PyAny>>,
     /// The compilation unit of the first code object met (see [`Unit`]).
     unit: Option<Unit<'py>>,
@@ -85,6 +169,15 @@ struct Unit<'py> {
     synthetic: IdSet,
     /// Real tuples held (twice: as key and value) by `reps`: two more references than CPython.
     held: IdSet,
+    /// The lengths of the unit's local-name tuples (index: length): only real tuples of those
+    /// lengths can stand for one, so only those enter `reps` at once.
+    lens: Vec<bool>,
+    /// The other real tuples of str, in the order met; entered into `reps` only if a local-name
+    /// tuple of another length (from a code object outside the unit) is resolved. Addresses,
+    /// not references (a reference would change the counts FLAG_REF is decided on): they are
+    /// alive for the whole dump, reachable through immutable tuples and code objects from the
+    /// unit's root code object, which the source keeps (code objects are promoted).
+    deferred: Vec<usize>,
 }
 
 /// What [`scan_unit`] read from one code object: the localsplusnames stand-in,
@@ -92,11 +185,21 @@ struct Unit<'py> {
 type Scanned<'py> = [Bound<'py, PyAny>; 4];
 
 impl<'py> PySource<'py> {
-    fn obj(&self, o: Bound<'py, PyAny>) -> PyObj<'py> {
+    /// A handle on `o`, which is kept until the dump ends; its children get `kids_extra`.
+    fn own(&mut self, o: Bound<'py, PyAny>, kids_extra: u32) -> PyObj<'py> {
+        let ptr = o.as_ptr();
+        self.keep.push(o);
         PyObj {
-            obj: o,
-            kids_extra: 1,
+            ptr,
+            kids_extra,
+            promoted: Cell::new(false),
+            owned: false,
+            _py: PhantomData,
         }
+    }
+
+    fn obj(&mut self, o: Bound<'py, PyAny>) -> PyObj<'py> {
+        self.own(o, 0)
     }
 }
 
@@ -107,14 +210,15 @@ impl<'py> Source for PySource<'py> {
     type Obj = PyObj<'py>;
     type Error = Fail;
 
+    /// The common exact types (nothing here runs code or allocates); the rest escape.
     #[inline(always)]
     fn node<'n>(&mut self, o: &'n PyObj<'py>) -> Result<Node<'n, PyObj<'py>>, Fail> {
-        let v = o.obj.as_ptr();
+        let v = o.as_ptr();
         let py = self.py;
-        // SAFETY: (whole block) GIL held; `v` is alive as long as `o` (an owned reference held
-        // by the encoder for as long as the returned node borrows it); every type check comes
-        // before the accessor that relies on it; str and bytes objects are immutable, so the
-        // slices stay valid while `o` lives.
+        // SAFETY: (whole block) GIL held; `v` is alive as long as `o` (held by a pending
+        // container or the source, and no code runs while the returned node borrows it); every
+        // type check comes before the accessor that relies on it; str and bytes objects are
+        // immutable, so the slices stay valid while `o` lives.
         unsafe {
             let tp = ffi::Py_TYPE(v);
             if tp == &raw mut ffi::PyLong_Type {
@@ -126,7 +230,8 @@ impl<'py> Source for PySource<'py> {
                     }
                     return Ok(Node::Int(x));
                 }
-                return big_int(&o.obj);
+                // A big int: its methods are called (allocations).
+                return Ok(Node::Escape);
             }
             if tp == &raw mut ffi::PyUnicode_Type {
                 let n = ffi::PyUnicode_GET_LENGTH(v) as usize;
@@ -190,6 +295,23 @@ impl<'py> Source for PySource<'py> {
                     ffi::PyComplex_ImagAsDouble(v),
                 ));
             }
+        }
+        Ok(Node::Escape)
+    }
+
+    /// Everything else, once every pending handle is promoted (see the module docs): this may
+    /// run Python code.
+    #[inline(never)]
+    fn node_escaped<'n>(&mut self, o: &'n PyObj<'py>) -> Result<Node<'n, PyObj<'py>>, Fail> {
+        let v = o.as_ptr();
+        // SAFETY: (whole block) GIL held; `v` is alive (`o` was promoted: the source holds a
+        // reference until the dump ends); every type check comes before the accessor that
+        // relies on it.
+        unsafe {
+            let tp = ffi::Py_TYPE(v);
+            if tp == &raw mut ffi::PyLong_Type {
+                return big_int(&o.bound(self.py));
+            }
             if tp == &raw mut ffi::PySet_Type || tp == &raw mut ffi::PyFrozenSet_Type {
                 return Ok(Node::Set {
                     frozen: tp == &raw mut ffi::PyFrozenSet_Type,
@@ -197,7 +319,7 @@ impl<'py> Source for PySource<'py> {
                 });
             }
             if ffi::PyCode_Check(v) != 0 {
-                let ints = code_ints(&o.obj)?;
+                let ints = code_ints(&o.bound(self.py))?;
                 return Ok(Node::Code { ints });
             }
             if tp == &raw mut ffi::PySlice_Type {
@@ -226,11 +348,25 @@ impl<'py> Source for PySource<'py> {
     }
 
     #[inline(always)]
+    fn promote(&mut self, o: &PyObj<'py>) {
+        if !o.promoted.get() {
+            o.promoted.set(true);
+            // SAFETY: GIL held; `o` is alive (borrowed from a pending container or kept);
+            // from_borrowed_ptr takes a new reference, kept until the dump ends.
+            self.keep
+                .push(unsafe { Bound::from_borrowed_ptr(self.py, o.as_ptr()) });
+        }
+    }
+
+    #[inline(always)]
     fn shared_id(&mut self, o: &PyObj<'py>, extra: u32) -> Option<usize> {
-        let v = o.obj.as_ptr();
-        let mut extra = extra;
+        let v = o.as_ptr();
+        let mut extra = extra + o.promoted.get() as u32;
         if let Some(u) = &self.unit {
-            if !u.held.is_empty() && u.held.contains(&(v as usize)) {
+            // Only tuples are ever held (see `Unit::held`).
+            // SAFETY: GIL held; a type check on a live object.
+            let tuple = unsafe { ffi::PyTuple_CheckExact(v) } != 0;
+            if tuple && !u.held.is_empty() && u.held.contains(&(v as usize)) {
                 extra += 2;
             }
         }
@@ -252,37 +388,37 @@ impl<'py> Source for PySource<'py> {
 
     #[inline(always)]
     fn retain(&mut self, o: &PyObj<'py>) {
-        self.keep.push(o.obj.clone());
+        // SAFETY: GIL held; `o` is alive; from_borrowed_ptr takes a new reference (CPython's
+        // w_ref holds one on every recorded object too).
+        self.keep
+            .push(unsafe { Bound::from_borrowed_ptr(self.py, o.as_ptr()) });
     }
 
-    /// One `PyDict_Next` per entry (CPython's `w_object` does the same); both key and value
-    /// become owned references at once.
+    /// One `PyDict_Next` per entry (CPython's `w_object` does the same); key and value are
+    /// borrowed, as in CPython.
     #[inline(always)]
     fn dict_item(
         &mut self,
         o: &PyObj<'py>,
         cursor: &mut usize,
     ) -> Result<Option<((PyObj<'py>, u32), (PyObj<'py>, u32))>, Fail> {
-        let v = o.obj.as_ptr();
+        let v = o.as_ptr();
         let e = o.kids_extra;
         let mut pos = *cursor as Py_ssize_t;
         let mut k: *mut ffi::PyObject = std::ptr::null_mut();
         let mut x: *mut ffi::PyObject = std::ptr::null_mut();
         // SAFETY: GIL held; `v` is a live dict (the encoder only asks dicts for entries);
         // PyDict_Next checks `pos` against the dict's current size and yields borrowed
-        // references, turned into owned ones at once below.
+        // references, alive while the dict holds them (no code runs before they are written,
+        // or they are promoted first).
         if unsafe { ffi::PyDict_Next(v, &mut pos, &mut k, &mut x) } == 0 {
             return Ok(None);
         }
         *cursor = pos as usize;
-        // SAFETY: `k` and `x` are live borrowed references (see above); from_borrowed_ptr increfs.
-        let (k, x) = unsafe {
-            (
-                Bound::from_borrowed_ptr(self.py, k),
-                Bound::from_borrowed_ptr(self.py, x),
-            )
-        };
-        Ok(Some(((self.obj(k), e), (self.obj(x), e))))
+        match (PyObj::borrowed(k, 0), PyObj::borrowed(x, 0)) {
+            (Some(k), Some(x)) => Ok(Some(((k, e), (x, e)))),
+            _ => Ok(None),
+        }
     }
 
     #[inline(always)]
@@ -291,47 +427,54 @@ impl<'py> Source for PySource<'py> {
         o: &PyObj<'py>,
         cursor: &mut usize,
     ) -> Result<Option<(PyObj<'py>, u32)>, Fail> {
-        let v = o.obj.as_ptr();
+        let v = o.as_ptr();
         let e = o.kids_extra;
         let i = *cursor as Py_ssize_t;
-        // SAFETY: (whole block) GIL held; `v` is alive (held by `o`); every index is checked
-        // against the container's CURRENT size, and each item is turned into an owned reference
-        // at once, so a container changed meanwhile (by Python code run for a buffer-protocol
-        // object) can never hand out a dangling pointer.
+        // SAFETY: (whole block) GIL held; `v` is alive (see `PyObj`); every index is checked
+        // against the container's CURRENT size (a list changed by Python code run after an
+        // escape can never hand out a dangling pointer), and the item is alive while the
+        // container holds it (no code runs before it is written, or it is promoted first).
         let item = unsafe {
             let tp = ffi::Py_TYPE(v);
-            if tp == &raw mut ffi::PyTuple_Type {
-                *cursor += 1;
-                if i < ffi::PyTuple_GET_SIZE(v) {
-                    ffi::PyTuple_GET_ITEM(v, i)
-                } else {
-                    std::ptr::null_mut()
-                }
+            let (items, n) = if tp == &raw mut ffi::PyTuple_Type {
+                (
+                    (*(v as *mut ffi::PyTupleObject)).ob_item.as_ptr(),
+                    ffi::PyTuple_GET_SIZE(v),
+                )
             } else if tp == &raw mut ffi::PyList_Type {
-                *cursor += 1;
-                if i < ffi::PyList_GET_SIZE(v) {
-                    ffi::PyList_GET_ITEM(v, i)
-                } else {
-                    std::ptr::null_mut()
-                }
+                (
+                    (*(v as *mut ffi::PyListObject)).ob_item as *const *mut ffi::PyObject,
+                    ffi::PyList_GET_SIZE(v),
+                )
             } else {
-                std::ptr::null_mut()
+                return Ok(None);
+            };
+            *cursor += 1;
+            if i >= n {
+                return Ok(None);
             }
+            // The next item's header is read right after this one is written: start loading
+            // it now (a first touch of each object is a cache miss CPython's recursion hides).
+            if i + 1 < n {
+                prefetch(*items.add(i as usize + 1));
+            }
+            *items.add(i as usize)
         };
-        if item.is_null() {
-            return Ok(None);
-        }
-        // SAFETY: `item` is a live borrowed reference (see above); from_borrowed_ptr increfs.
-        let item = unsafe { Bound::from_borrowed_ptr(self.py, item) };
-        Ok(Some((self.obj(item), e)))
+        Ok(PyObj::borrowed(item, 0).map(|x| (x, e)))
     }
 
     fn children(&mut self, o: &PyObj<'py>, out: &mut Vec<(PyObj<'py>, u32)>) -> Result<(), Fail> {
-        let v = &o.obj;
+        let v = o.bound(self.py).to_owned();
         if let Ok(s) = v.cast::<PySet>() {
-            out.extend(s.iter().map(|x| (self.obj(x), 1)));
+            for x in s.iter() {
+                let x = self.obj(x);
+                out.push((x, 1));
+            }
         } else if let Ok(s) = v.cast::<PyFrozenSet>() {
-            out.extend(s.iter().map(|x| (self.obj(x), 1)));
+            for x in s.iter() {
+                let x = self.obj(x);
+                out.push((x, 1));
+            }
         } else if let Ok(s) = v.cast::<pyo3::types::PySlice>() {
             let py = self.py;
             for name in [
@@ -341,8 +484,8 @@ impl<'py> Source for PySource<'py> {
             ] {
                 out.push((self.obj(s.getattr(name)?), 1));
             }
-        } else if is_code(v) {
-            self.code_children(v, out)?;
+        } else if is_code(&v) {
+            self.code_children(&v, out)?;
         }
         Ok(())
     }
@@ -367,16 +510,16 @@ impl<'py> PySource<'py> {
         co: &Bound<'py, PyAny>,
         out: &mut Vec<(PyObj<'py>, u32)>,
     ) -> Result<(), Fail> {
-        let py = self.py;
         if self.unit.is_none() {
             self.unit = Some(scan_unit(co)?);
         }
+        use crate::marshal_code::code_obj;
         let code = crate::marshal_code::co_code(co)?;
-        let filename = co.getattr(pyo3::intern!(py, "co_filename"))?;
-        let name = co.getattr(pyo3::intern!(py, "co_name"))?;
-        let qualname = co.getattr(pyo3::intern!(py, "co_qualname"))?;
-        let linetable = co.getattr(pyo3::intern!(py, "co_linetable"))?;
-        let exctable = co.getattr(pyo3::intern!(py, "co_exceptiontable"))?;
+        let filename = code_obj(co, 8)?;
+        let name = code_obj(co, 9)?;
+        let qualname = code_obj(co, 10)?;
+        let linetable = code_obj(co, 11)?;
+        let exctable = code_obj(co, 12)?;
         let ([lnames, lkinds, names, consts], resolved) = match self
             .unit
             .as_mut()
@@ -385,8 +528,8 @@ impl<'py> PySource<'py> {
             Some(scanned) => (scanned, true),
             None => {
                 let (a, b) = crate::marshal_code::localsplus(co)?;
-                let names = co.getattr(pyo3::intern!(py, "co_names"))?;
-                let consts = co.getattr(pyo3::intern!(py, "co_consts"))?;
+                let names = code_obj(co, 7)?;
+                let consts = code_obj(co, 6)?;
                 ([a.into_any(), b.into_any(), names, consts], false)
             }
         };
@@ -423,13 +566,7 @@ impl<'py> PySource<'py> {
         };
         if !unit.synthetic.contains(&(rep.as_ptr() as usize)) {
             // The real tuple of equal value: it IS the code object's, reference count included.
-            return Ok((
-                PyObj {
-                    obj: rep,
-                    kids_extra: 1,
-                },
-                1,
-            ));
+            return Ok((self.own(rep, 0), 1));
         }
         let uses = unit
             .uses
@@ -441,13 +578,7 @@ impl<'py> PySource<'py> {
         // Flagged exactly when CPython's shared tuple has more than one holder; `+ 1` for the
         // handle pushed below. The names inside are held by it and by the real (hidden) tuple.
         let extra = if uses >= 2 { 0 } else { refcnt };
-        Ok((
-            PyObj {
-                obj: rep,
-                kids_extra: 2,
-            },
-            extra,
-        ))
+        Ok((self.own(rep, 1), extra))
     }
 }
 
@@ -459,7 +590,11 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
     let mut rebuilt: IdMap<Scanned<'py>> = IdMap::default();
     let mut order = Vec::new();
     let mut stack = vec![root.clone()];
+    // Code objects met (tuples of constants are trees: they are walked again if shared).
     let mut seen = IdSet::default();
+    // Tuples of str in the order met, and the lengths of the local-name tuples.
+    let mut cands: Vec<Bound<'py, PyAny>> = Vec::new();
+    let mut lens: Vec<bool> = Vec::new();
     // Only containers that can hold code objects or tuples of str are walked.
     let walkable = |x: &Bound<'py, PyAny>| {
         let tp = x.get_type_ptr();
@@ -471,19 +606,26 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
         }
     };
     while let Some(o) = stack.pop() {
-        if !seen.insert(o.as_ptr() as usize) {
-            continue;
-        }
         if is_code(&o) {
-            let names = o.getattr(pyo3::intern!(py, "co_names"))?;
+            if !seen.insert(o.as_ptr() as usize) {
+                continue;
+            }
+            let names = crate::marshal_code::code_obj(&o, 7)?;
             if let Ok(t) = names.cast::<pyo3::types::PyTuple>() {
                 if !t.is_empty() && t.iter().all(|x| x.is_exact_instance_of::<PyString>()) {
-                    set_default(&reps, &names)?;
+                    cands.push(names.clone());
                 }
             }
             let (ln, lk) = crate::marshal_code::localsplus(&o)?;
+            let n = ln.len();
+            if n > 0 {
+                if lens.len() <= n {
+                    lens.resize(n + 1, false);
+                }
+                lens[n] = true;
+            }
             order.push(o.as_ptr() as usize);
-            let consts = o.getattr(pyo3::intern!(py, "co_consts"))?;
+            let consts = crate::marshal_code::code_obj(&o, 6)?;
             stack.push(consts.clone());
             rebuilt.insert(
                 o.as_ptr() as usize,
@@ -502,10 +644,20 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
                 }
             }
             if all_str {
-                set_default(&reps, &o)?;
+                cands.push(o);
             }
         } else if let Ok(f) = o.cast::<PyFrozenSet>() {
             stack.extend(f.iter().filter(|x| walkable(x)));
+        }
+    }
+    let mut deferred = Vec::new();
+    for c in cands {
+        // SAFETY: GIL held; every candidate is a tuple.
+        let n = unsafe { ffi::PyTuple_GET_SIZE(c.as_ptr()) } as usize;
+        if lens.get(n) == Some(&true) {
+            set_default(&reps, &c)?;
+        } else {
+            deferred.push(c.as_ptr() as usize);
         }
     }
     let mut held = IdSet::default();
@@ -518,6 +670,8 @@ fn scan_unit<'py>(root: &Bound<'py, PyAny>) -> PyResult<Unit<'py>> {
         rebuilt: IdMap::default(),
         synthetic: IdSet::default(),
         held,
+        lens,
+        deferred,
     };
     // Now that every real tuple is known: each code object's local names resolved to their
     // stand-in once (one lookup by value per code object), and the uses counted per stand-in.
@@ -539,6 +693,19 @@ impl<'py> Unit<'py> {
     /// The object standing for the value of `lnames`: the real tuple of equal value, else the
     /// first rebuilt tuple of that value (registered as synthetic).
     fn resolve(&mut self, lnames: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if !self.deferred.is_empty() && self.lens.get(lnames.len()?) != Some(&true) {
+            // A length no tuple of the unit was entered for: the rest enter now, in the order
+            // met (none of their lengths has an entry yet, so the outcome is as if they had
+            // entered during the scan).
+            for d in std::mem::take(&mut self.deferred) {
+                // SAFETY: GIL held; `d` is alive (see `deferred`); a new reference.
+                let d = unsafe { Bound::from_borrowed_ptr(lnames.py(), d as *mut ffi::PyObject) };
+                let r = set_default(&self.reps, &d)?;
+                if r.is(&d) {
+                    self.held.insert(d.as_ptr() as usize);
+                }
+            }
+        }
         let rep = set_default(&self.reps, &lnames)?;
         if rep.is(&lnames) {
             self.synthetic.insert(lnames.as_ptr() as usize);
@@ -565,17 +732,9 @@ fn set_default<'py>(
 
 /// argcount, posonlyargcount, kwonlyargcount, stacksize, flags, firstlineno.
 fn code_ints(co: &Bound<'_, PyAny>) -> Result<[i32; 6], Fail> {
-    let py = co.py();
     let mut ints = [0i32; 6];
-    for (slot, name) in ints.iter_mut().zip([
-        pyo3::intern!(py, "co_argcount"),
-        pyo3::intern!(py, "co_posonlyargcount"),
-        pyo3::intern!(py, "co_kwonlyargcount"),
-        pyo3::intern!(py, "co_stacksize"),
-        pyo3::intern!(py, "co_flags"),
-        pyo3::intern!(py, "co_firstlineno"),
-    ]) {
-        *slot = co.getattr(name)?.extract()?;
+    for (i, slot) in ints.iter_mut().enumerate() {
+        *slot = crate::marshal_code::code_int(co, i)?;
     }
     Ok(ints)
 }
@@ -610,6 +769,9 @@ pub(crate) fn dumps<'py>(
         version: version.max(0) as u32,
         allow_code,
     };
+    if let Some(b) = dumps_flat(py, value, opts.version)? {
+        return Ok(b);
+    }
     let mut src = PySource {
         py,
         keep: Vec::new(),
@@ -621,12 +783,11 @@ pub(crate) fn dumps<'py>(
     let mut out = SPARE.with(|c| c.take());
     out.clear();
     out.reserve(size_hint(value));
-    // The root: the caller's argument is borrowed in CPython too; we hold one more.
-    let root = PyObj {
-        obj: value.clone(),
-        kids_extra: 1,
+    // The root: the caller's argument, borrowed as in CPython.
+    let Some(root) = PyObj::borrowed(value.as_ptr(), 0) else {
+        return Err(PyValueError::new_err("unmarshallable object"));
     };
-    let r = cellar_marshal::encode(&mut src, root, 1, &opts, &mut out);
+    let r = cellar_marshal::encode(&mut src, root, 0, &opts, &mut out);
     drop(src);
     let r = match r {
         Ok(()) => Ok(PyBytes::new(py, &out)),
@@ -638,6 +799,63 @@ pub(crate) fn dumps<'py>(
         SPARE.with(|c| c.set(out));
     }
     r
+}
+
+/// A root that is one bytes or ASCII str object (case (b) of the benchmark): header and payload
+/// written straight into the result, one copy as in CPython (the general path writes into a
+/// buffer, then copies that into the bytes object). `None` for any other root.
+fn dumps_flat<'py>(
+    py: Python<'py>,
+    value: &Bound<'py, PyAny>,
+    version: u32,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    use cellar_marshal::write::{flat_header, Flat};
+    let v = value.as_ptr();
+    // SAFETY: (whole block) GIL held; `v` is alive (the caller's argument); type checks come
+    // before the accessors; str and bytes are immutable and nothing runs while `data` is used.
+    let (kind, data, shared) = unsafe {
+        let tp = ffi::Py_TYPE(v);
+        // CPython's w_ref for the root: flagged when its reference count is not 1 (the
+        // argument is borrowed there as here), or an interned str.
+        let many = ffi::Py_REFCNT(v) > 1;
+        if tp == &raw mut ffi::PyUnicode_Type {
+            if ffi::PyUnicode_IS_ASCII(v) == 0 {
+                return Ok(None);
+            }
+            let interned = (*(v as *mut ffi::PyASCIIObject)).interned() != 0;
+            let n = ffi::PyUnicode_GET_LENGTH(v).max(0) as usize;
+            (
+                Flat::Ascii { interned },
+                std::slice::from_raw_parts(ffi::PyUnicode_1BYTE_DATA(v), n),
+                many || interned,
+            )
+        } else if tp == &raw mut ffi::PyBytes_Type {
+            let n = ffi::Py_SIZE(v).max(0) as usize;
+            (
+                Flat::Bytes,
+                std::slice::from_raw_parts(ffi::PyBytes_AS_STRING(v) as *const u8, n),
+                many,
+            )
+        } else {
+            return Ok(None);
+        }
+    };
+    let Some(head) = flat_header(kind, data.len(), shared, version) else {
+        return Ok(None);
+    };
+    let total = head.len() + data.len();
+    // SAFETY: GIL held; a NULL source makes an uninitialised bytes object of `total` bytes
+    // (or NULL with an exception set), filled completely below before anyone can see it.
+    unsafe {
+        let b = ffi::PyBytes_FromStringAndSize(std::ptr::null(), total as Py_ssize_t);
+        if b.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let dst = ffi::PyBytes_AS_STRING(b) as *mut u8;
+        std::ptr::copy_nonoverlapping(head.as_ptr(), dst, head.len());
+        std::ptr::copy_nonoverlapping(data.as_ptr(), dst.add(head.len()), data.len());
+        Ok(Some(Bound::from_owned_ptr(py, b).cast_into_unchecked()))
+    }
 }
 
 /// The largest output buffer kept for reuse per thread.
@@ -677,4 +895,16 @@ impl AsciiHint for Bound<'_, pyo3::types::PyString> {
         // SAFETY: GIL held; `self` is a live str.
         unsafe { ffi::PyUnicode_IS_ASCII(self.as_ptr()) != 0 }
     }
+}
+
+/// Starts loading the object at `p` into the cache (a hint: any address is allowed).
+#[inline(always)]
+fn prefetch(p: *const ffi::PyObject) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
