@@ -132,17 +132,10 @@ fn dbm_semantics_on_every_server() {
         assert_eq!(db.get(b"k2").unwrap(), None);
 
         // Iteration by cursor pages and for_each see every key once.
-        let mut seen = std::collections::BTreeSet::new();
-        let mut cursor = Vec::new();
-        loop {
-            let (page, next) = db.key_page(&cursor).unwrap().expect("servers page");
-            seen.extend(page);
-            match next {
-                Some(c) => cursor = c,
-                None => break,
-            }
-        }
+        let seen = walk(&*db, |_| ());
         assert_eq!(seen.len(), 2501, "{var}");
+        let set: std::collections::BTreeSet<_> = seen.iter().collect();
+        assert_eq!(set.len(), 2501, "{var}: a key was yielded twice");
         let mut n = 0;
         db.for_each(&mut |k, v| {
             if k == b"k7" {
@@ -182,6 +175,99 @@ fn dbm_semantics_on_every_server() {
             open(&url, Flag::Create.fast(), 0o666),
             Err(DbmError::BadFlag { .. })
         ));
+    }
+}
+
+/// Every key of `db` by cursor pages, calling `between` with the page number after each page.
+fn walk(db: &dyn cellar_dbm::Database, mut between: impl FnMut(usize)) -> Vec<Vec<u8>> {
+    let mut seen = Vec::new();
+    let mut cursor = Vec::new();
+    for n in 0.. {
+        let (page, next) = db.key_page(&cursor).unwrap().expect("servers page");
+        seen.extend(page);
+        between(n);
+        match next {
+            Some(c) => cursor = c,
+            None => break,
+        }
+    }
+    seen
+}
+
+/// Redis `SCAN` may return a key twice when the keyspace's hash table is resized during the
+/// walk; cellar's iteration must not. The walk is interleaved with a burst that grows the
+/// server's keyspace by 60,000 keys and then deletes them (so Redis rehashes it up and, on its
+/// next cron tick, down), and with inserts and deletes of other keys of the same store.
+#[test]
+fn redis_iteration_yields_every_key_once_while_the_keyspace_is_rehashed() {
+    let _guard = shared();
+    for var in ["CELLAR_TEST_REDIS_URL", "CELLAR_TEST_REDIS_CLUSTER_URL"] {
+        let Some(base) = server(var) else { continue };
+        let url = namespace(&base, "rehash");
+        let db = open(&url, Flag::New, 0o666).unwrap();
+        let mut b = Batch::new();
+        let mut expected: Vec<Vec<u8>> = (0..5000u32)
+            .map(|i| format!("key{i:05}").into_bytes())
+            .collect();
+        expected.extend([
+            b"".to_vec(),
+            b"(".to_vec(),
+            b"[x".to_vec(),
+            b"-".to_vec(),
+            b"+".to_vec(),
+            b"\xff\x00".to_vec(),
+        ]);
+        for k in &expected {
+            b.insert(k.clone(), b"v".to_vec());
+        }
+        db.batch(&b).unwrap();
+        let scratch_url = namespace(&base, "scratch");
+        let scratch = open(&scratch_url, Flag::New, 0o666).unwrap();
+        let seen = walk(&*db, |page| {
+            // Churn in the store: keys that come and go during the walk.
+            let mut churn = Batch::new();
+            for i in 0..200u32 {
+                churn.insert(format!("churn{page}_{i}").into_bytes(), b"c".to_vec());
+            }
+            db.batch(&churn).unwrap();
+            if page == 0 {
+                // Grow the keyspace (rehash up)...
+                for chunk in 0..60u32 {
+                    let mut big = Batch::new();
+                    for i in 0..1000u32 {
+                        big.insert(format!("s{chunk}_{i}").into_bytes(), b"s".to_vec());
+                    }
+                    scratch.batch(&big).unwrap();
+                }
+            }
+            if page == 1 {
+                // ...then empty it and give Redis' cron (10 Hz) time to shrink the table.
+                drop(open(&scratch_url, Flag::New, 0o666).unwrap());
+                std::thread::sleep(Duration::from_millis(400));
+            }
+            let mut gone = Batch::new();
+            for i in 0..200u32 {
+                gone.remove(format!("churn{page}_{i}").into_bytes());
+            }
+            db.batch(&gone).unwrap();
+        });
+        let mut counts = std::collections::BTreeMap::new();
+        for k in &seen {
+            *counts.entry(k.clone()).or_insert(0u32) += 1;
+        }
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "{var}: keys yielded twice: {twice:?}");
+        for k in &expected {
+            assert_eq!(counts.get(k), Some(&1), "{var}: {k:?} not yielded once");
+        }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted, "{var}: iteration is in byte order");
+        assert_eq!(db.len().unwrap(), expected.len(), "{var}");
+        let mut keys = db.keys().unwrap();
+        expected.sort();
+        keys.retain(|k| !k.starts_with(b"churn"));
+        assert_eq!(keys, expected, "{var}");
     }
 }
 
