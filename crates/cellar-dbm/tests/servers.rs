@@ -621,3 +621,119 @@ fn postgres_restart_mid_batch_is_all_or_nothing() {
     }
     assert_eq!(db.get(b"before").unwrap().as_deref(), Some(&b"1"[..]));
 }
+
+/// `rediss://` against the TLS-only, password-protected Redis of scripts/servers.sh: the store
+/// works over TLS with the password in the URL; a wrong password is a typed `Auth` error that
+/// quotes neither password; a CA that did not sign the server's certificate is a typed `Tls`
+/// error.
+#[test]
+fn redis_over_tls_with_a_password() {
+    let _guard = shared();
+    let (Some(base), Some(pw)) = (
+        server("CELLAR_TEST_REDIS_TLS_URL"),
+        server("CELLAR_TEST_REDIS_TLS_PASSWORD"),
+    ) else {
+        return;
+    };
+    let with_pw = |pw: &str| base.replacen("rediss://", &format!("rediss://:{pw}@"), 1);
+    let url = namespace(&with_pw(&pw), "tls");
+    let db = open(&url, Flag::New, 0o666).unwrap();
+    assert_eq!(db.backend().kind(), DbKind::Redis);
+    db.insert(b"k", b"over tls").unwrap();
+    let mut b = Batch::new();
+    for i in 0..1500u32 {
+        b.insert(format!("b{i}").into_bytes(), b"v".to_vec());
+    }
+    db.batch(&b).unwrap();
+    assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"over tls"[..]));
+    assert_eq!(db.len().unwrap(), 1501);
+    assert_eq!(walk(&*db, |_| ()).len(), 1501);
+    assert!(!db.path().to_string_lossy().contains(&pw));
+    assert_eq!(whichdb(&url), WhichDb::Kind(DbKind::Redis));
+
+    let wrong = namespace(&with_pw("wrongHunter2pass"), "tls");
+    let e = open(&wrong, Flag::Create, 0o666).unwrap_err();
+    let text = format!("{e} {e:?}");
+    assert_eq!(e.server_kind(), Some(ServerErrorKind::Auth), "{text}");
+    assert!(
+        !text.contains("wrongHunter2pass") && !text.contains(&pw),
+        "{text}"
+    );
+    // No password at all: the server asks for one.
+    let e = open(namespace(&base, "tls"), Flag::Create, 0o666).unwrap_err();
+    assert_eq!(e.server_kind(), Some(ServerErrorKind::Auth), "{e}");
+
+    let other = std::env::var("CELLAR_TEST_TLS_OTHER_CA").unwrap();
+    let untrusted = with_pw(&pw).replace(&std::env::var("CELLAR_TEST_TLS_CA").unwrap(), &other);
+    let e = open(namespace(&untrusted, "tls"), Flag::Create, 0o666).unwrap_err();
+    let text = format!("{e} {e:?}");
+    assert_eq!(e.server_kind(), Some(ServerErrorKind::Tls), "{text}");
+    assert!(!text.contains(&pw), "{text}");
+    // A plain connection to the TLS port fails (typed, no hang).
+    let plain = with_pw(&pw).replacen("rediss://", "redis://", 1);
+    let plain = plain.split('?').next().unwrap().to_string() + "?timeout=2";
+    let t = Instant::now();
+    assert!(open(namespace(&plain, "tls"), Flag::Create, 0o666).is_err());
+    assert!(t.elapsed() < Duration::from_secs(20));
+}
+
+/// PostgreSQL with `sslmode=require` / `verify-ca` / `verify-full`: the connection is encrypted
+/// (the server's `pg_stat_ssl` says so), the certificate is checked against `sslrootcert`, and
+/// a CA that did not sign it is a typed `Tls` error.
+#[test]
+fn postgres_over_tls() {
+    let _guard = shared();
+    let (Some(base), Some(ca)) = (
+        server("CELLAR_TEST_POSTGRES_URL"),
+        server("CELLAR_TEST_TLS_CA"),
+    ) else {
+        return;
+    };
+    let other = std::env::var("CELLAR_TEST_TLS_OTHER_CA").unwrap();
+    for (mode, host) in [
+        ("sslmode=require", "127.0.0.1"),
+        (&*format!("sslmode=verify-ca&sslrootcert={ca}"), "127.0.0.1"),
+        (
+            &*format!("sslmode=verify-full&sslrootcert={ca}"),
+            "127.0.0.1",
+        ),
+        (
+            &*format!("sslmode=verify-full&sslrootcert={ca}"),
+            "localhost",
+        ),
+    ] {
+        let app = format!("cellar_tls_{}", UNIQUE.fetch_add(1, Ordering::Relaxed));
+        let url = base.replacen("127.0.0.1", host, 1) + &format!("?{mode}&application_name={app}");
+        let db = open(namespace(&url, "tls"), Flag::New, 0o666).unwrap();
+        db.insert(b"k", b"v").unwrap();
+        assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]), "{mode}");
+        let encrypted = admin_query_i64(&format!(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = '{app}' AND s.ssl"
+        ));
+        assert_eq!(
+            encrypted, 1,
+            "{mode} {host}: the connection is not encrypted"
+        );
+        db.close().unwrap();
+    }
+    let url = format!("{base}?sslmode=verify-full&sslrootcert={other}");
+    let e = open(namespace(&url, "tls"), Flag::Create, 0o666).unwrap_err();
+    assert_eq!(e.server_kind(), Some(ServerErrorKind::Tls), "{e}");
+    let url = format!("{base}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem");
+    let e = open(namespace(&url, "tls"), Flag::Create, 0o666).unwrap_err();
+    assert_eq!(e.server_kind(), Some(ServerErrorKind::BadUrl), "{e}");
+    let url = format!("{base}?sslmode=sometimes");
+    let e = open(namespace(&url, "tls"), Flag::Create, 0o666).unwrap_err();
+    assert_eq!(e.server_kind(), Some(ServerErrorKind::BadUrl), "{e}");
+}
+
+fn admin_query_i64(sql: &str) -> i64 {
+    let url = std::env::var("CELLAR_TEST_POSTGRES_URL").unwrap_or_default();
+    let mut config: postgres::Config = url.parse().unwrap();
+    if let Ok(p) = std::env::var("PGPASSWORD") {
+        config.password(p);
+    }
+    let mut c = config.connect(postgres::NoTls).unwrap();
+    c.query_one(sql, &[]).unwrap().get(0)
+}

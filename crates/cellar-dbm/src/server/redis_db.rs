@@ -160,13 +160,6 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
     let scheme = scheme.to_ascii_lowercase();
     let cluster = scheme.ends_with("+cluster");
     let tls = scheme.starts_with("rediss");
-    if tls {
-        return Err(bad_url(
-            shown,
-            "rediss:// (TLS) is not built into this cellar: connect through a TLS tunnel \
-             (stunnel, spiped) or over a private network",
-        ));
-    }
     let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (authority, db_path) = match before_query.find('/') {
         Some(i) => (&before_query[..i], &before_query[i + 1..]),
@@ -182,9 +175,13 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
     let mut connect_timeout = DEFAULT_CONNECT_TIMEOUT;
     let mut response_timeout = DEFAULT_RESPONSE_TIMEOUT;
     let mut passthrough = Vec::new();
+    let mut cacert = None;
     for (k, v) in query_pairs(query) {
         match k.as_str() {
             "prefix" => prefix = v.into_bytes(),
+            "cacert" if tls => {
+                cacert = Some(super::tls::read_pem(&v).map_err(|m| bad_url(shown, m))?)
+            }
             "wait" => {
                 wait =
                     Some(v.parse::<u32>().map_err(|_| {
@@ -202,7 +199,7 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
                     shown,
                     format!(
                         "unknown parameter {k:?} (cellar's Redis URLs take prefix, wait, \
-                         wait_timeout, connect_timeout, timeout)"
+                         wait_timeout, connect_timeout, timeout, and cacert with rediss://)"
                     ),
                 ))
             }
@@ -227,7 +224,8 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
     };
     let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
     let node_url = |host: &str, db: &str| {
-        let mut s = format!("redis://{auth}{host}/{db}");
+        let scheme = if tls { "rediss" } else { "redis" };
+        let mut s = format!("{scheme}://{auth}{host}/{db}");
         if !passthrough.is_empty() {
             s.push('?');
             s.push_str(&passthrough.join("&"));
@@ -245,12 +243,17 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
             return Err(bad_url(shown, "a Redis Cluster has only database 0"));
         }
         let nodes: Vec<String> = hosts.iter().map(|h| node_url(h, "0")).collect();
-        let client = ClusterClientBuilder::new(nodes)
+        let mut builder = ClusterClientBuilder::new(nodes)
             .connection_timeout(connect_timeout)
             .response_timeout(response_timeout)
-            .retries(3)
-            .build()
-            .map_err(client_err)?;
+            .retries(3);
+        if tls {
+            builder = builder.tls(redis::TlsMode::Secure);
+            if let Some(ca) = &cacert {
+                builder = builder.certs(certs(ca));
+            }
+        }
+        let client = builder.build().map_err(client_err)?;
         Target::Cluster(client)
     } else {
         if hosts.len() != 1 {
@@ -259,7 +262,12 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
                 "redis:// takes one host; use redis+cluster:// for a cluster's seed nodes",
             ));
         }
-        Target::Single(redis::Client::open(node_url(hosts[0], db_path)).map_err(client_err)?)
+        let url = node_url(hosts[0], db_path);
+        let client = match &cacert {
+            Some(ca) => redis::Client::build_with_tls(url, certs(ca)),
+            None => redis::Client::open(url),
+        };
+        Target::Single(client.map_err(client_err)?)
     };
     Ok(Parsed {
         target,
@@ -269,6 +277,14 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
         response_timeout,
         cluster,
     })
+}
+
+/// Trust the CA certificates of `pem` (instead of the system's store).
+fn certs(pem: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    }
 }
 
 /// A store in Redis (see the module documentation).
@@ -311,6 +327,12 @@ fn map_err(backend: Backend, shown: &str, e: redis::RedisError) -> DbmError {
         || text.contains("WRONGPASS")
     {
         ServerErrorKind::Auth
+    } else if text.contains("invalid peer certificate")
+        || text.contains("TLS")
+        || text.contains("CorruptMessage")
+        || text.contains("InvalidContentType")
+    {
+        ServerErrorKind::Tls
     } else if e.is_timeout() {
         ServerErrorKind::Timeout
     } else if e.is_connection_refusal() {
