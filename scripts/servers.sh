@@ -17,8 +17,11 @@
 #                                         CELLAR_TEST_REDIS_TLS_URL, CELLAR_TEST_REDIS_TLS_PASSWORD,
 #                                         CELLAR_TEST_TLS_CA, CELLAR_TEST_TLS_OTHER_CA, PGPASSWORD)
 #   scripts/servers.sh stop DIR           stop everything and remove DIR
-#   scripts/servers.sh restart-pg DIR     stop PostgreSQL (fast: open transactions roll back)
-#                                         and start it again (the fault tests)
+#   scripts/servers.sh restart-pg DIR [MODE]  stop PostgreSQL (MODE fast, the default: open
+#                                         transactions roll back; immediate: a crash, recovery
+#                                         from the WAL at start) and start it again (fault tests)
+#   scripts/servers.sh restart-redis DIR  kill -9 the standalone Redis and start it again on
+#                                         the same port and data (it reloads its AOF)
 #   scripts/servers.sh start-redis-node DIR PORT   restart a cluster node that a test killed
 #
 # Needs no stdin; used by scripts/test.sh, which stops the servers on exit (trap).
@@ -222,8 +225,17 @@ case "$cmd" in
     stop) stop ;;
     restart-pg)
         bin=$(pg_bin)
-        as_postgres "$bin/pg_ctl" -D "$DIR/pg/data" -m fast -w stop >/dev/null
+        as_postgres "$bin/pg_ctl" -D "$DIR/pg/data" -m "${3:-fast}" -w stop >/dev/null
         as_postgres "$bin/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/log" -w -t 60 start >/dev/null
+        ;;
+    restart-redis)
+        pid=$(cat "$DIR/redis/redis.pid")
+        kill -9 "$pid"
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+        rm -f "$DIR/redis/redis.pid"
+        port=$(cat "$DIR/redis-port")
+        redis_node "$DIR" redis "$port"
+        wait_redis "$port"
         ;;
     start-redis-node)
         port=${3:?port}

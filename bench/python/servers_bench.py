@@ -144,6 +144,12 @@ class RedisShelve:
     read_all = None  # iteration uses KEYS and one GET per key: not a bulk read
 
     def close(self) -> None:
+        # Shelf.close() calls self.dict.sync(), which on a redis-py client is Redis' SYNC, the
+        # replication handshake: the server forks and streams a full RDB snapshot of every
+        # database to this connection (and the client then fails on the unexpected payload).
+        # Without writeback there is nothing to sync, so it is skipped.
+        self.s.sync = lambda: None  # type: ignore[method-assign]
+        self.s.close()
         self.r.close()
 
 

@@ -571,61 +571,172 @@ fn postgres_restart_mid_batch_is_all_or_nothing() {
         return;
     };
     let dir = std::env::var("CELLAR_TEST_SERVERS_DIR").expect("CELLAR_TEST_SERVERS_DIR");
-    let url = namespace(&base, "restart");
-    let db = open(&url, Flag::Create, 0o666).unwrap();
-    db.insert(b"before", b"1").unwrap();
-    let mut b = Batch::new();
-    for round in 0..40 {
-        for i in 0..5000u32 {
-            b.insert(format!("r{round}-{i}").into_bytes(), vec![7u8; 64]);
-        }
-    }
-    let n = b.len();
-    let h = std::thread::spawn(move || {
-        let r = db.batch(&b);
-        (db, r)
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let status = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../scripts/servers.sh"
-    ))
-    .args(["restart-pg", &dir])
-    .status()
-    .unwrap();
-    assert!(status.success());
-    let (db, r) = h.join().unwrap();
-    // The next call reconnects; the batch is entirely there or entirely absent.
-    let len = loop {
-        match db.len() {
-            Ok(l) => break l,
-            Err(e) => {
-                assert!(e.server_kind().is_some(), "{e}");
-                std::thread::sleep(Duration::from_millis(200));
+    // fast: a clean shutdown (open transactions roll back); immediate: a crash, the server
+    // recovers from its WAL when it starts.
+    for mode in ["fast", "immediate"] {
+        let url = namespace(&base, "restart");
+        let db = open(&url, Flag::Create, 0o666).unwrap();
+        db.insert(b"before", b"1").unwrap();
+        let mut b = Batch::new();
+        for round in 0..40 {
+            for i in 0..5000u32 {
+                b.insert(format!("r{round}-{i}").into_bytes(), vec![7u8; 64]);
             }
         }
-    };
-    eprintln!(
-        "batch of {n}: {}; rows after restart {len}",
-        match &r {
-            Ok(()) => "committed before the restart".to_string(),
-            Err(e) => format!("failed: {e}"),
+        let n = b.len();
+        let h = std::thread::spawn(move || {
+            let r = db.batch(&b);
+            (db, r)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let status = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/servers.sh"
+        ))
+        .args(["restart-pg", &dir, mode])
+        .status()
+        .unwrap();
+        assert!(status.success());
+        let (db, r) = h.join().unwrap();
+        // The next call reconnects; the batch is entirely there or entirely absent.
+        let len = loop {
+            match db.len() {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(e.server_kind().is_some(), "{e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        };
+        eprintln!(
+            "batch of {n}, {mode} restart: {}; rows after restart {len}",
+            match &r {
+                Ok(()) => "committed before the restart".to_string(),
+                Err(e) => format!("failed: {e}"),
+            }
+        );
+        match r {
+            Ok(()) => assert_eq!(len, n + 1),
+            Err(e) => {
+                assert!(e.server_kind().is_some(), "{e}");
+                assert!(len == 1 || len == n + 1, "partial batch: {len} rows");
+            }
         }
-    );
-    match r {
-        Ok(()) => assert_eq!(len, n + 1),
-        Err(e) => {
-            assert!(e.server_kind().is_some(), "{e}");
-            assert!(len == 1 || len == n + 1, "partial batch: {len} rows");
-        }
+        assert_eq!(db.get(b"before").unwrap().as_deref(), Some(&b"1"[..]));
     }
-    assert_eq!(db.get(b"before").unwrap().as_deref(), Some(&b"1"[..]));
 }
 
 /// `rediss://` against the TLS-only, password-protected Redis of scripts/servers.sh: the store
 /// works over TLS with the password in the URL; a wrong password is a typed `Auth` error that
 /// quotes neither password; a CA that did not sign the server's certificate is a typed `Tls`
 /// error.
+/// `kill -9` of the standalone Redis (AOF on, `appendfsync everysec`, as scripts/servers.sh
+/// runs it) while a client writes single keys and batches, then a restart on the same data:
+/// every acknowledged write is there (Redis writes its AOF before it replies; a process crash
+/// keeps what the kernel has), each batch is all there or not at all, and the writes in flight
+/// fail with typed errors, the next ones reconnect.
+#[test]
+fn redis_kill_9_then_restart_keeps_every_acknowledged_write() {
+    let _guard = exclusive();
+    let Some(base) = server("CELLAR_TEST_REDIS_URL") else {
+        return;
+    };
+    let dir = std::env::var("CELLAR_TEST_SERVERS_DIR").expect("CELLAR_TEST_SERVERS_DIR");
+    let url = namespace(&base, "kill9") + "&timeout=2&connect_timeout=1";
+    let db = open(&url, Flag::New, 0o666).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let (mut acked, mut batches, mut failed) = (Vec::new(), Vec::new(), 0u32);
+        let mut after_failure = 0;
+        let mut i = 0u32;
+        while !stop2.load(Ordering::Relaxed) || after_failure < 200 {
+            let r = if i.is_multiple_of(20) {
+                let mut b = Batch::new();
+                for j in 0..100u32 {
+                    b.insert(format!("b{i}_{j}").into_bytes(), i.to_le_bytes().to_vec());
+                }
+                db.batch(&b).map(|()| batches.push(i))
+            } else {
+                let k = format!("k{i}");
+                db.insert(k.as_bytes(), &i.to_le_bytes())
+                    .map(|()| acked.push(i))
+            };
+            match r {
+                Ok(()) if failed > 0 => after_failure += 1,
+                Ok(()) => {}
+                Err(e) => {
+                    let kind = e.server_kind();
+                    assert!(
+                        matches!(
+                            kind,
+                            Some(
+                                ServerErrorKind::ConnectionLost
+                                    | ServerErrorKind::Unavailable
+                                    | ServerErrorKind::Timeout
+                                    | ServerErrorKind::Server
+                            )
+                        ),
+                        "{e}"
+                    );
+                    failed += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            i += 1;
+            if i > 2_000_000 {
+                panic!("the writer never recovered after the restart");
+            }
+        }
+        (db, acked, batches, failed, i)
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let status = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/servers.sh"
+    ))
+    .args(["restart-redis", &dir])
+    .status()
+    .unwrap();
+    assert!(status.success());
+    stop.store(true, Ordering::Relaxed);
+    let (db, acked, batches, failed, tried) = writer.join().unwrap();
+    eprintln!(
+        "kill -9 of Redis: {} single writes and {} batches acknowledged, {failed} failed, {tried} tried",
+        acked.len(),
+        batches.len()
+    );
+    assert!(
+        failed > 0,
+        "no write failed: the server was not killed during the writes"
+    );
+    let mut missing = 0;
+    for i in &acked {
+        if db.get(format!("k{i}").as_bytes()).unwrap().as_deref() != Some(&i.to_le_bytes()[..]) {
+            missing += 1;
+        }
+    }
+    assert_eq!(missing, 0, "acknowledged single writes lost");
+    for i in (0..tried).filter(|i| i.is_multiple_of(20)) {
+        let present = (0..100u32)
+            .filter(|j| db.contains(format!("b{i}_{j}").as_bytes()).unwrap())
+            .count();
+        assert!(
+            present == 0 || present == 100,
+            "batch {i}: {present} of 100 keys"
+        );
+        if batches.contains(&i) {
+            assert_eq!(present, 100, "acknowledged batch {i} lost");
+        }
+    }
+    let keys = db.keys().unwrap();
+    assert_eq!(
+        db.len().unwrap(),
+        keys.len(),
+        "the index and the count agree"
+    );
+}
+
 #[test]
 fn redis_over_tls_with_a_password() {
     let _guard = shared();
