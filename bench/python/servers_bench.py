@@ -279,9 +279,16 @@ def main() -> None:
         "the median and the range",
     )
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument(
+        "--bulk-only",
+        action="store_true",
+        help="only the bulk phases (for a larger --n than the per-op writes allow)",
+    )
     a = ap.parse_args()
     results = []
     phases = ["write 1/op", "read 1/op", "write bulk", "read bulk"]
+    if a.bulk_only:
+        phases = ["write bulk", "read bulk"]
     rows = a.only.split(",")
     for procs in [int(p) for p in a.procs.split(",")]:
         for rnd in range(a.rounds):
