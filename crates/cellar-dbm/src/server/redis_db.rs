@@ -14,8 +14,8 @@
 //! insert with its index update, or a whole [`Batch`] — is one Lua script, which Redis runs
 //! atomically on standalone servers and clusters alike. Different stores spread over the
 //! cluster's masters. A page of iteration (keys, or keys and values) is one script call of
-//! 1,000 keys: nothing loads a whole store. `SCAN` is used only to tell an empty namespace
-//! from foreign data and to empty a namespace (`'n'`).
+//! 1,000 keys: nothing loads a whole store; `'n'` empties a store through its index too. `SCAN`
+//! is used only for one page at open, to tell an empty namespace from foreign data.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,6 +108,17 @@ for i = 1, #ks do
 end
 return out";
 
+/// Delete up to ARGV[2] keys of the store and their index entries. KEYS: index. ARGV: the
+/// data-key prefix, the page size. Returns how many were removed (0: the index is empty).
+const CLEAR_LUA: &str = "\
+local ks = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+if #ks == 0 then return 0 end
+local full = {}
+for i = 1, #ks do full[i] = ARGV[1] .. ks[i] end
+redis.call('UNLINK', unpack(full))
+redis.call('ZREM', KEYS[1], unpack(ks))
+return #ks";
+
 /// Create the metadata unless present. KEYS: meta. ARGV: format, encoding. Returns 1 if made.
 const CREATE_LUA: &str = "\
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -122,6 +133,7 @@ static DEL_SCRIPT: OnceLock<Script> = OnceLock::new();
 static BATCH_SCRIPT: OnceLock<Script> = OnceLock::new();
 static CREATE_SCRIPT: OnceLock<Script> = OnceLock::new();
 static PAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
+static CLEAR_SCRIPT: OnceLock<Script> = OnceLock::new();
 
 /// Where to connect.
 enum Target {
@@ -613,22 +625,20 @@ impl RedisDb {
         ))
     }
 
-    /// Deletes every key of the namespace, a page at a time ('n').
+    /// Deletes every key of the store, a page of its key index at a time (`'n'`): the work is
+    /// proportional to the store, not to the database around it.
     fn clear_namespace(&self) -> Result<()> {
-        let mut cursor = 0;
         loop {
-            let (next, keys) = self.scan_page(cursor, PAGE)?;
-            if !keys.is_empty() {
-                let mut cmd = redis::cmd("UNLINK");
-                for k in &keys {
-                    cmd.arg(self.data_key(k));
-                }
-                self.with(|c| c.query::<i64>(&cmd))?;
-            }
-            if next == 0 {
+            let removed: i64 = self.with(|c| {
+                script(&CLEAR_SCRIPT, CLEAR_LUA)
+                    .key(&self.index_key)
+                    .arg(&self.key_prefix)
+                    .arg(PAGE)
+                    .invoke(c.like())
+            })?;
+            if removed == 0 {
                 break;
             }
-            cursor = next;
         }
         self.with(|c| {
             c.query::<i64>(
