@@ -7,7 +7,8 @@
 #   3. pytest tests/python (warnings are errors: tests/python/pytest.ini);
 #   4. that version's OWN Lib/test suites against cellar's modules: test_marshal;
 #      pickletester + test_copyreg; test_dbm, test_dbm_dumb, test_dbm_sqlite3 (3.13+),
-#      test_shelve.
+#      test_shelve; and test_dbm + test_shelve on server-backed stores (Redis, Redis Cluster,
+#      PostgreSQL) when scripts/servers.sh's URLs are in the environment.
 # Interpreters: python3 on PATH and every $(pyenv root)/versions/*/bin/python3, one per
 # minor version (python3 first), 3.11 and newer; CELLAR_PYTHONS="/path/python3.12 ..."
 # overrides the list. One cargo target dir is shared by the builds (pyo3 is rebuilt per
@@ -122,6 +123,12 @@ for PY in "${PYTHONS[@]}"; do
     run "CPython $VER test_marshal" "$VENV/bin/python" tests/python/run_cpython_test_marshal.py
     run "CPython $VER pickletester, test_copyreg" "$VENV/bin/python" tests/python/run_cpython_pickletester.py
     run "CPython $VER test_dbm*, test_shelve" "$VENV/bin/python" tests/python/run_cpython_test_dbm.py
+    # The same suites on server-backed stores, when scripts/servers.sh's URLs are in the
+    # environment (scripts/test.sh starts the servers; under CI=true they must be there).
+    if [ -n "${CELLAR_TEST_REDIS_URL:-}${CELLAR_TEST_POSTGRES_URL:-}" ] || [ "${CI:-}" = true ]; then
+        run "CPython $VER test_dbm, test_shelve on servers" "$VENV/bin/python" \
+            tests/python/run_cpython_test_dbm.py --server
+    fi
 done
 
 phase "summary (wall time of the Python part: $(($SECONDS - START)) s)"

@@ -3,17 +3,25 @@
 #   * one Redis (appendonly yes, appendfsync everysec),
 #   * a Redis Cluster of 3 masters with 1 replica each (cluster-node-timeout 2000 ms),
 #   * one PostgreSQL (initdb as the unprivileged `postgres` user when run as root; password
-#     authentication, the password handed over in PGPASSWORD, never in a URL).
+#     authentication, the password handed over in PGPASSWORD, never in a URL), which also
+#     accepts TLS (ssl = on),
+#   * one Redis that speaks only TLS and requires a password (the TLS and auth tests),
+# with a throwaway CA and server certificate (127.0.0.1, localhost) made by openssl in DIR/tls,
+# plus a second, untrusted CA (DIR/tls/other-ca.pem) for the negative tests.
 # Installs Debian's redis-server and postgresql with apt-get when they are missing.
 #
 #   scripts/servers.sh start DIR          start everything under DIR (created), write DIR/env
 #   scripts/servers.sh env DIR            print the `export` lines (CELLAR_TEST_REDIS_URL,
 #                                         CELLAR_TEST_REDIS_CLUSTER_URL, CELLAR_TEST_POSTGRES_URL,
 #                                         CELLAR_TEST_REDIS_CLUSTER_PORTS, CELLAR_TEST_SERVERS_DIR,
-#                                         PGPASSWORD)
+#                                         CELLAR_TEST_REDIS_TLS_URL, CELLAR_TEST_REDIS_TLS_PASSWORD,
+#                                         CELLAR_TEST_TLS_CA, CELLAR_TEST_TLS_OTHER_CA, PGPASSWORD)
 #   scripts/servers.sh stop DIR           stop everything and remove DIR
-#   scripts/servers.sh restart-pg DIR     stop PostgreSQL (fast: open transactions roll back)
-#                                         and start it again (the fault tests)
+#   scripts/servers.sh restart-pg DIR [MODE]  stop PostgreSQL (MODE fast, the default: open
+#                                         transactions roll back; immediate: a crash, recovery
+#                                         from the WAL at start) and start it again (fault tests)
+#   scripts/servers.sh restart-redis DIR  kill -9 the standalone Redis and start it again on
+#                                         the same port and data (it reloads its AOF)
 #   scripts/servers.sh start-redis-node DIR PORT   restart a cluster node that a test killed
 #
 # Needs no stdin; used by scripts/test.sh, which stops the servers on exit (trap).
@@ -93,18 +101,52 @@ cluster_node() { # DIR PORT
         --cluster-config-file "$1/cluster-$2/nodes.conf" --cluster-node-timeout 2000
 }
 
+# A throwaway CA, a server certificate it signed (127.0.0.1 and localhost), and an unrelated CA.
+make_certs() { # DIR
+    local t=$1/tls
+    mkdir -p "$t"
+    (
+        cd "$t"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=cellar test CA" \
+            -keyout ca.key -out ca.pem 2>/dev/null
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=cellar other CA" \
+            -keyout other-ca.key -out other-ca.pem 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+            -keyout server.key -out server.csr 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile server.ext -out server.pem 2>/dev/null
+        rm -f ca.key other-ca.key server.csr ca.srl
+        chmod 644 ./*.pem
+        chmod 600 server.key
+    )
+}
+
 start() {
     install_missing
     mkdir -p "$DIR"
     chmod 755 "$DIR"
     local ports
-    read -r -a ports <<<"$(free_ports 8)"
-    local rport=${ports[0]} pgport=${ports[7]}
+    read -r -a ports <<<"$(free_ports 9)"
+    local rport=${ports[0]} pgport=${ports[7]} tlsport=${ports[8]}
     local cports=("${ports[@]:1:6}")
 
+    make_certs "$DIR"
+    local tlspw
+    tlspw=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
     redis_node "$DIR" redis "$rport"
+    redis_node "$DIR" redis-tls 0 --tls-port "$tlsport" --tls-cert-file "$DIR/tls/server.pem" \
+        --tls-key-file "$DIR/tls/server.key" --tls-ca-cert-file "$DIR/tls/ca.pem" \
+        --tls-auth-clients no --requirepass "$tlspw"
     for p in "${cports[@]}"; do cluster_node "$DIR" "$p"; done
     wait_redis "$rport"
+    local up=0
+    for _ in $(seq 100); do
+        REDISCLI_AUTH=$tlspw redis-cli --tls --cacert "$DIR/tls/ca.pem" -p "$tlsport" ping 2>/dev/null \
+            | grep -q PONG && { up=1; break; }
+        sleep 0.1
+    done
+    [ $up = 1 ] || { echo "servers: the TLS redis on port $tlsport did not start" >&2; return 1; }
     for p in "${cports[@]}"; do wait_redis "$p"; done
     local nodes=()
     for p in "${cports[@]}"; do nodes+=("127.0.0.1:$p"); done
@@ -126,6 +168,7 @@ start() {
     pw=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
     mkdir -p "$DIR/pg" "$DIR/pg-sock"
     printf '%s\n' "$pw" >"$DIR/pg-pw"
+    cp "$DIR/tls/server.pem" "$DIR/tls/server.key" "$DIR/pg/"
     if [ "$(id -u)" = 0 ]; then chown -R postgres: "$DIR/pg" "$DIR/pg-sock" "$DIR/pg-pw"; fi
     chmod 700 "$DIR/pg"
     as_postgres "$bin/initdb" -D "$DIR/pg/data" -U postgres -A scram-sha-256 \
@@ -139,6 +182,9 @@ unix_socket_directories = '$DIR/pg-sock'
 fsync = on
 synchronous_commit = on
 max_connections = 100
+ssl = on
+ssl_cert_file = '$DIR/pg/server.pem'
+ssl_key_file = '$DIR/pg/server.key'
 EOF
     as_postgres "$bin/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/log" -w -t 60 start >/dev/null
     {
@@ -147,17 +193,21 @@ EOF
         echo "export CELLAR_TEST_REDIS_CLUSTER_URL='redis+cluster://127.0.0.1:${cports[0]},127.0.0.1:${cports[1]}/'"
         echo "export CELLAR_TEST_REDIS_CLUSTER_PORTS='${cports[*]}'"
         echo "export CELLAR_TEST_POSTGRES_URL='postgresql://postgres@127.0.0.1:$pgport/postgres'"
+        echo "export CELLAR_TEST_REDIS_TLS_URL='rediss://127.0.0.1:$tlsport/0?cacert=$DIR/tls/ca.pem'"
+        echo "export CELLAR_TEST_REDIS_TLS_PASSWORD='$tlspw'"
+        echo "export CELLAR_TEST_TLS_CA='$DIR/tls/ca.pem'"
+        echo "export CELLAR_TEST_TLS_OTHER_CA='$DIR/tls/other-ca.pem'"
         echo "export PGPASSWORD='$pw'"
     } >"$DIR/env"
     chmod 600 "$DIR/env"
     echo "$rport" >"$DIR/redis-port"
     echo "${cports[*]}" >"$DIR/cluster-ports"
-    echo "servers: redis 127.0.0.1:$rport, cluster 127.0.0.1:{${cports[*]// /,}}, postgresql 127.0.0.1:$pgport ($bin)"
+    echo "servers: redis 127.0.0.1:$rport (TLS: $tlsport), cluster 127.0.0.1:{${cports[*]// /,}}, postgresql 127.0.0.1:$pgport ($bin)"
 }
 
 stop() {
     [ -d "$DIR" ] || return 0
-    for pidfile in "$DIR"/redis/redis.pid "$DIR"/cluster-*/redis.pid; do
+    for pidfile in "$DIR"/redis/redis.pid "$DIR"/redis-tls/redis.pid "$DIR"/cluster-*/redis.pid; do
         [ -f "$pidfile" ] || continue
         kill -9 "$(cat "$pidfile")" 2>/dev/null || true
     done
@@ -175,8 +225,17 @@ case "$cmd" in
     stop) stop ;;
     restart-pg)
         bin=$(pg_bin)
-        as_postgres "$bin/pg_ctl" -D "$DIR/pg/data" -m fast -w stop >/dev/null
+        as_postgres "$bin/pg_ctl" -D "$DIR/pg/data" -m "${3:-fast}" -w stop >/dev/null
         as_postgres "$bin/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/log" -w -t 60 start >/dev/null
+        ;;
+    restart-redis)
+        pid=$(cat "$DIR/redis/redis.pid")
+        kill -9 "$pid"
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+        rm -f "$DIR/redis/redis.pid"
+        port=$(cat "$DIR/redis-port")
+        redis_node "$DIR" redis "$port"
+        wait_redis "$port"
         ;;
     start-redis-node)
         port=${3:?port}

@@ -1,4 +1,4 @@
-"""cellar.dbm and cellar.shelve on real servers: Redis, a Redis Cluster and PostgreSQL, started by
+"""cellar.dbm and cellar.shelve on real servers: Redis (also over TLS), a Redis Cluster and PostgreSQL, started by
 scripts/servers.sh (scripts/test.sh does it), which exports CELLAR_TEST_REDIS_URL,
 CELLAR_TEST_REDIS_CLUSTER_URL and CELLAR_TEST_POSTGRES_URL. Without them every test here is
 skipped, naming the variable; under CI=true a missing server is a failure.
@@ -7,9 +7,11 @@ skipped, naming the variable; under CI=true a missing server is a failure.
 * ``TestShelfMapping*``: CPython's own ``test.mapping_tests.BasicTestMappingProtocol`` run on a
   server-backed shelf for pickle protocols 0, 1, 2 and the default, with and without writeback,
   exactly as CPython's test_shelve runs it on file shelves; then test_shelve's shelf tests.
-* interop (a shelf carried file -> Redis -> Redis Cluster -> PostgreSQL -> file is identical),
-  concurrent clients in several processes, typed errors (unreachable, timeout, dropped
-  connection) and hidden passwords.
+* interop (a shelf carried file -> Redis -> Redis Cluster -> PostgreSQL -> file is identical,
+  through the Python API and through ``cellar convert``), concurrent clients in several
+  processes, typed errors (unreachable, timeout, dropped connection), TLS (``rediss://`` with a
+  password, PostgreSQL ``verify-full``) and hidden passwords (in the URL or the environment:
+  REDISCLI_AUTH, PGPASSWORD).
 
 The kill -9 of a cluster master and the PostgreSQL restart mid-batch run in the Rust suite
 (crates/cellar-dbm/tests/servers.rs), against the same servers.
@@ -555,3 +557,119 @@ def test_wrong_password_is_never_shown(server: str) -> None:
         cellar.dbm.open(url + sep + ("table=x" if server == "postgresql" else "prefix=x"), "c")
     assert "Secret-PW-1" not in str(info.value)
     assert "authentication failed" in str(info.value)
+
+
+# --- TLS, and passwords from the environment ----------------------------------------------
+
+
+def _tls_env() -> tuple[str, str, str]:
+    vals = []
+    for var in ("CELLAR_TEST_REDIS_TLS_URL", "CELLAR_TEST_REDIS_TLS_PASSWORD", "CELLAR_TEST_TLS_CA"):
+        v = os.environ.get(var)
+        if not v:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"{var} is not set under CI=true")
+            pytest.skip(f"{var} is not set (run under scripts/test.sh or scripts/servers.sh)")
+        vals.append(v)
+    return vals[0], vals[1], vals[2]
+
+
+def test_shelf_over_tls_redis_with_a_password() -> None:
+    base, pw, _ = _tls_env()
+    url = base.replace("rediss://", f"rediss://:{pw}@", 1) + f"&prefix=py{os.getpid()}tls:"
+    with cellar.shelve.open(url, "n") as s:
+        s["k"] = {"over": "tls"}
+        with s.batch() as b:
+            for i in range(1200):
+                b[f"b{i}"] = i
+    with cellar.shelve.open(url, "r") as s:
+        assert s["k"] == {"over": "tls"}
+        assert len(s) == 1201 and sorted(s)[:2] == ["b0", "b1"]
+        assert pw not in repr(s.dict)
+    wrong = base.replace("rediss://", "rediss://:Wrong-PW-2@", 1) + "&prefix=x:"
+    with pytest.raises(cellar.dbm.error[0]) as info:
+        cellar.dbm.open(wrong, "c")
+    assert "authentication failed" in str(info.value)
+    assert "Wrong-PW-2" not in str(info.value) and pw not in str(info.value)
+    other = os.environ["CELLAR_TEST_TLS_OTHER_CA"]
+    untrusted = base.replace(os.environ["CELLAR_TEST_TLS_CA"], other).replace(
+        "rediss://", f"rediss://:{pw}@", 1
+    )
+    with pytest.raises(cellar.dbm.error[0]) as info:
+        cellar.dbm.open(untrusted + "&prefix=x:", "c")
+    assert "TLS handshake failed" in str(info.value)
+    assert pw not in str(info.value)
+
+
+def test_postgresql_verify_full() -> None:
+    _, _, ca = _tls_env()
+    url = fresh("postgresql", "tls") + f"&sslmode=verify-full&sslrootcert={ca}"
+    with cellar.shelve.open(url, "n") as s:
+        s["k"] = [1, 2, 3]
+    with cellar.shelve.open(url, "r") as s:
+        assert s["k"] == [1, 2, 3]
+    bad = url.replace(ca, os.environ["CELLAR_TEST_TLS_OTHER_CA"])
+    with pytest.raises(cellar.dbm.error[0]) as info:
+        cellar.dbm.open(bad, "r")
+    assert "TLS handshake failed" in str(info.value)
+
+
+def _cli() -> str:
+    root = Path(__file__).resolve().parents[2]
+    exe = root / "target" / "release" / "cellar"
+    if not exe.exists():
+        env = dict(os.environ)
+        env.pop("CARGO_TARGET_DIR", None)
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "cellar-cli"], cwd=root, env=env, check=True)
+    return str(exe)
+
+
+def test_passwords_from_the_environment_reach_the_cli_but_never_its_output() -> None:
+    base, pw, _ = _tls_env()
+    url = base + f"&prefix=py{os.getpid()}env:"
+    env = dict(os.environ, REDISCLI_AUTH=pw)
+    out = subprocess.run(
+        [_cli(), "set", url, "k", "v"], env=env, capture_output=True, text=True, check=True
+    )
+    out = subprocess.run([_cli(), "info", url], env=env, capture_output=True, text=True, check=True)
+    assert pw not in out.stdout + out.stderr
+    env["REDISCLI_AUTH"] = "Env-Wrong-PW-3"
+    out = subprocess.run([_cli(), "get", url, "k"], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "authentication failed" in out.stderr
+    assert "Env-Wrong-PW-3" not in out.stdout + out.stderr and pw not in out.stderr
+    # PostgreSQL takes PGPASSWORD (the suite's URL carries none); a wrong one is not shown.
+    pg = fresh("postgresql", "env")
+    env = dict(os.environ, PGPASSWORD="Env-Wrong-PW-4")
+    out = subprocess.run([_cli(), "info", pg], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "authentication failed" in out.stderr
+    assert "Env-Wrong-PW-4" not in out.stdout + out.stderr
+
+
+# --- interop through the CLI: a shelf file -> Redis -> Cluster -> PostgreSQL -> file -------
+
+
+def test_shelf_converted_by_the_cli_through_every_server_is_identical(tmp_path: Path) -> None:
+    urls = [fresh("redis", "cli"), fresh("cluster", "cli"), fresh("postgresql", "cli")]
+    first = str(tmp_path / "first.shelf")
+    last = str(tmp_path / "last.shelf")
+    objects = {f"k{i}": {"i": i, "s": {i, -i}, "f": i / 7, "b": bytes(range(i % 256))} for i in range(2500)}
+    with cellar.shelve.open(first, "n", protocol=4) as s:
+        s.update(objects)
+    chain = [first, *urls, last]
+    for a, b in zip(chain, chain[1:]):
+        out = subprocess.run([_cli(), "convert", a, b], capture_output=True, text=True, check=True)
+        assert "converted 2500 keys" in out.stdout + out.stderr
+    with cellar.dbm.open(first, "r") as a, cellar.dbm.open(last, "r") as b:
+        assert sorted(a.keys()) == sorted(b.keys())
+        assert all(a[k] == b[k] for k in a.keys())  # the pickled bytes, unchanged
+        assert a.value_encoding == b.value_encoding == ("pickle", 4)
+    for url in urls:
+        with cellar.shelve.open(url, "r") as s:
+            assert s["k7"] == objects["k7"]
+    with cellar.shelve.open(last, "r") as s:
+        assert dict(s) == objects
+    dumps = [
+        subprocess.run([_cli(), "dump", p], capture_output=True, check=True).stdout for p in (first, last)
+    ]
+    assert sorted(dumps[0].splitlines()) == sorted(dumps[1].splitlines())

@@ -339,7 +339,7 @@ pub trait Database: Send + Sync + fmt::Debug {
     /// start with an empty `cursor`; returns the keys of this page and the cursor of the next
     /// (`None` at the end). `Ok(None)`: the backend does not page; use [`Database::keys`].
     /// Keys written or deleted during a walk may or may not be seen; keys present throughout
-    /// are seen (Redis `SCAN` may repeat one: callers that need a set dedupe).
+    /// are seen exactly once (the servers walk their keys in byte order from the last one seen).
     #[allow(clippy::type_complexity)]
     fn key_page(&self, cursor: &[u8]) -> Result<Option<(Vec<Vec<u8>>, Option<Vec<u8>>)>> {
         let _ = cursor;

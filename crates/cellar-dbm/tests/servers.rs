@@ -132,17 +132,10 @@ fn dbm_semantics_on_every_server() {
         assert_eq!(db.get(b"k2").unwrap(), None);
 
         // Iteration by cursor pages and for_each see every key once.
-        let mut seen = std::collections::BTreeSet::new();
-        let mut cursor = Vec::new();
-        loop {
-            let (page, next) = db.key_page(&cursor).unwrap().expect("servers page");
-            seen.extend(page);
-            match next {
-                Some(c) => cursor = c,
-                None => break,
-            }
-        }
+        let seen = walk(&*db, |_| ());
         assert_eq!(seen.len(), 2501, "{var}");
+        let set: std::collections::BTreeSet<_> = seen.iter().collect();
+        assert_eq!(set.len(), 2501, "{var}: a key was yielded twice");
         let mut n = 0;
         db.for_each(&mut |k, v| {
             if k == b"k7" {
@@ -182,6 +175,99 @@ fn dbm_semantics_on_every_server() {
             open(&url, Flag::Create.fast(), 0o666),
             Err(DbmError::BadFlag { .. })
         ));
+    }
+}
+
+/// Every key of `db` by cursor pages, calling `between` with the page number after each page.
+fn walk(db: &dyn cellar_dbm::Database, mut between: impl FnMut(usize)) -> Vec<Vec<u8>> {
+    let mut seen = Vec::new();
+    let mut cursor = Vec::new();
+    for n in 0.. {
+        let (page, next) = db.key_page(&cursor).unwrap().expect("servers page");
+        seen.extend(page);
+        between(n);
+        match next {
+            Some(c) => cursor = c,
+            None => break,
+        }
+    }
+    seen
+}
+
+/// Redis `SCAN` may return a key twice when the keyspace's hash table is resized during the
+/// walk; cellar's iteration must not. The walk is interleaved with a burst that grows the
+/// server's keyspace by 60,000 keys and then deletes them (so Redis rehashes it up and, on its
+/// next cron tick, down), and with inserts and deletes of other keys of the same store.
+#[test]
+fn redis_iteration_yields_every_key_once_while_the_keyspace_is_rehashed() {
+    let _guard = shared();
+    for var in ["CELLAR_TEST_REDIS_URL", "CELLAR_TEST_REDIS_CLUSTER_URL"] {
+        let Some(base) = server(var) else { continue };
+        let url = namespace(&base, "rehash");
+        let db = open(&url, Flag::New, 0o666).unwrap();
+        let mut b = Batch::new();
+        let mut expected: Vec<Vec<u8>> = (0..5000u32)
+            .map(|i| format!("key{i:05}").into_bytes())
+            .collect();
+        expected.extend([
+            b"".to_vec(),
+            b"(".to_vec(),
+            b"[x".to_vec(),
+            b"-".to_vec(),
+            b"+".to_vec(),
+            b"\xff\x00".to_vec(),
+        ]);
+        for k in &expected {
+            b.insert(k.clone(), b"v".to_vec());
+        }
+        db.batch(&b).unwrap();
+        let scratch_url = namespace(&base, "scratch");
+        let scratch = open(&scratch_url, Flag::New, 0o666).unwrap();
+        let seen = walk(&*db, |page| {
+            // Churn in the store: keys that come and go during the walk.
+            let mut churn = Batch::new();
+            for i in 0..200u32 {
+                churn.insert(format!("churn{page}_{i}").into_bytes(), b"c".to_vec());
+            }
+            db.batch(&churn).unwrap();
+            if page == 0 {
+                // Grow the keyspace (rehash up)...
+                for chunk in 0..60u32 {
+                    let mut big = Batch::new();
+                    for i in 0..1000u32 {
+                        big.insert(format!("s{chunk}_{i}").into_bytes(), b"s".to_vec());
+                    }
+                    scratch.batch(&big).unwrap();
+                }
+            }
+            if page == 1 {
+                // ...then empty it and give Redis' cron (10 Hz) time to shrink the table.
+                drop(open(&scratch_url, Flag::New, 0o666).unwrap());
+                std::thread::sleep(Duration::from_millis(400));
+            }
+            let mut gone = Batch::new();
+            for i in 0..200u32 {
+                gone.remove(format!("churn{page}_{i}").into_bytes());
+            }
+            db.batch(&gone).unwrap();
+        });
+        let mut counts = std::collections::BTreeMap::new();
+        for k in &seen {
+            *counts.entry(k.clone()).or_insert(0u32) += 1;
+        }
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "{var}: keys yielded twice: {twice:?}");
+        for k in &expected {
+            assert_eq!(counts.get(k), Some(&1), "{var}: {k:?} not yielded once");
+        }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted, "{var}: iteration is in byte order");
+        assert_eq!(db.len().unwrap(), expected.len(), "{var}");
+        let mut keys = db.keys().unwrap();
+        expected.sort();
+        keys.retain(|k| !k.starts_with(b"churn"));
+        assert_eq!(keys, expected, "{var}");
     }
 }
 
@@ -485,53 +571,280 @@ fn postgres_restart_mid_batch_is_all_or_nothing() {
         return;
     };
     let dir = std::env::var("CELLAR_TEST_SERVERS_DIR").expect("CELLAR_TEST_SERVERS_DIR");
-    let url = namespace(&base, "restart");
-    let db = open(&url, Flag::Create, 0o666).unwrap();
-    db.insert(b"before", b"1").unwrap();
-    let mut b = Batch::new();
-    for round in 0..40 {
-        for i in 0..5000u32 {
-            b.insert(format!("r{round}-{i}").into_bytes(), vec![7u8; 64]);
+    // fast: a clean shutdown (open transactions roll back); immediate: a crash, the server
+    // recovers from its WAL when it starts.
+    for mode in ["fast", "immediate"] {
+        let url = namespace(&base, "restart");
+        let db = open(&url, Flag::Create, 0o666).unwrap();
+        db.insert(b"before", b"1").unwrap();
+        let mut b = Batch::new();
+        for round in 0..40 {
+            for i in 0..5000u32 {
+                b.insert(format!("r{round}-{i}").into_bytes(), vec![7u8; 64]);
+            }
         }
+        let n = b.len();
+        let h = std::thread::spawn(move || {
+            let r = db.batch(&b);
+            (db, r)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let status = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/servers.sh"
+        ))
+        .args(["restart-pg", &dir, mode])
+        .status()
+        .unwrap();
+        assert!(status.success());
+        let (db, r) = h.join().unwrap();
+        // The next call reconnects; the batch is entirely there or entirely absent.
+        let len = loop {
+            match db.len() {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(e.server_kind().is_some(), "{e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        };
+        eprintln!(
+            "batch of {n}, {mode} restart: {}; rows after restart {len}",
+            match &r {
+                Ok(()) => "committed before the restart".to_string(),
+                Err(e) => format!("failed: {e}"),
+            }
+        );
+        match r {
+            Ok(()) => assert_eq!(len, n + 1),
+            Err(e) => {
+                assert!(e.server_kind().is_some(), "{e}");
+                assert!(len == 1 || len == n + 1, "partial batch: {len} rows");
+            }
+        }
+        assert_eq!(db.get(b"before").unwrap().as_deref(), Some(&b"1"[..]));
     }
-    let n = b.len();
-    let h = std::thread::spawn(move || {
-        let r = db.batch(&b);
-        (db, r)
+}
+
+/// `rediss://` against the TLS-only, password-protected Redis of scripts/servers.sh: the store
+/// works over TLS with the password in the URL; a wrong password is a typed `Auth` error that
+/// quotes neither password; a CA that did not sign the server's certificate is a typed `Tls`
+/// error.
+/// `kill -9` of the standalone Redis (AOF on, `appendfsync everysec`, as scripts/servers.sh
+/// runs it) while a client writes single keys and batches, then a restart on the same data:
+/// every acknowledged write is there (Redis writes its AOF before it replies; a process crash
+/// keeps what the kernel has), each batch is all there or not at all, and the writes in flight
+/// fail with typed errors, the next ones reconnect.
+#[test]
+fn redis_kill_9_then_restart_keeps_every_acknowledged_write() {
+    let _guard = exclusive();
+    let Some(base) = server("CELLAR_TEST_REDIS_URL") else {
+        return;
+    };
+    let dir = std::env::var("CELLAR_TEST_SERVERS_DIR").expect("CELLAR_TEST_SERVERS_DIR");
+    let url = namespace(&base, "kill9") + "&timeout=2&connect_timeout=1";
+    let db = open(&url, Flag::New, 0o666).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let (mut acked, mut batches, mut failed) = (Vec::new(), Vec::new(), 0u32);
+        let mut after_failure = 0;
+        let mut i = 0u32;
+        while !stop2.load(Ordering::Relaxed) || after_failure < 200 {
+            let r = if i.is_multiple_of(20) {
+                let mut b = Batch::new();
+                for j in 0..100u32 {
+                    b.insert(format!("b{i}_{j}").into_bytes(), i.to_le_bytes().to_vec());
+                }
+                db.batch(&b).map(|()| batches.push(i))
+            } else {
+                let k = format!("k{i}");
+                db.insert(k.as_bytes(), &i.to_le_bytes())
+                    .map(|()| acked.push(i))
+            };
+            match r {
+                Ok(()) if failed > 0 => after_failure += 1,
+                Ok(()) => {}
+                Err(e) => {
+                    let kind = e.server_kind();
+                    assert!(
+                        matches!(
+                            kind,
+                            Some(
+                                ServerErrorKind::ConnectionLost
+                                    | ServerErrorKind::Unavailable
+                                    | ServerErrorKind::Timeout
+                                    | ServerErrorKind::Server
+                            )
+                        ),
+                        "{e}"
+                    );
+                    failed += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            i += 1;
+            if i > 2_000_000 {
+                panic!("the writer never recovered after the restart");
+            }
+        }
+        (db, acked, batches, failed, i)
     });
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(700));
     let status = Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../scripts/servers.sh"
     ))
-    .args(["restart-pg", &dir])
+    .args(["restart-redis", &dir])
     .status()
     .unwrap();
     assert!(status.success());
-    let (db, r) = h.join().unwrap();
-    // The next call reconnects; the batch is entirely there or entirely absent.
-    let len = loop {
-        match db.len() {
-            Ok(l) => break l,
-            Err(e) => {
-                assert!(e.server_kind().is_some(), "{e}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    };
+    stop.store(true, Ordering::Relaxed);
+    let (db, acked, batches, failed, tried) = writer.join().unwrap();
     eprintln!(
-        "batch of {n}: {}; rows after restart {len}",
-        match &r {
-            Ok(()) => "committed before the restart".to_string(),
-            Err(e) => format!("failed: {e}"),
-        }
+        "kill -9 of Redis: {} single writes and {} batches acknowledged, {failed} failed, {tried} tried",
+        acked.len(),
+        batches.len()
     );
-    match r {
-        Ok(()) => assert_eq!(len, n + 1),
-        Err(e) => {
-            assert!(e.server_kind().is_some(), "{e}");
-            assert!(len == 1 || len == n + 1, "partial batch: {len} rows");
+    assert!(
+        failed > 0,
+        "no write failed: the server was not killed during the writes"
+    );
+    let mut missing = 0;
+    for i in &acked {
+        if db.get(format!("k{i}").as_bytes()).unwrap().as_deref() != Some(&i.to_le_bytes()[..]) {
+            missing += 1;
         }
     }
-    assert_eq!(db.get(b"before").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(missing, 0, "acknowledged single writes lost");
+    for i in (0..tried).filter(|i| i.is_multiple_of(20)) {
+        let present = (0..100u32)
+            .filter(|j| db.contains(format!("b{i}_{j}").as_bytes()).unwrap())
+            .count();
+        assert!(
+            present == 0 || present == 100,
+            "batch {i}: {present} of 100 keys"
+        );
+        if batches.contains(&i) {
+            assert_eq!(present, 100, "acknowledged batch {i} lost");
+        }
+    }
+    let keys = db.keys().unwrap();
+    assert_eq!(
+        db.len().unwrap(),
+        keys.len(),
+        "the index and the count agree"
+    );
+}
+
+#[test]
+fn redis_over_tls_with_a_password() {
+    let _guard = shared();
+    let (Some(base), Some(pw)) = (
+        server("CELLAR_TEST_REDIS_TLS_URL"),
+        server("CELLAR_TEST_REDIS_TLS_PASSWORD"),
+    ) else {
+        return;
+    };
+    let with_pw = |pw: &str| base.replacen("rediss://", &format!("rediss://:{pw}@"), 1);
+    let url = namespace(&with_pw(&pw), "tls");
+    let db = open(&url, Flag::New, 0o666).unwrap();
+    assert_eq!(db.backend().kind(), DbKind::Redis);
+    db.insert(b"k", b"over tls").unwrap();
+    let mut b = Batch::new();
+    for i in 0..1500u32 {
+        b.insert(format!("b{i}").into_bytes(), b"v".to_vec());
+    }
+    db.batch(&b).unwrap();
+    assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"over tls"[..]));
+    assert_eq!(db.len().unwrap(), 1501);
+    assert_eq!(walk(&*db, |_| ()).len(), 1501);
+    assert!(!db.path().to_string_lossy().contains(&pw));
+    assert_eq!(whichdb(&url), WhichDb::Kind(DbKind::Redis));
+
+    let wrong = namespace(&with_pw("wrongHunter2pass"), "tls");
+    let e = open(&wrong, Flag::Create, 0o666).unwrap_err();
+    let text = format!("{e} {e:?}");
+    assert_eq!(e.server_kind(), Some(ServerErrorKind::Auth), "{text}");
+    assert!(
+        !text.contains("wrongHunter2pass") && !text.contains(&pw),
+        "{text}"
+    );
+    // No password at all: the server asks for one.
+    let e = open(namespace(&base, "tls"), Flag::Create, 0o666).unwrap_err();
+    assert_eq!(e.server_kind(), Some(ServerErrorKind::Auth), "{e}");
+
+    let other = std::env::var("CELLAR_TEST_TLS_OTHER_CA").unwrap();
+    let untrusted = with_pw(&pw).replace(&std::env::var("CELLAR_TEST_TLS_CA").unwrap(), &other);
+    let e = open(namespace(&untrusted, "tls"), Flag::Create, 0o666).unwrap_err();
+    let text = format!("{e} {e:?}");
+    assert_eq!(e.server_kind(), Some(ServerErrorKind::Tls), "{text}");
+    assert!(!text.contains(&pw), "{text}");
+    // A plain connection to the TLS port fails (typed, no hang).
+    let plain = with_pw(&pw).replacen("rediss://", "redis://", 1);
+    let plain = plain.split('?').next().unwrap().to_string() + "?timeout=2";
+    let t = Instant::now();
+    assert!(open(namespace(&plain, "tls"), Flag::Create, 0o666).is_err());
+    assert!(t.elapsed() < Duration::from_secs(20));
+}
+
+/// PostgreSQL with `sslmode=require` / `verify-ca` / `verify-full`: the connection is encrypted
+/// (the server's `pg_stat_ssl` says so), the certificate is checked against `sslrootcert`, and
+/// a CA that did not sign it is a typed `Tls` error.
+#[test]
+fn postgres_over_tls() {
+    let _guard = shared();
+    let (Some(base), Some(ca)) = (
+        server("CELLAR_TEST_POSTGRES_URL"),
+        server("CELLAR_TEST_TLS_CA"),
+    ) else {
+        return;
+    };
+    let other = std::env::var("CELLAR_TEST_TLS_OTHER_CA").unwrap();
+    for (mode, host) in [
+        ("sslmode=require", "127.0.0.1"),
+        (&*format!("sslmode=verify-ca&sslrootcert={ca}"), "127.0.0.1"),
+        (
+            &*format!("sslmode=verify-full&sslrootcert={ca}"),
+            "127.0.0.1",
+        ),
+        (
+            &*format!("sslmode=verify-full&sslrootcert={ca}"),
+            "localhost",
+        ),
+    ] {
+        let app = format!("cellar_tls_{}", UNIQUE.fetch_add(1, Ordering::Relaxed));
+        let url = base.replacen("127.0.0.1", host, 1) + &format!("?{mode}&application_name={app}");
+        let db = open(namespace(&url, "tls"), Flag::New, 0o666).unwrap();
+        db.insert(b"k", b"v").unwrap();
+        assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]), "{mode}");
+        let encrypted = admin_query_i64(&format!(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = '{app}' AND s.ssl"
+        ));
+        assert_eq!(
+            encrypted, 1,
+            "{mode} {host}: the connection is not encrypted"
+        );
+        db.close().unwrap();
+    }
+    let url = format!("{base}?sslmode=verify-full&sslrootcert={other}");
+    let e = open(namespace(&url, "tls"), Flag::Create, 0o666).unwrap_err();
+    assert_eq!(e.server_kind(), Some(ServerErrorKind::Tls), "{e}");
+    let url = format!("{base}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem");
+    let e = open(namespace(&url, "tls"), Flag::Create, 0o666).unwrap_err();
+    assert_eq!(e.server_kind(), Some(ServerErrorKind::BadUrl), "{e}");
+    let url = format!("{base}?sslmode=sometimes");
+    let e = open(namespace(&url, "tls"), Flag::Create, 0o666).unwrap_err();
+    assert_eq!(e.server_kind(), Some(ServerErrorKind::BadUrl), "{e}");
+}
+
+fn admin_query_i64(sql: &str) -> i64 {
+    let url = std::env::var("CELLAR_TEST_POSTGRES_URL").unwrap_or_default();
+    let mut config: postgres::Config = url.parse().unwrap();
+    if let Ok(p) = std::env::var("PGPASSWORD") {
+        config.password(p);
+    }
+    let mut c = config.connect(postgres::NoTls).unwrap();
+    c.query_one(sql, &[]).unwrap().get(0)
 }

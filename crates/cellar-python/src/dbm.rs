@@ -447,8 +447,8 @@ impl PyDatabase {
     fn __iter__(slf: &Bound<'_, Self>) -> PyResult<PyKeyIter> {
         let py = slf.py();
         if slf.get().db.backend().kind().is_server() {
-            // Server stores: a page of keys at a time (SCAN / keyset pages), never the whole
-            // namespace in memory.
+            // Server stores: a page of keys at a time (the Redis key index, PostgreSQL keyset
+            // pages), never the whole namespace in memory.
             return Ok(PyKeyIter {
                 db: slf.clone().unbind(),
                 keys: Vec::new(),

@@ -17,6 +17,7 @@
 
 pub(crate) mod pg;
 pub(crate) mod redis_db;
+pub(crate) mod tls;
 
 use std::fmt;
 use std::time::Duration;
@@ -52,6 +53,9 @@ pub enum ServerErrorKind {
     Failover,
     /// The server refused the credentials.
     Auth,
+    /// The TLS handshake failed: the server does not speak TLS, or its certificate is not
+    /// trusted or not for this host.
+    Tls,
     /// Fewer replicas acknowledged a write than the URL's `wait=` asked for: the write is on
     /// the primary but not yet known to be on a replica.
     NotReplicated,
@@ -70,6 +74,7 @@ impl ServerErrorKind {
             ServerErrorKind::ConnectionLost => "connection lost",
             ServerErrorKind::Failover => "cluster failover in progress",
             ServerErrorKind::Auth => "authentication failed",
+            ServerErrorKind::Tls => "TLS handshake failed",
             ServerErrorKind::NotReplicated => "write not acknowledged by the replicas asked for",
             ServerErrorKind::Server => "server error",
             ServerErrorKind::BadUrl => "bad URL",

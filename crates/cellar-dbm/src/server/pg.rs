@@ -13,8 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use cellar_engine::ValueEncoding;
+use postgres::config::SslMode;
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::tls::{self, Verify};
 
 use super::{
     bad_url, encoding_text, parse_encoding, plan, query_pairs, redact_url, seconds, Meta, OpenPlan,
@@ -54,6 +58,8 @@ fn quote_table(shown: &str, name: &str) -> Result<String> {
 
 struct Parsed {
     config: Config,
+    /// The TLS connector (`None`: `sslmode=disable`).
+    tls: Option<MakeRustlsConnect>,
     table: String,
     /// The name as given (for `to_regclass`).
     regclass: String,
@@ -64,13 +70,47 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
     let mut table = "cellar".to_string();
     let mut timeout = DEFAULT_RESPONSE_TIMEOUT;
     let mut rest = Vec::new();
+    let mut sslmode = "prefer".to_string();
+    let mut rootcert = None;
     for (k, v) in query_pairs(query) {
         match k.as_str() {
             "table" => table = v,
             "timeout" => timeout = seconds(shown, &k, &v)?,
+            "sslmode" => sslmode = v,
+            "sslrootcert" => rootcert = Some(v),
             _ => rest.push((k, v)),
         }
     }
+    // libpq's modes: the client takes disable/prefer/require, and checks certificates through
+    // the connector's configuration.
+    let ca = match rootcert.as_deref() {
+        None | Some("system") => None,
+        Some(path) => Some(tls::read_pem(path).map_err(|m| bad_url(shown, m))?),
+    };
+    let (mode, verify) = match sslmode.as_str() {
+        "disable" => (SslMode::Disable, None),
+        "allow" | "prefer" => (SslMode::Prefer, Some(Verify::None)),
+        // libpq: `require` with a root certificate file checks the chain, as verify-ca.
+        "require" if ca.is_some() => (SslMode::Require, Some(Verify::Ca)),
+        "require" => (SslMode::Require, Some(Verify::None)),
+        "verify-ca" => (SslMode::Require, Some(Verify::Ca)),
+        "verify-full" => (SslMode::Require, Some(Verify::Full)),
+        other => {
+            return Err(bad_url(
+                shown,
+                format!(
+                    "sslmode={other:?}: use disable, allow, prefer, require, verify-ca or \
+                     verify-full"
+                ),
+            ))
+        }
+    };
+    let tls = match verify {
+        Some(v) => Some(MakeRustlsConnect::new(
+            tls::client_config(v, ca.as_deref()).map_err(|m| bad_url(shown, m))?,
+        )),
+        None => None,
+    };
     let mut s = base.to_string();
     if !rest.is_empty() {
         s.push('?');
@@ -86,6 +126,7 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
             "not a PostgreSQL URL the client accepts (postgresql://user@host:port/dbname?...)",
         )
     })?;
+    config.ssl_mode(mode);
     if config.get_user().is_none() {
         let user = std::env::var("PGUSER")
             .or_else(|_| std::env::var("USER"))
@@ -117,6 +158,7 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
     let quoted = quote_table(shown, &table)?;
     Ok(Parsed {
         config,
+        tls,
         table: quoted,
         regclass: table,
     })
@@ -142,7 +184,9 @@ fn map_err(shown: &str, e: postgres::Error) -> DbmError {
         None if e.is_closed() => ServerErrorKind::ConnectionLost,
         None => {
             let text = e.to_string();
-            if text.contains("timed out") || text.contains("timeout") {
+            if text.contains("TLS") || text.contains("certificate") {
+                ServerErrorKind::Tls
+            } else if text.contains("timed out") || text.contains("timeout") {
                 ServerErrorKind::Timeout
             } else {
                 ServerErrorKind::ConnectionLost
@@ -185,6 +229,7 @@ pub(crate) struct PgDb {
     shown: String,
     path: PathBuf,
     config: Config,
+    tls: Option<MakeRustlsConnect>,
     table: String,
     regclass: String,
     client: Mutex<Option<PgConn>>,
@@ -245,6 +290,7 @@ impl PgDb {
             path: PathBuf::from(&shown),
             shown,
             config: p.config,
+            tls: p.tls,
             sql: Sql::new(&p.table),
             table: p.table,
             regclass: p.regclass,
@@ -355,7 +401,11 @@ impl PgDb {
         }
         let mut g = self.client.lock().unwrap_or_else(|e| e.into_inner());
         if g.is_none() {
-            let c = self.config.connect(NoTls).map_err(|e| {
+            let c = match &self.tls {
+                Some(t) => self.config.connect(t.clone()),
+                None => self.config.connect(NoTls),
+            };
+            let c = c.map_err(|e| {
                 let mut err = map_err(&self.shown, e);
                 if let DbmError::Server { kind, .. } = &mut err {
                     if *kind == ServerErrorKind::ConnectionLost {

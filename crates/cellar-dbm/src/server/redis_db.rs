@@ -1,16 +1,21 @@
 //! The Redis backends: one server (`redis://`) or a Redis Cluster (`redis+cluster://`).
 //!
 //! Layout of the store with prefix `P` (default `cellar`):
-//! * `{P}m` — a hash with the metadata: `cellar` (format version), `encoding`, `count` (the
-//!   number of keys, kept exact by the write scripts so `len()` is one `HGET`).
+//! * `{P}m` — a hash with the metadata: `cellar` (format version 2), `encoding`.
 //! * `{P}k:<key>` — one string per key.
+//! * `{P}i` — the key index: a sorted set of the user keys, all with score 0 (so ordered
+//!   bytewise), updated in the same Lua script as the data keys. `len()` is its `ZCARD`, and
+//!   iteration walks it with `ZRANGEBYLEX` from the last key seen, so every key present for
+//!   the whole walk is yielded exactly once (Redis `SCAN` may repeat keys while the keyspace
+//!   is rehashed).
 //!
 //! The braces are a Redis Cluster hash tag: every key of a store hashes to the same slot, so on
 //! a cluster the whole store lives on one master (and its replicas), and every write — a single
-//! insert with its count update, or a whole [`Batch`] — is one Lua script, which Redis runs
+//! insert with its index update, or a whole [`Batch`] — is one Lua script, which Redis runs
 //! atomically on standalone servers and clusters alike. Different stores spread over the
-//! cluster's masters. Iteration is `SCAN` with a cursor on the store's node (`MATCH {P}k:*`),
-//! and values come with `MGET` per page: nothing loads a whole store.
+//! cluster's masters. A page of iteration (keys, or keys and values) is one script call of
+//! 1,000 keys: nothing loads a whole store; `'n'` empties a store through its index too. `SCAN`
+//! is used only for one page at open, to tell an empty namespace from foreign data.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,48 +29,100 @@ use redis::{Cmd, ConnectionLike, FromRedisValue, RedisResult, Script};
 
 use super::{
     bad_url, encoding_text, parse_encoding, plan, query_pairs, redact_url, seconds, Meta, OpenPlan,
-    ServerErrorKind, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, FORMAT_VERSION,
+    ServerErrorKind, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,
 };
 use crate::error::{DbmError, Result};
 use crate::flag::{Access, Flag};
 use crate::whichdb::{DbKind, WhichDb};
 use crate::{Backend, Batch, Database, Info, ItemFn};
 
-/// Keys fetched per `SCAN`/`MGET` round trip.
+/// Keys fetched per page of iteration (one round trip each).
 const PAGE: usize = 1000;
 
-/// Insert one key, keeping the count exact. KEYS: meta, key. ARGV: value.
-const SET_LUA: &str = "\
-local e = redis.call('EXISTS', KEYS[2])
-redis.call('SET', KEYS[2], ARGV[1])
-if e == 0 then redis.call('HINCRBY', KEYS[1], 'count', 1) end
-return e";
+/// The Redis layout's format version (`cellar` in the metadata hash). Version 1 (a development
+/// layout without the key index) is refused.
+const REDIS_FORMAT: u32 = 2;
 
-/// Delete one key. KEYS: meta, key.
+/// Insert one key and index it. KEYS: key, index. ARGV: value, user key. Returns 1 if new.
+const SET_LUA: &str = "\
+redis.call('SET', KEYS[1], ARGV[1])
+return redis.call('ZADD', KEYS[2], 0, ARGV[2])";
+
+/// Delete one key and its index entry. KEYS: key, index. ARGV: user key. Returns 1 if it was
+/// there.
 const DEL_LUA: &str = "\
-local n = redis.call('DEL', KEYS[2])
-if n == 1 then redis.call('HINCRBY', KEYS[1], 'count', -1) end
+local n = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 return n";
 
-/// A batch. KEYS: meta, key1..keyN. ARGV: op1, value1, ..., opN, valueN ('s' set, 'd' delete).
+/// A batch. KEYS: index, key1..keyN. ARGV: 1 + length of the data-key prefix, then
+/// op1, value1, ..., opN, valueN ('s' set, 'd' delete). The user key is the data key without
+/// its prefix. Runs of the same operation go to the server as one `MSET` + `ZADD` (or `DEL` +
+/// `ZREM`) per 256 keys rather than two calls per key; the order of the operations is kept.
 const BATCH_LUA: &str = "\
-local d = 0
+local n = tonumber(ARGV[1])
+local op, data, idx = nil, {}, {}
+local function flush()
+  if #data == 0 then return end
+  if op == 's' then
+    redis.call('MSET', unpack(data))
+    redis.call('ZADD', KEYS[1], unpack(idx))
+  else
+    redis.call('DEL', unpack(data))
+    redis.call('ZREM', KEYS[1], unpack(idx))
+  end
+  data, idx = {}, {}
+end
 for i = 2, #KEYS do
   local j = 2 * (i - 1)
-  if ARGV[j - 1] == 's' then
-    if redis.call('EXISTS', KEYS[i]) == 0 then d = d + 1 end
-    redis.call('SET', KEYS[i], ARGV[j])
+  local o = ARGV[j]
+  if o ~= op or #data >= 512 then flush() op = o end
+  local k = string.sub(KEYS[i], n)
+  if o == 's' then
+    data[#data + 1] = KEYS[i]
+    data[#data + 1] = ARGV[j + 1]
+    idx[#idx + 1] = 0
+    idx[#idx + 1] = k
   else
-    d = d - redis.call('DEL', KEYS[i])
+    data[#data + 1] = KEYS[i]
+    idx[#idx + 1] = k
   end
 end
-if d ~= 0 then redis.call('HINCRBY', KEYS[1], 'count', d) end
-return d";
+flush()
+return 0";
+
+/// One page of iteration. KEYS: index. ARGV: the `ZRANGEBYLEX` minimum (`-` to start,
+/// `(` + the last key seen), the page size, the data-key prefix, `1` to fetch the values.
+/// Returns the keys, or key, value, key, value, ... (a value deleted meanwhile is nil). Every
+/// data key shares the index's hash tag, so on a cluster they are in its slot.
+const PAGE_LUA: &str = "\
+local ks = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
+if ARGV[4] ~= '1' or #ks == 0 then return ks end
+local full = {}
+for i = 1, #ks do full[i] = ARGV[3] .. ks[i] end
+local vs = redis.call('MGET', unpack(full))
+local out = {}
+for i = 1, #ks do
+  out[2 * i - 1] = ks[i]
+  out[2 * i] = vs[i]
+end
+return out";
+
+/// Delete up to ARGV[2] keys of the store and their index entries. KEYS: index. ARGV: the
+/// data-key prefix, the page size. Returns how many were removed (0: the index is empty).
+const CLEAR_LUA: &str = "\
+local ks = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+if #ks == 0 then return 0 end
+local full = {}
+for i = 1, #ks do full[i] = ARGV[1] .. ks[i] end
+redis.call('UNLINK', unpack(full))
+redis.call('ZREM', KEYS[1], unpack(ks))
+return #ks";
 
 /// Create the metadata unless present. KEYS: meta. ARGV: format, encoding. Returns 1 if made.
 const CREATE_LUA: &str = "\
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'cellar', ARGV[1], 'encoding', ARGV[2], 'count', 0)
+redis.call('HSET', KEYS[1], 'cellar', ARGV[1], 'encoding', ARGV[2])
 return 1";
 
 fn script(cell: &'static OnceLock<Script>, src: &str) -> &'static Script {
@@ -75,6 +132,8 @@ static SET_SCRIPT: OnceLock<Script> = OnceLock::new();
 static DEL_SCRIPT: OnceLock<Script> = OnceLock::new();
 static BATCH_SCRIPT: OnceLock<Script> = OnceLock::new();
 static CREATE_SCRIPT: OnceLock<Script> = OnceLock::new();
+static PAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
+static CLEAR_SCRIPT: OnceLock<Script> = OnceLock::new();
 
 /// Where to connect.
 enum Target {
@@ -131,13 +190,6 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
     let scheme = scheme.to_ascii_lowercase();
     let cluster = scheme.ends_with("+cluster");
     let tls = scheme.starts_with("rediss");
-    if tls {
-        return Err(bad_url(
-            shown,
-            "rediss:// (TLS) is not built into this cellar: connect through a TLS tunnel \
-             (stunnel, spiped) or over a private network",
-        ));
-    }
     let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (authority, db_path) = match before_query.find('/') {
         Some(i) => (&before_query[..i], &before_query[i + 1..]),
@@ -153,9 +205,13 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
     let mut connect_timeout = DEFAULT_CONNECT_TIMEOUT;
     let mut response_timeout = DEFAULT_RESPONSE_TIMEOUT;
     let mut passthrough = Vec::new();
+    let mut cacert = None;
     for (k, v) in query_pairs(query) {
         match k.as_str() {
             "prefix" => prefix = v.into_bytes(),
+            "cacert" if tls => {
+                cacert = Some(super::tls::read_pem(&v).map_err(|m| bad_url(shown, m))?)
+            }
             "wait" => {
                 wait =
                     Some(v.parse::<u32>().map_err(|_| {
@@ -173,7 +229,7 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
                     shown,
                     format!(
                         "unknown parameter {k:?} (cellar's Redis URLs take prefix, wait, \
-                         wait_timeout, connect_timeout, timeout)"
+                         wait_timeout, connect_timeout, timeout, and cacert with rediss://)"
                     ),
                 ))
             }
@@ -198,7 +254,8 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
     };
     let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
     let node_url = |host: &str, db: &str| {
-        let mut s = format!("redis://{auth}{host}/{db}");
+        let scheme = if tls { "rediss" } else { "redis" };
+        let mut s = format!("{scheme}://{auth}{host}/{db}");
         if !passthrough.is_empty() {
             s.push('?');
             s.push_str(&passthrough.join("&"));
@@ -216,12 +273,17 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
             return Err(bad_url(shown, "a Redis Cluster has only database 0"));
         }
         let nodes: Vec<String> = hosts.iter().map(|h| node_url(h, "0")).collect();
-        let client = ClusterClientBuilder::new(nodes)
+        let mut builder = ClusterClientBuilder::new(nodes)
             .connection_timeout(connect_timeout)
             .response_timeout(response_timeout)
-            .retries(3)
-            .build()
-            .map_err(client_err)?;
+            .retries(3);
+        if tls {
+            builder = builder.tls(redis::TlsMode::Secure);
+            if let Some(ca) = &cacert {
+                builder = builder.certs(certs(ca));
+            }
+        }
+        let client = builder.build().map_err(client_err)?;
         Target::Cluster(client)
     } else {
         if hosts.len() != 1 {
@@ -230,7 +292,12 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
                 "redis:// takes one host; use redis+cluster:// for a cluster's seed nodes",
             ));
         }
-        Target::Single(redis::Client::open(node_url(hosts[0], db_path)).map_err(client_err)?)
+        let url = node_url(hosts[0], db_path);
+        let client = match &cacert {
+            Some(ca) => redis::Client::build_with_tls(url, certs(ca)),
+            None => redis::Client::open(url),
+        };
+        Target::Single(client.map_err(client_err)?)
     };
     Ok(Parsed {
         target,
@@ -240,6 +307,14 @@ fn parse(url: &str, shown: &str) -> Result<Parsed> {
         response_timeout,
         cluster,
     })
+}
+
+/// Trust the CA certificates of `pem` (instead of the system's store).
+fn certs(pem: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    }
 }
 
 /// A store in Redis (see the module documentation).
@@ -253,6 +328,9 @@ pub(crate) struct RedisDb {
     cluster: bool,
     meta_key: Vec<u8>,
     key_prefix: Vec<u8>,
+    /// `{P}i`: a sorted set of every user key (all scores 0, so ordered bytewise), kept in
+    /// step with the data keys by the write scripts: exact-once iteration and `len()`.
+    index_key: Vec<u8>,
     /// The store's slot (every key carries the hash tag `{P}`), on its master.
     route: Route,
     wait: Option<(u32, u64)>,
@@ -279,6 +357,12 @@ fn map_err(backend: Backend, shown: &str, e: redis::RedisError) -> DbmError {
         || text.contains("WRONGPASS")
     {
         ServerErrorKind::Auth
+    } else if text.contains("invalid peer certificate")
+        || text.contains("TLS")
+        || text.contains("CorruptMessage")
+        || text.contains("InvalidContentType")
+    {
+        ServerErrorKind::Tls
     } else if e.is_timeout() {
         ServerErrorKind::Timeout
     } else if e.is_connection_refusal() {
@@ -318,34 +402,42 @@ fn glob_escape(b: &[u8]) -> Vec<u8> {
 }
 
 impl RedisDb {
-    pub(crate) fn open(url: &str, flag: Flag, encoding: ValueEncoding) -> Result<RedisDb> {
+    /// The store at a parsed URL, not yet connected.
+    fn new(url: &str, read_only: bool) -> Result<RedisDb> {
         let shown = redact_url(url);
         let p = parse(url, &shown)?;
         let mut tag = Vec::with_capacity(p.prefix.len() + 4);
         tag.push(b'{');
         tag.extend_from_slice(&p.prefix);
         tag.push(b'}');
-        let mut meta_key = tag.clone();
-        meta_key.push(b'm');
-        let mut key_prefix = tag;
-        key_prefix.extend_from_slice(b"k:");
+        let with = |suffix: &[u8]| {
+            let mut k = tag.clone();
+            k.extend_from_slice(suffix);
+            k
+        };
+        let meta_key = with(b"m");
         let route = Route::with_key(&meta_key, SlotAddr::Master);
-        let db = RedisDb {
+        Ok(RedisDb {
             path: PathBuf::from(&shown),
             shown,
             target: p.target,
             conn: Mutex::new(None),
             closed: AtomicBool::new(false),
-            read_only: flag.access() == Access::Read,
+            read_only,
             cluster: p.cluster,
+            key_prefix: with(b"k:"),
+            index_key: with(b"i"),
             meta_key,
-            key_prefix,
             route,
-            wait: p.wait,
+            wait: if read_only { None } else { p.wait },
             connect_timeout: p.connect_timeout,
             response_timeout: p.response_timeout,
-            encoding,
-        };
+            encoding: ValueEncoding::Raw,
+        })
+    }
+
+    pub(crate) fn open(url: &str, flag: Flag, encoding: ValueEncoding) -> Result<RedisDb> {
+        let db = RedisDb::new(url, flag.access() == Access::Read)?;
         let meta = db.read_meta()?;
         let backend = db.backend();
         let encoding = match plan(meta, flag, &db.shown, backend)? {
@@ -354,7 +446,7 @@ impl RedisDb {
                 db.with(|c| {
                     script(&CREATE_SCRIPT, CREATE_LUA)
                         .key(&db.meta_key)
-                        .arg(FORMAT_VERSION)
+                        .arg(REDIS_FORMAT)
                         .arg(encoding_text(encoding))
                         .invoke::<i64>(c.like())
                 })?;
@@ -371,11 +463,9 @@ impl RedisDb {
                         redis::cmd("HSET")
                             .arg(&db.meta_key)
                             .arg("cellar")
-                            .arg(FORMAT_VERSION)
+                            .arg(REDIS_FORMAT)
                             .arg("encoding")
-                            .arg(encoding_text(encoding))
-                            .arg("count")
-                            .arg(0),
+                            .arg(encoding_text(encoding)),
                     )
                 })?;
                 encoding
@@ -386,8 +476,8 @@ impl RedisDb {
 
     /// `whichdb` for a Redis URL.
     pub(crate) fn detect(url: &str) -> Result<WhichDb> {
-        let shown = redact_url(url);
-        let db = RedisDb::open_probe(url, &shown)?;
+        // Opened read-only without touching metadata: `plan` is not consulted.
+        let db = RedisDb::new(url, true)?;
         Ok(match db.read_meta()? {
             Meta::Store(_) => WhichDb::Kind(if db.cluster {
                 DbKind::RedisCluster
@@ -396,33 +486,6 @@ impl RedisDb {
             }),
             Meta::Foreign => WhichDb::Unknown,
             Meta::Missing => WhichDb::Unreadable,
-        })
-    }
-
-    fn open_probe(url: &str, shown: &str) -> Result<RedisDb> {
-        // Open read-only without touching metadata: `plan` is not consulted.
-        let p = parse(url, shown)?;
-        let mut meta_key = vec![b'{'];
-        meta_key.extend_from_slice(&p.prefix);
-        meta_key.extend_from_slice(b"}m");
-        let mut key_prefix = meta_key[..meta_key.len() - 1].to_vec();
-        key_prefix.extend_from_slice(b"k:");
-        let route = Route::with_key(&meta_key, SlotAddr::Master);
-        Ok(RedisDb {
-            path: PathBuf::from(shown),
-            shown: shown.to_string(),
-            target: p.target,
-            conn: Mutex::new(None),
-            closed: AtomicBool::new(false),
-            read_only: true,
-            cluster: p.cluster,
-            meta_key,
-            key_prefix,
-            route,
-            wait: None,
-            connect_timeout: p.connect_timeout,
-            response_timeout: p.response_timeout,
-            encoding: ValueEncoding::Raw,
         })
     }
 
@@ -512,14 +575,22 @@ impl RedisDb {
         let Some(version) = get("cellar") else {
             return Ok(Meta::Foreign);
         };
-        if version.parse::<u32>().map_or(true, |v| v > FORMAT_VERSION) {
+        let message = match version.parse::<u32>() {
+            Ok(REDIS_FORMAT) => None,
+            Ok(v) if v < REDIS_FORMAT => Some(format!(
+                "store format {v} is a development layout without the key index that this \
+                 cellar needs (format {REDIS_FORMAT}): re-create the store"
+            )),
+            _ => Some(format!(
+                "store format {version} is newer than this cellar reads (format {REDIS_FORMAT})"
+            )),
+        };
+        if let Some(message) = message {
             return Err(DbmError::Server {
                 backend: self.backend().name(),
                 kind: ServerErrorKind::Server,
                 target: self.shown.clone(),
-                message: format!(
-                    "store format {version} is newer than this cellar reads (up to {FORMAT_VERSION})"
-                ),
+                message,
             });
         }
         Ok(Meta::Store(
@@ -554,24 +625,28 @@ impl RedisDb {
         ))
     }
 
-    /// Deletes every key of the namespace, a page at a time ('n').
+    /// Deletes every key of the store, a page of its key index at a time (`'n'`): the work is
+    /// proportional to the store, not to the database around it.
     fn clear_namespace(&self) -> Result<()> {
-        let mut cursor = 0;
         loop {
-            let (next, keys) = self.scan_page(cursor, PAGE)?;
-            if !keys.is_empty() {
-                let mut cmd = redis::cmd("UNLINK");
-                for k in &keys {
-                    cmd.arg(self.data_key(k));
-                }
-                self.with(|c| c.query::<i64>(&cmd))?;
-            }
-            if next == 0 {
+            let removed: i64 = self.with(|c| {
+                script(&CLEAR_SCRIPT, CLEAR_LUA)
+                    .key(&self.index_key)
+                    .arg(&self.key_prefix)
+                    .arg(PAGE)
+                    .invoke(c.like())
+            })?;
+            if removed == 0 {
                 break;
             }
-            cursor = next;
         }
-        self.with(|c| c.query::<i64>(redis::cmd("UNLINK").arg(&self.meta_key)))?;
+        self.with(|c| {
+            c.query::<i64>(
+                redis::cmd("UNLINK")
+                    .arg(&self.index_key)
+                    .arg(&self.meta_key),
+            )
+        })?;
         Ok(())
     }
 
@@ -594,38 +669,69 @@ impl RedisDb {
         Ok(())
     }
 
-    /// One page of keys for cursor-driven iteration: `(next cursor, keys)`; cursor 0 starts,
-    /// and a returned 0 means the end.
-    pub(crate) fn page(&self, cursor: u64) -> Result<(u64, Vec<Vec<u8>>)> {
-        self.scan_page(cursor, PAGE)
-    }
-
-    /// One `SCAN` page with its values (`MGET`; keys deleted in between are left out).
+    /// One page of the key index from `min` (a `ZRANGEBYLEX` minimum: `-` for the start,
+    /// `(` + the last key seen), with the values if `values`: the flat reply of [`PAGE_LUA`]
+    /// and the minimum of the next page (`None` after the last).
     #[allow(clippy::type_complexity)]
-    fn items_of_page(&self, cursor: u64) -> Result<(u64, Vec<(Vec<u8>, Vec<u8>)>)> {
-        let (next, keys) = self.scan_page(cursor, PAGE)?;
-        if keys.is_empty() {
-            return Ok((next, Vec::new()));
-        }
-        let mut cmd = redis::cmd("MGET");
-        for k in &keys {
-            cmd.arg(self.data_key(k));
-        }
-        let values: Vec<Option<Vec<u8>>> = self.with(|c| c.query(&cmd))?;
-        Ok((
-            next,
-            keys.into_iter()
-                .zip(values)
-                .filter_map(|(k, v)| v.map(|v| (k, v)))
-                .collect(),
-        ))
+    fn index_page(
+        &self,
+        min: &[u8],
+        values: bool,
+    ) -> Result<(Vec<Option<Vec<u8>>>, Option<Vec<u8>>)> {
+        let flat: Vec<Option<Vec<u8>>> = self.with(|c| {
+            script(&PAGE_SCRIPT, PAGE_LUA)
+                .key(&self.index_key)
+                .arg(min)
+                .arg(PAGE)
+                .arg(&self.key_prefix)
+                .arg(if values { "1" } else { "0" })
+                .invoke(c.like())
+        })?;
+        let per = if values { 2 } else { 1 };
+        let next = if flat.len() == PAGE * per {
+            let last = flat.len() - per;
+            flat[last].as_ref().map(|k| {
+                let mut m = Vec::with_capacity(k.len() + 1);
+                m.push(b'(');
+                m.extend_from_slice(k);
+                m
+            })
+        } else {
+            None
+        };
+        Ok((flat, next))
     }
 
-    fn parse_cursor(cursor: &[u8]) -> u64 {
-        std::str::from_utf8(cursor)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0)
+    /// One page of keys, in byte order: every key present for the whole walk is seen exactly
+    /// once (the walk resumes after the last key seen, whatever the server does meanwhile).
+    #[allow(clippy::type_complexity)]
+    fn keys_page(&self, min: &[u8]) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
+        let (flat, next) = self.index_page(min, false)?;
+        Ok((flat.into_iter().flatten().collect(), next))
+    }
+
+    /// [`RedisDb::keys_page`] with the values, in the same round trip (keys deleted between
+    /// the index read and the value read cannot happen: the script is atomic).
+    #[allow(clippy::type_complexity)]
+    fn items_page(&self, min: &[u8]) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)> {
+        let (flat, next) = self.index_page(min, true)?;
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            if let (Some(k), Some(v)) = (k, v) {
+                out.push((k, v));
+            }
+        }
+        Ok((out, next))
+    }
+
+    /// The cursor of the public paging API as a `ZRANGEBYLEX` minimum (empty: the start).
+    fn min_of(cursor: &[u8]) -> &[u8] {
+        if cursor.is_empty() {
+            b"-"
+        } else {
+            cursor
+        }
     }
 }
 
@@ -652,9 +758,10 @@ impl Database for RedisDb {
         let k = self.data_key(key);
         self.with(|c| {
             script(&SET_SCRIPT, SET_LUA)
-                .key(&self.meta_key)
                 .key(&k)
+                .key(&self.index_key)
                 .arg(value)
+                .arg(key)
                 .invoke::<i64>(c.like())
         })?;
         self.replicate()
@@ -664,8 +771,9 @@ impl Database for RedisDb {
         let k = self.data_key(key);
         let n: i64 = self.with(|c| {
             script(&DEL_SCRIPT, DEL_LUA)
-                .key(&self.meta_key)
                 .key(&k)
+                .key(&self.index_key)
+                .arg(key)
                 .invoke(c.like())
         })?;
         if n == 1 {
@@ -679,36 +787,32 @@ impl Database for RedisDb {
         Ok(n == 1)
     }
     fn len(&self) -> Result<usize> {
-        let n: Option<i64> =
-            self.with(|c| c.query(redis::cmd("HGET").arg(&self.meta_key).arg("count")))?;
-        Ok(n.unwrap_or(0).max(0) as usize)
+        let n: i64 = self.with(|c| c.query(redis::cmd("ZCARD").arg(&self.index_key)))?;
+        Ok(n.max(0) as usize)
     }
     fn keys(&self) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
-        let mut cursor = 0;
+        let mut min = b"-".to_vec();
         loop {
-            let (next, keys) = self.scan_page(cursor, PAGE)?;
+            let (keys, next) = self.keys_page(&min)?;
             out.extend(keys);
-            if next == 0 {
-                // SCAN may return a key twice (during a rehash): a snapshot lists it once.
-                out.sort_unstable();
-                out.dedup();
-                return Ok(out);
+            match next {
+                Some(n) => min = n,
+                None => return Ok(out),
             }
-            cursor = next;
         }
     }
     fn for_each(&self, f: &mut ItemFn<'_>) -> Result<()> {
-        let mut cursor = 0;
+        let mut min = b"-".to_vec();
         loop {
-            let (next, items) = self.items_of_page(cursor)?;
+            let (items, next) = self.items_page(&min)?;
             for (k, v) in &items {
                 f(k, v)?;
             }
-            if next == 0 {
-                return Ok(());
+            match next {
+                Some(n) => min = n,
+                None => return Ok(()),
             }
-            cursor = next;
         }
     }
     fn batch(&self, batch: &Batch) -> Result<()> {
@@ -717,7 +821,8 @@ impl Database for RedisDb {
             return Ok(());
         }
         let s = script(&BATCH_SCRIPT, BATCH_LUA);
-        let mut inv = s.key(&self.meta_key);
+        let mut inv = s.key(&self.index_key);
+        inv.arg(self.key_prefix.len() + 1);
         for (k, v) in batch.ops() {
             inv.key(self.data_key(k));
             match v {
@@ -757,20 +862,12 @@ impl Database for RedisDb {
         Some(self.encoding)
     }
     fn key_page(&self, cursor: &[u8]) -> Result<Option<(Vec<Vec<u8>>, Option<Vec<u8>>)>> {
-        let (next, keys) = self.page(RedisDb::parse_cursor(cursor))?;
-        Ok(Some((
-            keys,
-            (next != 0).then(|| next.to_string().into_bytes()),
-        )))
+        self.keys_page(RedisDb::min_of(cursor)).map(Some)
     }
     fn item_page(
         &self,
         cursor: &[u8],
     ) -> Result<Option<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)>> {
-        let (next, items) = self.items_of_page(RedisDb::parse_cursor(cursor))?;
-        Ok(Some((
-            items,
-            (next != 0).then(|| next.to_string().into_bytes()),
-        )))
+        self.items_page(RedisDb::min_of(cursor)).map(Some)
     }
 }
