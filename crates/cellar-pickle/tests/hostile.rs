@@ -196,15 +196,27 @@ fn inert_mode_describes_calls_without_resolving_them() {
             ),
         }
     }
-    // getattr only ever serves getattr(cls, '__new__') of an allowed class; inert mode keeps
-    // any other use as a description (as cellar.pickle does), never resolving it.
+    // getattr only ever serves getattr(cls, '__new__') of an allowed class and
+    // getattr(Outer, 'Inner'), the global `Outer.Inner` (how protocols 0-3 name nested classes,
+    // which needs its own consent); inert mode keeps the latter as that inert global and any
+    // other use as a description, never resolving it.
     let v = inert(b"cbuiltins\ngetattr\n(cos\nsystem\nS'x'\ntR.").unwrap();
-    assert_eq!(repr(&v), "builtins.getattr(os.system, 'x')");
+    assert_eq!(repr(&v), "os.system.x");
     let v = inert(b"cbuiltins\ngetattr\n(cbuiltins\ndict\nS'fromkeys'\ntR.").unwrap();
     assert_eq!(repr(&v), "builtins.getattr(builtins.dict, 'fromkeys')");
+    let v = inert(b"cbuiltins\ngetattr\n(cos\nsystem\nS'no such'\ntR.").unwrap();
+    assert_eq!(repr(&v), "builtins.getattr(os.system, 'no such')");
     // Calling what it returns is an inert call of that description.
     let v = inert(b"cbuiltins\ngetattr\n(cos\nsystem\nS'x'\ntR(S'id'\ntR.").unwrap();
-    assert_eq!(repr(&v), "builtins.getattr(os.system, 'x')('id')");
+    assert_eq!(repr(&v), "os.system.x('id')");
+    // Not allowed, it is refused by its nested name.
+    let e = loads(
+        b"cbuiltins\ngetattr\n(cos\nsystem\nS'x'\ntR.",
+        &Registry::default(),
+        &LoadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("forbidden"), "{e}");
     let e = loads(
         b"cbuiltins\ngetattr\n(cbuiltins\ndict\nS'fromkeys'\ntR.",
         &Registry::default(),
