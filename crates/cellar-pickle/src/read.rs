@@ -231,7 +231,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
         self.err("pickle data was truncated")
     }
 
-    #[inline]
+    #[inline(always)]
     fn charge(&mut self, n: usize) -> Res<(), S::Error> {
         self.used = self.used.saturating_add(n);
         if self.used > self.limit {
@@ -313,7 +313,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
     // -----------------------------------------------------------------------------------------
     // stack
 
-    #[inline]
+    #[inline(always)]
     fn fence(&self) -> usize {
         self.marks.last().copied().unwrap_or(0)
     }
@@ -321,13 +321,14 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
     fn underflow(&self) -> UnpicklingError {
         self.err("unpickling stack underflow")
     }
-    #[inline]
+    #[inline(always)]
     fn pop(&mut self) -> Res<Item<S::Handle>, S::Error> {
         if self.stack.len() <= self.fence() {
             return Err(self.underflow().into());
         }
         self.stack.pop().ok_or_else(|| self.underflow().into())
     }
+    #[inline(always)]
     fn top(&self) -> Res<&Item<S::Handle>, S::Error> {
         if self.stack.len() <= self.fence() {
             return Err(self.underflow().into());
@@ -344,14 +345,14 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
         let m = self.pop_mark_index()?;
         Ok(self.stack.split_off(m))
     }
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, it: Item<S::Handle>) -> Res<(), S::Error> {
         self.charge(16)?;
         self.stack.push(it);
         Ok(())
     }
     /// Pushes a scalar the sink made.
-    #[inline]
+    #[inline(always)]
     fn push_made(&mut self, r: Result<S::Handle, S::Error>) -> Res<(), S::Error> {
         let h = r.map_err(sink_err)?;
         self.push(Item::V(h, 0))
@@ -463,7 +464,18 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
     // -----------------------------------------------------------------------------------------
     // memo
 
+    #[inline(always)]
     fn memo_put(&mut self, idx: u64, it: Item<S::Handle>) -> Res<(), S::Error> {
+        // The common case: the next index (MEMOIZE, and every memo CPython writes).
+        if idx == self.memo.len() as u64 {
+            self.charge(16)?;
+            self.memo.push(Some(it));
+            return Ok(());
+        }
+        self.memo_put_other(idx, it)
+    }
+
+    fn memo_put_other(&mut self, idx: u64, it: Item<S::Handle>) -> Res<(), S::Error> {
         let idx = u32::try_from(idx).map_err(|_| self.err("memo index out of range"))?;
         let i = idx as usize;
         if i < self.memo.len() {
@@ -479,6 +491,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
         }
         Ok(())
     }
+    #[inline(always)]
     fn memo_get(&mut self, idx: u64) -> Res<Item<S::Handle>, S::Error> {
         let found = u32::try_from(idx)
             .ok()
@@ -498,6 +511,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
                 .into()),
         }
     }
+    #[inline(always)]
     fn put_top(&mut self, idx: u64) -> Res<(), S::Error> {
         let it = self.top()?.clone();
         self.memo_put(idx, it)
@@ -1372,7 +1386,9 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
             Item::Partial(p) => return self.call_partial(p, args),
             Item::V(h, d) if self.opts.inert => {
                 let Some((m, n)) = self.sink.inert_name(&h) else {
-                    return Err(self.err_kind(ErrorKind::Type, "REDUCE target is not callable").into());
+                    return Err(self
+                        .err_kind(ErrorKind::Type, "REDUCE target is not callable")
+                        .into());
                 };
                 let g = self.find_class(&m, &n)?;
                 let mut items = vec![Item::V(h, d)];

@@ -225,13 +225,12 @@ impl<'py, 'c> PySink<'py, 'c> {
     /// UTF-8 with lone surrogates allowed, as CPython decodes BINUNICODE.
     #[inline(always)]
     fn utf8(&self, b: &[u8]) -> Res<Obj<'py>> {
-        let n = ffi::Py_ssize_t::try_from(b.len())
-            .map_err(|_| uerr(self.py, "string too large"))?;
+        let n =
+            ffi::Py_ssize_t::try_from(b.len()).map_err(|_| uerr(self.py, "string too large"))?;
         // SAFETY: the GIL is held; pointer and length describe `b`, the error handler name is
         // a NUL-terminated literal.
-        let p = unsafe {
-            ffi::PyUnicode_DecodeUTF8(b.as_ptr().cast(), n, c"surrogatepass".as_ptr())
-        };
+        let p =
+            unsafe { ffi::PyUnicode_DecodeUTF8(b.as_ptr().cast(), n, c"surrogatepass".as_ptr()) };
         self.owned(p)
     }
 
@@ -246,13 +245,18 @@ impl<'py, 'c> PySink<'py, 'c> {
     /// itself): it takes no items and no state.
     fn is_inert_global(&self, o: &Obj<'py>) -> PyResult<bool> {
         let c = o.getattr(intern!(self.py, "construct"))?;
-        Ok(c.cast::<PyString>().is_ok_and(|s| s.to_str().is_ok_and(|s| s == "global")))
+        Ok(c.cast::<PyString>()
+            .is_ok_and(|s| s.to_str().is_ok_and(|s| s == "global")))
     }
 
     fn inert_type(&self) -> Res<&Bound<'py, PyType>> {
-        self.inert
-            .as_ref()
-            .ok_or_else(|| uerr(self.py, "internal error: an inert object without inert=True").into())
+        self.inert.as_ref().ok_or_else(|| {
+            uerr(
+                self.py,
+                "internal error: an inert object without inert=True",
+            )
+            .into()
+        })
     }
 
     /// `Inert(module, name, construct, args, kwargs)`.
@@ -353,9 +357,7 @@ impl<'py, 'c> PySink<'py, 'c> {
         let kwargs = match kwargs {
             Some(k) => match k.cast_into::<PyDict>() {
                 Ok(d) => Some(d),
-                Err(_) => {
-                    return Err(uerr(py, "NEWOBJ_EX kwargs argument must be a dict").into())
-                }
+                Err(_) => return Err(uerr(py, "NEWOBJ_EX kwargs argument must be a dict").into()),
             },
             None => None,
         };
@@ -439,10 +441,14 @@ impl<'py, 'c> PySink<'py, 'c> {
                     let Ok(k) = k.cast_into::<PyString>() else {
                         return Err(PyTypeError::new_err("slot name must be a string").into());
                     };
-                    if k.to_str().is_ok_and(|k| k == "__class__" || k == "__dict__") {
-                        return Err(
-                            uerr(py, "BUILD: slot state may not set __class__ or __dict__").into(),
-                        );
+                    if k.to_str()
+                        .is_ok_and(|k| k == "__class__" || k == "__dict__")
+                    {
+                        return Err(uerr(
+                            py,
+                            "BUILD: slot state may not set __class__ or __dict__",
+                        )
+                        .into());
                     }
                     inst.setattr(k, v)?;
                 }
@@ -462,12 +468,7 @@ impl<'py, 'c> PySink<'py, 'c> {
             .cast::<PyTuple>()
             .ok()
             .and_then(|t| t.get_item(0).ok());
-        Ok(func.is_some_and(|f| {
-            self.loader
-                .allowed
-                .values()
-                .any(|a| a.bind(self.py).is(&f))
-        }))
+        Ok(func.is_some_and(|f| self.loader.allowed.values().any(|a| a.bind(self.py).is(&f))))
     }
 }
 
@@ -653,7 +654,9 @@ impl<'py> Sink for PySink<'py, '_> {
         Ok(match which {
             Known::Ellipsis => py.Ellipsis().into_bound(py),
             Known::NotImplemented => py.NotImplemented().into_bound(py),
-            _ => py.get_type::<pyo3::exceptions::PyStopIteration>().into_any(),
+            _ => py
+                .get_type::<pyo3::exceptions::PyStopIteration>()
+                .into_any(),
         })
     }
     fn slice(&mut self, start: Obj<'py>, stop: Obj<'py>, step: Obj<'py>) -> Res<Obj<'py>> {
@@ -675,9 +678,13 @@ impl<'py> Sink for PySink<'py, '_> {
     }
     fn dict(&mut self, kv: Vec<Obj<'py>>) -> Res<Obj<'py>> {
         let d = PyDict::new(self.py);
-        let mut it = kv.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            d.set_item(k, v).map_err(|e| self.hash_failed(e))?;
+        for pair in kv.chunks_exact(2) {
+            // SAFETY: the GIL is held; the dict, key and value are live objects
+            // (PyDict_SetItem takes its own references).
+            if unsafe { ffi::PyDict_SetItem(d.as_ptr(), pair[0].as_ptr(), pair[1].as_ptr()) } < 0 {
+                let e = PyErr::fetch(self.py);
+                return Err(self.hash_failed(e));
+            }
         }
         Ok(d.into_any())
     }
@@ -700,7 +707,11 @@ impl<'py> Sink for PySink<'py, '_> {
         if let Ok(l) = target.cast_exact::<PyList>() {
             self.not_foreign(target)?;
             for o in items.drain(..) {
-                l.append(o)?;
+                // SAFETY: the GIL is held; `l` and `o` are live objects (PyList_Append takes
+                // its own reference to `o`).
+                if unsafe { ffi::PyList_Append(l.as_ptr(), o.as_ptr()) } < 0 {
+                    return Err(PyErr::fetch(py).into());
+                }
             }
             return Ok(true);
         }
@@ -734,13 +745,17 @@ impl<'py> Sink for PySink<'py, '_> {
         let py = self.py;
         if let Ok(d) = target.cast_exact::<PyDict>() {
             self.not_foreign(target)?;
-            let mut it = kv.drain(..);
-            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                if let Err(e) = d.set_item(k, v) {
-                    drop(it);
+            for pair in kv.chunks_exact(2) {
+                // SAFETY: the GIL is held; the dict, key and value are live objects
+                // (PyDict_SetItem takes its own references).
+                if unsafe { ffi::PyDict_SetItem(d.as_ptr(), pair[0].as_ptr(), pair[1].as_ptr()) }
+                    < 0
+                {
+                    let e = PyErr::fetch(py);
                     return Err(self.hash_failed(e));
                 }
             }
+            kv.clear();
             return Ok(true);
         }
         if self.is_inert(target) {
@@ -901,7 +916,13 @@ impl<'py> Sink for PySink<'py, '_> {
                     (Construct::NewObjEx, None) => Some(PyDict::new(py).into_any()),
                     (_, k) => k,
                 };
-                self.inert_obj(cls.module, cls.name, construct_name(construct), args, kwargs)
+                self.inert_obj(
+                    cls.module,
+                    cls.name,
+                    construct_name(construct),
+                    args,
+                    kwargs,
+                )
             }
             Some(PyGlobal::Namespace(_)) => Err(self.forbidden(
                 cls.module,
@@ -996,11 +1017,7 @@ impl<'py> Sink for PySink<'py, '_> {
         Ok(r)
     }
 
-    fn range(
-        &mut self,
-        g: GlobalRef<'_, PyGlobal<'py>>,
-        args: Vec<Obj<'py>>,
-    ) -> Res<Obj<'py>> {
+    fn range(&mut self, g: GlobalRef<'_, PyGlobal<'py>>, args: Vec<Obj<'py>>) -> Res<Obj<'py>> {
         let py = self.py;
         let r = match g.allowed {
             Some(PyGlobal::Allowed(f)) => f.clone(),
@@ -1040,7 +1057,11 @@ impl<'py> Sink for PySink<'py, '_> {
             return Ok(false);
         }
         if !self.partial_state_ok(target, &state)? {
-            return Err(uerr(py, "BUILD: a functools.partial may only wrap an allowed callable").into());
+            return Err(uerr(
+                py,
+                "BUILD: a functools.partial may only wrap an allowed callable",
+            )
+            .into());
         }
         if let Some(setstate) = self.class_setstate(target)? {
             setstate.call1((state,))?;
