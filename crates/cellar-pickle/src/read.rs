@@ -715,6 +715,12 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
                 UNICODE => {
                     let line = self.line()?;
                     self.charge(line.len() * 2)?;
+                    if line.is_ascii() && !line.contains(&b'\\') {
+                        // (no escapes, ASCII: raw-unicode-escape is the identity)
+                        let r = self.sink.str_utf8(line);
+                        self.push_made(r)?;
+                        continue;
+                    }
                     let s = text::raw_unicode_escape_decode(line)
                         .map_err(|m| self.err_kind(ErrorKind::UnicodeDecode, m))?;
                     let r = self.sink.str(s);
