@@ -425,9 +425,16 @@ impl<'py, 'c> PySink<'py, 'c> {
             };
             let dict = inst.getattr(intern!(py, "__dict__"))?;
             for (k, v) in sd.iter() {
-                let k = match k.cast_into_exact::<PyString>() {
-                    Ok(s) => PyString::intern(py, s.to_str()?).into_any(),
-                    Err(e) => e.into_inner(),
+                let k = if k.is_exact_instance_of::<PyString>() {
+                    let mut p = k.into_ptr();
+                    // SAFETY: the GIL is held; `p` is an owned reference to an exact str, which
+                    // PyUnicode_InternInPlace replaces with its interned twin (still owned).
+                    unsafe {
+                        ffi::PyUnicode_InternInPlace(&mut p);
+                        Bound::from_owned_ptr(py, p)
+                    }
+                } else {
+                    k
                 };
                 dict.set_item(k, v)?;
             }
