@@ -607,3 +607,101 @@ def test_dumps_shared_and_recursive_byte_identical(protocol: int) -> None:
     for v in _shared_and_recursive_values():
         a, b = pickle.dumps(v, protocol), cp.dumps(v, protocol)
         assert a == b, (repr(v)[:60], protocol, len(a), len(b))
+
+
+# ---- the one decoder: the Python-objects sink on cellar_pickle's core loop ------------------
+
+
+def test_memo_index_bomb_is_charged_not_allocated() -> None:
+    # LONG_BINPUT 0x000fffff: a sparse memo slot, charged against max_bytes, never a table of
+    # a million entries.
+    import tracemalloc
+
+    data = b"\x80\x02Nr\xff\xff\x0f\x00."
+    tracemalloc.start()
+    try:
+        assert cp.loads(data, max_bytes=1024) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    # Many distinct sparse slots are charged (48 bytes each) and refused.
+    spray = b"".join(b"Nr" + (0x000FFF00 + i).to_bytes(4, "little") + b"0" for i in range(40))
+    with pytest.raises(pickle.UnpicklingError, match="max_bytes"):
+        cp.loads(b"\x80\x02" + spray + b"N.", max_bytes=1024)
+
+
+class SelfHash:
+    """Hashes its own attributes: one that contains itself never finishes hashing."""
+
+    def __hash__(self) -> int:
+        return hash(tuple(vars(self).values()))
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+def test_hashing_a_self_containing_key_is_an_unpickling_error() -> None:
+    o = SelfHash()
+    d = {o: 1}
+    o.me = o  # after insertion: the pickle sets it (BUILD) before the key goes in
+    data = pickle.dumps(d, 2)
+    with pytest.raises(pickle.UnpicklingError, match="recursive structure"):
+        cp.loads(data, allow=[SelfHash])
+    s = {SelfHash()}
+    next(iter(s)).me = next(iter(s))
+    with pytest.raises(pickle.UnpicklingError, match="recursive structure"):
+        cp.loads(pickle.dumps(s, 4), allow=[SelfHash])
+    # A list that contains itself as a set member: unhashable, a TypeError as in CPython.
+    with pytest.raises(TypeError):
+        cp.loads(b"\x80\x02]q\x00h\x00a\x8f(h\x00\x90.")
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4])
+def test_nested_classes_need_their_own_consent(protocol: int) -> None:
+    data = pickle.dumps(Outer.Inner(7), protocol)
+    assert cp.loads(data, allow=[Outer.Inner]) == Outer.Inner(7)
+    with pytest.raises(pickle.UnpicklingError, match="Outer.Inner"):
+        cp.loads(data, allow=[Outer])
+    x = cp.loads(data, inert=True)
+    assert (x.module, x.name) == (__name__, "Outer.Inner") or x.func is not None
+
+
+def test_consent_for_a_basic_type_serves_what_its_shape_rules_refuse() -> None:
+    data = pickle.dumps(bytearray, 2)
+    with pytest.raises(pickle.UnpicklingError, match="builtins.bytearray"):
+        cp.loads(data)
+    assert cp.loads(data, allow=[bytearray]) is bytearray
+    # Its own rules first: bytearray(b'ab') is served without the consent's call.
+    assert cp.loads(pickle.dumps(bytearray(b"ab"), 2)) == bytearray(b"ab")
+
+
+class ComplexSub(complex):
+    def __getnewargs_ex__(self):
+        return (self.real, self.imag), {}
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4])
+def test_partial_of_an_inherited_new(protocol: int) -> None:
+    # Protocols 2-3 write partial(complex.__new__, ComplexSub, ...) for __getnewargs_ex__.
+    x = cp.loads(pickle.dumps(ComplexSub(1, 2), protocol), allow=[ComplexSub, complex])
+    assert type(x) is ComplexSub and x == complex(1, 2)
+
+
+def test_reduce_on_a_non_callable_is_a_type_error() -> None:
+    with pytest.raises(TypeError):
+        cp.loads(b"N)R.")
+    with pytest.raises(TypeError):
+        cp.loads(b"cbuiltins\nint\nNR.", allow=[int])
+
+
+def test_inst_without_arguments_skips_init() -> None:
+    # pickle's _instantiate: INST with no arguments is cls.__new__(cls), not cls().
+    class NeedsArg:
+        def __init__(self, arg):
+            raise AssertionError("called")
+
+    NeedsArg.__qualname__ = "NeedsArg"
+    data = b"(i" + __name__.encode() + b"\nNeedsArg\n(dp0\nS'a'\nI1\nsb."
+    x = cp.loads(data, allow=[(__name__, "NeedsArg", NeedsArg)])
+    assert type(x) is NeedsArg and x.a == 1

@@ -144,6 +144,9 @@ struct Glob<G> {
     module: String,
     name: String,
     kind: GKind<G>,
+    /// The caller's consent for a basic type or pattern marker (an `allow=` entry naming it):
+    /// its own rules come first, the consent serves what they refuse (values, other calls).
+    consent: Option<G>,
 }
 
 /// The arguments a prepared `functools.partial` passes to `cls.__new__`: `(cls, *args)` and
@@ -228,7 +231,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
         self.err("pickle data was truncated")
     }
 
-    #[inline]
+    #[inline(always)]
     fn charge(&mut self, n: usize) -> Res<(), S::Error> {
         self.used = self.used.saturating_add(n);
         if self.used > self.limit {
@@ -310,7 +313,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
     // -----------------------------------------------------------------------------------------
     // stack
 
-    #[inline]
+    #[inline(always)]
     fn fence(&self) -> usize {
         self.marks.last().copied().unwrap_or(0)
     }
@@ -318,13 +321,14 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
     fn underflow(&self) -> UnpicklingError {
         self.err("unpickling stack underflow")
     }
-    #[inline]
+    #[inline(always)]
     fn pop(&mut self) -> Res<Item<S::Handle>, S::Error> {
         if self.stack.len() <= self.fence() {
             return Err(self.underflow().into());
         }
         self.stack.pop().ok_or_else(|| self.underflow().into())
     }
+    #[inline(always)]
     fn top(&self) -> Res<&Item<S::Handle>, S::Error> {
         if self.stack.len() <= self.fence() {
             return Err(self.underflow().into());
@@ -341,14 +345,14 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
         let m = self.pop_mark_index()?;
         Ok(self.stack.split_off(m))
     }
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, it: Item<S::Handle>) -> Res<(), S::Error> {
         self.charge(16)?;
         self.stack.push(it);
         Ok(())
     }
     /// Pushes a scalar the sink made.
-    #[inline]
+    #[inline(always)]
     fn push_made(&mut self, r: Result<S::Handle, S::Error>) -> Res<(), S::Error> {
         let h = r.map_err(sink_err)?;
         self.push(Item::V(h, 0))
@@ -444,7 +448,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
                 let r = self.sink.global(gref_of(&self.globals, g));
                 r.map_err(sink_err)
             }
-            _ if self.opts.inert => {
+            _ if self.opts.inert || self.globals[g as usize].consent.is_some() => {
                 let r = self.sink.global(gref_of(&self.globals, g));
                 r.map_err(sink_err)
             }
@@ -460,7 +464,18 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
     // -----------------------------------------------------------------------------------------
     // memo
 
+    #[inline(always)]
     fn memo_put(&mut self, idx: u64, it: Item<S::Handle>) -> Res<(), S::Error> {
+        // The common case: the next index (MEMOIZE, and every memo CPython writes).
+        if idx == self.memo.len() as u64 {
+            self.charge(16)?;
+            self.memo.push(Some(it));
+            return Ok(());
+        }
+        self.memo_put_other(idx, it)
+    }
+
+    fn memo_put_other(&mut self, idx: u64, it: Item<S::Handle>) -> Res<(), S::Error> {
         let idx = u32::try_from(idx).map_err(|_| self.err("memo index out of range"))?;
         let i = idx as usize;
         if i < self.memo.len() {
@@ -476,18 +491,27 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
         }
         Ok(())
     }
-    fn memo_get(&self, idx: u64) -> Res<Item<S::Handle>, S::Error> {
+    #[inline(always)]
+    fn memo_get(&mut self, idx: u64) -> Res<Item<S::Handle>, S::Error> {
         let found = u32::try_from(idx)
             .ok()
             .and_then(|i| match self.memo.get(i as usize) {
                 Some(Some(it)) => Some(it.clone()),
                 _ => self.memo_sparse.get(&i).cloned(),
             });
-        found.ok_or_else(|| {
-            self.err(format!("Memo value not found at index {idx}"))
-                .into()
-        })
+        match found {
+            Some(it) => {
+                if let Item::V(h, d) = &it {
+                    self.sink.reused(h, *d);
+                }
+                Ok(it)
+            }
+            None => Err(self
+                .err(format!("Memo value not found at index {idx}"))
+                .into()),
+        }
     }
+    #[inline(always)]
     fn put_top(&mut self, idx: u64) -> Res<(), S::Error> {
         let it = self.top()?.clone();
         self.memo_put(idx, it)
@@ -565,6 +589,9 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
                 }
                 DUP => {
                     let it = self.top()?.clone();
+                    if let Item::V(h, d) = &it {
+                        self.sink.reused(h, *d);
+                    }
                     self.push(it)?;
                 }
                 // ---- numbers
@@ -688,6 +715,12 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
                 UNICODE => {
                     let line = self.line()?;
                     self.charge(line.len() * 2)?;
+                    if line.is_ascii() && !line.contains(&b'\\') {
+                        // (no escapes, ASCII: raw-unicode-escape is the identity)
+                        let r = self.sink.str_utf8(line);
+                        self.push_made(r)?;
+                        continue;
+                    }
                     let s = text::raw_unicode_escape_decode(line)
                         .map_err(|m| self.err_kind(ErrorKind::UnicodeDecode, m))?;
                     let r = self.sink.str(s);
@@ -966,7 +999,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
                     let name = self.utf8_name(name)?;
                     let args = self.pop_mark()?;
                     let g = self.find_class(&module, &name)?;
-                    let r = self.new_object(Item::G(g), Construct::Reduce, args, None)?;
+                    let r = self.new_object_with(Item::G(g), Construct::Reduce, true, args, None)?;
                     self.push(r)?
                 }
                 OBJ => {
@@ -976,7 +1009,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
                     }
                     let args = items.split_off(1);
                     let cls = items.pop().ok_or_else(|| self.underflow())?;
-                    let r = self.new_object(cls, Construct::Reduce, args, None)?;
+                    let r = self.new_object_with(cls, Construct::Reduce, true, args, None)?;
                     self.push(r)?
                 }
                 BUILD => {
@@ -1232,6 +1265,10 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
                     .collect())
             }
             Item::T(t) => Ok(self.tuples[*t as usize].0.clone()),
+            // (CPython: `f(*args)` with a non-tuple is a TypeError)
+            _ if what == "REDUCE args" => Err(self
+                .err_kind(ErrorKind::Type, format!("{what} must be a tuple"))
+                .into()),
             _ => Err(self.err(format!("{what} must be a tuple")).into()),
         }
     }
@@ -1266,6 +1303,11 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
         } else {
             (module, name)
         };
+        self.find_class_as_is(m, n)
+    }
+
+    /// [`Self::find_class`] of a Python 3 name (no `fix_imports` mapping).
+    fn find_class_as_is(&mut self, m: &str, n: &str) -> Res<u32, S::Error> {
         if let Some(&g) = self.glob_index.get(&(m.to_owned(), n.to_owned())) {
             return Ok(g);
         }
@@ -1286,24 +1328,24 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
             }
             _ => None,
         };
-        let kind = match basic {
-            Some(k) => k,
-            None => match self.sink.resolve(m, n).map_err(sink_err)? {
-                Some(g) => GKind::Class(Some(g)),
-                // Pattern markers are accepted as loop-side markers: they are never resolved
-                // to anything callable and only shape objects of allowed classes (anything
-                // else is refused when they are used).
-                None => match known {
-                    Some(Known::Reconstructor) => GKind::Reconstructor,
-                    Some(Known::NewObj) => GKind::NewObjFn,
-                    Some(Known::NewObjEx) => GKind::NewObjExFn,
-                    Some(Known::Getattr) => GKind::Getattr,
-                    Some(Known::Partial) => GKind::Partial,
-                    Some(Known::Base) => GKind::Base,
-                    _ if self.opts.inert => GKind::Class(None),
-                    _ => return Err(self.refused(m, n).into()),
-                },
-            },
+        // Pattern markers are loop-side markers: they only shape objects of allowed classes
+        // (anything else is refused when they are used, or served by a consent for the same
+        // name).
+        let marker = match known {
+            Some(Known::Reconstructor) => Some(GKind::Reconstructor),
+            Some(Known::NewObj) => Some(GKind::NewObjFn),
+            Some(Known::NewObjEx) => Some(GKind::NewObjExFn),
+            Some(Known::Getattr) => Some(GKind::Getattr),
+            Some(Known::Partial) => Some(GKind::Partial),
+            Some(Known::Base) => Some(GKind::Base),
+            _ => None,
+        };
+        let consent = self.sink.resolve(m, n).map_err(sink_err)?;
+        let (kind, consent) = match (basic.or(marker), consent) {
+            (Some(k), c) => (k, c),
+            (None, Some(g)) => (GKind::Class(Some(g)), None),
+            (None, None) if self.opts.inert => (GKind::Class(None), None),
+            (None, None) => return Err(self.refused(m, n).into()),
         };
         let g = u32::try_from(self.globals.len()).map_err(|_| self.err("too many globals"))?;
         self.charge(64 + m.len() + n.len())?;
@@ -1311,6 +1353,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
             module: m.to_owned(),
             name: n.to_owned(),
             kind,
+            consent,
         });
         self.glob_index.insert((m.to_owned(), n.to_owned()), g);
         Ok(g)
@@ -1349,7 +1392,9 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
             Item::Partial(p) => return self.call_partial(p, args),
             Item::V(h, d) if self.opts.inert => {
                 let Some((m, n)) = self.sink.inert_name(&h) else {
-                    return Err(self.err("REDUCE target is not callable").into());
+                    return Err(self
+                        .err_kind(ErrorKind::Type, "REDUCE target is not callable")
+                        .into());
                 };
                 let g = self.find_class(&m, &n)?;
                 let mut items = vec![Item::V(h, d)];
@@ -1364,20 +1409,42 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
                     .map_err(sink_err)?;
                 return Ok(Item::V(r, dd));
             }
-            _ => return Err(self.err("REDUCE target is not callable").into()),
+            _ => {
+                return Err(self
+                    .err_kind(ErrorKind::Type, "REDUCE target is not callable")
+                    .into())
+            }
         };
         let items = self.tuple_items(&args, "REDUCE args")?;
-        if !self.opts.inert || self.is_class(g) {
+        let consent = self.globals[g as usize].consent.is_some();
+        if !(self.opts.inert || consent) || self.is_class(g) {
             return self.reduce_global(g, items);
         }
-        // Inert mode: a default global (basic type or pattern marker) called with a shape the
-        // policy does not serve is kept as an inert call; limits and malformed data still
-        // fail.
+        // A default global (basic type or pattern marker) called with a shape the policy does
+        // not serve: the caller's consent for it calls it, inert mode keeps an inert call;
+        // limits and malformed data still fail.
         let saved = items.clone();
         match self.reduce_global(g, items) {
+            Err(Fail::Own(e)) if is_shape_refusal(&e) && consent => self.consented_call(g, saved),
             Err(Fail::Own(e)) if is_shape_refusal(&e) => self.inert_object(g, saved),
             r => r,
         }
+    }
+
+    /// `g(*args)` for a basic type or pattern marker the caller allowed by name.
+    fn consented_call(
+        &mut self,
+        g: u32,
+        args: Vec<Item<S::Handle>>,
+    ) -> Res<Item<S::Handle>, S::Error> {
+        self.charge(args.len() * 16 + 32)?;
+        let d = self.depth_of(&args)?;
+        let vals = self.values(args)?;
+        let r = self
+            .sink
+            .object(gref_of(&self.globals, g), Construct::Reduce, vals, None)
+            .map_err(sink_err)?;
+        Ok(Item::V(r, d))
     }
 
     /// An inert `g(*args)` (inert mode).
@@ -1413,13 +1480,19 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
             return Err(self.err("unsupported functools.partial call").into());
         }
         let mut pargs = pargs;
-        if pargs.is_empty() || !matches!(pargs[0], Item::G(c) if c == cls) {
-            return Err(self
-                .err("functools.partial of cls.__new__ must pass cls first")
-                .into());
-        }
+        // partial(Base.__new__, Sub, ...) is how CPython writes a subclass that inherits
+        // __new__ (`complex.__new__` for a complex subclass): Sub must itself be an allowed
+        // class, and is made with its own __new__.
+        let target = match pargs.first() {
+            Some(Item::G(c)) if *c == cls || self.is_class(*c) => *c,
+            _ => {
+                return Err(self
+                    .err("functools.partial of cls.__new__ must pass cls first")
+                    .into())
+            }
+        };
         pargs.remove(0);
-        self.new_object(Item::G(cls), Construct::NewObjEx, pargs, kwargs)
+        self.new_object(Item::G(target), Construct::NewObjEx, pargs, kwargs)
     }
 
     fn number(&self, it: &Item<S::Handle>) -> Option<f64> {
@@ -1590,11 +1663,33 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
             }
             GKind::Getattr => match items.as_slice() {
                 [Item::G(c), name]
-                    if self.is_class(*c)
+                    if (self.is_class(*c) || self.globals[*c as usize].consent.is_some())
                         && self.text_of(name).is_some_and(|s| s.as_str() == Some("__new__")) =>
                 {
                     self.charge(32)?;
                     Ok(Item::NewOf(*c))
+                }
+                // getattr(Outer, 'Inner'): how protocols 0-3 name a nested class (and a bound
+                // classmethod): the global `module.Outer.Inner`, which needs its own consent.
+                [Item::G(c), name]
+                    if self.is_class(*c)
+                        && self
+                            .text_of(name)
+                            .is_some_and(|s| s.as_str().is_some_and(is_identifier)) =>
+                {
+                    let name = self.text_of(name).and_then(|s| s.as_str().map(str::to_owned));
+                    let glob = &self.globals[*c as usize];
+                    let (module, qual) = (glob.module.clone(), glob.name.clone());
+                    let nested = format!("{qual}.{}", name.unwrap_or_default());
+                    // (inert mode: the inert global `module.Outer.Inner`)
+                    match self.find_class_as_is(&module, &nested) {
+                        Ok(n) => Ok(Item::G(n)),
+                        // (an allowed getattr itself may still serve it)
+                        Err(_) if self.globals[g as usize].consent.is_some() => Err(self
+                            .err("builtins.getattr is only allowed as getattr(cls, '__new__') of an allowed class")
+                            .into()),
+                        Err(e) => Err(e),
+                    }
                 }
                 _ => Err(self
                     .err("builtins.getattr is only allowed as getattr(cls, '__new__') of an allowed class")
@@ -1620,6 +1715,9 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
             GKind::Class(_) => self.new_object(Item::G(g), Construct::Reduce, items, None),
             GKind::Base if items.is_empty() && base_empty_name(&self.globals[g as usize].name) => {
                 self.base_empty(g)
+            }
+            GKind::Constant(_) | GKind::Base if self.globals[g as usize].consent.is_some() => {
+                self.consented_call(g, items)
             }
             GKind::Constant(_) | GKind::Base if self.opts.inert => self.inert_object(g, items),
             GKind::Constant(_) | GKind::Base => Err(self
@@ -1659,6 +1757,18 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
         args: Vec<Item<S::Handle>>,
         kwargs: Option<Item<S::Handle>>,
     ) -> Res<Item<S::Handle>, S::Error> {
+        self.new_object_with(cls, construct, false, args, kwargs)
+    }
+
+    /// [`Self::new_object`]; `inst`: INST / OBJ ([`Sink::instantiate`]).
+    fn new_object_with(
+        &mut self,
+        cls: Item<S::Handle>,
+        construct: Construct,
+        inst: bool,
+        args: Vec<Item<S::Handle>>,
+        kwargs: Option<Item<S::Handle>>,
+    ) -> Res<Item<S::Handle>, S::Error> {
         let Item::G(g) = cls else {
             return Err(self.err("class argument must be a global").into());
         };
@@ -1676,7 +1786,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
             // int.__new__(int) and friends: the empty value of a basic type
             return self.base_empty(g);
         }
-        if !self.is_class(g) && !self.opts.inert {
+        if !self.is_class(g) && !self.opts.inert && self.globals[g as usize].consent.is_none() {
             return Err(self
                 .err(format!(
                     "creating {} objects this way is forbidden: not in the registry (load with inert=True to inspect it)",
@@ -1695,10 +1805,13 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
             Some(k) => Some(self.value(k)?),
             None => None,
         };
-        let r = self
-            .sink
-            .object(gref_of(&self.globals, g), construct, vals, kwargs)
-            .map_err(sink_err)?;
+        let r = if inst {
+            self.sink.instantiate(gref_of(&self.globals, g), vals)
+        } else {
+            self.sink
+                .object(gref_of(&self.globals, g), construct, vals, kwargs)
+        }
+        .map_err(sink_err)?;
         Ok(Item::V(r, d))
     }
 
@@ -1761,9 +1874,19 @@ fn gref_of<G>(globals: &[Glob<G>], g: u32) -> GlobalRef<'_, G> {
         name: &glob.name,
         allowed: match &glob.kind {
             GKind::Class(a) => a.as_ref(),
-            _ => None,
+            _ => glob.consent.as_ref(),
         },
     }
+}
+
+/// A Python identifier (an attribute name `getattr(Outer, name)` may join to a qualname).
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+        && s != "__new__"
 }
 
 fn base_empty_name(name: &str) -> bool {

@@ -239,6 +239,16 @@ pub trait Sink {
         callee: Self::Handle,
         args: Vec<Self::Handle>,
     ) -> Result<Self::Handle, Self::Error>;
+    /// INST / OBJ: pickle's `_instantiate`, i.e. `cls(*args)`, or `cls.__new__(cls)` when there
+    /// are no arguments and the class defines no `__getinitargs__` (a sink that runs classes
+    /// tells the two apart; the default makes the same thing as REDUCE).
+    fn instantiate(
+        &mut self,
+        cls: GlobalRef<'_, Self::Global>,
+        args: Vec<Self::Handle>,
+    ) -> Result<Self::Handle, Self::Error> {
+        self.object(cls, Construct::Reduce, args, None)
+    }
     /// BUILD: set the state of an object the sink created through an allowed class (or of an
     /// inert object), `__setstate__` taken from the class. `false` if `target` is anything
     /// else (the loop refuses it).
@@ -252,6 +262,13 @@ pub trait Sink {
     fn next_buffer(&mut self) -> Result<Buffer<Self::Handle>, Self::Error>;
     /// READONLY_BUFFER applied to `h`.
     fn readonly(&mut self, h: Self::Handle) -> Result<Self::Handle, Self::Error>;
+
+    /// The loop pushes `h` (with its nesting depth as known so far) again from the memo or by
+    /// DUP: a sink whose containers can still grow after they were nested somewhere (Python
+    /// objects) notes that the per-slot depths may now be low and measures the result at the
+    /// end. Default: nothing.
+    #[inline]
+    fn reused(&mut self, _h: &Self::Handle, _depth: u32) {}
 
     /// STOP: the result.
     fn finish(&mut self, root: Self::Handle) -> Result<Self::Output, Self::Error>;

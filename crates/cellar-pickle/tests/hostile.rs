@@ -196,15 +196,27 @@ fn inert_mode_describes_calls_without_resolving_them() {
             ),
         }
     }
-    // getattr only ever serves getattr(cls, '__new__') of an allowed class; inert mode keeps
-    // any other use as a description (as cellar.pickle does), never resolving it.
+    // getattr only ever serves getattr(cls, '__new__') of an allowed class and
+    // getattr(Outer, 'Inner'), the global `Outer.Inner` (how protocols 0-3 name nested classes,
+    // which needs its own consent); inert mode keeps the latter as that inert global and any
+    // other use as a description, never resolving it.
     let v = inert(b"cbuiltins\ngetattr\n(cos\nsystem\nS'x'\ntR.").unwrap();
-    assert_eq!(repr(&v), "builtins.getattr(os.system, 'x')");
+    assert_eq!(repr(&v), "os.system.x");
     let v = inert(b"cbuiltins\ngetattr\n(cbuiltins\ndict\nS'fromkeys'\ntR.").unwrap();
     assert_eq!(repr(&v), "builtins.getattr(builtins.dict, 'fromkeys')");
+    let v = inert(b"cbuiltins\ngetattr\n(cos\nsystem\nS'no such'\ntR.").unwrap();
+    assert_eq!(repr(&v), "builtins.getattr(os.system, 'no such')");
     // Calling what it returns is an inert call of that description.
     let v = inert(b"cbuiltins\ngetattr\n(cos\nsystem\nS'x'\ntR(S'id'\ntR.").unwrap();
-    assert_eq!(repr(&v), "builtins.getattr(os.system, 'x')('id')");
+    assert_eq!(repr(&v), "os.system.x('id')");
+    // Not allowed, it is refused by its nested name.
+    let e = loads(
+        b"cbuiltins\ngetattr\n(cos\nsystem\nS'x'\ntR.",
+        &Registry::default(),
+        &LoadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("forbidden"), "{e}");
     let e = loads(
         b"cbuiltins\ngetattr\n(cbuiltins\ndict\nS'fromkeys'\ntR.",
         &Registry::default(),
@@ -636,4 +648,47 @@ fn fuzz_property_on_mutations() {
         }
     }
     assert!(loaded > 10, "{loaded}");
+}
+
+#[test]
+fn consent_for_a_basic_type_or_marker_serves_what_its_rules_refuse() {
+    // builtins.set as a value: refused by default, the inert global with the caller's consent.
+    let data = b"\x80\x02cbuiltins\nset\n.";
+    assert!(strict(data).is_err());
+    let mut reg = Registry::default();
+    reg.allow("builtins", "set");
+    let v = loads(data, &reg, &LoadOptions::default()).unwrap();
+    assert_eq!(repr(&v), "builtins.set");
+    // Its own rules still come first: set([1]) is a set, with or without the consent.
+    let data = b"\x80\x02cbuiltins\nset\n]K\x01a\x85R.";
+    assert_eq!(
+        repr(&loads(data, &reg, &LoadOptions::default()).unwrap()),
+        "{1}"
+    );
+}
+
+#[test]
+fn getattr_of_an_allowed_class_names_its_nested_global() {
+    // getattr(m.Outer, 'Inner')() at protocol 2: the global m.Outer.Inner, which needs its own
+    // consent (Outer's is not enough).
+    let data = b"\x80\x02cbuiltins\ngetattr\ncm\nOuter\nX\x05\x00\x00\x00Inner\x86R)R.";
+    let mut reg = Registry::default();
+    reg.allow("m", "Outer");
+    let e = loads(data, &reg, &LoadOptions::default()).unwrap_err();
+    assert!(e.message.contains("'m.Outer.Inner' is forbidden"), "{e}");
+    reg.allow("m", "Outer.Inner");
+    let v = loads(data, &reg, &LoadOptions::default()).unwrap();
+    let o = Inert::from_value(&v).unwrap();
+    assert_eq!((o.module.as_str(), o.name.as_str()), ("m", "Outer.Inner"));
+}
+
+#[test]
+fn reduce_on_a_non_callable_or_with_non_tuple_args_is_a_type_error() {
+    // CPython: TypeError (test_bad_reduce).
+    assert_eq!(err(b"N)R.").kind, ErrorKind::Type);
+    assert_eq!(inert(b"N)R.").unwrap_err().kind, ErrorKind::Type);
+    let mut reg = Registry::default();
+    reg.allow("builtins", "int");
+    let e = loads(b"cbuiltins\nint\nNR.", &reg, &LoadOptions::default()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Type, "{e}");
 }

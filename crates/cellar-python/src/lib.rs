@@ -23,7 +23,7 @@ mod marshal_sink;
 mod marshal_source;
 mod pickle;
 mod pickle_dump;
-mod pickle_load;
+mod pickle_sink;
 mod shelve;
 mod sqlite_py;
 mod util;

@@ -1,6 +1,7 @@
 //! The Python face of cellar's pickle codec: `cellar._cellar._PickleLoader` (a configured safe
-//! unpickler, [`crate::pickle_load`]) and `_pickle_dumps` ([`crate::pickle_dump`]). The public
-//! module is `python/cellar/pickle.py`, which builds loaders from `allow=` and cellar.copyreg.
+//! unpickler: the one decoder `cellar_pickle::decode` driving the Python-objects sink,
+//! [`crate::pickle_sink`]) and `_pickle_dumps` ([`crate::pickle_dump`]). The public module is
+//! `python/cellar/pickle.py`, which builds loaders from `allow=` and cellar.copyreg.
 
 // Issue 12: every unsafe block documented, no unsafe operation without its own block (the
 // crate-level attribute waits for the marshal modules).
@@ -8,24 +9,30 @@
 
 use std::collections::HashMap;
 
+use cellar_pickle::{DecodeErrors, DecodeOptions, StringEncoding};
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyString, PyTuple, PyType};
 
-use crate::pickle_load::{self, Config, DEFAULT_MAX_DEPTH};
+use crate::pickle_sink::{GcPause, PySink};
 
 /// A safe unpickler configuration: the allowed globals, inert mode, Python 2 string decoding,
 /// the extension registry and the limits. `loads` may be called any number of times.
 #[pyclass(module = "cellar._cellar", name = "_PickleLoader", frozen)]
 pub(crate) struct PickleLoader {
-    allowed: HashMap<(String, String), Py<PyAny>>,
-    namespaces: HashMap<(String, String), Py<PyAny>>,
-    inert: Option<Py<PyType>>,
+    /// `(module, qualname)` -> allowed object.
+    pub(crate) allowed: HashMap<(String, String), Py<PyAny>>,
+    /// Parents of allowed nested classes (`Outer` for `Outer.Inner`): values, never called.
+    pub(crate) namespaces: HashMap<(String, String), Py<PyAny>>,
+    /// The `cellar.pickle.Inert` class when `inert=True`.
+    pub(crate) inert: Option<Py<PyType>>,
     fix_imports: bool,
-    encoding: Option<String>,
-    errors: String,
-    extensions: Option<Py<PyDict>>,
-    max_depth: u32,
+    /// Python 2 `str` decoding: `None` for `encoding='bytes'`.
+    pub(crate) encoding: Option<String>,
+    pub(crate) errors: String,
+    /// copyreg's `_inverted_registry` role: extension code -> (module, name).
+    pub(crate) extensions: Option<Py<PyDict>>,
+    max_depth: usize,
     max_bytes: Option<usize>,
 }
 
@@ -44,7 +51,7 @@ impl PickleLoader {
         encoding: &str,
         errors: &str,
         extensions: Option<Bound<'_, PyDict>>,
-        max_depth: Option<u32>,
+        max_depth: Option<usize>,
         max_bytes: Option<usize>,
     ) -> PyResult<Self> {
         Ok(PickleLoader {
@@ -55,7 +62,7 @@ impl PickleLoader {
             encoding: (encoding != "bytes").then(|| encoding.to_owned()),
             errors: errors.to_owned(),
             extensions: extensions.map(Bound::unbind),
-            max_depth: max_depth.unwrap_or(DEFAULT_MAX_DEPTH),
+            max_depth: max_depth.unwrap_or(cellar_pickle::DEFAULT_MAX_DEPTH),
             max_bytes,
         })
     }
@@ -101,30 +108,22 @@ impl PickleLoader {
         buffers: Option<Bound<'py, PyIterator>>,
         persistent_load: Option<Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyAny>, usize)> {
-        let cfg = Config {
-            allowed: self
-                .allowed
-                .iter()
-                .map(|(k, v)| (k.clone(), v.bind(py).clone()))
-                .collect(),
-            namespaces: self
-                .namespaces
-                .iter()
-                .map(|(k, v)| (k.clone(), v.bind(py).clone()))
-                .collect(),
-            inert: self.inert.as_ref().map(|t| t.bind(py).clone()),
-            fix_imports: self.fix_imports,
-            encoding: self.encoding.clone(),
-            errors: self.errors.clone(),
-            buffers,
-            persistent_load,
-            extensions: self.extensions.as_ref().map(|d| d.bind(py).clone()),
-            max_depth: self.max_depth,
-            max_bytes: self
-                .max_bytes
-                .unwrap_or_else(|| bytes.len().saturating_mul(64).max(16 << 20)),
+        let encoding = match &self.encoding {
+            None => StringEncoding::Bytes,
+            Some(e) => StringEncoding::from_name(e).unwrap_or(StringEncoding::Ascii),
         };
-        pickle_load::load(py, bytes, &cfg)
+        let opts = DecodeOptions {
+            inert: self.inert.is_some(),
+            fix_imports: self.fix_imports,
+            encoding,
+            errors: DecodeErrors::Strict,
+            max_depth: self.max_depth,
+            max_bytes: self.max_bytes,
+        };
+        let mut sink = PySink::new(py, self, buffers, persistent_load, self.max_depth);
+        // The decoder makes no garbage cycles: no collection passes over the half-built result.
+        let _gc = GcPause::new(py);
+        cellar_pickle::decode(bytes, &mut sink, &opts).map_err(|e| e.into_pyerr(py))
     }
 }
 

@@ -271,10 +271,9 @@ add(
     "partial_build_swap_func",
     P2 + G("functools", "partial") + G("builtins", "getattr") + G(CC, "Point") + U("__new__") + b"\x86R" + b"\x85R"
     + b"(" + G("os", "system") + U("id") + b"\x85" + b"NNtb)R.",
-    UE, "ok", UE,
-    "BUILD swapping the func of a partial(cls.__new__) to os.system (the Rust inert model refuses "
-    "a partial state other than CPython's)",
-    rust={"inert": UE},
+    UE, UE, UE,
+    "BUILD swapping the func of a partial(cls.__new__) to os.system (the one decoder refuses a "
+    "partial state other than CPython's, inert mode too)",
 )
 add(
     "attrgetter_chain",
