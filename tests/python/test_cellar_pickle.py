@@ -705,3 +705,36 @@ def test_inst_without_arguments_skips_init() -> None:
     data = b"(i" + __name__.encode() + b"\nNeedsArg\n(dp0\nS'a'\nI1\nsb."
     x = cp.loads(data, allow=[(__name__, "NeedsArg", NeedsArg)])
     assert type(x) is NeedsArg and x.a == 1
+
+
+class _Plain:
+    def __init__(self) -> None:
+        self.x = 1
+
+
+class _Slots:
+    __slots__ = ("a",)
+
+
+def test_opcodes_an_allowed_object_cannot_take_are_unpickling_errors() -> None:
+    # Found by scripts/fuzz-python.sh: APPEND / ADDITEMS on an allowed object without append /
+    # add, BUILD of a slot the class lacks or of a __dict__ state on a class without __dict__
+    # leaked AttributeError (CPython's unpickler does). They are the data's fault: an
+    # UnpicklingError naming the opcode, the AttributeError as its cause.
+    mod = __name__
+    plain = b"c" + mod.encode() + b"\n_Plain\n)\x81"
+    slots = b"c" + mod.encode() + b"\n_Slots\n)\x81"
+    cases = [
+        (b"\x80\x04" + plain + b"(K\x01e.", "APPEND"),  # APPENDS
+        (b"\x80\x04" + plain + b"K\x01a.", "APPEND"),  # APPEND
+        (b"\x80\x04" + plain + b"(K\x01\x90.", "ADDITEMS"),
+        (b"\x80\x04" + slots + b"N}X\x01\x00\x00\x00zK\x01s\x86b.", "BUILD"),  # unknown slot
+        (b"\x80\x04" + slots + b"}X\x01\x00\x00\x00aK\x01sb.", "BUILD"),  # dict state, no __dict__
+    ]
+    for data, op in cases:
+        with pytest.raises(pickle.UnpicklingError, match=op) as info:
+            cp.loads(data, allow=(_Plain, _Slots))
+        assert isinstance(info.value.__cause__, AttributeError), data
+    # A slot the class has is set.
+    ok = cp.loads(b"\x80\x04" + slots + b"N}X\x01\x00\x00\x00aK\x07s\x86b.", allow=(_Slots,))
+    assert type(ok) is _Slots and ok.a == 7

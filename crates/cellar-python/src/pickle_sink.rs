@@ -65,6 +65,22 @@ pub(crate) fn uerr(py: Python<'_>, msg: impl Into<String>) -> PyErr {
     }
 }
 
+/// An AttributeError from applying APPEND, SETITEMS, ADDITEMS or BUILD to an object of an
+/// allowed class that lacks what the opcode needs (`append`, `add`, `__dict__`, a slot) is the
+/// data's fault, not the class's: an UnpicklingError naming the opcode, the AttributeError as
+/// its cause (CPython's unpickler lets the AttributeError through). Other exceptions (the
+/// class's own `__setstate__`, `extend`, ... raising) pass unchanged.
+#[cold]
+fn data_error(py: Python<'_>, op: &str, e: PyErr) -> PyErr {
+    if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) {
+        let u = uerr(py, format!("{op}: {}", e.value(py)));
+        u.set_cause(py, Some(e));
+        u
+    } else {
+        e
+    }
+}
+
 /// A failure of a load: the loop's own error or a Python exception.
 pub(crate) enum LoadError {
     /// An error of the decoder loop (format, policy, limits).
@@ -423,7 +439,9 @@ impl<'py, 'c> PySink<'py, 'c> {
             let Ok(sd) = st.cast::<PyDict>() else {
                 return Err(uerr(py, "state is not a dictionary").into());
             };
-            let dict = inst.getattr(intern!(py, "__dict__"))?;
+            let dict = inst
+                .getattr(intern!(py, "__dict__"))
+                .map_err(|e| data_error(py, "BUILD", e))?;
             for (k, v) in sd.iter() {
                 let k = if k.is_exact_instance_of::<PyString>() {
                     let mut p = k.into_ptr();
@@ -457,7 +475,7 @@ impl<'py, 'c> PySink<'py, 'c> {
                         )
                         .into());
                     }
-                    inst.setattr(k, v)?;
+                    inst.setattr(k, v).map_err(|e| data_error(py, "BUILD", e))?;
                 }
             }
         }
@@ -740,7 +758,9 @@ impl<'py> Sink for PySink<'py, '_> {
         if let Ok(ext) = target.getattr(intern!(py, "extend")) {
             ext.call1((PyList::new(py, items.drain(..))?,))?;
         } else {
-            let app = target.getattr(intern!(py, "append"))?;
+            let app = target
+                .getattr(intern!(py, "append"))
+                .map_err(|e| data_error(py, "APPEND", e))?;
             for o in items.drain(..) {
                 app.call1((o,))?;
             }
@@ -810,7 +830,9 @@ impl<'py> Sink for PySink<'py, '_> {
         if !self.created.contains(&(target.as_ptr() as usize)) {
             return Ok(false);
         }
-        let add = target.getattr(intern!(py, "add"))?;
+        let add = target
+            .getattr(intern!(py, "add"))
+            .map_err(|e| data_error(py, "ADDITEMS", e))?;
         for o in items.drain(..) {
             add.call1((o,))?;
         }
