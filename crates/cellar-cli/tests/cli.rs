@@ -557,3 +557,53 @@ fn native_damage_check_repair_and_fifo() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A native store in the previous format (version 2, written without the compact form) is
+/// converted by `cellar compact` and reads identically: `dump` (sorted), `get`, `check`; the
+/// header says version 3 and `info` shows the compact section.
+#[test]
+fn compact_converts_an_old_native_store_and_it_reads_identically() {
+    let dir = tmpdir("convert-compact");
+    let path = dir.join("old.cellar");
+    let p = path.to_str().expect("utf-8 path");
+    let s = cellar::engine::Store::open(&path, cellar::engine::Options::default()).expect("open");
+    for i in 0..3000u32 {
+        let v = format!("{{'id': {i}, 'name': 'user{i}', 'tags': ('a', 'b'), 'score': 1.5}}");
+        s.put(format!("key{i}").as_bytes(), v.as_bytes())
+            .expect("put");
+    }
+    for i in (0..3000u32).step_by(7) {
+        s.delete(format!("key{i}").as_bytes()).expect("delete");
+    }
+    s.close().expect("close");
+    let head = std::fs::read(&path).expect("read");
+    assert_eq!(&head[8..12], &2u32.to_le_bytes(), "the old format");
+    let sorted = |s: String| {
+        let mut l: Vec<String> = s.lines().map(str::to_string).collect();
+        l.sort();
+        l
+    };
+    let before = sorted(ok(&["dump", p], b""));
+    assert_eq!(before.len(), 3000 - 429);
+    let out = ok(&["compact", p], b"");
+    assert!(out.contains("compact form"), "{out}");
+    let head = std::fs::read(&path).expect("read");
+    assert_eq!(&head[8..12], &3u32.to_le_bytes(), "converted to version 3");
+    assert_eq!(sorted(ok(&["dump", p], b"")), before);
+    let got = ok(&["get", p, "key5"], b"");
+    assert!(got.contains("'name': 'user5'"), "{got}");
+    ok(&["check", p], b"");
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["info", "--json", p], b"")).expect("json");
+    assert!(info["compact_blocks"].as_u64().unwrap_or(0) > 0, "{info}");
+    assert!(info["dictionary_bytes"].as_u64().unwrap_or(0) > 0, "{info}");
+    assert!(
+        info["compression_ratio"].as_f64().unwrap_or(0.0) > 2.0,
+        "{info}"
+    );
+    assert_eq!(info["keys"].as_u64(), Some(3000 - 429));
+    let human = squash(&ok(&["info", p], b""));
+    assert!(human.contains("compact section:"), "{human}");
+    assert!(human.contains("block cache:"), "{human}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

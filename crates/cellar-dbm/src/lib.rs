@@ -335,6 +335,11 @@ pub trait Database: Send + Sync + fmt::Debug {
     fn value_encoding(&self) -> Option<ValueEncoding> {
         None
     }
+    /// The native engine's figures (compact section, compression ratio, dictionary, block
+    /// cache); `None` for every other backend.
+    fn engine_stats(&self) -> Result<Option<cellar_engine::Stats>> {
+        Ok(None)
+    }
     /// One page of keys for cursor-driven iteration, for backends that page (the servers):
     /// start with an empty `cursor`; returns the keys of this page and the cursor of the next
     /// (`None` at the end). `Ok(None)`: the backend does not page; use [`Database::keys`].

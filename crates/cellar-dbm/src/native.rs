@@ -94,6 +94,11 @@ impl NativeDb {
                 .map_err(|e| DbmError::io(format!("removing {}", path.display()), e))?;
         }
         let existed = path.exists();
+        // A store this open creates (or empties) is compact-form: compaction writes key-sorted
+        // zstd blocks with a trained dictionary (docs/engine-format.md section 10), and the
+        // header remembers it. An existing store keeps its format (a version 2 file stays
+        // readable by older cellar) until `cellar compact` converts it.
+        opts.compact_form = !existed || flag.access() == Access::New;
         if !existed && matches!(flag.access(), Access::Read | Access::Write) {
             // As dbm.gnu: an OS error with ENOENT (dbm's `open` says "db file doesn't exist").
             return Err(DbmError::io(
@@ -232,5 +237,8 @@ impl Database for NativeDb {
     }
     fn value_encoding(&self) -> Option<ValueEncoding> {
         self.with(|s| Ok(s.value_encoding())).ok()
+    }
+    fn engine_stats(&self) -> Result<Option<cellar_engine::Stats>> {
+        self.with(|s| Ok(Some(s.stats()?)))
     }
 }

@@ -405,6 +405,9 @@ pub struct BlockIndex {
     pub raw_bytes: u64,
     /// The filter.
     pub filter: Bloom,
+    /// Per block: the first 8 bytes of its last key (`prefix`), so that most steps of the
+    /// search for a key's block compare integers.
+    seps: Vec<u64>,
 }
 
 impl BlockIndex {
@@ -415,6 +418,7 @@ impl BlockIndex {
             entries: 0,
             raw_bytes: 0,
             filter: Bloom::new(keys, FILTER_BITS_PER_KEY, FILTER_HASHES),
+            seps: Vec::new(),
         }
     }
 
@@ -427,6 +431,7 @@ impl BlockIndex {
         }
         self.entries += u64::from(block.entries);
         self.raw_bytes += block.raw.len() as u64;
+        self.seps.push(prefix(&block.last_key));
         self.blocks.push(BlockRef {
             offset,
             entries: block.entries,
@@ -455,6 +460,7 @@ impl BlockIndex {
             .iter()
             .map(|(k, v)| (k.len() + v.len()) as u64)
             .sum::<u64>();
+        self.seps.push(prefix(&last_key));
         self.blocks.push(BlockRef {
             offset,
             entries: block.len() as u32,
@@ -465,17 +471,35 @@ impl BlockIndex {
 
     /// The block that holds `key` if any does: the first whose last key is `>= key`, and only
     /// if the filter does not rule the key out.
+    #[cfg(test)]
     pub fn block_for(&self, key: &[u8]) -> Option<&BlockRef> {
-        self.block_for_hashed(key, hash_key(key))
-    }
-
-    /// `block_for` with the key's hash (`index::hash_key`) already computed.
-    pub fn block_for_hashed(&self, key: &[u8], hash: u64) -> Option<&BlockRef> {
-        if !self.filter.may_contain(hash) {
+        if !self.filter.may_contain(hash_key(key)) {
             return None;
         }
-        let i = self.blocks.partition_point(|b| b.last_key.as_slice() < key);
-        self.blocks.get(i)
+        self.locate(key).map(|i| &self.blocks[i])
+    }
+
+    /// The position of the only block that may hold `key` (the first whose last key is
+    /// `>= key`), without asking the filter: a binary search over the separators' 8-byte
+    /// prefixes, comparing whole keys only where the prefixes are equal.
+    pub fn locate(&self, key: &[u8]) -> Option<usize> {
+        use std::cmp::Ordering;
+        let p = prefix(key);
+        let (mut lo, mut hi) = (0usize, self.blocks.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let below = match self.seps[mid].cmp(&p) {
+                Ordering::Less => true,
+                Ordering::Greater => false,
+                Ordering::Equal => self.blocks[mid].last_key.as_slice() < key,
+            };
+            if below {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        (lo < self.blocks.len()).then_some(lo)
     }
 
     /// The BLOCKINDEX record payload.
@@ -545,11 +569,13 @@ impl BlockIndex {
             return None;
         }
         let bits = rest.chunks_exact(8).map(u64le).collect();
+        let seps = blocks.iter().map(|b| prefix(&b.last_key)).collect();
         Some(BlockIndex {
             blocks,
             entries,
             raw_bytes,
             filter: Bloom { bits, hashes },
+            seps,
         })
     }
 }
@@ -609,6 +635,7 @@ struct Shard {
 pub struct BlockCache {
     shards: Vec<Mutex<Shard>>,
     shard_budget: usize,
+    capacity: usize,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -622,6 +649,8 @@ pub struct CacheStats {
     pub misses: u64,
     /// Bytes held now.
     pub bytes: u64,
+    /// The budget (`Options::block_cache_bytes`).
+    pub capacity: u64,
 }
 
 impl BlockCache {
@@ -630,6 +659,7 @@ impl BlockCache {
         BlockCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_budget: capacity / SHARDS,
+            capacity,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -640,10 +670,44 @@ impl BlockCache {
         &self.shards[(h as usize) % SHARDS]
     }
 
-    /// The block for `key`, from the cache or from `load` (whose result is cached).
+    /// Calls `f` with the cached block `key` (under its shard's lock: no reference count is
+    /// taken, nothing is copied but what `f` copies) and counts a hit; `None` (and no count)
+    /// when the block is not cached.
+    pub fn with_cached<T>(&self, key: BlockKey, f: impl FnOnce(&Block) -> T) -> Option<T> {
+        let mut s = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        let &i = s.map.get(&key)?;
+        s.ring[i].2 = true;
+        let r = f(&s.ring[i].1);
+        drop(s);
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(r)
+    }
+
+    /// The block for `key`, from the cache or from `load` (whose result is cached, evicting
+    /// others if need be).
     pub fn get_or_load(
         &self,
         key: BlockKey,
+        load: impl FnOnce() -> Result<Block>,
+    ) -> Result<Arc<Block>> {
+        self.load_into(key, true, load)
+    }
+
+    /// The block for `key` for a sequential walk: from the cache if it is there, else from
+    /// `load`, and then cached only if it fits without evicting anything (a walk over a store
+    /// larger than the cache must not evict the working set of point reads).
+    pub fn get_for_walk(
+        &self,
+        key: BlockKey,
+        load: impl FnOnce() -> Result<Block>,
+    ) -> Result<Arc<Block>> {
+        self.load_into(key, false, load)
+    }
+
+    fn load_into(
+        &self,
+        key: BlockKey,
+        evict: bool,
         load: impl FnOnce() -> Result<Block>,
     ) -> Result<Arc<Block>> {
         {
@@ -663,7 +727,7 @@ impl BlockCache {
             return Ok(block);
         }
         let mut s = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-        if s.map.contains_key(&key) {
+        if s.map.contains_key(&key) || (!evict && s.bytes + size > self.shard_budget) {
             return Ok(block);
         }
         // Evict (CLOCK) until the new block fits.
@@ -701,6 +765,7 @@ impl BlockCache {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             bytes,
+            capacity: self.capacity as u64,
         }
     }
 }

@@ -139,6 +139,9 @@ pub struct StaticHeader {
     pub dict_offset: u64,
     /// Offset of the BLOCKINDEX record of the compact section (0 = none).
     pub compact_offset: u64,
+    /// Compaction writes the compact form (byte 21 bit 0; a compatible hint: version 2 code
+    /// ignores it, and a file without a compact section stays version 2 whatever it says).
+    pub compact_form: bool,
 }
 
 impl StaticHeader {
@@ -166,6 +169,7 @@ impl StaticHeader {
                 b[20] = 1;
             }
         }
+        b[21] = u8::from(self.compact_form);
         b[24..32].copy_from_slice(&self.generation.to_le_bytes());
         b[32..40].copy_from_slice(&self.dict_offset.to_le_bytes());
         b[40..48].copy_from_slice(&self.compact_offset.to_le_bytes());
@@ -211,6 +215,7 @@ impl StaticHeader {
             generation: u64le(&b[24..32]),
             dict_offset: u64le(&b[32..40]),
             compact_offset,
+            compact_form: b[21] & 1 != 0,
         }))
     }
 
@@ -605,12 +610,14 @@ mod tests {
             generation: 9,
             dict_offset: 4096,
             compact_offset: 0,
+            compact_form: false,
         };
         let b = h.encode();
         assert_eq!(StaticHeader::version_of(&b), PLAIN_VERSION);
         assert_eq!(StaticHeader::decode(&b).unwrap().unwrap(), h);
         let h = StaticHeader {
             compact_offset: 9000,
+            compact_form: true,
             ..h
         };
         let b = h.encode();

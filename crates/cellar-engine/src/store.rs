@@ -48,7 +48,9 @@ pub struct Options {
     pub checkpoint_bytes: u64,
     /// Compaction writes the live records as a compact section: key-sorted zstd blocks with a
     /// trained dictionary (docs/engine-format.md section 10). The file then needs this version
-    /// of cellar to be read.
+    /// of cellar to be read. A store created with it records the choice in its header (later
+    /// opens keep it whatever their options say); an existing store opened with it is converted
+    /// by its next compaction.
     pub compact_form: bool,
     /// Bytes of decompressed blocks of the compact section kept in memory.
     pub block_cache_bytes: usize,
@@ -61,6 +63,10 @@ pub struct Options {
     /// [`Error::Busy`] (which names the holder's pid); also how long a shared open waits for
     /// an exclusive writer to close. Like SQLite's busy timeout.
     pub lock_timeout: std::time::Duration,
+    /// Compact-form stores: compact in the background once the log tier (the records written
+    /// since the last compaction) holds this many bytes and at least as many as the compact
+    /// section holds decompressed (so each record is rewritten about twice on average).
+    pub compact_log_bytes: u64,
 }
 
 impl Default for Options {
@@ -80,6 +86,7 @@ impl Default for Options {
             block_cache_bytes: 32 << 20,
             exclusive: false,
             lock_timeout: std::time::Duration::from_secs(5),
+            compact_log_bytes: 4 << 20,
         }
     }
 }
@@ -150,6 +157,8 @@ pub struct Stats {
     pub block_cache_misses: u64,
     /// Decompressed bytes held by the block cache.
     pub block_cache_bytes: u64,
+    /// The block cache's budget in bytes (`Options::block_cache_bytes`).
+    pub block_cache_capacity: u64,
 }
 
 /// One damaged region found by [`Store::check`].
@@ -511,6 +520,26 @@ impl Gen {
         Ok(())
     }
 
+    /// Whether compaction of this generation writes the compact form: asked for by `opts`, by
+    /// the header (a store created compact-form), or kept because the file has a section.
+    fn wants_compact_form(&self, opts: &Options) -> bool {
+        opts.compact_form || self.header.compact_form || self.compact.is_some()
+    }
+
+    /// Compact-form stores: whether the log tier has grown enough to fold it into the compact
+    /// section (`Options::compact_log_bytes`, and at least the section's decompressed size).
+    fn log_tier_due(&self, opts: &Options) -> bool {
+        if !self.wants_compact_form(opts) {
+            return false;
+        }
+        let (start, compact_raw) = match &self.compact {
+            Some(c) => (self.header.compact_offset, c.index.raw_bytes),
+            None => (LOG_START, 0),
+        };
+        let log = self.limit().saturating_sub(start);
+        log >= opts.compact_log_bytes.max(compact_raw)
+    }
+
     /// Whether the record a slot points at is a DELETE shadowing a compact key (only files
     /// with a compact section have such slots).
     fn is_shadow(&self, off: u64) -> Result<bool> {
@@ -526,6 +555,15 @@ impl Gen {
     fn compact_block(&self, ct: &CompactTier, r: &BlockRef) -> Result<Arc<Block>> {
         ct.cache
             .get_or_load((self.header.generation, r.offset), || {
+                self.load_block(ct, r)
+            })
+    }
+
+    /// Block `r` for a sequential walk: the cached copy if there is one, else read, verified
+    /// and decompressed, and cached only if that evicts nothing (`BlockCache::get_for_walk`).
+    fn walk_block(&self, ct: &CompactTier, r: &BlockRef) -> Result<Arc<Block>> {
+        ct.cache
+            .get_for_walk((self.header.generation, r.offset), || {
                 self.load_block(ct, r)
             })
     }
@@ -587,7 +625,7 @@ impl Gen {
         };
         let shadow = self.shadowed_keys(offsets)?;
         for r in &ct.index.blocks {
-            match self.load_block(ct, r) {
+            match self.walk_block(ct, r) {
                 Ok(b) => {
                     for (k, v) in b.iter() {
                         if !shadow.contains(k) {
@@ -604,24 +642,38 @@ impl Gen {
 
     /// The value of `key` in the compact section (ignoring the hash index).
     fn compact_get(&self, key: &[u8], hash: u64) -> Result<Option<Vec<u8>>> {
-        let Some(ct) = &self.compact else {
-            return Ok(None);
-        };
-        let Some(r) = ct.index.block_for_hashed(key, hash) else {
-            return Ok(None);
-        };
-        Ok(self.compact_block(ct, r)?.get(key).map(<[u8]>::to_vec))
+        self.compact_lookup(key, hash, |v| v.to_vec())
     }
 
     /// Whether the compact section holds `key` (ignoring the hash index).
     fn compact_has(&self, key: &[u8]) -> Result<bool> {
+        Ok(self.compact_lookup(key, hash_key(key), |_| ())?.is_some())
+    }
+
+    /// `f` of the value of `key` in the compact section. A block in the cache answers with a
+    /// binary search under its shard's lock (verified once when it was loaded; nothing but
+    /// what `f` copies); only a block that would have to be read asks the filter first.
+    fn compact_lookup<T>(
+        &self,
+        key: &[u8],
+        hash: u64,
+        f: impl Fn(&[u8]) -> T,
+    ) -> Result<Option<T>> {
         let Some(ct) = &self.compact else {
-            return Ok(false);
+            return Ok(None);
         };
-        let Some(r) = ct.index.block_for(key) else {
-            return Ok(false);
+        let Some(i) = ct.index.locate(key) else {
+            return Ok(None);
         };
-        Ok(self.compact_block(ct, r)?.get(key).is_some())
+        let r = &ct.index.blocks[i];
+        let ck = (self.header.generation, r.offset);
+        if let Some(found) = ct.cache.with_cached(ck, |b| b.get(key).map(&f)) {
+            return Ok(found);
+        }
+        if !ct.index.filter.may_contain(hash) {
+            return Ok(None);
+        }
+        Ok(self.compact_block(ct, r)?.get(key).map(f))
     }
 
     /// Points `key` at the PUT record at `off` (single writer of this index only).
@@ -846,6 +898,7 @@ impl Gen {
             block_cache_hits: cache.hits,
             block_cache_misses: cache.misses,
             block_cache_bytes: cache.bytes,
+            block_cache_capacity: cache.capacity,
         }
     }
 }
@@ -1793,6 +1846,7 @@ impl Store {
                 generation: 1,
                 dict_offset: 0,
                 compact_offset: 0,
+                compact_form: opts.compact_form,
             };
             storage
                 .write_at(0, &new_file_bytes(&h))
@@ -2436,7 +2490,7 @@ pub struct Iter {
     shadow: std::collections::HashSet<Vec<u8>>,
     /// Compact section: the next block to read, and the block being walked with its position.
     block: usize,
-    cur: Option<(Block, usize)>,
+    cur: Option<(Arc<Block>, usize)>,
 }
 
 impl Iter {
@@ -2456,7 +2510,7 @@ impl Iter {
             }
             let r = ct.index.blocks.get(self.block)?;
             self.block += 1;
-            match self.gen.load_block(ct, r) {
+            match self.gen.walk_block(ct, r) {
                 Ok(b) => self.cur = Some((b, 0)),
                 Err(e) => return Some(Err(e)),
             }
@@ -2573,6 +2627,7 @@ fn init_empty(file: &File, opts: &Options, path: &Path) -> Result<()> {
         generation: 1,
         dict_offset: 0,
         compact_offset: 0,
+        compact_form: opts.compact_form,
     };
     if file.metadata().map(|m| m.len()).unwrap_or(1) != 0 {
         return Ok(());
@@ -2592,6 +2647,7 @@ fn create_file(path: &Path, opts: &Options) -> Result<()> {
         generation: 1,
         dict_offset: 0,
         compact_offset: 0,
+        compact_form: opts.compact_form,
     };
     let tmp = with_suffix(path, &format!(".new-{}", std::process::id()));
     let mut f = File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
@@ -3152,11 +3208,10 @@ impl Inner {
         if !self.opts.auto_compact || self.path.is_none() {
             return;
         }
-        let s = g.stats();
-        let total = s.file_bytes.saturating_sub(LOG_START);
-        if total < self.opts.compact_min_bytes
-            || (s.dead_bytes as f64) < self.opts.compact_ratio * total as f64
-        {
+        let total = g.limit().saturating_sub(LOG_START);
+        let garbage = total >= self.opts.compact_min_bytes
+            && (g.stats().dead_bytes as f64) >= self.opts.compact_ratio * total as f64;
+        if !garbage && !g.log_tier_due(&self.opts) {
             return;
         }
         if self.compacting.swap(true, Ordering::AcqRel) {
@@ -3515,6 +3570,7 @@ impl Inner {
             generation: g0.header.generation + 1,
             dict_offset: if dict.is_some() { LOG_START } else { 0 },
             compact_offset: 0,
+            compact_form: g0.header.compact_form || self.opts.compact_form,
         };
         let file = OpenOptions::new()
             .read(true)
@@ -3538,7 +3594,7 @@ impl Inner {
         let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
         // A store that has a compact section keeps one (its hash index holds DELETE shadows
         // that only the compact path understands).
-        let compact_form = !empty && (self.opts.compact_form || g0.compact.is_some());
+        let compact_form = !empty && g0.wants_compact_form(&self.opts);
         let result = (|| -> Result<Gen> {
             if compact_form {
                 let header = StaticHeader {

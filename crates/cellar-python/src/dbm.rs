@@ -611,9 +611,12 @@ impl PyDatabase {
         self.compact(py)
     }
 
-    /// `{'backend': 'dbm.native', 'keys': n, 'file_bytes': n, 'live_bytes': n, 'path': ...}`.
+    /// `{'backend': 'dbm.native', 'keys': n, 'file_bytes': n, 'live_bytes': n, 'path': ...}`;
+    /// a native store adds its engine figures: `compression_ratio`, `dictionary_bytes`,
+    /// `compact_blocks`, `compact_entries`, `block_cache_hits`, `block_cache_misses`,
+    /// `block_cache_bytes`, `block_cache_capacity`, `generation`, `dead_bytes`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let info = self.run(py, |db| db.info())?;
+        let (info, engine) = self.run(py, |db| Ok((db.info()?, db.engine_stats()?)))?;
         let d = PyDict::new(py);
         d.set_item("backend", info.backend.name())?;
         d.set_item("keys", info.keys)?;
@@ -621,6 +624,18 @@ impl PyDatabase {
         d.set_item("live_bytes", info.live_bytes)?;
         d.set_item("path", self.db.path())?;
         d.set_item("read_only", self.db.is_read_only())?;
+        if let Some(st) = engine {
+            d.set_item("compression_ratio", st.compression_ratio)?;
+            d.set_item("dictionary_bytes", st.dictionary_bytes)?;
+            d.set_item("compact_blocks", st.compact_blocks)?;
+            d.set_item("compact_entries", st.compact_entries)?;
+            d.set_item("block_cache_hits", st.block_cache_hits)?;
+            d.set_item("block_cache_misses", st.block_cache_misses)?;
+            d.set_item("block_cache_bytes", st.block_cache_bytes)?;
+            d.set_item("block_cache_capacity", st.block_cache_capacity)?;
+            d.set_item("generation", st.generation)?;
+            d.set_item("dead_bytes", st.dead_bytes)?;
+        }
         Ok(d)
     }
 

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from types import ModuleType, TracebackType
 from typing import Any, TypedDict, final
 
-from typing_extensions import Buffer, Self, TypeAlias
+from typing_extensions import Buffer, NotRequired, Self, TypeAlias
 
 _KeyType: TypeAlias = str | Buffer
 _ValueType: TypeAlias = str | Buffer
@@ -40,6 +40,17 @@ class _Stats(TypedDict):
     live_bytes: int
     path: str
     read_only: bool
+    # Native stores only (the engine's figures):
+    compression_ratio: NotRequired[float]
+    dictionary_bytes: NotRequired[int]
+    compact_blocks: NotRequired[int]
+    compact_entries: NotRequired[int]
+    block_cache_hits: NotRequired[int]
+    block_cache_misses: NotRequired[int]
+    block_cache_bytes: NotRequired[int]
+    block_cache_capacity: NotRequired[int]
+    generation: NotRequired[int]
+    dead_bytes: NotRequired[int]
 
 @final
 class Batch:
