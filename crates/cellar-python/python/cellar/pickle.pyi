@@ -1,9 +1,9 @@
 """Type stubs for :mod:`cellar.pickle` (the safe pickle codec)."""
 
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypedDict
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer, Unpack
 
 __all__ = [
     "DEFAULT_PROTOCOL",
@@ -92,18 +92,19 @@ class Unpickler:
     ) -> None: ...
     def load(self) -> Any: ...
 
-def load(
-    file: _ReadableFile,
-    *,
-    allow: Iterable[_AllowEntry] = (),
-    inert: bool = False,
-    fix_imports: bool = True,
-    encoding: str = "ASCII",
-    errors: str = "strict",
-    buffers: Iterable[Any] | None = None,
-    max_depth: int | None = ...,
-    max_bytes: int | None = None,
-) -> Any: ...
+class _LoadOptions(TypedDict, total=False):
+    """The keywords of :func:`loads`, which :func:`load` passes on."""
+
+    allow: Iterable[_AllowEntry]
+    inert: bool
+    fix_imports: bool
+    encoding: str
+    errors: str
+    buffers: Iterable[Any] | None
+    max_depth: int | None
+    max_bytes: int | None
+
+def load(file: _ReadableFile, **kwargs: Unpack[_LoadOptions]) -> Any: ...
 def dumps(obj: Any, protocol: int | None = None, *, fix_imports: bool = True) -> bytes: ...
 def dump(
     obj: Any, file: _WritableFile, protocol: int | None = None, *, fix_imports: bool = True
