@@ -651,6 +651,10 @@ fn a_store_created_compact_form_keeps_it_and_compacts_its_log_tier_in_the_backgr
         st.compact_blocks > 0,
         "background compaction wrote no blocks: {st:?}"
     );
+    // How much of the log tier the background has folded in by close depends on the thread's
+    // timing (a loaded machine may leave most of it); an explicit compaction folds it all.
+    s.compact().unwrap();
+    let st = s.stats().unwrap();
     assert!(st.compression_ratio > 1.5, "{st:?}");
     assert_reads(&s, &model, (5000..5010).map(key));
     let st = s.stats().unwrap();
