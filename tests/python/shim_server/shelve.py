@@ -21,10 +21,11 @@ cellar.shelve._dbm_namespace = vars(dbm)
 _cellar_open = cellar.dbm._open
 
 
-def _open(ns: dict[str, Any], file: Any, flag: str, mode: int, value_encoding: Any = None) -> Any:
+def _open(ns: dict[str, Any], file: Any, flag: str, mode: int, *args: Any) -> Any:
+    # *args: value_encoding, timeout, exclusive (cellar.dbm._open's own, passed through).
     if ns is vars(dbm):
         file = dbm.url_for(file, flag)
-    return _cellar_open(ns, file, flag, mode, value_encoding)
+    return _cellar_open(ns, file, flag, mode, *args)
 
 
 cellar.dbm._open = _open
