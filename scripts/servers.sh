@@ -6,6 +6,8 @@
 #     authentication, the password handed over in PGPASSWORD, never in a URL), which also
 #     accepts TLS (ssl = on),
 #   * one Redis that speaks only TLS and requires a password (the TLS and auth tests),
+#   * a second Redis Cluster of 3 masters (no replicas) that speaks only TLS, on its client
+#     and cluster-bus ports, and requires the same password (the rediss+cluster:// tests),
 # with a throwaway CA and server certificate (127.0.0.1, localhost) made by openssl in DIR/tls,
 # plus a second, untrusted CA (DIR/tls/other-ca.pem) for the negative tests.
 # Installs Debian's redis-server and postgresql with apt-get when they are missing.
@@ -15,7 +17,8 @@
 #                                         CELLAR_TEST_REDIS_CLUSTER_URL, CELLAR_TEST_POSTGRES_URL,
 #                                         CELLAR_TEST_REDIS_CLUSTER_PORTS, CELLAR_TEST_SERVERS_DIR,
 #                                         CELLAR_TEST_REDIS_TLS_URL, CELLAR_TEST_REDIS_TLS_PASSWORD,
-#                                         CELLAR_TEST_TLS_CA, CELLAR_TEST_TLS_OTHER_CA, PGPASSWORD)
+#                                         CELLAR_TEST_TLS_CA, CELLAR_TEST_TLS_OTHER_CA,
+#                                         CELLAR_TEST_REDIS_CLUSTER_TLS_URL, PGPASSWORD)
 #   scripts/servers.sh stop DIR           stop everything and remove DIR
 #   scripts/servers.sh restart-pg DIR [MODE]  stop PostgreSQL (MODE fast, the default: open
 #                                         transactions roll back; immediate: a crash, recovery
@@ -113,7 +116,7 @@ make_certs() { # DIR
             -keyout other-ca.key -out other-ca.pem 2>/dev/null
         openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
             -keyout server.key -out server.csr 2>/dev/null
-        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >server.ext
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n' >server.ext
         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
             -extfile server.ext -out server.pem 2>/dev/null
         rm -f ca.key other-ca.key server.csr ca.srl
@@ -127,9 +130,9 @@ start() {
     mkdir -p "$DIR"
     chmod 755 "$DIR"
     local ports
-    read -r -a ports <<<"$(free_ports 9)"
+    read -r -a ports <<<"$(free_ports 12)"
     local rport=${ports[0]} pgport=${ports[7]} tlsport=${ports[8]}
-    local cports=("${ports[@]:1:6}")
+    local cports=("${ports[@]:1:6}") tcports=("${ports[@]:9:3}")
 
     make_certs "$DIR"
     local tlspw
@@ -139,18 +142,29 @@ start() {
         --tls-key-file "$DIR/tls/server.key" --tls-ca-cert-file "$DIR/tls/ca.pem" \
         --tls-auth-clients no --requirepass "$tlspw"
     for p in "${cports[@]}"; do cluster_node "$DIR" "$p"; done
-    wait_redis "$rport"
-    local up=0
-    for _ in $(seq 100); do
-        REDISCLI_AUTH=$tlspw redis-cli --tls --cacert "$DIR/tls/ca.pem" -p "$tlsport" ping 2>/dev/null \
-            | grep -q PONG && { up=1; break; }
-        sleep 0.1
+    for p in "${tcports[@]}"; do
+        # TLS on the client port (the plain port is off) and on the cluster bus.
+        redis_node "$DIR" "tls-cluster-$p" 0 --tls-port "$p" --tls-cluster yes \
+            --tls-replication yes --tls-cert-file "$DIR/tls/server.pem" \
+            --tls-key-file "$DIR/tls/server.key" --tls-ca-cert-file "$DIR/tls/ca.pem" \
+            --tls-auth-clients no --requirepass "$tlspw" --masterauth "$tlspw" \
+            --cluster-enabled yes --cluster-config-file "$DIR/tls-cluster-$p/nodes.conf" \
+            --cluster-node-timeout 2000
     done
-    [ $up = 1 ] || { echo "servers: the TLS redis on port $tlsport did not start" >&2; return 1; }
+    wait_redis "$rport"
+    for p in "$tlsport" "${tcports[@]}"; do
+        local up=0
+        for _ in $(seq 100); do
+            REDISCLI_AUTH=$tlspw redis-cli --tls --cacert "$DIR/tls/ca.pem" -p "$p" ping 2>/dev/null \
+                | grep -q PONG && { up=1; break; }
+            sleep 0.1
+        done
+        [ $up = 1 ] || { echo "servers: the TLS redis on port $p did not start" >&2; return 1; }
+    done
     for p in "${cports[@]}"; do wait_redis "$p"; done
     local nodes=()
     for p in "${cports[@]}"; do nodes+=("127.0.0.1:$p"); done
-    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$DIR/cluster-create.log" 2>&1 \
+    timeout 120 redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$DIR/cluster-create.log" 2>&1 \
         || { cat "$DIR/cluster-create.log" >&2; return 1; }
     local ok=0
     for _ in $(seq 200); do
@@ -162,6 +176,21 @@ start() {
         sleep 0.1
     done
     [ $ok = 1 ] || { echo "servers: the Redis Cluster did not reach state ok" >&2; return 1; }
+    local tnodes=()
+    for p in "${tcports[@]}"; do tnodes+=("127.0.0.1:$p"); done
+    REDISCLI_AUTH=$tlspw timeout 120 redis-cli --tls --cacert "$DIR/tls/ca.pem" --cluster create "${tnodes[@]}" \
+        --cluster-replicas 0 --cluster-yes >"$DIR/tls-cluster-create.log" 2>&1 \
+        || { cat "$DIR/tls-cluster-create.log" >&2; return 1; }
+    for _ in $(seq 200); do
+        ok=1
+        for p in "${tcports[@]}"; do
+            REDISCLI_AUTH=$tlspw redis-cli --tls --cacert "$DIR/tls/ca.pem" -p "$p" cluster info \
+                2>/dev/null | grep -q 'cluster_state:ok' || ok=0
+        done
+        [ $ok = 1 ] && break
+        sleep 0.1
+    done
+    [ $ok = 1 ] || { echo "servers: the TLS Redis Cluster did not reach state ok" >&2; return 1; }
 
     local bin pw
     bin=$(pg_bin)
@@ -197,17 +226,19 @@ EOF
         echo "export CELLAR_TEST_REDIS_TLS_PASSWORD='$tlspw'"
         echo "export CELLAR_TEST_TLS_CA='$DIR/tls/ca.pem'"
         echo "export CELLAR_TEST_TLS_OTHER_CA='$DIR/tls/other-ca.pem'"
+        echo "export CELLAR_TEST_REDIS_CLUSTER_TLS_URL='rediss+cluster://127.0.0.1:${tcports[0]},127.0.0.1:${tcports[1]}/?cacert=$DIR/tls/ca.pem'"
         echo "export PGPASSWORD='$pw'"
     } >"$DIR/env"
     chmod 600 "$DIR/env"
     echo "$rport" >"$DIR/redis-port"
     echo "${cports[*]}" >"$DIR/cluster-ports"
-    echo "servers: redis 127.0.0.1:$rport (TLS: $tlsport), cluster 127.0.0.1:{${cports[*]// /,}}, postgresql 127.0.0.1:$pgport ($bin)"
+    echo "servers: redis 127.0.0.1:$rport (TLS: $tlsport), cluster 127.0.0.1:{${cports[*]// /,}} (TLS: {${tcports[*]// /,}}), postgresql 127.0.0.1:$pgport ($bin)"
 }
 
 stop() {
     [ -d "$DIR" ] || return 0
-    for pidfile in "$DIR"/redis/redis.pid "$DIR"/redis-tls/redis.pid "$DIR"/cluster-*/redis.pid; do
+    for pidfile in "$DIR"/redis/redis.pid "$DIR"/redis-tls/redis.pid "$DIR"/cluster-*/redis.pid \
+        "$DIR"/tls-cluster-*/redis.pid; do
         [ -f "$pidfile" ] || continue
         kill -9 "$(cat "$pidfile")" 2>/dev/null || true
     done

@@ -22,7 +22,8 @@ if /usr/bin/python3 -c 'import dbm.gnu, dbm.ndbm' 2>/dev/null; then
 fi
 
 # Real servers for the server-backend tests (Rust tests/servers.rs, pytest test_servers*):
-# one Redis, a Redis Cluster (3 masters + 3 replicas), PostgreSQL, on 127.0.0.1 in a temporary
+# one Redis, a Redis Cluster (3 masters + 3 replicas), PostgreSQL, a TLS Redis and a TLS Redis
+# Cluster (3 masters), on 127.0.0.1 in a temporary
 # directory, stopped on exit. CELLAR_NO_SERVERS=1 skips them (the tests then say they skip;
 # under CI=true they fail instead).
 if [ "${CELLAR_NO_SERVERS:-}" != 1 ]; then

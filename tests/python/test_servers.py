@@ -403,6 +403,43 @@ class TestShelve:
             assert sorted(s) == sorted(got)
             assert sorted(v["i"] for v in s.values()) == list(range(2100))
 
+    def test_items_decode_like_getitem_in_every_codec(self, server: str) -> None:
+        # items() on a server store decodes natively for UTF-8 keys; other key encodings,
+        # writeback shelves and custom codecs take the Python path: all agree with s[k].
+        cases: list[dict[str, Any]] = [
+            {},
+            {"safe": True},
+            {"codec": "marshal"},
+            {"protocol": 0},
+            {"writeback": True},
+            {"serializer": lambda v, p: repr(v).encode(), "deserializer": lambda b: ("custom", b)},
+        ]
+        for kwargs in cases:
+            url = fresh(server)
+            with cellar.shelve.open(url, "c", **kwargs) as s:
+                with s.batch() as b:
+                    for i in range(1200):
+                        b[f"k\u00e9{i}"] = {"i": i, "t": (i, "x")} if "serializer" not in kwargs else i
+                by_items = dict(s.items())
+                assert by_items == {k: s[k] for k in s}, kwargs
+                assert len(by_items) == 1200
+        url = fresh(server)
+        with cellar.shelve.open(url, "c") as s:
+            s["a"] = 1
+        with cellar.dbm.open(url, "w") as raw:
+            raw[b"\xff bad"] = raw[b"a"]
+        with cellar.shelve.open(url, "r") as s:
+            with pytest.raises(UnicodeDecodeError):
+                dict(s.items())
+        with cellar.shelve.Shelf(cellar.dbm.open(url, "r"), keyencoding="latin-1") as s:
+            assert dict(s.items()) == {"a": 1, "\xff bad": 1}
+        # The database closed under an iterator: a clear error, not a crash.
+        s = cellar.shelve.open(url, "r")
+        it = iter(s.items())
+        s.close()
+        with pytest.raises(cellar.dbm.error):
+            next(it)
+
     def test_safe_shelf(self, server: str) -> None:
         url = fresh(server)
         with cellar.shelve.open(url, "c", safe=True) as s:

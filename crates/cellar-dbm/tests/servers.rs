@@ -788,6 +788,75 @@ fn redis_over_tls_with_a_password() {
     assert!(t.elapsed() < Duration::from_secs(20));
 }
 
+/// `rediss+cluster://` against the TLS-only, password-protected Redis Cluster of
+/// scripts/servers.sh (3 masters; TLS on the client ports and on the cluster bus): a store with
+/// keys spread over every slot, a batch, iteration and `len` work over TLS, including the
+/// redirections to the nodes that were not given as seeds; a wrong password is a typed `Auth`
+/// error quoting neither password; a CA that did not sign the certificate is a typed `Tls` error.
+#[test]
+fn redis_cluster_over_tls_with_a_password() {
+    let _guard = shared();
+    let (Some(base), Some(pw)) = (
+        server("CELLAR_TEST_REDIS_CLUSTER_TLS_URL"),
+        server("CELLAR_TEST_REDIS_TLS_PASSWORD"),
+    ) else {
+        return;
+    };
+    let with_pw =
+        |pw: &str| base.replacen("rediss+cluster://", &format!("rediss+cluster://:{pw}@"), 1);
+    let url = namespace(&with_pw(&pw), "tlscluster");
+    let db = open(&url, Flag::New, 0o666).unwrap();
+    assert_eq!(db.backend().kind(), DbKind::RedisCluster);
+    for i in 0..300u32 {
+        db.insert(format!("k{i}").as_bytes(), &i.to_le_bytes())
+            .unwrap();
+    }
+    let mut b = Batch::new();
+    for i in 0..1500u32 {
+        b.insert(format!("b{i}").into_bytes(), b"v".to_vec());
+    }
+    db.batch(&b).unwrap();
+    for i in 0..300u32 {
+        assert_eq!(
+            db.get(format!("k{i}").as_bytes()).unwrap().as_deref(),
+            Some(&i.to_le_bytes()[..])
+        );
+    }
+    assert_eq!(db.len().unwrap(), 1800);
+    assert_eq!(walk(&*db, |_| ()).len(), 1800);
+    assert!(db.remove(b"k7").unwrap());
+    assert_eq!(db.len().unwrap(), 1799);
+    assert!(!db.path().to_string_lossy().contains(&pw));
+    assert_eq!(whichdb(&url), WhichDb::Kind(DbKind::RedisCluster));
+    drop(db);
+    // The same store, opened through the other seed only: the nodes find each other over TLS.
+    let seeds: Vec<&str> = base["rediss+cluster://".len()..]
+        .split('/')
+        .next()
+        .unwrap()
+        .split(',')
+        .collect();
+    let other_seed = with_pw(&pw).replacen(&format!("{},", seeds[0]), "", 1);
+    let store = url.split("prefix=").nth(1).unwrap();
+    let reopened = open(format!("{other_seed}&prefix={store}"), Flag::Read, 0o666).unwrap();
+    assert_eq!(reopened.len().unwrap(), 1799);
+
+    let wrong = namespace(&with_pw("wrongHunter2pass"), "tlscluster");
+    let e = open(&wrong, Flag::Create, 0o666).unwrap_err();
+    let text = format!("{e} {e:?}");
+    assert_eq!(e.server_kind(), Some(ServerErrorKind::Auth), "{text}");
+    assert!(
+        !text.contains("wrongHunter2pass") && !text.contains(&pw),
+        "{text}"
+    );
+    let other = std::env::var("CELLAR_TEST_TLS_OTHER_CA").unwrap();
+    let untrusted = with_pw(&pw).replace(&std::env::var("CELLAR_TEST_TLS_CA").unwrap(), &other);
+    let e = open(namespace(&untrusted, "tlscluster"), Flag::Create, 0o666).unwrap_err();
+    let text = format!("{e} {e:?}");
+    assert_eq!(e.server_kind(), Some(ServerErrorKind::Tls), "{text}");
+    assert!(!text.contains(&pw), "{text}");
+}
+
 /// PostgreSQL with `sslmode=require` / `verify-ca` / `verify-full`: the connection is encrypted
 /// (the server's `pg_stat_ssl` says so), the certificate is checked against `sslrootcert`, and
 /// a CA that did not sign it is a typed `Tls` error.

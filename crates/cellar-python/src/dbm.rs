@@ -475,7 +475,7 @@ impl PyDatabase {
     /// An iterator over `(key, value)` pairs: on a server store a page at a time (one or two
     /// round trips per page, never the whole namespace in memory); on a file store over a
     /// snapshot of `items()`.
-    fn iteritems(slf: &Bound<'_, Self>) -> PyResult<PyItemIter> {
+    pub(crate) fn iteritems(slf: &Bound<'_, Self>) -> PyResult<PyItemIter> {
         let py = slf.py();
         let db = slf.get();
         if db.db.backend().kind().is_server() {
@@ -775,6 +775,15 @@ impl PyItemIter {
         &self,
         py: Python<'py>,
     ) -> PyResult<Option<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+        Ok(self
+            .next_pair(py)?
+            .map(|(k, v)| (PyBytes::new(py, &k), PyBytes::new(py, &v))))
+    }
+}
+
+impl PyItemIter {
+    /// The next pair, fetching the next page when the current one is used up.
+    pub(crate) fn next_pair(&self, py: Python<'_>) -> PyResult<Option<(Vec<u8>, Vec<u8>)>> {
         loop {
             if self.db.get().closed.load(Ordering::SeqCst) {
                 return Err(to_py(py, DbmError::Closed));
@@ -782,8 +791,8 @@ impl PyItemIter {
             // The lock is never held while the GIL is released.
             let cursor = {
                 let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some((k, v)) = st.0.pop_front() {
-                    return Ok(Some((PyBytes::new(py, &k), PyBytes::new(py, &v))));
+                if let Some(pair) = st.0.pop_front() {
+                    return Ok(Some(pair));
                 }
                 match st.1.take() {
                     Some(c) => c,

@@ -16,7 +16,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
-use crate::dbm::PyDatabase;
+use crate::dbm::{PyDatabase, PyItemIter};
 use crate::pickle::PickleLoader;
 use crate::{marshal_sink, marshal_source};
 
@@ -346,6 +346,20 @@ impl ShelfBase {
         d.bind(slf.py()).len()
     }
 
+    /// `items()` on a server store, for the fast case (`None` otherwise): an iterator of
+    /// `(str, value)` pairs decoded here, from pages of pairs fetched one round trip each.
+    fn _paged_items(slf: &Bound<'_, Self>) -> PyResult<Option<ShelfItems>> {
+        let py = slf.py();
+        let Some(fast) = slf.borrow().fast(py) else {
+            return Ok(None);
+        };
+        let pairs = PyDatabase::iteritems(fast.db.bind(py))?;
+        Ok(Some(ShelfItems {
+            pairs: Py::new(py, pairs)?,
+            fast,
+        }))
+    }
+
     /// A native batch for the fast case (`None` otherwise): `b[key] = value` serializes at
     /// once, and the writes are committed together by the database when the block exits
     /// cleanly.
@@ -355,6 +369,34 @@ impl ShelfBase {
             fast: f,
             ops: std::sync::Mutex::new(Some(cellar_dbm::Batch::new())),
         })
+    }
+}
+
+/// `Shelf.items()` on a server store: `(key, value)` pairs with the key decoded from UTF-8 and
+/// the value by the shelf's codec, exactly as `Shelf.__getitem__` would.
+#[pyclass(module = "cellar.shelve", name = "_ShelfItems")]
+pub struct ShelfItems {
+    pairs: Py<PyItemIter>,
+    fast: Fast,
+}
+
+#[pymethods]
+impl ShelfItems {
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let Some((k, v)) = self.pairs.get().next_pair(py)? else {
+            return Ok(None);
+        };
+        let key = match std::str::from_utf8(&k) {
+            Ok(s) => PyString::new(py, s).into_any(),
+            // The same UnicodeDecodeError as `key.decode("utf-8")`.
+            Err(_) => PyBytes::new(py, &k).call_method1(intern!(py, "decode"), ("utf-8",))?,
+        };
+        let value = self.fast.decode(py, v)?;
+        Ok(Some(PyTuple::new(py, [key, value])?))
     }
 }
 
@@ -445,5 +487,6 @@ impl ShelfBatch {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ShelfBase>()?;
     m.add_class::<ShelfBatch>()?;
+    m.add_class::<ShelfItems>()?;
     Ok(())
 }

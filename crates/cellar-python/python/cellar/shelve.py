@@ -387,6 +387,12 @@ class _PagedItems(collections.abc.ItemsView):  # type: ignore[type-arg]
 
     def __iter__(self) -> Iterator[tuple[str, Any]]:
         shelf = self._mapping
+        # The common case (UTF-8 keys) decodes in the native iterator, without a frame per pair.
+        native = shelf._paged_items()
+        return native if native is not None else self._decoded(shelf)
+
+    @staticmethod
+    def _decoded(shelf: Any) -> Iterator[tuple[str, Any]]:
         for k, v in shelf.dict.iteritems():
             yield k.decode(shelf.keyencoding), shelf.deserializer(v)
 
