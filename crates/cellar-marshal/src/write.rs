@@ -134,10 +134,13 @@ pub trait Source {
     }
     /// Makes `o` (a handle the encoder holds, pending or being written) keep its object alive
     /// until the dump ends, for a source whose handles borrow (see [`Node::Escape`]). A source
-    /// must account for the reference this takes in [`Source::shared_id`]. The default does
-    /// nothing.
+    /// must account for the reference this takes in [`Source::shared_id`]. Returns false when
+    /// `o` was promoted before (the encoder then stops: see [`Writer::escape`]). The default
+    /// does nothing and returns false.
     #[inline(always)]
-    fn promote(&mut self, _o: &Self::Obj) {}
+    fn promote(&mut self, _o: &Self::Obj) -> bool {
+        false
+    }
     /// An identity for `o` if it is shared and must be written once then referenced (FLAG_REF
     /// then `r`), or `None`. `extra` counts the references the source itself holds on `o`
     /// beyond those the reference writer (CPython) would hold at this point. A source that
@@ -616,16 +619,26 @@ impl Writer<'_> {
     /// (see [`Node::Escape`]). A set item's standalone dump runs on its own stack, but the outer
     /// stack was promoted when the set was met (sets escape), and nothing is pushed onto it
     /// until the set's items are sorted.
+    ///
+    /// Handles are promoted only here, each time all of them, and the stack only grows and
+    /// shrinks at the top: it is always a promoted bottom part under handles pushed since the
+    /// last escape. So the walk goes from the top down and stops at the first handle that was
+    /// promoted before (a module's code object escapes once per code object inside it: walking
+    /// the whole stack each time made that quadratic in the nesting).
     #[cold]
     #[inline(never)]
     fn escape<S: Source>(&mut self, source: &mut S, stack: &[Task<S::Obj>], v: &S::Obj) {
-        for t in stack {
+        source.promote(v);
+        for t in stack.iter().rev() {
             match t {
-                Task::Obj(o, _) | Task::Iter { obj: o, .. } => source.promote(o),
+                Task::Obj(o, _) | Task::Iter { obj: o, .. } => {
+                    if !source.promote(o) {
+                        break;
+                    }
+                }
                 Task::I32(_) | Task::Exit => {}
             }
         }
-        source.promote(v);
     }
 
     fn open<O>(&mut self, stack: &mut Vec<Task<O>>) {

@@ -348,14 +348,16 @@ impl<'py> Source for PySource<'py> {
     }
 
     #[inline(always)]
-    fn promote(&mut self, o: &PyObj<'py>) {
-        if !o.promoted.get() {
-            o.promoted.set(true);
-            // SAFETY: GIL held; `o` is alive (borrowed from a pending container or kept);
-            // from_borrowed_ptr takes a new reference, kept until the dump ends.
-            self.keep
-                .push(unsafe { Bound::from_borrowed_ptr(self.py, o.as_ptr()) });
+    fn promote(&mut self, o: &PyObj<'py>) -> bool {
+        if o.promoted.get() {
+            return false;
         }
+        o.promoted.set(true);
+        // SAFETY: GIL held; `o` is alive (borrowed from a pending container or kept);
+        // from_borrowed_ptr takes a new reference, kept until the dump ends.
+        self.keep
+            .push(unsafe { Bound::from_borrowed_ptr(self.py, o.as_ptr()) });
+        true
     }
 
     #[inline(always)]
