@@ -280,6 +280,7 @@ pub fn encode<S: Source>(
         version: opts.version.min(CURRENT_VERSION),
         allow_code: opts.allow_code,
         refs,
+        hot: [(0, 0); HOT_SLOTS],
         depth: 0,
     };
     let r = w.write(source, root, extra);
@@ -298,11 +299,17 @@ std::thread_local! {
     static SPARE_REFS: std::cell::Cell<RefMap> = std::cell::Cell::new(RefMap::default());
 }
 
+/// Slots of [`Writer::hot`] (a power of two).
+const HOT_SLOTS: usize = 64;
+
 struct Writer<'w> {
     out: &'w mut Vec<u8>,
     version: u32,
     allow_code: bool,
     refs: RefMap,
+    /// A direct-mapped cache in front of `refs`: (identity, index) of recently referenced
+    /// objects, by address bits (identity 0: empty; identities are never reused in a dump).
+    hot: [(usize, u32); HOT_SLOTS],
     depth: usize,
 }
 
@@ -363,11 +370,30 @@ impl Writer<'_> {
                 None => break,
                 Some(Task::Iter { obj, cursor, left }) => {
                     if *left == usize::MAX {
-                        // A dict: key now, its value next (pushed above the continuation).
+                        // A dict: key now, its value next (pushed above the continuation, where
+                        // an escape while writing the key finds it).
                         match source.dict_item(obj, cursor)? {
                             Some(((k, ke), (x, xe))) => {
                                 stack.push(Task::Obj(x, xe));
-                                (k, ke)
+                                let before = stack.len();
+                                if self.depth + 1 > MAX_DEPTH {
+                                    return Err(too_deep().into());
+                                }
+                                self.object(source, k, ke, stack)?;
+                                if stack.len() != before {
+                                    // The key is a container being written: the value waits.
+                                    continue;
+                                }
+                                // The value is on top again: written now, without a round
+                                // through the loop.
+                                match stack.pop() {
+                                    Some(Task::Obj(x, xe)) => (x, xe),
+                                    Some(t) => {
+                                        stack.push(t);
+                                        continue;
+                                    }
+                                    None => continue,
+                                }
                             }
                             None => {
                                 stack.pop();
@@ -442,17 +468,35 @@ impl Writer<'_> {
         let mut flag = 0u8;
         if self.version >= 3 {
             if let Some(id) = source.shared_id(&v, extra) {
-                if let Some(&idx) = self.refs.get(&id) {
+                // Recently referenced identities first: one load and compare, no hashing (the
+                // keys of a list of dicts, a shared constant).
+                let slot = (id >> 4) & (HOT_SLOTS - 1);
+                let (hot_id, hot_idx) = self.hot[slot];
+                let idx = if hot_id == id && id != 0 {
+                    Some(hot_idx)
+                } else {
+                    let next = self.refs.len();
+                    match self.refs.entry(id) {
+                        std::collections::hash_map::Entry::Occupied(e) => {
+                            let idx = *e.get();
+                            self.hot[slot] = (id, idx);
+                            Some(idx)
+                        }
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            if next >= SIZE32_MAX {
+                                return Err(unmarshallable().into());
+                            }
+                            e.insert(next as u32);
+                            None
+                        }
+                    }
+                };
+                if let Some(idx) = idx {
                     let b = idx.to_le_bytes();
                     self.out
                         .extend_from_slice(&[TYPE_REF, b[0], b[1], b[2], b[3]]);
                     return Ok(());
                 }
-                let idx = self.refs.len();
-                if idx >= SIZE32_MAX {
-                    return Err(unmarshallable().into());
-                }
-                self.refs.insert(id, idx as u32);
                 source.retain(&v);
                 flag = FLAG_REF;
             }
@@ -555,6 +599,7 @@ impl Writer<'_> {
                             version: self.version,
                             allow_code: self.allow_code,
                             refs: RefMap::default(),
+                            hot: [(0, 0); HOT_SLOTS],
                             depth: self.depth + 1,
                         };
                         let standalone = source.set_item_extra(held, true);
@@ -706,47 +751,53 @@ impl Writer<'_> {
                 self.code_size(code | flag, raw.len())?;
                 self.out.extend_from_slice(raw);
             }
-            StrData::Ucs1(s) => {
-                self.utf8_units(code | flag, s.iter().map(|&c| c as u32), s.len() * 2)?
-            }
-            StrData::Ucs2(s) => {
-                self.utf8_units(code | flag, s.iter().map(|&c| c as u32), s.len() * 3)?
-            }
-            StrData::Ucs4(s) => self.utf8_units(code | flag, s.iter().copied(), s.len() * 4)?,
+            StrData::Ucs1(s) => self.utf8_units(code | flag, s, 2)?,
+            StrData::Ucs2(s) => self.utf8_units(code | flag, s, 3)?,
+            StrData::Ucs4(s) => self.utf8_units(code | flag, s, 4)?,
         }
         Ok(())
     }
 
-    /// Writes code points as UTF-8 (surrogates as three bytes), length patched in afterwards.
-    fn utf8_units(
+    /// Writes code points as UTF-8 (surrogates as three bytes), length patched in afterwards:
+    /// 32 units at a time encoded into a local block (runs of eight ASCII units narrowed at
+    /// once, the rest one by one), then appended; room for the widest encoding (`per` bytes per
+    /// unit) reserved first, so the output grows once.
+    fn utf8_units<T: Copy + Into<u32>>(
         &mut self,
         code: u8,
-        units: impl Iterator<Item = u32>,
-        max: usize,
+        units: &[T],
+        per: usize,
     ) -> Result<(), EncodeError> {
+        // Every unit takes at least one byte: a longer str cannot be written anyway.
+        if units.len() > SIZE32_MAX {
+            return Err(unmarshallable());
+        }
         let start = self.out.len();
-        self.out.reserve(5 + max);
+        self.out.reserve(5 + units.len() * per);
         self.out.extend_from_slice(&[code, 0, 0, 0, 0]);
-        for c in units {
-            if c < 0x80 {
-                self.out.push(c as u8);
-            } else if c < 0x800 {
-                self.out
-                    .extend_from_slice(&[0xC0 | (c >> 6) as u8, 0x80 | (c & 0x3F) as u8]);
-            } else if c < 0x10000 {
-                self.out.extend_from_slice(&[
-                    0xE0 | (c >> 12) as u8,
-                    0x80 | ((c >> 6) & 0x3F) as u8,
-                    0x80 | (c & 0x3F) as u8,
-                ]);
-            } else {
-                self.out.extend_from_slice(&[
-                    0xF0 | ((c >> 18) & 0x07) as u8,
-                    0x80 | ((c >> 12) & 0x3F) as u8,
-                    0x80 | ((c >> 6) & 0x3F) as u8,
-                    0x80 | (c & 0x3F) as u8,
-                ]);
+        let mut tmp = [0u8; 32 * 4];
+        for chunk in units.chunks(32) {
+            let mut w = 0;
+            let mut blocks = chunk.chunks_exact(8);
+            for block in &mut blocks {
+                let all = block.iter().fold(0u32, |a, &c| a | c.into());
+                if all < 0x80 {
+                    if let Some(dst) = tmp.get_mut(w..w + 8) {
+                        for (d, &c) in dst.iter_mut().zip(block) {
+                            *d = c.into() as u8;
+                        }
+                    }
+                    w += 8;
+                } else {
+                    for &c in block {
+                        w += put_utf8(&mut tmp, w, c.into());
+                    }
+                }
             }
+            for &c in blocks.remainder() {
+                w += put_utf8(&mut tmp, w, c.into());
+            }
+            self.out.extend_from_slice(&tmp[..w.min(tmp.len())]);
         }
         let n = self.out.len() - start - 5;
         if n > SIZE32_MAX {
@@ -791,6 +842,40 @@ impl Writer<'_> {
             self.out.extend_from_slice(&d.to_le_bytes());
         }
         Ok(())
+    }
+}
+
+/// Writes `c` as UTF-8 at `buf[w..]` (a surrogate as three bytes, as surrogatepass), returning
+/// the bytes written; `buf` has room for the widest encoding of every unit (a write past it
+/// cannot happen, and would be dropped rather than panic).
+#[inline(always)]
+fn put_utf8(buf: &mut [u8], w: usize, c: u32) -> usize {
+    if c < 0x80 {
+        if let Some(d) = buf.get_mut(w) {
+            *d = c as u8;
+        }
+        1
+    } else if c < 0x800 {
+        if let Some([a, b]) = buf.get_mut(w..w + 2) {
+            *a = 0xC0 | (c >> 6) as u8;
+            *b = 0x80 | (c & 0x3F) as u8;
+        }
+        2
+    } else if c < 0x10000 {
+        if let Some([a, b, d]) = buf.get_mut(w..w + 3) {
+            *a = 0xE0 | (c >> 12) as u8;
+            *b = 0x80 | ((c >> 6) & 0x3F) as u8;
+            *d = 0x80 | (c & 0x3F) as u8;
+        }
+        3
+    } else {
+        if let Some([a, b, d, e]) = buf.get_mut(w..w + 4) {
+            *a = 0xF0 | ((c >> 18) & 0x07) as u8;
+            *b = 0x80 | ((c >> 12) & 0x3F) as u8;
+            *d = 0x80 | ((c >> 6) & 0x3F) as u8;
+            *e = 0x80 | (c & 0x3F) as u8;
+        }
+        4
     }
 }
 
