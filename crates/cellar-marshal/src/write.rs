@@ -352,7 +352,7 @@ impl Writer<'_> {
         }
         // Written through a second handle, which the source holds too: one more reference.
         let mut stack = Vec::new();
-        self.object(source, root.clone(), extra + 1, &mut stack)?;
+        self.object(source, root.clone(), extra + 1, &mut stack, &mut Vec::new())?;
         self.drain(source, &mut stack)?;
         Ok(root)
     }
@@ -362,6 +362,8 @@ impl Writer<'_> {
         source: &mut S,
         stack: &mut Vec<Task<S::Obj>>,
     ) -> Result<(), S::Error> {
+        // The children of code objects and slices, reused (no allocation per code object).
+        let mut kids = Vec::new();
         loop {
             // A container being written stays on top of the stack and advances in place; its
             // next child is written from here (a child that is a container pushes its own task
@@ -379,7 +381,7 @@ impl Writer<'_> {
                                 if self.depth + 1 > MAX_DEPTH {
                                     return Err(too_deep().into());
                                 }
-                                self.object(source, k, ke, stack)?;
+                                self.object(source, k, ke, stack, &mut kids)?;
                                 if stack.len() != before {
                                     // The key is a container being written: the value waits.
                                     continue;
@@ -435,7 +437,7 @@ impl Writer<'_> {
             if self.depth + 1 > MAX_DEPTH {
                 return Err(too_deep().into());
             }
-            self.object(source, v, extra, stack)?;
+            self.object(source, v, extra, stack, &mut kids)?;
         }
         Ok(())
     }
@@ -447,6 +449,7 @@ impl Writer<'_> {
         v: S::Obj,
         extra: u32,
         stack: &mut Vec<Task<S::Obj>>,
+        kids: &mut Vec<(S::Obj, u32)>,
     ) -> Result<(), S::Error> {
         let mut node = source.node(&v)?;
         if let Node::Escape = node {
@@ -617,10 +620,10 @@ impl Writer<'_> {
                     return Err(unmarshallable().into());
                 }
                 self.out.push(TYPE_SLICE | flag);
-                let mut kids = Vec::with_capacity(3);
-                source.children(&v, &mut kids)?;
+                kids.clear();
+                source.children(&v, kids)?;
                 self.open(stack);
-                stack.extend(kids.into_iter().rev().map(|(o, e)| Task::Obj(o, e)));
+                stack.extend(kids.drain(..).rev().map(|(o, e)| Task::Obj(o, e)));
             }
             Node::Code { ints } => {
                 drop(node);
@@ -630,8 +633,8 @@ impl Writer<'_> {
                     }
                     .into());
                 }
-                let mut kids = Vec::with_capacity(10);
-                source.children(&v, &mut kids)?;
+                kids.clear();
+                source.children(&v, kids)?;
                 if kids.len() != 10 {
                     return Err(unmarshallable().into());
                 }
@@ -641,7 +644,7 @@ impl Writer<'_> {
                 }
                 self.open(stack);
                 // Pushed in reverse: the last two objects, firstlineno, then the first eight.
-                let mut it = kids.into_iter().rev();
+                let mut it = kids.drain(..).rev();
                 for _ in 0..2 {
                     if let Some((o, e)) = it.next() {
                         stack.push(Task::Obj(o, e));

@@ -467,7 +467,11 @@ impl<'py> Source for PySource<'py> {
     }
 
     fn children(&mut self, o: &PyObj<'py>, out: &mut Vec<(PyObj<'py>, u32)>) -> Result<(), Fail> {
-        let v = o.bound(self.py).to_owned();
+        let v = o.bound(self.py);
+        if is_code(&v) {
+            // The common case (a module's code objects) first.
+            return self.code_children(&v, out);
+        }
         if let Ok(s) = v.cast::<PySet>() {
             for x in s.iter() {
                 let x = self.obj(x);
@@ -487,8 +491,6 @@ impl<'py> Source for PySource<'py> {
             ] {
                 out.push((self.obj(s.getattr(name)?), 1));
             }
-        } else if is_code(&v) {
-            self.code_children(&v, out)?;
         }
         Ok(())
     }
