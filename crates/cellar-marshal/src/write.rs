@@ -352,7 +352,7 @@ impl Writer<'_> {
         }
         // Written through a second handle, which the source holds too: one more reference.
         let mut stack = Vec::new();
-        self.object(source, root.clone(), extra + 1, &mut stack, &mut Vec::new())?;
+        self.object(source, root.clone(), extra + 1, &mut stack, &mut Vec::new(), None)?;
         self.drain(source, &mut stack)?;
         Ok(root)
     }
@@ -372,30 +372,22 @@ impl Writer<'_> {
                 None => break,
                 Some(Task::Iter { obj, cursor, left }) => {
                     if *left == usize::MAX {
-                        // A dict: key now, its value next (pushed above the continuation, where
-                        // an escape while writing the key finds it).
+                        // A dict: key now, its value right after (an escape while the key is
+                        // described promotes the value too, as if it were pending on the stack).
                         match source.dict_item(obj, cursor)? {
                             Some(((k, ke), (x, xe))) => {
-                                stack.push(Task::Obj(x, xe));
                                 let before = stack.len();
                                 if self.depth + 1 > MAX_DEPTH {
                                     return Err(too_deep().into());
                                 }
-                                self.object(source, k, ke, stack, &mut kids)?;
+                                self.object(source, k, ke, stack, &mut kids, Some(&x))?;
                                 if stack.len() != before {
-                                    // The key is a container being written: the value waits.
+                                    // The key is a container being written: the value waits
+                                    // below what it pushed, above the dict's continuation.
+                                    stack.insert(before, Task::Obj(x, xe));
                                     continue;
                                 }
-                                // The value is on top again: written now, without a round
-                                // through the loop.
-                                match stack.pop() {
-                                    Some(Task::Obj(x, xe)) => (x, xe),
-                                    Some(t) => {
-                                        stack.push(t);
-                                        continue;
-                                    }
-                                    None => continue,
-                                }
+                                (x, xe)
                             }
                             None => {
                                 stack.pop();
@@ -437,7 +429,7 @@ impl Writer<'_> {
             if self.depth + 1 > MAX_DEPTH {
                 return Err(too_deep().into());
             }
-            self.object(source, v, extra, stack, &mut kids)?;
+            self.object(source, v, extra, stack, &mut kids, None)?;
         }
         Ok(())
     }
@@ -450,10 +442,11 @@ impl Writer<'_> {
         extra: u32,
         stack: &mut Vec<Task<S::Obj>>,
         kids: &mut Vec<(S::Obj, u32)>,
+        pending: Option<&S::Obj>,
     ) -> Result<(), S::Error> {
         let mut node = source.node(&v)?;
         if let Node::Escape = node {
-            self.escape(source, stack, &v);
+            self.escape(source, stack, &v, pending);
             node = source.node_escaped(&v)?;
         }
         let single = match node {
@@ -581,7 +574,7 @@ impl Writer<'_> {
                 let code = if frozen { TYPE_FROZENSET } else { TYPE_SET };
                 // Reading the items and their standalone dumps may escape: everything pending is
                 // promoted first (and nothing is pushed until the items are sorted).
-                self.escape(source, stack, &v);
+                self.escape(source, stack, &v, pending);
                 let mut items = Vec::new();
                 source.children(&v, &mut items)?;
                 self.code_size(code | flag, items.len())?;
@@ -663,20 +656,31 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Before the source runs foreign code: every handle pending on `stack`, and `v`, promoted
+    /// Before the source runs foreign code: every handle pending on `stack`, `v`, and
+    /// `pending` (a dict's value, held outside the stack while its key is described), promoted
     /// (see [`Node::Escape`]). A set item's standalone dump runs on its own stack, but the outer
     /// stack was promoted when the set was met (sets escape), and nothing is pushed onto it
     /// until the set's items are sorted.
     ///
     /// Handles are promoted only here, each time all of them, and the stack only grows and
-    /// shrinks at the top: it is always a promoted bottom part under handles pushed since the
-    /// last escape. So the walk goes from the top down and stops at the first handle that was
+    /// shrinks at the top (a dict's value is inserted below what its key pushed, which is
+    /// newer than any escape the value saw): it is always a promoted bottom part under handles
+    /// pushed since the last escape. So the walk goes from the top down and stops at the first handle that was
     /// promoted before (a module's code object escapes once per code object inside it: walking
     /// the whole stack each time made that quadratic in the nesting).
     #[cold]
     #[inline(never)]
-    fn escape<S: Source>(&mut self, source: &mut S, stack: &[Task<S::Obj>], v: &S::Obj) {
+    fn escape<S: Source>(
+        &mut self,
+        source: &mut S,
+        stack: &[Task<S::Obj>],
+        v: &S::Obj,
+        pending: Option<&S::Obj>,
+    ) {
         source.promote(v);
+        if let Some(p) = pending {
+            source.promote(p);
+        }
         for t in stack.iter().rev() {
             match t {
                 Task::Obj(o, _) | Task::Iter { obj: o, .. } => {
