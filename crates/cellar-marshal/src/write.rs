@@ -352,7 +352,14 @@ impl Writer<'_> {
         }
         // Written through a second handle, which the source holds too: one more reference.
         let mut stack = Vec::new();
-        self.object(source, root.clone(), extra + 1, &mut stack, &mut Vec::new(), None)?;
+        self.object(
+            source,
+            root.clone(),
+            extra + 1,
+            &mut stack,
+            &mut Vec::new(),
+            None,
+        )?;
         self.drain(source, &mut stack)?;
         Ok(root)
     }

@@ -154,10 +154,10 @@ fn probe_localsplus(py: Python<'_>) -> PyResult<Option<(isize, isize)>> {
     let src = "def f(a, b, /, c, *d, e=1, **g):\n    x = [y for y in d]\n    z = 2\n    \
                def h():\n        return a + z + x\n    return h\n\ndef p(q, r):\n    \
                return ('q', 'r')\n\nclass C:\n    def m(self):\n        return __class__\n";
-    let module = py
-        .import("builtins")?
-        .getattr("compile")?
-        .call1((src, "<cellar-probe>", "exec"))?;
+    let module =
+        py.import("builtins")?
+            .getattr("compile")?
+            .call1((src, "<cellar-probe>", "exec"))?;
     let slots = |co: &Bound<'_, PyAny>| {
         // SAFETY: GIL held; `co` is a live code object (compiled above or found among code
         // constants), at least tp_basicsize bytes long, which covers both pointer-aligned
@@ -188,10 +188,10 @@ fn probe_localsplus(py: Python<'_>) -> PyResult<Option<(isize, isize)>> {
         }
         i += 1;
     }
-    let Some(p) = codes
-        .iter()
-        .find(|c| c.getattr("co_name").is_ok_and(|n| n.eq("p").unwrap_or(false)))
-    else {
+    let Some(p) = codes.iter().find(|c| {
+        c.getattr("co_name")
+            .is_ok_and(|n| n.eq("p").unwrap_or(false))
+    }) else {
         return Ok(None);
     };
     let pconst = p.getattr("co_consts")?.try_iter()?.find_map(|c| {
@@ -208,14 +208,16 @@ fn probe_localsplus(py: Python<'_>) -> PyResult<Option<(isize, isize)>> {
         let (want_n, want_k) = localsplus(co)?;
         // SAFETY: GIL held; the slots of a live code object hold its (non-null, checked)
         // localsplus objects, alive as long as the code object.
-        let same = !n.is_null() && !k.is_null() && unsafe {
-            let n = Bound::from_borrowed_ptr(py, n);
-            let k = Bound::from_borrowed_ptr(py, k);
-            n.is_exact_instance_of::<PyTuple>()
-                && k.is_exact_instance_of::<PyBytes>()
-                && n.eq(&want_n)?
-                && k.cast::<PyBytes>()?.as_bytes() == want_k.as_bytes()
-        };
+        let same = !n.is_null()
+            && !k.is_null()
+            && unsafe {
+                let n = Bound::from_borrowed_ptr(py, n);
+                let k = Bound::from_borrowed_ptr(py, k);
+                n.is_exact_instance_of::<PyTuple>()
+                    && k.is_exact_instance_of::<PyBytes>()
+                    && n.eq(&want_n)?
+                    && k.cast::<PyBytes>()?.as_bytes() == want_k.as_bytes()
+            };
         if !same {
             return Ok(None);
         }
