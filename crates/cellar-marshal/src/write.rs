@@ -773,7 +773,7 @@ impl Writer<'_> {
     }
 
     /// Writes code points as UTF-8 (surrogates as three bytes), length patched in afterwards:
-    /// 32 units at a time encoded into a local block (runs of eight ASCII units narrowed at
+    /// 32 units at a time encoded into a local block (runs of four ASCII units narrowed at
     /// once, the rest one by one), then appended; room for the widest encoding (`per` bytes per
     /// unit) reserved first, so the output grows once.
     fn utf8_units<T: Copy + Into<u32>>(
@@ -792,16 +792,16 @@ impl Writer<'_> {
         let mut tmp = [0u8; 32 * 4];
         for chunk in units.chunks(32) {
             let mut w = 0;
-            let mut blocks = chunk.chunks_exact(8);
+            let mut blocks = chunk.chunks_exact(4);
             for block in &mut blocks {
                 let all = block.iter().fold(0u32, |a, &c| a | c.into());
                 if all < 0x80 {
-                    if let Some(dst) = tmp.get_mut(w..w + 8) {
+                    if let Some(dst) = tmp.get_mut(w..w + 4) {
                         for (d, &c) in dst.iter_mut().zip(block) {
                             *d = c.into() as u8;
                         }
                     }
-                    w += 8;
+                    w += 4;
                 } else {
                     for &c in block {
                         w += put_utf8(&mut tmp, w, c.into());
