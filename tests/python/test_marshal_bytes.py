@@ -3,8 +3,10 @@ marshal does (by reference count, and always for interned str), so the bytes of 
 marshal.dumps of the same value.
 
 Code objects included: CPython writes `co_localsplusnames`, a tuple its compiler shares between
-code objects of one compilation unit by value; no public API returns it, so cellar finds it
-again by value (marshal_source.rs, `Unit`) and the bytes are equal all the same.
+code objects of one compilation unit by value. No public API returns it: cellar reads it from
+the code object where an import-time probe verified it lives (marshal_code.rs, `LOCALSPLUS`),
+else finds it again by value (marshal_source.rs, `Unit`); both paths are checked here (the
+`code_path` fixture), and the bytes are equal either way.
 
 Differential over the standard library compiled by the running interpreter (every
 Lib/*.py, a bounded but large set: several hundred modules and thousands of code objects) and
@@ -38,7 +40,22 @@ def _compile(path: str) -> object | None:
         return None
 
 
-def test_stdlib_code_objects_dump_to_cpythons_bytes() -> None:
+@pytest.fixture(params=["fields", "public"])
+def code_path(request: pytest.FixtureRequest) -> object:
+    """Code objects read through their own localsplus fields, or through the public attributes
+    only (the path taken where the probe fails)."""
+    from cellar import _cellar
+
+    available = _cellar._marshal_code_fields(request.param == "fields")
+    try:
+        yield request.param
+    finally:
+        _cellar._marshal_code_fields(True)
+    # The supported versions (3.11-3.13) all keep the fields where the probe looks.
+    assert available
+
+
+def test_stdlib_code_objects_dump_to_cpythons_bytes(code_path: str) -> None:
     assert len(SOURCES) > 150
     checked = identical = 0
     failures: list[str] = []
@@ -62,7 +79,7 @@ def test_stdlib_code_objects_dump_to_cpythons_bytes() -> None:
     assert not failures, f"{len(failures)} of {checked} differ: {failures[:20]}"
 
 
-def test_stdlib_pycs_dump_to_cpythons_bytes() -> None:
+def test_stdlib_pycs_dump_to_cpythons_bytes(code_path: str) -> None:
     """The .pyc files the interpreter wrote (from __pycache__): the code object CPython loads
     from each is dumped by both, byte for byte."""
     tag = sys.implementation.cache_tag

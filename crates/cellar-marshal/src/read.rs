@@ -982,12 +982,12 @@ const STREAM_PREALLOC_MAX: usize = 1 << 12;
 /// Checks the code-object fields as CPython's `_PyCode_Validate` does.
 fn validate_code<V>(ints: [i32; 6], objs: Vec<(V, Shape)>) -> Result<CodeFields<V>, String> {
     let bad = |what: &str| Err(format!("bad marshal data (invalid code object: {what})"));
-    let shapes: Vec<Shape> = objs.iter().map(|(_, s)| *s).collect();
-    let [code, consts, names, lnames, lkinds, filename, name, qualname, linetable, exctable] =
-        shapes[..]
-    else {
+    // The fields moved into an array (no allocation), their shapes read from it.
+    let Ok(fields) = <[(V, Shape); 10]>::try_from(objs) else {
         return bad("missing fields");
     };
+    let [code, consts, names, lnames, lkinds, filename, name, qualname, linetable, exctable] =
+        fields.each_ref().map(|(_, s)| *s);
     let is_bytes = |s: Shape| matches!(s, Shape::Bytes(_));
     let str_tuple = |s: Shape| matches!(s, Shape::Tuple { all_str: true, .. });
     match code {
@@ -1016,10 +1016,7 @@ fn validate_code<V>(ints: [i32; 6], objs: Vec<(V, Shape)>) -> Result<CodeFields<
     if argcount < posonly || posonly < 0 || kwonly < 0 || stacksize < 0 {
         return bad("argument counts out of range");
     }
-    let values: Vec<V> = objs.into_iter().map(|(v, _)| v).collect();
-    let Ok(objects) = <[V; 10]>::try_from(values) else {
-        return bad("missing fields");
-    };
+    let objects = fields.map(|(v, _)| v);
     Ok(CodeFields {
         argcount: ints[0],
         posonlyargcount: ints[1],

@@ -134,10 +134,13 @@ pub trait Source {
     }
     /// Makes `o` (a handle the encoder holds, pending or being written) keep its object alive
     /// until the dump ends, for a source whose handles borrow (see [`Node::Escape`]). A source
-    /// must account for the reference this takes in [`Source::shared_id`]. The default does
-    /// nothing.
+    /// must account for the reference this takes in [`Source::shared_id`]. Returns false when
+    /// `o` was promoted before (the encoder then stops: see [`Writer::escape`]). The default
+    /// does nothing and returns false.
     #[inline(always)]
-    fn promote(&mut self, _o: &Self::Obj) {}
+    fn promote(&mut self, _o: &Self::Obj) -> bool {
+        false
+    }
     /// An identity for `o` if it is shared and must be written once then referenced (FLAG_REF
     /// then `r`), or `None`. `extra` counts the references the source itself holds on `o`
     /// beyond those the reference writer (CPython) would hold at this point. A source that
@@ -277,6 +280,7 @@ pub fn encode<S: Source>(
         version: opts.version.min(CURRENT_VERSION),
         allow_code: opts.allow_code,
         refs,
+        hot: [(0, 0); HOT_SLOTS],
         depth: 0,
     };
     let r = w.write(source, root, extra);
@@ -295,11 +299,17 @@ std::thread_local! {
     static SPARE_REFS: std::cell::Cell<RefMap> = std::cell::Cell::new(RefMap::default());
 }
 
+/// Slots of [`Writer::hot`] (a power of two).
+const HOT_SLOTS: usize = 64;
+
 struct Writer<'w> {
     out: &'w mut Vec<u8>,
     version: u32,
     allow_code: bool,
     refs: RefMap,
+    /// A direct-mapped cache in front of `refs`: (identity, index) of recently referenced
+    /// objects, by address bits (identity 0: empty; identities are never reused in a dump).
+    hot: [(usize, u32); HOT_SLOTS],
     depth: usize,
 }
 
@@ -342,7 +352,14 @@ impl Writer<'_> {
         }
         // Written through a second handle, which the source holds too: one more reference.
         let mut stack = Vec::new();
-        self.object(source, root.clone(), extra + 1, &mut stack)?;
+        self.object(
+            source,
+            root.clone(),
+            extra + 1,
+            &mut stack,
+            &mut Vec::new(),
+            None,
+        )?;
         self.drain(source, &mut stack)?;
         Ok(root)
     }
@@ -352,6 +369,8 @@ impl Writer<'_> {
         source: &mut S,
         stack: &mut Vec<Task<S::Obj>>,
     ) -> Result<(), S::Error> {
+        // The children of code objects and slices, reused (no allocation per code object).
+        let mut kids = Vec::new();
         loop {
             // A container being written stays on top of the stack and advances in place; its
             // next child is written from here (a child that is a container pushes its own task
@@ -360,11 +379,22 @@ impl Writer<'_> {
                 None => break,
                 Some(Task::Iter { obj, cursor, left }) => {
                     if *left == usize::MAX {
-                        // A dict: key now, its value next (pushed above the continuation).
+                        // A dict: key now, its value right after (an escape while the key is
+                        // described promotes the value too, as if it were pending on the stack).
                         match source.dict_item(obj, cursor)? {
                             Some(((k, ke), (x, xe))) => {
-                                stack.push(Task::Obj(x, xe));
-                                (k, ke)
+                                let before = stack.len();
+                                if self.depth + 1 > MAX_DEPTH {
+                                    return Err(too_deep().into());
+                                }
+                                self.object(source, k, ke, stack, &mut kids, Some(&x))?;
+                                if stack.len() != before {
+                                    // The key is a container being written: the value waits
+                                    // below what it pushed, above the dict's continuation.
+                                    stack.insert(before, Task::Obj(x, xe));
+                                    continue;
+                                }
+                                (x, xe)
                             }
                             None => {
                                 stack.pop();
@@ -406,7 +436,7 @@ impl Writer<'_> {
             if self.depth + 1 > MAX_DEPTH {
                 return Err(too_deep().into());
             }
-            self.object(source, v, extra, stack)?;
+            self.object(source, v, extra, stack, &mut kids, None)?;
         }
         Ok(())
     }
@@ -418,10 +448,12 @@ impl Writer<'_> {
         v: S::Obj,
         extra: u32,
         stack: &mut Vec<Task<S::Obj>>,
+        kids: &mut Vec<(S::Obj, u32)>,
+        pending: Option<&S::Obj>,
     ) -> Result<(), S::Error> {
         let mut node = source.node(&v)?;
         if let Node::Escape = node {
-            self.escape(source, stack, &v);
+            self.escape(source, stack, &v, pending);
             node = source.node_escaped(&v)?;
         }
         let single = match node {
@@ -439,17 +471,35 @@ impl Writer<'_> {
         let mut flag = 0u8;
         if self.version >= 3 {
             if let Some(id) = source.shared_id(&v, extra) {
-                if let Some(&idx) = self.refs.get(&id) {
+                // Recently referenced identities first: one load and compare, no hashing (the
+                // keys of a list of dicts, a shared constant).
+                let slot = (id >> 4) & (HOT_SLOTS - 1);
+                let (hot_id, hot_idx) = self.hot[slot];
+                let idx = if hot_id == id && id != 0 {
+                    Some(hot_idx)
+                } else {
+                    let next = self.refs.len();
+                    match self.refs.entry(id) {
+                        std::collections::hash_map::Entry::Occupied(e) => {
+                            let idx = *e.get();
+                            self.hot[slot] = (id, idx);
+                            Some(idx)
+                        }
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            if next >= SIZE32_MAX {
+                                return Err(unmarshallable().into());
+                            }
+                            e.insert(next as u32);
+                            None
+                        }
+                    }
+                };
+                if let Some(idx) = idx {
                     let b = idx.to_le_bytes();
                     self.out
                         .extend_from_slice(&[TYPE_REF, b[0], b[1], b[2], b[3]]);
                     return Ok(());
                 }
-                let idx = self.refs.len();
-                if idx >= SIZE32_MAX {
-                    return Err(unmarshallable().into());
-                }
-                self.refs.insert(id, idx as u32);
                 source.retain(&v);
                 flag = FLAG_REF;
             }
@@ -531,7 +581,7 @@ impl Writer<'_> {
                 let code = if frozen { TYPE_FROZENSET } else { TYPE_SET };
                 // Reading the items and their standalone dumps may escape: everything pending is
                 // promoted first (and nothing is pushed until the items are sorted).
-                self.escape(source, stack, &v);
+                self.escape(source, stack, &v, pending);
                 let mut items = Vec::new();
                 source.children(&v, &mut items)?;
                 self.code_size(code | flag, items.len())?;
@@ -552,6 +602,7 @@ impl Writer<'_> {
                             version: self.version,
                             allow_code: self.allow_code,
                             refs: RefMap::default(),
+                            hot: [(0, 0); HOT_SLOTS],
                             depth: self.depth + 1,
                         };
                         let standalone = source.set_item_extra(held, true);
@@ -569,10 +620,10 @@ impl Writer<'_> {
                     return Err(unmarshallable().into());
                 }
                 self.out.push(TYPE_SLICE | flag);
-                let mut kids = Vec::with_capacity(3);
-                source.children(&v, &mut kids)?;
+                kids.clear();
+                source.children(&v, kids)?;
                 self.open(stack);
-                stack.extend(kids.into_iter().rev().map(|(o, e)| Task::Obj(o, e)));
+                stack.extend(kids.drain(..).rev().map(|(o, e)| Task::Obj(o, e)));
             }
             Node::Code { ints } => {
                 drop(node);
@@ -582,8 +633,8 @@ impl Writer<'_> {
                     }
                     .into());
                 }
-                let mut kids = Vec::with_capacity(10);
-                source.children(&v, &mut kids)?;
+                kids.clear();
+                source.children(&v, kids)?;
                 if kids.len() != 10 {
                     return Err(unmarshallable().into());
                 }
@@ -593,7 +644,7 @@ impl Writer<'_> {
                 }
                 self.open(stack);
                 // Pushed in reverse: the last two objects, firstlineno, then the first eight.
-                let mut it = kids.into_iter().rev();
+                let mut it = kids.drain(..).rev();
                 for _ in 0..2 {
                     if let Some((o, e)) = it.next() {
                         stack.push(Task::Obj(o, e));
@@ -612,20 +663,41 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Before the source runs foreign code: every handle pending on `stack`, and `v`, promoted
+    /// Before the source runs foreign code: every handle pending on `stack`, `v`, and
+    /// `pending` (a dict's value, held outside the stack while its key is described), promoted
     /// (see [`Node::Escape`]). A set item's standalone dump runs on its own stack, but the outer
     /// stack was promoted when the set was met (sets escape), and nothing is pushed onto it
     /// until the set's items are sorted.
+    ///
+    /// Handles are promoted only here, each time all of them, and the stack only grows and
+    /// shrinks at the top (a dict's value is inserted below what its key pushed, which is
+    /// newer than any escape the value saw): it is always a promoted bottom part under handles
+    /// pushed since the last escape. So the walk goes from the top down and stops at the first handle that was
+    /// promoted before (a module's code object escapes once per code object inside it: walking
+    /// the whole stack each time made that quadratic in the nesting).
     #[cold]
     #[inline(never)]
-    fn escape<S: Source>(&mut self, source: &mut S, stack: &[Task<S::Obj>], v: &S::Obj) {
-        for t in stack {
+    fn escape<S: Source>(
+        &mut self,
+        source: &mut S,
+        stack: &[Task<S::Obj>],
+        v: &S::Obj,
+        pending: Option<&S::Obj>,
+    ) {
+        source.promote(v);
+        if let Some(p) = pending {
+            source.promote(p);
+        }
+        for t in stack.iter().rev() {
             match t {
-                Task::Obj(o, _) | Task::Iter { obj: o, .. } => source.promote(o),
+                Task::Obj(o, _) | Task::Iter { obj: o, .. } => {
+                    if !source.promote(o) {
+                        break;
+                    }
+                }
                 Task::I32(_) | Task::Exit => {}
             }
         }
-        source.promote(v);
     }
 
     fn open<O>(&mut self, stack: &mut Vec<Task<O>>) {
@@ -693,47 +765,53 @@ impl Writer<'_> {
                 self.code_size(code | flag, raw.len())?;
                 self.out.extend_from_slice(raw);
             }
-            StrData::Ucs1(s) => {
-                self.utf8_units(code | flag, s.iter().map(|&c| c as u32), s.len() * 2)?
-            }
-            StrData::Ucs2(s) => {
-                self.utf8_units(code | flag, s.iter().map(|&c| c as u32), s.len() * 3)?
-            }
-            StrData::Ucs4(s) => self.utf8_units(code | flag, s.iter().copied(), s.len() * 4)?,
+            StrData::Ucs1(s) => self.utf8_units(code | flag, s, 2)?,
+            StrData::Ucs2(s) => self.utf8_units(code | flag, s, 3)?,
+            StrData::Ucs4(s) => self.utf8_units(code | flag, s, 4)?,
         }
         Ok(())
     }
 
-    /// Writes code points as UTF-8 (surrogates as three bytes), length patched in afterwards.
-    fn utf8_units(
+    /// Writes code points as UTF-8 (surrogates as three bytes), length patched in afterwards:
+    /// 32 units at a time encoded into a local block (runs of four ASCII units narrowed at
+    /// once, the rest one by one), then appended; room for the widest encoding (`per` bytes per
+    /// unit) reserved first, so the output grows once.
+    fn utf8_units<T: Copy + Into<u32>>(
         &mut self,
         code: u8,
-        units: impl Iterator<Item = u32>,
-        max: usize,
+        units: &[T],
+        per: usize,
     ) -> Result<(), EncodeError> {
+        // Every unit takes at least one byte: a longer str cannot be written anyway.
+        if units.len() > SIZE32_MAX {
+            return Err(unmarshallable());
+        }
         let start = self.out.len();
-        self.out.reserve(5 + max);
+        self.out.reserve(5 + units.len() * per);
         self.out.extend_from_slice(&[code, 0, 0, 0, 0]);
-        for c in units {
-            if c < 0x80 {
-                self.out.push(c as u8);
-            } else if c < 0x800 {
-                self.out
-                    .extend_from_slice(&[0xC0 | (c >> 6) as u8, 0x80 | (c & 0x3F) as u8]);
-            } else if c < 0x10000 {
-                self.out.extend_from_slice(&[
-                    0xE0 | (c >> 12) as u8,
-                    0x80 | ((c >> 6) & 0x3F) as u8,
-                    0x80 | (c & 0x3F) as u8,
-                ]);
-            } else {
-                self.out.extend_from_slice(&[
-                    0xF0 | ((c >> 18) & 0x07) as u8,
-                    0x80 | ((c >> 12) & 0x3F) as u8,
-                    0x80 | ((c >> 6) & 0x3F) as u8,
-                    0x80 | (c & 0x3F) as u8,
-                ]);
+        let mut tmp = [0u8; 32 * 4];
+        for chunk in units.chunks(32) {
+            let mut w = 0;
+            let mut blocks = chunk.chunks_exact(4);
+            for block in &mut blocks {
+                let all = block.iter().fold(0u32, |a, &c| a | c.into());
+                if all < 0x80 {
+                    if let Some(dst) = tmp.get_mut(w..w + 4) {
+                        for (d, &c) in dst.iter_mut().zip(block) {
+                            *d = c.into() as u8;
+                        }
+                    }
+                    w += 4;
+                } else {
+                    for &c in block {
+                        w += put_utf8(&mut tmp, w, c.into());
+                    }
+                }
             }
+            for &c in blocks.remainder() {
+                w += put_utf8(&mut tmp, w, c.into());
+            }
+            self.out.extend_from_slice(&tmp[..w.min(tmp.len())]);
         }
         let n = self.out.len() - start - 5;
         if n > SIZE32_MAX {
@@ -778,6 +856,40 @@ impl Writer<'_> {
             self.out.extend_from_slice(&d.to_le_bytes());
         }
         Ok(())
+    }
+}
+
+/// Writes `c` as UTF-8 at `buf[w..]` (a surrogate as three bytes, as surrogatepass), returning
+/// the bytes written; `buf` has room for the widest encoding of every unit (a write past it
+/// cannot happen, and would be dropped rather than panic).
+#[inline(always)]
+fn put_utf8(buf: &mut [u8], w: usize, c: u32) -> usize {
+    if c < 0x80 {
+        if let Some(d) = buf.get_mut(w) {
+            *d = c as u8;
+        }
+        1
+    } else if c < 0x800 {
+        if let Some([a, b]) = buf.get_mut(w..w + 2) {
+            *a = 0xC0 | (c >> 6) as u8;
+            *b = 0x80 | (c & 0x3F) as u8;
+        }
+        2
+    } else if c < 0x10000 {
+        if let Some([a, b, d]) = buf.get_mut(w..w + 3) {
+            *a = 0xE0 | (c >> 12) as u8;
+            *b = 0x80 | ((c >> 6) & 0x3F) as u8;
+            *d = 0x80 | (c & 0x3F) as u8;
+        }
+        3
+    } else {
+        if let Some([a, b, d, e]) = buf.get_mut(w..w + 4) {
+            *a = 0xF0 | ((c >> 18) & 0x07) as u8;
+            *b = 0x80 | ((c >> 12) & 0x3F) as u8;
+            *d = 0x80 | ((c >> 6) & 0x3F) as u8;
+            *e = 0x80 | (c & 0x3F) as u8;
+        }
+        4
     }
 }
 

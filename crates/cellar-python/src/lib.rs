@@ -111,6 +111,13 @@ fn load<'py>(
     marshal_sink::load(py, file, allow_code)
 }
 
+/// `_marshal_code_fields(on)`: for tests, turns reading code objects' localsplus fields on or
+/// off (off: the public-attribute path); returns whether this interpreter has them.
+#[pyfunction]
+fn _marshal_code_fields(on: bool) -> bool {
+    marshal_code::set_localsplus_fields(on)
+}
+
 /// The extension module `cellar._cellar`.
 #[pymodule]
 fn _cellar(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -121,6 +128,7 @@ fn _cellar(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(loads, m)?)?;
     m.add_function(wrap_pyfunction!(dump, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
+    m.add_function(wrap_pyfunction!(_marshal_code_fields, m)?)?;
     m.add("version", DEFAULT_VERSION)?;
     marshal_code::init(m.py())?;
     dbm::register(m)?;

@@ -1,4 +1,6 @@
-//! Code objects through CPython's PUBLIC API only: no private symbols, no struct layout.
+//! Code objects through CPython's public API (no private symbols), plus, for writing, the two
+//! fields no public API returns (`co_localsplusnames`, `co_localspluskinds`), read where an
+//! import-time probe verified they are ([`LOCALSPLUS`]; the public attributes otherwise).
 //!
 //! - Building (decode): `PyCode_NewWithPosOnlyArgs` (3.11), renamed
 //!   `PyUnstable_Code_NewWithPosOnlyArgs` in 3.12+ (chosen at build time by pyo3's version
@@ -8,8 +10,9 @@
 //!   express is 3.12's `CO_FAST_HIDDEN` (0x10, comprehension variables inlined into their
 //!   enclosing code): the object is equal (`==`) but those locals are no longer hidden from
 //!   `locals()` (docs/marshal.md).
-//! - Reading (encode): the public attributes, `PyCode_GetCode` for `co_code`, and the same
-//!   derivation backwards ([`localsplus`]).
+//! - Reading (encode): the fields at the offsets of the code type's public member table,
+//!   `PyCode_GetCode` for `co_code`, and the localsplus fields themselves ([`LOCALSPLUS`]) or,
+//!   where the probe fails, the same derivation backwards ([`localsplus`]).
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -95,7 +98,164 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
         let dumps = py.import("marshal")?.getattr("dumps")?.unbind();
         let _ = HIDDEN.set((op, dumps));
     }
+    // After HIDDEN: the probe compares with `localsplus`, which needs it.
+    let _ = LOCALSPLUS.set(probe_localsplus(py)?);
     Ok(())
+}
+
+/// Where the running CPython keeps a code object's `co_localsplusnames` and
+/// `co_localspluskinds` (byte offsets), when [`probe_localsplus`] verified it; `None`: they are
+/// rebuilt from the public attributes ([`localsplus`]) and the encoder reproduces the compiler's
+/// sharing of the names tuple by a scan (marshal_source.rs).
+///
+/// No public API returns these two objects, but CPython's marshal writes exactly them (the
+/// same tuple the compiler shares between code objects and constants, which decides FLAG_REF;
+/// the exact kinds, 3.12's hidden bit included). In 3.11, 3.12 and 3.13 they are the two
+/// pointers just before `co_filename`, whose offset the code type's public member table gives.
+/// That is checked at import, never assumed: on code objects compiled for the purpose (every
+/// kind of local) the pointers there must be an exact tuple and bytes equal to what the public
+/// attributes give, else the public path is used.
+static LOCALSPLUS: std::sync::OnceLock<Option<(isize, isize)>> = std::sync::OnceLock::new();
+
+/// Tests turn the fields off to exercise the public path (`_cellar._marshal_code_fields`).
+static LOCALSPLUS_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns reading [`LOCALSPLUS`] on or off (for tests of the public path); returns whether it is
+/// available on this interpreter.
+pub(crate) fn set_localsplus_fields(on: bool) -> bool {
+    LOCALSPLUS_ON.store(on, std::sync::atomic::Ordering::Relaxed);
+    matches!(LOCALSPLUS.get(), Some(Some(_)))
+}
+
+/// The offsets to verify: the two pointer slots before `co_filename`.
+fn localsplus_candidate() -> Option<(isize, isize)> {
+    let (_, filename) = member_table()[8]?;
+    let ptr = std::mem::size_of::<*mut ffi::PyObject>() as isize;
+    (filename >= 2 * ptr + std::mem::size_of::<ffi::PyVarObject>() as isize)
+        .then_some((filename - 2 * ptr, filename - ptr))
+}
+
+/// Checks [`localsplus_candidate`] on code objects compiled for the purpose, first by address
+/// only (nothing read from the slots is used as an object until they hold known objects): a
+/// code object without locals holds the empty tuple and empty bytes singletons there, and `p`'s
+/// names tuple is the constant tuple of equal value in its `co_consts` (the compiler merges
+/// them). Then, on every code object of the probe (arguments, locals, cells, one of them an
+/// argument, free variables, `__class__`, an inlined comprehension), the slots must hold an
+/// exact tuple and bytes equal to what the public attributes give ([`localsplus`]).
+fn probe_localsplus(py: Python<'_>) -> PyResult<Option<(isize, isize)>> {
+    let Some((on, ok)) = localsplus_candidate() else {
+        return Ok(None);
+    };
+    // SAFETY: PyCode_Type is a static type.
+    let basic = unsafe { (*std::ptr::addr_of!(ffi::PyCode_Type)).tp_basicsize };
+    if basic < ok + std::mem::size_of::<*mut ffi::PyObject>() as isize {
+        return Ok(None);
+    }
+    let src = "def f(a, b, /, c, *d, e=1, **g):\n    x = [y for y in d]\n    z = 2\n    \
+               def h():\n        return a + z + x\n    return h\n\ndef p(q, r):\n    \
+               return ('q', 'r')\n\nclass C:\n    def m(self):\n        return __class__\n";
+    let module =
+        py.import("builtins")?
+            .getattr("compile")?
+            .call1((src, "<cellar-probe>", "exec"))?;
+    let slots = |co: &Bound<'_, PyAny>| {
+        // SAFETY: GIL held; `co` is a live code object (compiled above or found among code
+        // constants), at least tp_basicsize bytes long, which covers both pointer-aligned
+        // slots (checked above); the values are only compared as addresses by the caller
+        // until they are known to be objects.
+        unsafe {
+            let base = co.as_ptr() as *const u8;
+            (
+                *(base.offset(on) as *const *mut ffi::PyObject),
+                *(base.offset(ok) as *const *mut ffi::PyObject),
+            )
+        }
+    };
+    let (n, k) = slots(&module);
+    if n != PyTuple::empty(py).as_ptr() || k != PyBytes::new(py, b"").as_ptr() {
+        return Ok(None);
+    }
+    let mut codes = vec![module];
+    let mut i = 0;
+    while i < codes.len() {
+        let consts = codes[i].getattr("co_consts")?;
+        for c in consts.try_iter()? {
+            let c = c?;
+            // SAFETY: GIL held; a type check on a live object.
+            if unsafe { ffi::PyCode_Check(c.as_ptr()) } != 0 {
+                codes.push(c);
+            }
+        }
+        i += 1;
+    }
+    let Some(p) = codes.iter().find(|c| {
+        c.getattr("co_name")
+            .is_ok_and(|n| n.eq("p").unwrap_or(false))
+    }) else {
+        return Ok(None);
+    };
+    let pconst = p.getattr("co_consts")?.try_iter()?.find_map(|c| {
+        c.ok()
+            .filter(|c| c.is_exact_instance_of::<PyTuple>() && c.len().ok() == Some(2))
+    });
+    match pconst {
+        Some(t) if slots(p).0 == t.as_ptr() => {}
+        _ => return Ok(None),
+    }
+    // The layout is confirmed: the slots hold the objects themselves.
+    for co in &codes {
+        let (n, k) = slots(co);
+        let (want_n, want_k) = localsplus(co)?;
+        // SAFETY: GIL held; the slots of a live code object hold its (non-null, checked)
+        // localsplus objects, alive as long as the code object.
+        let same = !n.is_null()
+            && !k.is_null()
+            && unsafe {
+                let n = Bound::from_borrowed_ptr(py, n);
+                let k = Bound::from_borrowed_ptr(py, k);
+                n.is_exact_instance_of::<PyTuple>()
+                    && k.is_exact_instance_of::<PyBytes>()
+                    && n.eq(&want_n)?
+                    && k.cast::<PyBytes>()?.as_bytes() == want_k.as_bytes()
+            };
+        if !same {
+            return Ok(None);
+        }
+    }
+    Ok(Some((on, ok)))
+}
+
+/// A code object's own `co_localsplusnames` (an exact tuple) and `co_localspluskinds` (exact
+/// bytes), borrowed, when [`LOCALSPLUS`] is verified (and not turned off for tests).
+pub(crate) fn localsplus_fields(
+    co: &Bound<'_, PyAny>,
+) -> Option<(*mut ffi::PyObject, *mut ffi::PyObject)> {
+    let (on, ok) = (*LOCALSPLUS.get()?)?;
+    if !LOCALSPLUS_ON.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    // SAFETY: GIL held; `co` is a live exact code object (callers checked PyCode_Check; code
+    // objects cannot be subclassed), and the probe verified at import that these slots hold
+    // its localsplus objects; they are set at construction and never change.
+    unsafe {
+        let base = co.as_ptr() as *const u8;
+        let n = *(base.offset(on) as *const *mut ffi::PyObject);
+        let k = *(base.offset(ok) as *const *mut ffi::PyObject);
+        (!n.is_null()
+            && !k.is_null()
+            && ffi::PyTuple_CheckExact(n) != 0
+            && ffi::PyBytes_CheckExact(k) != 0)
+            .then_some((n, k))
+    }
+}
+
+/// An object field of a code object ([`MEMBER_NAMES`] index `i` >= 6), borrowed, when the
+/// member table has it.
+pub(crate) fn code_obj_ptr(co: &Bound<'_, PyAny>, i: usize) -> Option<*mut ffi::PyObject> {
+    let (_, off) = (*member_table().get(i).filter(|_| i >= 6)?)?;
+    // SAFETY: as in `code_obj`.
+    let p = unsafe { *((co.as_ptr() as *const u8).offset(off) as *const *mut ffi::PyObject) };
+    (!p.is_null()).then_some(p)
 }
 
 /// How many inline cache entries follow each opcode byte, as the running CPython sees it. An

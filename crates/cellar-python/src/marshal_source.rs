@@ -12,6 +12,7 @@
 //! - container items, dict keys/values: 0 (borrowed, as CPython borrows them);
 //! - code attributes read with getattr, slice fields, set items: 1 (a new reference);
 //! - `co_code` from `PyCode_GetCode`: 0 (CPython also holds the new reference it returns);
+//! - the code object's own fields (`marshal_code::LOCALSPLUS` verified): 0 (borrowed);
 //! - the rebuilt `co_localsplusnames` tuple and kinds bytes: 0 (they stand for the code
 //!   object's own); the names inside: 1 (our rebuilt tuple);
 //! - set items: written once standalone for the sort key (CPython 3.11/3.12 borrow the item
@@ -348,14 +349,16 @@ impl<'py> Source for PySource<'py> {
     }
 
     #[inline(always)]
-    fn promote(&mut self, o: &PyObj<'py>) {
-        if !o.promoted.get() {
-            o.promoted.set(true);
-            // SAFETY: GIL held; `o` is alive (borrowed from a pending container or kept);
-            // from_borrowed_ptr takes a new reference, kept until the dump ends.
-            self.keep
-                .push(unsafe { Bound::from_borrowed_ptr(self.py, o.as_ptr()) });
+    fn promote(&mut self, o: &PyObj<'py>) -> bool {
+        if o.promoted.get() {
+            return false;
         }
+        o.promoted.set(true);
+        // SAFETY: GIL held; `o` is alive (borrowed from a pending container or kept);
+        // from_borrowed_ptr takes a new reference, kept until the dump ends.
+        self.keep
+            .push(unsafe { Bound::from_borrowed_ptr(self.py, o.as_ptr()) });
+        true
     }
 
     #[inline(always)]
@@ -464,7 +467,11 @@ impl<'py> Source for PySource<'py> {
     }
 
     fn children(&mut self, o: &PyObj<'py>, out: &mut Vec<(PyObj<'py>, u32)>) -> Result<(), Fail> {
-        let v = o.bound(self.py).to_owned();
+        let v = o.bound(self.py);
+        if is_code(&v) {
+            // The common case (a module's code objects) first.
+            return self.code_children(&v, out);
+        }
         if let Ok(s) = v.cast::<PySet>() {
             for x in s.iter() {
                 let x = self.obj(x);
@@ -484,8 +491,6 @@ impl<'py> Source for PySource<'py> {
             ] {
                 out.push((self.obj(s.getattr(name)?), 1));
             }
-        } else if is_code(&v) {
-            self.code_children(&v, out)?;
         }
         Ok(())
     }
@@ -506,6 +511,39 @@ fn is_code(v: &Bound<'_, PyAny>) -> bool {
 
 impl<'py> PySource<'py> {
     fn code_children(
+        &mut self,
+        co: &Bound<'py, PyAny>,
+        out: &mut Vec<(PyObj<'py>, u32)>,
+    ) -> Result<(), Fail> {
+        if let Some((lnames, lkinds)) = crate::marshal_code::localsplus_fields(co) {
+            // The code object's own fields, borrowed as CPython's marshal reads them: no
+            // rebuilding, no scan (see `marshal_code::LOCALSPLUS`).
+            let mut fields = [std::ptr::null_mut(); 7];
+            for (slot, i) in fields.iter_mut().zip([6, 7, 8, 9, 10, 11, 12]) {
+                match crate::marshal_code::code_obj_ptr(co, i) {
+                    Some(p) => *slot = p,
+                    None => return self.code_children_public(co, out),
+                }
+            }
+            let [consts, names, filename, name, qualname, linetable, exctable] = fields;
+            let code = crate::marshal_code::co_code(co)?;
+            out.push((self.obj(code), 0));
+            for p in [
+                consts, names, lnames, lkinds, filename, name, qualname, linetable, exctable,
+            ] {
+                // Alive while the code object is: it was promoted (code objects escape) and its
+                // fields never change.
+                if let Some(x) = PyObj::borrowed(p, 0) {
+                    out.push((x, 0));
+                }
+            }
+            return Ok(());
+        }
+        self.code_children_public(co, out)
+    }
+
+    /// [`PySource::code_children`] through the public attributes only (see [`Unit`]).
+    fn code_children_public(
         &mut self,
         co: &Bound<'py, PyAny>,
         out: &mut Vec<(PyObj<'py>, u32)>,
