@@ -1669,6 +1669,21 @@ fn wait_commit_lock(
     r
 }
 
+/// The error of a writer that waited `waited` for the commit lock of `storage`'s file: it names
+/// the pid of the last writer that took the lock (from the file's pid field), when known.
+fn busy(storage: &dyn Storage, path: &Path, waited: std::time::Duration) -> Error {
+    let mut v = [0u8; 4];
+    let pid = match storage.read_hint(PID_OFFSET, &mut v) {
+        Ok(()) => Some(u32::from_le_bytes(v)).filter(|&p| p != 0),
+        _ => None,
+    };
+    Error::Busy {
+        path: path.to_path_buf(),
+        pid,
+        waited,
+    }
+}
+
 /// Whether another writer waits for the commit lock of `g`'s file.
 fn commit_wanted(g: &Gen) -> bool {
     match g.storage.shared_counter(WANT_OFFSET) {
@@ -1683,16 +1698,7 @@ fn lock_commit(g: &Arc<Gen>, path: &Path, timeout: std::time::Duration) -> Resul
         return Err(Error::Unsupported("shared writing without a writer lock"));
     };
     if let Some(waited) = wait_commit_lock(l, &*g.storage, timeout)? {
-        let mut v = [0u8; 4];
-        let pid = match g.storage.read_hint(PID_OFFSET, &mut v) {
-            Ok(()) => Some(u32::from_le_bytes(v)).filter(|&p| p != 0),
-            _ => None,
-        };
-        return Err(Error::Busy {
-            path: path.to_path_buf(),
-            pid,
-            waited,
-        });
+        return Err(busy(&*g.storage, path, waited));
     }
     // Name ourselves for the error of a writer that times out waiting for us.
     let _ = g
@@ -2871,11 +2877,7 @@ impl Inner {
         let ident = file_ident(&file);
         let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
         if let Some(waited) = wait_commit_lock(&wl, &*storage, self.opts.lock_timeout)? {
-            return Err(Error::Busy {
-                path: path.clone(),
-                pid: None,
-                waited,
-            });
+            return Err(busy(&*storage, path, waited));
         }
         let ng = load_gen(
             storage,
