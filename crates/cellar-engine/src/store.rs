@@ -954,8 +954,10 @@ enum ReplayEnd {
 /// checkpoint (INDEX record) region that a newer slot located exactly: it is stepped over.
 fn replay(g: &Gen, from: u64, to: u64, skip: Option<(u64, u64)>) -> Result<ReplayEnd> {
     let mut rd = LogReader::new(&*g.storage, from, to);
-    // Pending records of an unfinished batch: (offset, kind, key, sizes).
-    let mut pending: Vec<(u64, u8, Vec<u8>, RecSizes)> = Vec::new();
+    // Pending records of an unfinished batch: (offset, kind, key's range in `keys`, sizes).
+    // The keys share one buffer, reused from commit to commit (no allocation per record).
+    let mut pending: Vec<(u64, u8, std::ops::Range<usize>, RecSizes)> = Vec::new();
+    let mut keys: Vec<u8> = Vec::new();
     let mut pending_crcs: Vec<u8> = Vec::new();
     let mut commit_end = from;
     loop {
@@ -996,7 +998,9 @@ fn replay(g: &Gen, from: u64, to: u64, skip: Option<(u64, u64)>) -> Result<Repla
                 match h.kind {
                     K_PUT | K_DELETE => {
                         let k0 = h.header_len;
-                        let key = rec[k0..k0 + h.key_len as usize].to_vec();
+                        let at = keys.len();
+                        keys.extend_from_slice(&rec[k0..k0 + h.key_len as usize]);
+                        let key = at..keys.len();
                         let val = &rec[k0 + h.key_len as usize..];
                         let raw = if h.flags & F_ZSTD != 0 {
                             match zstd::zstd_safe::get_frame_content_size(val) {
@@ -1025,11 +1029,12 @@ fn replay(g: &Gen, from: u64, to: u64, skip: Option<(u64, u64)>) -> Result<Repla
                     pending_crcs.clear();
                     for (off, kind, key, sizes) in pending.drain(..) {
                         if kind == K_PUT {
-                            g.apply_put(&key, off, sizes)?;
+                            g.apply_put(&keys[key], off, sizes)?;
                         } else {
-                            g.apply_delete(&key, off, sizes)?;
+                            g.apply_delete(&keys[key], off, sizes)?;
                         }
                     }
+                    keys.clear();
                     commit_end = end;
                 }
             }
