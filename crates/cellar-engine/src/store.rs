@@ -954,8 +954,10 @@ enum ReplayEnd {
 /// checkpoint (INDEX record) region that a newer slot located exactly: it is stepped over.
 fn replay(g: &Gen, from: u64, to: u64, skip: Option<(u64, u64)>) -> Result<ReplayEnd> {
     let mut rd = LogReader::new(&*g.storage, from, to);
-    // Pending records of an unfinished batch: (offset, kind, key, sizes).
-    let mut pending: Vec<(u64, u8, Vec<u8>, RecSizes)> = Vec::new();
+    // Pending records of an unfinished batch: (offset, kind, key's range in `keys`, sizes).
+    // The keys share one buffer, reused from commit to commit (no allocation per record).
+    let mut pending: Vec<(u64, u8, std::ops::Range<usize>, RecSizes)> = Vec::new();
+    let mut keys: Vec<u8> = Vec::new();
     let mut pending_crcs: Vec<u8> = Vec::new();
     let mut commit_end = from;
     loop {
@@ -996,7 +998,9 @@ fn replay(g: &Gen, from: u64, to: u64, skip: Option<(u64, u64)>) -> Result<Repla
                 match h.kind {
                     K_PUT | K_DELETE => {
                         let k0 = h.header_len;
-                        let key = rec[k0..k0 + h.key_len as usize].to_vec();
+                        let at = keys.len();
+                        keys.extend_from_slice(&rec[k0..k0 + h.key_len as usize]);
+                        let key = at..keys.len();
                         let val = &rec[k0 + h.key_len as usize..];
                         let raw = if h.flags & F_ZSTD != 0 {
                             match zstd::zstd_safe::get_frame_content_size(val) {
@@ -1025,11 +1029,12 @@ fn replay(g: &Gen, from: u64, to: u64, skip: Option<(u64, u64)>) -> Result<Repla
                     pending_crcs.clear();
                     for (off, kind, key, sizes) in pending.drain(..) {
                         if kind == K_PUT {
-                            g.apply_put(&key, off, sizes)?;
+                            g.apply_put(&keys[key], off, sizes)?;
                         } else {
-                            g.apply_delete(&key, off, sizes)?;
+                            g.apply_delete(&keys[key], off, sizes)?;
                         }
                     }
+                    keys.clear();
                     commit_end = end;
                 }
             }
@@ -1669,6 +1674,21 @@ fn wait_commit_lock(
     r
 }
 
+/// The error of a writer that waited `waited` for the commit lock of `storage`'s file: it names
+/// the pid of the last writer that took the lock (from the file's pid field), when known.
+fn busy(storage: &dyn Storage, path: &Path, waited: std::time::Duration) -> Error {
+    let mut v = [0u8; 4];
+    let pid = match storage.read_hint(PID_OFFSET, &mut v) {
+        Ok(()) => Some(u32::from_le_bytes(v)).filter(|&p| p != 0),
+        _ => None,
+    };
+    Error::Busy {
+        path: path.to_path_buf(),
+        pid,
+        waited,
+    }
+}
+
 /// Whether another writer waits for the commit lock of `g`'s file.
 fn commit_wanted(g: &Gen) -> bool {
     match g.storage.shared_counter(WANT_OFFSET) {
@@ -1683,16 +1703,7 @@ fn lock_commit(g: &Arc<Gen>, path: &Path, timeout: std::time::Duration) -> Resul
         return Err(Error::Unsupported("shared writing without a writer lock"));
     };
     if let Some(waited) = wait_commit_lock(l, &*g.storage, timeout)? {
-        let mut v = [0u8; 4];
-        let pid = match g.storage.read_hint(PID_OFFSET, &mut v) {
-            Ok(()) => Some(u32::from_le_bytes(v)).filter(|&p| p != 0),
-            _ => None,
-        };
-        return Err(Error::Busy {
-            path: path.to_path_buf(),
-            pid,
-            waited,
-        });
+        return Err(busy(&*g.storage, path, waited));
     }
     // Name ourselves for the error of a writer that times out waiting for us.
     let _ = g
@@ -2871,11 +2882,7 @@ impl Inner {
         let ident = file_ident(&file);
         let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
         if let Some(waited) = wait_commit_lock(&wl, &*storage, self.opts.lock_timeout)? {
-            return Err(Error::Busy {
-                path: path.clone(),
-                pid: None,
-                waited,
-            });
+            return Err(busy(&*storage, path, waited));
         }
         let ng = load_gen(
             storage,

@@ -404,6 +404,53 @@ fn shared_writers_take_turns_and_see_each_other() {
     x.close().unwrap();
 }
 
+/// A writer whose file was replaced by another handle's compaction moves to the new file
+/// before its next commit; when the new file's commit lock stays taken past the timeout, the
+/// `Busy` error names the last holder's pid there too (it said `pid: None` before: the
+/// timeout the stress test once hit after a compaction could not name anyone).
+#[test]
+#[cfg(target_os = "linux")]
+fn busy_after_a_compaction_elsewhere_names_the_holder() {
+    use std::os::unix::io::AsRawFd;
+    let d = tmp();
+    let p = d.path().join("db");
+    let opts = Options {
+        lock_timeout: std::time::Duration::from_millis(30),
+        ..Options::default()
+    };
+    let a = Store::open(&p, opts.clone()).unwrap();
+    a.put(b"a", b"1").unwrap();
+    let b = Store::open(&p, opts).unwrap();
+    b.put(b"b", b"2").unwrap();
+    b.compact().unwrap();
+    b.put(b"c", b"3").unwrap(); // our pid, as the new file's last commit-lock holder
+    std::thread::sleep(std::time::Duration::from_millis(100)); // b's kept lock is released
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    // SAFETY: a zeroed `struct flock` is a valid value; the descriptor is open for writing and
+    // `fl` outlives the call.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 1 << 62;
+    fl.l_len = 1;
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let e = a.put(b"d", b"4").unwrap_err();
+    match &e {
+        Error::Busy { pid, .. } => assert_eq!(*pid, Some(std::process::id()), "{e}"),
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    drop(f);
+    a.put(b"d", b"4").unwrap();
+    for (k, v) in [(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")] {
+        assert_eq!(a.get(k).unwrap().unwrap(), v);
+    }
+}
+
 /// A commit that cannot get the write lock within the timeout fails with `Busy`, naming the
 /// pid of the last holder; once the lock is free, writing goes on.
 #[test]
