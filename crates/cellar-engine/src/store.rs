@@ -65,7 +65,9 @@ pub struct Options {
     pub lock_timeout: std::time::Duration,
     /// Compact-form stores: compact in the background once the log tier (the records written
     /// since the last compaction) holds this many bytes and at least as many as the compact
-    /// section holds decompressed (so each record is rewritten about twice on average).
+    /// section holds decompressed (so each record is rewritten about twice on average). With
+    /// `auto_compact`, closing the last writer handle also folds a log tier of at least 64 KiB
+    /// and an eighth of the compact section's size on disk, so a closed store is compact.
     pub compact_log_bytes: u64,
 }
 
@@ -538,6 +540,23 @@ impl Gen {
         };
         let log = self.limit().saturating_sub(start);
         log >= opts.compact_log_bytes.max(compact_raw)
+    }
+
+    /// Compact-form stores, at close: whether the log tier is worth folding into the compact
+    /// section before the store is closed: at least 64 KiB, and at least an eighth of the
+    /// compact section's size on disk (so a closed store is compact, while a large store closed
+    /// after a few writes is not rewritten for them: the amortized rewrite is bounded).
+    fn fold_due_at_close(&self, opts: &Options) -> bool {
+        if !self.wants_compact_form(opts) {
+            return false;
+        }
+        let start = if self.compact.is_some() {
+            self.header.compact_offset
+        } else {
+            LOG_START
+        };
+        let log = self.limit().saturating_sub(start);
+        log >= (64u64 << 10).max(start.saturating_sub(LOG_START) / 8)
     }
 
     /// Whether the record a slot points at is a DELETE shadowing a compact key (only files
@@ -3242,6 +3261,35 @@ impl Inner {
         }
     }
 
+    /// Compact-form stores (with `auto_compact`): folds a sizeable log tier into the compact
+    /// section before the store closes (`Gen::fold_due_at_close`), unless other writers still
+    /// have the store open (the last one to close does it) or a compaction is under way.
+    fn fold_on_close(&self) -> Result<()> {
+        if !self.opts.auto_compact
+            || self.path.is_none()
+            || self.closed.load(Ordering::Acquire)
+            || self.poisoned.load(Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        let g = self.gen.load_full();
+        if !g.fold_due_at_close(&self.opts)
+            || self.shared && g.wlock.as_ref().is_none_or(|l| l.others_in_session())
+        {
+            return Ok(());
+        }
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let r = self.compact_inner(false);
+        self.compacting.store(false, Ordering::Release);
+        match r {
+            // Another handle compacts this file right now: it leaves it compact.
+            Err(Error::Busy { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
     fn join_compactor(&self) {
         let h = lock(&self.compactor).take();
         if let Some(h) = h {
@@ -3861,6 +3909,7 @@ impl Inner {
     fn close(&self) -> Result<()> {
         if self.writable && std::process::id() == self.owner_pid {
             self.join_compactor();
+            self.fold_on_close()?;
         }
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
