@@ -743,3 +743,78 @@ fn power_loss_on_top_of_a_compact_section_keeps_every_synced_write() {
         }
     }
 }
+
+/// The last writer to close a compact-form store folds a sizeable log tier into the compact
+/// section (docs/engine-format.md section 10.6, step 5): the closed file holds every entry in
+/// blocks and is a fraction of its size without the fold; a few writes to a large store are
+/// not worth a rewrite (the file keeps its compact section and the new records in the log);
+/// a writer that closes while another still has the store open leaves the fold to the last.
+#[test]
+fn the_last_writer_to_close_folds_the_log_tier_into_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let auto = Options {
+        compact_form: true,
+        auto_compact: true,
+        ..Options::default()
+    };
+    let fill = |s: &Store, gen: u32, range: std::ops::Range<u32>, model: &mut Model| {
+        for i in range {
+            s.put(&key(i), &value(i, gen)).unwrap();
+            model.insert(key(i), value(i, gen));
+        }
+    };
+    // Folded at close.
+    let path = dir.path().join("fold.db");
+    let mut model = Model::new();
+    let s = Store::open(&path, auto.clone()).unwrap();
+    fill(&s, 1, 0..20_000, &mut model);
+    s.close().unwrap();
+    let folded = std::fs::metadata(&path).unwrap().len();
+    let s = Store::open(&path, auto.clone()).unwrap();
+    let st = s.stats().unwrap();
+    assert_eq!(st.compact_entries, 20_000, "{st:?}");
+    assert_reads(&s, &model, (30_000..30_010).map(key));
+    // A few more writes: below an eighth of the section, no rewrite at close.
+    fill(&s, 2, 0..20, &mut model);
+    s.close().unwrap();
+    let s = Store::open(&path, auto.clone()).unwrap();
+    let st = s.stats().unwrap();
+    assert_eq!(st.compact_entries, 20_000, "{st:?}");
+    assert!(st.file_bytes < folded + (8 << 10), "{st:?}");
+    assert_reads(&s, &model, (30_000..30_010).map(key));
+    s.close().unwrap();
+
+    // The same writes without the fold (auto_compact off): much larger.
+    let plain = dir.path().join("nofold.db");
+    let s = Store::open(&plain, opts()).unwrap();
+    fill(&s, 1, 0..20_000, &mut Model::new());
+    s.close().unwrap();
+    let unfolded = std::fs::metadata(&plain).unwrap().len();
+    assert!(
+        folded * 2 < unfolded,
+        "folded {folded} bytes vs {unfolded} without the fold"
+    );
+
+    // Two writers: the first to close leaves the log tier; the last one folds it.
+    let shared = dir.path().join("shared.db");
+    let mut model = Model::new();
+    let a = Store::open(&shared, auto.clone()).unwrap();
+    let b = Store::open(&shared, auto.clone()).unwrap();
+    fill(&a, 1, 0..10_000, &mut model);
+    fill(&b, 1, 10_000..20_000, &mut model);
+    a.close().unwrap();
+    let r = Store::open(
+        &shared,
+        Options {
+            read_only: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert!(r.stats().unwrap().compact_entries < 20_000);
+    drop(r);
+    b.close().unwrap();
+    let s = Store::open(&shared, auto).unwrap();
+    assert_eq!(s.stats().unwrap().compact_entries, 20_000);
+    assert_reads(&s, &model, (30_000..30_010).map(key));
+}
