@@ -6,6 +6,7 @@ from __future__ import annotations
 import dbm as std_dbm
 import dbm.dumb as std_dumb
 import os
+import pickle
 import sqlite3 as std_sqlite3
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import cellar.dbm as cdbm
 import cellar.dbm.dumb
 import cellar.dbm.native
 import cellar.dbm.sqlite3
+import cellar.shelve
 
 BACKENDS = [cellar.dbm.native, cellar.dbm.sqlite3, cellar.dbm.dumb]
 
@@ -361,3 +363,36 @@ def test_import_does_not_load_sqlite3():
         "assert 'sqlite3' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cache_bytes_sets_the_block_cache_of_a_compact_store(tmp_path: Path) -> None:
+    # New native stores are compact-form: once compacted, reads go through the block cache
+    # whose budget cache_bytes= sets (stats() shows it with its hits and misses).
+    p = tmp_path / "c.db"
+    with cellar.dbm.open(p, "c") as db:
+        with db.batch():
+            for i in range(5000):
+                db[b"key%d" % i] = pickle.dumps({"id": i, "name": "user%d" % i}, 4)
+        db.compact()
+    with cellar.dbm.open(p, "r", cache_bytes=1 << 20) as db:
+        assert db.stats()["block_cache_capacity"] == 1 << 20
+        assert pickle.loads(db[b"key42"]) == {"id": 42, "name": "user42"}
+        assert sum(1 for _ in db.keys()) == 5000
+        st = db.stats()
+        assert st["block_cache_misses"] > 0
+    with cellar.dbm.open(p, "r") as db:
+        assert db.stats()["block_cache_capacity"] == 32 << 20
+    # No cache at all: every read decompresses its block, and still reads right.
+    with cellar.dbm.open(p, "r", cache_bytes=0) as db:
+        assert db.stats()["block_cache_capacity"] == 0
+        assert pickle.loads(db[b"key4999"])["id"] == 4999
+    with pytest.raises(ValueError, match="cache_bytes"):
+        cellar.dbm.open(p, "r", cache_bytes=-1)
+    # Through cellar.shelve too.
+    s = tmp_path / "s.db"
+    with cellar.shelve.open(str(s), "c", cache_bytes=4096) as shelf:
+        for i in range(200):
+            shelf[f"k{i}"] = [i, "x" * 50]
+        shelf.dict.compact()
+        assert shelf.dict.stats()["block_cache_capacity"] == 4096
+        assert shelf["k7"] == [7, "x" * 50]

@@ -206,9 +206,10 @@ fn encoding_of(value_encoding: Option<(String, u8)>) -> PyResult<ValueEncoding> 
 /// that backend does. `value_encoding` (`("pickle", protocol)` or `("marshal", version)`) is
 /// recorded in the header of a native store this call creates (how `cellar.shelve` marks it).
 /// `timeout` (seconds a commit waits for its turn at the write lock, default 5) and
-/// `exclusive` (one writer handle for the store's life) apply to the native backend.
+/// `exclusive` (one writer handle for the store's life) apply to the native backend, as does
+/// `cache_bytes` (the block cache of a compact-form store, default 32 MiB).
 #[pyfunction]
-#[pyo3(signature = (path, backend, flag, mode, value_encoding = None, timeout = None, exclusive = false))]
+#[pyo3(signature = (path, backend, flag, mode, value_encoding = None, timeout = None, exclusive = false, cache_bytes = None))]
 #[allow(clippy::too_many_arguments)]
 fn _dbm_open(
     py: Python<'_>,
@@ -219,8 +220,9 @@ fn _dbm_open(
     value_encoding: Option<(String, u8)>,
     timeout: Option<f64>,
     exclusive: bool,
+    cache_bytes: Option<i64>,
 ) -> PyResult<PyDatabase> {
-    let writers = writer_options(timeout, exclusive)?;
+    let writers = writer_options(timeout, exclusive, cache_bytes)?;
     let backend = backend_of(backend)?;
     let flag = backend.parse_flag(flag).map_err(|e| to_py(py, e))?;
     let encoding = encoding_of(value_encoding)?;
@@ -236,9 +238,22 @@ fn _dbm_open(
     Ok(PyDatabase::new(db, None))
 }
 
-/// The native backend's writer options from `timeout=` (seconds, `None`: 5) and
-/// `exclusive=`.
-fn writer_options(timeout: Option<f64>, exclusive: bool) -> PyResult<cellar_dbm::WriterOptions> {
+/// The native backend's open options from `timeout=` (seconds, `None`: 5), `exclusive=` and
+/// `cache_bytes=` (`None`: 32 MiB).
+fn writer_options(
+    timeout: Option<f64>,
+    exclusive: bool,
+    cache_bytes: Option<i64>,
+) -> PyResult<cellar_dbm::WriterOptions> {
+    let block_cache_bytes = match cache_bytes {
+        None => None,
+        Some(b) if b >= 0 => Some(usize::try_from(b).unwrap_or(usize::MAX)),
+        Some(b) => {
+            return Err(PyValueError::new_err(format!(
+                "cache_bytes must be a number of bytes >= 0, not {b}"
+            )))
+        }
+    };
     let lock_timeout = match timeout {
         None => None,
         Some(t) if (0.0..=1e9).contains(&t) => Some(std::time::Duration::from_secs_f64(t)),
@@ -251,6 +266,7 @@ fn writer_options(timeout: Option<f64>, exclusive: bool) -> PyResult<cellar_dbm:
     Ok(cellar_dbm::WriterOptions {
         exclusive,
         lock_timeout,
+        block_cache_bytes,
     })
 }
 

@@ -22,7 +22,7 @@ _cellar_open = cellar.dbm._open
 
 
 def _open(ns: dict[str, Any], file: Any, flag: str, mode: int, *args: Any) -> Any:
-    # *args: value_encoding, timeout, exclusive (cellar.dbm._open's own, passed through).
+    # *args: value_encoding, timeout, exclusive, cache_bytes (cellar.dbm._open's own, passed through).
     if ns is vars(dbm):
         file = dbm.url_for(file, flag)
     return _cellar_open(ns, file, flag, mode, *args)

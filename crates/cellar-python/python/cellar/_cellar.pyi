@@ -34,6 +34,7 @@ def _dbm_open(
     value_encoding: tuple[str, int] | None = None,
     timeout: float | None = None,
     exclusive: bool = False,
+    cache_bytes: int | None = None,
 ) -> Database: ...
 def _dbm_whichdb(path: bytes) -> str | None: ...
 def _dbm_open_url(

@@ -416,6 +416,7 @@ class DbfilenameShelf(Shelf):
         codec: str | None = None,
         timeout: float | None = None,
         exclusive: bool = False,
+        cache_bytes: int | None = None,
     ) -> None:
         # Validate the arguments before touching the file system.
         kind, _, _ = _codecs(codec, safe, allow, serializer, deserializer)
@@ -427,7 +428,7 @@ class DbfilenameShelf(Shelf):
         else:
             encoding = None
         db = cellar.dbm._open(
-            _dbm_namespace, filename, flag, 0o666, encoding, timeout, exclusive
+            _dbm_namespace, filename, flag, 0o666, encoding, timeout, exclusive, cache_bytes
         )
         try:
             recorded = getattr(db, "value_encoding", None)
@@ -473,6 +474,7 @@ def open(
     codec: str | None = None,
     timeout: float | None = None,
     exclusive: bool = False,
+    cache_bytes: int | None = None,
 ) -> DbfilenameShelf:
     """Open a persistent dictionary (CPython's ``shelve.open``).
 
@@ -490,7 +492,8 @@ def open(
     other writers committed before them. With ``writeback=True`` the cache is this process's
     own: entries it fetched are written back whole on ``sync()``/``close()``, replacing what
     other writers stored under those keys meanwhile (last writer wins per key).
-    ``exclusive=True`` keeps the shelf to this one writer until it closes.
+    ``exclusive=True`` keeps the shelf to this one writer until it closes. ``cache_bytes``: the
+    block cache of a compact-form native store (default 32 MiB), as for ``cellar.dbm.open``.
     """
     return DbfilenameShelf(
         filename,
@@ -504,4 +507,5 @@ def open(
         codec=codec,
         timeout=timeout,
         exclusive=exclusive,
+        cache_bytes=cache_bytes,
     )

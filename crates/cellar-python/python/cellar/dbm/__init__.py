@@ -74,12 +74,13 @@ def _open(
     value_encoding: tuple[str, int] | None = None,
     timeout: float | None = None,
     exclusive: bool = False,
+    cache_bytes: int | None = None,
 ) -> Database:
     """CPython's ``dbm.open``, using the ``_names``/``_modules``/``_defaultmod`` of the module
     namespace ``ns`` (so a re-export under another name, such as a test shim, has its own).
     ``value_encoding`` is recorded in a native store this call creates (``cellar.shelve``
-    passes its codec); backends with no header to record it ignore it. ``timeout`` and
-    ``exclusive`` go to the native backend (the others ignore them). A server URL opens the
+    passes its codec); backends with no header to record it ignore it. ``timeout``,
+    ``exclusive`` and ``cache_bytes`` go to the native backend (the others ignore them). A server URL opens the
     store it names (the scheme picks the backend)."""
     if _is_url(file):
         if not isinstance(flag, str):
@@ -127,6 +128,8 @@ def _open(
     if (timeout is not None or exclusive) and getattr(mod, "_takes_writer_options", False):
         kwargs["timeout"] = timeout
         kwargs["exclusive"] = exclusive
+    if cache_bytes is not None and getattr(mod, "_takes_writer_options", False):
+        kwargs["cache_bytes"] = cache_bytes
     return mod.open(file, flag, mode, **kwargs)  # type: ignore[no-any-return]
 
 
@@ -137,6 +140,7 @@ def open(
     *,
     timeout: float | None = None,
     exclusive: bool = False,
+    cache_bytes: int | None = None,
 ) -> Database:
     """Open or create the database at ``file`` (CPython's ``dbm.open``).
 
@@ -148,9 +152,11 @@ def open(
     write takes the store's write lock for that one commit, waiting up to ``timeout`` seconds
     (default 5) for its turn, then raises ``error`` naming the process that holds it.
     ``exclusive=True`` keeps the store to this one writer handle until it closes (the fastest
-    bulk loads; other writers are refused). Other backends ignore both.
+    bulk loads; other writers are refused). ``cache_bytes``: bytes of decompressed blocks of a
+    compact-form native store kept in memory (default 32 MiB; ``stats()`` shows its hits and
+    misses). Other backends ignore all three.
     """
-    return _open(globals(), file, flag, mode, None, timeout, exclusive)
+    return _open(globals(), file, flag, mode, None, timeout, exclusive, cache_bytes)
 
 
 def _backend_open(
@@ -161,13 +167,14 @@ def _backend_open(
     value_encoding: tuple[str, int] | None = None,
     timeout: float | None = None,
     exclusive: bool = False,
+    cache_bytes: int | None = None,
 ) -> Database:
     from cellar._cellar import _dbm_open
 
     path = _fspath(file)
     if not isinstance(flag, str):
         flag = repr(flag)
-    return _dbm_open(path, backend, flag, mode, value_encoding, timeout, exclusive)
+    return _dbm_open(path, backend, flag, mode, value_encoding, timeout, exclusive, cache_bytes)
 
 
 # Imported last: the backend modules use the helpers above.

@@ -15,4 +15,5 @@ def open(
     value_encoding: tuple[str, int] | None = None,
     timeout: float | None = None,
     exclusive: bool = False,
+    cache_bytes: int | None = None,
 ) -> Database: ...
