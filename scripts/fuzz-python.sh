@@ -63,12 +63,15 @@ for h in marshal pickle; do
     # an abort leaves no crash-* file (atheris's libFuzzer has no death callback here), so the
     # exit status and the log (kept in $OUT) are what say so.
     LOG=$OUT/fuzz_$h.log
+    # Only this run's findings count: artifacts of earlier runs (kept for reproduction) are
+    # older than this stamp.
+    touch "$OUT/.start-$h"
     rc=0
     PYTHONMALLOC=debug LD_PRELOAD=$OUT/libfuzzer.so "$VENV/bin/python" -X faulthandler \
         "tests/fuzz/fuzz_$h.py" "$OUT/corpus-$h" "tests/corpus/$h" -max_total_time="$BUDGET" \
         -artifact_prefix="$OUT/artifacts-$h/" -print_final_stats=1 >"$LOG" 2>&1 || rc=$?
     grep -E '^#[0-9]+.*(INITED|DONE)|Uncaught|ERROR|SUMMARY|stat::number_of_executed_units|stat::new_units_added|fuzz_(marshal|pickle):|Test unit written|Traceback|Error|Fatal|File "|OUCH' "$LOG" || true
-    if [ "$rc" -ne 0 ] || [ -n "$(find "$OUT/artifacts-$h" -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*')" ]; then
+    if [ "$rc" -ne 0 ] || [ -n "$(find "$OUT/artifacts-$h" -newer "$OUT/.start-$h" \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \))" ]; then
         echo "fuzz_$h: findings (exit $rc): $LOG, $OUT/artifacts-$h" >&2
         STATUS=1
     fi
