@@ -2815,8 +2815,9 @@ impl Inner {
     /// Shared mode, with the commit lock held: catches up with what other writers appended
     /// since this handle's last look (their commits into the index, a torn tail of a writer
     /// that died cut off, the checkpoint slots they wrote) and returns whether the file was
-    /// superseded by a compaction (then the handle switched to the new file, and the caller
-    /// must lock that one instead).
+    /// superseded by a compaction (then the caller lets go of this file's locks and calls
+    /// [`Inner::switch_gen`], which waits for the new file's commit lock: a writer never holds
+    /// one commit lock while it waits for another).
     fn catch_up(&self, g: &Arc<Gen>, w: &mut WriterState) -> Result<bool> {
         let hint = published_end(g);
         if hint == (self.session, g.limit()) && !g.superseded.load(Ordering::Acquire) {
@@ -2877,10 +2878,7 @@ impl Inner {
             }
         }
         *lock(&g.seen_hint) = hint;
-        if g.superseded.load(Ordering::Acquire) {
-            return self.switch_gen(g);
-        }
-        Ok(false)
+        Ok(g.superseded.load(Ordering::Acquire))
     }
 
     /// Shared mode: after a compaction in another process superseded the file of `g`, opens
@@ -2933,6 +2931,13 @@ impl Inner {
             let guard = self.take_commit(w, &g)?;
             let c = lock(&self.catchup);
             if self.catch_up(&g, w)? {
+                // Superseded: release this file's commit lock before waiting for the new
+                // file's (holding one while waiting for the other could close a cycle with a
+                // writer that holds the new one).
+                drop(c);
+                drop(guard);
+                let _c = lock(&self.catchup);
+                self.switch_gen(&g)?;
                 continue;
             }
             return Ok((g, Some(guard), Some(c)));
@@ -3779,9 +3784,20 @@ impl Inner {
         if self.shared {
             catchup_guard = Some(lock(&self.catchup));
             // Nobody else can have superseded g0 (we hold its compaction lock).
-            if let Err(e) = self.catch_up(&g0, &mut w) {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
+            match self.catch_up(&g0, &mut w) {
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+                Ok(true) => {
+                    let _ = fs::remove_file(&tmp);
+                    // Cannot happen while we hold g0's compaction lock; never rename over
+                    // another compaction's result.
+                    return Err(Error::Unsupported(
+                        "compacting a store that another compaction replaced meanwhile",
+                    ));
+                }
+                Ok(false) => {}
             }
         }
         // No preallocation in the new file before the switch (its checkpoint is appended
