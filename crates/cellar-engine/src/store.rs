@@ -1596,6 +1596,10 @@ struct Inner {
     poisoned: AtomicBool,
     compactor: Mutex<Option<JoinHandle<()>>>,
     compacting: AtomicBool,
+    /// Held for the whole of a compaction: one at a time per handle (the background thread,
+    /// `compact()` and the close-time fold share one file description, whose range locks do
+    /// not exclude each other).
+    compaction_turn: Mutex<()>,
     closed: AtomicBool,
     /// Writers: the id published with the log's end (see `publish_end`).
     session: u64,
@@ -1916,6 +1920,7 @@ impl Store {
                 poisoned: AtomicBool::new(false),
                 compactor: Mutex::new(None),
                 compacting: AtomicBool::new(false),
+                compaction_turn: Mutex::new(()),
                 closed: AtomicBool::new(false),
                 session: new_session_id(),
                 cache,
@@ -3549,6 +3554,7 @@ impl Inner {
             Some(p) => p.clone(),
             None => return Err(Error::Unsupported("compaction of custom storage")),
         };
+        let _turn = lock(&self.compaction_turn);
         self.check_writable()?;
         let tmp = with_suffix(&path, ".compact");
         // Shared mode: one compaction of a file at a time (the compaction lock, taken while
@@ -3789,10 +3795,15 @@ impl Inner {
                     let _ = fs::remove_file(&tmp);
                     return Err(e);
                 }
+                // A supersession marker whose compaction died before its rename: the path
+                // still names this file, writers carry on in it (as `switch_gen` decides).
+                Ok(true) if path_ident(&path).is_none_or(|now| Some(now) == g0.ident) => {
+                    g0.superseded.store(false, Ordering::Release);
+                }
                 Ok(true) => {
+                    // Another compaction replaced the file (cannot happen while we hold its
+                    // compaction lock): never rename over its result.
                     let _ = fs::remove_file(&tmp);
-                    // Cannot happen while we hold g0's compaction lock; never rename over
-                    // another compaction's result.
                     return Err(Error::Unsupported(
                         "compacting a store that another compaction replaced meanwhile",
                     ));
