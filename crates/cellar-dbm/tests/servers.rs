@@ -762,24 +762,10 @@ fn redis_over_tls_with_a_password() {
     assert!(!db.path().to_string_lossy().contains(&pw));
     assert_eq!(whichdb(&url), WhichDb::Kind(DbKind::Redis));
 
-    let wrong = namespace(&with_pw("wrongHunter2pass"), "tls");
-    let e = open(&wrong, Flag::Create, 0o666).unwrap_err();
-    let text = format!("{e} {e:?}");
-    assert_eq!(e.server_kind(), Some(ServerErrorKind::Auth), "{text}");
-    assert!(
-        !text.contains("wrongHunter2pass") && !text.contains(&pw),
-        "{text}"
-    );
+    assert_auth_and_tls_refusals(&with_pw, &pw, "tls");
     // No password at all: the server asks for one.
     let e = open(namespace(&base, "tls"), Flag::Create, 0o666).unwrap_err();
     assert_eq!(e.server_kind(), Some(ServerErrorKind::Auth), "{e}");
-
-    let other = std::env::var("CELLAR_TEST_TLS_OTHER_CA").unwrap();
-    let untrusted = with_pw(&pw).replace(&std::env::var("CELLAR_TEST_TLS_CA").unwrap(), &other);
-    let e = open(namespace(&untrusted, "tls"), Flag::Create, 0o666).unwrap_err();
-    let text = format!("{e} {e:?}");
-    assert_eq!(e.server_kind(), Some(ServerErrorKind::Tls), "{text}");
-    assert!(!text.contains(&pw), "{text}");
     // A plain connection to the TLS port fails (typed, no hang).
     let plain = with_pw(&pw).replacen("rediss://", "redis://", 1);
     let plain = plain.split('?').next().unwrap().to_string() + "?timeout=2";
@@ -841,20 +827,27 @@ fn redis_cluster_over_tls_with_a_password() {
     let reopened = open(format!("{other_seed}&prefix={store}"), Flag::Read, 0o666).unwrap();
     assert_eq!(reopened.len().unwrap(), 1799);
 
-    let wrong = namespace(&with_pw("wrongHunter2pass"), "tlscluster");
+    assert_auth_and_tls_refusals(&with_pw, &pw, "tlscluster");
+}
+
+/// A TLS Redis URL (`with_pw(password)`) with a wrong password is a typed `Auth` error that
+/// quotes neither password; with a CA that did not sign the server's certificate, a typed
+/// `Tls` error that does not quote the password.
+fn assert_auth_and_tls_refusals(with_pw: &dyn Fn(&str) -> String, pw: &str, name: &str) {
+    let wrong = namespace(&with_pw("wrongHunter2pass"), name);
     let e = open(&wrong, Flag::Create, 0o666).unwrap_err();
     let text = format!("{e} {e:?}");
     assert_eq!(e.server_kind(), Some(ServerErrorKind::Auth), "{text}");
     assert!(
-        !text.contains("wrongHunter2pass") && !text.contains(&pw),
+        !text.contains("wrongHunter2pass") && !text.contains(pw),
         "{text}"
     );
     let other = std::env::var("CELLAR_TEST_TLS_OTHER_CA").unwrap();
-    let untrusted = with_pw(&pw).replace(&std::env::var("CELLAR_TEST_TLS_CA").unwrap(), &other);
-    let e = open(namespace(&untrusted, "tlscluster"), Flag::Create, 0o666).unwrap_err();
+    let untrusted = with_pw(pw).replace(&std::env::var("CELLAR_TEST_TLS_CA").unwrap(), &other);
+    let e = open(namespace(&untrusted, name), Flag::Create, 0o666).unwrap_err();
     let text = format!("{e} {e:?}");
     assert_eq!(e.server_kind(), Some(ServerErrorKind::Tls), "{text}");
-    assert!(!text.contains(&pw), "{text}");
+    assert!(!text.contains(pw), "{text}");
 }
 
 /// PostgreSQL with `sslmode=require` / `verify-ca` / `verify-full`: the connection is encrypted

@@ -404,6 +404,28 @@ fn shared_writers_take_turns_and_see_each_other() {
     x.close().unwrap();
 }
 
+/// Takes the commit lock of the store at `p` (byte 2^62) on a new open file description, as
+/// another writer in the middle of a long commit would; released when the file is dropped.
+#[cfg(target_os = "linux")]
+fn hold_commit_lock(p: &std::path::Path) -> std::fs::File {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
+    // SAFETY: a zeroed `struct flock` is a valid value; the descriptor is open for writing and
+    // `fl` outlives the call.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 1 << 62;
+    fl.l_len = 1;
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    f
+}
+
 /// A writer whose file was replaced by another handle's compaction moves to the new file
 /// before its next commit; when the new file's commit lock stays taken past the timeout, the
 /// `Busy` error names the last holder's pid there too (it said `pid: None` before: the
@@ -411,7 +433,6 @@ fn shared_writers_take_turns_and_see_each_other() {
 #[test]
 #[cfg(target_os = "linux")]
 fn busy_after_a_compaction_elsewhere_names_the_holder() {
-    use std::os::unix::io::AsRawFd;
     let d = tmp();
     let p = d.path().join("db");
     let opts = Options {
@@ -425,20 +446,7 @@ fn busy_after_a_compaction_elsewhere_names_the_holder() {
     b.compact().unwrap();
     b.put(b"c", b"3").unwrap(); // our pid, as the new file's last commit-lock holder
     std::thread::sleep(std::time::Duration::from_millis(100)); // b's kept lock is released
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&p)
-        .unwrap();
-    // SAFETY: a zeroed `struct flock` is a valid value; the descriptor is open for writing and
-    // `fl` outlives the call.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = 1 << 62;
-    fl.l_len = 1;
-    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
-    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let f = hold_commit_lock(&p);
     let e = a.put(b"d", b"4").unwrap_err();
     match &e {
         Error::Busy { pid, .. } => assert_eq!(*pid, Some(std::process::id()), "{e}"),
@@ -456,7 +464,6 @@ fn busy_after_a_compaction_elsewhere_names_the_holder() {
 #[test]
 #[cfg(target_os = "linux")]
 fn busy_after_the_lock_timeout_names_the_holder() {
-    use std::os::unix::io::AsRawFd;
     let d = tmp();
     let p = d.path().join("db");
     let opts = Options {
@@ -469,20 +476,7 @@ fn busy_after_the_lock_timeout_names_the_holder() {
                                 // releases it after 20 ms without a commit. Then another open file description takes the
                                 // commit lock (byte 2^62), as another writer in the middle of a long commit would.
     std::thread::sleep(std::time::Duration::from_millis(100));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&p)
-        .unwrap();
-    // SAFETY: a zeroed `struct flock` is a valid value; the descriptor is open for writing and
-    // `fl` outlives the call.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = 1 << 62;
-    fl.l_len = 1;
-    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
-    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let f = hold_commit_lock(&p);
     let e = s.put(b"k2", b"v").unwrap_err();
     match &e {
         Error::Busy { pid, waited, .. } => {
