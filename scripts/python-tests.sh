@@ -119,7 +119,10 @@ for PY in "${PYTHONS[@]}"; do
     run "seed example (README)" bash -c "cd '$SEED' && rm -f test.shelve* users.shelve* \
         && '$ROOT/$VENV/bin/python' seed.py | tee out.txt && grep -qx 'test data' out.txt"
     # Run from the repository root: `cellar` must come from the installed wheel, not a source tree.
-    run pytest "$VENV/bin/python" -m pytest -W error -q -rs -p no:cacheprovider tests/python
+    # Its temporary files go to a directory removed when the run ends (pytest's default keeps
+    # the last three runs' stores under /tmp/pytest-of-$USER, hundreds of MB each).
+    run pytest "$VENV/bin/python" -m pytest -W error -q -rs -p no:cacheprovider \
+        --basetemp="$SEED/pytest-$VER" tests/python
     run "CPython $VER test_marshal" "$VENV/bin/python" tests/python/run_cpython_test_marshal.py
     run "CPython $VER pickletester, test_copyreg" "$VENV/bin/python" tests/python/run_cpython_pickletester.py
     run "CPython $VER test_dbm*, test_shelve" "$VENV/bin/python" tests/python/run_cpython_test_dbm.py

@@ -10,6 +10,14 @@ CLEANUP=()
 cleanup() { for c in "${CLEANUP[@]}"; do eval "$c" || true; done; }
 trap cleanup EXIT
 
+# The run needs about 6 GiB (the release target, a wheel build per CPython, the venvs); a full disk
+# shows up late and obscurely (pip's "No space left on device"), so say up front what there is.
+free_kib=$(df -Pk . | awk 'NR == 2 {print $4}')
+echo "== disk: $((free_kib / 1024 / 1024)) GiB free on $(df -P . | awk 'NR == 2 {print $6}') =="
+if [ "$free_kib" -lt $((8 * 1024 * 1024)) ]; then
+    echo "warning: under 8 GiB free; the run may fail with 'No space left on device'" >&2
+fi
+
 echo "== legacy-format fixture tools (python3-gdbm, gdbmtool, db5.3-util) =="
 ./scripts/legacy-fixtures.sh
 # Generate the legacy fixtures once for every test binary and pytest (each makes its own when
@@ -43,4 +51,4 @@ cargo test --release --workspace --quiet
 echo "== [$((SECONDS - T0))s] Python: cellar wheels per CPython, pytest and CPython's own tests =="
 ./scripts/python-tests.sh
 
-echo "== all tests passed ($((SECONDS - T0)) s) =="
+echo "== all tests passed ($((SECONDS - T0)) s; $(df -Pk . | awk 'NR == 2 {printf "%.1f", $4 / 1048576}') GiB left free) =="
