@@ -23,6 +23,9 @@ use crate::lock::{LockMode, WriterLock, COMMIT_BYTE, COMPACT_BYTE};
 use crate::log::{read_header, read_record, LogReader, Next};
 use crate::storage::{FileStorage, Storage};
 
+/// The smallest log tier `close()` folds into the compact section.
+const CLOSE_FOLD_MIN_LOG: u64 = 32 << 10;
+
 /// How to open a store. `Options::default()` is dbm's `'c'`: read-write, create if missing.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -67,6 +70,11 @@ pub struct Options {
     /// since the last compaction) holds this many bytes and at least as many as the compact
     /// section holds decompressed (so each record is rewritten about twice on average).
     pub compact_log_bytes: u64,
+    /// Compact-form stores: `close()` folds the log tier into the compact section (a
+    /// compaction, crash-safe like any other) when the log tier holds at least 32 KiB and an
+    /// eighth of the file, and the store's live data (the section decompressed plus the log
+    /// tier) is at most this many bytes, which bounds the time close takes. 0 never folds.
+    pub close_fold_max_bytes: u64,
 }
 
 impl Default for Options {
@@ -87,6 +95,7 @@ impl Default for Options {
             exclusive: false,
             lock_timeout: std::time::Duration::from_secs(5),
             compact_log_bytes: 4 << 20,
+            close_fold_max_bytes: 64 << 20,
         }
     }
 }
@@ -287,6 +296,8 @@ struct Gen {
 #[derive(Debug)]
 struct CompactTier {
     index: BlockIndex,
+    /// End of the section (after the dictionary's copy): the log tier starts here.
+    section_end: u64,
     codec: BlockCodec,
     cache: Arc<BlockCache>,
 }
@@ -538,6 +549,23 @@ impl Gen {
         };
         let log = self.limit().saturating_sub(start);
         log >= opts.compact_log_bytes.max(compact_raw)
+    }
+
+    /// Compact-form stores, at close: whether the log tier is worth folding into the compact
+    /// section now (`Options::close_fold_max_bytes`).
+    fn close_fold_due(&self, opts: &Options) -> bool {
+        if opts.close_fold_max_bytes == 0 || !self.wants_compact_form(opts) {
+            return false;
+        }
+        let (start, compact_raw) = match &self.compact {
+            Some(c) => (c.section_end, c.index.raw_bytes),
+            None => (LOG_START, 0),
+        };
+        let limit = self.limit();
+        let log = limit.saturating_sub(start);
+        log >= CLOSE_FOLD_MIN_LOG
+            && log.saturating_mul(8) >= limit
+            && compact_raw.saturating_add(log) <= opts.close_fold_max_bytes
     }
 
     /// Whether the record a slot points at is a DELETE shadowing a compact key (only files
@@ -1330,9 +1358,10 @@ fn load_gen_once(
     let codec = Codec::new(header.compression.level(), dict.as_deref());
     let bcodec = BlockCodec::new(3, dict.as_deref());
     let mut damaged_block_index = None;
+    let dict_record = dict.as_ref().map_or(0, |d| record_len(0, d.len()) as u64);
     let compact_index = match compact_index {
         None => None,
-        Some(Ok((index, _))) => Some(index),
+        Some(Ok((index, copy))) => Some((index, copy + dict_record)),
         Some(Err(why)) => {
             // Rebuild it from the BLOCK records (each verified and decompressed); refused if
             // one of them is damaged too (its keys could not be placed).
@@ -1354,11 +1383,14 @@ fn load_gen_once(
                 )
             })?;
             damaged_block_index = Some(header.compact_offset);
-            Some(index)
+            // The block index's own length is unknown: the section ends no earlier than
+            // where it starts (only the close-time fold's estimate of the log tier uses this).
+            Some((index, header.compact_offset))
         }
     };
-    let compact = compact_index.map(|index| CompactTier {
+    let compact = compact_index.map(|(index, section_end)| CompactTier {
         index,
+        section_end,
         codec: bcodec,
         cache: Arc::clone(cache),
     });
@@ -3446,6 +3478,7 @@ impl Inner {
             }),
             compact: Some(CompactTier {
                 index,
+                section_end,
                 codec: bcodec,
                 cache: Arc::clone(&self.cache),
             }),
@@ -3851,9 +3884,36 @@ impl Inner {
         Ok(())
     }
 
+    /// Compact-form stores, at close: fold the log tier into the compact section when
+    /// [`Gen::close_fold_due`] says it is worth it and the time is bounded, unless other
+    /// writers still have the store open (the last one to close folds). A failure leaves the
+    /// store as it was (compaction publishes its file only by the final rename), as for a
+    /// background compaction, so close goes on.
+    fn fold_on_close(&self) {
+        if !self.opts.auto_compact || self.path.is_none() || self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let g = self.gen.load_full();
+        if !g.close_fold_due(&self.opts) {
+            return;
+        }
+        if self.shared && g.wlock.as_ref().is_none_or(|l| l.others_in_session()) {
+            return;
+        }
+        drop(g);
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.compact_inner(false);
+        self.compacting.store(false, Ordering::Release);
+    }
+
     fn close(&self) -> Result<()> {
         if self.writable && std::process::id() == self.owner_pid {
             self.join_compactor();
+            if !self.poisoned.load(Ordering::Acquire) {
+                self.fold_on_close();
+            }
         }
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
