@@ -361,3 +361,34 @@ def test_import_does_not_load_sqlite3():
         "assert 'sqlite3' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_block_cache_size_option(tmp_path: Path) -> None:
+    path = str(tmp_path / "db")
+    with cdbm.open(path, "n") as db:
+        for i in range(3000):
+            db[b"key%d" % i] = b"value %d " % i * 8
+    # close folded the records into compressed blocks; every read goes through the cache.
+    cases: list[tuple[int | None, int]] = [(None, 32 << 20), (1 << 20, 1 << 20), (0, 0)]
+    for size, capacity in cases:
+        with cdbm.open(path, "r", block_cache_size=size) as db:
+            st = db.stats()
+            assert st["compact_entries"] == 3000 and st["block_cache_capacity"] == capacity
+            for _ in range(3):
+                assert db[b"key17"] == b"value 17 " * 8
+            st = db.stats()
+            if capacity:
+                assert (st["block_cache_misses"], st["block_cache_hits"]) == (1, 2)
+                assert 0 < st["block_cache_bytes"] <= capacity
+            else:
+                assert (st["block_cache_misses"], st["block_cache_hits"]) == (3, 0)
+                assert st["block_cache_bytes"] == 0
+    with cdbm.native.open(path, "w", block_cache_size=4096) as db:
+        assert db.stats()["block_cache_capacity"] == 4096
+        db[b"new"] = b"x"
+    with pytest.raises(ValueError, match="block_cache_size must be >= 0"):
+        cdbm.open(path, "r", block_cache_size=-1)
+    with pytest.raises(TypeError, match="block_cache_size must be an int"):
+        cdbm.open(path, "r", block_cache_size="big")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="block_cache_size must be an int"):
+        cdbm.native.open(path, "r", block_cache_size=True)

@@ -416,3 +416,19 @@ def test_cli_dump_decodes_shelves_safely(tmp_path: Path) -> None:
         db["m"] = [1, 2, 3]
     out = subprocess.run([_cellar_cli(), "dump", native], capture_output=True, check=True)
     assert "[1, 2, 3]" in out.stdout.decode()
+
+
+def test_block_cache_size_option(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    with shelve.open(path) as db:
+        for i in range(2000):
+            db[f"k{i}"] = {"id": i, "name": f"user{i}"}
+    with shelve.open(path, "r", block_cache_size=1 << 20) as db:
+        st = db.stats()
+        assert st["compact_entries"] == 2000 and st["block_cache_capacity"] == 1 << 20
+        assert db["k5"] == {"id": 5, "name": "user5"}
+    with shelve.open(path, "r", block_cache_size=0) as db:
+        assert db["k5"] == {"id": 5, "name": "user5"}
+        assert db.stats()["block_cache_bytes"] == 0
+    with pytest.raises(ValueError, match="block_cache_size"):
+        shelve.open(path, "r", block_cache_size=-5)

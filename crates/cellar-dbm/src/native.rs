@@ -52,6 +52,9 @@ pub struct WriterOptions {
     pub exclusive: bool,
     /// How long a commit waits for its turn (`None`: the engine's default, 5 s).
     pub lock_timeout: Option<Duration>,
+    /// Bytes of decompressed compact-section blocks the handle caches (`None`: the engine's
+    /// default, 32 MiB). Applies to read-only handles too.
+    pub block_cache_bytes: Option<usize>,
 }
 
 impl WriterOptions {
@@ -59,6 +62,9 @@ impl WriterOptions {
         opts.exclusive = self.exclusive;
         if let Some(t) = self.lock_timeout {
             opts.lock_timeout = t;
+        }
+        if let Some(b) = self.block_cache_bytes {
+            opts.block_cache_bytes = b;
         }
     }
 }

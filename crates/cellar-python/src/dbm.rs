@@ -206,9 +206,10 @@ fn encoding_of(value_encoding: Option<(String, u8)>) -> PyResult<ValueEncoding> 
 /// that backend does. `value_encoding` (`("pickle", protocol)` or `("marshal", version)`) is
 /// recorded in the header of a native store this call creates (how `cellar.shelve` marks it).
 /// `timeout` (seconds a commit waits for its turn at the write lock, default 5) and
-/// `exclusive` (one writer handle for the store's life) apply to the native backend.
+/// `exclusive` (one writer handle for the store's life) and `block_cache_size` (bytes of
+/// decompressed compact-section blocks cached, default 32 MiB) apply to the native backend.
 #[pyfunction]
-#[pyo3(signature = (path, backend, flag, mode, value_encoding = None, timeout = None, exclusive = false))]
+#[pyo3(signature = (path, backend, flag, mode, value_encoding = None, timeout = None, exclusive = false, block_cache_size = None))]
 #[allow(clippy::too_many_arguments)]
 fn _dbm_open(
     py: Python<'_>,
@@ -219,8 +220,10 @@ fn _dbm_open(
     value_encoding: Option<(String, u8)>,
     timeout: Option<f64>,
     exclusive: bool,
+    block_cache_size: Option<usize>,
 ) -> PyResult<PyDatabase> {
-    let writers = writer_options(timeout, exclusive)?;
+    let mut writers = writer_options(timeout, exclusive)?;
+    writers.block_cache_bytes = block_cache_size;
     let backend = backend_of(backend)?;
     let flag = backend.parse_flag(flag).map_err(|e| to_py(py, e))?;
     let encoding = encoding_of(value_encoding)?;
@@ -251,6 +254,7 @@ fn writer_options(timeout: Option<f64>, exclusive: bool) -> PyResult<cellar_dbm:
     Ok(cellar_dbm::WriterOptions {
         exclusive,
         lock_timeout,
+        ..Default::default()
     })
 }
 

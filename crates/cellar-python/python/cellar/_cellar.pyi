@@ -33,6 +33,7 @@ def _dbm_open(
     value_encoding: tuple[str, int] | None = None,
     timeout: float | None = None,
     exclusive: bool = False,
+    block_cache_size: int | None = None,
 ) -> Database: ...
 def _dbm_whichdb(path: bytes) -> str | None: ...
 def _dbm_open_url(

@@ -416,6 +416,7 @@ class DbfilenameShelf(Shelf):
         codec: str | None = None,
         timeout: float | None = None,
         exclusive: bool = False,
+        block_cache_size: int | None = None,
     ) -> None:
         # Validate the arguments before touching the file system.
         kind, _, _ = _codecs(codec, safe, allow, serializer, deserializer)
@@ -427,7 +428,14 @@ class DbfilenameShelf(Shelf):
         else:
             encoding = None
         db = cellar.dbm._open(
-            _dbm_namespace, filename, flag, 0o666, encoding, timeout, exclusive
+            _dbm_namespace,
+            filename,
+            flag,
+            0o666,
+            encoding,
+            timeout,
+            exclusive,
+            block_cache_size,
         )
         try:
             recorded = getattr(db, "value_encoding", None)
@@ -473,6 +481,7 @@ def open(
     codec: str | None = None,
     timeout: float | None = None,
     exclusive: bool = False,
+    block_cache_size: int | None = None,
 ) -> DbfilenameShelf:
     """Open a persistent dictionary (CPython's ``shelve.open``).
 
@@ -491,6 +500,8 @@ def open(
     own: entries it fetched are written back whole on ``sync()``/``close()``, replacing what
     other writers stored under those keys meanwhile (last writer wins per key).
     ``exclusive=True`` keeps the shelf to this one writer until it closes.
+    ``block_cache_size``: bytes of decompressed blocks of the store's compact section kept in
+    memory (native stores; default 32 MiB; 0 caches none).
     """
     return DbfilenameShelf(
         filename,
@@ -504,4 +515,5 @@ def open(
         codec=codec,
         timeout=timeout,
         exclusive=exclusive,
+        block_cache_size=block_cache_size,
     )

@@ -83,6 +83,7 @@ class DbfilenameShelf(Shelf):
         codec: str | None = None,
         timeout: float | None = None,
         exclusive: bool = False,
+        block_cache_size: int | None = None,
     ) -> None: ...
 
 def open(
@@ -98,4 +99,5 @@ def open(
     codec: str | None = None,
     timeout: float | None = None,
     exclusive: bool = False,
+    block_cache_size: int | None = None,
 ) -> DbfilenameShelf: ...

@@ -74,12 +74,13 @@ def _open(
     value_encoding: tuple[str, int] | None = None,
     timeout: float | None = None,
     exclusive: bool = False,
+    block_cache_size: int | None = None,
 ) -> Database:
     """CPython's ``dbm.open``, using the ``_names``/``_modules``/``_defaultmod`` of the module
     namespace ``ns`` (so a re-export under another name, such as a test shim, has its own).
     ``value_encoding`` is recorded in a native store this call creates (``cellar.shelve``
-    passes its codec); backends with no header to record it ignore it. ``timeout`` and
-    ``exclusive`` go to the native backend (the others ignore them). A server URL opens the
+    passes its codec); backends with no header to record it ignore it. ``timeout``,
+    ``exclusive`` and ``block_cache_size`` go to the native backend (the others ignore them). A server URL opens the
     store it names (the scheme picks the backend)."""
     if _is_url(file):
         if not isinstance(flag, str):
@@ -124,9 +125,14 @@ def _open(
     kwargs: dict[str, Any] = {}
     if value_encoding is not None and getattr(mod, "_records_value_encoding", False):
         kwargs["value_encoding"] = value_encoding
-    if (timeout is not None or exclusive) and getattr(mod, "_takes_writer_options", False):
+    if block_cache_size is not None:
+        _check_cache_size(block_cache_size)
+    if (timeout is not None or exclusive or block_cache_size is not None) and getattr(
+        mod, "_takes_writer_options", False
+    ):
         kwargs["timeout"] = timeout
         kwargs["exclusive"] = exclusive
+        kwargs["block_cache_size"] = block_cache_size
     return mod.open(file, flag, mode, **kwargs)  # type: ignore[no-any-return]
 
 
@@ -137,6 +143,7 @@ def open(
     *,
     timeout: float | None = None,
     exclusive: bool = False,
+    block_cache_size: int | None = None,
 ) -> Database:
     """Open or create the database at ``file`` (CPython's ``dbm.open``).
 
@@ -148,9 +155,11 @@ def open(
     write takes the store's write lock for that one commit, waiting up to ``timeout`` seconds
     (default 5) for its turn, then raises ``error`` naming the process that holds it.
     ``exclusive=True`` keeps the store to this one writer handle until it closes (the fastest
-    bulk loads; other writers are refused). Other backends ignore both.
+    bulk loads; other writers are refused). ``block_cache_size``: bytes of decompressed blocks
+    of the compact section this handle keeps in memory (default 32 MiB; 0 caches none).
+    Other backends ignore all three.
     """
-    return _open(globals(), file, flag, mode, None, timeout, exclusive)
+    return _open(globals(), file, flag, mode, None, timeout, exclusive, block_cache_size)
 
 
 def _backend_open(
@@ -161,13 +170,27 @@ def _backend_open(
     value_encoding: tuple[str, int] | None = None,
     timeout: float | None = None,
     exclusive: bool = False,
+    block_cache_size: int | None = None,
 ) -> Database:
     from cellar._cellar import _dbm_open
 
     path = _fspath(file)
     if not isinstance(flag, str):
         flag = repr(flag)
-    return _dbm_open(path, backend, flag, mode, value_encoding, timeout, exclusive)
+    if block_cache_size is not None:
+        _check_cache_size(block_cache_size)
+    return _dbm_open(
+        path, backend, flag, mode, value_encoding, timeout, exclusive, block_cache_size
+    )
+
+
+def _check_cache_size(size: Any) -> None:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(
+            f"block_cache_size must be an int (bytes) or None, not {type(size).__name__}"
+        )
+    if size < 0:
+        raise ValueError(f"block_cache_size must be >= 0 bytes, not {size}")
 
 
 # Imported last: the backend modules use the helpers above.

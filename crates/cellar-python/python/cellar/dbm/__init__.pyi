@@ -105,6 +105,7 @@ def open(
     *,
     timeout: float | None = None,
     exclusive: bool = False,
+    block_cache_size: int | None = None,
 ) -> Database: ...
 def _open(
     ns: dict[str, Any],
@@ -114,6 +115,7 @@ def _open(
     value_encoding: tuple[str, int] | None = None,
     timeout: float | None = None,
     exclusive: bool = False,
+    block_cache_size: int | None = None,
 ) -> Database: ...
 def _backend_open(
     backend: str,
@@ -123,4 +125,5 @@ def _backend_open(
     value_encoding: tuple[str, int] | None = None,
     timeout: float | None = None,
     exclusive: bool = False,
+    block_cache_size: int | None = None,
 ) -> Database: ...

@@ -19,7 +19,8 @@ error = _error
 _whichdb_name = "dbm.native"
 #: ``open`` takes ``value_encoding`` (recorded in the header of a store it creates).
 _records_value_encoding = True
-#: ``open`` takes ``timeout`` and ``exclusive`` (many writers; see ``open``).
+#: ``open`` takes ``timeout``, ``exclusive`` (many writers; see ``open``) and
+#: ``block_cache_size``.
 _takes_writer_options = True
 
 
@@ -31,6 +32,7 @@ def open(
     value_encoding: tuple[str, int] | None = None,
     timeout: float | None = None,
     exclusive: bool = False,
+    block_cache_size: int | None = None,
 ) -> Database:
     """Open or create a dbm.native database at ``file`` (no format detection).
 
@@ -39,5 +41,9 @@ def open(
 
     Many writers: any number of handles, in any processes, may write; each commit waits up to
     ``timeout`` seconds (default 5) for the store's write lock, then raises ``error`` naming
-    the holder's pid. ``exclusive=True``: this handle is the only writer until it closes."""
-    return _backend_open("dbm.native", file, flag, mode, value_encoding, timeout, exclusive)
+    the holder's pid. ``exclusive=True``: this handle is the only writer until it closes.
+    ``block_cache_size``: bytes of decompressed compact-section blocks kept in memory (default
+    32 MiB; 0 caches none)."""
+    return _backend_open(
+        "dbm.native", file, flag, mode, value_encoding, timeout, exclusive, block_cache_size
+    )
