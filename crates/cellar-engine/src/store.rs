@@ -67,8 +67,14 @@ pub struct Options {
     /// since the last compaction) holds this many bytes and at least as many as the compact
     /// section holds decompressed (so each record is rewritten about twice on average). With
     /// `auto_compact`, closing the last writer handle also folds a log tier of at least 64 KiB
-    /// and an eighth of the compact section's size on disk, so a closed store is compact.
+    /// and an eighth of the compact section's size on disk, so a closed store is compact
+    /// (bounded by `close_fold_max_bytes`).
     pub compact_log_bytes: u64,
+    /// Compact-form stores: the close-time fold (see `compact_log_bytes`) runs only while the
+    /// store's live data (the compact section decompressed plus the log tier) is at most this
+    /// many bytes, which bounds the time `close()` takes; larger stores are left to the
+    /// background compaction. 0 never folds at close.
+    pub close_fold_max_bytes: u64,
 }
 
 impl Default for Options {
@@ -89,6 +95,7 @@ impl Default for Options {
             exclusive: false,
             lock_timeout: std::time::Duration::from_secs(5),
             compact_log_bytes: 4 << 20,
+            close_fold_max_bytes: 64 << 20,
         }
     }
 }
@@ -545,18 +552,19 @@ impl Gen {
     /// Compact-form stores, at close: whether the log tier is worth folding into the compact
     /// section before the store is closed: at least 64 KiB, and at least an eighth of the
     /// compact section's size on disk (so a closed store is compact, while a large store closed
-    /// after a few writes is not rewritten for them: the amortized rewrite is bounded).
+    /// after a few writes is not rewritten for them: the amortized rewrite is bounded), and
+    /// the live data at most `Options::close_fold_max_bytes` (which bounds the time it takes).
     fn fold_due_at_close(&self, opts: &Options) -> bool {
-        if !self.wants_compact_form(opts) {
+        if opts.close_fold_max_bytes == 0 || !self.wants_compact_form(opts) {
             return false;
         }
-        let start = if self.compact.is_some() {
-            self.header.compact_offset
-        } else {
-            LOG_START
+        let (start, compact_raw) = match &self.compact {
+            Some(c) => (self.header.compact_offset, c.index.raw_bytes),
+            None => (LOG_START, 0),
         };
         let log = self.limit().saturating_sub(start);
         log >= (64u64 << 10).max(start.saturating_sub(LOG_START) / 8)
+            && compact_raw.saturating_add(log) <= opts.close_fold_max_bytes
     }
 
     /// Whether the record a slot points at is a DELETE shadowing a compact key (only files
@@ -3274,30 +3282,29 @@ impl Inner {
     /// Compact-form stores (with `auto_compact`): folds a sizeable log tier into the compact
     /// section before the store closes (`Gen::fold_due_at_close`), unless other writers still
     /// have the store open (the last one to close does it) or a compaction is under way.
-    fn fold_on_close(&self) -> Result<()> {
+    /// A failed fold (another handle compacting right now, an I/O error writing the new file)
+    /// leaves the store as it was, every record in place: a compaction publishes its file only
+    /// by the final rename. So close goes on, as after a failed background compaction (a
+    /// failure past the point of no return poisons the handle, as it does anywhere else).
+    fn fold_on_close(&self) {
         if !self.opts.auto_compact
             || self.path.is_none()
             || self.closed.load(Ordering::Acquire)
             || self.poisoned.load(Ordering::Acquire)
         {
-            return Ok(());
+            return;
         }
         let g = self.gen.load_full();
         if !g.fold_due_at_close(&self.opts)
             || self.shared && g.wlock.as_ref().is_none_or(|l| l.others_in_session())
         {
-            return Ok(());
+            return;
         }
         if self.compacting.swap(true, Ordering::AcqRel) {
-            return Ok(());
+            return;
         }
-        let r = self.compact_inner(false);
+        let _ = self.compact_inner(false);
         self.compacting.store(false, Ordering::Release);
-        match r {
-            // Another handle compacts this file right now: it leaves it compact.
-            Err(Error::Busy { .. }) => Ok(()),
-            other => other,
-        }
     }
 
     fn join_compactor(&self) {
@@ -3936,7 +3943,7 @@ impl Inner {
     fn close(&self) -> Result<()> {
         if self.writable && std::process::id() == self.owner_pid {
             self.join_compactor();
-            self.fold_on_close()?;
+            self.fold_on_close();
         }
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());

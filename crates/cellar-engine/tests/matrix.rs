@@ -15,6 +15,14 @@
 //! * `check_file` reports every case except a torn tail of a store whose writer died;
 //! * `repair` recovers every intact record of every commit that a later intact commit end
 //!   proves complete (the oracle below computes that set from the bytes independently).
+//!
+//! The matrix runs twice: on plain stores, and on compact-form stores (docs/engine-format.md
+//! section 10), whose first 400 records were compacted into zstd blocks with a trained
+//! dictionary before 100 more (before the checkpoint) and the phase-2 records were written to
+//! the log tier. The compact form adds three regions of its own: a BLOCK (a flipped bit inside the compressed bytes is
+//! reported by `get` of a key in that block, by iteration as one error, and by `check`;
+//! every other block's records read and are repaired), the BLOCKINDEX (rebuilt at open) and
+//! the first DICT (its copy is used); a cut in any of them is refused.
 // `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
 #![allow(clippy::manual_is_multiple_of)]
 
@@ -56,6 +64,45 @@ fn phase1_opts() -> Options {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Plain,
+    Compact,
+}
+
+/// Compact form: batches written to the log tier after the compaction (records before the
+/// checkpoint that close writes, like plain stores' phase 1).
+const AFTER: u32 = 10;
+
+fn after_key(i: u32, j: u32) -> Vec<u8> {
+    format!("after-{i:02}-{j}").into_bytes()
+}
+
+/// Phase 1 in a fresh store at `path`, then (compact form) a compaction into blocks and
+/// `AFTER` more batches, then a clean close.
+fn phase1_store(path: &Path, form: Form) {
+    let s = Store::open(
+        path,
+        Options {
+            compact_form: form == Form::Compact,
+            ..phase1_opts()
+        },
+    )
+    .unwrap();
+    phase1(&s);
+    if form == Form::Compact {
+        s.compact().unwrap();
+        for i in 0..AFTER {
+            let mut b = Batch::new();
+            for j in 0..10 {
+                b.put(after_key(i, j), batch_val(i + 100, j));
+            }
+            s.batch(&b).unwrap();
+        }
+    }
+    s.close().unwrap();
+}
+
 fn phase2_opts() -> Options {
     Options {
         auto_compact: false,
@@ -86,9 +133,12 @@ fn matrix_killed_writer_child() {
     let Ok(path) = std::env::var("CELLAR_MATRIX_PATH") else {
         return;
     };
-    let s = Store::open(&path, phase1_opts()).unwrap();
-    phase1(&s);
-    s.close().unwrap();
+    let form = if std::env::var_os("CELLAR_MATRIX_COMPACT").is_some() {
+        Form::Compact
+    } else {
+        Form::Plain
+    };
+    phase1_store(Path::new(&path), form);
     let s = Store::open(&path, phase2_opts()).unwrap();
     phase2(&s, SINGLES);
     let mut out = std::io::stdout().lock();
@@ -98,20 +148,22 @@ fn matrix_killed_writer_child() {
     drop(s);
 }
 
-fn clean_image(dir: &Path) -> Vec<u8> {
+fn clean_image(dir: &Path, form: Form) -> Vec<u8> {
     let p = dir.join("clean");
-    let s = Store::open(&p, phase1_opts()).unwrap();
-    phase1(&s);
-    s.close().unwrap();
+    phase1_store(&p, form);
     let s = Store::open(&p, phase2_opts()).unwrap();
     phase2(&s, SINGLES);
     s.close().unwrap();
     std::fs::read(&p).unwrap()
 }
 
-fn killed_image(dir: &Path) -> Vec<u8> {
+fn killed_image(dir: &Path, form: Form) -> Vec<u8> {
     let p = dir.join("killed");
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    if form == Form::Compact {
+        cmd.env("CELLAR_MATRIX_COMPACT", "1");
+    }
+    let mut child = cmd
         .args([
             "--exact",
             "matrix_killed_writer_child",
@@ -134,11 +186,23 @@ fn killed_image(dir: &Path) -> Vec<u8> {
     std::fs::read(&p).unwrap()
 }
 
-fn power_image() -> Vec<u8> {
-    let mem = Arc::new(MemStorage::new());
-    let s = Store::open_storage(mem.clone(), phase1_opts()).unwrap();
-    phase1(&s);
-    s.close().unwrap();
+fn power_image(dir: &Path, form: Form) -> Vec<u8> {
+    let mem = match form {
+        Form::Plain => {
+            let mem = Arc::new(MemStorage::new());
+            let s = Store::open_storage(mem.clone(), phase1_opts()).unwrap();
+            phase1(&s);
+            s.close().unwrap();
+            mem
+        }
+        // Compaction needs a file (it writes a second one and renames it): phase 1 is made on
+        // disk, the power cut happens through the storage trait on top of it.
+        Form::Compact => {
+            let p = dir.join("power-phase1");
+            phase1_store(&p, form);
+            Arc::new(MemStorage::from_bytes(std::fs::read(&p).unwrap()))
+        }
+    };
     let s = Store::open_storage(mem.clone(), phase2_opts()).unwrap();
     phase2(&s, SINGLES - 2);
     s.sync().unwrap();
@@ -236,8 +300,43 @@ fn newest_slot(img: &[u8]) -> (usize, usize) {
     (best.1, best.2)
 }
 
-/// Every PUT record that is byte-for-byte intact in `damaged` and followed (at or after it)
-/// by an intact record that ends a commit: what repair must recover, and what an open that
+/// The entries of a BLOCK record of `img` (section 10.2: `u32 entries, u32 raw_len`, a zstd
+/// frame made with the dictionary of the file's first DICT record, if any; decompressed:
+/// `varint key_len, varint value_len, key, value` per entry).
+fn block_entries(img: &[u8], recs: &[Rec], r: &Rec) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let body = &img[r.off + r.hlen + r.klen..r.off + r.len];
+    let n = u32::from_le_bytes(body[0..4].try_into().unwrap()) as usize;
+    let raw_len = u32::from_le_bytes(body[4..8].try_into().unwrap()) as usize;
+    let raw = match recs.iter().find(|d| d.kind == 4) {
+        Some(d) => {
+            let dict = &img[d.off + d.hlen + d.klen..d.off + d.len];
+            zstd::bulk::Decompressor::with_dictionary(dict)
+                .unwrap()
+                .decompress(&body[8..], raw_len)
+                .unwrap()
+        }
+        None => zstd::bulk::decompress(&body[8..], raw_len).unwrap(),
+    };
+    assert_eq!(raw.len(), raw_len);
+    let mut out = Vec::with_capacity(n);
+    let mut at = 0;
+    while at < raw.len() {
+        let (kl, a) = varint(&raw[at..]).unwrap();
+        let (vl, b) = varint(&raw[at + a..]).unwrap();
+        let k0 = at + a + b;
+        out.push((
+            raw[k0..k0 + kl].to_vec(),
+            raw[k0 + kl..k0 + kl + vl].to_vec(),
+        ));
+        at = k0 + kl + vl;
+    }
+    assert_eq!(out.len(), n);
+    out
+}
+
+/// Every entry of a BLOCK record that is byte-for-byte intact in `damaged` (a block is whole
+/// by construction), then every PUT record that is intact and followed (at or after it) by an
+/// intact record that ends a commit: what repair must recover, and what an open that
 /// succeeds must show.
 fn oracle(orig: &[u8], recs: &[Rec], damaged: &[u8]) -> Map {
     let intact = |r: &Rec| {
@@ -250,6 +349,9 @@ fn oracle(orig: &[u8], recs: &[Rec], damaged: &[u8]) -> Map {
         .map(|r| r.off)
         .max();
     let mut m = Map::new();
+    for r in recs.iter().filter(|r| r.kind == 6 && intact(r)) {
+        m.extend(block_entries(orig, recs, r));
+    }
     for r in recs {
         if r.kind == 1 && intact(r) && last_end.is_some_and(|e| r.off <= e) {
             let k0 = r.off + r.hlen;
@@ -280,6 +382,12 @@ enum Region {
     Value,
     OldValue,
     Tail,
+    /// Compact form: inside the compressed bytes of a BLOCK (not the first or last one).
+    Block,
+    /// Compact form: the BLOCKINDEX record.
+    BlockIndex,
+    /// Compact form: the first DICT record.
+    Dict,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,8 +415,13 @@ fn expected(state: State, d: Damage) -> Outcome {
         Damage::Flip(Checkpoint | Index) => (true, false, 0),
         // Followed by intact records: damage, in every state.
         Damage::Flip(RecordHeader | Key | Value) => (false, false, 0),
-        // Before the checkpoint: open does not rescan; reads and check report it.
-        Damage::Flip(OldValue) => (true, false, 1),
+        // Before the checkpoint: open does not rescan; reads and check report it. A damaged
+        // block likewise: open reads no block; its keys' reads, the walk (one error for the
+        // block) and check report it.
+        Damage::Flip(OldValue | Block) => (true, false, 1),
+        // Redundant: the block index is rebuilt from the blocks, the DICT's copy is used.
+        Damage::Flip(BlockIndex | Dict) => (true, false, 0),
+        Damage::Cut(Block | BlockIndex | Dict) => (false, false, 0),
         // The last record: damage after a clean close; a torn tail if the writer died.
         Damage::Flip(Tail) => (crashed, crashed, 0),
         Damage::Cut(Magic | Header | Checkpoint | Index) => (false, false, 0),
@@ -335,10 +448,15 @@ fn damage(img: &[u8], d: Damage) -> (Vec<u8>, Option<Vec<u8>>) {
     assert!(puts_after.len() >= 3, "need records after the checkpoint");
     let mid = *puts_after[puts_after.len() / 2];
     let last = *recs.last().unwrap();
-    let old = *recs
-        .iter()
-        .find(|r| r.kind == 1 && r.off + r.len < index_off && r.off > 8192)
-        .unwrap();
+    let old = || {
+        *recs
+            .iter()
+            .find(|r| r.kind == 1 && r.off + r.len < index_off && r.off > 8192)
+            .unwrap()
+    };
+    let blocks: Vec<&Rec> = recs.iter().filter(|r| r.kind == 6).collect();
+    let kind_rec = |kind: u8| *recs.iter().find(|r| r.kind == kind).unwrap();
+    let block = || *blocks[blocks.len() / 2];
     let key_of = |r: &Rec| img[r.off + r.hlen..r.off + r.hlen + r.klen].to_vec();
     let index_rec = *recs.iter().find(|r| r.off == index_off).unwrap();
     assert_eq!(index_rec.kind, 3);
@@ -360,8 +478,11 @@ fn damage(img: &[u8], d: Damage) -> (Vec<u8>, Option<Vec<u8>>) {
             Region::RecordHeader => mid.off + 6,
             Region::Key => mid.off + mid.hlen + 2,
             Region::Value => mid.off + mid.hlen + mid.klen + 3,
-            Region::OldValue => old.off + old.hlen + old.klen + 5,
+            Region::OldValue => old().off + old().hlen + old().klen + 5,
             Region::Tail => last.off + last.len - 2,
+            Region::Block => block().off + block().len / 2,
+            Region::BlockIndex => kind_rec(7).off + kind_rec(7).len / 2,
+            Region::Dict => kind_rec(4).off + kind_rec(4).len / 2,
         }
     };
     let mut out = img.to_vec();
@@ -375,7 +496,10 @@ fn damage(img: &[u8], d: Damage) -> (Vec<u8>, Option<Vec<u8>>) {
                 0x10
             };
             if r == Region::OldValue {
-                bad_key = Some(key_of(&old));
+                bad_key = Some(key_of(&old()));
+            }
+            if r == Region::Block {
+                bad_key = Some(block_entries(img, &recs, &block())[3].0.clone());
             }
         }
         Damage::Cut(r) => {
@@ -383,7 +507,7 @@ fn damage(img: &[u8], d: Damage) -> (Vec<u8>, Option<Vec<u8>>) {
                 Region::Magic => 5,
                 Region::Header => 40,
                 Region::Checkpoint => 100,
-                Region::OldValue => old.off + old.len - 3,
+                Region::OldValue => old().off + old().len - 3,
                 r => at(r),
             };
             out.truncate(p);
@@ -503,10 +627,10 @@ fn run_case(dir: &Path, state: State, orig: &[u8], d: Damage) {
     assert!(s.check().unwrap().is_ok());
 }
 
-fn all_damage() -> Vec<Damage> {
+fn all_damage(form: Form) -> Vec<Damage> {
     use Region::*;
     let mut v = Vec::new();
-    for r in [
+    let mut regions = vec![
         Magic,
         Header,
         Checkpoint,
@@ -516,7 +640,11 @@ fn all_damage() -> Vec<Damage> {
         Value,
         OldValue,
         Tail,
-    ] {
+    ];
+    if form == Form::Compact {
+        regions.extend([Block, BlockIndex, Dict]);
+    }
+    for r in regions {
         v.push(Damage::Flip(r));
         v.push(Damage::Cut(r));
     }
@@ -524,25 +652,56 @@ fn all_damage() -> Vec<Damage> {
     v
 }
 
-#[test]
-fn crash_and_damage_matrix() {
+fn matrix(form: Form) -> usize {
     let dir = tempfile::tempdir().unwrap();
     let images = [
-        (State::Clean, clean_image(dir.path())),
-        (State::Killed, killed_image(dir.path())),
-        (State::Power, power_image()),
+        (State::Clean, clean_image(dir.path(), form)),
+        (State::Killed, killed_image(dir.path(), form)),
+        (State::Power, power_image(dir.path(), form)),
     ];
     let mut cases = 0;
     for (state, img) in &images {
+        let recs = records(img);
+        if form == Form::Compact {
+            // Phase 1 is in blocks (at least three, and a dictionary), phase 2 in the log.
+            assert!(
+                recs.iter().filter(|r| r.kind == 6).count() >= 3,
+                "{state:?}"
+            );
+            assert_eq!(recs.iter().filter(|r| r.kind == 4).count(), 2, "{state:?}");
+            assert!(!recs
+                .iter()
+                .any(|r| r.kind == 1 && img[r.off + r.hlen] == b'b'));
+        }
+        let after = if form == Form::Compact {
+            AFTER as usize * 10
+        } else {
+            0
+        };
         // The undamaged image opens with every record.
-        let full = oracle(img, &records(img), img);
-        let n =
-            BATCHES as usize * 10 + SINGLES as usize - if *state == State::Power { 2 } else { 0 };
+        let full = oracle(img, &recs, img);
+        let n = BATCHES as usize * 10 + after + SINGLES as usize
+            - if *state == State::Power { 2 } else { 0 };
         assert_eq!(full.len(), n, "{state:?}");
-        for d in all_damage() {
+        let s =
+            Store::open_storage(Arc::new(MemStorage::from_bytes(img.clone())), mode("r")).unwrap();
+        let got: Map = s.iter().unwrap().map(|x| x.unwrap()).collect();
+        assert!(got == full, "{form:?} {state:?}: the undamaged image");
+        drop(s);
+        for d in all_damage(form) {
             run_case(dir.path(), *state, img, d);
             cases += 1;
         }
     }
-    assert_eq!(cases, 3 * 19);
+    cases
+}
+
+#[test]
+fn crash_and_damage_matrix() {
+    assert_eq!(matrix(Form::Plain), 3 * 19);
+}
+
+#[test]
+fn crash_and_damage_matrix_compact_form() {
+    assert_eq!(matrix(Form::Compact), 3 * 25);
 }
