@@ -21,7 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::{AsRawFd, IntoRawFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::Once;
 
 use crate::error::{Error, Result};
@@ -31,7 +31,27 @@ const REGISTRY_LEN: usize = 256;
 static LOCK_FDS: [AtomicI32; REGISTRY_LEN] = [const { AtomicI32::new(-1) }; REGISTRY_LEN];
 static ATFORK: Once = Once::new();
 
+/// This process's id once [`current_pid`] has asked for it, 0 before (and in a fork child,
+/// whose atfork handler resets it).
+static CACHED_PID: AtomicU32 = AtomicU32::new(0);
+
+/// This process's id. `getpid` is a system call, and every write asks (a handle used in a
+/// forked child must refuse to write), so the id is cached; the atfork child handler, which
+/// is installed before the first caching, clears the cache in every child forked through
+/// `fork()` (Python's `os.fork` and `multiprocessing` included).
+pub(crate) fn current_pid() -> u32 {
+    let pid = CACHED_PID.load(Ordering::Acquire);
+    if pid != 0 {
+        return pid;
+    }
+    install_atfork();
+    let pid = std::process::id();
+    CACHED_PID.store(pid, Ordering::Release);
+    pid
+}
+
 extern "C" fn close_lock_fds_in_child() {
+    CACHED_PID.store(0, Ordering::SeqCst);
     for slot in LOCK_FDS.iter() {
         let fd = slot.swap(-1, Ordering::SeqCst);
         if fd >= 0 {
@@ -200,7 +220,7 @@ impl WriterLock {
                 shared: mode == LockMode::Shared,
             });
         }
-        let pid = std::process::id();
+        let pid = current_pid();
         match mode {
             LockMode::Exclusive => data
                 .write_all_at(&pid.to_le_bytes(), PID_OFFSET)
@@ -238,7 +258,7 @@ impl WriterLock {
     /// The lock descriptor; an error in a forked child (whose copy the atfork handler closed:
     /// the number may name another file by now).
     fn fd(&self) -> Result<i32> {
-        if std::process::id() != self.owner_pid {
+        if current_pid() != self.owner_pid {
             return Err(Error::Closed);
         }
         self.file
@@ -306,7 +326,7 @@ impl Drop for WriterLock {
         let Some(file) = self.file.take() else {
             return;
         };
-        if std::process::id() != self.owner_pid {
+        if current_pid() != self.owner_pid {
             // Forked child: the atfork handler already closed this descriptor number (or it
             // was never registered and still refers to the parent's lock description, which
             // the child then keeps open until exit, as documented). Never close it twice.

@@ -19,7 +19,7 @@ use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::format::*;
 use crate::index::{hash_key, Probe, Table};
-use crate::lock::{LockMode, WriterLock, COMMIT_BYTE, COMPACT_BYTE};
+use crate::lock::{current_pid, LockMode, WriterLock, COMMIT_BYTE, COMPACT_BYTE};
 use crate::log::{read_header, read_record, LogReader, Next};
 use crate::storage::{FileStorage, Storage};
 
@@ -1920,7 +1920,7 @@ impl Store {
                 path,
                 writable: !opts.read_only,
                 opts,
-                owner_pid: std::process::id(),
+                owner_pid: current_pid(),
                 gen: ArcSwap::from_pointee(gen),
                 writer: Mutex::new(WriterState::default()),
                 synced: Mutex::new((generation, end)),
@@ -2717,7 +2717,7 @@ impl Inner {
         if !self.writable {
             return Err(Error::ReadOnly);
         }
-        let pid = std::process::id();
+        let pid = current_pid();
         if pid != self.owner_pid {
             return Err(Error::Forked {
                 owner_pid: self.owner_pid,
@@ -3314,6 +3314,30 @@ impl Inner {
         }
     }
 
+    /// The dictionary of `g0`'s compact section, when the compaction can keep it instead of
+    /// training a new one: the log tier being folded in holds at most as many bytes as the
+    /// section holds decompressed, so at least half of the live data is what the dictionary
+    /// was trained for (or kept for). Training costs more than writing the blocks (zstd's
+    /// fastCover search runs over every sample several times), and the close-time fold and
+    /// the background compactions of a growing store would otherwise train one each time.
+    fn reusable_dict(&self, g0: &Gen, e0: u64) -> Result<Option<Vec<u8>>> {
+        let Some(ct) = &g0.compact else {
+            return Ok(None);
+        };
+        let log = e0.saturating_sub(g0.header.compact_offset);
+        if ct.codec.dict_len() == 0 || g0.header.dict_offset == 0 || log > ct.index.raw_bytes {
+            return Ok(None);
+        }
+        match read_record(&*g0.storage, g0.header.dict_offset, e0) {
+            Ok((h, body)) if h.kind == K_DICT && body.len() == ct.codec.dict_len() => {
+                Ok(Some(body))
+            }
+            // Damaged (the open used the copy): train afresh rather than trust it.
+            Ok(_) | Err(Error::Corrupt { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Phase 1 of a compaction into the compact form (docs/engine-format.md section 10.6):
     /// writes the superblock, DICT, BLOCKs, BLOCKINDEX and DICT copy into `storage` (the new
     /// file), then entries too large for a block as log records, and returns the new
@@ -3349,32 +3373,38 @@ impl Inner {
             .compact
             .as_ref()
             .map_or(no_blocks, |c| &c.index.blocks[..]);
-        // Dictionary samples: every n-th log entry and entries of every m-th old block.
-        let mut samples: Vec<Vec<u8>> = Vec::new();
-        let mut sampled = 0usize;
-        let step = (log_entries.len() / 2000).max(1);
-        for (k, off) in log_entries.iter().step_by(step) {
-            if sampled > (4 << 20) {
-                break;
-            }
-            let mut s = k.clone();
-            s.extend_from_slice(&g0.read_value(*off)?);
-            sampled += s.len();
-            samples.push(s);
-        }
-        if let Some(ct) = &g0.compact {
-            for r in old_blocks.iter().step_by((old_blocks.len() / 64).max(1)) {
-                let b = g0.load_block(ct, r)?;
-                for (k, v) in b.iter().step_by((b.len() / 32).max(1)) {
-                    samples.push([k, v].concat());
+        let dict = match self.reusable_dict(g0, e0)? {
+            Some(d) => Some(d),
+            None => {
+                // Dictionary samples: every n-th log entry and entries of every m-th old
+                // block, about 1,000 of each (zstd's training time grows with the samples'
+                // bytes; more samples than that barely shrink the blocks).
+                let mut samples: Vec<Vec<u8>> = Vec::new();
+                let mut sampled = 0usize;
+                let step = (log_entries.len() / 1000).max(1);
+                for (k, off) in log_entries.iter().step_by(step) {
+                    if sampled > (1 << 20) {
+                        break;
+                    }
+                    let mut s = k.clone();
+                    s.extend_from_slice(&g0.read_value(*off)?);
+                    sampled += s.len();
+                    samples.push(s);
                 }
+                if let Some(ct) = &g0.compact {
+                    for r in old_blocks.iter().step_by((old_blocks.len() / 32).max(1)) {
+                        let b = g0.load_block(ct, r)?;
+                        for (k, v) in b.iter().step_by((b.len() / 32).max(1)) {
+                            samples.push([k, v].concat());
+                        }
+                    }
+                }
+                let refs: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
+                let dict_size =
+                    (refs.iter().map(|s| s.len()).sum::<usize>() / 10).clamp(4096, 32 << 10);
+                train_dict(&refs, dict_size)
             }
-        }
-        let refs: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
-        let dict_size = (refs.iter().map(|s| s.len()).sum::<usize>() / 10).clamp(4096, 32 << 10);
-        let dict = train_dict(&refs, dict_size);
-        drop(refs);
-        drop(samples);
+        };
         let level = g0.header.compression.level().unwrap_or(3).max(1);
         let bcodec = BlockCodec::new(level, dict.as_deref());
 
@@ -3941,14 +3971,14 @@ impl Inner {
     }
 
     fn close(&self) -> Result<()> {
-        if self.writable && std::process::id() == self.owner_pid {
+        if self.writable && current_pid() == self.owner_pid {
             self.join_compactor();
             self.fold_on_close();
         }
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        if !self.writable || std::process::id() != self.owner_pid {
+        if !self.writable || current_pid() != self.owner_pid {
             return Ok(());
         }
         self.join_compactor();

@@ -946,3 +946,55 @@ fn power_cut_in_the_middle_of_writing_compressed_blocks_keeps_every_record() {
     }
     check("marked, rename lost", &marked, &new);
 }
+
+/// The DICT records of a file (the dictionary and its copy), as bytes.
+fn dict_records(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    records(&bytes)
+        .into_iter()
+        .filter(|r| r.1 == 4)
+        .map(|(off, _, len)| bytes[off..off + len].to_vec())
+        .collect()
+}
+
+/// A compaction keeps the section's dictionary while the log tier it folds in is at most as
+/// large as the section decompressed (training costs more than writing the blocks), and
+/// trains a new one when the new data outweighs what the dictionary was made for; either way
+/// every record reads back and the file checks clean.
+#[test]
+fn compaction_keeps_the_dictionary_until_the_new_data_outweighs_the_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.db");
+    let s = Store::open(&path, opts()).unwrap();
+    let mut model = Model::new();
+    let mut put = |s: &Store, range: std::ops::Range<u32>, gen: u32| {
+        for i in range {
+            s.put(&key(i), &value(i, gen)).unwrap();
+            model.insert(key(i), value(i, gen));
+        }
+    };
+    put(&s, 0..5000, 0);
+    s.compact().unwrap();
+    let first = dict_records(&path);
+    assert_eq!(first.len(), 2, "the dictionary and its copy");
+    // A fifth more: kept.
+    put(&s, 5000..6000, 0);
+    s.compact().unwrap();
+    assert_eq!(
+        dict_records(&path),
+        first,
+        "a small fold trained a new dictionary"
+    );
+    // Three times the section again, with other values: trained afresh.
+    put(&s, 6000..24_000, 7);
+    s.compact().unwrap();
+    assert_ne!(
+        dict_records(&path),
+        first,
+        "the dictionary was never retrained"
+    );
+    assert_eq!(s.stats().unwrap().compact_entries, 24_000);
+    assert_reads(&s, &model, (30_000..30_010).map(key));
+    s.close().unwrap();
+    assert!(check_file(&path).unwrap().is_ok());
+}
