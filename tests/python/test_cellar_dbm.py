@@ -381,7 +381,7 @@ def test_cache_bytes_sets_the_block_cache_of_a_compact_store(tmp_path: Path) -> 
         st = db.stats()
         assert st["block_cache_misses"] > 0
     with cellar.dbm.open(p, "r") as db:
-        assert db.stats()["block_cache_capacity"] == 32 << 20
+        assert db.stats()["block_cache_capacity"] == 128 << 20
     # No cache at all: every read decompresses its block, and still reads right.
     with cellar.dbm.open(p, "r", cache_bytes=0) as db:
         assert db.stats()["block_cache_capacity"] == 0

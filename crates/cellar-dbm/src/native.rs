@@ -53,7 +53,7 @@ pub struct WriterOptions {
     /// How long a commit waits for its turn (`None`: the engine's default, 5 s).
     pub lock_timeout: Option<Duration>,
     /// Bytes of decompressed compact-form blocks the handle keeps in memory (`None`: the
-    /// engine's default, 32 MiB; applies to readers too).
+    /// engine's default, 128 MiB; applies to readers too).
     pub block_cache_bytes: Option<usize>,
 }
 

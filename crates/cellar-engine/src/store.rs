@@ -52,7 +52,9 @@ pub struct Options {
     /// opens keep it whatever their options say); an existing store opened with it is converted
     /// by its next compaction.
     pub compact_form: bool,
-    /// Bytes of decompressed blocks of the compact section kept in memory.
+    /// Bytes of decompressed blocks of the compact section kept in memory (128 MiB by
+    /// default: a store of about a million small records reads from memory; it fills only as
+    /// blocks are read, and each open handle has its own).
     pub block_cache_bytes: usize,
     /// One writer for the handle's whole life (the fastest bulk loads; a second writer gets
     /// [`Error::Locked`]). Off (the default): any number of handles, in any processes, may
@@ -91,11 +93,11 @@ impl Default for Options {
             compact_min_bytes: 64 << 20,
             checkpoint_bytes: 256 << 20,
             compact_form: false,
-            block_cache_bytes: 32 << 20,
+            block_cache_bytes: 128 << 20,
             exclusive: false,
             lock_timeout: std::time::Duration::from_secs(5),
             compact_log_bytes: 4 << 20,
-            close_fold_max_bytes: 64 << 20,
+            close_fold_max_bytes: 256 << 20,
         }
     }
 }

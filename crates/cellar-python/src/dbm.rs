@@ -207,7 +207,7 @@ fn encoding_of(value_encoding: Option<(String, u8)>) -> PyResult<ValueEncoding> 
 /// recorded in the header of a native store this call creates (how `cellar.shelve` marks it).
 /// `timeout` (seconds a commit waits for its turn at the write lock, default 5) and
 /// `exclusive` (one writer handle for the store's life) apply to the native backend, as does
-/// `cache_bytes` (the block cache of a compact-form store, default 32 MiB).
+/// `cache_bytes` (the block cache of a compact-form store, default 128 MiB).
 #[pyfunction]
 #[pyo3(signature = (path, backend, flag, mode, value_encoding = None, timeout = None, exclusive = false, cache_bytes = None))]
 #[allow(clippy::too_many_arguments)]
@@ -239,7 +239,7 @@ fn _dbm_open(
 }
 
 /// The native backend's open options from `timeout=` (seconds, `None`: 5), `exclusive=` and
-/// `cache_bytes=` (`None`: 32 MiB).
+/// `cache_bytes=` (`None`: 128 MiB).
 fn writer_options(
     timeout: Option<f64>,
     exclusive: bool,

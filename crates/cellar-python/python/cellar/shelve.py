@@ -493,7 +493,7 @@ def open(
     own: entries it fetched are written back whole on ``sync()``/``close()``, replacing what
     other writers stored under those keys meanwhile (last writer wins per key).
     ``exclusive=True`` keeps the shelf to this one writer until it closes. ``cache_bytes``: the
-    block cache of a compact-form native store (default 32 MiB), as for ``cellar.dbm.open``.
+    block cache of a compact-form native store (default 128 MiB), as for ``cellar.dbm.open``.
     """
     return DbfilenameShelf(
         filename,

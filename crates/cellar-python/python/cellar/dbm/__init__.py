@@ -153,7 +153,7 @@ def open(
     (default 5) for its turn, then raises ``error`` naming the process that holds it.
     ``exclusive=True`` keeps the store to this one writer handle until it closes (the fastest
     bulk loads; other writers are refused). ``cache_bytes``: bytes of decompressed blocks of a
-    compact-form native store kept in memory (default 32 MiB; ``stats()`` shows its hits and
+    compact-form native store kept in memory (default 128 MiB; ``stats()`` shows its hits and
     misses). Other backends ignore all three.
     """
     return _open(globals(), file, flag, mode, None, timeout, exclusive, cache_bytes)

@@ -41,7 +41,7 @@ def open(
     Many writers: any number of handles, in any processes, may write; each commit waits up to
     ``timeout`` seconds (default 5) for the store's write lock, then raises ``error`` naming
     the holder's pid. ``exclusive=True``: this handle is the only writer until it closes.
-    ``cache_bytes``: the block cache of a compact-form store (default 32 MiB)."""
+    ``cache_bytes``: the block cache of a compact-form store (default 128 MiB)."""
     return _backend_open(
         "dbm.native", file, flag, mode, value_encoding, timeout, exclusive, cache_bytes
     )
