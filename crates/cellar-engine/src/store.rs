@@ -674,9 +674,18 @@ impl Gen {
         self.compact_lookup(key, hash, |v| v.to_vec())
     }
 
-    /// Whether the compact section holds `key` (ignoring the hash index).
+    /// Whether the compact section holds `key` (ignoring the hash index). Asked by every put
+    /// of a key the log tier does not hold, which is mostly a new key: the filter answers
+    /// those with one probe, where a search of even a cached block touches several lines.
     fn compact_has(&self, key: &[u8]) -> Result<bool> {
-        Ok(self.compact_lookup(key, hash_key(key), |_| ())?.is_some())
+        let Some(ct) = &self.compact else {
+            return Ok(false);
+        };
+        let hash = hash_key(key);
+        if !ct.index.filter.may_contain(hash) {
+            return Ok(false);
+        }
+        Ok(self.compact_lookup(key, hash, |_| ())?.is_some())
     }
 
     /// `f` of the value of `key` in the compact section. A block in the cache answers with a
