@@ -1,7 +1,10 @@
 //! Fuzz the native engine's file reader: a store image (either raw fuzz bytes, or a valid store
 //! built from the input and then damaged at input-chosen positions) is opened, read in every
 //! way, checked, written to and reopened. Any outcome but a panic, a hang or a huge allocation
-//! is fine: damage must surface as an error.
+//! is fine: damage must surface as an error. Bit 1 of the first byte builds the valid store in
+//! the compact form (docs/engine-format.md section 10: zstd BLOCKs, a BLOCKINDEX with its
+//! filter, two DICT copies) by compacting it in a temporary file, so the damage lands in
+//! compressed blocks, the block index and the dictionary too.
 #![no_main]
 
 use std::sync::Arc;
@@ -61,8 +64,22 @@ fuzz_target!(|data: &[u8]| {
     }
     // A valid store made from the input, then damaged where the input says.
     let (ops, damage) = rest.split_at(rest.len() / 2);
+    let compact = mode & 2 != 0;
+    // Compaction needs a real file (it writes `<path>.compact` and renames it).
+    let file = std::env::temp_dir().join(format!("cellar-fuzz-{}.db", std::process::id()));
     let mem = Arc::new(MemStorage::new());
-    let Ok(s) = Store::open_storage(mem.clone(), Options::default()) else {
+    let opened = if compact {
+        let _ = std::fs::remove_file(&file);
+        let opts = Options {
+            compact_form: true,
+            auto_compact: false,
+            ..Options::default()
+        };
+        Store::open(&file, opts)
+    } else {
+        Store::open_storage(mem.clone(), Options::default())
+    };
+    let Ok(s) = opened else {
         return;
     };
     for chunk in ops.chunks(6) {
@@ -82,8 +99,17 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
+    if compact {
+        let _ = s.compact();
+    }
     let _ = s.close();
-    let mut image = mem.bytes();
+    let mut image = if compact {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        let _ = std::fs::remove_file(&file);
+        bytes
+    } else {
+        mem.bytes()
+    };
     if !image.is_empty() {
         for pair in damage.chunks(3) {
             if pair.len() == 3 {
