@@ -3364,21 +3364,26 @@ impl Inner {
         nlock: WriterLock,
         ident: Option<(u64, u64)>,
     ) -> Result<Gen> {
-        // The live records of the log tier, sorted by key, and every key the hash index holds
-        // (PUTs and DELETE shadows hide the compact entries of the same key).
-        let mut log_entries: Vec<(Vec<u8>, u64)> = Vec::with_capacity(offsets.len());
-        let mut in_table: std::collections::HashSet<Vec<u8>> = Default::default();
+        // Every key the hash index holds, sorted: its live PUTs (the log tier's entries) and
+        // its DELETE shadows, both of which hide the compact entry of the same key. The keys
+        // live in one buffer (no allocation per key); the old blocks are merged with this
+        // list in key order below, so whether the index holds a key is a cursor comparison.
+        let mut key_bytes: Vec<u8> = Vec::new();
+        let mut table: Vec<TableKey> = Vec::with_capacity(offsets.len());
         for &off in offsets {
-            let (h, mut body) = read_record(&*g0.storage, off, e0)?;
-            body.truncate(h.key_len as usize);
-            if g0.compact.is_some() {
-                in_table.insert(body.clone());
-            }
-            if h.kind == K_PUT {
-                log_entries.push((body, off));
-            }
+            let (h, body) = read_record(&*g0.storage, off, e0)?;
+            let key = &body[..h.key_len as usize];
+            table.push(TableKey {
+                start: key_bytes.len(),
+                len: key.len(),
+                off,
+                put: h.kind == K_PUT,
+            });
+            key_bytes.extend_from_slice(key);
         }
-        log_entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let key_of = |t: &TableKey| &key_bytes[t.start..t.start + t.len];
+        table.sort_unstable_by(|a, b| key_of(a).cmp(key_of(b)));
+        let log_puts = table.iter().filter(|t| t.put).count();
         let no_blocks: &[BlockRef] = &[];
         let old_blocks = g0
             .compact
@@ -3392,13 +3397,13 @@ impl Inner {
                 // bytes; more samples than that barely shrink the blocks).
                 let mut samples: Vec<Vec<u8>> = Vec::new();
                 let mut sampled = 0usize;
-                let step = (log_entries.len() / 1000).max(1);
-                for (k, off) in log_entries.iter().step_by(step) {
+                let step = (log_puts / 1000).max(1);
+                for t in table.iter().filter(|t| t.put).step_by(step) {
                     if sampled > (1 << 20) {
                         break;
                     }
-                    let mut s = k.clone();
-                    s.extend_from_slice(&g0.read_value(*off)?);
+                    let mut s = key_of(t).to_vec();
+                    s.extend_from_slice(&g0.read_value(t.off)?);
                     sampled += s.len();
                     samples.push(s);
                 }
@@ -3473,8 +3478,7 @@ impl Inner {
             Some(d) => out.record(K_DICT, &[], d)?,
             None => 0,
         };
-        let estimate =
-            log_entries.len() as u64 + g0.compact.as_ref().map_or(0, |c| c.index.entries);
+        let estimate = log_puts as u64 + g0.compact.as_ref().map_or(0, |c| c.index.entries);
         let mut index = BlockIndex::new(estimate);
         let mut builder = BlockBuilder::new(DEFAULT_BLOCK_BYTES);
         let mut large: Vec<(Vec<u8>, u64)> = Vec::new();
@@ -3485,10 +3489,15 @@ impl Inner {
                         builder: &mut BlockBuilder,
                         large: &mut Vec<(Vec<u8>, u64)>|
          -> Result<()> {
-            let (k, off) = &log_entries[li];
-            let v = g0.read_value(*off)?;
+            let t = &table[li];
+            if !t.put {
+                // A DELETE shadow: nothing to write, it only hid the compact entry.
+                return Ok(());
+            }
+            let k = key_of(t);
+            let v = g0.read_value(t.off)?;
             if k.len() + v.len() > MAX_BLOCK_ENTRY {
-                large.push((k.clone(), *off));
+                large.push((k.to_vec(), t.off));
             } else if let Some(raw) = builder.add(k, &v)? {
                 write_block(out, index, &bcodec, raw)?;
             }
@@ -3498,12 +3507,14 @@ impl Inner {
             for r in old_blocks {
                 let b = g0.load_block(ct, r)?;
                 for (k, v) in b.iter() {
-                    if in_table.contains(k) {
-                        continue;
-                    }
-                    while li < log_entries.len() && log_entries[li].0.as_slice() < k {
+                    while li < table.len() && key_of(&table[li]) < k {
                         emit_log(li, &mut out, &mut index, &mut builder, &mut large)?;
                         li += 1;
+                    }
+                    if li < table.len() && key_of(&table[li]) == k {
+                        // The hash index holds this key (a newer PUT, written when the cursor
+                        // passes it, or a DELETE shadow): the compact entry is gone.
+                        continue;
                     }
                     if let Some(raw) = builder.add(k, v)? {
                         write_block(&mut out, &mut index, &bcodec, raw)?;
@@ -3511,7 +3522,7 @@ impl Inner {
                 }
             }
         }
-        while li < log_entries.len() {
+        while li < table.len() {
             emit_log(li, &mut out, &mut index, &mut builder, &mut large)?;
             li += 1;
         }
@@ -4075,4 +4086,14 @@ fn zero_at(st: &dyn Storage, off: u64, len: u64) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
         Err(e) => Err(Error::io("peeking at the log tail", e)),
     }
+}
+
+/// A key of the hash index, as a compaction into the compact form sorts them: its bytes in a
+/// shared buffer (`start`, `len`), the record it points at, and whether that record is a PUT
+/// (else a DELETE shadowing a compact entry).
+struct TableKey {
+    start: usize,
+    len: usize,
+    off: u64,
+    put: bool,
 }
