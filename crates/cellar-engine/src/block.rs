@@ -127,6 +127,13 @@ impl BlockBuilder {
     }
 }
 
+thread_local! {
+    /// This thread's zstd compression context for blocks (each call sets its parameters).
+    static CCTX: std::cell::RefCell<CCtx<'static>> = std::cell::RefCell::new(CCtx::create());
+    /// This thread's zstd decompression context for blocks.
+    static DCTX: std::cell::RefCell<DCtx<'static>> = std::cell::RefCell::new(DCtx::create());
+}
+
 /// Compression state for blocks: a level and an optional dictionary.
 pub struct BlockCodec {
     level: i32,
@@ -168,11 +175,15 @@ impl BlockCodec {
         out.extend_from_slice(&block.entries.to_le_bytes());
         out.extend_from_slice(&raw_len.to_le_bytes());
         let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(block.raw.len()));
-        let mut cctx = CCtx::create();
-        let r = match &self.cdict {
-            Some(cd) => cctx.compress_using_cdict(&mut frame, &block.raw, cd),
-            None => cctx.compress(&mut frame, &block.raw, self.level),
-        };
+        // One compression context per thread, reused: creating one per block (hundreds of KiB
+        // of tables) cost more than compressing a small block.
+        let r = CCTX.with(|c| {
+            let mut cctx = c.borrow_mut();
+            match &self.cdict {
+                Some(cd) => cctx.compress_using_cdict(&mut frame, &block.raw, cd),
+                None => cctx.compress(&mut frame, &block.raw, self.level),
+            }
+        });
         r.map_err(|code| {
             Error::corrupt(
                 0,
@@ -206,11 +217,13 @@ impl BlockCodec {
             }
         }
         let mut data = Vec::with_capacity(raw_len as usize);
-        let mut dctx = DCtx::create();
-        let r = match &self.ddict {
-            Some(dd) => dctx.decompress_using_ddict(&mut data, &payload[8..], dd),
-            None => dctx.decompress(&mut data, &payload[8..]),
-        };
+        let r = DCTX.with(|c| {
+            let mut dctx = c.borrow_mut();
+            match &self.ddict {
+                Some(dd) => dctx.decompress_using_ddict(&mut data, &payload[8..], dd),
+                None => dctx.decompress(&mut data, &payload[8..]),
+            }
+        });
         match r {
             Ok(n) if n as u64 == raw_len => {}
             Ok(_) => return Err(bad("decompressed size differs from the recorded one")),
