@@ -361,20 +361,26 @@ fn check_caches(code: &[u8]) -> PyResult<()> {
         return Ok(());
     };
     let units = code.len() / 2;
+    let code = &code[..2 * units];
+    // The walk itself: an instruction's caches run past the end exactly when the next
+    // instruction would start past the end (`i + 1 + n > units`), so the loop only steps, and
+    // the instruction at fault is looked for again only when there is one.
     let mut i = 0;
-    while i < units {
-        let op = code[2 * i];
-        let n = caches[op as usize] as usize;
-        if n > 0 && i + n >= units {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "bad marshal data (invalid code object: opcode {op} at offset {} needs {n} \
-                 inline cache entries, past the end of the bytecode)",
-                2 * i
-            )));
-        }
-        i += 1 + n;
+    let mut last = 0;
+    while let Some(&op) = code.get(2 * i) {
+        last = i;
+        i += 1 + caches[op as usize] as usize;
     }
-    Ok(())
+    if i <= units {
+        return Ok(());
+    }
+    let op = code[2 * last];
+    Err(pyo3::exceptions::PyValueError::new_err(format!(
+        "bad marshal data (invalid code object: opcode {op} at offset {} needs {} inline cache \
+         entries, past the end of the bytecode)",
+        2 * last,
+        caches[op as usize]
+    )))
 }
 
 /// Refuses the counts the code constructor rejects with SystemError ("bad argument to internal
