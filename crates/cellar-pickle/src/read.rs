@@ -21,7 +21,7 @@ use crate::inert::Construct;
 use crate::ops::*;
 use crate::policy::{self, Known};
 use crate::registry::Registry;
-use crate::sink::{Buffer, GlobalRef, Shape, Sink};
+use crate::sink::{Buffer, GlobalRef, Lookup, Shape, Sink};
 use crate::text::{self, DecodeErrors, StringEncoding};
 
 /// The default nesting limit (containers inside containers, and MARK depth).
@@ -1303,17 +1303,28 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
         } else {
             (module, name)
         };
-        self.find_class_as_is(m, n)
+        self.find_class_as_is(m, n, (module, name))
     }
 
-    /// [`Self::find_class`] of a Python 3 name (no `fix_imports` mapping).
-    fn find_class_as_is(&mut self, m: &str, n: &str) -> Res<u32, S::Error> {
+    /// [`Self::find_class`] of a Python 3 name (no `fix_imports` mapping); `raw` is the name
+    /// as the data spells it (for [`Sink::lookup`]).
+    fn find_class_as_is(&mut self, m: &str, n: &str, raw: (&str, &str)) -> Res<u32, S::Error> {
         if let Some(&g) = self.glob_index.get(&(m.to_owned(), n.to_owned())) {
             return Ok(g);
         }
-        // The fixed table lives in `policy`: basic types first, then the caller's consent,
-        // then the pattern markers (which a consent for the same name overrides).
-        let known = policy::default_global(m, n);
+        // The sink's own lookup (a find_class override) first: what it returns is classified
+        // by the sink (the object behind a default global keeps that global's rules);
+        // otherwise the fixed table in `policy` by name: basic types first, then the caller's
+        // consent, then the pattern markers (which a consent for the same name overrides).
+        let (known, consent) = match self.sink.lookup(raw, m, n).map_err(sink_err)? {
+            Lookup::ByName => (
+                policy::default_global(m, n),
+                self.sink.resolve(m, n).map_err(sink_err)?,
+            ),
+            Lookup::Default(k, c) => (Some(k), c),
+            Lookup::Allowed(g) => (None, Some(g)),
+            Lookup::Unresolved => (None, None),
+        };
         let basic = match known {
             Some(Known::Complex) => Some(GKind::Complex),
             Some(Known::Set) => Some(GKind::Set),
@@ -1340,7 +1351,6 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
             Some(Known::Base) => Some(GKind::Base),
             _ => None,
         };
-        let consent = self.sink.resolve(m, n).map_err(sink_err)?;
         let (kind, consent) = match (basic.or(marker), consent) {
             (Some(k), c) => (k, c),
             (None, Some(g)) => (GKind::Class(Some(g)), None),
@@ -1682,7 +1692,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
                     let (module, qual) = (glob.module.clone(), glob.name.clone());
                     let nested = format!("{qual}.{}", name.unwrap_or_default());
                     // (inert mode: the inert global `module.Outer.Inner`)
-                    match self.find_class_as_is(&module, &nested) {
+                    match self.find_class_as_is(&module, &nested, (&module, &nested)) {
                         Ok(n) => Ok(Item::G(n)),
                         // (an allowed getattr itself may still serve it)
                         Err(_) if self.globals[g as usize].consent.is_some() => Err(self

@@ -70,6 +70,22 @@ pub struct GlobalRef<'a, G> {
     pub allowed: Option<&'a G>,
 }
 
+/// A sink's own answer for a global ([`Sink::lookup`]), for sinks whose caller resolves names
+/// itself (a Python `Unpickler.find_class` override).
+pub enum Lookup<G> {
+    /// No own answer: the policy decides by name (the default table, then [`Sink::resolve`]).
+    ByName,
+    /// The caller's lookup returned the very object behind a default global (a basic type, a
+    /// constant or a pattern marker), under whatever name: the policy's rules for that global
+    /// apply (a marker stays a loop-side marker). `Some` when the caller also consented to the
+    /// object itself (its own rules come first, the consent serves what they refuse).
+    Default(Known, Option<G>),
+    /// The caller's lookup returned this object: a global the caller allowed.
+    Allowed(G),
+    /// The caller's lookup left it unresolved: inert in inert mode, else refused.
+    Unresolved,
+}
+
 /// The answer to NEXT_BUFFER.
 pub enum Buffer<H> {
     /// No `buffers` argument was given.
@@ -107,6 +123,18 @@ pub trait Sink {
     /// the caller did not allow it. Default globals never get here unless the caller's
     /// registry also names them.
     fn resolve(&mut self, module: &str, name: &str) -> Result<Option<Self::Global>, Self::Error>;
+    /// The sink's own answer for a global the pickle names (`raw_module.raw_name` as the data
+    /// spells it, `module.name` after `fix_imports`), asked once per distinct name and decode
+    /// before the policy's table. The default, [`Lookup::ByName`], leaves it to the policy.
+    #[inline]
+    fn lookup(
+        &mut self,
+        _raw: (&str, &str),
+        _module: &str,
+        _name: &str,
+    ) -> Result<Lookup<Self::Global>, Self::Error> {
+        Ok(Lookup::ByName)
+    }
     /// The `(module, name)` an extension code (EXT1/2/4) names, if registered.
     fn extension(&self, code: i32) -> Option<(String, String)>;
     /// A registry for the error-path scan that says how a refused global is used (extension

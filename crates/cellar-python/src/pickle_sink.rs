@@ -39,7 +39,7 @@ use pyo3::types::{
 
 use cellar_pickle::policy::Known;
 use cellar_pickle::{
-    Buffer, Construct, DecodeErrors, ErrorKind, GlobalRef, Shape, Sink, StringEncoding,
+    Buffer, Construct, DecodeErrors, ErrorKind, GlobalRef, Lookup, Shape, Sink, StringEncoding,
     UnpicklingError,
 };
 use cellar_value::PyStr;
@@ -143,6 +143,8 @@ pub(crate) enum PyGlobal<'py> {
 /// already imported.
 struct Defaults {
     by_name: HashMap<(&'static str, &'static str), Py<PyAny>>,
+    /// The same objects by address: what a `find_class` override returned is one of them?
+    by_addr: HashMap<usize, Known>,
     reconstructor: Py<PyAny>,
     partial: Py<PyAny>,
 }
@@ -152,15 +154,35 @@ static DEFAULTS: PyOnceLock<Defaults> = PyOnceLock::new();
 fn defaults(py: Python<'_>) -> PyResult<&Defaults> {
     DEFAULTS.get_or_try_init(py, || {
         let mut by_name = HashMap::new();
-        for &(m, n, _) in cellar_pickle::policy::DEFAULT_GLOBALS {
-            by_name.insert((m, n), py.import(m)?.getattr(n)?.unbind());
+        let mut by_addr = HashMap::new();
+        for &(m, n, k) in cellar_pickle::policy::DEFAULT_GLOBALS {
+            let o = py.import(m)?.getattr(n)?.unbind();
+            by_addr.insert(o.as_ptr() as usize, k);
+            by_name.insert((m, n), o);
         }
         Ok(Defaults {
             by_name,
+            by_addr,
             reconstructor: py.import("copyreg")?.getattr("_reconstructor")?.unbind(),
             partial: py.import("functools")?.getattr("partial")?.unbind(),
         })
     })
+}
+
+/// The stdlib object behind the default global `module.name` (a basic type, a constant or a
+/// pattern marker), if it is one: what the base `Unpickler.find_class` returns for it (the
+/// decoder recognizes it by identity and keeps applying that global's rules).
+pub(crate) fn default_object<'py>(
+    py: Python<'py>,
+    module: &str,
+    name: &str,
+) -> PyResult<Option<Obj<'py>>> {
+    let d = defaults(py)?;
+    Ok(cellar_pickle::policy::DEFAULT_GLOBALS
+        .iter()
+        .find(|(m, n, _)| *m == module && *n == name)
+        .and_then(|&(m, n, _)| d.by_name.get(&(m, n)))
+        .map(|o| o.bind(py).clone()))
 }
 
 /// Pauses CPython's cyclic garbage collector for its lifetime (if it was enabled).
@@ -191,6 +213,8 @@ pub(crate) struct PySink<'py, 'c> {
     inert: Option<Bound<'py, PyType>>,
     buffers: Option<Bound<'py, PyIterator>>,
     persistent_load: Option<Obj<'py>>,
+    /// A `find_class` override (`Unpickler` subclass or attribute): asked for every global.
+    find_class: Option<Obj<'py>>,
     /// Objects this load created through an allowed class or callable (fresh: nobody else held
     /// a reference when they were made): the only BUILD targets besides inert objects.
     created: HashSet<usize>,
@@ -213,6 +237,7 @@ impl<'py, 'c> PySink<'py, 'c> {
         loader: &'c PickleLoader,
         buffers: Option<Bound<'py, PyIterator>>,
         persistent_load: Option<Obj<'py>>,
+        find_class: Option<Obj<'py>>,
         max_depth: usize,
     ) -> Self {
         PySink {
@@ -221,6 +246,7 @@ impl<'py, 'c> PySink<'py, 'c> {
             inert: loader.inert.as_ref().map(|t| t.bind(py).clone()),
             buffers,
             persistent_load,
+            find_class,
             created: HashSet::new(),
             foreign: HashSet::new(),
             keep: Vec::new(),
@@ -603,6 +629,48 @@ impl<'py> Sink for PySink<'py, '_> {
             return Ok(Some(PyGlobal::Namespace(o.bind(self.py).clone())));
         }
         Ok(None)
+    }
+
+    fn lookup(
+        &mut self,
+        raw: (&str, &str),
+        module: &str,
+        name: &str,
+    ) -> Res<Lookup<PyGlobal<'py>>> {
+        let Some(fc) = &self.find_class else {
+            return Ok(Lookup::ByName);
+        };
+        let py = self.py;
+        // As the stdlib's unpickler: the override gets the names as the data spells them (the
+        // base find_class applies fix_imports itself). A refusal is whatever it raises.
+        let r = fc.call1(raw)?;
+        // The object behind a default global (whatever name it came under) keeps that global's
+        // rules: an override cannot turn a pattern marker or a basic-type constructor into a
+        // value or a free callable. The caller's own consent to that object still counts.
+        if let Some(&k) = defaults(py)?.by_addr.get(&(r.as_ptr() as usize)) {
+            let consented = self.loader.allowed.values().any(|a| a.bind(py).is(&r));
+            return Ok(Lookup::Default(
+                k,
+                consented.then(|| PyGlobal::Allowed(r.clone())),
+            ));
+        }
+        // The base find_class's inert answer (inert=True): the decoder's own inert global.
+        if self.is_inert(&r) && self.is_inert_global(&r)? {
+            return Ok(Lookup::Unresolved);
+        }
+        // The parent of an allowed nested class stays a namespace (a value, never called).
+        let key = (module.to_owned(), name.to_owned());
+        if !self.loader.allowed.contains_key(&key) {
+            if let Some(o) = self.loader.namespaces.get(&key) {
+                if o.bind(py).is(&r) {
+                    return Ok(Lookup::Allowed(PyGlobal::Namespace(r)));
+                }
+            }
+        }
+        // Anything else the override returned is the caller's explicit choice, as an allow=
+        // entry `(module, name, r)` would be: the same REDUCE / NEWOBJ / BUILD rules apply
+        // (BUILD only on instances this load creates through it, never on `r` itself).
+        Ok(Lookup::Allowed(PyGlobal::Allowed(r)))
     }
 
     fn extension(&self, code: i32) -> Option<(String, String)> {
