@@ -86,6 +86,37 @@ pub enum Lookup<G> {
     Unresolved,
 }
 
+/// The new items of an APPENDS / SETITEMS / ADDITEMS, borrowed in place from the loop's stack
+/// (all of them values the sink made): what [`Sink::append_in_place`] and friends receive, so
+/// a sink that only needs references (a Python list or dict) fills the target without the loop
+/// moving the items into a buffer first.
+pub struct Items<'a, H>(pub(crate) &'a [crate::read::Slot<H>]);
+
+impl<'a, H> Items<'a, H> {
+    /// How many items (keys and values count one each for SETITEMS).
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Whether there are none.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// The items in order.
+    #[inline(always)]
+    pub fn iter(&self) -> impl Iterator<Item = &'a H> + 'a {
+        self.0.iter().filter_map(crate::read::Slot::handle)
+    }
+    /// SETITEMS: the (key, value) pairs in order (the loop checked the count is even).
+    #[inline(always)]
+    pub fn pairs(&self) -> impl Iterator<Item = (&'a H, &'a H)> + 'a {
+        self.0
+            .chunks_exact(2)
+            .filter_map(|p| Some((p[0].handle()?, p[1].handle()?)))
+    }
+}
+
 /// The answer to NEXT_BUFFER.
 pub enum Buffer<H> {
     /// No `buffers` argument was given.
@@ -204,6 +235,35 @@ pub trait Sink {
         target: &Self::Handle,
         items: &mut Vec<Self::Handle>,
     ) -> Result<bool, Self::Error>;
+    /// APPEND/APPENDS with the items borrowed in place (the loop drops them afterwards):
+    /// `Some(ok)` as [`Sink::append`] answers, `None` to be given them as a buffer instead
+    /// (the default; then [`Sink::append`] is called).
+    #[inline(always)]
+    fn append_in_place(
+        &mut self,
+        _target: &Self::Handle,
+        _items: Items<'_, Self::Handle>,
+    ) -> Result<Option<bool>, Self::Error> {
+        Ok(None)
+    }
+    /// SETITEM/SETITEMS in place, as [`Sink::append_in_place`].
+    #[inline(always)]
+    fn set_items_in_place(
+        &mut self,
+        _target: &Self::Handle,
+        _kv: Items<'_, Self::Handle>,
+    ) -> Result<Option<bool>, Self::Error> {
+        Ok(None)
+    }
+    /// ADDITEMS in place, as [`Sink::append_in_place`].
+    #[inline(always)]
+    fn add_items_in_place(
+        &mut self,
+        _target: &Self::Handle,
+        _items: Items<'_, Self::Handle>,
+    ) -> Result<Option<bool>, Self::Error> {
+        Ok(None)
+    }
     /// SETITEM/SETITEMS (keys and values interleaved in `kv`, a reusable buffer as for
     /// [`Sink::append`]): `false` if `target` takes no items.
     fn set_items(
