@@ -260,3 +260,24 @@ def test_unpickler_without_override_keeps_the_policy() -> None:
     with pytest.raises(cp.UnpicklingError, match="forbidden"):
         U(io.BytesIO(b"cos\nsystem\n.")).load()
     assert U(io.BytesIO(pickle.dumps({1, 2}, 2))).load() == {1, 2}
+
+
+def test_override_result_is_never_filled() -> None:
+    # APPEND / SETITEM / ADDITEMS on what the override returned (a global, also through the
+    # memo), or on a container a returned callable hands back: refused, nothing mutated.
+    existing_list, existing_dict, existing_set = [1], {"a": 1}, {1}
+    cases = [
+        (existing_list, b"cm\nx\nK\x05a."),
+        (existing_dict, b"cm\nx\nK\x05K\x06s."),
+        (existing_set, b"\x80\x04cm\nx\n(K\x05\x90."),
+        (existing_list, b"cm\nx\nq\x000h\x00K\x05a."),
+        (lambda: existing_list, b"cm\nx\n)RK\x05a."),
+    ]
+    for target, data in cases:
+
+        def find_class(module, name, target=target):
+            return target
+
+        with pytest.raises(cp.UnpicklingError):
+            with_override(data, find_class)
+    assert existing_list == [1] and existing_dict == {"a": 1} and existing_set == {1}
