@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import copyreg
+import io
 import functools
 import operator
 import sys
@@ -52,7 +53,18 @@ _ACTIVE = [False]
 _DATA: dict = {}
 
 
-def load(name: str, mode: str, audit: bool = False) -> str:
+class _SuperUnpickler(cpickle.Unpickler):
+    """An override that only defers to the base find_class: the policy as a lookup must give
+    every corpus case the outcome the decoder's own name resolution gives."""
+
+    calls = 0
+
+    def find_class(self, module: str, name: str):  # type: ignore[override]
+        _SuperUnpickler.calls += 1
+        return super().find_class(module, name)
+
+
+def load(name: str, mode: str, audit: bool = False, via_find_class: bool = False) -> str:
     data = _DATA.get(name)
     if data is None:
         data = _DATA[name] = (CORPUS / f"{name}.pkl").read_bytes()
@@ -65,8 +77,15 @@ def load(name: str, mode: str, audit: bool = False) -> str:
         kw["max_bytes"] = 1024
     _ACTIVE[0] = audit
     try:
-        cpickle.loads(data, **kw)
+        if via_find_class:
+            _SuperUnpickler(io.BytesIO(data), **kw).load()
+        else:
+            cpickle.loads(data, **kw)
     except Exception as e:  # noqa: BLE001 - the outcome is the exception's type
+        if via_find_class and isinstance(e, cpickle.UnpicklingError):
+            # The base find_class's refusals are UnpicklingError subclasses that are also
+            # ModuleNotFoundError / AttributeError, as the stdlib's find_class raises.
+            return "UnpicklingError"
         return type(e).__name__
     finally:
         _ACTIVE[0] = False
@@ -145,6 +164,27 @@ def test_corpus_outcomes_no_calls_no_mutation() -> None:
     assert not changed, changed
     # Only the allowed class's own __setstate__ ran, with the states the pickles gave it.
     assert all(isinstance(s, dict) for s in corpus_classes.SETSTATE_CALLS)
+
+
+def test_corpus_through_a_find_class_override_that_defers_to_the_base() -> None:
+    """Unpickler.find_class overridden (asked for every global) and deferring to the base:
+    the same outcome for every case and mode, nothing imported or called, nothing mutated."""
+    for mode in MODES:
+        load("valid_mixed_p2", mode, via_find_class=True)
+        load("point_ok_p2", mode, via_find_class=True)
+    before = snapshot()
+    _SuperUnpickler.calls = 0
+    bad = []
+    for name, mode, outcome, _rust in CASES:
+        got = load(name, mode, audit=True, via_find_class=True)
+        if got != outcome:
+            bad.append((name, mode, outcome, got))
+    assert not bad, f"{len(bad)} mismatches: {bad[:20]}"
+    assert _SuperUnpickler.calls > 1000  # the override was really asked
+    assert not _EVENTS, _EVENTS[:10]
+    after = snapshot()
+    changed = [k for k in before if before[k] != after.get(k)]
+    assert not changed, changed
 
 
 @pytest.mark.parametrize("name", sorted({c[0] for c in CASES if c[0].startswith("maxbytes_")}))

@@ -61,7 +61,7 @@ pub use crate::inert::{Construct, Inert};
 pub use crate::read::{decode, DecodeOptions, DEFAULT_MAX_DEPTH};
 pub use crate::registry::{Constructor, Reducer, Registry};
 pub use crate::serde_api::{from_slice, from_slice_with, to_vec, to_vec_with, SerdeError};
-pub use crate::sink::{Buffer, GlobalRef, Shape, Sink};
+pub use crate::sink::{Buffer, GlobalRef, Items, Lookup, Shape, Sink};
 pub use crate::text::{DecodeErrors, StringEncoding};
 pub use crate::value_sink::{LoadOptions, PersistentLoad};
 pub use crate::write::MAX_DUMP_DEPTH;

@@ -21,7 +21,7 @@ use crate::inert::Construct;
 use crate::ops::*;
 use crate::policy::{self, Known};
 use crate::registry::Registry;
-use crate::sink::{Buffer, GlobalRef, Shape, Sink};
+use crate::sink::{Buffer, GlobalRef, Items, Lookup, Shape, Sink};
 use crate::text::{self, DecodeErrors, StringEncoding};
 
 /// The default nesting limit (containers inside containers, and MARK depth).
@@ -91,7 +91,7 @@ impl<E> From<UnpicklingError> for Fail<E> {
 type Res<T, E> = Result<T, Fail<E>>;
 
 /// A stack / memo slot.
-enum Item<H> {
+pub(crate) enum Item<H> {
     /// Something the sink made, with the nesting depth known so far.
     V(H, u32),
     /// A resolved global (index into the globals table).
@@ -103,6 +103,21 @@ enum Item<H> {
     /// A tuple holding loop-side items (globals, markers): kept here until it is used as
     /// arguments, or made by the sink when it is used as a value.
     T(u32),
+}
+
+/// A stack slot holding a value the sink made, as [`crate::sink::Items`] borrows it.
+pub(crate) type Slot<H> = Item<H>;
+
+impl<H> Item<H> {
+    /// The handle of a slot that holds a sink value (`Items` only borrows those: see
+    /// `Decoder::fill`).
+    #[inline(always)]
+    pub(crate) fn handle(&self) -> Option<&H> {
+        match self {
+            Item::V(h, _) => Some(h),
+            _ => None,
+        }
+    }
 }
 
 impl<H: Clone> Clone for Item<H> {
@@ -166,6 +181,9 @@ struct Decoder<'a, 's, S: Sink> {
     pos: usize,
     op_pos: usize,
     frame_end: Option<usize>,
+    /// Where reading must stop for now: the current frame's end, or the end of the data (the
+    /// fast path of `take` is one comparison against it).
+    end: usize,
     opts: DecodeOptions,
     sink: &'s mut S,
     proto: u8,
@@ -198,6 +216,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
             pos: 0,
             op_pos: 0,
             frame_end: None,
+            end: data.len(),
             opts: *opts,
             sink,
             proto: 0,
@@ -245,11 +264,23 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn take(&mut self, n: usize) -> Res<&'a [u8], S::Error> {
+        // `end` is the frame's end or the data's (never past it): one comparison.
+        if n <= self.end - self.pos {
+            let s = &self.data[self.pos..self.pos + n];
+            self.pos += n;
+            return Ok(s);
+        }
+        self.take_slow(n)
+    }
+
+    /// `take` past `end`: leaving a used-up frame, or an error.
+    #[inline(never)]
+    fn take_slow(&mut self, n: usize) -> Res<&'a [u8], S::Error> {
         if let Some(end) = self.frame_end {
             if self.pos == end {
-                self.frame_end = None;
+                self.leave_frame();
             } else if n > end - self.pos {
                 return Err(self.err("pickle exhausted before end of frame").into());
             }
@@ -262,20 +293,32 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
         Ok(s)
     }
 
+    /// Reading continues outside the current frame.
+    fn leave_frame(&mut self) {
+        self.frame_end = None;
+        self.end = self.data.len();
+    }
+
     fn take_len(&mut self, n: u64) -> Res<&'a [u8], S::Error> {
         let n = usize::try_from(n).map_err(|_| self.truncated())?;
         self.take(n)
     }
 
-    #[inline]
+    #[inline(always)]
     fn byte(&mut self) -> Res<u8, S::Error> {
-        Ok(self.take(1)?[0])
+        if self.pos < self.end {
+            let b = self.data[self.pos];
+            self.pos += 1;
+            return Ok(b);
+        }
+        Ok(self.take_slow(1)?[0])
     }
+    #[inline(always)]
     fn u16(&mut self) -> Res<u16, S::Error> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
-    #[inline]
+    #[inline(always)]
     fn u32(&mut self) -> Res<u32, S::Error> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -291,7 +334,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
     fn line(&mut self) -> Res<&'a [u8], S::Error> {
         let limit = match self.frame_end {
             Some(end) if self.pos == end => {
-                self.frame_end = None;
+                self.leave_frame();
                 self.data.len()
             }
             Some(end) => end,
@@ -526,11 +569,16 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
         }
         loop {
             self.op_pos = self.pos;
-            if self.pos >= self.data.len() {
+            let op = if self.pos < self.end {
+                let b = self.data[self.pos];
+                self.pos += 1;
+                b
+            } else if self.pos >= self.data.len() {
                 // pickle.py / _pickle: no opcode where one is expected is EOFError.
                 return Err(self.err_kind(ErrorKind::Eof, "Ran out of input").into());
-            }
-            let op = self.byte()?;
+            } else {
+                self.take_slow(1)?[0]
+            };
             match op {
                 PROTO => {
                     let p = self.byte()?;
@@ -557,6 +605,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
                         return Err(self.truncated().into());
                     }
                     self.frame_end = Some(self.pos + n as usize);
+                    self.end = self.pos + n as usize;
                 }
                 STOP => {
                     let it = self.pop()?;
@@ -1193,8 +1242,6 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
     /// `m - 1`, which must be something the sink made.
     fn fill(&mut self, m: usize, what: Fill) -> Res<(), S::Error> {
         self.charge((self.stack.len() - m) * 16)?;
-        let mut items = std::mem::take(&mut self.scratch);
-        items.clear();
         // One pass: the depth of the new items, and whether they are all sink values.
         let mut deepest = 0;
         let mut all_made = true;
@@ -1209,6 +1256,31 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
         }
         let d = if self.stack.len() > m { deepest + 1 } else { 1 };
         self.check_depth(d)?;
+        if all_made && m > 0 {
+            // The sink may fill the target from the stack in place (no buffer, one pass).
+            let (head, tail) = self.stack.split_at_mut(m);
+            if let Some(Item::V(target, td)) = head.last_mut() {
+                let items = Items(tail);
+                let r = match what {
+                    Fill::Append => self.sink.append_in_place(target, items),
+                    Fill::SetItems => self.sink.set_items_in_place(target, items),
+                    Fill::AddItems => self.sink.add_items_in_place(target, items),
+                }
+                .map_err(sink_err)?;
+                if let Some(ok) = r {
+                    if d > *td {
+                        *td = d;
+                    }
+                    self.stack.truncate(m);
+                    if !ok {
+                        return Err(self.err(what.refused()).into());
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        let mut items = std::mem::take(&mut self.scratch);
+        items.clear();
         if all_made {
             items.reserve(self.stack.len() - m);
             for it in self.stack.drain(m..) {
@@ -1222,11 +1294,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
                 items.push(self.value(it)?);
             }
         }
-        let refused = match what {
-            Fill::Append => "APPEND/APPENDS target is not a list",
-            Fill::SetItems => "SETITEM/SETITEMS target is not a dict",
-            Fill::AddItems => "ADDITEMS target is not a set",
-        };
+        let refused = what.refused();
         let Some(Item::V(target, td)) = self.stack.last_mut() else {
             return Err(self.err(refused).into());
         };
@@ -1303,17 +1371,28 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
         } else {
             (module, name)
         };
-        self.find_class_as_is(m, n)
+        self.find_class_as_is(m, n, (module, name))
     }
 
-    /// [`Self::find_class`] of a Python 3 name (no `fix_imports` mapping).
-    fn find_class_as_is(&mut self, m: &str, n: &str) -> Res<u32, S::Error> {
+    /// [`Self::find_class`] of a Python 3 name (no `fix_imports` mapping); `raw` is the name
+    /// as the data spells it (for [`Sink::lookup`]).
+    fn find_class_as_is(&mut self, m: &str, n: &str, raw: (&str, &str)) -> Res<u32, S::Error> {
         if let Some(&g) = self.glob_index.get(&(m.to_owned(), n.to_owned())) {
             return Ok(g);
         }
-        // The fixed table lives in `policy`: basic types first, then the caller's consent,
-        // then the pattern markers (which a consent for the same name overrides).
-        let known = policy::default_global(m, n);
+        // The sink's own lookup (a find_class override) first: what it returns is classified
+        // by the sink (the object behind a default global keeps that global's rules);
+        // otherwise the fixed table in `policy` by name: basic types first, then the caller's
+        // consent, then the pattern markers (which a consent for the same name overrides).
+        let (known, consent) = match self.sink.lookup(raw, m, n).map_err(sink_err)? {
+            Lookup::ByName => (
+                policy::default_global(m, n),
+                self.sink.resolve(m, n).map_err(sink_err)?,
+            ),
+            Lookup::Default(k, c) => (Some(k), c),
+            Lookup::Allowed(g) => (None, Some(g)),
+            Lookup::Unresolved => (None, None),
+        };
         let basic = match known {
             Some(Known::Complex) => Some(GKind::Complex),
             Some(Known::Set) => Some(GKind::Set),
@@ -1340,7 +1419,6 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
             Some(Known::Base) => Some(GKind::Base),
             _ => None,
         };
-        let consent = self.sink.resolve(m, n).map_err(sink_err)?;
         let (kind, consent) = match (basic.or(marker), consent) {
             (Some(k), c) => (k, c),
             (None, Some(g)) => (GKind::Class(Some(g)), None),
@@ -1682,7 +1760,7 @@ impl<'a, 's, S: Sink> Decoder<'a, 's, S> {
                     let (module, qual) = (glob.module.clone(), glob.name.clone());
                     let nested = format!("{qual}.{}", name.unwrap_or_default());
                     // (inert mode: the inert global `module.Outer.Inner`)
-                    match self.find_class_as_is(&module, &nested) {
+                    match self.find_class_as_is(&module, &nested, (&module, &nested)) {
                         Ok(n) => Ok(Item::G(n)),
                         // (an allowed getattr itself may still serve it)
                         Err(_) if self.globals[g as usize].consent.is_some() => Err(self
@@ -1864,6 +1942,16 @@ enum Fill {
     Append,
     SetItems,
     AddItems,
+}
+
+impl Fill {
+    fn refused(self) -> &'static str {
+        match self {
+            Fill::Append => "APPEND/APPENDS target is not a list",
+            Fill::SetItems => "SETITEM/SETITEMS target is not a dict",
+            Fill::AddItems => "ADDITEMS target is not a set",
+        }
+    }
 }
 
 fn gref_of<G>(globals: &[Glob<G>], g: u32) -> GlobalRef<'_, G> {

@@ -70,6 +70,53 @@ pub struct GlobalRef<'a, G> {
     pub allowed: Option<&'a G>,
 }
 
+/// A sink's own answer for a global ([`Sink::lookup`]), for sinks whose caller resolves names
+/// itself (a Python `Unpickler.find_class` override).
+pub enum Lookup<G> {
+    /// No own answer: the policy decides by name (the default table, then [`Sink::resolve`]).
+    ByName,
+    /// The caller's lookup returned the very object behind a default global (a basic type, a
+    /// constant or a pattern marker), under whatever name: the policy's rules for that global
+    /// apply (a marker stays a loop-side marker). `Some` when the caller also consented to the
+    /// object itself (its own rules come first, the consent serves what they refuse).
+    Default(Known, Option<G>),
+    /// The caller's lookup returned this object: a global the caller allowed.
+    Allowed(G),
+    /// The caller's lookup left it unresolved: inert in inert mode, else refused.
+    Unresolved,
+}
+
+/// The new items of an APPENDS / SETITEMS / ADDITEMS, borrowed in place from the loop's stack
+/// (all of them values the sink made): what [`Sink::append_in_place`] and friends receive, so
+/// a sink that only needs references (a Python list or dict) fills the target without the loop
+/// moving the items into a buffer first.
+pub struct Items<'a, H>(pub(crate) &'a [crate::read::Slot<H>]);
+
+impl<'a, H> Items<'a, H> {
+    /// How many items (keys and values count one each for SETITEMS).
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Whether there are none.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// The items in order.
+    #[inline(always)]
+    pub fn iter(&self) -> impl Iterator<Item = &'a H> + 'a {
+        self.0.iter().filter_map(crate::read::Slot::handle)
+    }
+    /// SETITEMS: the (key, value) pairs in order (the loop checked the count is even).
+    #[inline(always)]
+    pub fn pairs(&self) -> impl Iterator<Item = (&'a H, &'a H)> + 'a {
+        self.0
+            .chunks_exact(2)
+            .filter_map(|p| Some((p[0].handle()?, p[1].handle()?)))
+    }
+}
+
 /// The answer to NEXT_BUFFER.
 pub enum Buffer<H> {
     /// No `buffers` argument was given.
@@ -107,6 +154,18 @@ pub trait Sink {
     /// the caller did not allow it. Default globals never get here unless the caller's
     /// registry also names them.
     fn resolve(&mut self, module: &str, name: &str) -> Result<Option<Self::Global>, Self::Error>;
+    /// The sink's own answer for a global the pickle names (`raw_module.raw_name` as the data
+    /// spells it, `module.name` after `fix_imports`), asked once per distinct name and decode
+    /// before the policy's table. The default, [`Lookup::ByName`], leaves it to the policy.
+    #[inline]
+    fn lookup(
+        &mut self,
+        _raw: (&str, &str),
+        _module: &str,
+        _name: &str,
+    ) -> Result<Lookup<Self::Global>, Self::Error> {
+        Ok(Lookup::ByName)
+    }
     /// The `(module, name)` an extension code (EXT1/2/4) names, if registered.
     fn extension(&self, code: i32) -> Option<(String, String)>;
     /// A registry for the error-path scan that says how a refused global is used (extension
@@ -176,6 +235,35 @@ pub trait Sink {
         target: &Self::Handle,
         items: &mut Vec<Self::Handle>,
     ) -> Result<bool, Self::Error>;
+    /// APPEND/APPENDS with the items borrowed in place (the loop drops them afterwards):
+    /// `Some(ok)` as [`Sink::append`] answers, `None` to be given them as a buffer instead
+    /// (the default; then [`Sink::append`] is called).
+    #[inline(always)]
+    fn append_in_place(
+        &mut self,
+        _target: &Self::Handle,
+        _items: Items<'_, Self::Handle>,
+    ) -> Result<Option<bool>, Self::Error> {
+        Ok(None)
+    }
+    /// SETITEM/SETITEMS in place, as [`Sink::append_in_place`].
+    #[inline(always)]
+    fn set_items_in_place(
+        &mut self,
+        _target: &Self::Handle,
+        _kv: Items<'_, Self::Handle>,
+    ) -> Result<Option<bool>, Self::Error> {
+        Ok(None)
+    }
+    /// ADDITEMS in place, as [`Sink::append_in_place`].
+    #[inline(always)]
+    fn add_items_in_place(
+        &mut self,
+        _target: &Self::Handle,
+        _items: Items<'_, Self::Handle>,
+    ) -> Result<Option<bool>, Self::Error> {
+        Ok(None)
+    }
     /// SETITEM/SETITEMS (keys and values interleaved in `kv`, a reusable buffer as for
     /// [`Sink::append`]): `false` if `target` takes no items.
     fn set_items(

@@ -74,28 +74,99 @@ impl PickleLoader {
         py: Python<'py>,
         data: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let t = self.loads(py, data, None, None)?;
+        let t = self.loads(py, data, None, None, None)?;
         t.get_item(0)
     }
 
     /// Decode the first pickle in `data` (any bytes-like object). Returns `(object, bytes used)`.
-    #[pyo3(signature = (data, buffers=None, persistent_load=None))]
+    /// `find_class`: an `Unpickler.find_class` override, asked for every global the pickle
+    /// names (see [`crate::pickle_sink`]'s `lookup`).
+    #[pyo3(signature = (data, buffers=None, persistent_load=None, find_class=None))]
     fn loads<'py>(
         &self,
         py: Python<'py>,
         data: &Bound<'py, PyAny>,
         buffers: Option<Bound<'py, PyAny>>,
         persistent_load: Option<Bound<'py, PyAny>>,
+        find_class: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let buffers = match buffers {
             Some(b) if !b.is_none() => Some(PyIterator::from_object(&b)?),
             _ => None,
         };
         let persistent_load = persistent_load.filter(|p| !p.is_none());
+        let find_class = find_class.filter(|p| !p.is_none());
         let mut owned = Vec::new();
         let bytes = bytes_like(py, data, &mut owned)?;
-        self.load_slice(py, bytes, buffers, persistent_load)
+        self.load_slice(py, bytes, buffers, persistent_load, find_class)
             .and_then(|(obj, used)| PyTuple::new(py, [obj, used.into_pyobject(py)?.into_any()]))
+    }
+
+    /// The base `Unpickler.find_class(module, name)`: the policy as a lookup, nothing imported.
+    /// Returns the allowed object (an `allow=` entry, a cellar.copyreg registration, the parent
+    /// of an allowed nested class), the stdlib object behind a default global (the decoder
+    /// keeps applying that global's rules to it), or with `inert=True` an inert global;
+    /// otherwise raises `refusals[kind](message)` with kind 0 (nothing allowed in that
+    /// module: also a ModuleNotFoundError), 1 (not this name: also an AttributeError) or 2
+    /// (empty module name: also a ValueError). `proto` and `loading` as pickle's: names map
+    /// through fix_imports below protocol 3; outside a load, a dotted name needs protocol 4.
+    fn find_class<'py>(
+        &self,
+        py: Python<'py>,
+        module: &Bound<'py, PyAny>,
+        name: &Bound<'py, PyAny>,
+        proto: u8,
+        loading: bool,
+        refusals: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (Ok(module), Ok(name)) = (module.cast::<PyString>(), name.cast::<PyString>()) else {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "find_class: module and name must be str",
+            ));
+        };
+        let (module, name) = (module.to_cow()?, name.to_cow()?);
+        let (m, n) = if proto < 3 && self.fix_imports {
+            cellar_pickle::fix_imports_name(&module, &name)
+        } else {
+            (&*module, &*name)
+        };
+        let refuse = |kind: usize, msg: String| -> PyResult<Bound<'py, PyAny>> {
+            Err(PyErr::from_value(refusals.get_item(kind)?.call1((msg,))?))
+        };
+        if m.is_empty() {
+            return refuse(2, "Empty module name".to_owned());
+        }
+        if !loading && proto < 4 && n.contains('.') {
+            return refuse(
+                1,
+                format!(
+                    "Can't get attribute '{n}' on module '{m}': a dotted name needs protocol \
+                     4 (this unpickler's protocol is {proto})"
+                ),
+            );
+        }
+        let key = (m.to_owned(), n.to_owned());
+        if let Some(o) = self.allowed.get(&key).or_else(|| self.namespaces.get(&key)) {
+            return Ok(o.bind(py).clone());
+        }
+        if let Some(o) = crate::pickle_sink::default_object(py, m, n)? {
+            return Ok(o);
+        }
+        if let Some(t) = &self.inert {
+            return t.bind(py).call1((m, n));
+        }
+        let known_module = self
+            .allowed
+            .keys()
+            .chain(self.namespaces.keys())
+            .any(|(km, _)| km == m)
+            || cellar_pickle::policy::DEFAULT_GLOBALS
+                .iter()
+                .any(|(km, _, _)| *km == m);
+        refuse(
+            usize::from(known_module),
+            cellar_pickle::policy::refusal(m, n, None),
+        )
     }
 }
 
@@ -107,6 +178,7 @@ impl PickleLoader {
         bytes: &[u8],
         buffers: Option<Bound<'py, PyIterator>>,
         persistent_load: Option<Bound<'py, PyAny>>,
+        find_class: Option<Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyAny>, usize)> {
         let encoding = match &self.encoding {
             None => StringEncoding::Bytes,
@@ -120,7 +192,14 @@ impl PickleLoader {
             max_depth: self.max_depth,
             max_bytes: self.max_bytes,
         };
-        let mut sink = PySink::new(py, self, buffers, persistent_load, self.max_depth);
+        let mut sink = PySink::new(
+            py,
+            self,
+            buffers,
+            persistent_load,
+            find_class,
+            self.max_depth,
+        );
         // The decoder makes no garbage cycles: no collection passes over the half-built result.
         let _gc = GcPause::new(py);
         cellar_pickle::decode(bytes, &mut sink, &opts).map_err(|e| e.into_pyerr(py))

@@ -24,6 +24,7 @@
 //! garbage cycles and a collection over the half-built result is wasted time).
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use pyo3::exceptions::{
     PyEOFError, PyRecursionError, PyTypeError, PyUnicodeDecodeError, PyValueError,
@@ -39,8 +40,8 @@ use pyo3::types::{
 
 use cellar_pickle::policy::Known;
 use cellar_pickle::{
-    Buffer, Construct, DecodeErrors, ErrorKind, GlobalRef, Shape, Sink, StringEncoding,
-    UnpicklingError,
+    Buffer, Construct, DecodeErrors, ErrorKind, GlobalRef, Items, Lookup, Shape, Sink,
+    StringEncoding, UnpicklingError,
 };
 use cellar_value::PyStr;
 
@@ -128,6 +129,32 @@ impl LoadError {
 
 type Res<T> = Result<T, LoadError>;
 
+/// Hashes object addresses (distinct while the objects are kept alive, 16-byte aligned): one
+/// multiply instead of SipHash, for the per-object bookkeeping of BUILD targets.
+#[derive(Default, Clone, Copy)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    #[inline(always)]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+    #[inline(always)]
+    fn write_usize(&mut self, n: usize) {
+        self.0 = ((n as u64) >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A set of object addresses.
+type AddrSet = HashSet<usize, BuildHasherDefault<AddrHasher>>;
+/// A map keyed by object address.
+type AddrMap<V> = HashMap<usize, V, BuildHasherDefault<AddrHasher>>;
+
 /// What an allowed global resolved to.
 #[derive(Clone)]
 pub(crate) enum PyGlobal<'py> {
@@ -143,6 +170,8 @@ pub(crate) enum PyGlobal<'py> {
 /// already imported.
 struct Defaults {
     by_name: HashMap<(&'static str, &'static str), Py<PyAny>>,
+    /// The same objects by address: what a `find_class` override returned is one of them?
+    by_addr: HashMap<usize, Known>,
     reconstructor: Py<PyAny>,
     partial: Py<PyAny>,
 }
@@ -152,15 +181,35 @@ static DEFAULTS: PyOnceLock<Defaults> = PyOnceLock::new();
 fn defaults(py: Python<'_>) -> PyResult<&Defaults> {
     DEFAULTS.get_or_try_init(py, || {
         let mut by_name = HashMap::new();
-        for &(m, n, _) in cellar_pickle::policy::DEFAULT_GLOBALS {
-            by_name.insert((m, n), py.import(m)?.getattr(n)?.unbind());
+        let mut by_addr = HashMap::new();
+        for &(m, n, k) in cellar_pickle::policy::DEFAULT_GLOBALS {
+            let o = py.import(m)?.getattr(n)?.unbind();
+            by_addr.insert(o.as_ptr() as usize, k);
+            by_name.insert((m, n), o);
         }
         Ok(Defaults {
             by_name,
+            by_addr,
             reconstructor: py.import("copyreg")?.getattr("_reconstructor")?.unbind(),
             partial: py.import("functools")?.getattr("partial")?.unbind(),
         })
     })
+}
+
+/// The stdlib object behind the default global `module.name` (a basic type, a constant or a
+/// pattern marker), if it is one: what the base `Unpickler.find_class` returns for it (the
+/// decoder recognizes it by identity and keeps applying that global's rules).
+pub(crate) fn default_object<'py>(
+    py: Python<'py>,
+    module: &str,
+    name: &str,
+) -> PyResult<Option<Obj<'py>>> {
+    let d = defaults(py)?;
+    Ok(cellar_pickle::policy::DEFAULT_GLOBALS
+        .iter()
+        .find(|(m, n, _)| *m == module && *n == name)
+        .and_then(|&(m, n, _)| d.by_name.get(&(m, n)))
+        .map(|o| o.bind(py).clone()))
 }
 
 /// Pauses CPython's cyclic garbage collector for its lifetime (if it was enabled).
@@ -191,16 +240,20 @@ pub(crate) struct PySink<'py, 'c> {
     inert: Option<Bound<'py, PyType>>,
     buffers: Option<Bound<'py, PyIterator>>,
     persistent_load: Option<Obj<'py>>,
+    /// A `find_class` override (`Unpickler` subclass or attribute): asked for every global.
+    find_class: Option<Obj<'py>>,
     /// Objects this load created through an allowed class or callable (fresh: nobody else held
     /// a reference when they were made): the only BUILD targets besides inert objects.
-    created: HashSet<usize>,
+    created: AddrSet,
     /// Exact containers an allowed callable returned while someone else also references them:
     /// never mutated.
-    foreign: HashSet<usize>,
+    foreign: AddrSet,
     /// Keeps the objects in `created` / `foreign` alive while their addresses are there.
     keep: Vec<Obj<'py>>,
     /// `type -> __setstate__` found along the type's MRO (never in the instance).
-    setstate: HashMap<usize, Option<Obj<'py>>>,
+    setstate: AddrMap<Option<Obj<'py>>>,
+    /// State keys BUILD interned: `str -> its interned twin` (both kept alive here).
+    interned: AddrMap<(Obj<'py>, Obj<'py>)>,
     /// A mutable container was pushed again from the memo: measure the result at STOP.
     shared: bool,
     max_depth: usize,
@@ -213,6 +266,7 @@ impl<'py, 'c> PySink<'py, 'c> {
         loader: &'c PickleLoader,
         buffers: Option<Bound<'py, PyIterator>>,
         persistent_load: Option<Obj<'py>>,
+        find_class: Option<Obj<'py>>,
         max_depth: usize,
     ) -> Self {
         PySink {
@@ -221,10 +275,12 @@ impl<'py, 'c> PySink<'py, 'c> {
             inert: loader.inert.as_ref().map(|t| t.bind(py).clone()),
             buffers,
             persistent_load,
-            created: HashSet::new(),
-            foreign: HashSet::new(),
+            find_class,
+            created: AddrSet::default(),
+            foreign: AddrSet::default(),
             keep: Vec::new(),
-            setstate: HashMap::new(),
+            setstate: AddrMap::default(),
+            interned: AddrMap::default(),
             shared: false,
             max_depth,
         }
@@ -243,6 +299,26 @@ impl<'py, 'c> PySink<'py, 'c> {
     fn utf8(&self, b: &[u8]) -> Res<Obj<'py>> {
         let n =
             ffi::Py_ssize_t::try_from(b.len()).map_err(|_| uerr(self.py, "string too large"))?;
+        if b.len() <= 64 && b.is_ascii() {
+            // Short ASCII (dict keys, names): a compact ASCII str filled directly, without the
+            // codec machinery (what PyUnicode_DecodeUTF8's ASCII path ends up making).
+            // SAFETY: the GIL is held; PyUnicode_New(n, 127) returns a new compact ASCII str
+            // of n one-byte code points (or NULL with an exception set); it is not shared
+            // yet, so filling its n data bytes from `b` (n bytes, ASCII) before anyone sees
+            // it is how CPython builds strings. n == 0 gives the empty-string singleton, into
+            // which nothing is copied.
+            unsafe {
+                let p = ffi::PyUnicode_New(n, 127);
+                if !p.is_null() && n > 0 {
+                    std::ptr::copy_nonoverlapping(
+                        b.as_ptr(),
+                        ffi::PyUnicode_DATA(p).cast::<u8>(),
+                        b.len(),
+                    );
+                }
+                return self.owned(p);
+            }
+        }
         // SAFETY: the GIL is held; pointer and length describe `b`, the error handler name is
         // a NUL-terminated literal.
         let p =
@@ -429,7 +505,7 @@ impl<'py, 'c> PySink<'py, 'c> {
 
     /// The default BUILD: update `__dict__` (str keys interned) and set the slots of a
     /// `(dict, slots)` state.
-    fn default_build(&self, inst: &Obj<'py>, state: &Obj<'py>) -> Res<()> {
+    fn default_build(&mut self, inst: &Obj<'py>, state: &Obj<'py>) -> Res<()> {
         let py = self.py;
         let (st, slots) = match state.cast::<PyTuple>() {
             Ok(t) if t.len() == 2 => (t.get_item(0)?, Some(t.get_item(1)?)),
@@ -442,19 +518,22 @@ impl<'py, 'c> PySink<'py, 'c> {
             let dict = inst
                 .getattr(intern!(py, "__dict__"))
                 .map_err(|e| data_error(py, "BUILD", e))?;
+            let exact = dict.is_exact_instance_of::<PyDict>();
             for (k, v) in sd.iter() {
                 let k = if k.is_exact_instance_of::<PyString>() {
-                    let mut p = k.into_ptr();
-                    // SAFETY: the GIL is held; `p` is an owned reference to an exact str, which
-                    // PyUnicode_InternInPlace replaces with its interned twin (still owned).
-                    unsafe {
-                        ffi::PyUnicode_InternInPlace(&mut p);
-                        Bound::from_owned_ptr(py, p)
-                    }
+                    self.interned_key(k)
                 } else {
                     k
                 };
-                dict.set_item(k, v)?;
+                if exact {
+                    // SAFETY: the GIL is held; `dict` is an exact dict, key and value are live
+                    // objects (PyDict_SetItem takes its own references).
+                    if unsafe { ffi::PyDict_SetItem(dict.as_ptr(), k.as_ptr(), v.as_ptr()) } < 0 {
+                        return Err(PyErr::fetch(py).into());
+                    }
+                } else {
+                    dict.set_item(k, v)?;
+                }
             }
         }
         if let Some(slots) = slots {
@@ -480,6 +559,25 @@ impl<'py, 'c> PySink<'py, 'c> {
             }
         }
         Ok(())
+    }
+
+    /// The interned twin of the exact str `k` (as pickle interns `__dict__` keys), remembered
+    /// per key object: the same memoized key is interned once per load, not once per BUILD.
+    fn interned_key(&mut self, k: Obj<'py>) -> Obj<'py> {
+        let addr = k.as_ptr() as usize;
+        if let Some((_, i)) = self.interned.get(&addr) {
+            return i.clone();
+        }
+        let mut p = k.clone().into_ptr();
+        // SAFETY: the GIL is held; `p` is an owned reference to an exact str, which
+        // PyUnicode_InternInPlace replaces with its interned twin (still owned).
+        let i = unsafe {
+            ffi::PyUnicode_InternInPlace(&mut p);
+            Bound::from_owned_ptr(self.py, p)
+        };
+        // (the map keeps `k` alive, so its address is not reused during the load)
+        self.interned.insert(addr, (k, i.clone()));
+        i
     }
 
     /// A functools.partial the load made around an allowed callable keeps wrapping an allowed
@@ -603,6 +701,48 @@ impl<'py> Sink for PySink<'py, '_> {
             return Ok(Some(PyGlobal::Namespace(o.bind(self.py).clone())));
         }
         Ok(None)
+    }
+
+    fn lookup(
+        &mut self,
+        raw: (&str, &str),
+        module: &str,
+        name: &str,
+    ) -> Res<Lookup<PyGlobal<'py>>> {
+        let Some(fc) = &self.find_class else {
+            return Ok(Lookup::ByName);
+        };
+        let py = self.py;
+        // As the stdlib's unpickler: the override gets the names as the data spells them (the
+        // base find_class applies fix_imports itself). A refusal is whatever it raises.
+        let r = fc.call1(raw)?;
+        // The object behind a default global (whatever name it came under) keeps that global's
+        // rules: an override cannot turn a pattern marker or a basic-type constructor into a
+        // value or a free callable. The caller's own consent to that object still counts.
+        if let Some(&k) = defaults(py)?.by_addr.get(&(r.as_ptr() as usize)) {
+            let consented = self.loader.allowed.values().any(|a| a.bind(py).is(&r));
+            return Ok(Lookup::Default(
+                k,
+                consented.then(|| PyGlobal::Allowed(r.clone())),
+            ));
+        }
+        // The base find_class's inert answer (inert=True): the decoder's own inert global.
+        if self.is_inert(&r) && self.is_inert_global(&r)? {
+            return Ok(Lookup::Unresolved);
+        }
+        // The parent of an allowed nested class stays a namespace (a value, never called).
+        let key = (module.to_owned(), name.to_owned());
+        if !self.loader.allowed.contains_key(&key) {
+            if let Some(o) = self.loader.namespaces.get(&key) {
+                if o.bind(py).is(&r) {
+                    return Ok(Lookup::Allowed(PyGlobal::Namespace(r)));
+                }
+            }
+        }
+        // Anything else the override returned is the caller's explicit choice, as an allow=
+        // entry `(module, name, r)` would be: the same REDUCE / NEWOBJ / BUILD rules apply
+        // (BUILD only on instances this load creates through it, never on `r` itself).
+        Ok(Lookup::Allowed(PyGlobal::Allowed(r)))
     }
 
     fn extension(&self, code: i32) -> Option<(String, String)> {
@@ -766,6 +906,68 @@ impl<'py> Sink for PySink<'py, '_> {
             }
         }
         Ok(true)
+    }
+
+    #[inline(always)]
+    fn append_in_place(
+        &mut self,
+        target: &Obj<'py>,
+        items: Items<'_, Obj<'py>>,
+    ) -> Res<Option<bool>> {
+        let Ok(l) = target.cast_exact::<PyList>() else {
+            return Ok(None);
+        };
+        self.not_foreign(target)?;
+        for o in items.iter() {
+            // SAFETY: the GIL is held; `l` and `o` are live objects (PyList_Append takes its
+            // own reference to `o`).
+            if unsafe { ffi::PyList_Append(l.as_ptr(), o.as_ptr()) } < 0 {
+                return Err(PyErr::fetch(self.py).into());
+            }
+        }
+        Ok(Some(true))
+    }
+
+    #[inline(always)]
+    fn set_items_in_place(
+        &mut self,
+        target: &Obj<'py>,
+        kv: Items<'_, Obj<'py>>,
+    ) -> Res<Option<bool>> {
+        let Ok(d) = target.cast_exact::<PyDict>() else {
+            return Ok(None);
+        };
+        self.not_foreign(target)?;
+        for (k, v) in kv.pairs() {
+            // SAFETY: the GIL is held; the dict, key and value are live objects
+            // (PyDict_SetItem takes its own references).
+            if unsafe { ffi::PyDict_SetItem(d.as_ptr(), k.as_ptr(), v.as_ptr()) } < 0 {
+                let e = PyErr::fetch(self.py);
+                return Err(self.hash_failed(e));
+            }
+        }
+        Ok(Some(true))
+    }
+
+    #[inline(always)]
+    fn add_items_in_place(
+        &mut self,
+        target: &Obj<'py>,
+        items: Items<'_, Obj<'py>>,
+    ) -> Res<Option<bool>> {
+        let Ok(s) = target.cast_exact::<PySet>() else {
+            return Ok(None);
+        };
+        self.not_foreign(target)?;
+        for o in items.iter() {
+            // SAFETY: the GIL is held; the set and the item are live objects (PySet_Add takes
+            // its own reference).
+            if unsafe { ffi::PySet_Add(s.as_ptr(), o.as_ptr()) } < 0 {
+                let e = PyErr::fetch(self.py);
+                return Err(self.hash_failed(e));
+            }
+        }
+        Ok(Some(true))
     }
 
     fn set_items(&mut self, target: &Obj<'py>, kv: &mut Vec<Obj<'py>>) -> Res<bool> {

@@ -113,7 +113,7 @@ impl Fast {
             // safe=True: cellar's decoder straight from the stored bytes.
             return loader
                 .get()
-                .load_slice(py, &data, None, None)
+                .load_slice(py, &data, None, None, None)
                 .map(|(obj, _)| obj);
         }
         match self.kind {

@@ -59,8 +59,20 @@ class _PickleLoader:
     ) -> Self: ...
     def __call__(self, data: Buffer, /) -> Any: ...
     def loads(
-        self, data: Buffer, buffers: Any = None, persistent_load: Any = None
+        self,
+        data: Buffer,
+        buffers: Any = None,
+        persistent_load: Any = None,
+        find_class: Any = None,
     ) -> tuple[Any, int]: ...
+    def find_class(
+        self,
+        module: str,
+        name: str,
+        proto: int,
+        loading: bool,
+        refusals: tuple[type[Exception], type[Exception], type[Exception]],
+    ) -> Any: ...
 
 def _pickle_dumps(
     obj: object, protocol: int, fix_imports: bool, inert: type, reducer: Any

@@ -319,13 +319,36 @@ def loads(
     return loader.loads(data, iter(buffers))[0]
 
 
+class _ModuleRefused(UnpicklingError, ModuleNotFoundError):
+    """``Unpickler.find_class``: nothing in that module is allowed (also a
+    ModuleNotFoundError, what the stdlib's find_class raises for a module it cannot import)."""
+
+
+class _NameRefused(UnpicklingError, AttributeError):
+    """``Unpickler.find_class``: the module has allowed names, not this one (also an
+    AttributeError, as the stdlib's find_class raises for a missing name)."""
+
+
+class _EmptyModule(UnpicklingError, ValueError):
+    """``Unpickler.find_class('', name)`` (also a ValueError, as the stdlib's)."""
+
+
+_REFUSALS = (_ModuleRefused, _NameRefused, _EmptyModule)
+
+
 class Unpickler:
     """``pickle.Unpickler``'s interface over :func:`loads`: ``Unpickler(file, ...).load()``
     reads one pickle from a binary file (consecutive loads read consecutive pickles).
 
     Define ``persistent_load(pid)`` (a method or an attribute) to resolve persistent ids;
-    without it a pickle that uses one is refused. ``find_class`` is never called: globals
-    resolve only through ``allow=`` and :mod:`cellar.copyreg`.
+    without it a pickle that uses one is refused.
+
+    ``find_class(module, name)`` is the policy as a lookup (nothing is imported): the allowed
+    object, or :class:`pickle.UnpicklingError`. Override it (in a subclass, or as an attribute)
+    and it is asked for every global the pickle names, as in the stdlib; what it returns is the
+    caller's explicit choice, like an ``allow=`` entry, and the same rules apply to it (BUILD
+    only on instances this load creates through it; a basic-type constructor or pattern marker
+    it returns keeps that global's rules); what it raises ends the load.
     """
 
     def __init__(
@@ -346,6 +369,19 @@ class Unpickler:
         self._loader = _loader(allow, inert, fix_imports, encoding, errors, max_depth, max_bytes)
         self._buffers = None if buffers is None else iter(buffers)
         self._pending = b""
+        self._loading = False
+        #: The protocol of the pickle being (or last) loaded, as pickle's ``Unpickler.proto``.
+        self.proto = 0
+
+    def find_class(self, module: str, name: str) -> Any:
+        """The object the global ``module.name`` stands for under this unpickler's policy
+        (``allow=``, :mod:`cellar.copyreg`, the default globals; with ``inert=True`` an
+        :class:`Inert` global). Nothing is imported. Otherwise raises
+        :class:`pickle.UnpicklingError`, which is also a ModuleNotFoundError (nothing in that
+        module is allowed), an AttributeError (not this name) or a ValueError (empty module
+        name), as the stdlib's ``find_class`` would raise. Below protocol 3 names go through
+        ``fix_imports``; outside a load, dotted names need protocol 4 (``self.proto``)."""
+        return self._loader.find_class(module, name, self.proto, self._loading, _REFUSALS)
 
     def load(self) -> Any:
         """Read and return the next pickled object from the file."""
@@ -353,7 +389,18 @@ class Unpickler:
         self._pending = b""
         if not isinstance(data, (bytes, bytearray)):
             raise TypeError(f"file.read() returned {type(data).__name__}, not bytes")
-        obj, used = self._loader.loads(data, self._buffers, getattr(self, "persistent_load", None))
+        find_class = self.find_class
+        if getattr(find_class, "__func__", None) is Unpickler.find_class:
+            find_class = None  # not overridden: the decoder applies the policy by name
+        # PROTO comes first in every pickle of protocol 2+.
+        self.proto = data[1] if len(data) > 1 and data[0] == 0x80 else 0
+        self._loading = True
+        try:
+            obj, used = self._loader.loads(
+                data, self._buffers, getattr(self, "persistent_load", None), find_class
+            )
+        finally:
+            self._loading = False
         rest = len(data) - used
         if rest:
             # Give the unread bytes back to a seekable file; keep them otherwise.

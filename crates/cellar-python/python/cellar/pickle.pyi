@@ -77,6 +77,7 @@ def loads(
 ) -> Any: ...
 
 class Unpickler:
+    proto: int
     def __init__(
         self,
         file: _ReadableFile,
@@ -90,6 +91,7 @@ class Unpickler:
         max_depth: int | None = ...,
         max_bytes: int | None = None,
     ) -> None: ...
+    def find_class(self, module: str, name: str) -> Any: ...
     def load(self) -> Any: ...
 
 class _LoadOptions(TypedDict, total=False):
