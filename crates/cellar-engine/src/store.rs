@@ -2950,6 +2950,13 @@ impl Inner {
         if !self.shared {
             return Ok((self.gen.load_full(), None, None));
         }
+        // Replay what the other writers published as a reader would, before taking the commit
+        // lock: that replay is the bulk of a commit's work when several writers take turns,
+        // and done here it runs beside their commits instead of inside the one lock they all
+        // wait for. What they publish meanwhile is replayed under the lock (`catch_up`).
+        if w.held.is_none() {
+            self.refresh()?;
+        }
         loop {
             let g = self.gen.load_full();
             let guard = self.take_commit(w, &g)?;
