@@ -37,6 +37,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = db.get(b"key");
     let report = db.check();
     if scan.is_ok() {
-        assert_eq!(report.readable as usize, keys.len(), "check and scan disagree");
+        assert_eq!(
+            report.readable as usize,
+            keys.len(),
+            "check and scan disagree"
+        );
     }
 });

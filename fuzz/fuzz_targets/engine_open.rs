@@ -48,7 +48,10 @@ fn exercise(image: Vec<u8>) {
     let _ = s.batch(&b);
     let _ = s.close();
     // What the store left behind must reopen (or fail cleanly) too.
-    if let Ok(s2) = Store::open_storage(Arc::new(MemStorage::from_bytes(mem.bytes())), Options::default()) {
+    if let Ok(s2) = Store::open_storage(
+        Arc::new(MemStorage::from_bytes(mem.bytes())),
+        Options::default(),
+    ) {
         let _ = s2.for_each(|_, _| {});
         let _ = s2.check();
     }

@@ -20,9 +20,15 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(bytes) = cellar_marshal::dumps(&v, version) {
             let back = cellar_marshal::loads(&bytes).expect("cellar must load its own output");
             if version >= 2 {
-                assert!(back.same(&v), "round trip changed the value at version {version}");
+                assert!(
+                    back.same(&v),
+                    "round trip changed the value at version {version}"
+                );
                 let again = cellar_marshal::dumps(&back, version).expect("re-encode");
-                assert_eq!(again, bytes, "decode/encode not inverse at version {version}");
+                assert_eq!(
+                    again, bytes,
+                    "decode/encode not inverse at version {version}"
+                );
             }
         }
     }

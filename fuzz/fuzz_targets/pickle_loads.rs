@@ -38,17 +38,22 @@ fuzz_target!(|data: &[u8]| {
     if strict.is_ok() && report.error.is_none() {
         for g in &report.globals {
             assert!(
-                policy::default_global(&g.module, &g.name).is_some()
-                    || g.name.contains('.'), // getattr(Outer, 'Inner') names, never resolved
+                policy::default_global(&g.module, &g.name).is_some() || g.name.contains('.'), // getattr(Outer, 'Inner') names, never resolved
                 "strict load accepted a pickle naming {}.{}",
                 g.module,
                 g.name
             );
-            assert!(!g.built_itself, "strict load accepted BUILD on {}.{}", g.module, g.name);
+            assert!(
+                !g.built_itself,
+                "strict load accepted BUILD on {}.{}",
+                g.module, g.name
+            );
         }
     }
     if let Ok(v) = &strict {
-        let w = loose.as_ref().expect("inert mode accepts what strict mode accepts");
+        let w = loose
+            .as_ref()
+            .expect("inert mode accepts what strict mode accepts");
         assert!(w.same(v), "inert mode changed a strictly loadable value");
     }
     if let Ok(v) = loose {
@@ -63,7 +68,10 @@ fuzz_target!(|data: &[u8]| {
                 match loads(&bytes, &reg, &inert) {
                     Ok(back) => {
                         if exact && protocol >= 1 {
-                            assert!(back.same(&v), "round trip changed the value at protocol {protocol}");
+                            assert!(
+                                back.same(&v),
+                                "round trip changed the value at protocol {protocol}"
+                            );
                         }
                     }
                     Err(e) => assert!(!exact, "cellar must load its own output: {e}"),
