@@ -279,6 +279,35 @@ def test_inline_caches_past_the_end_never_reach_the_code_constructor() -> None:
     assert r_marshal.loads(data) == code
 
 
+def test_cache_entries_that_look_like_instructions_near_the_end_still_load() -> None:
+    # cellar looks at the last few code units first and walks the whole bytecode only when one
+    # of them, read as an instruction, would need cache entries past the end. Cache entries are
+    # skipped by the walk, whatever they hold: here the last cache entry of the LOAD_ATTR
+    # carries LOAD_ATTR's own opcode byte (the quick look is suspicious, the walk is not), and
+    # the code loads, as with CPython's marshal.
+    import dis
+    import marshal as std_marshal
+    import struct
+
+    code = compile("a.b", "<hostile>", "eval")
+    co = code.co_code
+    instrs = list(dis.get_instructions(code))
+    at = next(k for k, i in enumerate(instrs) if i.opname == "LOAD_ATTR")
+    ins = instrs[at]
+    ncache = (instrs[at + 1].offset - ins.offset) // 2 - 1  # the walk skips cache entries
+    assert ncache > 0
+    last = ins.offset + 2 * ncache  # the LOAD_ATTR's last cache entry
+    assert last + 2 < len(co) and len(co) // 2 - last // 2 <= ncache
+    bent = co[:last] + bytes([ins.opcode, 0]) + co[last + 2 :]
+    data = std_marshal.dumps(code)
+    old = struct.pack("<i", len(co)) + co
+    assert data.count(old) == 1
+    bent_data = data.replace(old, struct.pack("<i", len(bent)) + bent)
+    loaded = r_marshal.loads(bent_data)
+    assert type(loaded).__name__ == "code"
+    assert loaded.co_code == std_marshal.loads(bent_data).co_code
+
+
 def test_random_bytes_fuzz_fixed_budget() -> None:
     rng = random.Random(1234)
     seeds = BLOBS
