@@ -41,7 +41,6 @@ pub fn unhex(s: &str) -> Vec<u8> {
 }
 
 struct Store {
-    _tmp: Option<tempfile::TempDir>,
     list: Vec<Fixture>,
 }
 
@@ -61,6 +60,37 @@ fn tools_available() -> Result<(), String> {
     Ok(())
 }
 
+/// The fixture set under cargo's target tmpdir, generated on first use: into a fresh
+/// temporary directory beside it, then renamed into place, so test binaries running at once
+/// never see a half-written set (a loser of the rename race uses the winner's).
+fn cached_fixtures() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let dir = root.join("legacy-fixtures");
+    if dir.join("manifest.txt").exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(&root).expect("create the target tmpdir");
+    let tmp = tempfile::tempdir_in(&root).expect("tempdir");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/legacy-fixtures.py");
+    let st = Command::new(PYTHON)
+        .arg(&script)
+        .arg(tmp.path())
+        .status()
+        .expect("run legacy-fixtures.py");
+    assert!(st.success(), "legacy-fixtures.py failed");
+    let made = tmp.keep();
+    if std::fs::rename(&made, &dir).is_err() {
+        // Another test binary got there first.
+        let _ = std::fs::remove_dir_all(&made);
+        assert!(
+            dir.join("manifest.txt").exists(),
+            "no legacy fixtures at {}",
+            dir.display()
+        );
+    }
+    dir
+}
+
 fn generate() -> Option<Store> {
     if let Err(why) = tools_available() {
         if std::env::var("CI").as_deref() == Ok("true") {
@@ -69,21 +99,12 @@ fn generate() -> Option<Store> {
         eprintln!("SKIPPED: legacy fixture tests need Debian's python3 with dbm.gnu: {why}");
         return None;
     }
-    let (tmp, dir) = match std::env::var_os("CELLAR_LEGACY_FIXTURES") {
-        Some(d) if Path::new(&d).join("manifest.txt").exists() => (None, PathBuf::from(d)),
-        _ => {
-            let tmp = tempfile::tempdir().expect("tempdir");
-            let dir = tmp.path().to_path_buf();
-            let script =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/legacy-fixtures.py");
-            let st = Command::new(PYTHON)
-                .arg(&script)
-                .arg(&dir)
-                .status()
-                .expect("run legacy-fixtures.py");
-            assert!(st.success(), "legacy-fixtures.py failed");
-            (Some(tmp), dir)
-        }
+    let dir = match std::env::var_os("CELLAR_LEGACY_FIXTURES") {
+        Some(d) if Path::new(&d).join("manifest.txt").exists() => PathBuf::from(d),
+        // Made once per target directory and kept there (about 130 MB): a fixture set in a
+        // temporary directory held by a static was never removed, since statics are not
+        // dropped at exit, and every run of a test binary left one in /tmp.
+        _ => cached_fixtures(),
     };
     let manifest = std::fs::read_to_string(dir.join("manifest.txt")).expect("manifest");
     let list = manifest
@@ -111,7 +132,7 @@ fn generate() -> Option<Store> {
             }
         })
         .collect();
-    Some(Store { _tmp: tmp, list })
+    Some(Store { list })
 }
 
 /// All fixtures, or `None` (after printing why) when they cannot be made outside CI.
