@@ -524,7 +524,16 @@ impl Gen {
         let t = self.index.load();
         let load = self.table_load();
         if t.needs_grow(load, self.tombs.load(Ordering::Relaxed)) {
-            let nt = t.rebuilt(load, |off| self.key_hash_at(off))?;
+            // The offsets come in file order: one windowed reader goes through the log once
+            // (a record it cannot read as intact is read alone, for that read's error).
+            let mut rd = LogReader::new(&*self.storage, LOG_START, self.limit());
+            let nt = t.rebuilt(load, |off| match rd.record_at(off)? {
+                Next::Rec(_, h, rec) => {
+                    let k0 = h.header_len;
+                    Ok(hash_key(&rec[k0..k0 + h.key_len as usize]))
+                }
+                _ => self.key_hash_at(off),
+            })?;
             self.index.store(Arc::new(nt));
             self.tombs.store(0, Ordering::Relaxed);
         }
@@ -1078,6 +1087,104 @@ fn replay(g: &Gen, from: u64, to: u64, skip: Option<(u64, u64)>) -> Result<Repla
             }
         }
     }
+}
+
+/// Compaction: below this many bytes of commits left to copy, the copy without the commit lock
+/// stops and the rest is copied under it.
+const PRECOPY_DONE_BYTES: u64 = 64 << 10;
+
+/// Compaction: copies the commits of `g0` in `[from, to)` (complete commits, already in this
+/// handle's index) into the new generation `ng`, in log order: PUTs recompressed with `ng`'s
+/// codec, DELETEs as index removals (written too when `ng` has a compact section, whose keys
+/// they shadow). Writes go out in runs of about 1 MiB, each indexed once written (an
+/// overwritten record must be readable for its accounting).
+fn copy_tail(g0: &Gen, ng: &Gen, from: u64, to: u64) -> Result<()> {
+    let mut rd = LogReader::new(&*g0.storage, from, to);
+    let mut out: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut cbuf = Vec::new();
+    let mut keys: Vec<u8> = Vec::new();
+    // (kind, key's range in `keys`, offset in `ng`, sizes)
+    let mut pending: Vec<(u8, std::ops::Range<usize>, u64, RecSizes)> = Vec::new();
+    let flush = |out: &mut Vec<u8>,
+                 keys: &mut Vec<u8>,
+                 pending: &mut Vec<(u8, std::ops::Range<usize>, u64, RecSizes)>|
+     -> Result<()> {
+        let start = ng.limit();
+        if !out.is_empty() {
+            ng.storage
+                .write_at(start, out)
+                .map_err(io_err("writing the compacted file"))?;
+            lock(&ng.track).sum.add_all(out);
+            let end = start + out.len() as u64;
+            ng.storage.set_stable(end);
+            ng.end.store(end, Ordering::Release);
+        }
+        for (kind, key, rel, sizes) in pending.drain(..) {
+            if kind == K_PUT {
+                ng.apply_put(&keys[key], start + rel, sizes)?;
+            } else {
+                ng.apply_delete(&keys[key], start + rel, sizes)?;
+            }
+        }
+        out.clear();
+        keys.clear();
+        Ok(())
+    };
+    loop {
+        match rd.next_record()? {
+            Next::End => break,
+            Next::Bad { offset, reason } => return Err(Error::corrupt(offset, reason)),
+            Next::Rec(off, h, rec) => {
+                let k0 = h.header_len;
+                let key = &rec[k0..k0 + h.key_len as usize];
+                let rel = out.len() as u64;
+                let sizes = match h.kind {
+                    K_PUT => {
+                        let vb = &rec[k0 + h.key_len as usize..];
+                        let raw;
+                        let val: &[u8] = if h.flags & F_ZSTD != 0 {
+                            raw = g0.codec.decompress(h.flags, vb, off)?;
+                            &raw
+                        } else {
+                            vb
+                        };
+                        let (flags, v): (u8, &[u8]) = match ng.codec.compress(val, &mut cbuf) {
+                            Some(f) => (f, cbuf.as_slice()),
+                            None => (0, val),
+                        };
+                        let n = encode_record(&mut out, K_PUT, flags, key, v);
+                        RecSizes {
+                            total: n as u64,
+                            stored: v.len() as u64,
+                            raw: val.len() as u64,
+                        }
+                    }
+                    K_DELETE => {
+                        let mut rec = Vec::new();
+                        let n = encode_record(&mut rec, K_DELETE, 0, key, &[]);
+                        if ng.compact.is_some() {
+                            // The key may live in the new compact section: the shadow needs
+                            // its DELETE record in the new file.
+                            out.extend_from_slice(&rec);
+                        }
+                        RecSizes {
+                            total: n as u64,
+                            stored: 0,
+                            raw: 0,
+                        }
+                    }
+                    _ => continue,
+                };
+                let at = keys.len();
+                keys.extend_from_slice(key);
+                pending.push((h.kind, at..keys.len(), rel, sizes));
+                if out.len() >= 1 << 20 {
+                    flush(&mut out, &mut keys, &mut pending)?;
+                }
+            }
+        }
+    }
+    flush(&mut out, &mut keys, &mut pending)
 }
 
 fn file_ident(f: &File) -> Option<(u64, u64)> {
@@ -3839,6 +3946,30 @@ impl Inner {
                 return Err(e);
             }
         };
+        // Phase 1b: copy what writers committed meanwhile, still without the commit lock (the
+        // log below this handle's caught-up end is immutable), until the rest is small: the
+        // locked phase then copies only the last few commits, and writers wait for that, not
+        // for everything written while the snapshot was copied.
+        let mut copied = e0;
+        if !empty {
+            for _ in 0..8 {
+                if self.shared {
+                    if let Err(e) = self.refresh() {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(e);
+                    }
+                }
+                let e = g0.limit();
+                if e.saturating_sub(copied) < PRECOPY_DONE_BYTES {
+                    break;
+                }
+                if let Err(e) = copy_tail(&g0, &ng, copied, e) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+                copied = e;
+            }
+        }
         // Phase 2: catch up under the writer lock, checkpoint, switch.
         let mut w = match hold.take() {
             Some(w) => w,
@@ -3884,73 +4015,8 @@ impl Inner {
         let finish = (|| -> Result<()> {
             self.check_writable()?;
             let e1 = g0.limit();
-            if !empty && e1 > e0 {
-                let mut rd = LogReader::new(&*g0.storage, e0, e1);
-                let mut out = Vec::new();
-                let mut cbuf = Vec::new();
-                loop {
-                    match rd.next_record()? {
-                        Next::End => break,
-                        Next::Bad { offset, reason } => return Err(Error::corrupt(offset, reason)),
-                        Next::Rec(off, h, rec) => {
-                            let k0 = h.header_len;
-                            let key = rec[k0..k0 + h.key_len as usize].to_vec();
-                            match h.kind {
-                                K_PUT => {
-                                    let vb = &rec[k0 + h.key_len as usize..];
-                                    let val = if h.flags & F_ZSTD != 0 {
-                                        g0.codec.decompress(h.flags, vb, off)?
-                                    } else {
-                                        vb.to_vec()
-                                    };
-                                    // Flush so replaced records are readable for accounting.
-                                    let start = ng.limit();
-                                    out.clear();
-                                    let (flags, v): (u8, &[u8]) =
-                                        match ng.codec.compress(&val, &mut cbuf) {
-                                            Some(f) => (f, cbuf.as_slice()),
-                                            None => (0, &val),
-                                        };
-                                    let n = encode_record(&mut out, K_PUT, flags, &key, v);
-                                    let sizes = RecSizes {
-                                        total: n as u64,
-                                        stored: v.len() as u64,
-                                        raw: val.len() as u64,
-                                    };
-                                    ng.storage
-                                        .write_at(start, &out)
-                                        .map_err(io_err("writing the compacted file"))?;
-                                    lock(&ng.track).sum.add_all(&out);
-                                    ng.storage.set_stable(start + n as u64);
-                                    ng.end.store(start + n as u64, Ordering::Release);
-                                    ng.apply_put(&key, start, sizes)?;
-                                }
-                                K_DELETE => {
-                                    let start = ng.limit();
-                                    out.clear();
-                                    let n = encode_record(&mut out, K_DELETE, 0, &key, &[]);
-                                    let sizes = RecSizes {
-                                        total: n as u64,
-                                        stored: 0,
-                                        raw: 0,
-                                    };
-                                    if ng.compact.is_some() {
-                                        // The key may live in the new compact section: the
-                                        // shadow needs its DELETE record in the new file.
-                                        ng.storage
-                                            .write_at(start, &out)
-                                            .map_err(io_err("writing the compacted file"))?;
-                                        lock(&ng.track).sum.add_all(&out);
-                                        ng.storage.set_stable(start + n as u64);
-                                        ng.end.store(start + n as u64, Ordering::Release);
-                                    }
-                                    ng.apply_delete(&key, start, sizes)?;
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
-                }
+            if !empty && e1 > copied {
+                copy_tail(&g0, &ng, copied, e1)?;
             }
             self.checkpoint(&ng, &mut w)?;
             ng.storage

@@ -998,3 +998,64 @@ fn compaction_keeps_the_dictionary_until_the_new_data_outweighs_the_section() {
     s.close().unwrap();
     assert!(check_file(&path).unwrap().is_ok());
 }
+
+/// Compactions while another thread keeps writing (puts, overwrites, deletes, in batches):
+/// what is committed while the snapshot is copied is copied too, first without the commit
+/// lock, then the last commits under it; afterwards (and after a reopen) the store holds
+/// exactly the model, in the compact form and in the plain log form.
+#[test]
+fn compaction_copies_every_commit_made_while_it_runs() {
+    for compact_form in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.cellar");
+        let o = Options {
+            compact_form,
+            ..opts()
+        };
+        let s = std::sync::Arc::new(Store::open(&path, o.clone()).unwrap());
+        let mut b = Batch::new();
+        for i in 0..60_000u32 {
+            b.put(key(i), value(i, 0));
+        }
+        s.batch(&b).unwrap();
+        s.compact().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (s, stop) = (std::sync::Arc::clone(&s), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut model: Model = (0..60_000u32).map(|i| (key(i), value(i, 0))).collect();
+                let mut round = 1u32;
+                while !stop.load(std::sync::atomic::Ordering::Acquire) || round < 40 {
+                    let mut b = Batch::new();
+                    for j in 0..500u32 {
+                        let i = (round * 7919 + j * 131) % 80_000;
+                        if j % 5 == 0 {
+                            b.delete(key(i));
+                            model.remove(&key(i));
+                        } else {
+                            b.put(key(i), value(i, round));
+                            model.insert(key(i), value(i, round));
+                        }
+                    }
+                    s.batch(&b).unwrap();
+                    round += 1;
+                }
+                (model, round)
+            })
+        };
+        for _ in 0..4 {
+            s.compact().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        let (model, rounds) = writer.join().unwrap();
+        assert!(rounds >= 40);
+        assert_eq!(contents(&s), model);
+        s.compact().unwrap();
+        assert_eq!(contents(&s), model);
+        std::sync::Arc::try_unwrap(s).unwrap().close().unwrap();
+        assert!(check_file(&path).unwrap().is_ok());
+        let s = Store::open(&path, o).unwrap();
+        assert_eq!(contents(&s), model);
+        assert_reads(&s, &model, (80_000..80_010).map(key));
+    }
+}
