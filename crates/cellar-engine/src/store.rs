@@ -273,6 +273,10 @@ struct Gen {
     codec: Codec,
     index: ArcSwap<Table>,
     end: AtomicU64,
+    /// Shared-mode writers: the end of the complete commits this handle appends after, when
+    /// it is past `end` (other writers' commits that it skipped instead of indexing them; see
+    /// [`Gen::tail`]). 0 or at most `end` otherwise.
+    tail: AtomicU64,
     keys: AtomicU64,
     tombs: AtomicU64,
     live_bytes: AtomicU64,
@@ -388,6 +392,18 @@ struct RecSizes {
 impl Gen {
     fn limit(&self) -> u64 {
         self.end.load(Ordering::Acquire)
+    }
+
+    /// Where this handle's next commit goes: the end of the complete commits it knows of.
+    /// Past [`Gen::limit`] when a shared-mode writer skipped other writers' commits (they are
+    /// not in its index yet: [`fill_lag`] indexes them before anything reads the index).
+    fn tail(&self) -> u64 {
+        self.tail.load(Ordering::Acquire).max(self.limit())
+    }
+
+    /// Whether commits between [`Gen::limit`] and [`Gen::tail`] wait to be indexed.
+    fn lagging(&self) -> bool {
+        self.tail.load(Ordering::Acquire) > self.limit()
     }
 
     /// A record whose tag matched but whose key differs: `Ok(false)` if it is intact (another
@@ -997,6 +1013,48 @@ enum ReplayEnd {
     },
 }
 
+/// Indexes the commits between `g`'s indexed end and its tail (other writers' commits that a
+/// shared-mode writer appended after without indexing them). Caller holds the handle's
+/// catch-up mutex (the index has one writer at a time). They are complete commits (published
+/// by their writers after their append): a bad record among them is damage.
+fn fill_lag(g: &Gen) -> Result<()> {
+    let tail = g.tail.load(Ordering::Acquire);
+    if tail <= g.limit() {
+        return Ok(());
+    }
+    match replay(g, g.limit(), tail, None)? {
+        ReplayEnd::Clean(end) if end >= tail => Ok(()),
+        ReplayEnd::Clean(end) => Err(Error::corrupt(
+            end,
+            "the log ends before the commits other writers published",
+        )),
+        ReplayEnd::Bad { bad, reason, .. } => Err(damage_error(g, bad, tail, reason)?),
+    }
+}
+
+/// Whether the commits that another writer published up to `published` may be skipped by a
+/// shared-mode writer (appended after, indexed later): not when they end with a SUPERSEDED
+/// record, which the writer must replay to move to the compacted file. The marker has a fixed
+/// size and is the last record a compaction appends; bytes that merely look like one at the
+/// end of some value make the writer replay, which is only slower.
+fn skippable(g: &Gen, from: u64, published: u64) -> Result<bool> {
+    let mut marker = Vec::new();
+    let n = encode_record(&mut marker, K_SUPERSEDED, 0, &[], &[0u8; 8]) as u64;
+    if published < from + n {
+        return Ok(true);
+    }
+    let mut b = vec![0u8; n as usize];
+    g.storage
+        .read_at(published - n, &mut b)
+        .map_err(io_err("reading the end of the published commits"))?;
+    Ok(match parse_header(&b) {
+        HeaderParse::Ok(h) => {
+            !(h.kind == K_SUPERSEDED && h.total() == n && crate::format::verify(&h, &b))
+        }
+        _ => true,
+    })
+}
+
 /// Applies complete commits from `[from, to)` to the generation's index. `skip` is a damaged
 /// checkpoint (INDEX record) region that a newer slot located exactly: it is stepped over.
 fn replay(g: &Gen, from: u64, to: u64, skip: Option<(u64, u64)>) -> Result<ReplayEnd> {
@@ -1546,6 +1604,7 @@ fn load_gen_once(
         header,
         codec,
         index: ArcSwap::from_pointee(table),
+        tail: AtomicU64::new(0),
         end: AtomicU64::new(meta.covers_end),
         keys: AtomicU64::new(meta.keys),
         tombs: AtomicU64::new(meta.tombstones),
@@ -2868,6 +2927,13 @@ impl Inner {
 
     fn refresh(&self) -> Result<()> {
         let g = self.gen.load();
+        if g.lagging() {
+            // A writer that skipped other writers' commits: index them before any read.
+            drop(g);
+            let _c = lock(&self.catchup);
+            fill_lag(&self.gen.load())?;
+        }
+        let g = self.gen.load();
         // Read the writer's published end *before* looking at the file: if it has not moved
         // since the last full check, no commit has completed since then (the writer publishes
         // after every append), and the fstat below can be skipped.
@@ -2951,7 +3017,7 @@ impl Inner {
     /// one commit lock while it waits for another).
     fn catch_up(&self, g: &Arc<Gen>, w: &mut WriterState) -> Result<bool> {
         let hint = published_end(g);
-        if hint == (self.session, g.limit()) && !g.superseded.load(Ordering::Acquire) {
+        if hint == (self.session, g.tail()) && !g.superseded.load(Ordering::Acquire) {
             // We were the last to append: every writer publishes before it appends.
             return Ok(false);
         }
@@ -2960,14 +3026,24 @@ impl Inner {
             .len()
             .map_err(io_err("checking the store's length"))?;
         // First the commits up to the published end (complete by construction): reading
-        // exactly those bytes, not the preallocated zeros after them.
+        // exactly those bytes, not the preallocated zeros after them. A writer does not index
+        // them now: it appends after them and indexes them when it next reads (`fill_lag`),
+        // so that P writers taking turns do not each index every writer's records.
         let (session, published) = hint;
-        if session != 0 && published > g.limit() && published <= len {
-            if let ReplayEnd::Bad { bad, reason, .. } = replay(g, g.limit(), published, None)? {
-                return Err(damage_error(g, bad, len, reason)?);
+        if session != 0 && published > g.tail() && published <= len {
+            if skippable(g, g.tail(), published)? {
+                g.tail.store(published, Ordering::Release);
+            } else {
+                fill_lag(g)?;
+                if let ReplayEnd::Bad { bad, reason, .. } = replay(g, g.limit(), published, None)? {
+                    return Err(damage_error(g, bad, len, reason)?);
+                }
             }
         }
-        if len > g.limit() && !zero_at(&*g.storage, g.limit(), len)? {
+        if len > g.tail() && !zero_at(&*g.storage, g.tail(), len)? {
+            // Something past the published commits (a torn tail, or a commit whose writer
+            // died before publishing it): looked at record by record, from an indexed end.
+            fill_lag(g)?;
             if let ReplayEnd::Bad {
                 commit_end,
                 bad,
@@ -3057,13 +3133,8 @@ impl Inner {
         if !self.shared {
             return Ok((self.gen.load_full(), None, None));
         }
-        // Replay what the other writers published as a reader would, before taking the commit
-        // lock: that replay is the bulk of a commit's work when several writers take turns,
-        // and done here it runs beside their commits instead of inside the one lock they all
-        // wait for. What they publish meanwhile is replayed under the lock (`catch_up`).
-        if w.held.is_none() {
-            self.refresh()?;
-        }
+        // Other writers' commits are not indexed here: `catch_up` moves this handle's tail past
+        // them, and reads index them first (`refresh`).
         loop {
             let g = self.gen.load_full();
             let guard = self.take_commit(w, &g)?;
@@ -3153,10 +3224,15 @@ impl Inner {
         let mut w = lock(&self.writer);
         self.check_writable()?;
         let (g, guard, catchup) = self.writer_gen(&mut w)?;
-        if only_if_present && !g.contains(ops[0].0)? {
-            return Ok(false);
+        if only_if_present {
+            // Whether the key is there: the index must hold every commit first.
+            fill_lag(&g)?;
+            if !g.contains(ops[0].0)? {
+                return Ok(false);
+            }
         }
-        let start = g.limit();
+        let start = g.tail();
+        let lagging = g.lagging();
         if guard.is_some() {
             // Announce the append before making it: a writer that dies between its append and
             // its publication leaves a published pair that the next writer does not take for
@@ -3209,21 +3285,28 @@ impl Inner {
         w.crcs = crcs;
         r?;
         g.storage.set_stable(new_end);
-        g.end.store(new_end, Ordering::Release);
-        for ((k, v), (off, sizes)) in ops.iter().zip(placed) {
-            if v.is_some() {
-                g.apply_put(k, off, sizes)?;
-            } else {
-                g.apply_delete(k, off, sizes)?;
+        if lagging {
+            // Indexed later, with the other writers' commits before it (in log order).
+            g.tail.store(new_end, Ordering::Release);
+        } else {
+            g.end.store(new_end, Ordering::Release);
+            for ((k, v), (off, sizes)) in ops.iter().zip(placed) {
+                if v.is_some() {
+                    g.apply_put(k, off, sizes)?;
+                } else {
+                    g.apply_delete(k, off, sizes)?;
+                }
             }
         }
         w.since_checkpoint += new_end - start;
         if w.since_checkpoint >= self.opts.checkpoint_bytes {
+            fill_lag(&g)?;
             self.checkpoint(&g, &mut w)?;
         }
         if guard.is_some() {
-            // Everything up to here is in this handle's index: reads need not look again.
-            *lock(&g.seen_hint) = (self.session, g.limit());
+            // Everything up to here is known to this handle (indexed, or queued for indexing
+            // before the next read): reads need not look at the file again.
+            *lock(&g.seen_hint) = (self.session, g.tail());
         }
         drop(catchup);
         self.keep_or_release(&mut w, guard);
@@ -3237,14 +3320,14 @@ impl Inner {
 
     fn sync(&self) -> Result<()> {
         let g = self.gen.load_full();
-        let target = g.limit();
+        let target = g.tail();
         let generation = g.header.generation;
         let mut s = lock(&self.synced);
         if s.0 == generation && s.1 >= target {
             return Ok(());
         }
         // Everything written so far is covered by this fdatasync (group commit).
-        let upto = g.limit();
+        let upto = g.tail();
         if let Err(e) = g.storage.sync_data() {
             let err = Error::io("syncing the store (fdatasync)", e);
             self.poison(format!(
@@ -3339,7 +3422,10 @@ impl Inner {
     ) -> Result<()> {
         static ZEROS: [u8; 1 << 16] = [0u8; 1 << 16];
         self.clear_closed_mark(g)?;
-        let start = g.limit();
+        let start = g.tail();
+        // The log checksum (of the checkpoint slots) is kept in log order: a writer behind the
+        // log adds its records when it indexes them with the others'.
+        let lagging = g.lagging();
         let new_end = start + data.len() as u64;
         if w.prealloc_gen != g.header.generation {
             w.prealloc_gen = g.header.generation;
@@ -3369,7 +3455,9 @@ impl Inner {
             }
             return Err(err);
         }
-        lock(&g.track).sum.add_crc_bytes(crcs);
+        if !lagging {
+            lock(&g.track).sum.add_crc_bytes(crcs);
+        }
         publish_end(g, self.session, new_end)
     }
 
@@ -3420,9 +3508,18 @@ impl Inner {
             return;
         }
         let g = self.gen.load_full();
-        if !g.fold_due_at_close(&self.opts)
-            || self.shared && g.wlock.as_ref().is_none_or(|l| l.others_in_session())
-        {
+        if self.shared && g.wlock.as_ref().is_none_or(|l| l.others_in_session()) {
+            return;
+        }
+        if g.lagging() {
+            // Whether a fold is due depends on the whole log tier: index what this writer
+            // skipped (a failure here is left to the close that follows).
+            let _c = lock(&self.catchup);
+            if fill_lag(&g).is_err() {
+                return;
+            }
+        }
+        if !g.fold_due_at_close(&self.opts) {
             return;
         }
         if self.compacting.swap(true, Ordering::AcqRel) {
@@ -3667,6 +3764,7 @@ impl Inner {
             header,
             codec: Codec::new(header.compression.level(), dict.as_deref()),
             index: ArcSwap::from_pointee(Table::with_log2(10)),
+            tail: AtomicU64::new(0),
             end: AtomicU64::new(section_end),
             keys: AtomicU64::new(index.entries),
             tombs: AtomicU64::new(0),
@@ -3743,6 +3841,8 @@ impl Inner {
             let g = if self.shared {
                 loop {
                     let (g, guard, c) = self.writer_gen(&mut w)?;
+                    // The snapshot is of the whole log: index what this writer skipped.
+                    fill_lag(&g)?;
                     let l = g.wlock.as_ref().ok_or(Error::Closed)?;
                     if l.lock_range(COMPACT_BYTE, std::time::Duration::ZERO)?
                         .is_none()
@@ -3858,6 +3958,7 @@ impl Inner {
                 header,
                 codec,
                 index: ArcSwap::from_pointee(Table::for_keys(offsets.len() as u64)),
+                tail: AtomicU64::new(0),
                 end: AtomicU64::new(head.len() as u64),
                 keys: AtomicU64::new(0),
                 tombs: AtomicU64::new(0),
@@ -4007,6 +4108,11 @@ impl Inner {
                 }
                 Ok(false) => {}
             }
+            // Index what this writer skipped, so that the copy below reaches the log's end.
+            if let Err(e) = fill_lag(&g0) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
         }
         // No preallocation in the new file before the switch (its checkpoint is appended
         // below): a compacted file is as small as its contents until the next commit.
@@ -4087,6 +4193,8 @@ impl Inner {
             // mark are theirs to settle (the last one to close does).
             return Ok(());
         }
+        // The last writer settles the whole log: index what it skipped.
+        fill_lag(&g)?;
         let t = *lock(&g.track);
         if t.slot.is_closed()
             && t.slot.closed_end == g.limit()
