@@ -595,6 +595,11 @@ impl BlockIndex {
 
 /// Trains a dictionary for blocks from sample entries (`None` when zstd declines: too few or
 /// too uniform samples). `max_size` bounds the dictionary.
+///
+/// One fastCover training with fixed parameters (segments of 200 bytes, d = 8), where
+/// `ZDICT_trainFromBuffer` searches four segment sizes and test-compresses a quarter of the
+/// samples with each: 2-3x faster (a 100k-record store's two trainings: 29 and 26 ms -> 12
+/// and 10 ms) for files of the same size within 0.2% on the issue-14 workload.
 pub fn train_dict(samples: &[&[u8]], max_size: usize) -> Option<Vec<u8>> {
     if samples.len() < 32 {
         return None;
@@ -605,7 +610,46 @@ pub fn train_dict(samples: &[&[u8]], max_size: usize) -> Option<Vec<u8>> {
         data.extend_from_slice(s);
         sizes.push(s.len());
     }
-    zstd::dict::from_continuous(&data, &sizes, max_size).ok()
+    use zstd::zstd_safe::zstd_sys;
+    let params = zstd_sys::ZDICT_fastCover_params_t {
+        k: 200,
+        d: 8,
+        f: 20,
+        steps: 0,
+        nbThreads: 0,
+        splitPoint: 1.0,
+        accel: 1,
+        shrinkDict: 0,
+        shrinkDictMaxRegression: 0,
+        zParams: zstd_sys::ZDICT_params_t {
+            compressionLevel: 3,
+            notificationLevel: 0,
+            dictID: 0,
+        },
+    };
+    let mut dict = vec![0u8; max_size];
+    let n = sizes.len() as std::ffi::c_uint;
+    // SAFETY: `dict` is a writable buffer of `dict.len()` bytes and `data` a readable one of
+    // `sizes.iter().sum()` bytes, `sizes` holds `n` sizes; all three live across the call,
+    // which only reads `data`/`sizes` and writes at most `dict.len()` bytes of `dict`.
+    #[allow(unsafe_code)]
+    let written = unsafe {
+        zstd_sys::ZDICT_trainFromBuffer_fastCover(
+            dict.as_mut_ptr().cast(),
+            dict.len(),
+            data.as_ptr().cast(),
+            sizes.as_ptr(),
+            n,
+            params,
+        )
+    };
+    // SAFETY: a pure function of its argument.
+    #[allow(unsafe_code)]
+    if unsafe { zstd_sys::ZDICT_isError(written) } != 0 || written > dict.len() {
+        return None;
+    }
+    dict.truncate(written);
+    Some(dict)
 }
 
 /// Identifies a block in the cache: the file generation and the block's offset.
