@@ -2,7 +2,7 @@
 //! `tag:16 | offset:48`, written only by the single writer and read lock-free by any thread;
 //! plus its checkpoint encoding (bitmap + occupied slots, docs/engine-format.md section 5).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::format::{u64le, IndexMeta, INDEX_META_LEN};
@@ -63,7 +63,23 @@ fn advise_huge_pages(mem: &[u64]) {
 #[derive(Debug)]
 pub struct Table {
     slots: Box<[AtomicU64]>,
+    /// The low 32 bits of each live slot's hash (a slot keeps only the top 16), written with
+    /// the slot, so that growing places every entry without reading its key back from the log.
+    /// Memory only (never in a checkpoint); zeroed pages cost nothing until written.
+    lows: Box<[AtomicU32]>,
+    /// Whether `lows` is right for every live slot: true for tables built in memory, false for
+    /// one loaded from a checkpoint (growing it reads the keys, and the grown table knows them).
+    lows_known: bool,
     log2: u8,
+}
+
+/// A zeroed table of `n` 32-bit atomics, from zeroed memory (not touched until written).
+fn zeroed_lows(n: usize) -> Box<[AtomicU32]> {
+    vec![0u32; n]
+        .into_iter()
+        .map(AtomicU32::new)
+        .collect::<Vec<_>>()
+        .into_boxed_slice()
 }
 
 /// Where a probe ended.
@@ -86,6 +102,8 @@ impl Table {
         let slots: Vec<AtomicU64> = raw.into_iter().map(AtomicU64::new).collect();
         Table {
             slots: slots.into_boxed_slice(),
+            lows: zeroed_lows(n),
+            lows_known: true,
             log2,
         }
     }
@@ -154,6 +172,7 @@ impl Table {
 
     /// Writer only: points `slot` at a record.
     pub fn set(&self, slot: usize, hash: u64, offset: u64) {
+        self.lows[slot].store(hash as u32, Ordering::Relaxed);
         self.slots[slot].store(pack(hash, offset), Ordering::Release);
     }
 
@@ -168,6 +187,7 @@ impl Table {
         let mut i = (hash as usize) & mask;
         loop {
             if self.slots[i].load(Ordering::Relaxed) == EMPTY {
+                self.lows[i].store(hash as u32, Ordering::Relaxed);
                 self.slots[i].store(pack(hash, offset), Ordering::Release);
                 return;
             }
@@ -204,10 +224,11 @@ impl Table {
         v
     }
 
-    /// Builds a bigger (or cleaned) table holding the same live entries; `key_hash(offset)`
-    /// returns the full hash of the key of the record at `offset`. It is asked in file order
-    /// (ascending offsets), so that it can read the log front to back in large windows
-    /// instead of one small read per key.
+    /// Builds a bigger (or cleaned) table holding the same live entries. Each entry's hash
+    /// comes from the slot's tag and `lows` when they are known (the bits a table of up to
+    /// 2^32 slots places by); otherwise `key_hash(offset)` returns the full hash of the key of
+    /// the record at `offset`, asked in file order (ascending offsets), so that it can read the
+    /// log front to back in large windows instead of one small read per key.
     pub fn rebuilt(
         &self,
         keys: u64,
@@ -215,8 +236,18 @@ impl Table {
     ) -> Result<Table> {
         let t = Table::for_keys(keys.saturating_mul(2).max(keys + 1));
         let mut entries = Vec::with_capacity(keys as usize);
-        for off in self.offsets_in_file_order() {
-            entries.push((key_hash(off)?, off));
+        if self.lows_known && t.log2 <= 32 {
+            for (s, lo) in self.slots.iter().zip(self.lows.iter()) {
+                let v = s.load(Ordering::Acquire);
+                if v != EMPTY && v != TOMB {
+                    let h = (v & !OFFSET_MASK) | u64::from(lo.load(Ordering::Relaxed));
+                    entries.push((h, slot_offset(v)));
+                }
+            }
+        } else {
+            for off in self.offsets_in_file_order() {
+                entries.push((key_hash(off)?, off));
+            }
         }
         // Inserted in the order of their home slots (one counting-sort pass by the slot's top
         // bits), the entries fill the new table front to back: in random order, every insert
@@ -303,6 +334,8 @@ impl Table {
             meta,
             Table {
                 slots: slots.into_boxed_slice(),
+                lows: zeroed_lows(n),
+                lows_known: false,
                 log2: meta.log2_capacity,
             },
         ))
@@ -372,5 +405,74 @@ mod radix_tests {
                 assert_eq!(v, w, "n={n} bits={bits}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod grow_tests {
+    use super::*;
+
+    fn key(i: u64) -> Vec<u8> {
+        format!("key{i}").into_bytes()
+    }
+
+    /// Every entry of `t` is found by its key's hash at its offset (offset i+1 holds key i).
+    fn assert_finds(t: &Table, n: u64) {
+        for i in 0..n {
+            let h = hash_key(&key(i));
+            match t.probe(h, |off| Ok(off == i + 1)).unwrap() {
+                Probe::Found { offset, .. } => assert_eq!(offset, i + 1),
+                Probe::Missing { .. } => panic!("key{i} lost by growing"),
+            }
+        }
+    }
+
+    #[test]
+    fn growing_places_entries_from_the_kept_hash_bits_or_from_the_keys() {
+        let n = 5_000u64;
+        let t = Table::with_log2(10);
+        let mut t = t;
+        for i in 0..n {
+            if t.needs_grow(i, 0) {
+                // Built in memory: the low hash bits are known, no key is read back.
+                t = t.rebuilt(i, |_| panic!("a key was read back")).unwrap();
+            }
+            let h = hash_key(&key(i));
+            match t.probe(h, |off| Ok(off == i + 1)).unwrap() {
+                Probe::Missing { insert_at, .. } => t.set(insert_at, h, i + 1),
+                Probe::Found { .. } => panic!("key{i} present before its insert"),
+            }
+        }
+        assert_finds(&t, n);
+        // Loaded from a checkpoint: the low bits are unknown, so growing reads the keys (in
+        // file order) and the grown table knows them again.
+        let meta = IndexMeta {
+            covers_end: 0,
+            keys: n,
+            tombstones: 0,
+            live_bytes: 0,
+            raw_value_bytes: 0,
+            stored_value_bytes: 0,
+            log2_capacity: t.log2(),
+        };
+        let (_, loaded) = Table::decode(&t.encode(&meta)).unwrap();
+        assert!(!loaded.lows_known);
+        let mut asked = Vec::new();
+        let grown = loaded
+            .rebuilt(n, |off| {
+                asked.push(off);
+                Ok(hash_key(&key(off - 1)))
+            })
+            .unwrap();
+        assert_eq!(
+            asked,
+            (1..=n).collect::<Vec<_>>(),
+            "keys read once each, in file order"
+        );
+        assert_finds(&grown, n);
+        let again = grown
+            .rebuilt(n * 2, |_| panic!("a key was read back"))
+            .unwrap();
+        assert_finds(&again, n);
     }
 }
