@@ -206,16 +206,10 @@ pub enum Flat {
         /// Interned.
         interned: bool,
     },
-    /// A str that is not ASCII, `len` bytes of UTF-8 (see [`utf8_len`], [`utf8_into`]; written
-    /// as `u`, or `t` when interned from version 3).
-    Text {
-        /// Interned.
-        interned: bool,
-    },
 }
 
-/// The 5-byte header [`encode`] writes before the payload when the root is one bytes or str
-/// object of `len` bytes (a str that is not ASCII: of `len` bytes of UTF-8) (`shared`: [`Source::shared_id`] names it), or `None` when that
+/// The 5-byte header [`encode`] writes before the payload when the root is one bytes or ASCII
+/// str object of `len` bytes (`shared`: [`Source::shared_id`] names it), or `None` when that
 /// root is not written as header + payload (a short or pre-version-4 str, or too long). A
 /// source can then write the output in one piece, straight into its final buffer.
 pub fn flat_header(kind: Flat, len: usize, shared: bool, version: u32) -> Option<[u8; 5]> {
@@ -233,13 +227,6 @@ pub fn flat_header(kind: Flat, len: usize, shared: bool, version: u32) -> Option
                 TYPE_ASCII_INTERNED
             } else {
                 TYPE_ASCII
-            }
-        }
-        Flat::Text { interned } => {
-            if version >= 3 && interned {
-                TYPE_INTERNED
-            } else {
-                TYPE_UNICODE
             }
         }
     };
@@ -778,29 +765,59 @@ impl Writer<'_> {
                 self.code_size(code | flag, raw.len())?;
                 self.out.extend_from_slice(raw);
             }
-            StrData::Ucs1(s) => self.utf8_units(code | flag, s)?,
-            StrData::Ucs2(s) => self.utf8_units(code | flag, s)?,
-            StrData::Ucs4(s) => self.utf8_units(code | flag, s)?,
+            StrData::Ucs1(s) => self.utf8_units(code | flag, s, 2)?,
+            StrData::Ucs2(s) => self.utf8_units(code | flag, s, 3)?,
+            StrData::Ucs4(s) => self.utf8_units(code | flag, s, 4)?,
         }
         Ok(())
     }
 
-    /// Writes code points as UTF-8 (surrogates as three bytes, as surrogatepass) with their
-    /// length first: the exact length is counted in one pass ([`utf8_len`]), then the units are
-    /// encoded straight into the output ([`utf8_into`]).
+    /// Writes code points as UTF-8 (surrogates as three bytes), length patched in afterwards:
+    /// 32 units at a time encoded into a local block (runs of four ASCII units narrowed at
+    /// once, the rest one by one), then appended; room for the widest encoding (`per` bytes per
+    /// unit) reserved first, so the output grows once.
     fn utf8_units<T: Copy + Into<u32>>(
         &mut self,
         code: u8,
         units: &[T],
+        per: usize,
     ) -> Result<(), EncodeError> {
-        let n = utf8_len(units);
+        // Every unit takes at least one byte: a longer str cannot be written anyway.
+        if units.len() > SIZE32_MAX {
+            return Err(unmarshallable());
+        }
+        let start = self.out.len();
+        self.out.reserve(5 + units.len() * per);
+        self.out.extend_from_slice(&[code, 0, 0, 0, 0]);
+        let mut tmp = [0u8; 32 * 4];
+        for chunk in units.chunks(32) {
+            let mut w = 0;
+            let mut blocks = chunk.chunks_exact(4);
+            for block in &mut blocks {
+                let all = block.iter().fold(0u32, |a, &c| a | c.into());
+                if all < 0x80 {
+                    if let Some(dst) = tmp.get_mut(w..w + 4) {
+                        for (d, &c) in dst.iter_mut().zip(block) {
+                            *d = c.into() as u8;
+                        }
+                    }
+                    w += 4;
+                } else {
+                    for &c in block {
+                        w += put_utf8(&mut tmp, w, c.into());
+                    }
+                }
+            }
+            for &c in blocks.remainder() {
+                w += put_utf8(&mut tmp, w, c.into());
+            }
+            self.out.extend_from_slice(&tmp[..w.min(tmp.len())]);
+        }
+        let n = self.out.len() - start - 5;
         if n > SIZE32_MAX {
             return Err(unmarshallable());
         }
-        self.code_size(code, n)?;
-        let start = self.out.len();
-        self.out.resize(start + n, 0);
-        utf8_into(units, &mut self.out[start..]);
+        self.out[start + 1..start + 5].copy_from_slice(&(n as u32).to_le_bytes());
         Ok(())
     }
 
@@ -842,75 +859,6 @@ impl Writer<'_> {
     }
 }
 
-/// The length of `units` (code points) in UTF-8, surrogates as three bytes (surrogatepass).
-pub fn utf8_len<T: Copy + Into<u32>>(units: &[T]) -> usize {
-    units.iter().fold(units.len(), |n, &c| {
-        let c: u32 = c.into();
-        n + usize::from(c >= 0x80) + usize::from(c >= 0x800) + usize::from(c >= 0x10000)
-    })
-}
-
-/// Writes `units` (code points) as UTF-8 into `dst`, surrogates as three bytes
-/// (surrogatepass), returning the bytes written: [`utf8_len`] bytes when `dst` has room for
-/// them (a shorter `dst` is filled in part, never a panic). Runs of four ASCII units are narrowed
-/// at once; every other unit is one 4-byte store (while 4 bytes are left) advanced by its length.
-pub fn utf8_into<T: Copy + Into<u32>>(units: &[T], dst: &mut [u8]) -> usize {
-    let mut w = 0;
-    let mut blocks = units.chunks_exact(4);
-    for block in &mut blocks {
-        let all = block.iter().fold(0u32, |a, &c| a | c.into());
-        if all < 0x80 {
-            if let Some(d) = dst.get_mut(w..w + 4) {
-                for (d, &c) in d.iter_mut().zip(block) {
-                    *d = c.into() as u8;
-                }
-                w += 4;
-                continue;
-            }
-        }
-        for &c in block {
-            w += put_utf8_word(dst, w, c.into());
-        }
-    }
-    for &c in blocks.remainder() {
-        w += put_utf8_word(dst, w, c.into());
-    }
-    w.min(dst.len())
-}
-
-/// Writes `c` as UTF-8 at `dst[w..]`: one little-endian 4-byte store of the encoded bytes
-/// while four bytes are left (the bytes past the length are overwritten by the next unit or
-/// are beyond [`utf8_len`]), else byte by byte ([`put_utf8`]). Returns the encoded length.
-#[inline(always)]
-fn put_utf8_word(dst: &mut [u8], w: usize, c: u32) -> usize {
-    let (word, len) = if c < 0x80 {
-        (c, 1)
-    } else if c < 0x800 {
-        (0x80C0 | (c >> 6) | ((c & 0x3F) << 8), 2)
-    } else if c < 0x10000 {
-        (
-            0x0080_80E0 | (c >> 12) | (((c >> 6) & 0x3F) << 8) | ((c & 0x3F) << 16),
-            3,
-        )
-    } else {
-        (
-            0x8080_80F0
-                | ((c >> 18) & 0x07)
-                | (((c >> 12) & 0x3F) << 8)
-                | (((c >> 6) & 0x3F) << 16)
-                | ((c & 0x3F) << 24),
-            4,
-        )
-    };
-    match dst.get_mut(w..w + 4) {
-        Some(d) => {
-            d.copy_from_slice(&word.to_le_bytes());
-            len
-        }
-        None => put_utf8(dst, w, c),
-    }
-}
-
 /// Writes `c` as UTF-8 at `buf[w..]` (a surrogate as three bytes, as surrogatepass), returning
 /// the bytes written; `buf` has room for the widest encoding of every unit (a write past it
 /// cannot happen, and would be dropped rather than panic).
@@ -949,42 +897,6 @@ fn put_utf8(buf: &mut [u8], w: usize, c: u32) -> usize {
 mod tests {
     use super::*;
     use cellar_value::Value;
-
-    /// `utf8_into` matches the standard encoder for every code point range and offset (the
-    /// 4-byte store near the end of an exact-size buffer included), surrogates as three bytes.
-    #[test]
-    fn utf8_into_matches_std() {
-        let samples: &[u32] = &[
-            0x41, 0x7F, 0x80, 0xE9, 0x7FF, 0x800, 0x2014, 0xD800, 0xDFFF, 0xFFFF, 0x10000, 0x1F600,
-            0x10FFFF,
-        ];
-        for len in 0..12usize {
-            for start in 0..samples.len() {
-                let units: Vec<u32> = (0..len)
-                    .map(|i| samples[(start + i * 5) % samples.len()])
-                    .collect();
-                let mut want = Vec::new();
-                for &c in &units {
-                    match char::from_u32(c) {
-                        Some(ch) => want.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes()),
-                        // A lone surrogate, as surrogatepass writes it.
-                        None => want.extend_from_slice(&[
-                            0xE0 | (c >> 12) as u8,
-                            0x80 | ((c >> 6) & 0x3F) as u8,
-                            0x80 | (c & 0x3F) as u8,
-                        ]),
-                    }
-                }
-                assert_eq!(utf8_len(&units), want.len());
-                let mut got = vec![0u8; want.len()];
-                assert_eq!(utf8_into(&units, &mut got), want.len());
-                assert_eq!(got, want, "units {units:x?}");
-                // A short buffer gets a prefix, never a panic.
-                let mut short = vec![0u8; want.len() / 2];
-                assert!(utf8_into(&units, &mut short) <= short.len());
-            }
-        }
-    }
 
     /// The flat header plus the payload is what the encoder writes for that root.
     #[test]
@@ -1030,29 +942,6 @@ mod tests {
                     }
                     None => assert!(version < 4 || n < 256),
                 }
-                // Not ASCII (n = 0 would be an empty, ASCII str).
-                let s = "\u{e9}\u{2014}".repeat(n.max(1));
-                let mut want = Vec::new();
-                encode(
-                    &mut crate::ValueSource::default(),
-                    &Value::str(&s),
-                    0,
-                    &DumpOptions {
-                        version,
-                        allow_code: true,
-                    },
-                    &mut want,
-                )
-                .unwrap();
-                let units: Vec<u32> = s.chars().map(u32::from).collect();
-                let len = utf8_len(&units);
-                let mut got = flat_header(Flat::Text { interned: false }, len, false, version)
-                    .unwrap()
-                    .to_vec();
-                let at = got.len();
-                got.resize(at + len, 0);
-                assert_eq!(utf8_into(&units, &mut got[at..]), len);
-                assert_eq!(got, want, "non-ASCII str, version {version}, {n} units");
             }
         }
         assert_eq!(

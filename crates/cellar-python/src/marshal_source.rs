@@ -860,7 +860,7 @@ fn dumps_flat<'py>(
         let many = ffi::Py_REFCNT(v) > 1;
         if tp == &raw mut ffi::PyUnicode_Type {
             if ffi::PyUnicode_IS_ASCII(v) == 0 {
-                return dumps_text(py, v, many, version);
+                return Ok(None);
             }
             let interned = (*(v as *mut ffi::PyASCIIObject)).interned() != 0;
             let n = ffi::PyUnicode_GET_LENGTH(v).max(0) as usize;
@@ -895,83 +895,6 @@ fn dumps_flat<'py>(
         std::ptr::copy_nonoverlapping(head.as_ptr(), dst, head.len());
         std::ptr::copy_nonoverlapping(data.as_ptr(), dst.add(head.len()), data.len());
         Ok(Some(Bound::from_owned_ptr(py, b).cast_into_unchecked()))
-    }
-}
-
-/// A root that is one str that is not ASCII (case (b') of the benchmark): its exact UTF-8
-/// length counted first, then header and UTF-8 (the core's [`utf8_into`], surrogatepass)
-/// written straight into the result, with no intermediate buffer.
-///
-/// # Safety
-/// GIL held; `v` is a live str (exact type) that is not ASCII.
-unsafe fn dumps_text<'py>(
-    py: Python<'py>,
-    v: *mut ffi::PyObject,
-    many: bool,
-    version: u32,
-) -> PyResult<Option<Bound<'py, PyBytes>>> {
-    use cellar_marshal::write::{flat_header, utf8_into, utf8_len, Flat};
-    fn write<'py, T: Copy + Into<u32>>(
-        py: Python<'py>,
-        units: &[T],
-        interned: bool,
-        shared: bool,
-        version: u32,
-    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let len = utf8_len(units);
-        let Some(head) = flat_header(Flat::Text { interned }, len, shared, version) else {
-            return Ok(None);
-        };
-        let b = PyBytes::new_with(py, head.len() + len, |dst| {
-            let (h, rest) = dst.split_at_mut(head.len());
-            h.copy_from_slice(&head);
-            utf8_into(units, rest);
-            Ok(())
-        })?;
-        Ok(Some(b))
-    }
-    // SAFETY: (whole block) per the contract; str objects are immutable and nothing runs
-    // while the units are read.
-    unsafe {
-        let n = ffi::PyUnicode_GET_LENGTH(v).max(0) as usize;
-        let interned = (*(v as *mut ffi::PyASCIIObject)).interned() != 0;
-        let shared = many || interned;
-        if let Some(utf8) = cached_utf8(v) {
-            let Some(head) = flat_header(Flat::Text { interned }, utf8.len(), shared, version)
-            else {
-                return Ok(None);
-            };
-            let b = PyBytes::new_with(py, head.len() + utf8.len(), |dst| {
-                let (h, rest) = dst.split_at_mut(head.len());
-                h.copy_from_slice(&head);
-                rest.copy_from_slice(utf8);
-                Ok(())
-            })?;
-            return Ok(Some(b));
-        }
-        match ffi::PyUnicode_KIND(v) {
-            ffi::PyUnicode_1BYTE_KIND => write(
-                py,
-                std::slice::from_raw_parts(ffi::PyUnicode_1BYTE_DATA(v), n),
-                interned,
-                shared,
-                version,
-            ),
-            ffi::PyUnicode_2BYTE_KIND => write(
-                py,
-                std::slice::from_raw_parts(ffi::PyUnicode_2BYTE_DATA(v), n),
-                interned,
-                shared,
-                version,
-            ),
-            _ => write(
-                py,
-                std::slice::from_raw_parts(ffi::PyUnicode_4BYTE_DATA(v), n),
-                interned,
-                shared,
-                version,
-            ),
-        }
     }
 }
 
