@@ -239,6 +239,8 @@ impl<'py> Source for PySource<'py> {
                 let interned = (*(v as *mut ffi::PyASCIIObject)).interned() != 0;
                 let data = if ffi::PyUnicode_IS_ASCII(v) != 0 {
                     StrData::Ascii(std::slice::from_raw_parts(ffi::PyUnicode_1BYTE_DATA(v), n))
+                } else if let Some(utf8) = cached_utf8(v) {
+                    StrData::Utf8(utf8)
                 } else {
                     match ffi::PyUnicode_KIND(v) {
                         ffi::PyUnicode_1BYTE_KIND => StrData::Ucs1(std::slice::from_raw_parts(
@@ -893,6 +895,28 @@ fn dumps_flat<'py>(
         std::ptr::copy_nonoverlapping(head.as_ptr(), dst, head.len());
         std::ptr::copy_nonoverlapping(data.as_ptr(), dst.add(head.len()), data.len());
         Ok(Some(Bound::from_owned_ptr(py, b).cast_into_unchecked()))
+    }
+}
+
+/// The UTF-8 copy CPython caches on a str that is not ASCII (made by `PyUnicode_AsUTF8` and
+/// friends; only for strs without lone surrogates, so it equals the surrogatepass encoding),
+/// if there is one: read, never created.
+///
+/// # Safety
+/// GIL held; `v` is a live str that is not ASCII (its struct is at least a
+/// `PyCompactUnicodeObject`); the slice lives as long as `v`.
+#[inline(always)]
+unsafe fn cached_utf8<'a>(v: *mut ffi::PyObject) -> Option<&'a [u8]> {
+    // SAFETY: per the contract; the cache, once set, is immutable for the str's lifetime.
+    unsafe {
+        let c = &*(v as *const ffi::PyCompactUnicodeObject);
+        if c.utf8.is_null() {
+            return None;
+        }
+        Some(std::slice::from_raw_parts(
+            c.utf8 as *const u8,
+            c.utf8_length.max(0) as usize,
+        ))
     }
 }
 
