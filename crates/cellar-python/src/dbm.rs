@@ -15,6 +15,7 @@ use pyo3::exceptions::{PyKeyError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -152,16 +153,18 @@ pub(crate) fn to_py(py: Python<'_>, e: DbmError) -> PyErr {
     }
 }
 
-/// The bytes of a key or value: bytes-like objects as they are, `str` as UTF-8.
-fn as_bytes(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
+/// The bytes of a key or value: bytes-like objects as they are, `str` as UTF-8. bytes and str
+/// are borrowed (both are immutable, and `obj` keeps them alive while the GIL is released
+/// around the store's call); other buffers are copied.
+fn as_bytes<'a>(obj: &'a Bound<'_, PyAny>, what: &str) -> PyResult<Cow<'a, [u8]>> {
     if let Ok(b) = obj.cast::<PyBytes>() {
-        return Ok(b.as_bytes().to_vec());
+        return Ok(Cow::Borrowed(b.as_bytes()));
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(s.to_str()?.as_bytes().to_vec());
+        return Ok(Cow::Borrowed(s.to_str()?.as_bytes()));
     }
     if let Ok(buf) = pyo3::buffer::PyBuffer::<u8>::get(obj) {
-        return buf.to_vec(obj.py());
+        return Ok(Cow::Owned(buf.to_vec(obj.py())?));
     }
     Err(PyTypeError::new_err(format!(
         "{what} must be bytes or strings, not {}",
@@ -363,19 +366,31 @@ impl PyDatabase {
     /// backend; on the sqlite backend any other object SQLite can bind is stored as
     /// `CAST(? AS BLOB)` makes it, as CPython 3.13's dbm.sqlite3 does (42 -> b'42',
     /// 1.5 -> b'1.5', True -> b'1'), and `None` (SQL NULL) gives `Ok(None)`.
-    fn coerced(&self, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Option<Vec<u8>>> {
+    fn coerced<'a>(
+        &self,
+        obj: &'a Bound<'_, PyAny>,
+        what: &str,
+    ) -> PyResult<Option<Cow<'a, [u8]>>> {
         match (as_bytes(obj, what), &self.sqlite) {
             (Ok(b), _) => Ok(Some(b)),
             (Err(e), Some(sq)) if e.is_instance_of::<PyTypeError>(obj.py()) => {
                 let py = obj.py();
-                sq.coerce(obj.clone().unbind()).map_err(|e| to_py(py, e))
+                Ok(sq
+                    .coerce(obj.clone().unbind())
+                    .map_err(|e| to_py(py, e))?
+                    .map(Cow::Owned))
             }
             (Err(e), _) => Err(e),
         }
     }
 
     /// A key or value to store: NULL is refused as SQLite refuses it in dbm.sqlite3's table.
-    fn stored(&self, obj: &Bound<'_, PyAny>, what: &str, column: &str) -> PyResult<Vec<u8>> {
+    fn stored<'a>(
+        &self,
+        obj: &'a Bound<'_, PyAny>,
+        what: &str,
+        column: &str,
+    ) -> PyResult<Cow<'a, [u8]>> {
         self.coerced(obj, what)?
             .ok_or_else(|| DbmError_::new_err(format!("NOT NULL constraint failed: Dict.{column}")))
     }
@@ -609,7 +624,7 @@ impl PyDatabase {
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let key = as_bytes(key, "keys")?;
         let mut guard = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
-        let known = guard.as_ref().is_some_and(|c| c.pos.contains_key(&key));
+        let known = guard.as_ref().is_some_and(|c| c.pos.contains_key(&*key));
         if !known {
             drop(guard);
             let keys = self.run(py, |db| db.keys())?;
@@ -617,7 +632,7 @@ impl PyDatabase {
             *guard = Some(KeyCursor::new(keys));
         }
         Ok(guard.as_ref().and_then(|c| {
-            let i = *c.pos.get(&key)?;
+            let i = *c.pos.get(&*key)?;
             c.keys.get(i + 1).map(|k| PyBytes::new(py, k))
         }))
     }
@@ -848,14 +863,14 @@ impl PyBatch {
         let k = as_bytes(key, "keys")?;
         let v = as_bytes(value, "values")?;
         self.with(|b| {
-            b.insert(k, v);
+            b.insert(k.into_owned(), v.into_owned());
         })
     }
 
     fn __delitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
         let k = as_bytes(key, "keys")?;
         self.with(|b| {
-            b.remove(k);
+            b.remove(k.into_owned());
         })
     }
 
