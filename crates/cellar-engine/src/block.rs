@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use zstd::zstd_safe::{CCtx, CDict, DCtx, DDict};
 
@@ -233,6 +233,192 @@ impl BlockCodec {
     }
 }
 
+/// A raw block compressed and ready to be written, with what the block index records of it.
+#[derive(Debug)]
+pub struct SealedBlock {
+    /// The BLOCK record payload ([`BlockCodec::encode`]).
+    pub payload: Vec<u8>,
+    entries: u32,
+    raw_len: u64,
+    last_key: Vec<u8>,
+    /// The keys' hashes, for the filter.
+    hashes: Vec<u64>,
+}
+
+impl BlockCodec {
+    /// Compresses `raw` and hashes its keys for the filter: the part of writing a block that
+    /// does not depend on where it goes, so it can run on any thread ([`Sealer`]).
+    pub fn seal(&self, raw: RawBlock) -> Result<SealedBlock> {
+        let payload = self.encode(&raw)?;
+        let raw_len = raw.raw.len() as u64;
+        let parsed = Block::parse(raw.raw, raw.entries)
+            .ok_or_else(|| Error::corrupt(0, "malformed raw block"))?;
+        let hashes = parsed.iter().map(|(k, _)| hash_key(k)).collect();
+        Ok(SealedBlock {
+            payload,
+            entries: raw.entries,
+            raw_len,
+            last_key: raw.last_key,
+            hashes,
+        })
+    }
+}
+
+type SealJob = (u64, RawBlock);
+type SealDone = (u64, Result<SealedBlock>);
+
+/// Seals the raw blocks of a compaction on several threads (the caller's included) and hands
+/// them back in the order they were submitted, so the file is the same whatever the number of
+/// threads. Compressing is most of a compaction's time (zstd at level 3 runs at a few hundred
+/// MB/s); the merge that produces the blocks stays on the caller's thread. At most a few
+/// blocks per thread are in flight. With one thread, blocks are sealed inline.
+pub struct Sealer<'a> {
+    codec: &'a BlockCodec,
+    /// None: inline.
+    jobs: Option<mpsc::Sender<SealJob>>,
+    queue: Arc<Mutex<mpsc::Receiver<SealJob>>>,
+    done: mpsc::Receiver<SealDone>,
+    ready: std::collections::BTreeMap<u64, Result<SealedBlock>>,
+    next_in: u64,
+    next_out: u64,
+    limit: u64,
+}
+
+impl<'a> Sealer<'a> {
+    /// A sealer using `threads` threads in all (helpers are spawned in `scope` and stop when
+    /// the sealer is dropped).
+    pub fn new<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        codec: &'a BlockCodec,
+        threads: usize,
+    ) -> Sealer<'a>
+    where
+        'a: 'scope,
+    {
+        let (job_tx, job_rx) = mpsc::channel::<SealJob>();
+        let (done_tx, done_rx) = mpsc::channel::<SealDone>();
+        let queue = Arc::new(Mutex::new(job_rx));
+        let mut helpers = 0;
+        for _ in 1..threads {
+            let queue = Arc::clone(&queue);
+            let done_tx = done_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name("cellar-seal".into())
+                .spawn_scoped(scope, move || loop {
+                    // Holding the lock while waiting is fine: the caller's thread only
+                    // ever try-locks it.
+                    let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((i, raw)) = job else { break };
+                    if done_tx.send((i, codec.seal(raw))).is_err() {
+                        break;
+                    }
+                });
+            if spawned.is_ok() {
+                helpers += 1;
+            }
+        }
+        Sealer {
+            codec,
+            jobs: (helpers > 0).then_some(job_tx),
+            queue,
+            done: done_rx,
+            ready: std::collections::BTreeMap::new(),
+            next_in: 0,
+            next_out: 0,
+            limit: 4 * (helpers as u64 + 1),
+        }
+    }
+
+    /// Seals `raw`; `emit` receives every block sealed so far, in submission order.
+    pub fn submit(
+        &mut self,
+        raw: RawBlock,
+        emit: &mut dyn FnMut(SealedBlock) -> Result<()>,
+    ) -> Result<()> {
+        let Some(jobs) = &self.jobs else {
+            return emit(self.codec.seal(raw)?);
+        };
+        let i = self.next_in;
+        if let Err(mpsc::SendError((_, raw))) = jobs.send((i, raw)) {
+            // No helper is listening any more: seal it here.
+            self.ready.insert(i, self.codec.seal(raw));
+        }
+        self.next_in += 1;
+        self.emit_ready(emit)?;
+        while self.next_in - self.next_out > self.limit {
+            self.step(emit)?;
+        }
+        Ok(())
+    }
+
+    /// Hands every remaining block to `emit`, in order.
+    pub fn finish(mut self, emit: &mut dyn FnMut(SealedBlock) -> Result<()>) -> Result<()> {
+        // Helpers stop once the queue is empty.
+        self.jobs = None;
+        while self.next_out < self.next_in {
+            self.step(emit)?;
+        }
+        Ok(())
+    }
+
+    /// Emits the blocks that are ready, in order.
+    fn emit_ready(&mut self, emit: &mut dyn FnMut(SealedBlock) -> Result<()>) -> Result<bool> {
+        while let Ok((i, r)) = self.done.try_recv() {
+            self.ready.insert(i, r);
+        }
+        let mut progress = false;
+        while let Some(r) = self.ready.remove(&self.next_out) {
+            self.next_out += 1;
+            progress = true;
+            emit(r?)?;
+        }
+        Ok(progress)
+    }
+
+    /// Makes progress on the blocks in flight: emits what is ready, else seals a queued block
+    /// on this thread, else waits for a helper.
+    fn step(&mut self, emit: &mut dyn FnMut(SealedBlock) -> Result<()>) -> Result<()> {
+        if self.emit_ready(emit)? {
+            return Ok(());
+        }
+        let job = match self.queue.try_lock() {
+            Ok(q) => q.try_recv().ok(),
+            Err(_) => None,
+        };
+        match job {
+            Some((i, raw)) => {
+                self.ready.insert(i, self.codec.seal(raw));
+            }
+            None => match self.done.recv() {
+                Ok((i, r)) => {
+                    self.ready.insert(i, r);
+                }
+                // Every helper is gone, and the queue is empty or held by none: take what
+                // is queued, or report the loss.
+                Err(_) => {
+                    let job = self
+                        .queue
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .try_recv()
+                        .ok();
+                    match job {
+                        Some((i, raw)) => {
+                            self.ready.insert(i, self.codec.seal(raw));
+                        }
+                        None => {
+                            return Err(Error::Unsupported(
+                                "a compaction thread stopped before sealing its block",
+                            ))
+                        }
+                    }
+                }
+            },
+        }
+        self.emit_ready(emit).map(|_| ())
+    }
+}
+
 /// A decompressed block: its bytes and where each entry starts.
 #[derive(Debug)]
 pub struct Block {
@@ -436,21 +622,18 @@ impl BlockIndex {
     }
 
     /// Records a block written at `offset` (blocks in key order), and its keys in the filter.
-    pub fn push(&mut self, offset: u64, block: &RawBlock) -> Result<()> {
-        let parsed = Block::parse(block.raw.clone(), block.entries)
-            .ok_or_else(|| Error::corrupt(offset, "malformed raw block"))?;
-        for (k, _) in parsed.iter() {
-            self.filter.add(hash_key(k));
+    pub fn push_sealed(&mut self, offset: u64, block: &SealedBlock) {
+        for &h in &block.hashes {
+            self.filter.add(h);
         }
         self.entries += u64::from(block.entries);
-        self.raw_bytes += block.raw.len() as u64;
+        self.raw_bytes += block.raw_len;
         self.seps.push(prefix(&block.last_key));
         self.blocks.push(BlockRef {
             offset,
             entries: block.entries,
             last_key: block.last_key.clone(),
         });
-        Ok(())
     }
 
     /// Records an already decoded block found at `offset` (blocks in key order; used to
@@ -855,23 +1038,78 @@ mod tests {
         codec: &BlockCodec,
         target: usize,
     ) -> (Vec<Vec<u8>>, BlockIndex) {
+        build_with(recs, codec, target, 1)
+    }
+
+    /// Blocks of `recs` sealed on `threads` threads; block `i` "written" at offset `i * 1000`.
+    fn build_with(
+        recs: &[(Vec<u8>, Vec<u8>)],
+        codec: &BlockCodec,
+        target: usize,
+        threads: usize,
+    ) -> (Vec<Vec<u8>>, BlockIndex) {
         let mut b = BlockBuilder::new(target);
         let mut payloads = Vec::new();
         let mut index = BlockIndex::new(recs.len() as u64);
-        let mut emit = |raw: RawBlock, payloads: &mut Vec<Vec<u8>>| {
-            let off = payloads.len() as u64 * 1000;
-            index.push(off, &raw).unwrap();
-            payloads.push(codec.encode(&raw).unwrap());
-        };
-        for (k, v) in recs {
-            if let Some(raw) = b.add(k, v).unwrap() {
-                emit(raw, &mut payloads);
+        std::thread::scope(|scope| {
+            let mut sealer = Sealer::new(scope, codec, threads);
+            let mut emit = |sealed: SealedBlock| {
+                let off = payloads.len() as u64 * 1000;
+                index.push_sealed(off, &sealed);
+                payloads.push(sealed.payload);
+                Ok(())
+            };
+            for (k, v) in recs {
+                if let Some(raw) = b.add(k, v).unwrap() {
+                    sealer.submit(raw, &mut emit).unwrap();
+                }
             }
-        }
-        if let Some(raw) = b.finish() {
-            emit(raw, &mut payloads);
-        }
+            if let Some(raw) = b.finish() {
+                sealer.submit(raw, &mut emit).unwrap();
+            }
+            sealer.finish(&mut emit).unwrap();
+        });
         (payloads, index)
+    }
+
+    /// Sealing on several threads writes the same blocks in the same order as on one, also
+    /// when the caller stops half-way (an error from `emit`: the helpers wind down).
+    #[test]
+    fn sealing_on_several_threads_is_deterministic() {
+        let recs = records(30_000);
+        let samples: Vec<&[u8]> = recs.iter().step_by(30).map(|(_, v)| v.as_slice()).collect();
+        let dict = train_dict(&samples, 8 << 10).expect("a dictionary");
+        let codec = BlockCodec::new(3, Some(&dict));
+        let (one, index_one) = build_with(&recs, &codec, 4096, 1);
+        assert!(one.len() > 50);
+        for threads in [2, 3, 8] {
+            let (many, index_many) = build_with(&recs, &codec, 4096, threads);
+            assert_eq!(many, one, "{threads} threads");
+            assert_eq!(index_many.encode(), index_one.encode(), "{threads} threads");
+        }
+        std::thread::scope(|scope| {
+            let mut sealer = Sealer::new(scope, &codec, 3);
+            let mut b = BlockBuilder::new(4096);
+            let mut seen = 0;
+            let mut emit = |_: SealedBlock| {
+                seen += 1;
+                if seen == 7 {
+                    Err(Error::Unsupported("stop"))
+                } else {
+                    Ok(())
+                }
+            };
+            let mut failed = false;
+            for (k, v) in &recs {
+                if let Some(raw) = b.add(k, v).unwrap() {
+                    if sealer.submit(raw, &mut emit).is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            assert!(failed, "the error reaches the caller");
+        });
     }
 
     #[test]

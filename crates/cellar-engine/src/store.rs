@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::block::{
     train_dict, Block, BlockBuilder, BlockCache, BlockCodec, BlockIndex, BlockRef, RawBlock,
-    DEFAULT_BLOCK_BYTES, MAX_BLOCK_ENTRY,
+    SealedBlock, Sealer, DEFAULT_BLOCK_BYTES, MAX_BLOCK_ENTRY,
 };
 use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
@@ -2038,7 +2038,7 @@ impl Store {
             }
             let store = Store::from_gen(Some(path.clone()), opts.clone(), gen, cache);
             if opts.truncate && store.inner.gen.load().keys.load(Ordering::Relaxed) > 0 {
-                store.inner.compact_inner(true)?;
+                store.inner.compact_inner(true, true)?;
             }
             return Ok(store);
         }
@@ -2290,7 +2290,7 @@ impl Store {
     pub fn compact(&self) -> Result<()> {
         self.inner.check_writable()?;
         self.inner.join_compactor();
-        self.inner.compact_inner(false)
+        self.inner.compact_inner(false, true)
     }
 
     /// Reads the whole log and the index and reports damage.
@@ -3478,7 +3478,7 @@ impl Inner {
         let h = std::thread::Builder::new()
             .name("cellar-compact".into())
             .spawn(move || {
-                let _ = me.compact_inner(false);
+                let _ = me.compact_inner(false, false);
                 me.compacting.store(false, Ordering::Release);
             });
         match h {
@@ -3525,7 +3525,7 @@ impl Inner {
         if self.compacting.swap(true, Ordering::AcqRel) {
             return;
         }
-        let _ = self.compact_inner(false);
+        let _ = self.compact_inner(false, true);
         self.compacting.store(false, Ordering::Release);
     }
 
@@ -3574,6 +3574,7 @@ impl Inner {
         storage: &Arc<dyn Storage>,
         nlock: WriterLock,
         ident: Option<(u64, u64)>,
+        threads: usize,
     ) -> Result<Gen> {
         // Every key the hash index holds, sorted: its live PUTs (the log tier's entries) and
         // its DELETE shadows, both of which hide the compact entry of the same key. The keys
@@ -3662,15 +3663,32 @@ impl Inner {
                 Ok(())
             }
         }
-        fn write_block(
-            out: &mut Out<'_>,
-            index: &mut BlockIndex,
-            codec: &BlockCodec,
-            raw: RawBlock,
-        ) -> Result<()> {
-            let payload = codec.encode(&raw)?;
-            let off = out.record(K_BLOCK, &[], &payload)?;
-            index.push(off, &raw)
+        /// The blocks being written: sealed (compressed, keys hashed) by `sealer`, possibly on
+        /// other threads, then appended to `out` and recorded in `index` in order.
+        struct Blocks<'o, 's> {
+            out: Out<'o>,
+            index: BlockIndex,
+            sealer: Sealer<'s>,
+        }
+        impl<'o> Blocks<'o, '_> {
+            fn add(&mut self, raw: RawBlock) -> Result<()> {
+                let Blocks { out, index, sealer } = self;
+                sealer.submit(raw, &mut |b| Self::write(out, index, b))
+            }
+            fn finish(self) -> Result<(Out<'o>, BlockIndex)> {
+                let Blocks {
+                    mut out,
+                    mut index,
+                    sealer,
+                } = self;
+                sealer.finish(&mut |b| Self::write(&mut out, &mut index, b))?;
+                Ok((out, index))
+            }
+            fn write(out: &mut Out<'_>, index: &mut BlockIndex, b: SealedBlock) -> Result<()> {
+                let off = out.record(K_BLOCK, &[], &b.payload)?;
+                index.push_sealed(off, &b);
+                Ok(())
+            }
         }
 
         let mut head = new_file_bytes(&header);
@@ -3690,56 +3708,63 @@ impl Inner {
             None => 0,
         };
         let estimate = log_puts as u64 + g0.compact.as_ref().map_or(0, |c| c.index.entries);
-        let mut index = BlockIndex::new(estimate);
-        let mut builder = BlockBuilder::new(DEFAULT_BLOCK_BYTES);
-        let mut large: Vec<(Vec<u8>, u64)> = Vec::new();
-        let mut li = 0usize;
-        let emit_log = |li: usize,
-                        out: &mut Out<'_>,
-                        index: &mut BlockIndex,
-                        builder: &mut BlockBuilder,
-                        large: &mut Vec<(Vec<u8>, u64)>|
-         -> Result<()> {
-            let t = &table[li];
-            if !t.put {
-                // A DELETE shadow: nothing to write, it only hid the compact entry.
-                return Ok(());
-            }
-            let k = key_of(t);
-            let v = g0.read_value(t.off)?;
-            if k.len() + v.len() > MAX_BLOCK_ENTRY {
-                large.push((k.to_vec(), t.off));
-            } else if let Some(raw) = builder.add(k, &v)? {
-                write_block(out, index, &bcodec, raw)?;
-            }
-            Ok(())
-        };
-        if let Some(ct) = &g0.compact {
-            for r in old_blocks {
-                let b = g0.load_block(ct, r)?;
-                for (k, v) in b.iter() {
-                    while li < table.len() && key_of(&table[li]) < k {
-                        emit_log(li, &mut out, &mut index, &mut builder, &mut large)?;
-                        li += 1;
-                    }
-                    if li < table.len() && key_of(&table[li]) == k {
-                        // The hash index holds this key (a newer PUT, written when the cursor
-                        // passes it, or a DELETE shadow): the compact entry is gone.
-                        continue;
-                    }
-                    if let Some(raw) = builder.add(k, v)? {
-                        write_block(&mut out, &mut index, &bcodec, raw)?;
+        let (mut out, index, large) = std::thread::scope(|scope| {
+            let mut blocks = Blocks {
+                out,
+                index: BlockIndex::new(estimate),
+                sealer: Sealer::new(scope, &bcodec, threads),
+            };
+            let mut builder = BlockBuilder::new(DEFAULT_BLOCK_BYTES);
+            let mut large: Vec<(Vec<u8>, u64)> = Vec::new();
+            let mut li = 0usize;
+            let emit_log = |li: usize,
+                            blocks: &mut Blocks<'_, '_>,
+                            builder: &mut BlockBuilder,
+                            large: &mut Vec<(Vec<u8>, u64)>|
+             -> Result<()> {
+                let t = &table[li];
+                if !t.put {
+                    // A DELETE shadow: nothing to write, it only hid the compact entry.
+                    return Ok(());
+                }
+                let k = key_of(t);
+                let v = g0.read_value(t.off)?;
+                if k.len() + v.len() > MAX_BLOCK_ENTRY {
+                    large.push((k.to_vec(), t.off));
+                } else if let Some(raw) = builder.add(k, &v)? {
+                    blocks.add(raw)?;
+                }
+                Ok(())
+            };
+            if let Some(ct) = &g0.compact {
+                for r in old_blocks {
+                    let b = g0.load_block(ct, r)?;
+                    for (k, v) in b.iter() {
+                        while li < table.len() && key_of(&table[li]) < k {
+                            emit_log(li, &mut blocks, &mut builder, &mut large)?;
+                            li += 1;
+                        }
+                        if li < table.len() && key_of(&table[li]) == k {
+                            // The hash index holds this key (a newer PUT, written when the
+                            // cursor passes it, or a DELETE shadow): the compact entry is gone.
+                            continue;
+                        }
+                        if let Some(raw) = builder.add(k, v)? {
+                            blocks.add(raw)?;
+                        }
                     }
                 }
             }
-        }
-        while li < table.len() {
-            emit_log(li, &mut out, &mut index, &mut builder, &mut large)?;
-            li += 1;
-        }
-        if let Some(raw) = builder.finish() {
-            write_block(&mut out, &mut index, &bcodec, raw)?;
-        }
+            while li < table.len() {
+                emit_log(li, &mut blocks, &mut builder, &mut large)?;
+                li += 1;
+            }
+            if let Some(raw) = builder.finish() {
+                blocks.add(raw)?;
+            }
+            let (out, index) = blocks.finish()?;
+            Ok::<_, Error>((out, index, large))
+        })?;
         let compact_offset = out.record(K_BLOCKINDEX, &[], &index.encode())?;
         if let Some(d) = &dict {
             out.record(K_DICT, &[], d)?;
@@ -3820,7 +3845,11 @@ impl Inner {
 
     /// Compaction (or, with `empty`, replacement by an empty store). See the format doc,
     /// section 7.
-    fn compact_inner(&self, empty: bool) -> Result<()> {
+    ///
+    /// `foreground`: the caller waits for it (`compact()`, the fold at close), so blocks are
+    /// compressed on every core ([`Sealer`], up to 4 threads); a background compaction uses
+    /// its own thread only, leaving the others to the application.
+    fn compact_inner(&self, empty: bool, foreground: bool) -> Result<()> {
         let path = match &self.path {
             Some(p) => p.clone(),
             None => return Err(Error::Unsupported("compaction of custom storage")),
@@ -3940,7 +3969,13 @@ impl Inner {
                     dict_offset: 0,
                     ..header
                 };
-                return self.build_compact(&g0, e0, &offsets, header, &storage, nlock, ident);
+                let threads = if foreground {
+                    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+                } else {
+                    1
+                };
+                return self
+                    .build_compact(&g0, e0, &offsets, header, &storage, nlock, ident, threads);
             }
             let mut head = new_file_bytes(&header);
             head[PID_OFFSET as usize..PID_OFFSET as usize + 4]
