@@ -38,6 +38,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         self.read_at(offset, &mut v)?;
         Ok(View::owned(v))
     }
+    /// `len` bytes at `offset` borrowed from a mapping, or `None` when they are not mapped
+    /// (the caller then reads what it needs with `read_at`): a large range is never copied.
+    fn mapped_view(&self, _offset: u64, _len: usize) -> Option<View> {
+        None
+    }
     /// Writes a small informational field inside the first 4 KiB (the published log end):
     /// like `write_at`, but a real file may do it through a shared mapping, without a syscall.
     fn write_hint(&self, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -279,25 +284,30 @@ impl Storage for FileStorage {
         self.stable.fetch_max(upto, Ordering::AcqRel);
     }
 
-    fn view(&self, offset: u64, len: usize) -> io::Result<View> {
-        if let Some(end) = offset.checked_add(len as u64) {
-            if end <= self.stable.load(Ordering::Acquire) {
-                for _ in 0..2 {
-                    let g = self.map.load();
-                    if g.as_ref().is_some_and(|m| m.len() as u64 >= end) {
-                        return Ok(View {
-                            mapped: Some(g),
-                            start: offset as usize,
-                            end: end as usize,
-                            owned: Vec::new(),
-                        });
-                    }
-                    drop(g);
-                    if self.grow_map(end).is_none() {
-                        break;
-                    }
-                }
+    fn mapped_view(&self, offset: u64, len: usize) -> Option<View> {
+        let end = offset.checked_add(len as u64)?;
+        if end > self.stable.load(Ordering::Acquire) {
+            return None;
+        }
+        for _ in 0..2 {
+            let g = self.map.load();
+            if g.as_ref().is_some_and(|m| m.len() as u64 >= end) {
+                return Some(View {
+                    mapped: Some(g),
+                    start: offset as usize,
+                    end: end as usize,
+                    owned: Vec::new(),
+                });
             }
+            drop(g);
+            self.grow_map(end)?;
+        }
+        None
+    }
+
+    fn view(&self, offset: u64, len: usize) -> io::Result<View> {
+        if let Some(v) = self.mapped_view(offset, len) {
+            return Ok(v);
         }
         let mut v = vec![0u8; len];
         self.read_at(offset, &mut v)?;

@@ -3580,21 +3580,43 @@ impl Inner {
         // its DELETE shadows, both of which hide the compact entry of the same key. The keys
         // live in one buffer (no allocation per key); the old blocks are merged with this
         // list in key order below, so whether the index holds a key is a cursor comparison.
+        let records = Records::new(g0, e0);
         let mut key_bytes: Vec<u8> = Vec::new();
         let mut table: Vec<TableKey> = Vec::with_capacity(offsets.len());
         for &off in offsets {
-            let (h, body) = read_record(&*g0.storage, off, e0)?;
-            let key = &body[..h.key_len as usize];
-            table.push(TableKey {
-                start: key_bytes.len(),
-                len: key.len(),
-                off,
-                put: h.kind == K_PUT,
-            });
-            key_bytes.extend_from_slice(key);
+            records.with(off, |h, key, _| {
+                table.push(TableKey {
+                    prefix: key_prefix(key),
+                    start: key_bytes.len(),
+                    len: key.len(),
+                    off,
+                    put: h.kind == K_PUT,
+                });
+                key_bytes.extend_from_slice(key);
+                Ok(())
+            })?;
         }
         let key_of = |t: &TableKey| &key_bytes[t.start..t.start + t.len];
-        table.sort_unstable_by(|a, b| key_of(a).cmp(key_of(b)));
+        // Most comparisons are of the keys' first 8 bytes as integers.
+        table.sort_unstable_by(|a, b| {
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| key_of(a).cmp(key_of(b)))
+        });
+        // A PUT's value, decompressed if it was stored compressed: borrowed from the mapped
+        // file when it can be.
+        let value_of = |t: &TableKey, f: &mut dyn FnMut(&[u8]) -> Result<()>| {
+            records.with(t.off, |h, _, v| {
+                if h.kind != K_PUT {
+                    return Err(Error::corrupt(t.off, "index points at a non-PUT record"));
+                }
+                if h.flags & F_ZSTD != 0 {
+                    f(&g0.codec.decompress(h.flags, v, t.off)?)
+                } else {
+                    f(v)
+                }
+            })
+        };
         let log_puts = table.iter().filter(|t| t.put).count();
         let no_blocks: &[BlockRef] = &[];
         let old_blocks = g0
@@ -3615,7 +3637,10 @@ impl Inner {
                         break;
                     }
                     let mut s = key_of(t).to_vec();
-                    s.extend_from_slice(&g0.read_value(t.off)?);
+                    value_of(t, &mut |v| {
+                        s.extend_from_slice(v);
+                        Ok(())
+                    })?;
                     sampled += s.len();
                     samples.push(s);
                 }
@@ -3728,13 +3753,14 @@ impl Inner {
                     return Ok(());
                 }
                 let k = key_of(t);
-                let v = g0.read_value(t.off)?;
-                if k.len() + v.len() > MAX_BLOCK_ENTRY {
-                    large.push((k.to_vec(), t.off));
-                } else if let Some(raw) = builder.add(k, &v)? {
-                    blocks.add(raw)?;
-                }
-                Ok(())
+                value_of(t, &mut |v| {
+                    if k.len() + v.len() > MAX_BLOCK_ENTRY {
+                        large.push((k.to_vec(), t.off));
+                    } else if let Some(raw) = builder.add(k, v)? {
+                        blocks.add(raw)?;
+                    }
+                    Ok(())
+                })
             };
             if let Some(ct) = &g0.compact {
                 for r in old_blocks {
@@ -4307,7 +4333,73 @@ fn zero_at(st: &dyn Storage, off: u64, len: u64) -> Result<bool> {
 /// A key of the hash index, as a compaction into the compact form sorts them: its bytes in a
 /// shared buffer (`start`, `len`), the record it points at, and whether that record is a PUT
 /// (else a DELETE shadowing a compact entry).
+/// The log records a compaction reads (below `e0`): through one view of the mapped file when
+/// there is one (no copy, no allocation per record), else one read per record.
+struct Records<'g> {
+    g: &'g Gen,
+    e0: u64,
+    view: Option<crate::storage::View>,
+}
+
+impl<'g> Records<'g> {
+    fn new(g: &'g Gen, e0: u64) -> Records<'g> {
+        let len = usize::try_from(e0.saturating_sub(LOG_START)).unwrap_or(0);
+        Records {
+            g,
+            e0,
+            view: g.storage.mapped_view(LOG_START, len),
+        }
+    }
+
+    /// `f(header, key, stored value)` of the record at `off`, its checksum verified.
+    fn with<T>(
+        &self,
+        off: u64,
+        f: impl FnOnce(&RecHeader, &[u8], &[u8]) -> Result<T>,
+    ) -> Result<T> {
+        let Some(view) = &self.view else {
+            let (h, body) = read_record(&*self.g.storage, off, self.e0)?;
+            let (k, v) = body.split_at(h.key_len as usize);
+            return f(&h, k, v);
+        };
+        let start = off
+            .checked_sub(LOG_START)
+            .and_then(|x| usize::try_from(x).ok())
+            .unwrap_or(usize::MAX);
+        let rest = view
+            .get(start..)
+            .ok_or_else(|| Error::corrupt(off, "indexed record extends past end of log"))?;
+        let h = match parse_header(&rest[..rest.len().min(MAX_REC_HEADER)]) {
+            HeaderParse::Ok(h) => h,
+            HeaderParse::Incomplete => {
+                return Err(Error::corrupt(off, "indexed record is incomplete"))
+            }
+            HeaderParse::Invalid(r) => return Err(Error::corrupt(off, r)),
+        };
+        let rec = usize::try_from(h.total())
+            .ok()
+            .and_then(|n| rest.get(..n))
+            .ok_or_else(|| Error::corrupt(off, "indexed record extends past end of log"))?;
+        if !verify(&h, rec) {
+            return Err(Error::corrupt(off, "record checksum mismatch"));
+        }
+        let (k, v) = rec[h.header_len..].split_at(h.key_len as usize);
+        f(&h, k, v)
+    }
+}
+
+/// The first 8 bytes of a key, zero-padded, as a big-endian integer.
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = key.len().min(8);
+    a[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(a)
+}
+
 struct TableKey {
+    /// The key's first 8 bytes, zero-padded, big-endian (ordered like the keys where they
+    /// differ).
+    prefix: u64,
     start: usize,
     len: usize,
     off: u64,
