@@ -493,6 +493,23 @@ impl Gen {
         })
     }
 
+    /// A compaction's new generation, not yet published: appends `out` at its end (written,
+    /// summed into the log checksum, readable through the mapping).
+    fn append_compacted(&self, out: &[u8]) -> Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let start = self.limit();
+        self.storage
+            .write_at(start, out)
+            .map_err(io_err("writing the compacted file"))?;
+        lock(&self.track).sum.add_all(out);
+        let end = start + out.len() as u64;
+        self.storage.set_stable(end);
+        self.end.store(end, Ordering::Release);
+        Ok(())
+    }
+
     /// Reads the value of the PUT record at `off` whose key is `key`, verifying its checksum.
     fn read_value(&self, off: u64) -> Result<Vec<u8>> {
         let limit = self.limit();
@@ -1168,15 +1185,7 @@ fn copy_tail(g0: &Gen, ng: &Gen, from: u64, to: u64) -> Result<()> {
                  pending: &mut Vec<(u8, std::ops::Range<usize>, u64, RecSizes)>|
      -> Result<()> {
         let start = ng.limit();
-        if !out.is_empty() {
-            ng.storage
-                .write_at(start, out)
-                .map_err(io_err("writing the compacted file"))?;
-            lock(&ng.track).sum.add_all(out);
-            let end = start + out.len() as u64;
-            ng.storage.set_stable(end);
-            ng.end.store(end, Ordering::Release);
-        }
+        ng.append_compacted(out)?;
         for (kind, key, rel, sizes) in pending.drain(..) {
             if kind == K_PUT {
                 ng.apply_put(&keys[key], start + rel, sizes)?;
@@ -4070,30 +4079,20 @@ impl Inner {
                 Ok(())
             }
             let flush = |ng: &Gen, out: &mut Vec<u8>| -> Result<()> {
-                let start = ng.limit();
-                ng.storage
-                    .write_at(start, out)
-                    .map_err(io_err("writing the compacted file"))?;
-                lock(&ng.track).sum.add_all(out);
-                let end = start + out.len() as u64;
-                ng.storage.set_stable(end);
-                ng.end.store(end, Ordering::Release);
+                ng.append_compacted(out)?;
                 out.clear();
                 Ok(())
             };
+            let records = Records::new(&g0, e0);
             for &off in &offsets {
-                let (h, body) = read_record(&*g0.storage, off, e0)?;
-                let key = &body[..h.key_len as usize];
-                let raw;
-                let val: &[u8] = if h.flags & F_ZSTD != 0 {
-                    raw = g0
-                        .codec
-                        .decompress(h.flags, &body[h.key_len as usize..], off)?;
-                    &raw
-                } else {
-                    &body[h.key_len as usize..]
-                };
-                copy(&ng, &mut out, &mut cbuf, key, val)?;
+                records.with(off, |h, key, stored| {
+                    if h.flags & F_ZSTD != 0 {
+                        let val = g0.codec.decompress(h.flags, stored, off)?;
+                        copy(&ng, &mut out, &mut cbuf, key, &val)
+                    } else {
+                        copy(&ng, &mut out, &mut cbuf, key, stored)
+                    }
+                })?;
                 if out.len() >= 1 << 20 {
                     flush(&ng, &mut out)?;
                 }
