@@ -366,11 +366,3 @@ pub fn writer_active(path: &Path) -> bool {
         Err(_) => true,
     }
 }
-
-/// Whether a compaction of the file at `path` is running (someone holds [`COMPACT_BYTE`]).
-pub fn compaction_active(file: &File) -> bool {
-    match range_op(file.as_raw_fd(), F_GETLK_, libc::F_WRLCK, COMPACT_BYTE) {
-        Ok(fl) => fl.l_type != libc::F_UNLCK as libc::c_short,
-        Err(_) => true,
-    }
-}

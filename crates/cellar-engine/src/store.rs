@@ -2021,8 +2021,8 @@ impl Store {
                 // Replaced by a compaction between our open and our lock: try again.
                 continue;
             }
-            if writable && (opts.exclusive || !crate::lock::compaction_active(&file)) {
-                let _ = fs::remove_file(with_suffix(&path, ".compact"));
+            if let Some(l) = &lock {
+                remove_stale_compaction(&path, l, ident, mode);
             }
             let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
             // Shared mode: load (and cut a torn tail) only while no other writer commits.
@@ -4332,6 +4332,39 @@ fn zero_at(st: &dyn Storage, off: u64, len: u64) -> Result<bool> {
 /// A key of the hash index, as a compaction into the compact form sorts them: its bytes in a
 /// shared buffer (`start`, `len`), the record it points at, and whether that record is a PUT
 /// (else a DELETE shadowing a compact entry).
+/// Deletes `<path>.compact` left by a compaction that died before its rename, only when no
+/// compaction can be writing it: an exclusive writer is the only handle that can compact; in
+/// shared mode, only while this handle holds the compaction lock of the file the path names
+/// now (every compaction holds that lock on the file it replaces from before it creates
+/// `<path>.compact` until after its rename, and while it does, no other compaction can replace
+/// that file). Checking that no lock was held, then deleting, raced with a compaction of a
+/// newer file that started in between: its rename then failed.
+fn remove_stale_compaction(
+    path: &Path,
+    lock: &WriterLock,
+    ident: Option<(u64, u64)>,
+    mode: LockMode,
+) {
+    let tmp = with_suffix(path, ".compact");
+    if !tmp.exists() {
+        return;
+    }
+    if matches!(mode, LockMode::Exclusive) {
+        let _ = fs::remove_file(&tmp);
+        return;
+    }
+    if !matches!(
+        lock.lock_range(COMPACT_BYTE, std::time::Duration::ZERO),
+        Ok(None)
+    ) {
+        return;
+    }
+    if ident.is_some() && ident == path_ident(path) {
+        let _ = fs::remove_file(&tmp);
+    }
+    lock.unlock_range(COMPACT_BYTE);
+}
+
 /// The log records a compaction reads (below `e0`): through one view of the mapped file when
 /// there is one (no copy, no allocation per record), else one read per record.
 struct Records<'g> {
