@@ -263,7 +263,7 @@ fn too_deep() -> EncodeError {
     }
 }
 
-/// Encodes `root` (held `extra` times by the source beyond CPython's count), appending to `out`.
+/// Encodes `root` (held `extra` times by the source beyond CPython's count) into `out`.
 pub fn encode<S: Source>(
     source: &mut S,
     root: S::Obj,
@@ -271,48 +271,12 @@ pub fn encode<S: Source>(
     opts: &DumpOptions,
     out: &mut Vec<u8>,
 ) -> Result<(), S::Error> {
-    let start = out.len();
-    let r = encode_at(source, root, extra, opts, out, start);
-    match r {
-        Ok(end) => {
-            out.truncate(end);
-            Ok(())
-        }
-        Err(e) => {
-            out.truncate(start);
-            Err(e)
-        }
-    }
-}
-
-/// Like [`encode`], for a caller that reuses one buffer for many dumps: writes the encoding
-/// at `buf[0..n]` and returns `n`. `buf` only grows (zero-filled); what lies past `n` is left
-/// as it was (zeros, or an earlier dump's bytes), so a buffer kept at its length is never
-/// cleared or zero-filled again.
-pub fn encode_in<S: Source>(
-    source: &mut S,
-    root: S::Obj,
-    extra: u32,
-    opts: &DumpOptions,
-    buf: &mut Vec<u8>,
-) -> Result<usize, S::Error> {
-    encode_at(source, root, extra, opts, buf, 0)
-}
-
-fn encode_at<S: Source>(
-    source: &mut S,
-    root: S::Obj,
-    extra: u32,
-    opts: &DumpOptions,
-    buf: &mut Vec<u8>,
-    start: usize,
-) -> Result<usize, S::Error> {
     // The reference table of this thread's last dump, reused: a dump with many shared objects
     // (a module's code: every interned name) does not regrow it from empty each time. Taken out
     // of the slot while in use (a dump started by the source's own code gets a fresh one).
     let refs = SPARE_REFS.with(|c| c.take());
     let mut w = Writer {
-        out: Out { buf, pos: start },
+        out,
         version: opts.version.min(CURRENT_VERSION),
         allow_code: opts.allow_code,
         refs,
@@ -320,77 +284,12 @@ fn encode_at<S: Source>(
         depth: 0,
     };
     let r = w.write(source, root, extra);
-    let end = w.out.pos;
     let mut refs = w.refs;
     if refs.capacity() <= SPARE_REFS_MAX {
         refs.clear();
         SPARE_REFS.with(|c| c.set(refs));
     }
-    r.map(|()| end)
-}
-
-/// The encoder's output: `buf[..pos]` is written; the bytes past `pos` are scratch (zeros, or
-/// an earlier dump's bytes when the caller reuses its buffer), overwritten as the dump goes.
-/// A write is one bounds-checked copy into room made beforehand (a fixed-size header compiles
-/// to a few stores), where `Vec::extend_from_slice` went through its out-of-line append path,
-/// a `memcpy` call for two or five bytes.
-struct Out<'w> {
-    buf: &'w mut Vec<u8>,
-    pos: usize,
-}
-
-impl Out<'_> {
-    /// Makes room for `n` more bytes.
-    #[inline(always)]
-    fn room(&mut self, n: usize) {
-        if self.buf.len() - self.pos < n {
-            self.grow(n);
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn grow(&mut self, n: usize) {
-        let want = self
-            .pos
-            .saturating_add(n)
-            .max(self.buf.len().saturating_mul(2))
-            .max(256);
-        self.buf.resize(want, 0);
-    }
-
-    #[inline(always)]
-    fn push(&mut self, b: u8) {
-        self.put([b]);
-    }
-
-    /// A fixed-size write: one range check on the common path, where the room is there.
-    #[inline(always)]
-    fn put<const N: usize>(&mut self, b: [u8; N]) {
-        let pos = self.pos;
-        match self.buf.get_mut(pos..pos + N) {
-            Some(dst) => dst.copy_from_slice(&b),
-            None => {
-                self.grow(N);
-                self.buf[pos..pos + N].copy_from_slice(&b);
-            }
-        }
-        self.pos = pos + N;
-    }
-
-    #[inline(always)]
-    fn slice(&mut self, s: &[u8]) {
-        let pos = self.pos;
-        let end = pos + s.len();
-        match self.buf.get_mut(pos..end) {
-            Some(dst) => dst.copy_from_slice(s),
-            None => {
-                self.grow(s.len());
-                self.buf[pos..end].copy_from_slice(s);
-            }
-        }
-        self.pos = end;
-    }
+    r
 }
 
 /// The largest reference table kept for reuse per thread.
@@ -404,7 +303,7 @@ std::thread_local! {
 const HOT_SLOTS: usize = 64;
 
 struct Writer<'w> {
-    out: Out<'w>,
+    out: &'w mut Vec<u8>,
     version: u32,
     allow_code: bool,
     refs: RefMap,
@@ -417,7 +316,7 @@ struct Writer<'w> {
 impl Writer<'_> {
     #[inline(always)]
     fn i32(&mut self, v: i32) {
-        self.out.put(v.to_le_bytes());
+        self.out.extend_from_slice(&v.to_le_bytes());
     }
 
     #[inline(always)]
@@ -426,7 +325,7 @@ impl Writer<'_> {
             return Err(unmarshallable());
         }
         let b = (n as u32).to_le_bytes();
-        self.out.put([code, b[0], b[1], b[2], b[3]]);
+        self.out.extend_from_slice(&[code, b[0], b[1], b[2], b[3]]);
         Ok(())
     }
 
@@ -597,7 +496,8 @@ impl Writer<'_> {
                 };
                 if let Some(idx) = idx {
                     let b = idx.to_le_bytes();
-                    self.out.put([TYPE_REF, b[0], b[1], b[2], b[3]]);
+                    self.out
+                        .extend_from_slice(&[TYPE_REF, b[0], b[1], b[2], b[3]]);
                     return Ok(());
                 }
                 source.retain(&v);
@@ -608,7 +508,8 @@ impl Writer<'_> {
             Node::Int(i) => match i32::try_from(i) {
                 Ok(x) => {
                     let b = x.to_le_bytes();
-                    self.out.put([TYPE_INT | flag, b[0], b[1], b[2], b[3]]);
+                    self.out
+                        .extend_from_slice(&[TYPE_INT | flag, b[0], b[1], b[2], b[3]]);
                 }
                 Err(_) => {
                     self.out.push(TYPE_LONG | flag);
@@ -625,7 +526,7 @@ impl Writer<'_> {
             Node::Float(f) => {
                 if self.version > 1 {
                     self.out.push(TYPE_BINARY_FLOAT | flag);
-                    self.out.put(f.to_le_bytes());
+                    self.out.extend_from_slice(&f.to_le_bytes());
                 } else {
                     self.out.push(TYPE_FLOAT | flag);
                     self.text_float(f);
@@ -634,8 +535,8 @@ impl Writer<'_> {
             Node::Complex(re, im) => {
                 if self.version > 1 {
                     self.out.push(TYPE_BINARY_COMPLEX | flag);
-                    self.out.put(re.to_le_bytes());
-                    self.out.put(im.to_le_bytes());
+                    self.out.extend_from_slice(&re.to_le_bytes());
+                    self.out.extend_from_slice(&im.to_le_bytes());
                 } else {
                     self.out.push(TYPE_COMPLEX | flag);
                     self.text_float(re);
@@ -644,7 +545,7 @@ impl Writer<'_> {
             }
             Node::Bytes(b) => {
                 self.code_size(TYPE_STRING | flag, b.len())?;
-                self.out.slice(&b);
+                self.out.extend_from_slice(&b);
             }
             Node::Str { data, interned } => self.str(data, interned, flag)?,
             Node::Tuple(n) | Node::List(n) => {
@@ -653,7 +554,8 @@ impl Writer<'_> {
                 if list {
                     self.code_size(TYPE_LIST | flag, n)?;
                 } else if self.version >= 4 && n < 256 {
-                    self.out.put([TYPE_SMALL_TUPLE | flag, n as u8]);
+                    self.out
+                        .extend_from_slice(&[TYPE_SMALL_TUPLE | flag, n as u8]);
                 } else {
                     self.code_size(TYPE_TUPLE | flag, n)?;
                 }
@@ -696,10 +598,7 @@ impl Writer<'_> {
                     for (item, held) in items {
                         let mut buf = Vec::new();
                         let mut sub = Writer {
-                            out: Out {
-                                buf: &mut buf,
-                                pos: 0,
-                            },
+                            out: &mut buf,
                             version: self.version,
                             allow_code: self.allow_code,
                             refs: RefMap::default(),
@@ -708,8 +607,6 @@ impl Writer<'_> {
                         };
                         let standalone = source.set_item_extra(held, true);
                         let item = sub.write_keep(source, item, standalone)?;
-                        let end = sub.out.pos;
-                        buf.truncate(end);
                         keyed.push((buf, item, source.set_item_extra(held, false)));
                     }
                 }
@@ -818,8 +715,9 @@ impl Writer<'_> {
                 } else {
                     TYPE_SHORT_ASCII
                 };
-                self.out.put([code | flag, raw.len() as u8]);
-                self.out.slice(raw);
+                self.out.reserve(2 + raw.len());
+                self.out.extend_from_slice(&[code | flag, raw.len() as u8]);
+                self.out.extend_from_slice(raw);
                 return Ok(());
             }
         }
@@ -842,17 +740,18 @@ impl Writer<'_> {
                     } else {
                         TYPE_SHORT_ASCII
                     };
-                    self.out.put([code | flag, n as u8]);
+                    self.out.reserve(2 + n);
+                    self.out.extend_from_slice(&[code | flag, n as u8]);
                 } else {
                     let code = if interned {
                         TYPE_ASCII_INTERNED
                     } else {
                         TYPE_ASCII
                     };
-                    self.out.room(5 + n);
+                    self.out.reserve(5 + n);
                     self.code_size(code | flag, n)?;
                 }
-                self.out.slice(raw);
+                self.out.extend_from_slice(raw);
                 return Ok(());
             }
         }
@@ -864,7 +763,7 @@ impl Writer<'_> {
         match data {
             StrData::Ascii(raw) | StrData::Utf8(raw) => {
                 self.code_size(code | flag, raw.len())?;
-                self.out.slice(raw);
+                self.out.extend_from_slice(raw);
             }
             StrData::Ucs1(s) => self.utf8_units(code | flag, s, 2)?,
             StrData::Ucs2(s) => self.utf8_units(code | flag, s, 3)?,
@@ -887,9 +786,9 @@ impl Writer<'_> {
         if units.len() > SIZE32_MAX {
             return Err(unmarshallable());
         }
-        let start = self.out.pos;
-        self.out.room(5 + units.len() * per);
-        self.out.put([code, 0, 0, 0, 0]);
+        let start = self.out.len();
+        self.out.reserve(5 + units.len() * per);
+        self.out.extend_from_slice(&[code, 0, 0, 0, 0]);
         let mut tmp = [0u8; 32 * 4];
         for chunk in units.chunks(32) {
             let mut w = 0;
@@ -912,20 +811,20 @@ impl Writer<'_> {
             for &c in blocks.remainder() {
                 w += put_utf8(&mut tmp, w, c.into());
             }
-            self.out.slice(&tmp[..w.min(tmp.len())]);
+            self.out.extend_from_slice(&tmp[..w.min(tmp.len())]);
         }
-        let n = self.out.pos - start - 5;
+        let n = self.out.len() - start - 5;
         if n > SIZE32_MAX {
             return Err(unmarshallable());
         }
-        self.out.buf[start + 1..start + 5].copy_from_slice(&(n as u32).to_le_bytes());
+        self.out[start + 1..start + 5].copy_from_slice(&(n as u32).to_le_bytes());
         Ok(())
     }
 
     fn text_float(&mut self, f: f64) {
         let s = cellar_value::float_g17(f);
         self.out.push(s.len() as u8);
-        self.out.slice(s.as_bytes());
+        self.out.extend_from_slice(s.as_bytes());
     }
 
     /// Writes a magnitude (little-endian bytes) as a signed count of base-2^15 digits.
@@ -952,9 +851,9 @@ impl Writer<'_> {
         }
         let n = digits.len() as i32;
         self.i32(if negative { -n } else { n });
-        self.out.room(digits.len() * 2);
+        self.out.reserve(digits.len() * 2);
         for d in digits {
-            self.out.put(d.to_le_bytes());
+            self.out.extend_from_slice(&d.to_le_bytes());
         }
         Ok(())
     }
@@ -1053,67 +952,5 @@ mod tests {
             flat_header(Flat::Bytes, 1, true, 2),
             Some([b's', 1, 0, 0, 0])
         );
-    }
-
-    /// `encode_in` writes over whatever a reused buffer holds and reports its length; `encode`
-    /// appends after what `out` holds, and leaves it as it was when the value cannot be
-    /// written.
-    #[test]
-    fn reused_buffers_and_appends() {
-        let opts = DumpOptions::default();
-        let items: Vec<Value> = (0..2000)
-            .map(|i| Value::str(&format!("item {i} \u{e9}\u{2603}")))
-            .collect();
-        let big = Value::List(std::sync::Arc::new(items));
-        let small = Value::Tuple(std::sync::Arc::new(vec![
-            Value::str("a"),
-            Value::Bytes(vec![1, 2].into()),
-        ]));
-        let expect = |v: &Value| {
-            let mut out = Vec::new();
-            encode(&mut crate::ValueSource::default(), v, 0, &opts, &mut out).unwrap();
-            out
-        };
-        let mut buf = Vec::new();
-        let n = encode_in(&mut crate::ValueSource::default(), &big, 0, &opts, &mut buf).unwrap();
-        assert_eq!(buf[..n], expect(&big)[..]);
-        assert_eq!(expect(&big), crate::dumps(&big, CURRENT_VERSION).unwrap());
-        let kept = buf.len();
-        let m = encode_in(
-            &mut crate::ValueSource::default(),
-            &small,
-            0,
-            &opts,
-            &mut buf,
-        )
-        .unwrap();
-        assert_eq!(buf[..m], expect(&small)[..]);
-        assert!(
-            m < n && buf.len() == kept,
-            "the buffer is written over, not cleared"
-        );
-        let mut out = b"head".to_vec();
-        encode(
-            &mut crate::ValueSource::default(),
-            &small,
-            0,
-            &opts,
-            &mut out,
-        )
-        .unwrap();
-        assert_eq!(out, [&b"head"[..], &expect(&small)].concat());
-        let deep = (0..MAX_DEPTH + 5).fold(Value::None, |v, _| {
-            Value::List(std::sync::Arc::new(vec![v]))
-        });
-        let mut out = b"head".to_vec();
-        assert!(encode(
-            &mut crate::ValueSource::default(),
-            &deep,
-            0,
-            &opts,
-            &mut out
-        )
-        .is_err());
-        assert_eq!(out, b"head");
     }
 }

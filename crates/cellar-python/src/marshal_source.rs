@@ -817,27 +817,25 @@ pub(crate) fn dumps<'py>(
         keep: Vec::new(),
         unit: None,
     };
-    // The buffer of this thread's last dump, reused at its length: no regrowing from a guess,
-    // no fresh pages to fault in and nothing to clear for repeated dumps (the encoder writes
-    // over what an earlier dump left; taken out of the slot while in use, so a dump started
-    // by Python code run during this one gets its own).
+    // The buffer of this thread's last dump, reused: no regrowing from a guess and no fresh
+    // pages to fault in for repeated dumps (taken out of the slot while in use, so a dump
+    // started by Python code run during this one gets its own).
     let mut out = SPARE.with(|c| c.take());
-    let hint = size_hint(value);
-    if out.len() < hint {
-        out.resize(hint, 0);
-    }
+    out.clear();
+    out.reserve(size_hint(value));
     // The root: the caller's argument, borrowed as in CPython.
     let Some(root) = PyObj::borrowed(value.as_ptr(), 0) else {
         return Err(PyValueError::new_err("unmarshallable object"));
     };
-    let r = cellar_marshal::encode_in(&mut src, root, 0, &opts, &mut out);
+    let r = cellar_marshal::encode(&mut src, root, 0, &opts, &mut out);
     drop(src);
     let r = match r {
-        Ok(n) => Ok(PyBytes::new(py, &out[..n])),
+        Ok(()) => Ok(PyBytes::new(py, &out)),
         Err(Fail::Core(e)) => Err(PyValueError::new_err(e.message)),
         Err(Fail::Py(e)) => Err(e),
     };
     if out.capacity() <= SPARE_MAX {
+        out.clear();
         SPARE.with(|c| c.set(out));
     }
     r
