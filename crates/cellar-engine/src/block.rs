@@ -430,8 +430,9 @@ pub struct Block {
     prefixes: Vec<u64>,
 }
 
-/// The first 8 bytes of a key, zero-padded, as a big-endian integer.
-fn prefix(key: &[u8]) -> u64 {
+/// The first 8 bytes of a key, zero-padded, as a big-endian integer: ordered like the keys
+/// wherever they differ (block search, block index, a compaction's sort).
+pub(crate) fn prefix(key: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     let n = key.len().min(8);
     a[..n].copy_from_slice(&key[..n]);

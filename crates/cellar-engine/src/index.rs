@@ -65,7 +65,7 @@ pub struct Table {
     slots: Box<[AtomicU64]>,
     /// The low 32 bits of each live slot's hash (a slot keeps only the top 16), written with
     /// the slot, so that growing places every entry without reading its key back from the log.
-    /// Memory only (never in a checkpoint); zeroed pages cost nothing until written.
+    /// Memory only (never in a checkpoint): 4 bytes per slot beside the slot's 8.
     lows: Box<[AtomicU32]>,
     /// Whether `lows` is right for every live slot: true for tables built in memory, false for
     /// one loaded from a checkpoint (growing it reads the keys, and the grown table knows them).
@@ -73,7 +73,7 @@ pub struct Table {
     log2: u8,
 }
 
-/// A zeroed table of `n` 32-bit atomics, from zeroed memory (not touched until written).
+/// A zeroed table of `n` 32-bit atomics.
 fn zeroed_lows(n: usize) -> Box<[AtomicU32]> {
     vec![0u32; n]
         .into_iter()

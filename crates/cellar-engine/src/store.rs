@@ -3595,7 +3595,7 @@ impl Inner {
         for &off in offsets {
             records.with(off, |h, key, _| {
                 table.push(TableKey {
-                    prefix: key_prefix(key),
+                    prefix: crate::block::prefix(key),
                     start: key_bytes.len(),
                     len: key.len(),
                     off,
@@ -4418,14 +4418,6 @@ impl<'g> Records<'g> {
         let (k, v) = rec[h.header_len..].split_at(h.key_len as usize);
         f(&h, k, v)
     }
-}
-
-/// The first 8 bytes of a key, zero-padded, as a big-endian integer.
-fn key_prefix(key: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    let n = key.len().min(8);
-    a[..n].copy_from_slice(&key[..n]);
-    u64::from_be_bytes(a)
 }
 
 struct TableKey {
