@@ -3,7 +3,10 @@
 //!
 //! Usage: engine-bench [--scale F] [--only a,b,...] [--engines cellar,redb,...] [--dir DIR]
 //! `--scale 1` is the sizes (1M keys, 10k commits, 100k 4 KiB values, 10M-key open).
-//! Engine `cellar-compact` is cellar with `Options::compact_form` (compaction writes zstd blocks).
+//! Engine `cellar-compact` is cellar with `Options::compact_form` (compaction writes zstd blocks);
+//! `cellar` and `cellar-compact` run with background compaction off, so that (e2) shows what an
+//! overwrite leaves before `compact()`. `cellar-auto` is the configuration dbm and shelve stores
+//! get: the compact form with background compaction on (the engine's default).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,10 +53,15 @@ fn disk_usage(p: &Path) -> u64 {
 // ---------------------------------------------------------------- cellar
 struct Cellar(cellar_engine::Store);
 impl Cellar {
-    fn open(dir: &Path, compression: cellar_engine::Compression, compact_form: bool) -> Cellar {
+    fn open(
+        dir: &Path,
+        compression: cellar_engine::Compression,
+        compact_form: bool,
+        auto_compact: bool,
+    ) -> Cellar {
         let opts = cellar_engine::Options {
             compression,
-            auto_compact: false,
+            auto_compact,
             compact_form,
             ..Default::default()
         };
@@ -377,15 +385,17 @@ fn open(name: &str, dir: &Path, compressible: bool) -> Box<dyn Engine> {
     std::fs::create_dir_all(dir).unwrap();
     match name {
         // `cellar-compact`: compaction writes the compact form (zstd blocks with a trained
-        // dictionary, docs/engine-format.md section 10).
-        "cellar" | "cellar-compact" => Box::new(Cellar::open(
+        // dictionary, docs/engine-format.md section 10); `cellar-auto`: that, compacting in
+        // the background as dbm and shelve stores do.
+        "cellar" | "cellar-compact" | "cellar-auto" => Box::new(Cellar::open(
             dir,
             if compressible {
                 cellar_engine::Compression::Zstd { level: 1 }
             } else {
                 cellar_engine::Compression::None
             },
-            name == "cellar-compact",
+            name != "cellar",
+            name == "cellar-auto",
         )),
         "redb" => Box::new(Redb::open(dir)),
         "fjall" => Box::new(Fjall::open(dir)),

@@ -1790,6 +1790,13 @@ struct Inner {
     poisoned: AtomicBool,
     compactor: Mutex<Option<JoinHandle<()>>>,
     compacting: AtomicBool,
+    /// Set by `close()` when the close-time fold will redo what a running background
+    /// compaction is doing: that compaction then stops at its next block and deletes its
+    /// unfinished file (it has published nothing), instead of being waited for.
+    abandon_background: AtomicBool,
+    /// A running background compaction's progress: entries written into blocks, of about
+    /// how many (see `settle_background_compaction`).
+    bg_progress: (AtomicU64, AtomicU64),
     /// Held for the whole of a compaction: one at a time per handle (the background thread,
     /// `compact()` and the close-time fold share one file description, whose range locks do
     /// not exclude each other).
@@ -2114,6 +2121,8 @@ impl Store {
                 poisoned: AtomicBool::new(false),
                 compactor: Mutex::new(None),
                 compacting: AtomicBool::new(false),
+                abandon_background: AtomicBool::new(false),
+                bg_progress: (AtomicU64::new(0), AtomicU64::new(0)),
                 compaction_turn: Mutex::new(()),
                 closed: AtomicBool::new(false),
                 session: new_session_id(),
@@ -2298,7 +2307,8 @@ impl Store {
     /// Readers, in this process and others, stay correct during and after it.
     pub fn compact(&self) -> Result<()> {
         self.inner.check_writable()?;
-        self.inner.join_compactor();
+        // This compaction redoes whatever a background one is doing: that one stops.
+        self.inner.settle_background_compaction(true);
         self.inner.compact_inner(false, true)
     }
 
@@ -3509,26 +3519,7 @@ impl Inner {
     /// by the final rename. So close goes on, as after a failed background compaction (a
     /// failure past the point of no return poisons the handle, as it does anywhere else).
     fn fold_on_close(&self) {
-        if !self.opts.auto_compact
-            || self.path.is_none()
-            || self.closed.load(Ordering::Acquire)
-            || self.poisoned.load(Ordering::Acquire)
-        {
-            return;
-        }
-        let g = self.gen.load_full();
-        if self.shared && g.wlock.as_ref().is_none_or(|l| l.others_in_session()) {
-            return;
-        }
-        if g.lagging() {
-            // Whether a fold is due depends on the whole log tier: index what this writer
-            // skipped (a failure here is left to the close that follows).
-            let _c = lock(&self.catchup);
-            if fill_lag(&g).is_err() {
-                return;
-            }
-        }
-        if !g.fold_due_at_close(&self.opts) {
+        if !self.fold_due_on_close() {
             return;
         }
         if self.compacting.swap(true, Ordering::AcqRel) {
@@ -3536,6 +3527,62 @@ impl Inner {
         }
         let _ = self.compact_inner(false, true);
         self.compacting.store(false, Ordering::Release);
+    }
+
+    /// Whether closing this handle now folds the log tier (see [`Inner::fold_on_close`]).
+    fn fold_due_on_close(&self) -> bool {
+        if !self.opts.auto_compact
+            || self.path.is_none()
+            || self.closed.load(Ordering::Acquire)
+            || self.poisoned.load(Ordering::Acquire)
+        {
+            return false;
+        }
+        let g = self.gen.load_full();
+        if self.shared && g.wlock.as_ref().is_none_or(|l| l.others_in_session()) {
+            return false;
+        }
+        if g.lagging() {
+            // Whether a fold is due depends on the whole log tier: index what this writer
+            // skipped (a failure here is left to the close that follows).
+            let _c = lock(&self.catchup);
+            if fill_lag(&g).is_err() {
+                return false;
+            }
+        }
+        g.fold_due_at_close(&self.opts)
+    }
+
+    /// Before a compaction the caller waits for (`compact()`, `redo`; the fold at close, if
+    /// one is due): waits for the background compaction, or, while that has written less than
+    /// half of its blocks, has it stop. The compaction that follows compacts everything the
+    /// background one was compacting anyway (its snapshot is part of the current file), on
+    /// every core, where the background one runs on one thread and its output would be
+    /// rewritten right after. Past half way, waiting costs less: what the background one
+    /// leaves is merged as blocks, where abandoning it leaves more of the log to sort and
+    /// read (a 100k-record bulk load's close went from 33-45 ms to 20-25 ms; at 1M records
+    /// abandoning late cost 10-15% more than waiting).
+    fn settle_background_compaction(&self, redo: bool) {
+        let running = lock(&self.compactor)
+            .as_ref()
+            .is_some_and(|h| !h.is_finished());
+        let (done, total) = (
+            self.bg_progress.0.load(Ordering::Acquire),
+            self.bg_progress.1.load(Ordering::Acquire),
+        );
+        if running && done.saturating_mul(2) < total && (redo || self.fold_due_on_close()) {
+            self.abandon_background.store(true, Ordering::Release);
+        }
+        self.join_compactor();
+        self.abandon_background.store(false, Ordering::Release);
+    }
+
+    /// Background compactions stop at their next step while `close()` asks them to.
+    fn check_abandoned(&self, foreground: bool) -> Result<()> {
+        if !foreground && self.abandon_background.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
     }
 
     fn join_compactor(&self) {
@@ -3583,8 +3630,15 @@ impl Inner {
         storage: &Arc<dyn Storage>,
         nlock: WriterLock,
         ident: Option<(u64, u64)>,
-        threads: usize,
+        foreground: bool,
     ) -> Result<Gen> {
+        // A compaction the caller waits for compresses on every core; a background one on
+        // its own thread only, leaving the others to the application.
+        let threads = if foreground {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+        } else {
+            1
+        };
         // Every key the hash index holds, sorted: its live PUTs (the log tier's entries) and
         // its DELETE shadows, both of which hide the compact entry of the same key. The keys
         // live in one buffer (no allocation per key); the old blocks are merged with this
@@ -3703,10 +3757,16 @@ impl Inner {
             out: Out<'o>,
             index: BlockIndex,
             sealer: Sealer<'s>,
+            /// Called with each block's entry count before it is sealed: counts a background
+            /// compaction's progress, and stops an abandoned one.
+            go_on: &'s dyn Fn(u32) -> Result<()>,
         }
         impl<'o> Blocks<'o, '_> {
             fn add(&mut self, raw: RawBlock) -> Result<()> {
-                let Blocks { out, index, sealer } = self;
+                (self.go_on)(raw.entries)?;
+                let Blocks {
+                    out, index, sealer, ..
+                } = self;
                 sealer.submit(raw, &mut |b| Self::write(out, index, b))
             }
             fn finish(self) -> Result<(Out<'o>, BlockIndex)> {
@@ -3714,6 +3774,7 @@ impl Inner {
                     mut out,
                     mut index,
                     sealer,
+                    ..
                 } = self;
                 sealer.finish(&mut |b| Self::write(&mut out, &mut index, b))?;
                 Ok((out, index))
@@ -3742,11 +3803,24 @@ impl Inner {
             None => 0,
         };
         let estimate = log_puts as u64 + g0.compact.as_ref().map_or(0, |c| c.index.entries);
+        if !foreground {
+            self.bg_progress.0.store(0, Ordering::Release);
+            self.bg_progress.1.store(estimate, Ordering::Release);
+        }
+        let go_on = |entries: u32| {
+            if !foreground {
+                self.bg_progress
+                    .0
+                    .fetch_add(entries as u64, Ordering::AcqRel);
+            }
+            self.check_abandoned(foreground)
+        };
         let (mut out, index, large) = std::thread::scope(|scope| {
             let mut blocks = Blocks {
                 out,
                 index: BlockIndex::new(estimate),
                 sealer: Sealer::new(scope, &bcodec, threads),
+                go_on: &go_on,
             };
             let mut builder = BlockBuilder::new(DEFAULT_BLOCK_BYTES);
             let mut large: Vec<(Vec<u8>, u64)> = Vec::new();
@@ -3891,6 +3965,11 @@ impl Inner {
         };
         let _turn = lock(&self.compaction_turn);
         self.check_writable()?;
+        if !foreground {
+            // No progress yet (of an unknown amount: see `settle_background_compaction`).
+            self.bg_progress.0.store(0, Ordering::Release);
+            self.bg_progress.1.store(1, Ordering::Release);
+        }
         let tmp = with_suffix(&path, ".compact");
         // Shared mode: one compaction of a file at a time (the compaction lock, taken while
         // holding the commit lock of the current, caught-up file, so that file cannot be
@@ -4004,13 +4083,13 @@ impl Inner {
                     dict_offset: 0,
                     ..header
                 };
-                let threads = if foreground {
-                    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
-                } else {
-                    1
-                };
-                return self
-                    .build_compact(&g0, e0, &offsets, header, &storage, nlock, ident, threads);
+                return self.build_compact(
+                    &g0, e0, &offsets, header, &storage, nlock, ident, foreground,
+                );
+            }
+            if !foreground {
+                // A plain compaction reports no progress: it is always waited for.
+                self.bg_progress.1.store(0, Ordering::Release);
             }
             let mut head = new_file_bytes(&header);
             head[PID_OFFSET as usize..PID_OFFSET as usize + 4]
@@ -4114,6 +4193,10 @@ impl Inner {
         let mut copied = e0;
         if !empty {
             for _ in 0..8 {
+                if let Err(e) = self.check_abandoned(foreground) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
                 if self.shared {
                     if let Err(e) = self.refresh() {
                         let _ = fs::remove_file(&tmp);
@@ -4233,7 +4316,7 @@ impl Inner {
 
     fn close(&self) -> Result<()> {
         if self.writable && current_pid() == self.owner_pid {
-            self.join_compactor();
+            self.settle_background_compaction(false);
             self.fold_on_close();
         }
         if self.closed.swap(true, Ordering::AcqRel) {

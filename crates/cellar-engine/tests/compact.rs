@@ -1159,3 +1159,70 @@ fn openers_never_delete_a_running_compaction() {
     });
     assert_eq!(s.get(&key(149)).unwrap(), Some(value(149, 1)));
 }
+
+/// `compact()` and the close-time fold redo what a running background compaction is doing:
+/// that compaction stops at its next block and deletes its unfinished file, instead of being
+/// waited for and then rewritten. Nothing is lost either way, no temporary file is left, and
+/// the store reopens with every record. (An abandoned background compaction never switches
+/// files: `compact()` then moves the generation by one, where a background compaction that
+/// finished first would have moved it by two.)
+#[test]
+fn a_compaction_the_caller_waits_for_abandons_the_background_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let tmp = dir.path().join("a.db.compact");
+    let o = Options {
+        compact_form: true,
+        auto_compact: true,
+        compact_log_bytes: 1 << 20,
+        ..Options::default()
+    };
+    let mut model = Model::new();
+    let mut abandoned = 0;
+    for round in 0..12u32 {
+        let s = Store::open(&path, o.clone()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut j = 0u32;
+        // Overwrites of 20,000 keys (plus a few deletes) until a background compaction has
+        // created its file.
+        while !tmp.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no background compaction"
+            );
+            let mut b = Batch::new();
+            for _ in 0..1000 {
+                let i = (j * 7919) % 20_000;
+                if j % 97 == 0 {
+                    b.delete(key(i));
+                    model.remove(&key(i));
+                } else {
+                    b.put(key(i), value(i, round));
+                    model.insert(key(i), value(i, round));
+                }
+                j += 1;
+            }
+            s.batch(&b).unwrap();
+        }
+        if round % 2 == 0 {
+            let before = s.stats().unwrap().generation;
+            s.compact().unwrap();
+            if s.stats().unwrap().generation == before + 1 {
+                abandoned += 1;
+            }
+            assert!(!tmp.exists(), "round {round}");
+            assert_eq!(contents(&s), model, "round {round}");
+        }
+        s.close().unwrap();
+        assert!(!tmp.exists(), "round {round}");
+        assert!(check_file(&path).unwrap().is_ok(), "round {round}");
+        let s = Store::open(&path, o.clone()).unwrap();
+        assert_eq!(contents(&s), model, "round {round}");
+        assert!(s.stats().unwrap().compact_blocks > 0, "round {round}");
+        s.close().unwrap();
+    }
+    assert!(
+        abandoned > 0,
+        "compact() never found a background compaction to abandon"
+    );
+}
