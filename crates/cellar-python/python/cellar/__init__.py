@@ -10,6 +10,17 @@ Submodules are drop-in replacements for the standard library modules of the same
 ``cellar.copyreg`` its type registry.
 """
 
-from cellar import copyreg, dbm, marshal, pickle, shelve
-
 __all__ = ["copyreg", "dbm", "marshal", "pickle", "shelve"]
+
+
+def __getattr__(name: str) -> object:
+    """The submodules load when first used (``import cellar.dbm`` loads only what dbm needs)."""
+    if name in __all__:
+        import importlib
+
+        return importlib.import_module(f"cellar.{name}")
+    raise AttributeError(f"module 'cellar' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -21,7 +21,9 @@ own pickle does.
 from __future__ import annotations
 
 import copyreg as _std
-from typing import Any, Callable
+TYPE_CHECKING = False  # typing is not imported at run time (import cost)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 # Helpers CPython's pickles name and tests use; the same objects as the stdlib's.
 from copyreg import (  # noqa: F401  (re-exported)

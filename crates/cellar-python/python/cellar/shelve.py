@@ -32,7 +32,9 @@ from __future__ import annotations
 import collections.abc
 import pickle
 from pickle import DEFAULT_PROTOCOL
-from typing import Any, Callable, Iterable, Iterator
+TYPE_CHECKING = False  # typing is not imported at run time (import cost)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, Iterator
 
 
 import cellar.dbm

@@ -27,7 +27,9 @@ reconnects. See docs/servers.md.
 from __future__ import annotations
 
 import os
-from typing import Any
+TYPE_CHECKING = False  # typing is not imported at run time (import cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 from cellar._cellar import Batch, Database, _dbm_whichdb
 from cellar._cellar import DbmCorruptError as CorruptError

@@ -5,7 +5,9 @@ dbm.dumb's format (.dat/.dir/.bak), file-compatible both ways with the stdlib's 
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing is not imported at run time (import cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 from cellar._cellar import Database
 from cellar._cellar import DbmError as _error

@@ -5,7 +5,9 @@ cellar's native engine: one file at exactly the given path, the default backend 
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing is not imported at run time (import cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 from cellar._cellar import Database
 from cellar._cellar import DbmError as _error

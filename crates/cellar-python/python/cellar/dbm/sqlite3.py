@@ -14,15 +14,15 @@ and float keys and values are stored as ``CAST(? AS BLOB)`` makes them (``42`` -
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from cellar._cellar import Database
 from cellar._cellar import DbmError as _error
 from cellar.dbm import _backend_open
 
+TYPE_CHECKING = False  # typing is not imported at run time (import cost)
 if TYPE_CHECKING:
     import sqlite3 as _sqlite3
+    from typing import Any
 
 __all__ = ["open", "error"]
 
@@ -45,6 +45,8 @@ _RETRY_READ_ONLY = {3, 5, 6, 8, 14}  # PERM, BUSY, LOCKED, READONLY, CANTOPEN
 def _normalize_uri(path: Any) -> str:
     """The ``file:`` URI of ``path`` as CPython 3.13's dbm.sqlite3 builds it (absolute,
     percent-encoded, no doubled slashes)."""
+    from pathlib import Path  # here: pathlib is slow to import, and only this needs it
+
     uri = Path(path).absolute().as_uri()
     while "//" in uri:
         uri = uri.replace("//", "/")
