@@ -3663,12 +3663,6 @@ impl Inner {
             })?;
         }
         let key_of = |t: &TableKey| &key_bytes[t.start..t.start + t.len];
-        // Most comparisons are of the keys' first 8 bytes as integers.
-        table.sort_unstable_by(|a, b| {
-            a.prefix
-                .cmp(&b.prefix)
-                .then_with(|| key_of(a).cmp(key_of(b)))
-        });
         // A PUT's value, decompressed if it was stored compressed: borrowed from the mapped
         // file when it can be.
         let value_of = |t: &TableKey, f: &mut dyn FnMut(&[u8]) -> Result<()>| {
@@ -3689,8 +3683,11 @@ impl Inner {
             .compact
             .as_ref()
             .map_or(no_blocks, |c| &c.index.blocks[..]);
-        let dict = match self.reusable_dict(g0, e0)? {
-            Some(d) => Some(d),
+        // The dictionary's samples are taken in file order, before the keys are sorted: the
+        // training then runs beside the sort in a compaction the caller waits for.
+        let reused = self.reusable_dict(g0, e0)?;
+        let samples = match reused {
+            Some(_) => Vec::new(),
             None => {
                 // Dictionary samples: every n-th log entry and entries of every m-th old
                 // block, about 1,000 of each (zstd's training time grows with the samples'
@@ -3718,10 +3715,41 @@ impl Inner {
                         }
                     }
                 }
-                let refs: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
-                let dict_size =
-                    (refs.iter().map(|s| s.len()).sum::<usize>() / 10).clamp(4096, 32 << 10);
-                train_dict(&refs, dict_size)
+                samples
+            }
+        };
+        let train = move || {
+            let refs: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
+            let dict_size =
+                (refs.iter().map(|s| s.len()).sum::<usize>() / 10).clamp(4096, 32 << 10);
+            train_dict(&refs, dict_size)
+        };
+        // Most comparisons are of the keys' first 8 bytes as integers.
+        let sort = |table: &mut Vec<TableKey>| {
+            table.sort_unstable_by(|a, b| {
+                a.prefix
+                    .cmp(&b.prefix)
+                    .then_with(|| key_of(a).cmp(key_of(b)))
+            })
+        };
+        let dict = match reused {
+            Some(d) => {
+                sort(&mut table);
+                Some(d)
+            }
+            None if threads > 1 => std::thread::scope(|scope| {
+                let trainer = std::thread::Builder::new()
+                    .name("cellar-train".into())
+                    .spawn_scoped(scope, train);
+                sort(&mut table);
+                match trainer {
+                    Ok(h) => h.join().unwrap_or(None),
+                    Err(_) => None,
+                }
+            }),
+            None => {
+                sort(&mut table);
+                train()
             }
         };
         let level = g0.header.compression.level().unwrap_or(3).max(1);
