@@ -666,19 +666,21 @@ impl Gen {
     /// The keys of the hash index snapshot `offsets` (PUT records and DELETE shadows), which
     /// hide the compact entries of the same key. Empty without a compact section. A record
     /// that fails its checksum is left out (the walk of the log tier reports it).
-    fn shadowed_keys(&self, offsets: &[u64]) -> Result<std::collections::HashSet<Vec<u8>>> {
-        let mut set = std::collections::HashSet::new();
+    fn shadowed_keys(&self, offsets: &[u64]) -> Result<KeySet> {
+        let mut set = KeySet::default();
         if self.compact.is_none() {
             return Ok(set);
         }
-        let limit = self.limit();
+        set.reserve(offsets.len());
+        // The keys are read through the mapped file (each record's checksum verified), not
+        // copied out with their values.
+        let records = Records::new(self, self.limit());
         for &off in offsets {
-            match read_record(&*self.storage, off, limit) {
-                Ok((h, mut body)) => {
-                    body.truncate(h.key_len as usize);
-                    set.insert(body);
-                }
-                Err(Error::Corrupt { .. }) => {}
+            match records.with(off, |_, key, _| {
+                set.insert(key);
+                Ok(())
+            }) {
+                Ok(()) | Err(Error::Corrupt { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -2729,7 +2731,7 @@ pub struct Iter {
     offsets: Vec<u64>,
     pos: usize,
     /// Compact section: keys the hash index snapshot holds (they hide compact entries).
-    shadow: std::collections::HashSet<Vec<u8>>,
+    shadow: KeySet,
     /// Compact section: the next block to read, and the block being walked with its position.
     block: usize,
     cur: Option<(Arc<Block>, usize)>,
@@ -4534,6 +4536,72 @@ impl<'g> Records<'g> {
     }
 }
 
+/// The keys of a log tier, which hide the compact entries of the same keys while a store
+/// with a compact section is iterated: the key bytes in one buffer, looked up by the index's
+/// key hash (xxh3; a hit is compared byte for byte). A `HashSet<Vec<u8>>` with SipHash and
+/// an allocation per key made a 250k + 250k-key store iterate at 2.9-3.0M items/s.
+#[derive(Debug, Default)]
+struct KeySet {
+    bytes: Vec<u8>,
+    /// (start in `bytes`, length, next key of the same hash or `usize::MAX`).
+    keys: Vec<(usize, usize, usize)>,
+    first: std::collections::HashMap<u64, usize, std::hash::BuildHasherDefault<HashPass>>,
+}
+
+impl KeySet {
+    fn reserve(&mut self, n: usize) {
+        self.keys.reserve(n);
+        self.first.reserve(n);
+    }
+
+    fn insert(&mut self, key: &[u8]) {
+        self.insert_hashed(crate::index::hash_key(key), key);
+    }
+
+    fn insert_hashed(&mut self, h: u64, key: &[u8]) {
+        if self.has(h, key) {
+            return;
+        }
+        let i = self.keys.len();
+        let next = self.first.insert(h, i).unwrap_or(usize::MAX);
+        self.keys.push((self.bytes.len(), key.len(), next));
+        self.bytes.extend_from_slice(key);
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        !self.first.is_empty() && self.has(crate::index::hash_key(key), key)
+    }
+
+    fn has(&self, h: u64, key: &[u8]) -> bool {
+        let mut i = self.first.get(&h).copied().unwrap_or(usize::MAX);
+        while let Some(&(start, len, next)) = self.keys.get(i) {
+            if self.bytes.get(start..start + len) == Some(key) {
+                return true;
+            }
+            i = next;
+        }
+        false
+    }
+}
+
+/// A hasher for keys that are hashes already (see [`KeySet`]).
+#[derive(Debug, Default)]
+struct HashPass(u64);
+
+impl std::hash::Hasher for HashPass {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 struct TableKey {
     /// The key's first 8 bytes, zero-padded, big-endian (ordered like the keys where they
     /// differ).
@@ -4542,4 +4610,26 @@ struct TableKey {
     len: usize,
     off: u64,
     put: bool,
+}
+
+#[cfg(test)]
+mod key_set_tests {
+    use super::KeySet;
+
+    #[test]
+    fn keys_of_one_hash_are_told_apart_by_their_bytes() {
+        let mut s = KeySet::default();
+        s.insert_hashed(7, b"a");
+        s.insert_hashed(7, b"b");
+        s.insert_hashed(7, b"a");
+        s.insert_hashed(9, b"c");
+        assert!(s.has(7, b"a") && s.has(7, b"b") && s.has(9, b"c"));
+        assert!(!s.has(7, b"c") && !s.has(9, b"a") && !s.has(8, b"a"));
+        assert_eq!(s.keys.len(), 3);
+        let mut t = KeySet::default();
+        assert!(!t.contains(b"x"));
+        t.insert(b"x");
+        t.insert(b"");
+        assert!(t.contains(b"x") && t.contains(b"") && !t.contains(b"y"));
+    }
 }
