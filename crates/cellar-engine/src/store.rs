@@ -1795,9 +1795,10 @@ struct Inner {
     poisoned: AtomicBool,
     compactor: Mutex<Option<JoinHandle<()>>>,
     compacting: AtomicBool,
-    /// Set by `close()` when the close-time fold will redo what a running background
-    /// compaction is doing: that compaction then stops at its next block and deletes its
-    /// unfinished file (it has published nothing), instead of being waited for.
+    /// Set by `compact()` and `close()` when the compaction they run will redo what a
+    /// running background compaction is doing: that compaction then stops at its next block
+    /// and deletes its unfinished file (it has published nothing), instead of being waited
+    /// for (see `settle_background_compaction`).
     abandon_background: AtomicBool,
     /// A running background compaction's progress: entries written into blocks, of about
     /// how many (see `settle_background_compaction`).
@@ -3720,7 +3721,7 @@ impl Inner {
                 samples
             }
         };
-        let train = move || {
+        let train = || {
             let refs: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
             let dict_size =
                 (refs.iter().map(|s| s.len()).sum::<usize>() / 10).clamp(4096, 32 << 10);
@@ -3746,7 +3747,8 @@ impl Inner {
                 sort(&mut table);
                 match trainer {
                     Ok(h) => h.join().unwrap_or(None),
-                    Err(_) => None,
+                    // No thread to spare: trained here, the same dictionary.
+                    Err(_) => train(),
                 }
             }),
             None => {
