@@ -396,3 +396,116 @@ def test_cache_bytes_sets_the_block_cache_of_a_compact_store(tmp_path: Path) -> 
         shelf.dict.compact()
         assert shelf.dict.stats()["block_cache_capacity"] == 4096
         assert shelf["k7"] == [7, "x" * 50]
+
+
+@pytest.mark.parametrize("mod", BACKENDS, ids=lambda m: m.__name__)
+def test_writes_through_the_handle_inside_a_batch_block_are_one_commit(
+    tmp_path: Path, mod: object
+) -> None:
+    # README: `with db.batch(): db[k] = v` is one atomic commit, like `b[k] = v` on the object.
+    path = tmp_path / "db"
+    with mod.open(path, "n") as db:  # type: ignore[attr-defined]
+        db[b"old"] = b"x"
+        db[b"drop"] = b"y"
+        with pytest.raises(RuntimeError):
+            with db.batch():
+                for i in range(100):
+                    db[b"k%d" % i] = b"v%d" % i
+                del db[b"old"]
+                db.setdefault(b"sd", b"z")
+                db.clear()
+                raise RuntimeError
+        assert sorted(db.keys()) == [b"drop", b"old"]  # nothing of the block applied
+        with db.batch() as b:
+            for i in range(100):
+                db[b"k%d" % i] = b"v%d" % i
+            b[b"obj"] = b"o"
+            del db[b"old"]
+            del db[b"never-there"]  # recorded like `del b[k]`: no KeyError in a batch
+            assert db.setdefault(b"sd", b"z") == b"z"
+            assert len(b) == 104
+            # Reads see the store as committed until the block ends.
+            assert b"k1" not in db and db[b"old"] == b"x" and len(db) == 2
+        assert len(db) == 103 and db[b"k7"] == b"v7" and db[b"obj"] == b"o"
+        assert b"old" not in db and db[b"sd"] == b"z"
+        # clear() inside a block removes the committed keys and those the block set.
+        with db.batch():
+            db[b"new"] = b"n"
+            db.clear()
+            db[b"last"] = b"l"
+            assert len(db) == 103
+        assert sorted(db.keys()) == [b"last"]
+    with mod.open(path) as db:  # type: ignore[attr-defined]
+        assert sorted(db.keys()) == [b"last"]
+
+
+def test_nested_batch_blocks_join_the_outer_commit(tmp_path: Path) -> None:
+    with cdbm.open(tmp_path / "db", "n") as db:
+        with db.batch() as outer:
+            db[b"a"] = b"1"
+            with db.batch() as inner:
+                inner[b"b"] = b"2"
+                db[b"c"] = b"3"
+            assert b"b" not in db and len(outer) == 3  # the inner block commits with the outer
+            with pytest.raises(KeyError):
+                with db.batch():
+                    db[b"d"] = b"4"
+                    raise KeyError("inner fails alone")
+            db[b"e"] = b"5"
+        assert sorted(db.keys()) == [b"a", b"b", b"c", b"e"]
+        with pytest.raises(RuntimeError):
+            with db.batch():
+                db[b"f"] = b"6"
+                with db.batch():
+                    db[b"g"] = b"7"
+                raise RuntimeError
+        assert sorted(db.keys()) == [b"a", b"b", b"c", b"e"]
+        b = db.batch()
+        with b:
+            pass
+        with pytest.raises(cdbm.error, match="only once"):
+            with b:
+                pass
+        with pytest.raises(cdbm.error, match="already been applied"):
+            b[b"x"] = b"y"
+        # A batch filled before its block opens brings those writes into the block.
+        b = db.batch()
+        b[b"pre"] = b"p"
+        with b:
+            db[b"post"] = b"q"
+        assert db[b"pre"] == b"p" and db[b"post"] == b"q"
+
+
+def test_writes_inside_a_batch_block_are_checked_when_made(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    cdbm.open(path, "c").close()
+    with cdbm.open(path, "r") as db:
+        with db.batch():
+            with pytest.raises(cdbm.error, match="reading only"):
+                db[b"a"] = b"1"
+            with pytest.raises(cdbm.error, match="reading only"):
+                del db[b"a"]
+    db = cdbm.open(path, "w")
+    with pytest.raises(cdbm.error, match="closed"):
+        with db.batch():
+            db.close()
+            db[b"a"] = b"1"
+
+
+def test_a_killed_process_leaves_nothing_of_its_open_batch_block(tmp_path: Path) -> None:
+    # kill -9 in the middle of a `with db.batch():` block: the store has every write committed
+    # before it and none made inside it.
+    path = tmp_path / "db"
+    code = (
+        "import os, signal, sys, cellar.dbm as dbm\n"
+        f"db = dbm.open({str(path)!r}, 'c')\n"
+        "for i in range(50): db[b'before%d' % i] = b'x'\n"
+        "with db.batch():\n"
+        "    for i in range(5000): db[b'inside%d' % i] = b'y' * 100\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code])
+    assert r.returncode == -9
+    with cdbm.open(path, "r") as db:
+        keys = set(db.keys())
+    assert keys == {b"before%d" % i for i in range(50)}

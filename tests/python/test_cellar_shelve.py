@@ -416,3 +416,30 @@ def test_cli_dump_decodes_shelves_safely(tmp_path: Path) -> None:
         db["m"] = [1, 2, 3]
     out = subprocess.run([_cellar_cli(), "dump", native], capture_output=True, check=True)
     assert "[1, 2, 3]" in out.stdout.decode()
+
+
+@pytest.mark.parametrize("writeback", [False, True])
+def test_shelf_writes_inside_its_batch_block_are_one_commit(
+    tmp_path: Path, writeback: bool
+) -> None:
+    # Both forms of the block: `b[key] = value` and `shelf[key] = value` while it is open
+    # (writeback shelves take the Python path, the others the native one).
+    path = str(tmp_path / "s")
+    with shelve.open(path, writeback=writeback) as db:
+        db["keep"] = 0
+        with pytest.raises(RuntimeError):
+            with db.batch():
+                db["a"] = 1
+                del db["keep"]
+                raise RuntimeError
+        db.sync()
+        assert sorted(db) == ["keep"]
+        with db.batch() as b:
+            db["a"] = 1
+            b["b"] = 2
+            db["b"] = 3  # later write wins, in the order made
+            b["c"] = [4]
+            assert "c" not in cellar.dbm.open(path, "r")
+        assert db["a"] == 1 and db["b"] == 3 and db["c"] == [4]
+    with shelve.open(path, "r") as db:
+        assert dict(db) == {"keep": 0, "a": 1, "b": 3, "c": [4]}

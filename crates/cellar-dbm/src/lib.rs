@@ -254,6 +254,11 @@ impl Batch {
     pub fn clear(&mut self) {
         self.ops.clear();
     }
+
+    /// Keeps the first `len` operations and drops the rest (a savepoint's rollback).
+    pub fn truncate(&mut self, len: usize) {
+        self.ops.truncate(len);
+    }
 }
 
 /// Sizes reported by [`Database::info`].

@@ -20,7 +20,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::sqlite_py::PySqliteDb;
 
@@ -318,6 +318,17 @@ pub struct PyDatabase {
     /// dbm.gnu's `firstkey()`/`nextkey()` walk: the key snapshot `firstkey()` took and each
     /// key's position in it.
     cursor: Mutex<Option<KeyCursor>>,
+    /// The writes of the `with db.batch():` block open on this handle, if any: every write
+    /// made through the handle (`db[k] = v`, `del db[k]`, `setdefault`, `clear`, a shelf's
+    /// writes) joins it until the outermost block exits.
+    open_batch: Mutex<Option<Pending>>,
+}
+
+/// The writes of an open batch block, shared by its `Batch` objects and its database handle.
+type Pending = Arc<Mutex<Batch>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct KeyCursor {
@@ -344,7 +355,46 @@ impl PyDatabase {
             sqlite,
             closed: AtomicBool::new(false),
             cursor: Mutex::new(None),
+            open_batch: Mutex::new(None),
         }
+    }
+
+    /// The batch a `with db.batch():` block has open on this handle.
+    fn pending(&self) -> Option<Pending> {
+        lock(&self.open_batch).clone()
+    }
+
+    /// What a write made inside a batch block would fail with now, if anything (it is
+    /// checked when made, not only when the block applies the batch).
+    fn check_writable(&self, py: Python<'_>) -> PyResult<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(to_py(py, DbmError::Closed));
+        }
+        if self.db.is_read_only() {
+            return Err(to_py(py, DbmError::ReadOnly));
+        }
+        Ok(())
+    }
+
+    /// Stores `value` under `key`: into the open batch if a block has one, else at once.
+    pub(crate) fn put(&self, py: Python<'_>, key: &[u8], value: &[u8]) -> PyResult<()> {
+        if let Some(ops) = self.pending() {
+            self.check_writable(py)?;
+            lock(&ops).insert(key, value);
+            return Ok(());
+        }
+        self.run(py, |db| db.insert(key, value))
+    }
+
+    /// Deletes `key`: recorded in the open batch if a block has one (no error for a key that
+    /// is missing, as `del b[key]`), else at once; `false` when there was no such key.
+    pub(crate) fn delete(&self, py: Python<'_>, key: &[u8]) -> PyResult<bool> {
+        if let Some(ops) = self.pending() {
+            self.check_writable(py)?;
+            lock(&ops).remove(key);
+            return Ok(true);
+        }
+        self.run(py, |db| db.remove(key))
     }
 
     pub(crate) fn run<T: Send>(
@@ -420,14 +470,14 @@ impl PyDatabase {
     ) -> PyResult<()> {
         let k = self.stored(key, "keys", "key")?;
         let v = self.stored(value, "values", "value")?;
-        self.run(py, |db| db.insert(&k, &v))
+        self.put(py, &k, &v)
     }
 
     fn __delitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
         let Some(k) = self.coerced(key, "keys")? else {
             return Err(PyKeyError::new_err(key.clone().unbind()));
         };
-        if self.run(py, |db| db.remove(&k))? {
+        if self.delete(py, &k)? {
             Ok(())
         } else {
             Err(PyKeyError::new_err(key.clone().unbind()))
@@ -529,7 +579,24 @@ impl PyDatabase {
 
     /// Removes every key, as one commit (dbm.gnu/ndbm's and MutableMapping's `clear()`, in
     /// CPython 3.13's test_dbm for every backend; dbm.dumb has it on every version).
+    /// Inside a batch block the removals join the batch (with those of the keys the block
+    /// has set so far).
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
+        if let Some(ops) = self.pending() {
+            self.check_writable(py)?;
+            let keys = self.run(py, |db| db.keys())?;
+            let mut b = lock(&ops);
+            let set: Vec<Vec<u8>> = b
+                .ops()
+                .iter()
+                .filter(|(_, v)| v.is_some())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys.into_iter().chain(set) {
+                b.remove(k);
+            }
+            return Ok(());
+        }
         self.run(py, |db| {
             if db.is_read_only() {
                 return Err(DbmError::ReadOnly);
@@ -587,7 +654,7 @@ impl PyDatabase {
         }
         let default = default.unwrap_or_else(|| PyBytes::new(py, b"").into_any());
         let v = self.stored(&default, "values", "value")?;
-        self.run(py, |db| db.insert(&k, &v))?;
+        self.put(py, &k, &v)?;
         Ok(default)
     }
 
@@ -670,13 +737,15 @@ impl PyDatabase {
         Ok(d)
     }
 
-    /// A context manager collecting writes (`b[key] = value`, `del b[key]`) that are applied
-    /// as one atomic commit when the block exits without an exception (and dropped otherwise).
+    /// A context manager collecting writes that are applied as one atomic commit when the
+    /// block exits without an exception (and dropped otherwise): `b[key] = value` and
+    /// `del b[key]` on the object it returns, and every write made through this handle while
+    /// the block is open (`db[key] = value`, `del db[key]`, `setdefault`, `clear`). Reads see
+    /// the store as committed, without the block's writes. A block opened inside another on the
+    /// same handle joins the outer one: its writes commit with the outer block, and are
+    /// dropped alone if the inner block raises.
     fn batch(slf: Py<Self>) -> PyBatch {
-        PyBatch {
-            db: slf,
-            ops: Mutex::new(Some(Batch::new())),
-        }
+        PyBatch::new(slf)
     }
 
     /// The backend's stdlib-style module name (`"dbm.native"`, `"dbm.sqlite3"`, `"dbm.dumb"`).
@@ -844,16 +913,108 @@ impl PyItemIter {
 #[pyclass(frozen, module = "cellar.dbm", name = "Batch")]
 pub struct PyBatch {
     db: Py<PyDatabase>,
-    ops: Mutex<Option<Batch>>,
+    state: Mutex<BatchState>,
+}
+
+/// Where a [`PyBatch`] is in its life.
+enum BatchState {
+    /// Not entered yet: `b[key] = value` gathers here, and joins the block's batch on entry.
+    Idle(Batch),
+    /// Inside its block: writes go to the handle's open batch. `outer`: this block opened it
+    /// and applies it on exit; otherwise it joined an enclosing block's batch holding `mark`
+    /// operations then, and drops what it added if it raises.
+    Open {
+        ops: Pending,
+        outer: bool,
+        mark: usize,
+    },
+    /// Exited (applied or dropped).
+    Done,
 }
 
 impl PyBatch {
-    fn with<T>(&self, f: impl FnOnce(&mut Batch) -> T) -> PyResult<T> {
-        let mut g = self.ops.lock().unwrap_or_else(|p| p.into_inner());
-        match g.as_mut() {
-            Some(b) => Ok(f(b)),
-            None => Err(DbmError_::new_err("the batch has already been applied")),
+    pub(crate) fn new(db: Py<PyDatabase>) -> PyBatch {
+        PyBatch {
+            db,
+            state: Mutex::new(BatchState::Idle(Batch::new())),
         }
+    }
+
+    /// Runs `f` on the operations this batch adds to.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Batch) -> T) -> PyResult<T> {
+        match &mut *lock(&self.state) {
+            BatchState::Idle(b) => Ok(f(b)),
+            BatchState::Open { ops, .. } => Ok(f(&mut lock(ops))),
+            BatchState::Done => Err(DbmError_::new_err("the batch has already been applied")),
+        }
+    }
+
+    /// Opens the block: makes this batch the handle's open batch, or joins the one an
+    /// enclosing block has open.
+    pub(crate) fn enter(&self) -> PyResult<()> {
+        let mut st = lock(&self.state);
+        let BatchState::Idle(mine) = &mut *st else {
+            return Err(DbmError_::new_err(
+                "a batch block can be entered only once",
+            ));
+        };
+        let mine = std::mem::take(mine);
+        let mut open = lock(&self.db.get().open_batch);
+        *st = match &*open {
+            Some(ops) => {
+                let mut b = lock(ops);
+                let mark = b.len();
+                for (k, v) in mine.ops() {
+                    match v {
+                        Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                        None => b.remove(k.as_slice()),
+                    };
+                }
+                BatchState::Open {
+                    ops: Arc::clone(ops),
+                    outer: false,
+                    mark,
+                }
+            }
+            None => {
+                let ops = Arc::new(Mutex::new(mine));
+                *open = Some(Arc::clone(&ops));
+                BatchState::Open {
+                    ops,
+                    outer: true,
+                    mark: 0,
+                }
+            }
+        };
+        Ok(())
+    }
+
+    /// Closes the block: the outermost applies the batch when `ok` (the block raised
+    /// nothing) and drops it otherwise; an inner one drops only its own writes when not `ok`.
+    pub(crate) fn exit(&self, py: Python<'_>, ok: bool) -> PyResult<()> {
+        let st = std::mem::replace(&mut *lock(&self.state), BatchState::Done);
+        let BatchState::Open { ops, outer, mark } = st else {
+            // Never entered: what a plain `b = db.batch()` gathered is dropped.
+            return Ok(());
+        };
+        if !outer {
+            if !ok {
+                lock(&ops).truncate(mark);
+            }
+            return Ok(());
+        }
+        let db = self.db.get();
+        {
+            let mut open = lock(&db.open_batch);
+            if open.as_ref().is_some_and(|o| Arc::ptr_eq(o, &ops)) {
+                *open = None;
+            }
+        }
+        let b = std::mem::take(&mut *lock(&ops));
+        if ok && !b.is_empty() {
+            db.run(py, |d| d.batch(&b))?;
+        }
+        Ok(())
     }
 }
 
@@ -874,12 +1035,14 @@ impl PyBatch {
         })
     }
 
+    /// The number of operations gathered (by the whole block, when it is open).
     fn __len__(&self) -> PyResult<usize> {
         self.with(|b| b.len())
     }
 
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
+    fn __enter__(slf: Py<Self>) -> PyResult<Py<Self>> {
+        slf.get().enter()?;
+        Ok(slf)
     }
 
     /// Applies the batch if the block raised nothing; otherwise drops it.
@@ -890,12 +1053,7 @@ impl PyBatch {
         _exc: &Bound<'_, PyAny>,
         _tb: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
-        let taken = self.ops.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(b) = taken {
-            if exc_type.is_none() && !b.is_empty() {
-                self.db.get().run(py, |db| db.batch(&b))?;
-            }
-        }
+        self.exit(py, exc_type.is_none())?;
         Ok(false)
     }
 }

@@ -16,7 +16,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
-use crate::dbm::{PyDatabase, PyItemIter};
+use crate::dbm::{PyBatch, PyDatabase, PyItemIter};
 use crate::pickle::PickleLoader;
 use crate::{marshal_sink, marshal_source};
 
@@ -137,8 +137,7 @@ fn store<'py>(
 ) -> PyResult<()> {
     let db = db.get();
     if let Ok(b) = data.cast::<PyBytes>() {
-        let v = b.as_bytes();
-        return db.run(py, |d| d.insert(key, v));
+        return db.put(py, key, b.as_bytes());
     }
     // Any other bytes-like result of a custom serializer (or str, as dbm accepts).
     let v: Vec<u8> = if let Ok(s) = data.cast::<PyString>() {
@@ -151,7 +150,7 @@ fn store<'py>(
             data.get_type().name()?
         )));
     };
-    db.run(py, |d| d.insert(key, &v))
+    db.put(py, key, &v)
 }
 
 #[pymethods]
@@ -318,7 +317,7 @@ impl ShelfBase {
             return Ok(());
         };
         let k = key.cast::<PyString>()?.to_str()?.as_bytes();
-        if f.db.get().run(py, |d| d.remove(k))? {
+        if f.db.get().delete(py, k)? {
             Ok(())
         } else {
             Err(PyKeyError::new_err(PyBytes::new(py, k).unbind()))
@@ -361,14 +360,15 @@ impl ShelfBase {
     }
 
     /// A native batch for the fast case (`None` otherwise): `b[key] = value` serializes at
-    /// once, and the writes are committed together by the database when the block exits
-    /// cleanly.
-    fn _native_batch(slf: &Bound<'_, Self>) -> Option<ShelfBatch> {
-        let f = slf.borrow().fast(slf.py())?;
-        Some(ShelfBatch {
-            fast: f,
-            ops: std::sync::Mutex::new(Some(cellar_dbm::Batch::new())),
-        })
+    /// once into the database's batch (`db.batch()`), which also gathers the shelf's own
+    /// writes while the block is open and commits them together when it exits cleanly.
+    fn _native_batch(slf: &Bound<'_, Self>) -> PyResult<Option<ShelfBatch>> {
+        let py = slf.py();
+        let Some(f) = slf.borrow().fast(py) else {
+            return Ok(None);
+        };
+        let batch = Py::new(py, PyBatch::new(f.db.clone_ref(py)))?;
+        Ok(Some(ShelfBatch { fast: f, batch }))
     }
 }
 
@@ -400,24 +400,12 @@ impl ShelfItems {
     }
 }
 
-/// `shelf.batch()` on a cellar database: writes serialized as they are made and committed as
-/// one batch on a clean exit (dropped if the block raises).
+/// `shelf.batch()` on a cellar database: writes serialized as they are made into the
+/// database's batch, committed as one on a clean exit (dropped if the block raises).
 #[pyclass(module = "cellar.shelve", name = "_ShelfBatch")]
 pub struct ShelfBatch {
     fast: Fast,
-    ops: std::sync::Mutex<Option<cellar_dbm::Batch>>,
-}
-
-impl ShelfBatch {
-    fn with<T>(&self, f: impl FnOnce(&mut cellar_dbm::Batch) -> T) -> PyResult<T> {
-        let mut g = self.ops.lock().unwrap_or_else(|p| p.into_inner());
-        match g.as_mut() {
-            Some(b) => Ok(f(b)),
-            None => Err(pyo3::exceptions::PyValueError::new_err(
-                "the batch has already been applied",
-            )),
-        }
-    }
+    batch: Py<PyBatch>,
 }
 
 fn key_bytes(key: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
@@ -446,24 +434,25 @@ impl ShelfBatch {
                 data.get_type().name()?
             )));
         };
-        self.with(|b| {
+        self.batch.get().with(|b| {
             b.insert(k, v);
         })
     }
 
     fn __delitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
         let k = key_bytes(key)?;
-        self.with(|b| {
+        self.batch.get().with(|b| {
             b.remove(k);
         })
     }
 
     fn __len__(&self) -> PyResult<usize> {
-        self.with(|b| b.len())
+        self.batch.get().with(|b| b.len())
     }
 
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
+    fn __enter__(slf: Py<Self>, py: Python<'_>) -> PyResult<Py<Self>> {
+        slf.borrow(py).batch.get().enter()?;
+        Ok(slf)
     }
 
     fn __exit__(
@@ -473,12 +462,7 @@ impl ShelfBatch {
         _exc: &Bound<'_, PyAny>,
         _tb: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
-        let taken = self.ops.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(b) = taken {
-            if exc_type.is_none() && !b.is_empty() {
-                self.fast.db.get().run(py, |d| d.batch(&b))?;
-            }
-        }
+        self.batch.get().exit(py, exc_type.is_none())?;
         Ok(false)
     }
 }

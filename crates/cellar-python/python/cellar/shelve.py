@@ -285,7 +285,10 @@ class Shelf(_ShelfBase, collections.abc.MutableMapping):  # type: ignore[misc,ty
     def batch(self) -> Any:
         """A context manager whose ``b[key] = value`` / ``del b[key]`` are serialized at once
         and committed together when the block exits cleanly (one atomic commit on cellar's
-        stores; written one by one on other mappings). Nothing is written if the block raises."""
+        stores; written one by one on other mappings). Nothing is written if the block raises.
+        On cellar's stores, the shelf's own writes made while the block is open
+        (``shelf[key] = value``, ``del shelf[key]``) join the same commit; reads see the store
+        as committed, without the block's writes."""
         native = self._native_batch()
         return native if native is not None else _ShelfBatch(self)
 
@@ -307,46 +310,57 @@ class _ShelfBatch:
 
     def __init__(self, shelf: Shelf) -> None:
         self._shelf = shelf
+        # Writes in order; on a cellar database they also go at once into ``_inner``, the
+        # store's own batch block, open while this block is (the shelf's writes through
+        # ``shelf[key] = value`` join it as well, in the order made).
         self._ops: list[tuple[bytes, bytes | None]] = []
-        self._done = False
+        self._inner: Any = None
+
+    def _add(self, key: bytes, data: bytes | None) -> None:
+        inner = self._inner
+        if inner is not None:
+            if data is None:
+                del inner[key]
+            else:
+                inner[key] = data
+        self._ops.append((key, data))
 
     def __setitem__(self, key: str, value: Any) -> None:
         s = self._shelf
-        self._ops.append((key.encode(s.keyencoding), s.serializer(value, s._protocol)))
+        self._add(key.encode(s.keyencoding), s.serializer(value, s._protocol))
 
     def __delitem__(self, key: str) -> None:
-        self._ops.append((key.encode(self._shelf.keyencoding), None))
+        self._add(key.encode(self._shelf.keyencoding), None)
 
     def __len__(self) -> int:
-        return len(self._ops)
+        return len(self._inner) if self._inner is not None else len(self._ops)
 
     def __enter__(self) -> _ShelfBatch:
+        batch = getattr(self._shelf.dict, "batch", None)
+        if batch is not None:
+            inner = batch()
+            inner.__enter__()
+            self._inner = inner
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         ops, self._ops = self._ops, []
-        if exc_type is not None or not ops:
-            return False
-        s = self._shelf
-        for k, _ in ops:
-            key = k.decode(s.keyencoding)
-            s.cache.pop(key, None)
-            s._stored.pop(key, None)
-        d = s.dict
-        batch = getattr(d, "batch", None)
-        if batch is not None:
-            with batch() as b:
+        inner, self._inner = self._inner, None
+        if exc_type is None and ops:
+            s = self._shelf
+            for k, _ in ops:
+                key = k.decode(s.keyencoding)
+                s.cache.pop(key, None)
+                s._stored.pop(key, None)
+            if inner is None:
+                d = s.dict
                 for k, data in ops:
                     if data is None:
-                        del b[k]
+                        d.pop(k, None)
                     else:
-                        b[k] = data
-        else:
-            for k, data in ops:
-                if data is None:
-                    d.pop(k, None)
-                else:
-                    d[k] = data
+                        d[k] = data
+        if inner is not None:
+            inner.__exit__(exc_type, exc, tb)
         return False
 
 
