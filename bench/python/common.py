@@ -351,13 +351,15 @@ def mapping_write(db: Any, keys: Sequence[Any], vals: Sequence[Any], order: Iter
 
 def mapping_write_batches(
     batch: Callable[[], Any], keys: Sequence[Any], vals: Sequence[Any], order: Sequence[int],
-    size: int = DEFAULT_BATCH,
+    size: int = DEFAULT_BATCH, target: Any = None,
 ) -> None:
-    """``with batch() as b: b[k] = v`` per chunk of ``size`` writes."""
+    """``with batch() as b: b[k] = v`` per chunk of ``size`` writes; with ``target``,
+    ``with batch(): target[k] = v`` (the writes made through the handle join the block)."""
     for part in chunks(order, size):
         with batch() as b:
+            t = b if target is None else target
             for i in part:
-                b[keys[i]] = vals[i]
+                t[keys[i]] = vals[i]
 
 
 def sqlitedict_fns(

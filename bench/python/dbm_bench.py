@@ -95,6 +95,13 @@ def cellar_stores() -> list[Store]:
             mapping_write_batches(db.batch, data.keys, data.vals, data.write_order)
             db.close()
 
+        def write_batch_db(d: str, data: Data, fname: str = fname, opener: Any = opener) -> None:
+            # The other form of the same block: `db[k] = v` inside `with db.batch():`.
+            db = opener()(os.path.join(d, fname), "c")
+            mapping_write_batches(db.batch, data.keys, data.vals, data.write_order,
+                                  target=db)
+            db.close()
+
         def read(d: str, data: Data, fname: str = fname, opener: Any = opener) -> int:
             db = opener()(os.path.join(d, fname), "r")
             total = read_mapping(db, data)
@@ -116,6 +123,12 @@ def cellar_stores() -> list[Store]:
                   "kill -9; each batch atomic", write_batch, read, sample,
                   requires=("cellar.dbm",), reference=ref)
         )
+        if backend == "native":
+            out.append(
+                Store(f"cellar-{backend}-batch-db", f"{label} `db[k] = v` in `batch()`",
+                      "cellar", "batch", "kill -9; each batch atomic", write_batch_db, read,
+                      sample, requires=("cellar.dbm",))
+            )
     return out
 
 

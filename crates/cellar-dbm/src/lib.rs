@@ -289,6 +289,18 @@ pub trait Database: Send + Sync + fmt::Debug {
     fn is_read_only(&self) -> bool;
     /// The value stored under `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Calls `f` with the value stored under `key` and returns whether there was one; a
+    /// backend that can lend the bytes where they lie (the native engine: the mapped file or a
+    /// cached block) makes no copy of its own.
+    fn get_into(&self, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool> {
+        Ok(match self.get(key)? {
+            Some(v) => {
+                f(&v);
+                true
+            }
+            None => false,
+        })
+    }
     /// Stores `value` under `key`; when this returns the write has reached the OS (it survives
     /// the process being killed).
     fn insert(&self, key: &[u8], value: &[u8]) -> Result<()>;

@@ -153,6 +153,9 @@ impl Database for NativeDb {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.with(|s| Ok(s.get(key)?))
     }
+    fn get_into(&self, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool> {
+        self.with(|s| Ok(s.get_with(key, &mut *f)?.is_some()))
+    }
     fn insert(&self, key: &[u8], value: &[u8]) -> Result<()> {
         self.with(|s| {
             self.writable()?;

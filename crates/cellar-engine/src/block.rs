@@ -425,10 +425,17 @@ pub struct Block {
     data: Vec<u8>,
     /// Per entry: (key start, key end, value end); the value starts at the key's end.
     spans: Vec<(u32, u32, u32)>,
-    /// Per entry: the key's first 8 bytes, zero-padded, big-endian: ordered like the keys
-    /// wherever they differ, so most steps of a search compare integers.
-    prefixes: Vec<u64>,
+    /// A hash table over the entries, built by the first point lookup (a block loaded for a
+    /// walk never needs it): open addressing, linear probing, at most half full. A slot holds
+    /// `entry index + 1` in its low 16 bits (0: empty) and the top 16 bits of the key's
+    /// [`hash_key`] above them, so a lookup touches one slot line, then the one entry whose
+    /// tag matches (a binary search over the keys touched several lines). Blocks of more
+    /// than [`MAX_HASHED_ENTRIES`] entries are searched by bisection instead.
+    slots: std::sync::OnceLock<Vec<u32>>,
 }
+
+/// Most entries a block's hash table indexes (slots hold the index in 16 bits).
+const MAX_HASHED_ENTRIES: usize = 0xFFFE;
 
 /// The first 8 bytes of a key, zero-padded, as a big-endian integer: ordered like the keys
 /// wherever they differ (block search, block index, a compaction's sort).
@@ -470,15 +477,31 @@ impl Block {
         if spans.len() as u64 != u64::from(entries) {
             return None;
         }
-        let prefixes = spans
-            .iter()
-            .map(|&(k0, k1, _)| prefix(&data[k0 as usize..k1 as usize]))
-            .collect();
         Some(Block {
             data,
             spans,
-            prefixes,
+            slots: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Slots of the hash table for `n` entries (a power of two, at most half full).
+    fn table_len(n: usize) -> usize {
+        (n * 2).next_power_of_two().max(8)
+    }
+
+    /// Builds the hash table (see [`Block::slots`]).
+    fn build_slots(&self) -> Vec<u32> {
+        let mut slots = vec![0u32; Self::table_len(self.spans.len())];
+        let mask = slots.len() - 1;
+        for i in 0..self.spans.len() {
+            let h = hash_key(self.entry(i).0);
+            let mut pos = h as usize & mask;
+            while slots[pos] != 0 {
+                pos = (pos + 1) & mask;
+            }
+            slots[pos] = ((h >> 48) as u32) << 16 | (i as u32 + 1);
+        }
+        slots
     }
 
     /// Number of entries.
@@ -494,7 +517,14 @@ impl Block {
 
     /// Bytes held in memory (for the cache budget).
     pub fn mem_bytes(&self) -> usize {
-        self.data.capacity() + self.spans.capacity() * 12 + self.prefixes.capacity() * 8 + 64
+        // The hash table counts from the start, built or not: the figure must not change
+        // while the block is cached.
+        let table = if self.spans.len() <= MAX_HASHED_ENTRIES {
+            Self::table_len(self.spans.len()) * 4
+        } else {
+            0
+        };
+        self.data.capacity() + self.spans.capacity() * 12 + table + 64
     }
 
     /// The `i`-th entry.
@@ -506,24 +536,39 @@ impl Block {
         )
     }
 
-    /// The value of `key` (binary search).
+    /// The value of `key`.
+    #[cfg(test)]
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        use std::cmp::Ordering;
-        let p = prefix(key);
-        let (mut lo, mut hi) = (0, self.spans.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let ord = match self.prefixes[mid].cmp(&p) {
-                Ordering::Equal => self.entry(mid).0.cmp(key),
-                o => o,
-            };
-            match ord {
-                Ordering::Less => lo = mid + 1,
-                Ordering::Greater => hi = mid,
-                Ordering::Equal => return Some(self.entry(mid).1),
-            }
+        self.get_hashed(key, hash_key(key))
+    }
+
+    /// The value of `key`, whose [`hash_key`] is `hash`: through the block's hash table, or
+    /// by bisection in a block too large for one.
+    pub fn get_hashed(&self, key: &[u8], hash: u64) -> Option<&[u8]> {
+        if self.spans.len() > MAX_HASHED_ENTRIES {
+            let i = self
+                .spans
+                .binary_search_by(|&(k0, k1, _)| self.data[k0 as usize..k1 as usize].cmp(key))
+                .ok()?;
+            return Some(self.entry(i).1);
         }
-        None
+        let slots = self.slots.get_or_init(|| self.build_slots());
+        let mask = slots.len() - 1;
+        let tag = (hash >> 48) as u32;
+        let mut pos = hash as usize & mask;
+        loop {
+            let s = slots[pos];
+            if s == 0 {
+                return None;
+            }
+            if s >> 16 == tag {
+                let (k, v) = self.entry((s & 0xFFFF) as usize - 1);
+                if k == key {
+                    return Some(v);
+                }
+            }
+            pos = (pos + 1) & mask;
+        }
     }
 
     /// The entries in key order.
@@ -1111,6 +1156,43 @@ mod tests {
             }
             assert!(failed, "the error reaches the caller");
         });
+    }
+
+    #[test]
+    fn block_lookups_by_hash_table_and_by_bisection_agree_with_the_entries() {
+        // A block small enough for its hash table, and one with more entries than a slot can
+        // number (searched by bisection): every key is found with its value, keys between
+        // and around them are not, and lookups from several threads share one table.
+        for n in [1usize, 7, 500, MAX_HASHED_ENTRIES, MAX_HASHED_ENTRIES + 1] {
+            let mut keys: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:06}").into_bytes()).collect();
+            keys.sort();
+            let mut data = Vec::new();
+            for k in &keys {
+                put_varint(&mut data, k.len() as u64);
+                put_varint(&mut data, 2);
+                data.extend_from_slice(k);
+                data.extend_from_slice(&k[k.len() - 2..]);
+            }
+            let b = Block::parse(data, n as u32).expect("a well-formed block");
+            let before = b.mem_bytes();
+            std::thread::scope(|scope| {
+                for t in 0..2 {
+                    let (b, keys) = (&b, &keys);
+                    scope.spawn(move || {
+                        for k in keys.iter().skip(t) {
+                            assert_eq!(b.get(k), Some(&k[k.len() - 2..]), "{n} entries");
+                            let mut absent = k.clone();
+                            absent.push(b'x');
+                            assert_eq!(b.get(&absent), None, "{n} entries");
+                        }
+                    });
+                }
+            });
+            assert_eq!(b.get(b""), None);
+            assert_eq!(b.get(b"zzz"), None);
+            // The budget figure is the same before and after the table is built.
+            assert_eq!(b.mem_bytes(), before);
+        }
     }
 
     #[test]

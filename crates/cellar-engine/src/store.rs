@@ -716,11 +716,6 @@ impl Gen {
         Ok(())
     }
 
-    /// The value of `key` in the compact section (ignoring the hash index).
-    fn compact_get(&self, key: &[u8], hash: u64) -> Result<Option<Vec<u8>>> {
-        self.compact_lookup(key, hash, |v| v.to_vec())
-    }
-
     /// Whether the compact section holds `key` (ignoring the hash index). Asked by every put
     /// of a key the log tier does not hold, which is mostly a new key: the filter answers
     /// those with one probe, where a search of even a cached block touches several lines.
@@ -742,7 +737,7 @@ impl Gen {
         &self,
         key: &[u8],
         hash: u64,
-        f: impl Fn(&[u8]) -> T,
+        mut f: impl FnMut(&[u8]) -> T,
     ) -> Result<Option<T>> {
         let Some(ct) = &self.compact else {
             return Ok(None);
@@ -752,13 +747,16 @@ impl Gen {
         };
         let r = &ct.index.blocks[i];
         let ck = (self.header.generation, r.offset);
-        if let Some(found) = ct.cache.with_cached(ck, |b| b.get(key).map(&f)) {
+        if let Some(found) = ct
+            .cache
+            .with_cached(ck, |b| b.get_hashed(key, hash).map(&mut f))
+        {
             return Ok(found);
         }
         if !ct.index.filter.may_contain(hash) {
             return Ok(None);
         }
-        Ok(self.compact_block(ct, r)?.get(key).map(f))
+        Ok(self.compact_block(ct, r)?.get_hashed(key, hash).map(f))
     }
 
     /// Points `key` at the PUT record at `off` (single writer of this index only).
@@ -849,13 +847,14 @@ impl Gen {
         }
     }
 
-    /// Looks `key` up and returns its value, reading each candidate record once.
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    /// Looks `key` up and returns `f` of its value (borrowed from the mapped file or a cached
+    /// block where it can be), reading each candidate record once.
+    fn get_with<T>(&self, key: &[u8], mut f: impl FnMut(&[u8]) -> T) -> Result<Option<T>> {
         /// Value bytes the first view of a record covers beyond its header and key.
         const GET_READ_AHEAD: usize = 256;
         let hash = hash_key(key);
         let t = self.index.load();
-        let mut found: Option<Vec<u8>> = None;
+        let mut found: Option<T> = None;
         let probe = t.probe(hash, |off| {
             // Read the end after the slot: the writer publishes the end before the slot.
             let limit = self.limit();
@@ -909,15 +908,15 @@ impl Gen {
                 return Err(Error::corrupt(off, "index points at a non-PUT record"));
             }
             found = Some(if h.flags & F_ZSTD != 0 {
-                self.codec.decompress(h.flags, &rec[k1..], off)?
+                f(&self.codec.decompress(h.flags, &rec[k1..], off)?)
             } else {
-                rec[k1..].to_vec()
+                f(&rec[k1..])
             });
             Ok(true)
         })?;
         match probe {
             Probe::Found { .. } => Ok(found),
-            Probe::Missing { .. } => self.compact_get(key, hash),
+            Probe::Missing { .. } => self.compact_lookup(key, hash, f),
         }
     }
 
@@ -2139,7 +2138,13 @@ impl Store {
 
     /// The value stored under `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.inner.current()?.get(key)
+        self.inner.current()?.get_with(key, <[u8]>::to_vec)
+    }
+
+    /// `f` of the value stored under `key`, called with the bytes where they lie (the mapped
+    /// file, a cached block, or a decompression buffer): no copy of the value is made for it.
+    pub fn get_with<T>(&self, key: &[u8], f: impl FnMut(&[u8]) -> T) -> Result<Option<T>> {
+        self.inner.current()?.get_with(key, f)
     }
 
     /// Whether `key` is present.

@@ -108,23 +108,26 @@ impl Fast {
         }
     }
 
-    fn decode<'py>(&self, py: Python<'py>, data: Vec<u8>) -> PyResult<Bound<'py, PyAny>> {
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        value: Bound<'py, PyBytes>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let data = value.as_bytes();
         if let Ok(loader) = self.deserializer.bind(py).cast::<PickleLoader>() {
             // safe=True: cellar's decoder straight from the stored bytes.
             return loader
                 .get()
-                .load_slice(py, &data, None, None, None)
+                .load_slice(py, data, None, None, None)
                 .map(|(obj, _)| obj);
         }
         match self.kind {
             // The same `marshal.loads` audit event as the Python path (`cellar.marshal.loads`).
             Kind::Marshal => {
-                marshal_sink::audit_loads(py, &data)?;
-                marshal_sink::loads_slice(py, &data, false)
+                marshal_sink::audit_loads(py, data)?;
+                marshal_sink::loads_slice(py, data, false)
             }
-            Kind::Pickle | Kind::Custom => {
-                self.deserializer.bind(py).call1((PyBytes::new(py, &data),))
-            }
+            Kind::Pickle | Kind::Custom => self.deserializer.bind(py).call1((value,)),
         }
     }
 }
@@ -289,7 +292,7 @@ impl ShelfBase {
             return slf.call_method1(intern!(py, "_getitem"), (key,));
         };
         let k = key.cast::<PyString>()?.to_str()?.as_bytes();
-        match f.db.get().run(py, |d| d.get(k))? {
+        match f.db.get().get_bytes(py, k)? {
             Some(data) => f.decode(py, data),
             None => Err(PyKeyError::new_err(PyBytes::new(py, k).unbind())),
         }
@@ -337,7 +340,7 @@ impl ShelfBase {
                 .is_truthy();
         };
         let k = key.cast::<PyString>()?.to_str()?.as_bytes();
-        db.get().run(py, |d| d.contains(k))
+        db.get().run_read(py, |d| d.contains(k))
     }
 
     fn __len__(slf: &Bound<'_, Self>) -> PyResult<usize> {
@@ -395,7 +398,7 @@ impl ShelfItems {
             // The same UnicodeDecodeError as `key.decode("utf-8")`.
             Err(_) => PyBytes::new(py, &k).call_method1(intern!(py, "decode"), ("utf-8",))?,
         };
-        let value = self.fast.decode(py, v)?;
+        let value = self.fast.decode(py, PyBytes::new(py, &v))?;
         Ok(Some(PyTuple::new(py, [key, value])?))
     }
 }
