@@ -704,7 +704,7 @@ impl Database for DumbDb {
             // Final state per key, in first-seen order.
             let mut last: IndexMap<&[u8], Option<&[u8]>> = IndexMap::new();
             for (k, v) in batch.ops() {
-                last.insert(k.as_slice(), v.as_deref());
+                last.insert(k, v);
             }
             let puts: Vec<(&[u8], &[u8])> = last
                 .iter()

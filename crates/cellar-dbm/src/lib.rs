@@ -212,9 +212,22 @@ impl fmt::Display for Backend {
 
 /// A group of writes applied together with [`Database::batch`]: atomically for the native
 /// and sqlite backends, and for dumb against a process crash (see `docs/dbm.md`).
+///
+/// The keys and values are copied into one buffer (no allocation per operation).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
-    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Every operation's key, then its value (if it is a put), back to back.
+    buf: Vec<u8>,
+    ops: Vec<Op>,
+}
+
+/// Where one operation's bytes lie in [`Batch::buf`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Op {
+    start: usize,
+    key_len: usize,
+    /// `None`: a delete.
+    value_len: Option<usize>,
 }
 
 impl Batch {
@@ -224,14 +237,27 @@ impl Batch {
     }
 
     /// Stores `value` under `key`.
-    pub fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Batch {
-        self.ops.push((key.into(), Some(value.into())));
+    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Batch {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.ops.push(Op {
+            start: self.buf.len(),
+            key_len: key.len(),
+            value_len: Some(value.len()),
+        });
+        self.buf.extend_from_slice(key);
+        self.buf.extend_from_slice(value);
         self
     }
 
     /// Deletes `key` (no error if it is missing).
-    pub fn remove(&mut self, key: impl Into<Vec<u8>>) -> &mut Batch {
-        self.ops.push((key.into(), None));
+    pub fn remove(&mut self, key: impl AsRef<[u8]>) -> &mut Batch {
+        let key = key.as_ref();
+        self.ops.push(Op {
+            start: self.buf.len(),
+            key_len: key.len(),
+            value_len: None,
+        });
+        self.buf.extend_from_slice(key);
         self
     }
 
@@ -246,18 +272,28 @@ impl Batch {
     }
 
     /// The operations in order: `(key, Some(value))` to store, `(key, None)` to delete.
-    pub fn ops(&self) -> &[(Vec<u8>, Option<Vec<u8>>)] {
-        &self.ops
+    pub fn ops(&self) -> impl ExactSizeIterator<Item = (&[u8], Option<&[u8]>)> + '_ {
+        self.ops.iter().map(|op| {
+            let k1 = op.start + op.key_len;
+            (
+                &self.buf[op.start..k1],
+                op.value_len.map(|n| &self.buf[k1..k1 + n]),
+            )
+        })
     }
 
     /// Removes every operation.
     pub fn clear(&mut self) {
         self.ops.clear();
+        self.buf.clear();
     }
 
     /// Keeps the first `len` operations and drops the rest (a savepoint's rollback).
     pub fn truncate(&mut self, len: usize) {
-        self.ops.truncate(len);
+        if let Some(op) = self.ops.get(len) {
+            self.buf.truncate(op.start);
+            self.ops.truncate(len);
+        }
     }
 }
 
@@ -473,4 +509,37 @@ pub fn open_dumb(
 pub fn open_str(path: impl AsRef<Path>, flag: &str, mode: u32) -> Result<Box<dyn Database>> {
     let f = Flag::parse(flag)?;
     open(path, f, mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Batch;
+
+    #[test]
+    fn a_batch_gives_back_its_operations_in_order_and_truncates_to_a_savepoint() {
+        let mut b = Batch::new();
+        b.insert(b"k1", b"v1")
+            .remove("k2")
+            .insert(Vec::new(), b"")
+            .insert(b"k1", b"w");
+        let ops: Vec<(&[u8], Option<&[u8]>)> = b.ops().collect();
+        let want: Vec<(&[u8], Option<&[u8]>)> = vec![
+            (b"k1", Some(b"v1")),
+            (b"k2", None),
+            (b"", Some(b"")),
+            (b"k1", Some(b"w")),
+        ];
+        assert_eq!(ops, want);
+        assert_eq!(b.ops().len(), 4);
+        let mut t = b.clone();
+        t.truncate(9);
+        assert_eq!(t, b);
+        t.truncate(2);
+        assert_eq!(t.ops().collect::<Vec<_>>(), want[..2].to_vec());
+        t.insert(b"k3", b"v3");
+        assert_eq!(t.ops().nth(2), Some((&b"k3"[..], Some(&b"v3"[..]))));
+        t.truncate(0);
+        assert!(t.is_empty());
+        assert_eq!(t, Batch::new());
+    }
 }

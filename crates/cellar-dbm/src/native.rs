@@ -202,14 +202,8 @@ impl Database for NativeDb {
     fn batch(&self, batch: &Batch) -> Result<()> {
         self.with(|s| {
             self.writable()?;
-            let mut b = cellar_engine::Batch::new();
-            for (k, v) in batch.ops() {
-                match v {
-                    Some(v) => b.put(k.as_slice(), v.as_slice()),
-                    None => b.delete(k.as_slice()),
-                };
-            }
-            Ok(s.batch(&b)?)
+            let ops: Vec<(&[u8], Option<&[u8]>)> = batch.ops().collect();
+            Ok(s.commit_ops(&ops)?)
         })
     }
     fn sync(&self) -> Result<()> {

@@ -368,8 +368,8 @@ impl Database for SqliteDb {
                 let mut del = tx.prepare_cached(DELETE_KEY)?;
                 for (k, v) in batch.ops() {
                     match v {
-                        Some(v) => put.execute([k.as_slice(), v.as_slice()])?,
-                        None => del.execute([k.as_slice()])?,
+                        Some(v) => put.execute([k, v])?,
+                        None => del.execute([k])?,
                     };
                 }
             }

@@ -37,10 +37,10 @@ fn a_failed_batch_changes_nothing() {
         fs::rename(&index, &aside).unwrap();
         fs::create_dir(&index).unwrap();
         let mut b = Batch::new();
-        b.insert(vec![b'k', 3], b"overwritten".to_vec())
-            .insert(b"new1".to_vec(), b"x".to_vec())
+        b.insert(vec![b'k', 3], b"overwritten")
+            .insert(b"new1", b"x")
             .insert(vec![b'k', 7], vec![7; 5000])
-            .insert(b"new2".to_vec(), b"y".to_vec());
+            .insert(b"new2", b"y");
         if with_delete {
             b.remove(vec![b'k', 0]);
         }

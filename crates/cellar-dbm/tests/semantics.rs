@@ -155,7 +155,7 @@ fn closed_and_read_only_databases_refuse() {
         );
         assert!(matches!(db.remove(b"k"), Err(DbmError::ReadOnly)), "{b}");
         let mut batch = cellar_dbm::Batch::new();
-        batch.insert(b"a".to_vec(), b"b".to_vec());
+        batch.insert(b"a", b"b");
         assert!(matches!(db.batch(&batch), Err(DbmError::ReadOnly)), "{b}");
         db.sync().unwrap();
         assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
@@ -209,10 +209,10 @@ fn every_backend_implements_the_whole_trait() {
         let db = b.open(dir.path().join("db"), Flag::Create, 0o666).unwrap();
         let mut batch = cellar_dbm::Batch::new();
         batch
-            .insert(b"a".to_vec(), b"1".to_vec())
-            .insert(b"b".to_vec(), b"2".to_vec())
-            .remove(b"a".to_vec())
-            .insert(b"c".to_vec(), vec![9; 2000]);
+            .insert(b"a", b"1")
+            .insert(b"b", b"2")
+            .remove(b"a")
+            .insert(b"c", vec![9; 2000]);
         db.batch(&batch).unwrap();
         assert_eq!(db.len().unwrap(), 2);
         assert!(!db.is_empty().unwrap());

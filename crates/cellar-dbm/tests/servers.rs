@@ -121,11 +121,11 @@ fn dbm_semantics_on_every_server() {
         // Batches: last write wins, deletes count, the count stays exact.
         let mut b = Batch::new();
         for i in 0..2500u32 {
-            b.insert(format!("k{i}").into_bytes(), i.to_le_bytes().to_vec());
+            b.insert(format!("k{i}").into_bytes(), i.to_le_bytes());
         }
-        b.insert(b"k1".to_vec(), b"again".to_vec());
-        b.remove(b"k2".to_vec());
-        b.remove(b"never".to_vec());
+        b.insert(b"k1", b"again");
+        b.remove(b"k2");
+        b.remove(b"never");
         db.batch(&b).unwrap();
         assert_eq!(db.len().unwrap(), 2 + 2499);
         assert_eq!(db.get(b"k1").unwrap().as_deref(), Some(&b"again"[..]));
@@ -218,7 +218,7 @@ fn redis_iteration_yields_every_key_once_while_the_keyspace_is_rehashed() {
             b"\xff\x00".to_vec(),
         ]);
         for k in &expected {
-            b.insert(k.clone(), b"v".to_vec());
+            b.insert(k.clone(), b"v");
         }
         db.batch(&b).unwrap();
         let scratch_url = namespace(&base, "scratch");
@@ -227,7 +227,7 @@ fn redis_iteration_yields_every_key_once_while_the_keyspace_is_rehashed() {
             // Churn in the store: keys that come and go during the walk.
             let mut churn = Batch::new();
             for i in 0..200u32 {
-                churn.insert(format!("churn{page}_{i}").into_bytes(), b"c".to_vec());
+                churn.insert(format!("churn{page}_{i}").into_bytes(), b"c");
             }
             db.batch(&churn).unwrap();
             if page == 0 {
@@ -235,7 +235,7 @@ fn redis_iteration_yields_every_key_once_while_the_keyspace_is_rehashed() {
                 for chunk in 0..60u32 {
                     let mut big = Batch::new();
                     for i in 0..1000u32 {
-                        big.insert(format!("s{chunk}_{i}").into_bytes(), b"s".to_vec());
+                        big.insert(format!("s{chunk}_{i}").into_bytes(), b"s");
                     }
                     scratch.batch(&big).unwrap();
                 }
@@ -654,7 +654,7 @@ fn redis_kill_9_then_restart_keeps_every_acknowledged_write() {
             let r = if i.is_multiple_of(20) {
                 let mut b = Batch::new();
                 for j in 0..100u32 {
-                    b.insert(format!("b{i}_{j}").into_bytes(), i.to_le_bytes().to_vec());
+                    b.insert(format!("b{i}_{j}").into_bytes(), i.to_le_bytes());
                 }
                 db.batch(&b).map(|()| batches.push(i))
             } else {
@@ -753,7 +753,7 @@ fn redis_over_tls_with_a_password() {
     db.insert(b"k", b"over tls").unwrap();
     let mut b = Batch::new();
     for i in 0..1500u32 {
-        b.insert(format!("b{i}").into_bytes(), b"v".to_vec());
+        b.insert(format!("b{i}").into_bytes(), b"v");
     }
     db.batch(&b).unwrap();
     assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"over tls"[..]));
@@ -799,7 +799,7 @@ fn redis_cluster_over_tls_with_a_password() {
     }
     let mut b = Batch::new();
     for i in 0..1500u32 {
-        b.insert(format!("b{i}").into_bytes(), b"v".to_vec());
+        b.insert(format!("b{i}").into_bytes(), b"v");
     }
     db.batch(&b).unwrap();
     for i in 0..300u32 {

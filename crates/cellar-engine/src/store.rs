@@ -2184,6 +2184,12 @@ impl Store {
         self.inner.commit(&ops)
     }
 
+    /// Commits `ops` atomically as [`batch`](Self::batch) does, from borrowed bytes:
+    /// `(key, Some(value))` stores, `(key, None)` deletes.
+    pub fn commit_ops(&self, ops: &[(&[u8], Option<&[u8]>)]) -> Result<()> {
+        self.inner.commit(ops)
+    }
+
     /// Number of live keys.
     pub fn len(&self) -> Result<u64> {
         Ok(self.inner.current()?.keys.load(Ordering::Relaxed))

@@ -627,9 +627,8 @@ impl PyDatabase {
             let mut b = lock(&ops);
             let set: Vec<Vec<u8>> = b
                 .ops()
-                .iter()
                 .filter(|(_, v)| v.is_some())
-                .map(|(k, _)| k.clone())
+                .map(|(k, _)| k.to_vec())
                 .collect();
             for k in keys.into_iter().chain(set) {
                 b.remove(k);
@@ -1003,8 +1002,8 @@ impl PyBatch {
                 let mark = b.len();
                 for (k, v) in mine.ops() {
                     match v {
-                        Some(v) => b.insert(k.as_slice(), v.as_slice()),
-                        None => b.remove(k.as_slice()),
+                        Some(v) => b.insert(k, v),
+                        None => b.remove(k),
                     };
                 }
                 BatchState::Open {
@@ -1061,14 +1060,14 @@ impl PyBatch {
         let k = as_bytes(key, "keys")?;
         let v = as_bytes(value, "values")?;
         self.with(|b| {
-            b.insert(k.into_owned(), v.into_owned());
+            b.insert(k, v);
         })
     }
 
     fn __delitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
         let k = as_bytes(key, "keys")?;
         self.with(|b| {
-            b.remove(k.into_owned());
+            b.remove(k);
         })
     }
 

@@ -571,19 +571,16 @@ impl Database for PgDb {
             let delete_many = c.st(&sql.delete_many)?;
             let mut tx = c.client.transaction()?;
             // Consecutive operations of one kind on distinct keys go in one statement.
-            let ops = batch.ops();
+            let ops: Vec<(&[u8], Option<&[u8]>)> = batch.ops().collect();
             let mut i = 0;
             while i < ops.len() {
                 let setting = ops[i].1.is_some();
                 let mut seen = std::collections::HashSet::new();
                 let mut keys: Vec<&[u8]> = Vec::new();
                 let mut values: Vec<&[u8]> = Vec::new();
-                while i < ops.len()
-                    && ops[i].1.is_some() == setting
-                    && seen.insert(ops[i].0.as_slice())
-                {
-                    keys.push(&ops[i].0);
-                    if let Some(v) = &ops[i].1 {
+                while i < ops.len() && ops[i].1.is_some() == setting && seen.insert(ops[i].0) {
+                    keys.push(ops[i].0);
+                    if let Some(v) = ops[i].1 {
                         values.push(v);
                     }
                     i += 1;

@@ -826,7 +826,7 @@ impl Database for RedisDb {
         for (k, v) in batch.ops() {
             inv.key(self.data_key(k));
             match v {
-                Some(v) => inv.arg("s").arg(v.as_slice()),
+                Some(v) => inv.arg("s").arg(v),
                 None => inv.arg("d").arg(""),
             };
         }
