@@ -489,6 +489,14 @@ impl Block {
         (n * 2).next_power_of_two().max(8)
     }
 
+    /// Builds the hash table now if it is not built (a cache-warming thread does, so that
+    /// the first lookup does not).
+    pub fn prepare(&self) {
+        if self.spans.len() <= MAX_HASHED_ENTRIES {
+            self.slots.get_or_init(|| self.build_slots());
+        }
+    }
+
     /// Builds the hash table (see [`Block::slots`]).
     fn build_slots(&self) -> Vec<u32> {
         let mut slots = vec![0u32; Self::table_len(self.spans.len())];
@@ -924,6 +932,8 @@ pub struct BlockCache {
     capacity: usize,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Whether point reads that miss often start a warming thread (`Options::warm_block_cache`).
+    warming: bool,
 }
 
 /// Counters of a [`BlockCache`].
@@ -948,7 +958,25 @@ impl BlockCache {
             capacity,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            warming: false,
         }
+    }
+
+    /// The same cache, warmed by a background thread when point reads miss often (see
+    /// `Options::warm_block_cache`).
+    pub fn warming(mut self, on: bool) -> BlockCache {
+        self.warming = on;
+        self
+    }
+
+    /// Whether warming is on.
+    pub fn warms(&self) -> bool {
+        self.warming
+    }
+
+    /// The budget in bytes.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     fn shard(&self, key: BlockKey) -> &Mutex<Shard> {

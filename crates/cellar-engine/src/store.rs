@@ -56,6 +56,10 @@ pub struct Options {
     /// default: a store of about a million small records reads from memory; it fills only as
     /// blocks are read, and each open handle has its own).
     pub block_cache_bytes: usize,
+    /// Compact-form stores: when point reads keep missing the block cache and the whole
+    /// compact section fits in it, a background thread loads the remaining blocks ahead of
+    /// them (on by default; docs/engine-format.md 10.5, "Warming").
+    pub warm_block_cache: bool,
     /// One writer for the handle's whole life (the fastest bulk loads; a second writer gets
     /// [`Error::Locked`]). Off (the default): any number of handles, in any processes, may
     /// write; each commit takes the store's write lock, catches up with the other writers'
@@ -97,6 +101,7 @@ impl Default for Options {
             checkpoint_bytes: 256 << 20,
             compact_form: false,
             block_cache_bytes: 128 << 20,
+            warm_block_cache: true,
             exclusive: false,
             lock_timeout: std::time::Duration::from_secs(5),
             compact_log_bytes: 16 << 20,
@@ -304,9 +309,60 @@ struct Gen {
 /// store's block cache.
 #[derive(Debug)]
 struct CompactTier {
-    index: BlockIndex,
-    codec: BlockCodec,
+    index: Arc<BlockIndex>,
+    codec: Arc<BlockCodec>,
     cache: Arc<BlockCache>,
+    /// Point reads that had to load a block, and whether a warming thread was started.
+    misses: AtomicU64,
+    warm_started: AtomicBool,
+    /// Set when the tier is dropped (its store closed or its file replaced): a warming
+    /// thread stops before its next block.
+    warm_stop: Arc<AtomicBool>,
+}
+
+impl CompactTier {
+    fn new(index: BlockIndex, codec: BlockCodec, cache: &Arc<BlockCache>) -> CompactTier {
+        CompactTier {
+            index: Arc::new(index),
+            codec: Arc::new(codec),
+            cache: Arc::clone(cache),
+            misses: AtomicU64::new(0),
+            warm_started: AtomicBool::new(false),
+            warm_stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Drop for CompactTier {
+    fn drop(&mut self) {
+        self.warm_stop.store(true, Ordering::Release);
+    }
+}
+
+/// Reads, verifies and decompresses block `r` of a compact section (below `limit`).
+fn load_block_at(
+    storage: &dyn Storage,
+    limit: u64,
+    codec: &BlockCodec,
+    r: &BlockRef,
+) -> Result<Block> {
+    match read_record(storage, r.offset, limit) {
+        Ok((h, body)) if h.kind == K_BLOCK => codec.decode(&body, r.offset),
+        Ok(_) => Err(Error::corrupt(
+            r.offset,
+            "the block index points at a record that is not a compressed block",
+        )),
+        Err(Error::Corrupt { offset, reason }) => Err(Error::corrupt(
+            offset,
+            format!(
+                "the compressed block of {} entries up to key {} is damaged ({reason}); \
+                 every other block stays readable, cellar repair salvages them",
+                r.entries,
+                show_key(&r.last_key)
+            ),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// The writer's account of the log: what the next checkpoint slot records.
@@ -644,23 +700,61 @@ impl Gen {
 
     /// Reads, verifies and decompresses block `r` without the cache (walks and compaction).
     fn load_block(&self, ct: &CompactTier, r: &BlockRef) -> Result<Block> {
-        match read_record(&*self.storage, r.offset, self.limit()) {
-            Ok((h, body)) if h.kind == K_BLOCK => ct.codec.decode(&body, r.offset),
-            Ok(_) => Err(Error::corrupt(
-                r.offset,
-                "the block index points at a record that is not a compressed block",
-            )),
-            Err(Error::Corrupt { offset, reason }) => Err(Error::corrupt(
-                offset,
-                format!(
-                    "the compressed block of {} entries up to key {} is damaged ({reason}); \
-                     every other block stays readable, cellar repair salvages them",
-                    r.entries,
-                    show_key(&r.last_key)
-                ),
-            )),
-            Err(e) => Err(e),
+        load_block_at(&*self.storage, self.limit(), &ct.codec, r)
+    }
+
+    /// Counts a point read that has to load a block, and starts the warming thread once they
+    /// are frequent (docs/engine-format.md 10.5, "Warming"): after `max(8, blocks / 64)` of
+    /// them, when warming is on, another core exists, and the whole section fits in the cache.
+    /// It loads every block not cached yet, in file order, caching each only where that evicts
+    /// nothing, and builds its lookup table, so the reads that follow find them ready; it
+    /// skips a block that fails to load (the read that needs it reports why), and stops at the
+    /// end or when the tier is dropped.
+    fn note_miss(&self, ct: &CompactTier) {
+        let n = ct.misses.fetch_add(1, Ordering::Relaxed) + 1;
+        let blocks = ct.index.blocks.len() as u64;
+        if n < (blocks / 64).max(8) || !ct.cache.warms() || ct.warm_started.load(Ordering::Relaxed)
+        {
+            return;
         }
+        // Decompressed size, spans and lookup tables (at most 16 bytes per entry), per-block
+        // overhead: it must all fit, or warming would only evict.
+        let need = ct
+            .index
+            .raw_bytes
+            .saturating_add(ct.index.entries.saturating_mul(28))
+            .saturating_add(blocks * 64);
+        if need > ct.cache.capacity() as u64
+            || std::thread::available_parallelism().map_or(1, |p| p.get()) < 2
+            || ct.warm_started.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let storage = Arc::clone(&self.storage);
+        let (index, codec, cache) = (
+            Arc::clone(&ct.index),
+            Arc::clone(&ct.codec),
+            Arc::clone(&ct.cache),
+        );
+        let stop = Arc::clone(&ct.warm_stop);
+        let (generation, limit) = (self.header.generation, self.limit());
+        // No thread to spare: the reads go on loading blocks themselves.
+        let _ = std::thread::Builder::new()
+            .name("cellar-warm".into())
+            .spawn(move || {
+                for r in &index.blocks {
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    // A damaged block stays uncached: the read that needs it loads it and
+                    // reports the damage.
+                    if let Ok(b) = cache.get_for_walk((generation, r.offset), || {
+                        load_block_at(&*storage, limit, &codec, r)
+                    }) {
+                        b.prepare();
+                    }
+                }
+            });
     }
 
     /// The keys of the hash index snapshot `offsets` (PUT records and DELETE shadows), which
@@ -756,6 +850,7 @@ impl Gen {
         if !ct.index.filter.may_contain(hash) {
             return Ok(None);
         }
+        self.note_miss(ct);
         Ok(self.compact_block(ct, r)?.get_hashed(key, hash).map(f))
     }
 
@@ -1578,11 +1673,7 @@ fn load_gen_once(
             Some(index)
         }
     };
-    let compact = compact_index.map(|index| CompactTier {
-        index,
-        codec: bcodec,
-        cache: Arc::clone(cache),
-    });
+    let compact = compact_index.map(|index| CompactTier::new(index, bcodec, cache));
     let mut track = Track::fresh();
     track.damaged_checkpoint = damaged_checkpoint;
     track.damaged_block_index = damaged_block_index;
@@ -2052,7 +2143,8 @@ impl Store {
             } else {
                 Judge::Reader(&path)
             };
-            let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
+            let cache =
+                Arc::new(BlockCache::new(opts.block_cache_bytes).warming(opts.warm_block_cache));
             let gen = load_gen(storage, lock, writable, &path, ident, judge, &cache)?;
             if let (Some(l), LockMode::Shared) = (&gen.wlock, mode) {
                 l.unlock_range(COMMIT_BYTE);
@@ -2092,7 +2184,8 @@ impl Store {
                 .write_at(0, &new_file_bytes(&h))
                 .map_err(io_err("writing a new header"))?;
         }
-        let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
+        let cache =
+            Arc::new(BlockCache::new(opts.block_cache_bytes).warming(opts.warm_block_cache));
         let gen = load_gen(
             storage,
             None,
@@ -3960,11 +4053,7 @@ impl Inner {
                 sum,
                 ..Track::fresh()
             }),
-            compact: Some(CompactTier {
-                index,
-                codec: bcodec,
-                cache: Arc::clone(&self.cache),
-            }),
+            compact: Some(CompactTier::new(index, bcodec, &self.cache)),
             slots: AtomicU64::new(0),
         };
         // Entries too large for a block stay log records, after the section.

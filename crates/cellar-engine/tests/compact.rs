@@ -1226,3 +1226,91 @@ fn a_compaction_the_caller_waits_for_abandons_the_background_one() {
         "compact() never found a background compaction to abandon"
     );
 }
+
+#[test]
+fn point_reads_that_keep_missing_warm_the_block_cache_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let s = Store::open(&path, opts()).unwrap();
+    let mut b = Batch::new();
+    for i in 0..20_000u32 {
+        b.put(key(i), value(i, 0));
+    }
+    s.batch(&b).unwrap();
+    s.compact().unwrap();
+    let blocks = s.stats().unwrap().compact_blocks;
+    assert!(blocks >= 16, "{blocks} blocks");
+    s.close().unwrap();
+    // Keys spread over the whole store: each of the first reads loads a block of its own.
+    let spread = |n: u32| (0..n).map(move |j| key(j * 20_000 / n));
+    for warm in [true, false] {
+        let s = Store::open(
+            &path,
+            Options {
+                read_only: true,
+                warm_block_cache: warm,
+                ..opts()
+            },
+        )
+        .unwrap();
+        for k in spread(12) {
+            assert!(s.get(&k).unwrap().is_some());
+        }
+        // Give a warming thread time to load every block (misses count its loads too).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while warm
+            && s.stats().unwrap().block_cache_misses < blocks
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let before = s.stats().unwrap();
+        for i in 0..20_000u32 {
+            assert_eq!(s.get(&key(i)).unwrap(), Some(value(i, 0)));
+        }
+        let after = s.stats().unwrap();
+        if warm {
+            assert_eq!(
+                after.block_cache_misses, before.block_cache_misses,
+                "every block was loaded ahead: {before:?} {after:?}"
+            );
+        } else {
+            // Only the reads load blocks: each one once.
+            assert!(before.block_cache_misses <= 12, "{before:?}");
+            assert_eq!(after.block_cache_misses, blocks, "{after:?}");
+        }
+    }
+    // A handle dropped while its warming thread runs: nothing hangs, the file is intact.
+    for _ in 0..5 {
+        let s = Store::open(
+            &path,
+            Options {
+                read_only: true,
+                ..opts()
+            },
+        )
+        .unwrap();
+        for k in spread(40) {
+            s.get(&k).unwrap();
+        }
+        drop(s);
+    }
+    assert!(check_file(&path).unwrap().is_ok());
+    // A cache too small for the whole section is not warmed (warming would only evict).
+    let s = Store::open(
+        &path,
+        Options {
+            read_only: true,
+            block_cache_bytes: 256 << 10,
+            ..opts()
+        },
+    )
+    .unwrap();
+    for k in spread(40) {
+        s.get(&k).unwrap();
+    }
+    let misses = s.stats().unwrap().block_cache_misses;
+    assert!(misses >= 8, "{misses}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(s.stats().unwrap().block_cache_misses, misses);
+}
