@@ -427,15 +427,13 @@ pub struct Block {
     spans: Vec<(u32, u32, u32)>,
     /// A hash table over the entries, built by the first point lookup (a block loaded for a
     /// walk never needs it): open addressing, linear probing, at most half full. A slot holds
-    /// `entry index + 1` in its low 16 bits (0: empty) and the top 16 bits of the key's
-    /// [`hash_key`] above them, so a lookup touches one slot line, then the one entry whose
-    /// tag matches (a binary search over the keys touched several lines). Blocks of more
-    /// than [`MAX_HASHED_ENTRIES`] entries are searched by bisection instead.
-    slots: std::sync::OnceLock<Vec<u32>>,
+    /// the offset of its entry's header in `data` (high 32 bits), the top 16 bits of the
+    /// key's [`hash_key`] (bits 16-31) and 1 (bit 0; 0 is an empty slot), so a lookup touches
+    /// one slot line, then the one entry whose tag matches, whose header, key and value lie
+    /// together (a binary search over the keys touched several lines; an entry number would
+    /// add a line of `spans`).
+    slots: std::sync::OnceLock<Vec<u64>>,
 }
-
-/// Most entries a block's hash table indexes (slots hold the index in 16 bits).
-const MAX_HASHED_ENTRIES: usize = 0xFFFE;
 
 /// The first 8 bytes of a key, zero-padded, as a big-endian integer: ordered like the keys
 /// wherever they differ (block search, block index, a compaction's sort).
@@ -492,22 +490,23 @@ impl Block {
     /// Builds the hash table now if it is not built (a cache-warming thread does, so that
     /// the first lookup does not).
     pub fn prepare(&self) {
-        if self.spans.len() <= MAX_HASHED_ENTRIES {
-            self.slots.get_or_init(|| self.build_slots());
-        }
+        self.slots.get_or_init(|| self.build_slots());
     }
 
-    /// Builds the hash table (see [`Block::slots`]).
-    fn build_slots(&self) -> Vec<u32> {
-        let mut slots = vec![0u32; Self::table_len(self.spans.len())];
+    /// Builds the hash table (see [`Block::slots`]). Entries lie back to back: each one's
+    /// header starts where the previous value ends.
+    fn build_slots(&self) -> Vec<u64> {
+        let mut slots = vec![0u64; Self::table_len(self.spans.len())];
         let mask = slots.len() - 1;
-        for i in 0..self.spans.len() {
-            let h = hash_key(self.entry(i).0);
+        let mut start = 0u32;
+        for &(k0, k1, v1) in &self.spans {
+            let h = hash_key(&self.data[k0 as usize..k1 as usize]);
             let mut pos = h as usize & mask;
             while slots[pos] != 0 {
                 pos = (pos + 1) & mask;
             }
-            slots[pos] = ((h >> 48) as u32) << 16 | (i as u32 + 1);
+            slots[pos] = u64::from(start) << 32 | (h >> 48) << 16 | 1;
+            start = v1;
         }
         slots
     }
@@ -527,11 +526,7 @@ impl Block {
     pub fn mem_bytes(&self) -> usize {
         // The hash table counts from the start, built or not: the figure must not change
         // while the block is cached.
-        let table = if self.spans.len() <= MAX_HASHED_ENTRIES {
-            Self::table_len(self.spans.len()) * 4
-        } else {
-            0
-        };
+        let table = Self::table_len(self.spans.len()) * 8;
         self.data.capacity() + self.spans.capacity() * 12 + table + 64
     }
 
@@ -550,29 +545,25 @@ impl Block {
         self.get_hashed(key, hash_key(key))
     }
 
-    /// The value of `key`, whose [`hash_key`] is `hash`: through the block's hash table, or
-    /// by bisection in a block too large for one.
+    /// The value of `key`, whose [`hash_key`] is `hash`, through the block's hash table.
     pub fn get_hashed(&self, key: &[u8], hash: u64) -> Option<&[u8]> {
-        if self.spans.len() > MAX_HASHED_ENTRIES {
-            let i = self
-                .spans
-                .binary_search_by(|&(k0, k1, _)| self.data[k0 as usize..k1 as usize].cmp(key))
-                .ok()?;
-            return Some(self.entry(i).1);
-        }
         let slots = self.slots.get_or_init(|| self.build_slots());
         let mask = slots.len() - 1;
-        let tag = (hash >> 48) as u32;
+        let tag = (hash >> 48) & 0xFFFF;
         let mut pos = hash as usize & mask;
         loop {
             let s = slots[pos];
             if s == 0 {
                 return None;
             }
-            if s >> 16 == tag {
-                let (k, v) = self.entry((s & 0xFFFF) as usize - 1);
-                if k == key {
-                    return Some(v);
+            if (s >> 16) & 0xFFFF == tag {
+                // The header was parsed when the block was (`Block::parse`): it reads again.
+                let mut at = (s >> 32) as usize;
+                let kl = get_varint(&self.data, &mut at)? as usize;
+                let vl = get_varint(&self.data, &mut at)? as usize;
+                let k1 = at + kl;
+                if self.data.get(at..k1)? == key {
+                    return self.data.get(k1..k1 + vl);
                 }
             }
             pos = (pos + 1) & mask;
@@ -1188,10 +1179,10 @@ mod tests {
 
     #[test]
     fn block_lookups_by_hash_table_and_by_bisection_agree_with_the_entries() {
-        // A block small enough for its hash table, and one with more entries than a slot can
-        // number (searched by bisection): every key is found with its value, keys between
-        // and around them are not, and lookups from several threads share one table.
-        for n in [1usize, 7, 500, MAX_HASHED_ENTRIES, MAX_HASHED_ENTRIES + 1] {
+        // Blocks of one to many entries (more than 16 bits can number): every key is found
+        // with its value, keys between and around them are not, and lookups from several
+        // threads share one table.
+        for n in [1usize, 7, 500, 70_000] {
             let mut keys: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:06}").into_bytes()).collect();
             keys.sort();
             let mut data = Vec::new();
