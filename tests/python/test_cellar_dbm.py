@@ -509,3 +509,18 @@ def test_a_killed_process_leaves_nothing_of_its_open_batch_block(tmp_path: Path)
     with cdbm.open(path, "r") as db:
         keys = set(db.keys())
     assert keys == {b"before%d" % i for i in range(50)}
+
+
+def test_a_batch_entered_and_dropped_without_exit_does_not_hold_later_writes(
+    tmp_path: Path,
+) -> None:
+    import gc
+
+    with cdbm.open(tmp_path / "db", "n") as db:
+        b = db.batch()
+        b.__enter__()
+        db[b"held"] = b"x"
+        del b
+        gc.collect()
+        db[b"after"] = b"y"  # written at once again
+        assert db[b"after"] == b"y" and b"held" not in db

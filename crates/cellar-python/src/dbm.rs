@@ -1054,6 +1054,24 @@ impl PyBatch {
     }
 }
 
+impl Drop for PyBatch {
+    /// A block that was entered and never exited (its object dropped): the handle stops
+    /// gathering writes into it, so later writes are not held back forever; what it gathered
+    /// is dropped, as on an exception.
+    fn drop(&mut self) {
+        let st = std::mem::replace(&mut *lock(&self.state), BatchState::Done);
+        if let BatchState::Open {
+            ops, outer: true, ..
+        } = st
+        {
+            let mut open = lock(&self.db.get().open_batch);
+            if open.as_ref().is_some_and(|o| Arc::ptr_eq(o, &ops)) {
+                *open = None;
+            }
+        }
+    }
+}
+
 #[pymethods]
 impl PyBatch {
     fn __setitem__(&self, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
