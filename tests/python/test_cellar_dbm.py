@@ -524,3 +524,33 @@ def test_a_batch_entered_and_dropped_without_exit_does_not_hold_later_writes(
         gc.collect()
         db[b"after"] = b"y"  # written at once again
         assert db[b"after"] == b"y" and b"held" not in db
+
+
+def test_reads_racing_a_close_in_another_thread_finish_or_see_it_closed(tmp_path: Path) -> None:
+    # Point reads of a native store keep the GIL; one that meets a close() running in another
+    # thread (here a close that folds 20,000 records) waits for it with the GIL released.
+    for _ in range(3):
+        db = cdbm.open(tmp_path / "db", "n")
+        for i in range(20_000):
+            db[b"k%d" % i] = b"v" * 50
+        ticks = []
+        closer = threading.Thread(target=db.close)
+        ticker = threading.Thread(target=lambda: ticks.extend(range(1000)))
+        outcomes = set()
+        closer.start()
+        ticker.start()
+        for i in range(200_000):
+            try:
+                assert db.get(b"k%d" % (i % 20_000)) == b"v" * 50
+                assert (b"k%d" % (i % 20_000)) in db
+                outcomes.add("read")
+            except cdbm.error as e:
+                assert "closed" in str(e)
+                outcomes.add("closed")
+                break
+        closer.join(10)
+        ticker.join(10)
+        assert not closer.is_alive() and len(ticks) == 1000
+        assert "closed" in outcomes
+        with cdbm.open(tmp_path / "db", "r") as again:
+            assert len(again) == 20_000

@@ -337,6 +337,12 @@ pub trait Database: Send + Sync + fmt::Debug {
             None => false,
         })
     }
+    /// [`get_into`](Self::get_into) unless it would first wait for another thread (one
+    /// closing the database): `None` then, and nothing was read. For callers that must not
+    /// block while holding something else (Python's GIL).
+    fn get_into_now(&self, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<Option<bool>> {
+        self.get_into(key, f).map(Some)
+    }
     /// Stores `value` under `key`; when this returns the write has reached the OS (it survives
     /// the process being killed).
     fn insert(&self, key: &[u8], value: &[u8]) -> Result<()>;

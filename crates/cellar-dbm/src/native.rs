@@ -156,6 +156,17 @@ impl Database for NativeDb {
     fn get_into(&self, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool> {
         self.with(|s| Ok(s.get_with(key, &mut *f)?.is_some()))
     }
+    fn get_into_now(&self, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<Option<bool>> {
+        let g = match self.store.try_read() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+        };
+        match g.as_ref() {
+            Some(s) => Ok(Some(s.get_with(key, &mut *f)?.is_some())),
+            None => Err(DbmError::Closed),
+        }
+    }
     fn insert(&self, key: &[u8], value: &[u8]) -> Result<()> {
         self.with(|s| {
             self.writable()?;

@@ -3,7 +3,7 @@
 //! Keys and values are bytes; `str` is encoded as UTF-8 (as CPython's dbm modules do), and any
 //! other bytes-like object is copied (the sqlite backend also stores ints and floats as
 //! dbm.sqlite3 does). Every call into a native or dumb store releases the GIL
-//! (`Python::detach`), but for a native store's point reads (`PyDatabase::run_read`); the
+//! (`Python::detach`), but for a native store's point reads (`PyDatabase::get_bytes`); the
 //! sqlite backend runs on the interpreter's own `sqlite3` module
 //! (`sqlite_py`), which releases it around SQLite. The database object is `Send + Sync` and all
 //! its methods take `&self`, so one object may be used from many threads at once. Errors map as `DbmError::py_kind()` says:
@@ -323,7 +323,7 @@ pub struct PyDatabase {
     /// made through the handle (`db[k] = v`, `del db[k]`, `setdefault`, `clear`, a shelf's
     /// writes) joins it until the outermost block exits.
     open_batch: Mutex<Option<Pending>>,
-    /// The backend is the native engine (see [`run_read`](Self::run_read)).
+    /// The backend is the native engine (see [`get_bytes`](Self::get_bytes)).
     native: bool,
 }
 
@@ -416,24 +416,28 @@ impl PyDatabase {
         py.detach(|| f(db)).map_err(|e| to_py(py, e))
     }
 
-    /// A point read (`get`, `contains`): on a native store it runs with the GIL held, since
-    /// it never waits for a lock another thread could hold while waiting for the GIL, and
-    /// releasing and taking back the GIL costs more than the read (a cached block or the
-    /// mapped log: a few hundred ns); every other backend as [`run`](Self::run).
-    pub(crate) fn run_read<T: Send>(
-        &self,
-        py: Python<'_>,
-        f: impl FnOnce(&dyn Database) -> cellar_dbm::Result<T> + Send,
-    ) -> PyResult<T> {
+    /// Whether `key` is stored. On a native store this runs with the GIL held, as
+    /// [`get_bytes`](Self::get_bytes) does.
+    pub(crate) fn has(&self, py: Python<'_>, key: &[u8]) -> PyResult<bool> {
         if self.native {
-            return f(&*self.db).map_err(|e| to_py(py, e));
+            if let Some(found) = self
+                .db
+                .get_into_now(key, &mut |_| ())
+                .map_err(|e| to_py(py, e))?
+            {
+                return Ok(found);
+            }
         }
-        self.run(py, f)
+        self.run(py, |db| db.contains(key))
     }
 
     /// The value stored under `key`, as a bytes object. On a native store the value goes
     /// from where it lies (mapped file, cached block) straight into the bytes object, with the
-    /// GIL held ([`run_read`](Self::run_read)); nothing but that allocation runs in between.
+    /// GIL held: the read never waits for a lock that a thread could hold while it waits for
+    /// the GIL (the engine's locks are taken with the GIL released and no engine code calls
+    /// Python; a `close()` running in another thread makes it wait without the GIL instead),
+    /// and giving the GIL up and taking it back costs more than the read (a cached block or
+    /// the mapped log: a few hundred ns). Nothing but the bytes allocation runs in between.
     pub(crate) fn get_bytes<'py>(
         &self,
         py: Python<'py>,
@@ -441,10 +445,14 @@ impl PyDatabase {
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         if self.native {
             let mut out = None;
-            self.db
-                .get_into(key, &mut |v| out = Some(PyBytes::new(py, v)))
+            let done = self
+                .db
+                .get_into_now(key, &mut |v| out = Some(PyBytes::new(py, v)))
                 .map_err(|e| to_py(py, e))?;
-            return Ok(out);
+            if done.is_some() {
+                return Ok(out);
+            }
+            // Another thread is closing the store: wait for it without the GIL.
         }
         Ok(self
             .run(py, |db| db.get(key))?
@@ -533,7 +541,7 @@ impl PyDatabase {
                 return Err(e);
             }
         };
-        self.run_read(py, |db| db.contains(&k))
+        self.has(py, &k)
     }
 
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {

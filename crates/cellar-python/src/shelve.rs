@@ -340,7 +340,7 @@ impl ShelfBase {
                 .is_truthy();
         };
         let k = key.cast::<PyString>()?.to_str()?.as_bytes();
-        db.get().run_read(py, |d| d.contains(k))
+        db.get().has(py, k)
     }
 
     fn __len__(slf: &Bound<'_, Self>) -> PyResult<usize> {
