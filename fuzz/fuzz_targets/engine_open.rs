@@ -19,7 +19,14 @@ fn exercise(image: Vec<u8>) {
         Arc::new(MemStorage::from_bytes(image.clone())),
         Options::from_dbm_flag("r").unwrap_or_default(),
     ) {
-        let _ = r.keys();
+        // Point reads of every key a walk finds, and of near misses: lookups through the
+        // blocks' hash tables (and the cache-warming thread they may start).
+        if let Ok(keys) = r.keys() {
+            for k in keys.iter().take(2_000) {
+                let _ = r.get(k);
+                let _ = r.get(&[k.as_slice(), b"\0"].concat());
+            }
+        }
         if let Ok(it) = r.iter() {
             for item in it.take(10_000) {
                 let _ = item;
