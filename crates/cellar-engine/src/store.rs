@@ -3561,7 +3561,7 @@ impl Inner {
             w.prealloc_end = 0;
         }
         if g.storage.file().is_some() && new_end > w.prealloc_end {
-            let target = new_end + (new_end / 8).clamp(1 << 20, 64 << 20);
+            let target = new_end + (new_end / 64).clamp(1 << 20, 64 << 20);
             let mut at = w.prealloc_end.max(start);
             while at < target {
                 let n = ((target - at) as usize).min(ZEROS.len());
