@@ -693,80 +693,15 @@ impl Writer<'_> {
             }
             Node::Set { frozen, .. } => {
                 drop(node);
-                let code = if frozen { TYPE_FROZENSET } else { TYPE_SET };
-                // Reading the items and their standalone dumps may escape: everything pending is
-                // promoted first (and nothing is pushed until the items are sorted).
-                self.escape(source, stack, &v, pending);
-                let mut items = Vec::new();
-                source.children(&v, &mut items)?;
-                self.code_size(code | flag, items.len())?;
-                // Deterministic order (bpo-37596): sorted by each item's standalone marshal
-                // bytes, as `sorted(s, key=marshal.dumps)`.
-                let mut keyed = Vec::with_capacity(items.len());
-                if items.len() <= 1 {
-                    // One item needs no ordering: skip its standalone dump (which, for nested
-                    // one-item sets, would cost time exponential in the depth).
-                    for (item, held) in items {
-                        keyed.push((Vec::new(), item, source.set_item_extra(held, false)));
-                    }
-                } else {
-                    for (item, held) in items {
-                        let mut buf = Vec::new();
-                        let mut sub = Writer {
-                            out: &mut buf,
-                            version: self.version,
-                            allow_code: self.allow_code,
-                            refs: RefTable::default(),
-                            hot: [(0, 0); HOT_SLOTS],
-                            depth: self.depth + 1,
-                        };
-                        let standalone = source.set_item_extra(held, true);
-                        let item = sub.write_keep(source, item, standalone)?;
-                        keyed.push((buf, item, source.set_item_extra(held, false)));
-                    }
-                }
-                keyed.sort_by(|a, b| a.0.cmp(&b.0));
-                self.open(stack);
-                stack.extend(keyed.into_iter().rev().map(|(_, o, e)| Task::Obj(o, e)));
+                self.set(source, &v, frozen, flag, stack, pending)?;
             }
             Node::Slice => {
                 drop(node);
-                if self.version < 5 {
-                    return Err(unmarshallable().into());
-                }
-                self.out.push(TYPE_SLICE | flag);
-                kids.clear();
-                source.children(&v, kids)?;
-                self.open(stack);
-                stack.extend(kids.drain(..).rev().map(|(o, e)| Task::Obj(o, e)));
+                self.slice(source, &v, flag, stack, kids)?;
             }
             Node::Code { ints } => {
                 drop(node);
-                if !self.allow_code {
-                    return Err(EncodeError {
-                        message: "marshalling code objects is disallowed".into(),
-                    }
-                    .into());
-                }
-                kids.clear();
-                source.children(&v, kids)?;
-                if kids.len() != 10 {
-                    return Err(unmarshallable().into());
-                }
-                self.out.push(TYPE_CODE | flag);
-                for x in &ints[..5] {
-                    self.i32(*x);
-                }
-                self.open(stack);
-                // Pushed in reverse: the last two objects, firstlineno, then the first eight.
-                let mut it = kids.drain(..).rev();
-                for _ in 0..2 {
-                    if let Some((o, e)) = it.next() {
-                        stack.push(Task::Obj(o, e));
-                    }
-                }
-                stack.push(Task::I32(ints[5]));
-                stack.extend(it.map(|(o, e)| Task::Obj(o, e)));
+                self.code(source, &v, ints, flag, stack, kids)?;
             }
             Node::Unmarshallable | Node::Escape => return Err(unmarshallable().into()),
             Node::None
@@ -775,6 +710,115 @@ impl Writer<'_> {
             | Node::Ellipsis
             | Node::_Phantom(_) => {}
         }
+        Ok(())
+    }
+
+    /// A set or frozenset (out of line: the loop stays small enough for its pushes to inline).
+    #[inline(never)]
+    fn set<S: Source>(
+        &mut self,
+        source: &mut S,
+        v: &S::Obj,
+        frozen: bool,
+        flag: u8,
+        stack: &mut Vec<Task<S::Obj>>,
+        pending: Option<&S::Obj>,
+    ) -> Result<(), S::Error> {
+        let code = if frozen { TYPE_FROZENSET } else { TYPE_SET };
+        // Reading the items and their standalone dumps may escape: everything pending is
+        // promoted first (and nothing is pushed until the items are sorted).
+        self.escape(source, stack, v, pending);
+        let mut items = Vec::new();
+        source.children(v, &mut items)?;
+        self.code_size(code | flag, items.len())?;
+        // Deterministic order (bpo-37596): sorted by each item's standalone marshal
+        // bytes, as `sorted(s, key=marshal.dumps)`.
+        let mut keyed = Vec::with_capacity(items.len());
+        if items.len() <= 1 {
+            // One item needs no ordering: skip its standalone dump (which, for nested
+            // one-item sets, would cost time exponential in the depth).
+            for (item, held) in items {
+                keyed.push((Vec::new(), item, source.set_item_extra(held, false)));
+            }
+        } else {
+            for (item, held) in items {
+                let mut buf = Vec::new();
+                let mut sub = Writer {
+                    out: &mut buf,
+                    version: self.version,
+                    allow_code: self.allow_code,
+                    refs: RefTable::default(),
+                    hot: [(0, 0); HOT_SLOTS],
+                    depth: self.depth + 1,
+                };
+                let standalone = source.set_item_extra(held, true);
+                let item = sub.write_keep(source, item, standalone)?;
+                keyed.push((buf, item, source.set_item_extra(held, false)));
+            }
+        }
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        self.open(stack);
+        stack.extend(keyed.into_iter().rev().map(|(_, o, e)| Task::Obj(o, e)));
+        Ok(())
+    }
+
+    /// A slice (out of line, as [`Writer::set`]).
+    #[inline(never)]
+    fn slice<S: Source>(
+        &mut self,
+        source: &mut S,
+        v: &S::Obj,
+        flag: u8,
+        stack: &mut Vec<Task<S::Obj>>,
+        kids: &mut Vec<(S::Obj, u32)>,
+    ) -> Result<(), S::Error> {
+        if self.version < 5 {
+            return Err(unmarshallable().into());
+        }
+        self.out.push(TYPE_SLICE | flag);
+        kids.clear();
+        source.children(v, kids)?;
+        self.open(stack);
+        stack.extend(kids.drain(..).rev().map(|(o, e)| Task::Obj(o, e)));
+        Ok(())
+    }
+
+    /// A code object (out of line, as [`Writer::set`]).
+    #[inline(never)]
+    fn code<S: Source>(
+        &mut self,
+        source: &mut S,
+        v: &S::Obj,
+        ints: [i32; 6],
+        flag: u8,
+        stack: &mut Vec<Task<S::Obj>>,
+        kids: &mut Vec<(S::Obj, u32)>,
+    ) -> Result<(), S::Error> {
+        if !self.allow_code {
+            return Err(EncodeError {
+                message: "marshalling code objects is disallowed".into(),
+            }
+            .into());
+        }
+        kids.clear();
+        source.children(v, kids)?;
+        if kids.len() != 10 {
+            return Err(unmarshallable().into());
+        }
+        self.out.push(TYPE_CODE | flag);
+        for x in &ints[..5] {
+            self.i32(*x);
+        }
+        self.open(stack);
+        // Pushed in reverse: the last two objects, firstlineno, then the first eight.
+        let mut it = kids.drain(..).rev();
+        for _ in 0..2 {
+            if let Some((o, e)) = it.next() {
+                stack.push(Task::Obj(o, e));
+            }
+        }
+        stack.push(Task::I32(ints[5]));
+        stack.extend(it.map(|(o, e)| Task::Obj(o, e)));
         Ok(())
     }
 
