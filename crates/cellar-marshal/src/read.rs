@@ -111,14 +111,14 @@ impl Input for SliceInput<'_> {
 /// (CPython's `_PyCode_Validate` rules), whatever the sink builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
-    /// A `bytes` object of this length.
-    Bytes(usize),
+    /// A `bytes` object of this length (a marshal size: below 2^31).
+    Bytes(u32),
     /// A `str`.
     Str,
     /// A tuple of this length; `all_str` when every item is a `str`.
     Tuple {
-        /// Number of items.
-        len: usize,
+        /// Number of items (a marshal size: below 2^31).
+        len: u32,
         /// Every item is a `str`.
         all_str: bool,
     },
@@ -329,6 +329,9 @@ struct Decoder<'o, I, S: Sink> {
     /// Item slots pre-allocated by the open sequences; kept below the bytes that remain, so
     /// nested claims cannot add up to more memory than the input could fill.
     reserved: usize,
+    /// Field buffers of finished code objects, reused by the next ones (no allocation per
+    /// code object); at most one per code object open at once.
+    code_bufs: Vec<Vec<(S::Value, Shape)>>,
 }
 
 /// Decodes one object from `input` into `sink`. On success the input is positioned just after
@@ -345,6 +348,7 @@ pub fn decode<I: Input, S: Sink>(
         stack: Vec::new(),
         opts,
         reserved: 0,
+        code_bufs: Vec::new(),
     };
     d.run()
 }
@@ -623,7 +627,10 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                 let shape = if list {
                     Shape::Other
                 } else {
-                    Shape::Tuple { len, all_str }
+                    Shape::Tuple {
+                        len: len as u32,
+                        all_str,
+                    }
                 };
                 (v, slot, height, shape)
             }
@@ -640,12 +647,15 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
             ),
             Frame::Code {
                 ints,
-                objs,
+                mut objs,
                 slot,
                 height,
                 at: code_at,
             } => {
-                let fields = validate_code(ints, objs).map_err(|m| value_err(m, code_at))?;
+                let fields = validate_code(ints, &mut objs);
+                objs.clear();
+                self.code_bufs.push(objs);
+                let fields = fields.map_err(|m| value_err(m, code_at))?;
                 (self.sink.code(fields, code_at)?, slot, height, Shape::Other)
             }
             Frame::Slice {
@@ -839,7 +849,7 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                     return Err(too_short(p).into());
                 };
                 let v = self.sink.bytes(raw)?;
-                Ok(Some(self.leaf(flag, v, Shape::Bytes(n))))
+                Ok(Some(self.leaf(flag, v, Shape::Bytes(n as u32))))
             }
             TYPE_UNICODE | TYPE_INTERNED => {
                 let n = self.size("string")?;
@@ -903,7 +913,10 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                 }
                 self.stack.push(Frame::Code {
                     ints,
-                    objs: Vec::with_capacity(10),
+                    objs: self
+                        .code_bufs
+                        .pop()
+                        .unwrap_or_else(|| Vec::with_capacity(10)),
                     slot,
                     height: 1,
                     at,
@@ -980,14 +993,13 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
 const STREAM_PREALLOC_MAX: usize = 1 << 12;
 
 /// Checks the code-object fields as CPython's `_PyCode_Validate` does.
-fn validate_code<V>(ints: [i32; 6], objs: Vec<(V, Shape)>) -> Result<CodeFields<V>, String> {
+fn validate_code<V>(ints: [i32; 6], objs: &mut Vec<(V, Shape)>) -> Result<CodeFields<V>, String> {
     let bad = |what: &str| Err(format!("bad marshal data (invalid code object: {what})"));
-    // The fields moved into an array (no allocation), their shapes read from it.
-    let Ok(fields) = <[(V, Shape); 10]>::try_from(objs) else {
+    if objs.len() != 10 {
         return bad("missing fields");
-    };
+    }
     let [code, consts, names, lnames, lkinds, filename, name, qualname, linetable, exctable] =
-        fields.each_ref().map(|(_, s)| *s);
+        std::array::from_fn(|i| objs.get(i).map_or(Shape::Other, |(_, s)| *s));
     let is_bytes = |s: Shape| matches!(s, Shape::Bytes(_));
     let str_tuple = |s: Shape| matches!(s, Shape::Tuple { all_str: true, .. });
     match code {
@@ -1016,7 +1028,19 @@ fn validate_code<V>(ints: [i32; 6], objs: Vec<(V, Shape)>) -> Result<CodeFields<
     if argcount < posonly || posonly < 0 || kwonly < 0 || stacksize < 0 {
         return bad("argument counts out of range");
     }
-    let objects = fields.map(|(v, _)| v);
+    // The values moved out in order (the buffer is left empty, for reuse).
+    let mut it = objs.drain(..).map(|(v, _)| v);
+    let (Some(f0), Some(f1), Some(f2), Some(f3), Some(f4)) =
+        (it.next(), it.next(), it.next(), it.next(), it.next())
+    else {
+        return bad("missing fields");
+    };
+    let (Some(f5), Some(f6), Some(f7), Some(f8), Some(f9)) =
+        (it.next(), it.next(), it.next(), it.next(), it.next())
+    else {
+        return bad("missing fields");
+    };
+    let objects = [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9];
     Ok(CodeFields {
         argcount: ints[0],
         posonlyargcount: ints[1],

@@ -145,7 +145,10 @@ pub trait Source {
     /// then `r`), or `None`. `extra` counts the references the source itself holds on `o`
     /// beyond those the reference writer (CPython) would hold at this point. A source that
     /// returns an identity must keep the object alive until the encoder is done (identities
-    /// must not be reused during one dump).
+    /// must not be reused during one dump). Asked before [`Source::node`], as CPython's
+    /// `w_ref` runs before it looks at the type: an object recorded before is written as a
+    /// reference without being described again. An identity named for None, a bool,
+    /// StopIteration or Ellipsis is ignored (they are never flagged).
     fn shared_id(&mut self, o: &Self::Obj, extra: u32) -> Option<usize>;
     /// The next child of a tuple, list or dict (for a dict: key, value, key, value, ...), with
     /// its `extra` (see `shared_id`); `cursor` starts at 0 and is the source's to advance.
@@ -250,8 +253,6 @@ enum Task<O> {
 /// Identity tables (one hasher for both codecs and the Python package's sources).
 pub use cellar_value::identity::{IdBuild, IdHasher, IdMap, IdSet};
 
-type RefMap = IdMap<u32>;
-
 fn unmarshallable() -> EncodeError {
     EncodeError {
         message: "unmarshallable object".into(),
@@ -292,21 +293,129 @@ pub fn encode<S: Source>(
     r
 }
 
-/// The largest reference table kept for reuse per thread.
-const SPARE_REFS_MAX: usize = 1 << 16;
+/// The largest reference table kept for reuse per thread (slots).
+const SPARE_REFS_MAX: usize = 1 << 15;
 
 std::thread_local! {
-    static SPARE_REFS: std::cell::Cell<RefMap> = std::cell::Cell::new(RefMap::default());
+    static SPARE_REFS: std::cell::Cell<RefTable> = std::cell::Cell::new(RefTable::default());
 }
 
 /// Slots of [`Writer::hot`] (a power of two).
 const HOT_SLOTS: usize = 64;
 
+/// The reference table: identity -> index of the object's first (flagged) write. Open
+/// addressing with linear probing over (identity, index) pairs, at most half full, indexed by
+/// the top bits of a multiplicative hash (identities are addresses chosen by the allocator,
+/// never by the input). A lookup is a multiply, a load and a compare or two, inline: the
+/// general-purpose map (SIMD groups, an out-of-line entry call) cost three times as much per
+/// reference on a module's code object.
+#[derive(Default)]
+struct RefTable {
+    /// (identity, index); identity 0 marks a free slot (identity 0 itself is kept in `zero`).
+    slots: Vec<(usize, u32)>,
+    /// 64 - log2(slots.len()).
+    shift: u32,
+    /// Identities recorded (in `slots` and `zero`).
+    len: usize,
+    /// The index of identity 0, if recorded.
+    zero: Option<u32>,
+}
+
+impl RefTable {
+    /// Slots allocated on the first insert.
+    const FIRST: usize = 1 << 10;
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn clear(&mut self) {
+        if self.len > 0 {
+            self.slots.fill((0, 0));
+            self.len = 0;
+            self.zero = None;
+        }
+    }
+
+    #[inline(always)]
+    fn home(id: usize, shift: u32) -> usize {
+        // Addresses are aligned: the low bits carry nothing; the product's top bits mix all.
+        ((id as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize
+    }
+
+    /// The index recorded for `id`.
+    #[inline(always)]
+    fn get(&self, id: usize) -> Option<u32> {
+        if id == 0 {
+            return self.zero;
+        }
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = Self::home(id, self.shift) & mask;
+        loop {
+            let (k, v) = self.slots[i];
+            if k == id {
+                return Some(v);
+            }
+            if k == 0 {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Records `index` for `id`, which is not recorded yet.
+    #[inline(always)]
+    fn insert(&mut self, id: usize, index: u32) {
+        if id == 0 {
+            self.zero = Some(index);
+            self.len += 1;
+            return;
+        }
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = Self::home(id, self.shift) & mask;
+        while self.slots[i].0 != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = (id, index);
+        self.len += 1;
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) {
+        let n = (self.slots.len() * 2).max(Self::FIRST);
+        let old = std::mem::replace(&mut self.slots, vec![(0, 0); n]);
+        self.shift = 64 - n.trailing_zeros();
+        let mask = n - 1;
+        for (k, v) in old {
+            if k == 0 {
+                continue;
+            }
+            let mut i = Self::home(k, self.shift) & mask;
+            while self.slots[i].0 != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = (k, v);
+        }
+    }
+}
+
 struct Writer<'w> {
     out: &'w mut Vec<u8>,
     version: u32,
     allow_code: bool,
-    refs: RefMap,
+    refs: RefTable,
     /// A direct-mapped cache in front of `refs`: (identity, index) of recently referenced
     /// objects, by address bits (identity 0: empty; identities are never reused in a dump).
     hot: [(usize, u32); HOT_SLOTS],
@@ -327,6 +436,20 @@ impl Writer<'_> {
         let b = (n as u32).to_le_bytes();
         self.out.extend_from_slice(&[code, b[0], b[1], b[2], b[3]]);
         Ok(())
+    }
+
+    /// The index of `id` if it was recorded: recently referenced identities first (one load and
+    /// compare, no hashing: the keys of a list of dicts, a shared constant), then the table.
+    #[inline(always)]
+    fn recorded(&mut self, id: usize) -> Option<u32> {
+        let slot = (id >> 4) & (HOT_SLOTS - 1);
+        let (hot_id, hot_idx) = self.hot[slot];
+        if hot_id == id && id != 0 {
+            return Some(hot_idx);
+        }
+        let idx = self.refs.get(id)?;
+        self.hot[slot] = (id, idx);
+        Some(idx)
     }
 
     fn write<S: Source>(
@@ -451,6 +574,24 @@ impl Writer<'_> {
         kids: &mut Vec<(S::Obj, u32)>,
         pending: Option<&S::Obj>,
     ) -> Result<(), S::Error> {
+        // Shared or not is decided first, as CPython's w_ref does before it looks at the type:
+        // an object written before is a reference, and is never described again. (The
+        // answer does not depend on an escape below: a promotion adds the reference it
+        // accounts for.) None, bools, StopIteration and Ellipsis are never flagged: a source
+        // may name them, they are never recorded, so they are never found.
+        let shared = if self.version >= 3 {
+            source.shared_id(&v, extra)
+        } else {
+            None
+        };
+        if let Some(id) = shared {
+            if let Some(idx) = self.recorded(id) {
+                let b = idx.to_le_bytes();
+                self.out
+                    .extend_from_slice(&[TYPE_REF, b[0], b[1], b[2], b[3]]);
+                return Ok(());
+            }
+        }
         let mut node = source.node(&v)?;
         if let Node::Escape = node {
             self.escape(source, stack, &v, pending);
@@ -469,40 +610,14 @@ impl Writer<'_> {
             return Ok(());
         }
         let mut flag = 0u8;
-        if self.version >= 3 {
-            if let Some(id) = source.shared_id(&v, extra) {
-                // Recently referenced identities first: one load and compare, no hashing (the
-                // keys of a list of dicts, a shared constant).
-                let slot = (id >> 4) & (HOT_SLOTS - 1);
-                let (hot_id, hot_idx) = self.hot[slot];
-                let idx = if hot_id == id && id != 0 {
-                    Some(hot_idx)
-                } else {
-                    let next = self.refs.len();
-                    match self.refs.entry(id) {
-                        std::collections::hash_map::Entry::Occupied(e) => {
-                            let idx = *e.get();
-                            self.hot[slot] = (id, idx);
-                            Some(idx)
-                        }
-                        std::collections::hash_map::Entry::Vacant(e) => {
-                            if next >= SIZE32_MAX {
-                                return Err(unmarshallable().into());
-                            }
-                            e.insert(next as u32);
-                            None
-                        }
-                    }
-                };
-                if let Some(idx) = idx {
-                    let b = idx.to_le_bytes();
-                    self.out
-                        .extend_from_slice(&[TYPE_REF, b[0], b[1], b[2], b[3]]);
-                    return Ok(());
-                }
-                source.retain(&v);
-                flag = FLAG_REF;
+        if let Some(id) = shared {
+            let next = self.refs.len();
+            if next >= SIZE32_MAX {
+                return Err(unmarshallable().into());
             }
+            self.refs.insert(id, next as u32);
+            source.retain(&v);
+            flag = FLAG_REF;
         }
         match node {
             Node::Int(i) => match i32::try_from(i) {
@@ -578,80 +693,15 @@ impl Writer<'_> {
             }
             Node::Set { frozen, .. } => {
                 drop(node);
-                let code = if frozen { TYPE_FROZENSET } else { TYPE_SET };
-                // Reading the items and their standalone dumps may escape: everything pending is
-                // promoted first (and nothing is pushed until the items are sorted).
-                self.escape(source, stack, &v, pending);
-                let mut items = Vec::new();
-                source.children(&v, &mut items)?;
-                self.code_size(code | flag, items.len())?;
-                // Deterministic order (bpo-37596): sorted by each item's standalone marshal
-                // bytes, as `sorted(s, key=marshal.dumps)`.
-                let mut keyed = Vec::with_capacity(items.len());
-                if items.len() <= 1 {
-                    // One item needs no ordering: skip its standalone dump (which, for nested
-                    // one-item sets, would cost time exponential in the depth).
-                    for (item, held) in items {
-                        keyed.push((Vec::new(), item, source.set_item_extra(held, false)));
-                    }
-                } else {
-                    for (item, held) in items {
-                        let mut buf = Vec::new();
-                        let mut sub = Writer {
-                            out: &mut buf,
-                            version: self.version,
-                            allow_code: self.allow_code,
-                            refs: RefMap::default(),
-                            hot: [(0, 0); HOT_SLOTS],
-                            depth: self.depth + 1,
-                        };
-                        let standalone = source.set_item_extra(held, true);
-                        let item = sub.write_keep(source, item, standalone)?;
-                        keyed.push((buf, item, source.set_item_extra(held, false)));
-                    }
-                }
-                keyed.sort_by(|a, b| a.0.cmp(&b.0));
-                self.open(stack);
-                stack.extend(keyed.into_iter().rev().map(|(_, o, e)| Task::Obj(o, e)));
+                self.set(source, &v, frozen, flag, stack, pending)?;
             }
             Node::Slice => {
                 drop(node);
-                if self.version < 5 {
-                    return Err(unmarshallable().into());
-                }
-                self.out.push(TYPE_SLICE | flag);
-                kids.clear();
-                source.children(&v, kids)?;
-                self.open(stack);
-                stack.extend(kids.drain(..).rev().map(|(o, e)| Task::Obj(o, e)));
+                self.slice(source, &v, flag, stack, kids)?;
             }
             Node::Code { ints } => {
                 drop(node);
-                if !self.allow_code {
-                    return Err(EncodeError {
-                        message: "marshalling code objects is disallowed".into(),
-                    }
-                    .into());
-                }
-                kids.clear();
-                source.children(&v, kids)?;
-                if kids.len() != 10 {
-                    return Err(unmarshallable().into());
-                }
-                self.out.push(TYPE_CODE | flag);
-                for x in &ints[..5] {
-                    self.i32(*x);
-                }
-                self.open(stack);
-                // Pushed in reverse: the last two objects, firstlineno, then the first eight.
-                let mut it = kids.drain(..).rev();
-                for _ in 0..2 {
-                    if let Some((o, e)) = it.next() {
-                        stack.push(Task::Obj(o, e));
-                    }
-                }
-                stack.push(Task::I32(ints[5]));
-                stack.extend(it.map(|(o, e)| Task::Obj(o, e)));
+                self.code(source, &v, ints, flag, stack, kids)?;
             }
             Node::Unmarshallable | Node::Escape => return Err(unmarshallable().into()),
             Node::None
@@ -660,6 +710,115 @@ impl Writer<'_> {
             | Node::Ellipsis
             | Node::_Phantom(_) => {}
         }
+        Ok(())
+    }
+
+    /// A set or frozenset (out of line: the loop stays small enough for its pushes to inline).
+    #[inline(never)]
+    fn set<S: Source>(
+        &mut self,
+        source: &mut S,
+        v: &S::Obj,
+        frozen: bool,
+        flag: u8,
+        stack: &mut Vec<Task<S::Obj>>,
+        pending: Option<&S::Obj>,
+    ) -> Result<(), S::Error> {
+        let code = if frozen { TYPE_FROZENSET } else { TYPE_SET };
+        // Reading the items and their standalone dumps may escape: everything pending is
+        // promoted first (and nothing is pushed until the items are sorted).
+        self.escape(source, stack, v, pending);
+        let mut items = Vec::new();
+        source.children(v, &mut items)?;
+        self.code_size(code | flag, items.len())?;
+        // Deterministic order (bpo-37596): sorted by each item's standalone marshal
+        // bytes, as `sorted(s, key=marshal.dumps)`.
+        let mut keyed = Vec::with_capacity(items.len());
+        if items.len() <= 1 {
+            // One item needs no ordering: skip its standalone dump (which, for nested
+            // one-item sets, would cost time exponential in the depth).
+            for (item, held) in items {
+                keyed.push((Vec::new(), item, source.set_item_extra(held, false)));
+            }
+        } else {
+            for (item, held) in items {
+                let mut buf = Vec::new();
+                let mut sub = Writer {
+                    out: &mut buf,
+                    version: self.version,
+                    allow_code: self.allow_code,
+                    refs: RefTable::default(),
+                    hot: [(0, 0); HOT_SLOTS],
+                    depth: self.depth + 1,
+                };
+                let standalone = source.set_item_extra(held, true);
+                let item = sub.write_keep(source, item, standalone)?;
+                keyed.push((buf, item, source.set_item_extra(held, false)));
+            }
+        }
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        self.open(stack);
+        stack.extend(keyed.into_iter().rev().map(|(_, o, e)| Task::Obj(o, e)));
+        Ok(())
+    }
+
+    /// A slice (out of line, as [`Writer::set`]).
+    #[inline(never)]
+    fn slice<S: Source>(
+        &mut self,
+        source: &mut S,
+        v: &S::Obj,
+        flag: u8,
+        stack: &mut Vec<Task<S::Obj>>,
+        kids: &mut Vec<(S::Obj, u32)>,
+    ) -> Result<(), S::Error> {
+        if self.version < 5 {
+            return Err(unmarshallable().into());
+        }
+        self.out.push(TYPE_SLICE | flag);
+        kids.clear();
+        source.children(v, kids)?;
+        self.open(stack);
+        stack.extend(kids.drain(..).rev().map(|(o, e)| Task::Obj(o, e)));
+        Ok(())
+    }
+
+    /// A code object (out of line, as [`Writer::set`]).
+    #[inline(never)]
+    fn code<S: Source>(
+        &mut self,
+        source: &mut S,
+        v: &S::Obj,
+        ints: [i32; 6],
+        flag: u8,
+        stack: &mut Vec<Task<S::Obj>>,
+        kids: &mut Vec<(S::Obj, u32)>,
+    ) -> Result<(), S::Error> {
+        if !self.allow_code {
+            return Err(EncodeError {
+                message: "marshalling code objects is disallowed".into(),
+            }
+            .into());
+        }
+        kids.clear();
+        source.children(v, kids)?;
+        if kids.len() != 10 {
+            return Err(unmarshallable().into());
+        }
+        self.out.push(TYPE_CODE | flag);
+        for x in &ints[..5] {
+            self.i32(*x);
+        }
+        self.open(stack);
+        // Pushed in reverse: the last two objects, firstlineno, then the first eight.
+        let mut it = kids.drain(..).rev();
+        for _ in 0..2 {
+            if let Some((o, e)) = it.next() {
+                stack.push(Task::Obj(o, e));
+            }
+        }
+        stack.push(Task::I32(ints[5]));
+        stack.extend(it.map(|(o, e)| Task::Obj(o, e)));
         Ok(())
     }
 
@@ -897,6 +1056,39 @@ fn put_utf8(buf: &mut [u8], w: usize, c: u32) -> usize {
 mod tests {
     use super::*;
     use cellar_value::Value;
+
+    /// The reference table against a std map: growth, identity 0, clustered and equal-home keys.
+    #[test]
+    fn ref_table_matches_a_map() {
+        let mut t = RefTable::default();
+        let mut m = std::collections::HashMap::new();
+        let ids = (0..5000usize)
+            .map(|i| 0x7f00_0000_0000 + i * 16)
+            .chain((0..3000usize).map(|i| i << 40))
+            .chain([0, 8, 1, usize::MAX]);
+        for (n, id) in ids.clone().enumerate() {
+            let next = m.len() as u32;
+            let want = m.get(&id).copied();
+            assert_eq!(t.get(id), want, "id {id:#x} at {n}");
+            if want.is_none() {
+                m.insert(id, next);
+                t.insert(id, next);
+            }
+            assert_eq!(t.len(), m.len());
+        }
+        for id in ids {
+            assert_eq!(t.get(id), m.get(&id).copied());
+        }
+        t.clear();
+        assert_eq!(t.len(), 0);
+        assert_eq!(t.get(0), None);
+        t.insert(0, 7);
+        assert_eq!(t.get(0), Some(7));
+        assert_eq!(t.get(16), None);
+        t.insert(16, 1);
+        assert_eq!(t.get(16), Some(1));
+        assert_eq!(t.len(), 2);
+    }
 
     /// The flat header plus the payload is what the encoder writes for that root.
     #[test]

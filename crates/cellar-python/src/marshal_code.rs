@@ -90,7 +90,8 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
         let _ = OPCODE_OK.set((ok, lowest as u8));
     }
     // Every version: the inline cache entries must fit (see `CACHES`).
-    let _ = CACHES.set(cache_table(py)?);
+    let caches = cache_table(py)?;
+    let _ = CACHES.set((caches, caches.iter().copied().max().unwrap_or(0)));
     // 3.12+: comprehension variables inlined into their enclosing code are "hidden" locals
     // (kind bit 0x10), which no public attribute shows; such code saves them with
     // LOAD_FAST_AND_CLEAR. See `hidden_kinds`.
@@ -267,7 +268,8 @@ pub(crate) fn code_obj_ptr(co: &Bound<'_, PyAny>, i: usize) -> Option<*mut ffi::
 /// `marshal.dumps` uses) zeroes every cache entry into a new bytes object of `co_code`'s size
 /// (found by scripts/fuzz-python.sh under PYTHONMALLOC=debug). Specialized opcodes count as their
 /// base opcode.
-static CACHES: std::sync::OnceLock<[u8; 256]> = std::sync::OnceLock::new();
+/// With the table, its largest entry.
+static CACHES: std::sync::OnceLock<([u8; 256], u8)> = std::sync::OnceLock::new();
 
 /// Reads [`CACHES`] from the interpreter's `dis` and `opcode` tables (the same ones `dis` uses
 /// to skip cache entries): the larger of the opcode's own and its base opcode's cache size.
@@ -366,14 +368,14 @@ fn check_bytecode(code: &Bound<'_, PyAny>) -> PyResult<()> {
 /// Refuses bytecode whose last instruction's inline cache entries would run past its end
 /// (see [`CACHES`]), walking it as the constructor does: instruction, its caches, next.
 fn check_caches(code: &[u8]) -> PyResult<()> {
-    let Some(caches) = CACHES.get() else {
+    let Some((caches, max)) = CACHES.get() else {
         return Ok(());
     };
     let units = code.len() / 2;
     // Only a unit in the last `max` can need cache entries past the end: when none there could
     // (walked to or not), the walk cannot fail, and is skipped (the common case: one pass over
     // a few units instead of over all of them).
-    let max = caches.iter().copied().max().unwrap_or(0) as usize;
+    let max = *max as usize;
     let tail = units.saturating_sub(max);
     let suspect = (tail..units).any(|i| {
         let n = caches[code[2 * i] as usize] as usize;
