@@ -5,6 +5,7 @@ Cases:
   (b) a 1 MB str (ASCII), and a 1 MB non-ASCII str as an extra row
   (c) a large module's code object: the stdlib's largest library module with code (_pydecimal.py),
       plus the largest .py file overall (pydoc_data/topics.py, mostly one dict of strings)
+  (d) one small dict (a shelf value): the per-call cost of each side
 
 Each timing is the best of --repeat timeit runs (gc disabled during timing, timeit's default),
 CPython and cellar interleaved so that machine load drifts affect both alike.
@@ -70,6 +71,7 @@ def main() -> None:
         ("(b') 1 MB str (non-ASCII)", case_str_nonascii()),
         ("(c) code: _pydecimal.py", module_code("_pydecimal.py")),
         ("(c') code: pydoc_data/topics.py", module_code("pydoc_data/topics.py")),
+        ("(d) one small dict", {"id": 1, "name": "user1", "tags": ("a", "b"), "score": 1.5}),
     ]
     rows = []
     for name, value in cases:

@@ -311,14 +311,17 @@ const HOT_SLOTS: usize = 64;
 /// reference on a module's code object.
 #[derive(Default)]
 struct RefTable {
-    /// (identity, index); identity 0 marks a free slot (identity 0 itself is kept in `zero`).
-    slots: Vec<(usize, u32)>,
+    /// (identity, index, generation): a slot is in use when its generation is the table's
+    /// (so `clear` is one increment, not a pass over every slot: a reused table of thousands
+    /// of slots cost more to wipe than a small dump takes).
+    slots: Vec<(usize, u32, u32)>,
     /// 64 - log2(slots.len()).
     shift: u32,
-    /// Identities recorded (in `slots` and `zero`).
+    /// Identities recorded.
     len: usize,
-    /// The index of identity 0, if recorded.
-    zero: Option<u32>,
+    /// The generation of the slots in use; never 0 (the value of fresh slots) once a slot
+    /// has been allocated.
+    gen: u32,
 }
 
 impl RefTable {
@@ -336,9 +339,13 @@ impl RefTable {
 
     fn clear(&mut self) {
         if self.len > 0 {
-            self.slots.fill((0, 0));
+            self.gen = self.gen.wrapping_add(1);
+            if self.gen == 0 {
+                // Once in 2^32 clears: wipe for real, so that no old slot looks current.
+                self.slots.fill((0, 0, 0));
+                self.gen = 1;
+            }
             self.len = 0;
-            self.zero = None;
         }
     }
 
@@ -351,21 +358,18 @@ impl RefTable {
     /// The index recorded for `id`.
     #[inline(always)]
     fn get(&self, id: usize) -> Option<u32> {
-        if id == 0 {
-            return self.zero;
-        }
         if self.slots.is_empty() {
             return None;
         }
         let mask = self.slots.len() - 1;
         let mut i = Self::home(id, self.shift) & mask;
         loop {
-            let (k, v) = self.slots[i];
+            let (k, v, g) = self.slots[i];
+            if g != self.gen {
+                return None;
+            }
             if k == id {
                 return Some(v);
-            }
-            if k == 0 {
-                return None;
             }
             i = (i + 1) & mask;
         }
@@ -374,20 +378,15 @@ impl RefTable {
     /// Records `index` for `id`, which is not recorded yet.
     #[inline(always)]
     fn insert(&mut self, id: usize, index: u32) {
-        if id == 0 {
-            self.zero = Some(index);
-            self.len += 1;
-            return;
-        }
         if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
         let mask = self.slots.len() - 1;
         let mut i = Self::home(id, self.shift) & mask;
-        while self.slots[i].0 != 0 {
+        while self.slots[i].2 == self.gen {
             i = (i + 1) & mask;
         }
-        self.slots[i] = (id, index);
+        self.slots[i] = (id, index, self.gen);
         self.len += 1;
     }
 
@@ -395,18 +394,21 @@ impl RefTable {
     #[inline(never)]
     fn grow(&mut self) {
         let n = (self.slots.len() * 2).max(Self::FIRST);
-        let old = std::mem::replace(&mut self.slots, vec![(0, 0); n]);
+        let old = std::mem::replace(&mut self.slots, vec![(0, 0, 0); n]);
+        if self.gen == 0 {
+            self.gen = 1;
+        }
         self.shift = 64 - n.trailing_zeros();
         let mask = n - 1;
-        for (k, v) in old {
-            if k == 0 {
+        for (k, v, g) in old {
+            if g != self.gen {
                 continue;
             }
             let mut i = Self::home(k, self.shift) & mask;
-            while self.slots[i].0 != 0 {
+            while self.slots[i].2 == self.gen {
                 i = (i + 1) & mask;
             }
-            self.slots[i] = (k, v);
+            self.slots[i] = (k, v, self.gen);
         }
     }
 }
@@ -1088,6 +1090,27 @@ mod tests {
         t.insert(16, 1);
         assert_eq!(t.get(16), Some(1));
         assert_eq!(t.len(), 2);
+        // A clear leaves nothing of the previous dump visible, also when the generation
+        // counter wraps around.
+        for gen in [5, u32::MAX] {
+            t.gen = gen;
+            t.clear();
+            t.insert(32, 3);
+            t.clear();
+            assert_eq!((t.get(0), t.get(16), t.get(32)), (None, None, None), "{gen}");
+            assert_ne!(t.gen, 0);
+            t.insert(48, 4);
+            assert_eq!((t.get(48), t.len()), (Some(4), 1));
+            t.clear();
+        }
+        // Clearing is one increment (the slots are not wiped), and the slots stay allocated.
+        let cap = t.capacity();
+        for _ in 0..3 {
+            t.insert(64, 9);
+            t.clear();
+        }
+        assert_eq!(t.capacity(), cap);
+        assert_eq!(t.get(64), None);
     }
 
     /// The flat header plus the payload is what the encoder writes for that root.
