@@ -58,6 +58,11 @@ def best_pair(fn_c, fn_r, repeat: int) -> tuple[float, float]:
     return bc, br
 
 
+def show(seconds: float) -> str:
+    """A time per call in ms, or in ns below 10 us (a small value's calls)."""
+    return f"{seconds * 1e3:.3f} ms" if seconds >= 1e-5 else f"{seconds * 1e9:.0f} ns"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=7)
@@ -88,7 +93,7 @@ def main() -> None:
     print("| case | marshal bytes | op | CPython marshal | cellar.marshal | speed-up (CPython/cellar) |")
     print("|---|---:|---|---:|---:|---:|")
     for name, size, op, tc, tr in rows:
-        print(f"| {name} | {size:,} | {op} | {tc * 1e3:.3f} ms | {tr * 1e3:.3f} ms | {tc / tr:.2f}x |")
+        print(f"| {name} | {size:,} | {op} | {show(tc)} | {show(tr)} | {tc / tr:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -1097,7 +1097,11 @@ mod tests {
             t.clear();
             t.insert(32, 3);
             t.clear();
-            assert_eq!((t.get(0), t.get(16), t.get(32)), (None, None, None), "{gen}");
+            assert_eq!(
+                (t.get(0), t.get(16), t.get(32)),
+                (None, None, None),
+                "{gen}"
+            );
             assert_ne!(t.gen, 0);
             t.insert(48, 4);
             assert_eq!((t.get(48), t.len()), (Some(4), 1));
