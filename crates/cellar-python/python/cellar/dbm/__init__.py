@@ -10,7 +10,8 @@ Submodules ``cellar.dbm.native``, ``cellar.dbm.sqlite3`` and ``cellar.dbm.dumb``
 backend directly. Legacy ``dbm.gnu`` and ``dbm.ndbm`` files open read-only (``open(file, 'r')``
 routes them to ``cellar.dbm.gnu`` / ``cellar.dbm.ndbm``, which need no C library); any other
 flag on them raises ``error`` naming ``cellar convert``, which migrates them. Database objects are thread safe and release the GIL during I/O; beyond the
-stdlib they have ``batch()`` (a context manager applying its writes as one commit),
+stdlib they have ``batch()`` (a context manager applying its writes as one commit: those made
+on the object it returns and those made through the database while the block is open),
 ``compact()`` / ``reorganize()`` and ``stats()``.
 
 Server stores: wherever a path goes, ``open`` also takes a URL — ``redis://[user:pass@]host:port/db
