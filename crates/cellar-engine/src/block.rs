@@ -427,13 +427,19 @@ pub struct Block {
     spans: Vec<(u32, u32, u32)>,
     /// A hash table over the entries, built by the first point lookup (a block loaded for a
     /// walk never needs it): open addressing, linear probing, at most half full. A slot holds
-    /// the offset of its entry's header in `data` (high 32 bits), the top 16 bits of the
-    /// key's [`hash_key`] (bits 16-31) and 1 (bit 0; 0 is an empty slot), so a lookup touches
-    /// one slot line, then the one entry whose tag matches, whose header, key and value lie
-    /// together (a binary search over the keys touched several lines; an entry number would
-    /// add a line of `spans`).
-    slots: std::sync::OnceLock<Vec<u64>>,
+    /// the offset of its entry's header in `data` plus one (high 24 bits; 0 is an empty slot)
+    /// and the top 8 bits of the key's [`hash_key`] (low 8 bits), so a lookup touches one slot
+    /// line, then the one entry whose tag matches, whose header, key and value lie together
+    /// (a binary search over the keys touched several lines; an entry number would add a
+    /// line of `spans`). Four bytes a slot keep the tables of a store's cached blocks small
+    /// enough to stay in the CPU's L2 cache far more than eight did. A block of
+    /// [`MAX_HASHED_BYTES`] or more is searched by bisection instead (only a hostile or
+    /// very unusual file has one: blocks are cut at tens of KiB).
+    slots: std::sync::OnceLock<Vec<u32>>,
 }
+
+/// Blocks whose data reaches this size are searched by bisection (slot offsets are 24 bits).
+const MAX_HASHED_BYTES: usize = (1 << 24) - 1;
 
 /// The first 8 bytes of a key, zero-padded, as a big-endian integer: ordered like the keys
 /// wherever they differ (block search, block index, a compaction's sort).
@@ -495,8 +501,11 @@ impl Block {
 
     /// Builds the hash table (see [`Block::slots`]). Entries lie back to back: each one's
     /// header starts where the previous value ends.
-    fn build_slots(&self) -> Vec<u64> {
-        let mut slots = vec![0u64; Self::table_len(self.spans.len())];
+    fn build_slots(&self) -> Vec<u32> {
+        if self.data.len() >= MAX_HASHED_BYTES {
+            return Vec::new();
+        }
+        let mut slots = vec![0u32; Self::table_len(self.spans.len())];
         let mask = slots.len() - 1;
         let mut start = 0u32;
         for &(k0, k1, v1) in &self.spans {
@@ -505,7 +514,7 @@ impl Block {
             while slots[pos] != 0 {
                 pos = (pos + 1) & mask;
             }
-            slots[pos] = u64::from(start) << 32 | (h >> 48) << 16 | 1;
+            slots[pos] = (start + 1) << 8 | (h >> 56) as u32;
             start = v1;
         }
         slots
@@ -526,7 +535,11 @@ impl Block {
     pub fn mem_bytes(&self) -> usize {
         // The hash table counts from the start, built or not: the figure must not change
         // while the block is cached.
-        let table = Self::table_len(self.spans.len()) * 8;
+        let table = if self.data.len() >= MAX_HASHED_BYTES {
+            0
+        } else {
+            Self::table_len(self.spans.len()) * 4
+        };
         self.data.capacity() + self.spans.capacity() * 12 + table + 64
     }
 
@@ -548,17 +561,24 @@ impl Block {
     /// The value of `key`, whose [`hash_key`] is `hash`, through the block's hash table.
     pub fn get_hashed(&self, key: &[u8], hash: u64) -> Option<&[u8]> {
         let slots = self.slots.get_or_init(|| self.build_slots());
+        if slots.is_empty() {
+            let i = self
+                .spans
+                .binary_search_by(|&(k0, k1, _)| self.data[k0 as usize..k1 as usize].cmp(key))
+                .ok()?;
+            return Some(self.entry(i).1);
+        }
         let mask = slots.len() - 1;
-        let tag = (hash >> 48) & 0xFFFF;
+        let tag = (hash >> 56) as u32;
         let mut pos = hash as usize & mask;
         loop {
             let s = slots[pos];
             if s == 0 {
                 return None;
             }
-            if (s >> 16) & 0xFFFF == tag {
+            if s & 0xFF == tag {
                 // The header was parsed when the block was (`Block::parse`): it reads again.
-                let mut at = (s >> 32) as usize;
+                let mut at = (s >> 8) as usize - 1;
                 let kl = get_varint(&self.data, &mut at)? as usize;
                 let vl = get_varint(&self.data, &mut at)? as usize;
                 let k1 = at + kl;
@@ -1212,6 +1232,28 @@ mod tests {
             // The budget figure is the same before and after the table is built.
             assert_eq!(b.mem_bytes(), before);
         }
+    }
+
+    #[test]
+    fn a_block_too_large_for_its_hash_table_is_searched_by_bisection() {
+        let mut data = Vec::new();
+        let keys: Vec<Vec<u8>> = (0..17u8).map(|i| vec![b'k', b'a' + i]).collect();
+        for k in &keys {
+            put_varint(&mut data, k.len() as u64);
+            put_varint(&mut data, 1 << 20);
+            data.extend_from_slice(k);
+            data.extend_from_slice(&vec![k[1]; 1 << 20]);
+        }
+        assert!(data.len() >= MAX_HASHED_BYTES);
+        let b = Block::parse(data, 17).expect("a well-formed block");
+        let before = b.mem_bytes();
+        for k in &keys {
+            let v = b.get(k).expect("found");
+            assert_eq!((v.len(), v[0]), (1 << 20, k[1]));
+        }
+        assert_eq!(b.get(b"kz"), None);
+        assert_eq!(b.get(b"k"), None);
+        assert_eq!(b.mem_bytes(), before);
     }
 
     #[test]

@@ -717,12 +717,12 @@ impl Gen {
         {
             return;
         }
-        // Decompressed size, spans and lookup tables (at most 32 bytes per entry), per-block
-        // overhead: it must all fit, or warming would only evict.
+        // Decompressed size, spans (12 bytes per entry) and lookup tables (at most 16), per-
+        // block overhead: it must all fit, or warming would only evict.
         let need = ct
             .index
             .raw_bytes
-            .saturating_add(ct.index.entries.saturating_mul(44))
+            .saturating_add(ct.index.entries.saturating_mul(28))
             .saturating_add(blocks * 64);
         if need > ct.cache.capacity() as u64
             || std::thread::available_parallelism().map_or(1, |p| p.get()) < 2
