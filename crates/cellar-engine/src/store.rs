@@ -312,7 +312,8 @@ struct CompactTier {
     index: Arc<BlockIndex>,
     codec: Arc<BlockCodec>,
     cache: Arc<BlockCache>,
-    /// Point reads that had to load a block, and whether a warming thread was started.
+    /// Point reads that had to load a block, and whether warming was decided (started, or
+    /// ruled out for good).
     misses: AtomicU64,
     warm_started: AtomicBool,
     /// Set when the tier is dropped (its store closed or its file replaced): a warming
@@ -713,7 +714,12 @@ impl Gen {
     fn note_miss(&self, ct: &CompactTier) {
         let n = ct.misses.fetch_add(1, Ordering::Relaxed) + 1;
         let blocks = ct.index.blocks.len() as u64;
-        if n < (blocks / 64).max(8) || !ct.cache.warms() || ct.warm_started.load(Ordering::Relaxed)
+        if n < (blocks / 64).max(8)
+            || !ct.cache.warms()
+            || ct.warm_started.load(Ordering::Relaxed)
+            // Decided once per tier, whatever the answer: none of what follows changes, and
+            // `available_parallelism` reads cgroup files (every later miss skips all this).
+            || ct.warm_started.swap(true, Ordering::AcqRel)
         {
             return;
         }
@@ -726,7 +732,6 @@ impl Gen {
             .saturating_add(blocks * 64);
         if need > ct.cache.capacity() as u64
             || std::thread::available_parallelism().map_or(1, |p| p.get()) < 2
-            || ct.warm_started.swap(true, Ordering::AcqRel)
         {
             return;
         }

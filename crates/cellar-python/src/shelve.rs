@@ -411,9 +411,9 @@ pub struct ShelfBatch {
     batch: Py<PyBatch>,
 }
 
-fn key_bytes(key: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+fn key_bytes<'a>(key: &'a Bound<'_, PyAny>) -> PyResult<&'a [u8]> {
     match key.cast::<PyString>() {
-        Ok(s) => Ok(s.to_str()?.as_bytes().to_vec()),
+        Ok(s) => Ok(s.to_str()?.as_bytes()),
         Err(_) => Err(PyTypeError::new_err(format!(
             "shelf keys must be str, not {}",
             key.get_type().name()?
@@ -427,18 +427,21 @@ impl ShelfBatch {
         let py = key.py();
         let k = key_bytes(key)?;
         let data = self.fast.encode(py, value)?;
-        let v = if let Ok(b) = data.cast::<PyBytes>() {
-            b.as_bytes().to_vec()
-        } else if let Ok(buf) = pyo3::buffer::PyBuffer::<u8>::get(&data) {
-            buf.to_vec(py)?
-        } else {
+        // Copied once, into the batch's buffer (a bytes result is borrowed for it).
+        if let Ok(b) = data.cast::<PyBytes>() {
+            return self.batch.get().with(|ops| {
+                ops.insert(k, b.as_bytes());
+            });
+        }
+        let Ok(buf) = pyo3::buffer::PyBuffer::<u8>::get(&data) else {
             return Err(PyTypeError::new_err(format!(
                 "the serializer must return bytes, not {}",
                 data.get_type().name()?
             )));
         };
-        self.batch.get().with(|b| {
-            b.insert(k, v);
+        let v = buf.to_vec(py)?;
+        self.batch.get().with(|ops| {
+            ops.insert(k, v);
         })
     }
 
