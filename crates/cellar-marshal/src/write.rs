@@ -934,8 +934,8 @@ impl Writer<'_> {
     }
 
     /// Writes code points as UTF-8 (surrogates as three bytes), length patched in afterwards:
-    /// 32 units at a time encoded into a local block (runs of four ASCII units narrowed at
-    /// once, the rest one by one), then appended; room for the widest encoding (`per` bytes per
+    /// 64 units at a time encoded into a local block (runs of eight ASCII units narrowed at
+    /// once, the rest one by one with one 4-byte store each), then appended; room for the widest encoding (`per` bytes per
     /// unit) reserved first, so the output grows once.
     fn utf8_units<T: Copy + Into<u32>>(
         &mut self,
@@ -950,29 +950,31 @@ impl Writer<'_> {
         let start = self.out.len();
         self.out.reserve(5 + units.len() * per);
         self.out.extend_from_slice(&[code, 0, 0, 0, 0]);
-        let mut tmp = [0u8; 32 * 4];
-        for chunk in units.chunks(32) {
+        // 64 units take at most 256 bytes; every store writes at most 8 bytes at an index
+        // masked below 256, so with 8 bytes of slack no store needs a bounds check.
+        let mut tmp = [0u8; TMP];
+        for chunk in units.chunks(64) {
+            // A chunk of ASCII (long runs of it, as in most source text) is narrowed at once,
+            // straight into the output.
+            if chunk.iter().fold(0u32, |a, &c| a | c.into()) < 0x80 {
+                self.out.extend(chunk.iter().map(|&c| c.into() as u8));
+                continue;
+            }
             let mut w = 0;
             let mut blocks = chunk.chunks_exact(4);
             for block in &mut blocks {
-                let all = block.iter().fold(0u32, |a, &c| a | c.into());
-                if all < 0x80 {
-                    if let Some(dst) = tmp.get_mut(w..w + 4) {
-                        for (d, &c) in dst.iter_mut().zip(block) {
-                            *d = c.into() as u8;
-                        }
-                    }
-                    w += 4;
+                if block.iter().fold(0u32, |a, &c| a | c.into()) < 0x80 {
+                    w = narrow::<T, 4>(&mut tmp, w, block);
                 } else {
                     for &c in block {
-                        w += put_utf8(&mut tmp, w, c.into());
+                        w = put_utf8(&mut tmp, w, c.into());
                     }
                 }
             }
             for &c in blocks.remainder() {
-                w += put_utf8(&mut tmp, w, c.into());
+                w = put_utf8(&mut tmp, w, c.into());
             }
-            self.out.extend_from_slice(&tmp[..w.min(tmp.len())]);
+            self.out.extend_from_slice(&tmp[..w.min(256)]);
         }
         let n = self.out.len() - start - 5;
         if n > SIZE32_MAX {
@@ -1020,44 +1022,137 @@ impl Writer<'_> {
     }
 }
 
-/// Writes `c` as UTF-8 at `buf[w..]` (a surrogate as three bytes, as surrogatepass), returning
-/// the bytes written; `buf` has room for the widest encoding of every unit (a write past it
-/// cannot happen, and would be dropped rather than panic).
+/// Writes ASCII units (at most 8) as bytes at `buf[w % 256..]`, returning the position after
+/// them (see `put_utf8` for the mask).
 #[inline(always)]
-fn put_utf8(buf: &mut [u8], w: usize, c: u32) -> usize {
-    if c < 0x80 {
-        if let Some(d) = buf.get_mut(w) {
-            *d = c as u8;
+fn narrow<T: Copy + Into<u32>, const N: usize>(
+    buf: &mut [u8; TMP],
+    w: usize,
+    units: &[T],
+) -> usize {
+    let i = w & 255;
+    if let (Some(dst), Some(src)) = (buf.get_mut(i..i + N), units.get(..N)) {
+        for (d, &c) in dst.iter_mut().zip(src) {
+            *d = c.into() as u8;
         }
-        1
-    } else if c < 0x800 {
-        if let Some([a, b]) = buf.get_mut(w..w + 2) {
-            *a = 0xC0 | (c >> 6) as u8;
-            *b = 0x80 | (c & 0x3F) as u8;
-        }
-        2
-    } else if c < 0x10000 {
-        if let Some([a, b, d]) = buf.get_mut(w..w + 3) {
-            *a = 0xE0 | (c >> 12) as u8;
-            *b = 0x80 | ((c >> 6) & 0x3F) as u8;
-            *d = 0x80 | (c & 0x3F) as u8;
-        }
-        3
-    } else {
-        if let Some([a, b, d, e]) = buf.get_mut(w..w + 4) {
-            *a = 0xF0 | ((c >> 18) & 0x07) as u8;
-            *b = 0x80 | ((c >> 12) & 0x3F) as u8;
-            *d = 0x80 | ((c >> 6) & 0x3F) as u8;
-            *e = 0x80 | (c & 0x3F) as u8;
-        }
-        4
     }
+    w + N
+}
+
+/// The block `utf8_units` encodes 64 units into: 256 bytes and 8 of slack.
+const TMP: usize = 64 * 4 + 8;
+
+/// Writes `c` as UTF-8 (a surrogate as three bytes, as surrogatepass) at `buf[w % 256..]` with
+/// one 4-byte store, returning the position after it. Callers keep `w` below 256 before every
+/// call (64 units of at most 4 bytes), so the index never wraps; the mask lets the compiler drop
+/// the bounds check.
+#[inline(always)]
+fn put_utf8(buf: &mut [u8; TMP], w: usize, c: u32) -> usize {
+    let (word, n) = if c < 0x80 {
+        (c, 1)
+    } else if c < 0x800 {
+        (0x80C0 | (c >> 6) | ((c & 0x3F) << 8), 2)
+    } else if c < 0x10000 {
+        (
+            0x0080_80E0 | (c >> 12) | (((c >> 6) & 0x3F) << 8) | ((c & 0x3F) << 16),
+            3,
+        )
+    } else {
+        (
+            0x8080_80F0
+                | ((c >> 18) & 0x07)
+                | (((c >> 12) & 0x3F) << 8)
+                | (((c >> 6) & 0x3F) << 16)
+                | ((c & 0x3F) << 24),
+            4,
+        )
+    };
+    let i = w & 255;
+    buf[i..i + 4].copy_from_slice(&word.to_le_bytes());
+    w + n
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use cellar_value::Value;
+
+    /// UTF-8 (surrogatepass) of every unit width against a reference encoder: every class of
+    /// code point (1-4 bytes, lone surrogates) in runs that cross the 4-unit blocks and the
+    /// 64-unit chunks, and chunks that are all ASCII next to ones that are not.
+    #[test]
+    fn utf8_units_match_a_reference() {
+        fn reference(units: &[u32]) -> Vec<u8> {
+            let mut v = Vec::new();
+            for &c in units {
+                match char::from_u32(c) {
+                    Some(ch) => v.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes()),
+                    // A lone surrogate: three bytes, as surrogatepass writes it.
+                    None => v.extend_from_slice(&[
+                        0xE0 | (c >> 12) as u8,
+                        0x80 | ((c >> 6) & 0x3F) as u8,
+                        0x80 | (c & 0x3F) as u8,
+                    ]),
+                }
+            }
+            v
+        }
+        fn encode<T: Copy + Into<u32>>(units: &[T], per: usize) -> Vec<u8> {
+            let mut out = Vec::new();
+            let mut w = Writer {
+                out: &mut out,
+                version: CURRENT_VERSION,
+                allow_code: false,
+                refs: RefTable::default(),
+                hot: [(0, 0); HOT_SLOTS],
+                depth: 0,
+            };
+            w.utf8_units(TYPE_UNICODE, units, per).unwrap();
+            let n = u32::from_le_bytes(out[1..5].try_into().unwrap()) as usize;
+            assert_eq!(n, out.len() - 5);
+            out.split_off(5)
+        }
+        let classes: [&[u32]; 6] = [
+            &[0x41, 0x7F, 0x0A],
+            &[0x80, 0xE9, 0xFF],
+            &[0x100, 0x7FF, 0x3B1],
+            &[0x800, 0x2713, 0xD800, 0xDFFF, 0xFFFF],
+            &[0x1_0000, 0x1F600, 0x10_FFFF],
+            &[0x61; 70],
+        ];
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        for len in [
+            0usize, 1, 3, 4, 5, 7, 8, 63, 64, 65, 127, 128, 129, 300, 1000,
+        ] {
+            for mix in 0..12u32 {
+                let units: Vec<u32> = (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        // Some mixes are long ASCII runs with a rare wide unit.
+                        let pick = if mix % 3 == 0 && seed % 97 != 0 {
+                            0
+                        } else {
+                            (seed >> 8) as usize % (1 + mix as usize % 6)
+                        };
+                        let class = classes[pick.min(5)];
+                        class[(seed >> 20) as usize % class.len()]
+                    })
+                    .collect();
+                let want = reference(&units);
+                assert_eq!(encode(&units, 4), want, "ucs4 len {len} mix {mix}");
+                if units.iter().all(|&c| c < 0x1_0000) {
+                    let u2: Vec<u16> = units.iter().map(|&c| c as u16).collect();
+                    assert_eq!(encode(&u2, 3), want, "ucs2 len {len} mix {mix}");
+                }
+                if units.iter().all(|&c| c < 0x100) {
+                    let u1: Vec<u8> = units.iter().map(|&c| c as u8).collect();
+                    assert_eq!(encode(&u1, 2), want, "ucs1 len {len} mix {mix}");
+                }
+            }
+        }
+    }
 
     /// The reference table against a std map: growth, identity 0, clustered and equal-home keys.
     #[test]
