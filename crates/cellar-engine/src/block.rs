@@ -742,25 +742,25 @@ impl BlockIndex {
 
     /// The position of the only block that may hold `key` (the first whose last key is
     /// `>= key`), without asking the filter: a binary search over the separators' 8-byte
-    /// prefixes, comparing whole keys only where the prefixes are equal.
+    /// prefixes (std's, which compiles to conditional moves: a lookup's comparisons are as
+    /// unpredictable as its key), then, only when the prefix found equals the key's, a search
+    /// over whole keys from there (keys sharing their first 8 bytes, such as `user:123...`).
     pub fn locate(&self, key: &[u8]) -> Option<usize> {
-        use std::cmp::Ordering;
         let p = prefix(key);
-        let (mut lo, mut hi) = (0usize, self.blocks.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let below = match self.seps[mid].cmp(&p) {
-                Ordering::Less => true,
-                Ordering::Greater => false,
-                Ordering::Equal => self.blocks[mid].last_key.as_slice() < key,
-            };
-            if below {
-                lo = mid + 1;
-            } else {
-                hi = mid;
+        let lo = self.seps.partition_point(|&s| s < p);
+        let i = match self.seps.get(lo) {
+            None => return None,
+            Some(&s) if s != p => lo,
+            // Past `lo` every prefix is >= p, and a block whose prefix is above p ends above
+            // `key`: "last key < key" stays a prefix of the blocks.
+            Some(_) => {
+                lo + self
+                    .blocks
+                    .get(lo..)?
+                    .partition_point(|b| b.last_key.as_slice() < key)
             }
-        }
-        (lo < self.blocks.len()).then_some(lo)
+        };
+        (i < self.blocks.len()).then_some(i)
     }
 
     /// The BLOCKINDEX record payload.
@@ -1098,6 +1098,60 @@ impl BlockCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `locate` against a linear scan: separators with distinct prefixes, many blocks whose
+    /// last keys share their first 8 bytes (or are shorter than 8, or end in zero bytes), and
+    /// probes before, between, on and after every separator.
+    #[test]
+    fn locate_matches_a_scan() {
+        let mut lasts: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"a\0\0\0\0\0\0\0\0".to_vec(),
+            b"ab".to_vec(),
+        ];
+        lasts.extend((0..300).map(|i| format!("session:{i:05}").into_bytes()));
+        lasts.extend((0..50).map(|i| format!("t{i:03}").into_bytes()));
+        lasts.extend((0..40).map(|i| format!("user:abc{i:02}").into_bytes()));
+        lasts.push(vec![0xFF; 12]);
+        lasts.sort();
+        lasts.dedup();
+        for n in [0, 1, 2, 3, 7, lasts.len()] {
+            let mut idx = BlockIndex::new(0);
+            for (off, k) in lasts.iter().take(n).enumerate() {
+                idx.seps.push(prefix(k));
+                idx.blocks.push(BlockRef {
+                    offset: off as u64,
+                    entries: 1,
+                    last_key: k.clone(),
+                });
+            }
+            let mut probes: Vec<Vec<u8>> = Vec::new();
+            for k in &lasts {
+                probes.push(k.clone());
+                let mut longer = k.clone();
+                longer.push(0);
+                probes.push(longer);
+                let mut more = k.clone();
+                more.push(b'~');
+                probes.push(more);
+                probes.push(k[..k.len().saturating_sub(1)].to_vec());
+            }
+            probes.extend([
+                b"session:".to_vec(),
+                b"session:99999".to_vec(),
+                vec![0xFF; 13],
+            ]);
+            for key in &probes {
+                let want = idx
+                    .blocks
+                    .iter()
+                    .position(|b| b.last_key.as_slice() >= key.as_slice());
+                assert_eq!(idx.locate(key), want, "{n} blocks, key {key:?}");
+            }
+        }
+    }
 
     /// Records like the workload: pickled-dict-like values under "key%d".
     fn records(n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {

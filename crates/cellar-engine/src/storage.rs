@@ -101,8 +101,9 @@ pub struct FileStorage {
     stable: AtomicU64,
     map: ArcSwapOption<memmap2::Mmap>,
     remap: Mutex<()>,
-    /// Writers: a shared read-write mapping of the first page, for `write_hint`.
-    head: std::sync::OnceLock<Option<memmap2::MmapRaw>>,
+    /// A shared mapping of the first page: read-write for `write_hint` and `shared_counter`
+    /// where the file is open for writing (the `bool`), read-only for `read_hint` otherwise.
+    head: std::sync::OnceLock<Option<(memmap2::MmapRaw, bool)>>,
 }
 
 impl FileStorage {
@@ -115,6 +116,31 @@ impl FileStorage {
             remap: Mutex::new(()),
             head: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The mapping of the first page (see `head`), made on first use: read-write if the file
+    /// allows it, else read-only; `None` if neither can be made (then every hint goes through
+    /// the file).
+    fn head(&self) -> Option<&(memmap2::MmapRaw, bool)> {
+        self.head
+            .get_or_init(|| {
+                let opts = {
+                    let mut o = memmap2::MmapOptions::new();
+                    o.len(4096);
+                    o
+                };
+                match opts.map_raw(&self.file) {
+                    Ok(m) => Some((m, true)),
+                    // A reader maps the page only if the file holds all of it (a store's first
+                    // page is never truncated; a damaged file shorter than that is read
+                    // through the file, where a short read is an error, not a SIGBUS).
+                    Err(_) if self.file.metadata().is_ok_and(|m| m.len() >= 4096) => {
+                        opts.map_raw_read_only(&self.file).ok().map(|m| (m, false))
+                    }
+                    Err(_) => None,
+                }
+            })
+            .as_ref()
     }
 
     fn mapped_read(&self, offset: u64, buf: &mut [u8]) -> Option<()> {
@@ -182,14 +208,8 @@ impl Storage for FileStorage {
         // The first page exists for the whole life of the file (header, slots, padding) and is
         // never truncated; only writers write through the mapping (one handle in exclusive
         // mode; in shared mode the one holding the commit lock).
-        let head = self.head.get_or_init(|| {
-            memmap2::MmapOptions::new()
-                .len(HEAD)
-                .map_raw(&self.file)
-                .ok()
-        });
-        match head {
-            Some(m) if m.len() >= end => {
+        match self.head() {
+            Some((m, true)) if m.len() >= end => {
                 // SAFETY: `offset..end` lies inside the live mapping (checked above); the
                 // writer lock serialises writers; readers tolerate a torn value (it only makes
                 // them check the file length).
@@ -212,14 +232,8 @@ impl Storage for FileStorage {
         if offset & 3 != 0 || offset as usize + 4 > HEAD {
             return None;
         }
-        let head = self.head.get_or_init(|| {
-            memmap2::MmapOptions::new()
-                .len(HEAD)
-                .map_raw(&self.file)
-                .ok()
-        });
-        let m = head.as_ref()?;
-        if m.len() < HEAD {
+        let (m, writable) = self.head()?;
+        if !writable || m.len() < HEAD {
             return None;
         }
         // SAFETY: the mapping is page-aligned and `offset` is 4-aligned and inside it (checked
@@ -231,7 +245,7 @@ impl Storage for FileStorage {
     }
 
     fn read_hint(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        if let Some(Some(m)) = self.head.get() {
+        if let Some((m, _)) = self.head() {
             let end = offset as usize + buf.len();
             if end <= m.len() {
                 // SAFETY: `offset..end` lies inside the live 4 KiB mapping of the first page

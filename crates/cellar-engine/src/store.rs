@@ -295,7 +295,7 @@ struct Gen {
     recovered_tail: u64,
     slot_seq: AtomicU64,
     /// Readers: the writer's published `(session, end)` at their last full refresh.
-    seen_hint: Mutex<(u64, u64)>,
+    seen_hint: HintCell,
     /// What the log holds (count and checksum of its records) and the newest slot.
     track: Mutex<Track>,
     /// The compact section (docs/engine-format.md section 10), if the file has one.
@@ -415,6 +415,56 @@ fn publish_end(g: &Gen, session: u64, end: u64) -> Result<()> {
 }
 
 /// Reader: the writer's last published `(session, end)` ((0, 0) if none, or unreadable).
+/// A writer's published `(session, end)` as a reader last checked it: a sequence lock, so
+/// that the check every read makes is four plain loads, never a lock (writes, after a full
+/// check of the file, are rare). A reader that finds it being written treats it as not
+/// matching and checks the file.
+#[derive(Default, Debug)]
+struct HintCell {
+    seq: AtomicU64,
+    session: AtomicU64,
+    end: AtomicU64,
+}
+
+impl HintCell {
+    /// Whether the cell holds exactly `hint` (a pair written whole, never a torn one).
+    #[inline]
+    fn matches(&self, hint: (u64, u64)) -> bool {
+        let s1 = self.seq.load(Ordering::Acquire);
+        if s1 & 1 != 0 {
+            return false;
+        }
+        let pair = (
+            self.session.load(Ordering::Relaxed),
+            self.end.load(Ordering::Relaxed),
+        );
+        std::sync::atomic::fence(Ordering::Acquire);
+        self.seq.load(Ordering::Relaxed) == s1 && pair == hint
+    }
+
+    fn set(&self, hint: (u64, u64)) {
+        let mut s = self.seq.load(Ordering::Relaxed);
+        loop {
+            if s & 1 != 0 {
+                std::hint::spin_loop();
+                s = self.seq.load(Ordering::Relaxed);
+                continue;
+            }
+            match self
+                .seq
+                .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => s = now,
+            }
+        }
+        std::sync::atomic::fence(Ordering::Release);
+        self.session.store(hint.0, Ordering::Relaxed);
+        self.end.store(hint.1, Ordering::Relaxed);
+        self.seq.store(s + 2, Ordering::Release);
+    }
+}
+
 fn published_end(g: &Gen) -> (u64, u64) {
     let mut v = [0u8; 16];
     match g.storage.read_hint(END_HINT_OFFSET, &mut v) {
@@ -1724,7 +1774,7 @@ fn load_gen_once(
         ident,
         recovered_tail: 0,
         slot_seq: AtomicU64::new(max_seq),
-        seen_hint: Mutex::new((0, 0)),
+        seen_hint: HintCell::default(),
         track: Mutex::new(track),
         slots: AtomicU64::new(0),
         compact,
@@ -3054,6 +3104,17 @@ impl Inner {
             return Err(Error::Closed);
         }
         if !self.writable || self.shared {
+            // The common case, with one load of the generation: nothing was committed since
+            // the last full check (see `refresh`).
+            let g = self.gen.load();
+            if !g.lagging() {
+                let hint = published_end(&g);
+                if hint.0 != 0 && g.seen_hint.matches(hint) && !g.superseded.load(Ordering::Acquire)
+                {
+                    return Ok(g);
+                }
+            }
+            drop(g);
             self.refresh()?;
         }
         Ok(self.gen.load())
@@ -3072,7 +3133,7 @@ impl Inner {
         // since the last full check, no commit has completed since then (the writer publishes
         // after every append), and the fstat below can be skipped.
         let hint = published_end(&g);
-        if hint.0 != 0 && hint == *lock(&g.seen_hint) && !g.superseded.load(Ordering::Acquire) {
+        if hint.0 != 0 && g.seen_hint.matches(hint) && !g.superseded.load(Ordering::Acquire) {
             return Ok(());
         }
         let len = g
@@ -3081,7 +3142,7 @@ impl Inner {
             .map_err(io_err("checking the store's length"))?;
         let superseded = g.superseded.load(Ordering::Acquire);
         if len <= g.limit() && !superseded {
-            *lock(&g.seen_hint) = hint;
+            g.seen_hint.set(hint);
             return Ok(());
         }
         let checked: *const Gen = &**g;
@@ -3110,7 +3171,7 @@ impl Inner {
         }
         if std::ptr::eq(Arc::as_ptr(&g), checked) && !g.superseded.load(Ordering::Acquire) {
             // Everything published up to `hint` (read before the checks) is now replayed.
-            *lock(&g.seen_hint) = hint;
+            g.seen_hint.set(hint);
         }
         if g.superseded.load(Ordering::Acquire) && self.shared {
             // A writer handle moves to the compacted file as it does before a commit.
@@ -3218,7 +3279,7 @@ impl Inner {
                 t.slot = s;
             }
         }
-        *lock(&g.seen_hint) = hint;
+        g.seen_hint.set(hint);
         Ok(g.superseded.load(Ordering::Acquire))
     }
 
@@ -3440,7 +3501,7 @@ impl Inner {
         if guard.is_some() {
             // Everything up to here is known to this handle (indexed, or queued for indexing
             // before the next read): reads need not look at the file again.
-            *lock(&g.seen_hint) = (self.session, g.tail());
+            g.seen_hint.set((self.session, g.tail()));
         }
         drop(catchup);
         self.keep_or_release(&mut w, guard);
@@ -4053,7 +4114,7 @@ impl Inner {
             ident,
             recovered_tail: 0,
             slot_seq: AtomicU64::new(0),
-            seen_hint: Mutex::new((0, 0)),
+            seen_hint: HintCell::default(),
             track: Mutex::new(Track {
                 sum,
                 ..Track::fresh()
@@ -4258,7 +4319,7 @@ impl Inner {
                 ident,
                 recovered_tail: 0,
                 slot_seq: AtomicU64::new(0),
-                seen_hint: Mutex::new((0, 0)),
+                seen_hint: HintCell::default(),
                 track: Mutex::new(Track::fresh()),
                 compact: None,
                 slots: AtomicU64::new(0),
