@@ -1,7 +1,10 @@
 //! Times whole-store iteration (benchmark (d)) on a 1M-key store of 16-byte keys and 100-byte
 //! values, for profiling: `cargo run --release -p cellar-engine --example iter_profile [DIR]
-//! [compact]`. With `compact`, the store is in the compact form and compacted before the
-//! walks, so they read zstd blocks (the compact tier) instead of the log.
+//! [compact|compact-cold|auto]`. With `compact`, the store is in the compact form and compacted
+//! before the walks, so they read zstd blocks (the compact tier) instead of the log; with
+//! `compact-cold`, each walk goes through a freshly opened handle (an empty block cache), as
+//! benchmark (d) does; with `auto`, the compact form with background compaction on (what dbm
+//! and shelve stores get), walked as the load left it.
 
 use std::time::Instant;
 
@@ -14,15 +17,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(std::env::temp_dir);
     let path = dir.join("cellar-iter-profile.db");
     let _ = std::fs::remove_file(&path);
-    let compact = std::env::args().nth(2).as_deref() == Some("compact");
-    let s = Store::open(
-        &path,
-        Options {
-            compact_form: compact,
-            auto_compact: false,
-            ..Options::default()
-        },
-    )?;
+    let mode = std::env::args().nth(2).unwrap_or_default();
+    let compact = mode.starts_with("compact") || mode == "auto";
+    let cold = mode == "compact-cold";
+    let opts = Options {
+        compact_form: compact,
+        auto_compact: mode == "auto",
+        block_cache_bytes: std::env::var("CACHE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(Options::default().block_cache_bytes),
+        ..Options::default()
+    };
+    let mut s = Store::open(&path, opts.clone())?;
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = || {
         x ^= x << 13;
@@ -44,12 +51,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         s.batch(&b)?;
     }
-    if compact {
+    if compact && mode != "auto" {
         let t = Instant::now();
         s.compact()?;
         println!("compacted in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     }
     for round in 0..7 {
+        if cold {
+            s.close()?;
+            s = Store::open(&path, opts.clone())?;
+        }
         let t = Instant::now();
         let mut n = 0u64;
         let mut sum = 0u64;

@@ -737,7 +737,7 @@ impl Gen {
     }
 
     /// Block `r` for a sequential walk: the cached copy if there is one, else read, verified
-    /// and decompressed, and cached only if that evicts nothing (`BlockCache::get_for_walk`).
+    /// and decompressed, and not cached (`BlockCache::get_for_walk`).
     fn walk_block(&self, ct: &CompactTier, r: &BlockRef) -> Result<Arc<Block>> {
         ct.cache
             .get_for_walk((self.header.generation, r.offset), || {
@@ -799,7 +799,7 @@ impl Gen {
                     }
                     // A damaged block stays uncached: the read that needs it loads it and
                     // reports the damage.
-                    if let Ok(b) = cache.get_for_walk((generation, r.offset), || {
+                    if let Ok(b) = cache.get_or_fill((generation, r.offset), || {
                         load_block_at(&*storage, limit, &codec, r)
                     }) {
                         b.prepare();

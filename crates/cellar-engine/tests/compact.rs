@@ -1314,3 +1314,37 @@ fn point_reads_that_keep_missing_warm_the_block_cache_in_the_background() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(s.stats().unwrap().block_cache_misses, misses);
 }
+
+/// A walk reads the blocks it does not find cached without caching them (filling the cache
+/// cost a cold walk three times its decoding), hits the ones point reads cached, and every
+/// entry comes out; point reads still fill the cache.
+#[test]
+fn a_walk_reads_blocks_without_filling_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walk.db");
+    let s = Store::open(&path, opts()).unwrap();
+    let mut b = Batch::new();
+    let mut model = Model::new();
+    for i in 0..5000 {
+        b.put(key(i), value(i, 0));
+        model.insert(key(i), value(i, 0));
+    }
+    s.batch(&b).unwrap();
+    s.compact().unwrap();
+    s.close().unwrap();
+
+    let s = Store::open(&path, opts()).unwrap();
+    assert!(s.stats().unwrap().compact_blocks > 1);
+    assert_eq!(contents(&s), model);
+    let st = s.stats().unwrap();
+    assert!(st.block_cache_misses > 0, "{st:?}");
+    assert_eq!(st.block_cache_bytes, 0, "a walk filled the cache: {st:?}");
+    // A point read caches its block; the next walk finds that one cached (a hit).
+    assert_eq!(s.get(&key(42)).unwrap(), Some(value(42, 0)));
+    let st = s.stats().unwrap();
+    assert!(st.block_cache_bytes > 0, "{st:?}");
+    assert_eq!(contents(&s), model);
+    let after = s.stats().unwrap();
+    assert!(after.block_cache_hits > st.block_cache_hits, "{after:?}");
+    assert_eq!(after.block_cache_bytes, st.block_cache_bytes, "{after:?}");
+}
