@@ -808,21 +808,27 @@ impl Gen {
             });
     }
 
-    /// The keys of the hash index snapshot `offsets` (PUT records and DELETE shadows), which
-    /// hide the compact entries of the same key. Empty without a compact section. A record
+    /// The keys of the hash index snapshot `offsets` (PUT records and DELETE shadows) that may
+    /// be in the compact section, which hide the compact entries of the same key. Empty without a compact section. A record
     /// that fails its checksum is left out (the walk of the log tier reports it).
     fn shadowed_keys(&self, offsets: &[u64]) -> Result<KeySet> {
         let mut set = KeySet::default();
-        if self.compact.is_none() {
+        let Some(ct) = &self.compact else {
             return Ok(set);
-        }
-        set.reserve(offsets.len());
+        };
+        // Only keys the compact section may hold can hide one of its entries: the section's
+        // filter (no false negatives) leaves out the new keys, usually most of the log tier,
+        // so the set stays small and its probes, one per compact entry, stay in cache.
+        set.reserve(offsets.len().min(ct.index.entries as usize));
         // The keys are read through the mapped file (each record's checksum verified), not
         // copied out with their values.
         let records = Records::new(self, self.limit());
         for &off in offsets {
             match records.with(off, |_, key, _| {
-                set.insert(key);
+                let h = hash_key(key);
+                if ct.index.filter.may_contain(h) {
+                    set.insert_hashed(h, key);
+                }
                 Ok(())
             }) {
                 Ok(()) | Err(Error::Corrupt { .. }) => {}
@@ -837,14 +843,13 @@ impl Gen {
     /// to `damage` and the walk goes on.
     fn walk_compact(
         &self,
-        offsets: &[u64],
+        shadow: &KeySet,
         damage: &mut WalkDamage,
         mut f: impl FnMut(&[u8], &[u8]),
     ) -> Result<()> {
         let Some(ct) = &self.compact else {
             return Ok(());
         };
-        let shadow = self.shadowed_keys(offsets)?;
         for r in &ct.index.blocks {
             match self.walk_block(ct, r) {
                 Ok(b) => {
@@ -2380,18 +2385,29 @@ impl Store {
         let limit = g.limit();
         let mut keys = Vec::with_capacity(offsets.len());
         let mut damage = WalkDamage::default();
-        g.walk_compact(&offsets, &mut damage, |k, _| keys.push(k.to_vec()))?;
+        // The log tier first, then the compact section, in one pass over the log, as
+        // `for_each` (so keys come in the order its pairs do).
+        let filter = g.compact.as_ref().map(|ct| &ct.index.filter);
+        let mut shadow = KeySet::default();
         for off in offsets {
             match read_record(&*g.storage, off, limit) {
-                Ok((h, _)) if h.kind != K_PUT => {}
                 Ok((h, mut body)) => {
                     body.truncate(h.key_len as usize);
-                    keys.push(body);
+                    if let Some(filter) = filter {
+                        let hash = hash_key(&body);
+                        if filter.may_contain(hash) {
+                            shadow.insert_hashed(hash, &body);
+                        }
+                    }
+                    if h.kind == K_PUT {
+                        keys.push(body);
+                    }
                 }
                 Err(e @ Error::Corrupt { .. }) => damage.add(g.damage_at(off, limit, e)),
                 Err(e) => return Err(e),
             }
         }
+        g.walk_compact(&shadow, &mut damage, |k, _| keys.push(k.to_vec()))?;
         let damage = damage.finish(keys.len()).err();
         Ok((keys, damage))
     }
@@ -2409,10 +2425,13 @@ impl Store {
             .map_err(io_err("reading the log"))?;
         let mut damage = WalkDamage::default();
         let mut intact = 0usize;
-        g.walk_compact(&offsets, &mut damage, |k, v| {
-            intact += 1;
-            f(k, v);
-        })?;
+        // The log tier first, in one pass: each record is verified once, handed to `f` if it
+        // is a PUT, and its key, if the compact section may hold it (the section's filter),
+        // goes into the set that hides the compact entries it replaces or deletes; then the
+        // compact section. (A walk that collected that set in a pass of its own read every log
+        // record twice.)
+        let filter = g.compact.as_ref().map(|ct| &ct.index.filter);
+        let mut shadow = KeySet::default();
         // Records are verified three at a time (independent CRC chains in flight, see
         // `crc.rs`), then handled in file order.
         const LANES: usize = 3;
@@ -2441,20 +2460,32 @@ impl Store {
                     damage.add(damaged_record(off, &rec[k0..k1]));
                     continue;
                 }
+                let k1 = k0 + h.key_len as usize;
+                let key = &rec[k0..k1];
+                if let Some(filter) = filter {
+                    let hash = hash_key(key);
+                    if filter.may_contain(hash) {
+                        shadow.insert_hashed(hash, key);
+                    }
+                }
                 if h.kind != K_PUT {
                     // A DELETE shadowing a compact key.
                     continue;
                 }
                 intact += 1;
-                let k1 = k0 + h.key_len as usize;
                 if h.flags & F_ZSTD != 0 {
                     let v = g.codec.decompress(h.flags, &rec[k1..], off)?;
-                    f(&rec[k0..k1], &v);
+                    f(key, &v);
                 } else {
-                    f(&rec[k0..k1], &rec[k1..]);
+                    f(key, &rec[k1..]);
                 }
             }
         }
+        drop(all);
+        g.walk_compact(&shadow, &mut damage, |k, v| {
+            intact += 1;
+            f(k, v);
+        })?;
         damage.finish(intact)
     }
 
@@ -4718,10 +4749,6 @@ impl KeySet {
         self.first.reserve(n);
     }
 
-    fn insert(&mut self, key: &[u8]) {
-        self.insert_hashed(crate::index::hash_key(key), key);
-    }
-
     fn insert_hashed(&mut self, h: u64, key: &[u8]) {
         if self.has(h, key) {
             return;
@@ -4792,8 +4819,8 @@ mod key_set_tests {
         assert_eq!(s.keys.len(), 3);
         let mut t = KeySet::default();
         assert!(!t.contains(b"x"));
-        t.insert(b"x");
-        t.insert(b"");
+        t.insert_hashed(crate::index::hash_key(b"x"), b"x");
+        t.insert_hashed(crate::index::hash_key(b""), b"");
         assert!(t.contains(b"x") && t.contains(b"") && !t.contains(b"y"));
     }
 }

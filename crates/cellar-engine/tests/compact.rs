@@ -1347,4 +1347,23 @@ fn a_walk_reads_blocks_without_filling_the_cache() {
     let after = s.stats().unwrap();
     assert!(after.block_cache_hits > st.block_cache_hits, "{after:?}");
     assert_eq!(after.block_cache_bytes, st.block_cache_bytes, "{after:?}");
+
+    // With a log tier on top (overwrites, deletes, new keys): every live pair once, and
+    // `keys()` in the order `for_each` gives the pairs (dbm's keys() and items() agree).
+    for i in (0..5000).step_by(3) {
+        s.put(&key(i), &value(i, 1)).unwrap();
+        model.insert(key(i), value(i, 1));
+    }
+    for i in (1..5000).step_by(7) {
+        s.delete(&key(i)).unwrap();
+        model.remove(&key(i));
+    }
+    for i in 5000..6000 {
+        s.put(&key(i), &value(i, 2)).unwrap();
+        model.insert(key(i), value(i, 2));
+    }
+    assert_eq!(contents(&s), model);
+    let mut order = Vec::new();
+    s.for_each(|k, _| order.push(k.to_vec())).unwrap();
+    assert_eq!(s.keys().unwrap(), order);
 }
