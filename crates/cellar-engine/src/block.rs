@@ -1029,18 +1029,26 @@ impl BlockCache {
         key: BlockKey,
         load: impl FnOnce() -> Result<Block>,
     ) -> Result<Arc<Block>> {
-        {
-            let mut s = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(&i) = s.map.get(&key) {
-                s.ring[i].2 = true;
-                let b = Arc::clone(&s.ring[i].1);
-                drop(s);
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(b);
-            }
+        if let Some(b) = self.cached(key) {
+            return Ok(b);
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(load()?))
+    }
+
+    /// The cached block for `key`, marked referenced and counted as a hit; `None` (counted as
+    /// a miss) if it is not cached.
+    fn cached(&self, key: BlockKey) -> Option<Arc<Block>> {
+        let mut s = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&i) = s.map.get(&key) {
+            s.ring[i].2 = true;
+            let b = Arc::clone(&s.ring[i].1);
+            drop(s);
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Some(b);
+        }
+        drop(s);
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        None
     }
 
     /// The block for `key` from the cache, else from `load`, then cached only if it fits
@@ -1059,17 +1067,9 @@ impl BlockCache {
         evict: bool,
         load: impl FnOnce() -> Result<Block>,
     ) -> Result<Arc<Block>> {
-        {
-            let mut s = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(&i) = s.map.get(&key) {
-                s.ring[i].2 = true;
-                let b = Arc::clone(&s.ring[i].1);
-                drop(s);
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(b);
-            }
+        if let Some(b) = self.cached(key) {
+            return Ok(b);
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
         let block = Arc::new(load()?);
         let size = block.mem_bytes();
         if size > self.shard_budget {

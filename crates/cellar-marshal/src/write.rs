@@ -276,14 +276,13 @@ pub fn encode<S: Source>(
     // (a module's code: every interned name) does not regrow it from empty each time. Taken out
     // of the slot while in use (a dump started by the source's own code gets a fresh one).
     let refs = SPARE_REFS.with(|c| c.take());
-    let mut w = Writer {
+    let mut w = Writer::new(
         out,
-        version: opts.version.min(CURRENT_VERSION),
-        allow_code: opts.allow_code,
+        opts.version.min(CURRENT_VERSION),
+        opts.allow_code,
         refs,
-        hot: [(0, 0); HOT_SLOTS],
-        depth: 0,
-    };
+        0,
+    );
     let r = w.write(source, root, extra);
     let mut refs = w.refs;
     if refs.capacity() <= SPARE_REFS_MAX {
@@ -424,7 +423,25 @@ struct Writer<'w> {
     depth: usize,
 }
 
-impl Writer<'_> {
+impl<'w> Writer<'w> {
+    /// A writer appending to `out` with an empty hot cache.
+    fn new(
+        out: &'w mut Vec<u8>,
+        version: u32,
+        allow_code: bool,
+        refs: RefTable,
+        depth: usize,
+    ) -> Writer<'w> {
+        Writer {
+            out,
+            version,
+            allow_code,
+            refs,
+            hot: [(0, 0); HOT_SLOTS],
+            depth,
+        }
+    }
+
     #[inline(always)]
     fn i32(&mut self, v: i32) {
         self.out.extend_from_slice(&v.to_le_bytes());
@@ -745,14 +762,13 @@ impl Writer<'_> {
         } else {
             for (item, held) in items {
                 let mut buf = Vec::new();
-                let mut sub = Writer {
-                    out: &mut buf,
-                    version: self.version,
-                    allow_code: self.allow_code,
-                    refs: RefTable::default(),
-                    hot: [(0, 0); HOT_SLOTS],
-                    depth: self.depth + 1,
-                };
+                let mut sub = Writer::new(
+                    &mut buf,
+                    self.version,
+                    self.allow_code,
+                    RefTable::default(),
+                    self.depth + 1,
+                );
                 let standalone = source.set_item_extra(held, true);
                 let item = sub.write_keep(source, item, standalone)?;
                 keyed.push((buf, item, source.set_item_extra(held, false)));
@@ -1099,14 +1115,7 @@ mod tests {
         }
         fn encode<T: Copy + Into<u32>>(units: &[T], per: usize) -> Vec<u8> {
             let mut out = Vec::new();
-            let mut w = Writer {
-                out: &mut out,
-                version: CURRENT_VERSION,
-                allow_code: false,
-                refs: RefTable::default(),
-                hot: [(0, 0); HOT_SLOTS],
-                depth: 0,
-            };
+            let mut w = Writer::new(&mut out, CURRENT_VERSION, false, RefTable::default(), 0);
             w.utf8_units(TYPE_UNICODE, units, per).unwrap();
             let n = u32::from_le_bytes(out[1..5].try_into().unwrap()) as usize;
             assert_eq!(n, out.len() - 5);
