@@ -30,7 +30,7 @@ pub use crate::error::{DecodeError, EncodeError, ErrorKind};
 pub use crate::read::{decode, Input, InputFailed, LoadOptions, Sink, SliceInput};
 pub use crate::types::{CURRENT_VERSION, DEFAULT_VERSION, MAX_DEPTH};
 pub use crate::value_sink::{ValueSink, ValueSource};
-pub use crate::write::{encode, DumpOptions, Source};
+pub use crate::write::{encode, encode_reusing, DumpOptions, Source};
 pub use cellar_value::Value;
 
 /// `marshal.dumps(value, version)`: encodes with the given format version (0-5; higher means

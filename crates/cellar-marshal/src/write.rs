@@ -264,7 +264,7 @@ fn too_deep() -> EncodeError {
     }
 }
 
-/// Encodes `root` (held `extra` times by the source beyond CPython's count) into `out`.
+/// Encodes `root` (held `extra` times by the source beyond CPython's count), appending to `out`.
 pub fn encode<S: Source>(
     source: &mut S,
     root: S::Obj,
@@ -272,24 +272,146 @@ pub fn encode<S: Source>(
     opts: &DumpOptions,
     out: &mut Vec<u8>,
 ) -> Result<(), S::Error> {
+    let start = out.len();
+    let r = encode_at(source, root, extra, opts, out, start);
+    match r {
+        Ok(end) => {
+            out.truncate(end);
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// [`encode`] into a reused buffer: writes from the start of `buf`, whose whole length is
+/// scratch (grown as needed, and left at its grown length, so the next call need not fill it
+/// again), and returns the length of the encoding, `buf[..n]`.
+pub fn encode_reusing<S: Source>(
+    source: &mut S,
+    root: S::Obj,
+    extra: u32,
+    opts: &DumpOptions,
+    buf: &mut Vec<u8>,
+) -> Result<usize, S::Error> {
+    encode_at(source, root, extra, opts, buf, 0)
+}
+
+fn encode_at<S: Source>(
+    source: &mut S,
+    root: S::Obj,
+    extra: u32,
+    opts: &DumpOptions,
+    buf: &mut Vec<u8>,
+    start: usize,
+) -> Result<usize, S::Error> {
     // The reference table of this thread's last dump, reused: a dump with many shared objects
     // (a module's code: every interned name) does not regrow it from empty each time. Taken out
     // of the slot while in use (a dump started by the source's own code gets a fresh one).
     let refs = SPARE_REFS.with(|c| c.take());
     let mut w = Writer::new(
-        out,
+        Out::at(buf, start),
         opts.version.min(CURRENT_VERSION),
         opts.allow_code,
         refs,
         0,
     );
     let r = w.write(source, root, extra);
+    let end = w.out.pos;
     let mut refs = w.refs;
     if refs.capacity() <= SPARE_REFS_MAX {
         refs.clear();
         SPARE_REFS.with(|c| c.set(refs));
     }
-    r
+    r.map(|()| end)
+}
+
+/// The output: a buffer whose bytes from `pos` on are scratch, written at `pos`. Appending a
+/// few bytes is a length check and inline stores (`Vec::extend_from_slice` is two out-of-line
+/// calls, `append_elements` then `memcpy`, even for a 2-byte header: half the time of a dump of
+/// short strs went there). The buffer grows by doubling, zero-filled (no `unsafe` here), and
+/// the caller truncates it to `pos` at the end (or keeps it whole for reuse).
+struct Out<'w> {
+    buf: &'w mut Vec<u8>,
+    pos: usize,
+}
+
+impl<'w> Out<'w> {
+    /// Writing into `buf` from `pos` (at most its length).
+    fn at(buf: &'w mut Vec<u8>, pos: usize) -> Out<'w> {
+        let pos = pos.min(buf.len());
+        Out { buf, pos }
+    }
+
+    /// Bytes written so far (including any the buffer held before `pos` at the start).
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.pos
+    }
+
+    /// Makes room for `n` more bytes.
+    #[inline(always)]
+    fn reserve(&mut self, n: usize) {
+        if self.buf.len() - self.pos < n {
+            self.grow(n);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, n: usize) {
+        let want = self
+            .pos
+            .saturating_add(n)
+            .max(self.buf.len().saturating_mul(2))
+            .max(64);
+        self.buf.resize(want, 0);
+    }
+
+    /// Appends a few fixed bytes.
+    #[inline(always)]
+    fn put<const N: usize>(&mut self, b: [u8; N]) {
+        self.reserve(N);
+        if let Some(dst) = self.buf.get_mut(self.pos..self.pos + N) {
+            dst.copy_from_slice(&b);
+        }
+        self.pos += N;
+    }
+
+    #[inline(always)]
+    fn push(&mut self, b: u8) {
+        self.put([b]);
+    }
+
+    #[inline(always)]
+    fn extend_from_slice(&mut self, s: &[u8]) {
+        self.reserve(s.len());
+        if let Some(dst) = self.buf.get_mut(self.pos..self.pos + s.len()) {
+            dst.copy_from_slice(s);
+        }
+        self.pos += s.len();
+    }
+
+    /// The next `n` bytes of the buffer (room made), to be filled by the caller, who then
+    /// calls [`Out::advance`].
+    #[inline(always)]
+    fn room(&mut self, n: usize) -> &mut [u8] {
+        self.reserve(n);
+        let pos = self.pos;
+        &mut self.buf[pos..pos + n]
+    }
+
+    #[inline(always)]
+    fn advance(&mut self, n: usize) {
+        self.pos += n;
+    }
+
+    /// The bytes written at `range` (for patching a length in afterwards).
+    fn written_mut(&mut self, range: std::ops::Range<usize>) -> &mut [u8] {
+        &mut self.buf[range]
+    }
 }
 
 /// The largest reference table kept for reuse per thread (slots).
@@ -413,7 +535,7 @@ impl RefTable {
 }
 
 struct Writer<'w> {
-    out: &'w mut Vec<u8>,
+    out: Out<'w>,
     version: u32,
     allow_code: bool,
     refs: RefTable,
@@ -426,7 +548,7 @@ struct Writer<'w> {
 impl<'w> Writer<'w> {
     /// A writer appending to `out` with an empty hot cache.
     fn new(
-        out: &'w mut Vec<u8>,
+        out: Out<'w>,
         version: u32,
         allow_code: bool,
         refs: RefTable,
@@ -443,8 +565,13 @@ impl<'w> Writer<'w> {
     }
 
     #[inline(always)]
+    fn put<const N: usize>(&mut self, b: [u8; N]) {
+        self.out.put(b);
+    }
+
+    #[inline(always)]
     fn i32(&mut self, v: i32) {
-        self.out.extend_from_slice(&v.to_le_bytes());
+        self.put(v.to_le_bytes());
     }
 
     #[inline(always)]
@@ -453,7 +580,7 @@ impl<'w> Writer<'w> {
             return Err(unmarshallable());
         }
         let b = (n as u32).to_le_bytes();
-        self.out.extend_from_slice(&[code, b[0], b[1], b[2], b[3]]);
+        self.put([code, b[0], b[1], b[2], b[3]]);
         Ok(())
     }
 
@@ -606,8 +733,7 @@ impl<'w> Writer<'w> {
         if let Some(id) = shared {
             if let Some(idx) = self.recorded(id) {
                 let b = idx.to_le_bytes();
-                self.out
-                    .extend_from_slice(&[TYPE_REF, b[0], b[1], b[2], b[3]]);
+                self.put([TYPE_REF, b[0], b[1], b[2], b[3]]);
                 return Ok(());
             }
         }
@@ -642,8 +768,7 @@ impl<'w> Writer<'w> {
             Node::Int(i) => match i32::try_from(i) {
                 Ok(x) => {
                     let b = x.to_le_bytes();
-                    self.out
-                        .extend_from_slice(&[TYPE_INT | flag, b[0], b[1], b[2], b[3]]);
+                    self.put([TYPE_INT | flag, b[0], b[1], b[2], b[3]]);
                 }
                 Err(_) => {
                     self.out.push(TYPE_LONG | flag);
@@ -660,7 +785,7 @@ impl<'w> Writer<'w> {
             Node::Float(f) => {
                 if self.version > 1 {
                     self.out.push(TYPE_BINARY_FLOAT | flag);
-                    self.out.extend_from_slice(&f.to_le_bytes());
+                    self.put(f.to_le_bytes());
                 } else {
                     self.out.push(TYPE_FLOAT | flag);
                     self.text_float(f);
@@ -669,8 +794,8 @@ impl<'w> Writer<'w> {
             Node::Complex(re, im) => {
                 if self.version > 1 {
                     self.out.push(TYPE_BINARY_COMPLEX | flag);
-                    self.out.extend_from_slice(&re.to_le_bytes());
-                    self.out.extend_from_slice(&im.to_le_bytes());
+                    self.put(re.to_le_bytes());
+                    self.put(im.to_le_bytes());
                 } else {
                     self.out.push(TYPE_COMPLEX | flag);
                     self.text_float(re);
@@ -688,8 +813,7 @@ impl<'w> Writer<'w> {
                 if list {
                     self.code_size(TYPE_LIST | flag, n)?;
                 } else if self.version >= 4 && n < 256 {
-                    self.out
-                        .extend_from_slice(&[TYPE_SMALL_TUPLE | flag, n as u8]);
+                    self.put([TYPE_SMALL_TUPLE | flag, n as u8]);
                 } else {
                     self.code_size(TYPE_TUPLE | flag, n)?;
                 }
@@ -763,7 +887,7 @@ impl<'w> Writer<'w> {
             for (item, held) in items {
                 let mut buf = Vec::new();
                 let mut sub = Writer::new(
-                    &mut buf,
+                    Out::at(&mut buf, 0),
                     self.version,
                     self.allow_code,
                     RefTable::default(),
@@ -771,6 +895,8 @@ impl<'w> Writer<'w> {
                 );
                 let standalone = source.set_item_extra(held, true);
                 let item = sub.write_keep(source, item, standalone)?;
+                let end = sub.out.len();
+                buf.truncate(end);
                 keyed.push((buf, item, source.set_item_extra(held, false)));
             }
         }
@@ -892,9 +1018,12 @@ impl<'w> Writer<'w> {
                 } else {
                     TYPE_SHORT_ASCII
                 };
-                self.out.reserve(2 + raw.len());
-                self.out.extend_from_slice(&[code | flag, raw.len() as u8]);
-                self.out.extend_from_slice(raw);
+                let n = raw.len();
+                let dst = self.out.room(2 + n);
+                dst[0] = code | flag;
+                dst[1] = n as u8;
+                dst[2..].copy_from_slice(raw);
+                self.out.advance(2 + n);
                 return Ok(());
             }
         }
@@ -918,7 +1047,7 @@ impl<'w> Writer<'w> {
                         TYPE_SHORT_ASCII
                     };
                     self.out.reserve(2 + n);
-                    self.out.extend_from_slice(&[code | flag, n as u8]);
+                    self.put([code | flag, n as u8]);
                 } else {
                     let code = if interned {
                         TYPE_ASCII_INTERNED
@@ -965,7 +1094,7 @@ impl<'w> Writer<'w> {
         }
         let start = self.out.len();
         self.out.reserve(5 + units.len() * per);
-        self.out.extend_from_slice(&[code, 0, 0, 0, 0]);
+        self.put([code, 0, 0, 0, 0]);
         // 64 units take at most 256 bytes; every store writes at most 8 bytes at an index
         // masked below 256, so with 8 bytes of slack no store needs a bounds check.
         let mut tmp = [0u8; TMP];
@@ -973,7 +1102,10 @@ impl<'w> Writer<'w> {
             // A chunk of ASCII (long runs of it, as in most source text) is narrowed at once,
             // straight into the output.
             if chunk.iter().fold(0u32, |a, &c| a | c.into()) < 0x80 {
-                self.out.extend(chunk.iter().map(|&c| c.into() as u8));
+                for (d, &c) in self.out.room(chunk.len()).iter_mut().zip(chunk) {
+                    *d = c.into() as u8;
+                }
+                self.out.advance(chunk.len());
                 continue;
             }
             let mut w = 0;
@@ -996,7 +1128,9 @@ impl<'w> Writer<'w> {
         if n > SIZE32_MAX {
             return Err(unmarshallable());
         }
-        self.out[start + 1..start + 5].copy_from_slice(&(n as u32).to_le_bytes());
+        self.out
+            .written_mut(start + 1..start + 5)
+            .copy_from_slice(&(n as u32).to_le_bytes());
         Ok(())
     }
 
@@ -1032,7 +1166,7 @@ impl<'w> Writer<'w> {
         self.i32(if negative { -n } else { n });
         self.out.reserve(digits.len() * 2);
         for d in digits {
-            self.out.extend_from_slice(&d.to_le_bytes());
+            self.put(d.to_le_bytes());
         }
         Ok(())
     }
@@ -1115,8 +1249,16 @@ mod tests {
         }
         fn encode<T: Copy + Into<u32>>(units: &[T], per: usize) -> Vec<u8> {
             let mut out = Vec::new();
-            let mut w = Writer::new(&mut out, CURRENT_VERSION, false, RefTable::default(), 0);
+            let mut w = Writer::new(
+                Out::at(&mut out, 0),
+                CURRENT_VERSION,
+                false,
+                RefTable::default(),
+                0,
+            );
             w.utf8_units(TYPE_UNICODE, units, per).unwrap();
+            let end = w.out.len();
+            out.truncate(end);
             let n = u32::from_le_bytes(out[1..5].try_into().unwrap()) as usize;
             assert_eq!(n, out.len() - 5);
             out.split_off(5)
@@ -1222,6 +1364,62 @@ mod tests {
     }
 
     /// The flat header plus the payload is what the encoder writes for that root.
+    /// The output buffer: `encode` appends after what `out` held and leaves only the encoding
+    /// there (nothing of it on an error); `encode_reusing` writes over a buffer of stale bytes
+    /// of any length and reports where the encoding ends; both equal a dump into a fresh Vec,
+    /// for values that grow the buffer from tiny to large.
+    #[test]
+    fn output_buffer_appends_and_reuses() {
+        let opts = DumpOptions {
+            version: CURRENT_VERSION,
+            allow_code: true,
+        };
+        let long = "é✓".repeat(3000) + &"a".repeat(70);
+        let mut items = vec![
+            Value::str("x"),
+            Value::str(&long),
+            Value::int(1 << 40),
+            Value::Float(1.5),
+            Value::bytes(&[7; 300]),
+            Value::frozenset([Value::str("b"), Value::str("a"), Value::int(3)]).unwrap(),
+        ];
+        for i in 0..2000 {
+            items.push(Value::tuple(vec![
+                Value::int(i),
+                Value::str(&format!("k{i}")),
+            ]));
+        }
+        let values = [Value::None, Value::str("short"), Value::list(items)];
+        for v in &values {
+            let want = crate::dumps_with(v, &opts).unwrap();
+            let mut out = b"prefix".to_vec();
+            encode(&mut crate::ValueSource::default(), v, 0, &opts, &mut out).unwrap();
+            assert_eq!(&out[..6], b"prefix");
+            assert_eq!(&out[6..], &want[..]);
+            for stale in [0usize, 3, 100_000] {
+                let mut buf = vec![0xAA; stale];
+                let n = encode_reusing(&mut crate::ValueSource::default(), v, 0, &opts, &mut buf)
+                    .unwrap();
+                assert_eq!(&buf[..n], &want[..], "{stale} stale bytes");
+                assert!(buf.len() >= stale);
+            }
+        }
+        // A slice before version 5 cannot be written: the error leaves `out` as it was.
+        let slice = Value::Slice(std::sync::Arc::new(cellar_value::Slice {
+            start: Value::str(&long),
+            stop: Value::None,
+            step: Value::None,
+        }));
+        let bad = Value::list(vec![Value::str(&long), slice]);
+        let mut out = b"prefix".to_vec();
+        let old = DumpOptions {
+            version: 4,
+            allow_code: true,
+        };
+        assert!(encode(&mut crate::ValueSource::default(), &bad, 0, &old, &mut out).is_err());
+        assert_eq!(out, b"prefix");
+    }
+
     #[test]
     fn flat_header_matches_encode() {
         for version in 0..=5u32 {

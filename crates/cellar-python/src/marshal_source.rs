@@ -820,22 +820,25 @@ pub(crate) fn dumps<'py>(
     // The buffer of this thread's last dump, reused: no regrowing from a guess and no fresh
     // pages to fault in for repeated dumps (taken out of the slot while in use, so a dump
     // started by Python code run during this one gets its own).
+    // Its whole length is scratch the encoder overwrites (kept at its grown length: no
+    // zero-filling again).
     let mut out = SPARE.with(|c| c.take());
-    out.clear();
-    out.reserve(size_hint(value));
+    let hint = size_hint(value);
+    if out.len() < hint {
+        out.resize(hint, 0);
+    }
     // The root: the caller's argument, borrowed as in CPython.
     let Some(root) = PyObj::borrowed(value.as_ptr(), 0) else {
         return Err(PyValueError::new_err("unmarshallable object"));
     };
-    let r = cellar_marshal::encode(&mut src, root, 0, &opts, &mut out);
+    let r = cellar_marshal::encode_reusing(&mut src, root, 0, &opts, &mut out);
     drop(src);
     let r = match r {
-        Ok(()) => Ok(PyBytes::new(py, &out)),
+        Ok(n) => Ok(PyBytes::new(py, &out[..n.min(out.len())])),
         Err(Fail::Core(e)) => Err(PyValueError::new_err(e.message)),
         Err(Fail::Py(e)) => Err(e),
     };
-    if out.capacity() <= SPARE_MAX {
-        out.clear();
+    if out.len() <= SPARE_MAX {
         SPARE.with(|c| c.set(out));
     }
     r
