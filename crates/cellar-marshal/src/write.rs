@@ -421,7 +421,7 @@ std::thread_local! {
     static SPARE_REFS: std::cell::Cell<RefTable> = std::cell::Cell::new(RefTable::default());
 }
 
-/// Slots of [`Writer::hot`] (a power of two).
+/// Slots of [`RefTable::hot`] (a power of two).
 const HOT_SLOTS: usize = 64;
 
 /// The reference table: identity -> index of the object's first (flagged) write. Open
@@ -443,6 +443,12 @@ struct RefTable {
     /// The generation of the slots in use; never 0 (the value of fresh slots) once a slot
     /// has been allocated.
     gen: u32,
+    /// A direct-mapped cache in front of the slots: (identity, index) of recently referenced
+    /// objects, by address bits (identity 0: empty). `HOT_SLOTS` entries once an identity is
+    /// first found again, empty before (a dump without repeats never touches it); reused with
+    /// the table, so it is wiped at `clear` when `hot_dirty`.
+    hot: Vec<(usize, u32)>,
+    hot_dirty: bool,
 }
 
 impl RefTable {
@@ -459,6 +465,10 @@ impl RefTable {
     }
 
     fn clear(&mut self) {
+        if self.hot_dirty {
+            self.hot.fill((0, 0));
+            self.hot_dirty = false;
+        }
         if self.len > 0 {
             self.gen = self.gen.wrapping_add(1);
             if self.gen == 0 {
@@ -539,14 +549,11 @@ struct Writer<'w> {
     version: u32,
     allow_code: bool,
     refs: RefTable,
-    /// A direct-mapped cache in front of `refs`: (identity, index) of recently referenced
-    /// objects, by address bits (identity 0: empty; identities are never reused in a dump).
-    hot: [(usize, u32); HOT_SLOTS],
     depth: usize,
 }
 
 impl<'w> Writer<'w> {
-    /// A writer appending to `out` with an empty hot cache.
+    /// A writer appending to `out`, recording references in `refs` (empty).
     fn new(
         out: Out<'w>,
         version: u32,
@@ -559,7 +566,6 @@ impl<'w> Writer<'w> {
             version,
             allow_code,
             refs,
-            hot: [(0, 0); HOT_SLOTS],
             depth,
         }
     }
@@ -589,12 +595,20 @@ impl<'w> Writer<'w> {
     #[inline(always)]
     fn recorded(&mut self, id: usize) -> Option<u32> {
         let slot = (id >> 4) & (HOT_SLOTS - 1);
-        let (hot_id, hot_idx) = self.hot[slot];
-        if hot_id == id && id != 0 {
-            return Some(hot_idx);
+        if let Some(&(hot_id, hot_idx)) = self.refs.hot.get(slot) {
+            if hot_id == id && id != 0 {
+                return Some(hot_idx);
+            }
         }
         let idx = self.refs.get(id)?;
-        self.hot[slot] = (id, idx);
+        let refs = &mut self.refs;
+        if refs.hot.len() != HOT_SLOTS {
+            refs.hot = vec![(0, 0); HOT_SLOTS];
+        }
+        if let Some(h) = refs.hot.get_mut(slot) {
+            *h = (id, idx);
+        }
+        refs.hot_dirty = true;
         Some(idx)
     }
 
@@ -604,7 +618,10 @@ impl<'w> Writer<'w> {
         root: S::Obj,
         extra: u32,
     ) -> Result<(), S::Error> {
-        let mut stack = vec![Task::Obj(root, extra)];
+        // Room for a few levels of nesting from the start (growing from one slot cost three
+        // reallocations per dump of a small dict).
+        let mut stack = Vec::with_capacity(16);
+        stack.push(Task::Obj(root, extra));
         self.drain(source, &mut stack)
     }
 

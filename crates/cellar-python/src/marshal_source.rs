@@ -139,13 +139,59 @@ impl From<PyErr> for Fail {
     }
 }
 
+/// The references a source holds until its dump ends, released when it is dropped. Their
+/// buffer is reused per thread: a small dump (a shelf value) would otherwise allocate and
+/// regrow it every call.
+struct Kept<'py> {
+    /// Owned references, one each.
+    ptrs: Vec<*mut ffi::PyObject>,
+    _py: PhantomData<Python<'py>>,
+}
+
+/// The largest buffer of [`Kept`] kept for reuse (pointers).
+const KEPT_SPARE_MAX: usize = 1 << 16;
+
+std::thread_local! {
+    static KEPT_SPARE: Cell<Vec<*mut ffi::PyObject>> = const { Cell::new(Vec::new()) };
+}
+
+impl<'py> Kept<'py> {
+    fn new(_py: Python<'py>) -> Kept<'py> {
+        Kept {
+            ptrs: KEPT_SPARE.with(|c| c.take()),
+            _py: PhantomData,
+        }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, o: Bound<'py, PyAny>) {
+        self.ptrs.push(o.into_ptr());
+    }
+}
+
+impl Drop for Kept<'_> {
+    fn drop(&mut self) {
+        // Taken out first: a finalizer run by a release below may start a dump of its own,
+        // which then finds no spare buffer and makes one.
+        let mut ptrs = std::mem::take(&mut self.ptrs);
+        for p in ptrs.drain(..) {
+            // SAFETY: the GIL is held while `'py` lives; each pointer is one reference this
+            // list owns (from `into_ptr`), released once.
+            unsafe { ffi::Py_DECREF(p) };
+        }
+        if ptrs.capacity() <= KEPT_SPARE_MAX {
+            KEPT_SPARE.with(|c| c.set(ptrs));
+        }
+    }
+}
+
 /// Reads Python objects for the core encoder.
 pub(crate) struct PySource<'py> {
     py: Python<'py>,
     /// Every reference the source takes, released when the dump ends: flagged objects (their
     /// addresses are the identities), promoted handles, and objects it made or read by
     /// attribute.
-    keep: Vec<Bound<'py, PyAny>>,
+    keep: Kept<'py>,
     /// The compilation unit of the first code object met (see [`Unit`]).
     unit: Option<Unit<'py>>,
 }
@@ -814,7 +860,7 @@ pub(crate) fn dumps<'py>(
     }
     let mut src = PySource {
         py,
-        keep: Vec::new(),
+        keep: Kept::new(py),
         unit: None,
     };
     // The buffer of this thread's last dump, reused: no regrowing from a guess and no fresh
