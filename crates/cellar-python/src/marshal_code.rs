@@ -228,9 +228,11 @@ fn probe_localsplus(py: Python<'_>) -> PyResult<Option<(isize, isize)>> {
 }
 
 /// A code object's own `co_localsplusnames` (an exact tuple) and `co_localspluskinds` (exact
-/// bytes), borrowed, when [`LOCALSPLUS`] is verified (and not turned off for tests).
-pub(crate) fn localsplus_fields(
-    co: &Bound<'_, PyAny>,
+/// bytes), borrowed, when [`LOCALSPLUS`] is verified (and not turned off for tests). GIL held;
+/// `co` is a live exact code object.
+#[inline]
+fn localsplus_fields(
+    co: *mut ffi::PyObject,
 ) -> Option<(*mut ffi::PyObject, *mut ffi::PyObject)> {
     let (on, ok) = (*LOCALSPLUS.get()?)?;
     if !LOCALSPLUS_ON.load(std::sync::atomic::Ordering::Relaxed) {
@@ -240,7 +242,7 @@ pub(crate) fn localsplus_fields(
     // objects cannot be subclassed), and the probe verified at import that these slots hold
     // its localsplus objects; they are set at construction and never change.
     unsafe {
-        let base = co.as_ptr() as *const u8;
+        let base = co as *const u8;
         let n = *(base.offset(on) as *const *mut ffi::PyObject);
         let k = *(base.offset(ok) as *const *mut ffi::PyObject);
         (!n.is_null()
@@ -249,15 +251,6 @@ pub(crate) fn localsplus_fields(
             && ffi::PyBytes_CheckExact(k) != 0)
             .then_some((n, k))
     }
-}
-
-/// An object field of a code object ([`MEMBER_NAMES`] index `i` >= 6), borrowed, when the
-/// member table has it.
-pub(crate) fn code_obj_ptr(co: &Bound<'_, PyAny>, i: usize) -> Option<*mut ffi::PyObject> {
-    let (_, off) = (*member_table().get(i).filter(|_| i >= 6)?)?;
-    // SAFETY: as in `code_obj`.
-    let p = unsafe { *((co.as_ptr() as *const u8).offset(off) as *const *mut ffi::PyObject) };
-    (!p.is_null()).then_some(p)
 }
 
 /// How many inline cache entries follow each opcode byte, as the running CPython sees it. An
@@ -553,6 +546,44 @@ fn member_table() -> &'static [Option<(c_int, isize)>; 13] {
         }
         out
     })
+}
+
+/// What marshal writes of a code object, read straight from the struct (no allocation, no
+/// call into Python): the six ints (argcount, posonlyargcount, kwonlyargcount, stacksize,
+/// flags, firstlineno) and the borrowed consts, names, localsplusnames, localspluskinds,
+/// filename, name, qualname, linetable and exceptiontable. `None` unless the member table
+/// has every field and [`LOCALSPLUS`] is verified (and on): then the public path is used.
+pub(crate) struct CodeView {
+    pub(crate) ints: [i32; 6],
+    pub(crate) objs: [*mut ffi::PyObject; 9],
+}
+
+/// [`CodeView`] of `co`, an exact code object (callers checked `PyCode_Check`).
+#[inline]
+pub(crate) fn code_fields(co: *mut ffi::PyObject) -> Option<CodeView> {
+    let table = member_table();
+    let mut ints = [0i32; 6];
+    for (slot, m) in ints.iter_mut().zip(&table[..6]) {
+        let (_, off) = (*m)?;
+        // SAFETY: GIL held by the caller; `co` is a live exact code object, and the code
+        // type's own member table says a C int lives at this offset.
+        *slot = unsafe { *((co as *const u8).offset(off) as *const c_int) };
+    }
+    let (lnames, lkinds) = localsplus_fields(co)?;
+    let mut objs = [std::ptr::null_mut(); 9];
+    // consts, names, (localsplus), filename, name, qualname, linetable, exceptiontable.
+    for (slot, i) in [0usize, 1, 4, 5, 6, 7, 8].into_iter().zip(6..13) {
+        let (_, off) = table[i]?;
+        // SAFETY: as above; a read-only object member, set at construction.
+        let p = unsafe { *((co as *const u8).offset(off) as *const *mut ffi::PyObject) };
+        if p.is_null() {
+            return None;
+        }
+        objs[slot] = p;
+    }
+    objs[2] = lnames;
+    objs[3] = lkinds;
+    Some(CodeView { ints, objs })
 }
 
 /// An int field of a code object ([`MEMBER_NAMES`] index `i` < 6).

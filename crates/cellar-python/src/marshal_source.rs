@@ -344,6 +344,15 @@ impl<'py> Source for PySource<'py> {
                     ffi::PyComplex_ImagAsDouble(v),
                 ));
             }
+            if ffi::PyCode_Check(v) != 0 {
+                // Read straight from the struct when its layout is verified: `children` then
+                // only adds `co_code`, which CPython caches on the code object (made once, a
+                // bytes object: not tracked by the cyclic GC, so making it runs no collection
+                // and no finalizer). Nothing foreign runs, so nothing needs promoting.
+                if let Some(f) = crate::marshal_code::code_fields(v) {
+                    return Ok(Node::Code { ints: f.ints });
+                }
+            }
         }
         Ok(Node::Escape)
     }
@@ -563,24 +572,14 @@ impl<'py> PySource<'py> {
         co: &Bound<'py, PyAny>,
         out: &mut Vec<(PyObj<'py>, u32)>,
     ) -> Result<(), Fail> {
-        if let Some((lnames, lkinds)) = crate::marshal_code::localsplus_fields(co) {
+        if let Some(f) = crate::marshal_code::code_fields(co.as_ptr()) {
             // The code object's own fields, borrowed as CPython's marshal reads them: no
             // rebuilding, no scan (see `marshal_code::LOCALSPLUS`).
-            let mut fields = [std::ptr::null_mut(); 7];
-            for (slot, i) in fields.iter_mut().zip([6, 7, 8, 9, 10, 11, 12]) {
-                match crate::marshal_code::code_obj_ptr(co, i) {
-                    Some(p) => *slot = p,
-                    None => return self.code_children_public(co, out),
-                }
-            }
-            let [consts, names, filename, name, qualname, linetable, exctable] = fields;
             let code = crate::marshal_code::co_code(co)?;
             out.push((self.obj(code), 0));
-            for p in [
-                consts, names, lnames, lkinds, filename, name, qualname, linetable, exctable,
-            ] {
-                // Alive while the code object is: it was promoted (code objects escape) and its
-                // fields never change.
+            for p in f.objs {
+                // Alive while the code object is (its fields never change), which its container
+                // holds; promoted like any pending handle if foreign code is about to run.
                 if let Some(x) = PyObj::borrowed(p, 0) {
                     out.push((x, 0));
                 }
