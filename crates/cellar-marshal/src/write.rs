@@ -179,6 +179,18 @@ pub trait Source {
     /// the object alive from here until the dump ends. The default does nothing.
     #[inline(always)]
     fn retain(&mut self, _o: &Self::Obj) {}
+    /// Field `i` of a code object, read on demand, with its `extra` (see `shared_id`): 0
+    /// code, 1 consts, 2 names, 3 localsplusnames, 4 localspluskinds, 5 filename, 6 name,
+    /// 7 qualname, 8 linetable, 9 exceptiontable. A source answers `None` for field 0 when it
+    /// gives a code object's fields only all at once, through [`Source::children`] (the
+    /// default); one that answers field 0 answers every field of that code object.
+    fn code_field(
+        &mut self,
+        _o: &Self::Obj,
+        _i: usize,
+    ) -> Result<Option<(Self::Obj, u32)>, Self::Error> {
+        Ok(None)
+    }
     /// Appends the children of a set, slice or code object to `out` in writing order, each with the number of
     /// references the source holds on it beyond CPython's at that point (see `shared_id`).
     fn children(
@@ -245,6 +257,13 @@ enum Task<O> {
         obj: O,
         cursor: usize,
         left: usize,
+    },
+    /// A code object whose fields come from [`Source::code_field`]; `step` 0-7: fields 0-7,
+    /// 8: `firstlineno`, 9-10: fields 8-9, 11: done.
+    Code {
+        obj: O,
+        step: u32,
+        firstlineno: i32,
     },
     I32(i32),
     Exit,
@@ -706,6 +725,30 @@ impl<'w> Writer<'w> {
                         }
                     }
                 }
+                Some(Task::Code {
+                    obj,
+                    step,
+                    firstlineno,
+                }) => {
+                    // Advanced in place, like a tuple: no task per field.
+                    let at = *step;
+                    *step += 1;
+                    if at == 8 {
+                        let line = *firstlineno;
+                        self.i32(line);
+                        continue;
+                    }
+                    if at >= 11 {
+                        stack.pop();
+                        self.depth -= 1;
+                        continue;
+                    }
+                    let field = if at > 8 { at - 1 } else { at } as usize;
+                    match source.code_field(obj, field)? {
+                        Some(c) => c,
+                        None => return Err(unmarshallable().into()),
+                    }
+                }
                 Some(_) => match stack.pop() {
                     Some(Task::Obj(v, e)) => (v, e),
                     Some(Task::I32(x)) => {
@@ -716,7 +759,7 @@ impl<'w> Writer<'w> {
                         self.depth -= 1;
                         continue;
                     }
-                    Some(Task::Iter { .. }) | None => continue,
+                    Some(Task::Iter { .. }) | Some(Task::Code { .. }) | None => continue,
                 },
             };
             if self.depth + 1 > MAX_DEPTH {
@@ -861,7 +904,7 @@ impl<'w> Writer<'w> {
             }
             Node::Code { ints } => {
                 drop(node);
-                self.code(source, &v, ints, flag, stack, kids)?;
+                self.code(source, v, ints, flag, stack, kids)?;
             }
             Node::Unmarshallable | Node::Escape => return Err(unmarshallable().into()),
             Node::None
@@ -949,7 +992,7 @@ impl<'w> Writer<'w> {
     fn code<S: Source>(
         &mut self,
         source: &mut S,
-        v: &S::Obj,
+        v: S::Obj,
         ints: [i32; 6],
         flag: u8,
         stack: &mut Vec<Task<S::Obj>>,
@@ -961,8 +1004,24 @@ impl<'w> Writer<'w> {
             }
             .into());
         }
+        if let Some(first) = source.code_field(&v, 0)? {
+            self.out.push(TYPE_CODE | flag);
+            for x in &ints[..5] {
+                self.i32(*x);
+            }
+            // The code object stays on the stack and hands out its fields one by one; the
+            // first, already read, is written next (pushed above it).
+            self.depth += 1;
+            stack.push(Task::Code {
+                obj: v,
+                step: 1,
+                firstlineno: ints[5],
+            });
+            stack.push(Task::Obj(first.0, first.1));
+            return Ok(());
+        }
         kids.clear();
-        source.children(v, kids)?;
+        source.children(&v, kids)?;
         if kids.len() != 10 {
             return Err(unmarshallable().into());
         }
@@ -1010,7 +1069,7 @@ impl<'w> Writer<'w> {
         }
         for t in stack.iter().rev() {
             match t {
-                Task::Obj(o, _) | Task::Iter { obj: o, .. } => {
+                Task::Obj(o, _) | Task::Iter { obj: o, .. } | Task::Code { obj: o, .. } => {
                     if !source.promote(o) {
                         break;
                     }

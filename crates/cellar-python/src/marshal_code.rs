@@ -231,9 +231,7 @@ fn probe_localsplus(py: Python<'_>) -> PyResult<Option<(isize, isize)>> {
 /// bytes), borrowed, when [`LOCALSPLUS`] is verified (and not turned off for tests). GIL held;
 /// `co` is a live exact code object.
 #[inline]
-fn localsplus_fields(
-    co: *mut ffi::PyObject,
-) -> Option<(*mut ffi::PyObject, *mut ffi::PyObject)> {
+fn localsplus_fields(co: *mut ffi::PyObject) -> Option<(*mut ffi::PyObject, *mut ffi::PyObject)> {
     let (on, ok) = (*LOCALSPLUS.get()?)?;
     if !LOCALSPLUS_ON.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
@@ -548,19 +546,37 @@ fn member_table() -> &'static [Option<(c_int, isize)>; 13] {
     })
 }
 
-/// What marshal writes of a code object, read straight from the struct (no allocation, no
-/// call into Python): the six ints (argcount, posonlyargcount, kwonlyargcount, stacksize,
-/// flags, firstlineno) and the borrowed consts, names, localsplusnames, localspluskinds,
-/// filename, name, qualname, linetable and exceptiontable. `None` unless the member table
-/// has every field and [`LOCALSPLUS`] is verified (and on): then the public path is used.
-pub(crate) struct CodeView {
-    pub(crate) ints: [i32; 6],
-    pub(crate) objs: [*mut ffi::PyObject; 9],
+/// Object field `i` (1-9 of [`cellar_marshal::Source::code_field`]'s numbering: consts, names,
+/// localsplusnames, localspluskinds, filename, name, qualname, linetable, exceptiontable) of
+/// `co`, borrowed, read straight from the struct; `None` unless the member table has it (and,
+/// for the localsplus pair, [`LOCALSPLUS`] is verified and on). GIL held; `co` is a live exact
+/// code object (callers checked `PyCode_Check`).
+#[inline]
+pub(crate) fn code_field_ptr(co: *mut ffi::PyObject, i: usize) -> Option<*mut ffi::PyObject> {
+    let member = match i {
+        1 => 6,
+        2 => 7,
+        3 | 4 => {
+            let (n, k) = localsplus_fields(co)?;
+            return Some(if i == 3 { n } else { k });
+        }
+        5..=9 => i + 3,
+        _ => return None,
+    };
+    let (_, off) = member_table()[member]?;
+    // SAFETY: GIL held by the caller; `co` is a live exact code object, and the code type's
+    // own member table says a read-only object member lives at this offset (set at
+    // construction, never changed).
+    let p = unsafe { *((co as *const u8).offset(off) as *const *mut ffi::PyObject) };
+    (!p.is_null()).then_some(p)
 }
 
-/// [`CodeView`] of `co`, an exact code object (callers checked `PyCode_Check`).
+/// The six ints marshal writes of a code object (argcount, posonlyargcount, kwonlyargcount,
+/// stacksize, flags, firstlineno), read straight from the struct, when every field marshal
+/// writes can be read that way ([`code_field_ptr`]): no allocation, no call into Python.
+/// `None`: the public path is used. Same contract as [`code_field_ptr`].
 #[inline]
-pub(crate) fn code_fields(co: *mut ffi::PyObject) -> Option<CodeView> {
+pub(crate) fn code_fields(co: *mut ffi::PyObject) -> Option<[i32; 6]> {
     let table = member_table();
     let mut ints = [0i32; 6];
     for (slot, m) in ints.iter_mut().zip(&table[..6]) {
@@ -569,21 +585,10 @@ pub(crate) fn code_fields(co: *mut ffi::PyObject) -> Option<CodeView> {
         // type's own member table says a C int lives at this offset.
         *slot = unsafe { *((co as *const u8).offset(off) as *const c_int) };
     }
-    let (lnames, lkinds) = localsplus_fields(co)?;
-    let mut objs = [std::ptr::null_mut(); 9];
-    // consts, names, (localsplus), filename, name, qualname, linetable, exceptiontable.
-    for (slot, i) in [0usize, 1, 4, 5, 6, 7, 8].into_iter().zip(6..13) {
-        let (_, off) = table[i]?;
-        // SAFETY: as above; a read-only object member, set at construction.
-        let p = unsafe { *((co as *const u8).offset(off) as *const *mut ffi::PyObject) };
-        if p.is_null() {
-            return None;
-        }
-        objs[slot] = p;
+    for i in 1..=9 {
+        code_field_ptr(co, i)?;
     }
-    objs[2] = lnames;
-    objs[3] = lkinds;
-    Some(CodeView { ints, objs })
+    Some(ints)
 }
 
 /// An int field of a code object ([`MEMBER_NAMES`] index `i` < 6).

@@ -349,8 +349,8 @@ impl<'py> Source for PySource<'py> {
                 // only adds `co_code`, which CPython caches on the code object (made once, a
                 // bytes object: not tracked by the cyclic GC, so making it runs no collection
                 // and no finalizer). Nothing foreign runs, so nothing needs promoting.
-                if let Some(f) = crate::marshal_code::code_fields(v) {
-                    return Ok(Node::Code { ints: f.ints });
+                if let Some(ints) = crate::marshal_code::code_fields(v) {
+                    return Ok(Node::Code { ints });
                 }
             }
         }
@@ -523,11 +523,33 @@ impl<'py> Source for PySource<'py> {
         Ok(PyObj::borrowed(item, 0).map(|x| (x, e)))
     }
 
+    /// The fast path's fields one at a time (see [`crate::marshal_code::code_fields`]); `None`
+    /// for field 0 sends the encoder to `children` (the public path).
+    #[inline(always)]
+    fn code_field(&mut self, o: &PyObj<'py>, i: usize) -> Result<Option<(PyObj<'py>, u32)>, Fail> {
+        let co = o.as_ptr();
+        if i == 0 {
+            if crate::marshal_code::code_fields(co).is_none() {
+                return Ok(None);
+            }
+            let code = crate::marshal_code::co_code(&o.bound(self.py))?;
+            return Ok(Some((self.obj(code), 0)));
+        }
+        // Borrowed: alive while the code object is (its fields never change), which its
+        // container or the stack holds; promoted like any pending handle before an escape.
+        match crate::marshal_code::code_field_ptr(co, i).and_then(|p| PyObj::borrowed(p, 0)) {
+            Some(x) => Ok(Some((x, 0))),
+            None => Err(Fail::Core(EncodeError {
+                message: "code object field missing".into(),
+            })),
+        }
+    }
+
     fn children(&mut self, o: &PyObj<'py>, out: &mut Vec<(PyObj<'py>, u32)>) -> Result<(), Fail> {
         let v = o.bound(self.py);
         if is_code(&v) {
             // The common case (a module's code objects) first.
-            return self.code_children(&v, out);
+            return self.code_children_public(&v, out);
         }
         if let Ok(s) = v.cast::<PySet>() {
             for x in s.iter() {
@@ -567,29 +589,8 @@ fn is_code(v: &Bound<'_, PyAny>) -> bool {
 }
 
 impl<'py> PySource<'py> {
-    fn code_children(
-        &mut self,
-        co: &Bound<'py, PyAny>,
-        out: &mut Vec<(PyObj<'py>, u32)>,
-    ) -> Result<(), Fail> {
-        if let Some(f) = crate::marshal_code::code_fields(co.as_ptr()) {
-            // The code object's own fields, borrowed as CPython's marshal reads them: no
-            // rebuilding, no scan (see `marshal_code::LOCALSPLUS`).
-            let code = crate::marshal_code::co_code(co)?;
-            out.push((self.obj(code), 0));
-            for p in f.objs {
-                // Alive while the code object is (its fields never change), which its container
-                // holds; promoted like any pending handle if foreign code is about to run.
-                if let Some(x) = PyObj::borrowed(p, 0) {
-                    out.push((x, 0));
-                }
-            }
-            return Ok(());
-        }
-        self.code_children_public(co, out)
-    }
-
-    /// [`PySource::code_children`] through the public attributes only (see [`Unit`]).
+    /// A code object's fields through the public attributes only (see [`Unit`]), when the
+    /// struct's layout is not verified (`code_field` answers field 0 with `None`).
     fn code_children_public(
         &mut self,
         co: &Bound<'py, PyAny>,
