@@ -461,12 +461,31 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
         }
     }
 
+    /// Appends a reference slot; the table starts at 16 slots (growing from 4 took two
+    /// reallocations per small load with a few interned strs, each dearer than the malloc).
+    #[inline(always)]
+    fn push_ref(&mut self, slot: Slot<S::Value>) {
+        if self.refs.len() == self.refs.capacity() {
+            self.refs.reserve(self.refs.len().max(16));
+        }
+        self.refs.push(slot);
+    }
+
+    /// Opens a container frame; the stack starts with room for 8 levels (see `push_ref`).
+    #[inline(always)]
+    fn push_frame(&mut self, frame: Frame<S>) {
+        if self.stack.len() == self.stack.capacity() {
+            self.stack.reserve(self.stack.len().max(8));
+        }
+        self.stack.push(frame);
+    }
+
     #[inline(always)]
     fn reserve_slot(&mut self, flag: bool, slot: Slot<S::Value>) -> Option<usize> {
         if !flag {
             return None;
         }
-        self.refs.push(slot);
+        self.push_ref(slot);
         Some(self.refs.len() - 1)
     }
 
@@ -484,7 +503,7 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
     fn leaf(&mut self, flag: bool, v: S::Value, shape: Shape) -> Item<S::Value> {
         if flag {
             let shared = self.sink.share(&v);
-            self.refs.push(Slot::Done(shared, 1, shape));
+            self.push_ref(Slot::Done(shared, 1, shape));
         }
         Item {
             value: Some(v),
@@ -789,7 +808,7 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                         return Err(e);
                     }
                 };
-                self.stack.push(Frame::Seq {
+                self.push_frame(Frame::Seq {
                     seq,
                     list,
                     left: n,
@@ -872,7 +891,7 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
             TYPE_DICT => {
                 let slot = self.reserve_slot(flag, Slot::OpenMutable(self.stack.len()));
                 let dict = self.sink.dict_open()?;
-                self.stack.push(Frame::Dict {
+                self.push_frame(Frame::Dict {
                     dict,
                     key: None,
                     slot,
@@ -894,7 +913,7 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                     self.reserve_slot(flag, Slot::OpenMutable(self.stack.len()))
                 };
                 let set = self.sink.set_open(frozen, n)?;
-                self.stack.push(Frame::Set {
+                self.push_frame(Frame::Set {
                     set,
                     left: n,
                     slot,
@@ -911,12 +930,13 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                 for x in ints.iter_mut().take(5) {
                     *x = self.i32()?;
                 }
-                self.stack.push(Frame::Code {
+                let objs = self
+                    .code_bufs
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(10));
+                self.push_frame(Frame::Code {
                     ints,
-                    objs: self
-                        .code_bufs
-                        .pop()
-                        .unwrap_or_else(|| Vec::with_capacity(10)),
+                    objs,
                     slot,
                     height: 1,
                     at,
@@ -925,7 +945,7 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
             }
             TYPE_SLICE => {
                 let slot = self.reserve_slot(flag, Slot::Reserved);
-                self.stack.push(Frame::Slice {
+                self.push_frame(Frame::Slice {
                     parts: Vec::with_capacity(3),
                     slot,
                     height: 1,

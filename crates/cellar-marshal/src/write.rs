@@ -331,7 +331,7 @@ fn encode_at<S: Source>(
     // of the slot while in use (a dump started by the source's own code gets a fresh one).
     let refs = SPARE_REFS.with(|c| c.take());
     let mut w = Writer::new(
-        Out::at(buf, start),
+        Out::at(std::mem::take(buf), start),
         opts.version.min(CURRENT_VERSION),
         opts.allow_code,
         refs,
@@ -339,6 +339,7 @@ fn encode_at<S: Source>(
     );
     let r = w.write(source, root, extra);
     let end = w.out.pos;
+    *buf = w.out.buf;
     let mut refs = w.refs;
     if refs.capacity() <= SPARE_REFS_MAX {
         refs.clear();
@@ -348,18 +349,19 @@ fn encode_at<S: Source>(
 }
 
 /// The output: a buffer whose bytes from `pos` on are scratch, written at `pos`. Appending a
-/// few bytes is a length check and inline stores (`Vec::extend_from_slice` is two out-of-line
+/// few bytes is one bounds check and inline stores (`Vec::extend_from_slice` is two out-of-line
 /// calls, `append_elements` then `memcpy`, even for a 2-byte header: half the time of a dump of
-/// short strs went there). The buffer grows by doubling, zero-filled (no `unsafe` here), and
-/// the caller truncates it to `pos` at the end (or keeps it whole for reuse).
-struct Out<'w> {
-    buf: &'w mut Vec<u8>,
+/// short strs went there). Owned while the dump runs (its pointer and length are fields of the
+/// writer, not behind a reference). The buffer grows by doubling, zero-filled (no `unsafe`
+/// here); the caller truncates it to `pos` at the end (or keeps it whole for reuse).
+struct Out {
+    buf: Vec<u8>,
     pos: usize,
 }
 
-impl<'w> Out<'w> {
+impl Out {
     /// Writing into `buf` from `pos` (at most its length).
-    fn at(buf: &'w mut Vec<u8>, pos: usize) -> Out<'w> {
+    fn at(buf: Vec<u8>, pos: usize) -> Out {
         let pos = pos.min(buf.len());
         Out { buf, pos }
     }
@@ -368,14 +370,6 @@ impl<'w> Out<'w> {
     #[inline(always)]
     fn len(&self) -> usize {
         self.pos
-    }
-
-    /// Makes room for `n` more bytes.
-    #[inline(always)]
-    fn reserve(&mut self, n: usize) {
-        if self.buf.len() - self.pos < n {
-            self.grow(n);
-        }
     }
 
     #[cold]
@@ -389,13 +383,26 @@ impl<'w> Out<'w> {
         self.buf.resize(want, 0);
     }
 
+    /// The next `n` bytes of the buffer (grown if needed), to be filled by the caller, who
+    /// then calls [`Out::advance`].
+    #[inline(always)]
+    fn room(&mut self, n: usize) -> &mut [u8] {
+        let pos = self.pos;
+        if self.buf.len() - pos < n {
+            self.grow(n);
+        }
+        &mut self.buf[pos..pos + n]
+    }
+
+    #[inline(always)]
+    fn advance(&mut self, n: usize) {
+        self.pos += n;
+    }
+
     /// Appends a few fixed bytes.
     #[inline(always)]
     fn put<const N: usize>(&mut self, b: [u8; N]) {
-        self.reserve(N);
-        if let Some(dst) = self.buf.get_mut(self.pos..self.pos + N) {
-            dst.copy_from_slice(&b);
-        }
+        self.room(N).copy_from_slice(&b);
         self.pos += N;
     }
 
@@ -406,25 +413,14 @@ impl<'w> Out<'w> {
 
     #[inline(always)]
     fn extend_from_slice(&mut self, s: &[u8]) {
-        self.reserve(s.len());
-        if let Some(dst) = self.buf.get_mut(self.pos..self.pos + s.len()) {
-            dst.copy_from_slice(s);
-        }
+        self.room(s.len()).copy_from_slice(s);
         self.pos += s.len();
     }
 
-    /// The next `n` bytes of the buffer (room made), to be filled by the caller, who then
-    /// calls [`Out::advance`].
+    /// Makes room for `n` more bytes.
     #[inline(always)]
-    fn room(&mut self, n: usize) -> &mut [u8] {
-        self.reserve(n);
-        let pos = self.pos;
-        &mut self.buf[pos..pos + n]
-    }
-
-    #[inline(always)]
-    fn advance(&mut self, n: usize) {
-        self.pos += n;
+    fn reserve(&mut self, n: usize) {
+        self.room(n);
     }
 
     /// The bytes written at `range` (for patching a length in afterwards).
@@ -440,7 +436,7 @@ std::thread_local! {
     static SPARE_REFS: std::cell::Cell<RefTable> = std::cell::Cell::new(RefTable::default());
 }
 
-/// Slots of [`RefTable::hot`] (a power of two).
+/// Slots of [`Writer::hot`] (a power of two).
 const HOT_SLOTS: usize = 64;
 
 /// The reference table: identity -> index of the object's first (flagged) write. Open
@@ -462,12 +458,6 @@ struct RefTable {
     /// The generation of the slots in use; never 0 (the value of fresh slots) once a slot
     /// has been allocated.
     gen: u32,
-    /// A direct-mapped cache in front of the slots: (identity, index) of recently referenced
-    /// objects, by address bits (identity 0: empty). `HOT_SLOTS` entries once an identity is
-    /// first found again, empty before (a dump without repeats never touches it); reused with
-    /// the table, so it is wiped at `clear` when `hot_dirty`.
-    hot: Vec<(usize, u32)>,
-    hot_dirty: bool,
 }
 
 impl RefTable {
@@ -484,10 +474,6 @@ impl RefTable {
     }
 
     fn clear(&mut self) {
-        if self.hot_dirty {
-            self.hot.fill((0, 0));
-            self.hot_dirty = false;
-        }
         if self.len > 0 {
             self.gen = self.gen.wrapping_add(1);
             if self.gen == 0 {
@@ -563,28 +549,28 @@ impl RefTable {
     }
 }
 
-struct Writer<'w> {
-    out: Out<'w>,
+struct Writer {
+    out: Out,
     version: u32,
     allow_code: bool,
     refs: RefTable,
+    /// A direct-mapped cache in front of `refs`: (identity, index) of recently referenced
+    /// objects, by address bits (identity 0: empty; identities are never reused in a dump).
+    /// Inline: a lookup is a load at a fixed offset (behind a pointer it cost (a) ~8%).
+    hot: [(usize, u32); HOT_SLOTS],
     depth: usize,
 }
 
-impl<'w> Writer<'w> {
-    /// A writer appending to `out`, recording references in `refs` (empty).
-    fn new(
-        out: Out<'w>,
-        version: u32,
-        allow_code: bool,
-        refs: RefTable,
-        depth: usize,
-    ) -> Writer<'w> {
+impl Writer {
+    /// A writer appending to `out`, recording references in `refs` (empty), with an empty hot
+    /// cache.
+    fn new(out: Out, version: u32, allow_code: bool, refs: RefTable, depth: usize) -> Writer {
         Writer {
             out,
             version,
             allow_code,
             refs,
+            hot: [(0, 0); HOT_SLOTS],
             depth,
         }
     }
@@ -614,20 +600,12 @@ impl<'w> Writer<'w> {
     #[inline(always)]
     fn recorded(&mut self, id: usize) -> Option<u32> {
         let slot = (id >> 4) & (HOT_SLOTS - 1);
-        if let Some(&(hot_id, hot_idx)) = self.refs.hot.get(slot) {
-            if hot_id == id && id != 0 {
-                return Some(hot_idx);
-            }
+        let (hot_id, hot_idx) = self.hot[slot];
+        if hot_id == id && id != 0 {
+            return Some(hot_idx);
         }
         let idx = self.refs.get(id)?;
-        let refs = &mut self.refs;
-        if refs.hot.len() != HOT_SLOTS {
-            refs.hot = vec![(0, 0); HOT_SLOTS];
-        }
-        if let Some(h) = refs.hot.get_mut(slot) {
-            *h = (id, idx);
-        }
-        refs.hot_dirty = true;
+        self.hot[slot] = (id, idx);
         Some(idx)
     }
 
@@ -945,9 +923,8 @@ impl<'w> Writer<'w> {
             }
         } else {
             for (item, held) in items {
-                let mut buf = Vec::new();
                 let mut sub = Writer::new(
-                    Out::at(&mut buf, 0),
+                    Out::at(Vec::new(), 0),
                     self.version,
                     self.allow_code,
                     RefTable::default(),
@@ -956,6 +933,7 @@ impl<'w> Writer<'w> {
                 let standalone = source.set_item_extra(held, true);
                 let item = sub.write_keep(source, item, standalone)?;
                 let end = sub.out.len();
+                let mut buf = sub.out.buf;
                 buf.truncate(end);
                 keyed.push((buf, item, source.set_item_extra(held, false)));
             }
@@ -1324,9 +1302,8 @@ mod tests {
             v
         }
         fn encode<T: Copy + Into<u32>>(units: &[T], per: usize) -> Vec<u8> {
-            let mut out = Vec::new();
             let mut w = Writer::new(
-                Out::at(&mut out, 0),
+                Out::at(Vec::new(), 0),
                 CURRENT_VERSION,
                 false,
                 RefTable::default(),
@@ -1334,6 +1311,7 @@ mod tests {
             );
             w.utf8_units(TYPE_UNICODE, units, per).unwrap();
             let end = w.out.len();
+            let mut out = w.out.buf;
             out.truncate(end);
             let n = u32::from_le_bytes(out[1..5].try_into().unwrap()) as usize;
             assert_eq!(n, out.len() - 5);
