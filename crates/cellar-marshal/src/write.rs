@@ -269,6 +269,14 @@ enum Task<O> {
     Exit,
 }
 
+/// Removes the finished container on top of `stack` in place (`pop` would first move the whole
+/// task out: a wide load of bytes just written by narrow stores, which the CPU cannot forward).
+#[inline(always)]
+fn drop_top<O>(stack: &mut Vec<Task<O>>) {
+    let n = stack.len().saturating_sub(1);
+    stack.truncate(n);
+}
+
 /// Identity tables (one hasher for both codecs and the Python package's sources).
 pub use cellar_value::identity::{IdBuild, IdHasher, IdMap, IdSet};
 
@@ -680,14 +688,14 @@ impl Writer {
                                 (x, xe)
                             }
                             None => {
-                                stack.pop();
+                                drop_top(stack);
                                 self.out.push(TYPE_NULL);
                                 self.depth -= 1;
                                 continue;
                             }
                         }
                     } else if *left == 0 {
-                        stack.pop();
+                        drop_top(stack);
                         self.depth -= 1;
                         continue;
                     } else {
@@ -717,7 +725,7 @@ impl Writer {
                         continue;
                     }
                     if at >= 11 {
-                        stack.pop();
+                        drop_top(stack);
                         self.depth -= 1;
                         continue;
                     }
