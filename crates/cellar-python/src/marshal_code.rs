@@ -102,6 +102,7 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
     }
     // After HIDDEN: the probe compares with `localsplus`, which needs it.
     let _ = LOCALSPLUS.set(probe_localsplus(py)?);
+    let _ = LAYOUT.set(code_layout());
     Ok(())
 }
 
@@ -126,7 +127,7 @@ static LOCALSPLUS_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicB
 /// available on this interpreter.
 pub(crate) fn set_localsplus_fields(on: bool) -> bool {
     LOCALSPLUS_ON.store(on, std::sync::atomic::Ordering::Relaxed);
-    matches!(LOCALSPLUS.get(), Some(Some(_)))
+    matches!(LAYOUT.get(), Some(Some(_)))
 }
 
 /// The offsets to verify: the two pointer slots before `co_filename`.
@@ -225,30 +226,6 @@ fn probe_localsplus(py: Python<'_>) -> PyResult<Option<(isize, isize)>> {
         }
     }
     Ok(Some((on, ok)))
-}
-
-/// A code object's own `co_localsplusnames` (an exact tuple) and `co_localspluskinds` (exact
-/// bytes), borrowed, when [`LOCALSPLUS`] is verified (and not turned off for tests). GIL held;
-/// `co` is a live exact code object.
-#[inline]
-fn localsplus_fields(co: *mut ffi::PyObject) -> Option<(*mut ffi::PyObject, *mut ffi::PyObject)> {
-    let (on, ok) = (*LOCALSPLUS.get()?)?;
-    if !LOCALSPLUS_ON.load(std::sync::atomic::Ordering::Relaxed) {
-        return None;
-    }
-    // SAFETY: GIL held; `co` is a live exact code object (callers checked PyCode_Check; code
-    // objects cannot be subclassed), and the probe verified at import that these slots hold
-    // its localsplus objects; they are set at construction and never change.
-    unsafe {
-        let base = co as *const u8;
-        let n = *(base.offset(on) as *const *mut ffi::PyObject);
-        let k = *(base.offset(ok) as *const *mut ffi::PyObject);
-        (!n.is_null()
-            && !k.is_null()
-            && ffi::PyTuple_CheckExact(n) != 0
-            && ffi::PyBytes_CheckExact(k) != 0)
-            .then_some((n, k))
-    }
 }
 
 /// How many inline cache entries follow each opcode byte, as the running CPython sees it. An
@@ -546,47 +523,92 @@ fn member_table() -> &'static [Option<(c_int, isize)>; 13] {
     })
 }
 
-/// Object field `i` (1-9 of [`cellar_marshal::Source::code_field`]'s numbering: consts, names,
-/// localsplusnames, localspluskinds, filename, name, qualname, linetable, exceptiontable) of
-/// `co`, borrowed, read straight from the struct; `None` unless the member table has it (and,
-/// for the localsplus pair, [`LOCALSPLUS`] is verified and on). GIL held; `co` is a live exact
-/// code object (callers checked `PyCode_Check`).
-#[inline]
+/// The byte offsets of everything marshal writes of a code object, when all of it can be read
+/// straight from the struct: the six ints (argcount, posonlyargcount, kwonlyargcount,
+/// stacksize, flags, firstlineno) from the code type's member table, and the nine object fields
+/// in [`cellar_marshal::Source::code_field`]'s numbering 1-9 (consts, names, localsplusnames,
+/// localspluskinds, filename, name, qualname, linetable, exceptiontable), the localsplus pair
+/// from [`LOCALSPLUS`]. Computed once at import, after the probe.
+struct CodeLayout {
+    ints: [isize; 6],
+    objs: [isize; 9],
+}
+
+static LAYOUT: std::sync::OnceLock<Option<CodeLayout>> = std::sync::OnceLock::new();
+
+fn code_layout() -> Option<CodeLayout> {
+    let table = member_table();
+    let (on, ok) = (*LOCALSPLUS.get()?)?;
+    let mut ints = [0isize; 6];
+    for (slot, m) in ints.iter_mut().zip(&table[..6]) {
+        *slot = (*m)?.1;
+    }
+    let field = |i: usize| table[i].map(|(_, off)| off);
+    Some(CodeLayout {
+        ints,
+        objs: [
+            field(6)?,
+            field(7)?,
+            on,
+            ok,
+            field(8)?,
+            field(9)?,
+            field(10)?,
+            field(11)?,
+            field(12)?,
+        ],
+    })
+}
+
+/// [`LAYOUT`], unless tests turned the struct fields off.
+#[inline(always)]
+fn layout() -> Option<&'static CodeLayout> {
+    if !LOCALSPLUS_ON.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    LAYOUT.get()?.as_ref()
+}
+
+/// Object field `i` (1-9, see [`CodeLayout`]) of `co`, borrowed, read straight from the struct;
+/// `None` when the layout is not available. GIL held; `co` is a live exact code object (callers
+/// checked `PyCode_Check`) for which [`code_fields`] answered.
+#[inline(always)]
 pub(crate) fn code_field_ptr(co: *mut ffi::PyObject, i: usize) -> Option<*mut ffi::PyObject> {
-    let member = match i {
-        1 => 6,
-        2 => 7,
-        3 | 4 => {
-            let (n, k) = localsplus_fields(co)?;
-            return Some(if i == 3 { n } else { k });
-        }
-        5..=9 => i + 3,
-        _ => return None,
-    };
-    let (_, off) = member_table()[member]?;
-    // SAFETY: GIL held by the caller; `co` is a live exact code object, and the code type's
-    // own member table says a read-only object member lives at this offset (set at
-    // construction, never changed).
+    let off = *layout()?.objs.get(i.checked_sub(1)?)?;
+    // SAFETY: GIL held by the caller; `co` is a live exact code object, and the layout (the
+    // code type's own member table, and the probe of LOCALSPLUS) says an object pointer lives
+    // at this offset, set at construction and never changed.
     let p = unsafe { *((co as *const u8).offset(off) as *const *mut ffi::PyObject) };
     (!p.is_null()).then_some(p)
 }
 
-/// The six ints marshal writes of a code object (argcount, posonlyargcount, kwonlyargcount,
-/// stacksize, flags, firstlineno), read straight from the struct, when every field marshal
-/// writes can be read that way ([`code_field_ptr`]): no allocation, no call into Python.
-/// `None`: the public path is used. Same contract as [`code_field_ptr`].
+/// The six ints marshal writes of a code object, read straight from the struct, when every
+/// field marshal writes can be read that way (no allocation, no call into Python): the layout
+/// is available, no object field is NULL, and the localsplus pair is an exact tuple and exact
+/// bytes. `None`: the public path is used. GIL held; `co` is a live exact code object.
 #[inline]
 pub(crate) fn code_fields(co: *mut ffi::PyObject) -> Option<[i32; 6]> {
-    let table = member_table();
+    let l = layout()?;
+    let base = co as *const u8;
     let mut ints = [0i32; 6];
-    for (slot, m) in ints.iter_mut().zip(&table[..6]) {
-        let (_, off) = (*m)?;
-        // SAFETY: GIL held by the caller; `co` is a live exact code object, and the code
-        // type's own member table says a C int lives at this offset.
-        *slot = unsafe { *((co as *const u8).offset(off) as *const c_int) };
-    }
-    for i in 1..=9 {
-        code_field_ptr(co, i)?;
+    // SAFETY: (whole block) GIL held by the caller; `co` is a live exact code object and the
+    // layout gives the offsets of C ints and of object pointers in it; the pointers are only
+    // used as objects once known to be non-null (a code object's fields are set at
+    // construction, so they are live objects then).
+    unsafe {
+        for (slot, &off) in ints.iter_mut().zip(&l.ints) {
+            *slot = *(base.offset(off) as *const c_int);
+        }
+        for &off in &l.objs {
+            if (*(base.offset(off) as *const *mut ffi::PyObject)).is_null() {
+                return None;
+            }
+        }
+        let names = *(base.offset(l.objs[2]) as *const *mut ffi::PyObject);
+        let kinds = *(base.offset(l.objs[3]) as *const *mut ffi::PyObject);
+        if ffi::PyTuple_CheckExact(names) == 0 || ffi::PyBytes_CheckExact(kinds) == 0 {
+            return None;
+        }
     }
     Some(ints)
 }

@@ -194,6 +194,10 @@ pub(crate) struct PySource<'py> {
     keep: Kept<'py>,
     /// The compilation unit of the first code object met (see [`Unit`]).
     unit: Option<Unit<'py>>,
+    /// The code object `node` just described from the struct (see
+    /// [`crate::marshal_code::code_fields`]): `code_field` then reads its fields without
+    /// checking again. Null otherwise (reset when used and by `node_escaped`).
+    fast_code: *mut ffi::PyObject,
 }
 
 /// `co_localsplusnames` as CPython's compiler shares it. The compiler merges every tuple of
@@ -350,6 +354,7 @@ impl<'py> Source for PySource<'py> {
                 // bytes object: not tracked by the cyclic GC, so making it runs no collection
                 // and no finalizer). Nothing foreign runs, so nothing needs promoting.
                 if let Some(ints) = crate::marshal_code::code_fields(v) {
+                    self.fast_code = v;
                     return Ok(Node::Code { ints });
                 }
             }
@@ -362,6 +367,7 @@ impl<'py> Source for PySource<'py> {
     #[inline(never)]
     fn node_escaped<'n>(&mut self, o: &'n PyObj<'py>) -> Result<Node<'n, PyObj<'py>>, Fail> {
         let v = o.as_ptr();
+        self.fast_code = std::ptr::null_mut();
         // SAFETY: (whole block) GIL held; `v` is alive (`o` was promoted: the source holds a
         // reference until the dump ends); every type check comes before the accessor that
         // relies on it.
@@ -529,7 +535,8 @@ impl<'py> Source for PySource<'py> {
     fn code_field(&mut self, o: &PyObj<'py>, i: usize) -> Result<Option<(PyObj<'py>, u32)>, Fail> {
         let co = o.as_ptr();
         if i == 0 {
-            if crate::marshal_code::code_fields(co).is_none() {
+            // The encoder asks right after `node` described this code object.
+            if std::mem::replace(&mut self.fast_code, std::ptr::null_mut()) != co {
                 return Ok(None);
             }
             let code = crate::marshal_code::co_code(&o.bound(self.py))?;
@@ -862,6 +869,7 @@ pub(crate) fn dumps<'py>(
         py,
         keep: Kept::new(py),
         unit: None,
+        fast_code: std::ptr::null_mut(),
     };
     // The buffer of this thread's last dump, reused: no regrowing from a guess and no fresh
     // pages to fault in for repeated dumps (taken out of the slot while in use, so a dump
