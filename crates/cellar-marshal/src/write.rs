@@ -179,11 +179,15 @@ pub trait Source {
     /// the object alive from here until the dump ends. The default does nothing.
     #[inline(always)]
     fn retain(&mut self, _o: &Self::Obj) {}
-    /// Field `i` of a code object, read on demand, with its `extra` (see `shared_id`): 0
-    /// code, 1 consts, 2 names, 3 localsplusnames, 4 localspluskinds, 5 filename, 6 name,
-    /// 7 qualname, 8 linetable, 9 exceptiontable. A source answers `None` for field 0 when it
-    /// gives a code object's fields only all at once, through [`Source::children`] (the
-    /// default); one that answers field 0 answers every field of that code object.
+    /// Whether [`Source::code_field`] serves the code object `o` (asked once, right after
+    /// [`Source::node`] or [`Source::node_escaped`] described it); otherwise its fields come
+    /// all at once from [`Source::children`]. The default: no.
+    fn code_by_field(&mut self, _o: &Self::Obj) -> bool {
+        false
+    }
+    /// Field `i` of a code object that [`Source::code_by_field`] accepted, read on demand,
+    /// with its `extra` (see `shared_id`): 0 code, 1 consts, 2 names, 3 localsplusnames,
+    /// 4 localspluskinds, 5 filename, 6 name, 7 qualname, 8 linetable, 9 exceptiontable.
     fn code_field(
         &mut self,
         _o: &Self::Obj,
@@ -990,20 +994,18 @@ impl Writer {
             }
             .into());
         }
-        if let Some(first) = source.code_field(&v, 0)? {
+        if source.code_by_field(&v) {
             self.out.push(TYPE_CODE | flag);
             for x in &ints[..5] {
                 self.i32(*x);
             }
-            // The code object stays on the stack and hands out its fields one by one; the
-            // first, already read, is written next (pushed above it).
+            // The code object stays on the stack and hands out its fields one by one.
             self.depth += 1;
             stack.push(Task::Code {
                 obj: v,
-                step: 1,
+                step: 0,
                 firstlineno: ints[5],
             });
-            stack.push(Task::Obj(first.0, first.1));
             return Ok(());
         }
         kids.clear();

@@ -529,16 +529,18 @@ impl<'py> Source for PySource<'py> {
         Ok(PyObj::borrowed(item, 0).map(|x| (x, e)))
     }
 
-    /// The fast path's fields one at a time (see [`crate::marshal_code::code_fields`]); `None`
-    /// for field 0 sends the encoder to `children` (the public path).
+    /// The code object `node` just described from the struct (the encoder asks right after).
+    #[inline(always)]
+    fn code_by_field(&mut self, o: &PyObj<'py>) -> bool {
+        std::mem::replace(&mut self.fast_code, std::ptr::null_mut()) == o.as_ptr()
+    }
+
+    /// The fields of a code object `code_by_field` accepted, one at a time (see
+    /// [`crate::marshal_code::code_fields`]).
     #[inline(always)]
     fn code_field(&mut self, o: &PyObj<'py>, i: usize) -> Result<Option<(PyObj<'py>, u32)>, Fail> {
         let co = o.as_ptr();
         if i == 0 {
-            // The encoder asks right after `node` described this code object.
-            if std::mem::replace(&mut self.fast_code, std::ptr::null_mut()) != co {
-                return Ok(None);
-            }
             let code = crate::marshal_code::co_code(&o.bound(self.py))?;
             return Ok(Some((self.obj(code), 0)));
         }
