@@ -364,12 +364,16 @@ fn encode_at<S: Source>(
 /// few bytes is one bounds check and inline stores (`Vec::extend_from_slice` is two out-of-line
 /// calls, `append_elements` then `memcpy`, even for a 2-byte header: half the time of a dump of
 /// short strs went there). Owned while the dump runs (its pointer and length are fields of the
-/// writer, not behind a reference). The buffer grows by doubling, zero-filled (no `unsafe`
-/// here); the caller truncates it to `pos` at the end (or keeps it whole for reuse).
+/// writer, not behind a reference). Bytes are only ever appended by the Vec's own methods (no
+/// `unsafe` here; see `grow`); the caller truncates the buffer to `pos` at the end (or keeps it
+/// whole for reuse).
 struct Out {
     buf: Vec<u8>,
     pos: usize,
 }
+
+/// The least an output buffer's length grows by (see [`Out::grow`]).
+const GROW_STEP: usize = 4096;
 
 impl Out {
     /// Writing into `buf` from `pos` (at most its length).
@@ -384,15 +388,15 @@ impl Out {
         self.pos
     }
 
+    /// Makes room for `n` bytes past `pos`: the buffer's length grows by at least 4 KiB at a
+    /// time, zero-filled just before it is written over (cache-hot), and its capacity by the
+    /// Vec's own amortized doubling. A reused buffer (the Python package's, kept at its
+    /// longest) comes here only when a dump outgrows every earlier one.
     #[cold]
     #[inline(never)]
     fn grow(&mut self, n: usize) {
-        let want = self
-            .pos
-            .saturating_add(n)
-            .max(self.buf.len().saturating_mul(2))
-            .max(64);
-        self.buf.resize(want, 0);
+        let want = self.pos.saturating_add(n.max(GROW_STEP));
+        self.buf.resize(want.max(self.buf.len()), 0);
     }
 
     /// The next `n` bytes of the buffer (grown if needed), to be filled by the caller, who
