@@ -1164,8 +1164,8 @@ impl Writer {
         self.out.reserve(5 + units.len() * per);
         self.put([code, 0, 0, 0, 0]);
         // 64 units take at most 256 bytes; every store writes at most 8 bytes at an index
-        // masked below 256, so with 8 bytes of slack no store needs a bounds check.
-        let mut tmp = [0u8; TMP];
+        // masked below 256, so with 8 bytes of slack no store needs a bounds check. The block is
+        // the output's own next bytes (scratch until `advance`): no copy.
         for chunk in units.chunks(64) {
             // A chunk of ASCII (long runs of it, as in most source text) is narrowed at once,
             // straight into the output.
@@ -1176,21 +1176,24 @@ impl Writer {
                 self.out.advance(chunk.len());
                 continue;
             }
+            let Ok(tmp) = <&mut [u8; TMP]>::try_from(self.out.room(TMP)) else {
+                return Err(unmarshallable());
+            };
             let mut w = 0;
             let mut blocks = chunk.chunks_exact(4);
             for block in &mut blocks {
                 if block.iter().fold(0u32, |a, &c| a | c.into()) < 0x80 {
-                    w = narrow::<T, 4>(&mut tmp, w, block);
+                    w = narrow::<T, 4>(tmp, w, block);
                 } else {
                     for &c in block {
-                        w = put_utf8(&mut tmp, w, c.into());
+                        w = put_utf8(tmp, w, c.into());
                     }
                 }
             }
             for &c in blocks.remainder() {
-                w = put_utf8(&mut tmp, w, c.into());
+                w = put_utf8(tmp, w, c.into());
             }
-            self.out.extend_from_slice(&tmp[..w.min(256)]);
+            self.out.advance(w.min(256));
         }
         let n = self.out.len() - start - 5;
         if n > SIZE32_MAX {
