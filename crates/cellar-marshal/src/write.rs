@@ -453,7 +453,7 @@ std::thread_local! {
 }
 
 /// Slots of [`Writer::hot`] (a power of two).
-const HOT_SLOTS: usize = 64;
+const HOT_SLOTS: usize = 16;
 
 /// The reference table: identity -> index of the object's first (flagged) write. Open
 /// addressing with linear probing over (identity, index) pairs, at most half full, indexed by
