@@ -2,7 +2,9 @@
 //! values written in durable batches of 1,000 through a default (shared-mode) handle, then
 //! 1M random point reads through the same handle, timed alone (so `perf record` of this
 //! program is mostly the reads: the load takes about a tenth of the time).
-//! `cargo run --release -p cellar-engine --example random_reads_profile [DIR]`.
+//! `cargo run --release -p cellar-engine --example random_reads_profile [DIR] [blocks]`:
+//! with `blocks`, the store is opened as dbm and shelve stores are (compact form, background
+//! compaction) and compacted before the reads, so every read is served from a block.
 
 use std::time::Instant;
 
@@ -22,9 +24,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let n = 500_000usize;
     let mut keys = Vec::with_capacity(n);
+    let blocks = std::env::args().nth(2).as_deref() == Some("blocks");
     let path = dir.join("cellar-c-profile.db");
     let _ = std::fs::remove_file(&path);
-    let s = Store::open(&path, Options::default())?;
+    let opts = if blocks {
+        Options {
+            compact_form: true,
+            auto_compact: true,
+            ..Options::default()
+        }
+    } else {
+        Options::default()
+    };
+    let s = Store::open(&path, opts)?;
     for _ in 0..n / 1000 {
         let mut b = Batch::new();
         for _ in 0..1000 {
@@ -38,6 +50,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         s.batch(&b)?;
         s.sync()?;
+    }
+    if blocks {
+        s.compact()?;
     }
     let order: Vec<usize> = (0..2 * n).map(|_| (next() % n as u64) as usize).collect();
     for round in 0..3 {
