@@ -24,8 +24,11 @@
 //! That is sound while no foreign code runs, because then nothing can change or free what the
 //! encoder has pending. Only the uncommon objects can run code or trigger the garbage collector
 //! (whose finalizers run arbitrary Python code): the buffer-protocol fallback (3.12+
-//! `__buffer__`/`__release_buffer__`), big ints, sets, slices and code objects (they allocate
-//! objects and call methods). For those `node` answers [`Node::Escape`]: the encoder first hands
+//! `__buffer__`/`__release_buffer__`), big ints, sets, slices, and code objects read through
+//! their public attributes (they allocate objects and call methods). A code object whose
+//! layout the import-time probe verified is read straight from its struct instead, and its
+//! only allocation is `co_code`, CPython's cached bytes (not tracked by the GC, so making it
+//! runs no collection): it does not escape. For the others `node` answers [`Node::Escape`]: the encoder first hands
 //! every handle it holds to [`Source::promote`], which takes a strong reference kept until the
 //! dump ends, and only then is the object described (`node_escaped`). Every reference the source
 //! takes (promotions, new objects from getattr, flagged objects) is released only after the
