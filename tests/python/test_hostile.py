@@ -508,6 +508,61 @@ print("ok")
 """
 
 
+_INLINE_SCRIPT = r"""
+import gc, sys, cellar.marshal as m
+from cellar import _cellar
+# Code objects read through their public attributes allocate tuples: on 3.11 the collector
+# runs there, and the finalizer frees the containers the encoder is writing inline (held by
+# its own frames, not its stack) unless they were promoted before.
+_cellar._marshal_code_fields(False)
+victims = []
+class Bomb:
+    def __del__(self):
+        for v in victims:
+            v.clear()
+        gc.collect()
+def arm():
+    b = Bomb()
+    b.cycle = b
+results = []
+for shape in ("list", "tuple", "deep"):
+    code = compile("x = 1", "<s>", "exec")
+    if shape == "list":
+        inner = [code, ["pending %d" % i for i in range(30)]]
+    elif shape == "tuple":
+        inner = (code, ["pending %d" % i for i in range(30)])
+    else:
+        inner = [[(code, ["pending %d" % i for i in range(30)])], "after"]
+    top = [inner, ["freed %d" % i for i in range(30)]]
+    full = m.loads(m.dumps(top))
+    del inner, code
+    victims[:] = [top]
+    gc.collect()
+    arm()
+    gc.set_threshold(1)
+    try:
+        out = m.dumps(top)
+    except ValueError as e:
+        assert "list changed size during marshal" in str(e), e
+        results.append("changed")
+    else:
+        assert m.loads(out) == full, shape
+        results.append("full")
+    finally:
+        gc.set_threshold(700)
+    victims[:] = []
+print("ok", results)
+"""
+
+
+def test_dumps_survives_a_finalizer_freeing_containers_written_inline() -> None:
+    out = _run_debug(_INLINE_SCRIPT)
+    assert out.startswith("ok"), out
+    if sys.version_info < (3, 12):
+        # The finalizer ran during each dump (collections on allocation).
+        assert out.strip() == "ok ['changed', 'changed', 'changed']", out
+
+
 def _run_debug(script: str, *args: str) -> str:
     import subprocess
 

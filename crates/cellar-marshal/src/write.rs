@@ -281,6 +281,18 @@ fn drop_top<O>(stack: &mut Vec<Task<O>>) {
     stack.truncate(n);
 }
 
+/// Handles the writer holds in its own frames rather than on the stack, which an escape must
+/// promote too: the tuples and lists being written inline (innermost first) and a dict's value
+/// while its key is described.
+struct Pending<'a, O> {
+    obj: &'a O,
+    up: Option<&'a Pending<'a, O>>,
+}
+
+/// How many tuples and lists deep the writer goes inline (by recursion: a container whose
+/// items are all written inline needs no task on the stack) before it falls back to the stack.
+const INLINE_MAX: u32 = 8;
+
 /// Identity tables (one hasher for both codecs and the Python package's sources).
 pub use cellar_value::identity::{IdBuild, IdHasher, IdMap, IdSet};
 
@@ -575,6 +587,8 @@ struct Writer {
     /// Inline: a lookup is a load at a fixed offset (behind a pointer it cost (a) ~8%).
     hot: [(usize, u32); HOT_SLOTS],
     depth: usize,
+    /// Tuples and lists being written inline right now (see [`INLINE_MAX`]).
+    inline: u32,
 }
 
 impl Writer {
@@ -588,6 +602,7 @@ impl Writer {
             refs,
             hot: [(0, 0); HOT_SLOTS],
             depth,
+            inline: 0,
         }
     }
 
@@ -686,7 +701,8 @@ impl Writer {
                                 if self.depth + 1 > MAX_DEPTH {
                                     return Err(too_deep().into());
                                 }
-                                self.object(source, k, ke, stack, &mut kids, Some(&x))?;
+                                let value = Pending { obj: &x, up: None };
+                                self.object(source, k, ke, stack, &mut kids, Some(&value))?;
                                 if stack.len() != before {
                                     // The key is a container being written: the value waits
                                     // below what it pushed, above the dict's continuation.
@@ -772,7 +788,7 @@ impl Writer {
         extra: u32,
         stack: &mut Vec<Task<S::Obj>>,
         kids: &mut Vec<(S::Obj, u32)>,
-        pending: Option<&S::Obj>,
+        pending: Option<&Pending<'_, S::Obj>>,
     ) -> Result<(), S::Error> {
         // Shared or not is decided first, as CPython's w_ref does before it looks at the type:
         // an object written before is a reference, and is never described again. (The
@@ -872,11 +888,18 @@ impl Writer {
                     self.code_size(TYPE_TUPLE | flag, n)?;
                 }
                 self.depth += 1;
-                stack.push(Task::Iter {
-                    obj: v,
-                    cursor: 0,
-                    left: n,
-                });
+                if self.inline < INLINE_MAX {
+                    self.inline += 1;
+                    let r = self.items_inline(source, v, n, stack, kids, pending);
+                    self.inline -= 1;
+                    r?;
+                } else {
+                    stack.push(Task::Iter {
+                        obj: v,
+                        cursor: 0,
+                        left: n,
+                    });
+                }
             }
             Node::Dict => {
                 drop(node);
@@ -910,6 +933,58 @@ impl Writer {
         Ok(())
     }
 
+    /// The `n` items of a tuple or list `v` (its header written, `depth` counting it), written
+    /// here one after another by recursion, without a task on the stack: a push then a pop
+    /// per container was a copy through memory each way. The first item that needs the stack
+    /// (a dict, a code object, anything past [`INLINE_MAX`] levels) leaves the rest of `v`
+    /// to a task inserted below what that item pushed, exactly as if `v` had been on the stack
+    /// from the start. `pending`: the handles held by the frames around this one (see
+    /// [`Pending`]); `v` joins them while its items are written.
+    #[inline(never)]
+    fn items_inline<S: Source>(
+        &mut self,
+        source: &mut S,
+        v: S::Obj,
+        n: usize,
+        stack: &mut Vec<Task<S::Obj>>,
+        kids: &mut Vec<(S::Obj, u32)>,
+        pending: Option<&Pending<'_, S::Obj>>,
+    ) -> Result<(), S::Error> {
+        let mut cursor = 0;
+        let mut left = n;
+        while left > 0 {
+            left -= 1;
+            let Some((c, e)) = source.child(&v, &mut cursor)? else {
+                return Err(EncodeError {
+                    message: "list changed size during marshal".into(),
+                }
+                .into());
+            };
+            if self.depth + 1 > MAX_DEPTH {
+                return Err(too_deep().into());
+            }
+            let before = stack.len();
+            let here = Pending {
+                obj: &v,
+                up: pending,
+            };
+            self.object(source, c, e, stack, kids, Some(&here))?;
+            if stack.len() != before {
+                stack.insert(
+                    before,
+                    Task::Iter {
+                        obj: v,
+                        cursor,
+                        left,
+                    },
+                );
+                return Ok(());
+            }
+        }
+        self.depth -= 1;
+        Ok(())
+    }
+
     /// A set or frozenset (out of line: the loop stays small enough for its pushes to inline).
     #[inline(never)]
     fn set<S: Source>(
@@ -919,7 +994,7 @@ impl Writer {
         frozen: bool,
         flag: u8,
         stack: &mut Vec<Task<S::Obj>>,
-        pending: Option<&S::Obj>,
+        pending: Option<&Pending<'_, S::Obj>>,
     ) -> Result<(), S::Error> {
         let code = if frozen { TYPE_FROZENSET } else { TYPE_SET };
         // Reading the items and their standalone dumps may escape: everything pending is
@@ -1035,7 +1110,8 @@ impl Writer {
     }
 
     /// Before the source runs foreign code: every handle pending on `stack`, `v`, and
-    /// `pending` (a dict's value, held outside the stack while its key is described), promoted
+    /// `pending` (held outside the stack: the containers written inline, a dict's value while
+    /// its key is described), promoted
     /// (see [`Node::Escape`]). A set item's standalone dump runs on its own stack, but the outer
     /// stack was promoted when the set was met (sets escape), and nothing is pushed onto it
     /// until the set's items are sorted.
@@ -1053,11 +1129,13 @@ impl Writer {
         source: &mut S,
         stack: &[Task<S::Obj>],
         v: &S::Obj,
-        pending: Option<&S::Obj>,
+        pending: Option<&Pending<'_, S::Obj>>,
     ) {
         source.promote(v);
-        if let Some(p) = pending {
-            source.promote(p);
+        let mut up = pending;
+        while let Some(p) = up {
+            source.promote(p.obj);
+            up = p.up;
         }
         for t in stack.iter().rev() {
             match t {
