@@ -120,6 +120,24 @@ def test_values_dump_to_cpythons_bytes() -> None:
             assert r_marshal.dumps(v, version) == c_marshal.dumps(v, version), (v, version)
 
 
+def test_sets_inside_set_items_dump_to_cpythons_bytes() -> None:
+    # A set escapes (its items are dumped standalone for the sort key), so the encoder takes a
+    # reference on it; inside an item of an outer set it is reached again, through another
+    # handle, for the real write: that reference must still count as the encoder's own.
+    values = [
+        frozenset({(frozenset({(0,), 0}),), 1}),
+        frozenset({(frozenset({0, 1}),), 2}),
+        frozenset({1, (frozenset({0}),)}),
+        [frozenset({1, (frozenset({(0,), 0}),)}), {(frozenset({"a", "b"}), 3), "c"}],
+        frozenset({((frozenset({(frozenset({1, 2}),), 3}),),), 4}),
+        frozenset({frozenset({0, 1}), 2}),
+        {(2**70, frozenset({5, 6})), 7},
+    ]
+    for v in values:
+        for version in (2, 3, 4, 5):
+            assert r_marshal.dumps(v, version) == c_marshal.dumps(v, version), (v, version)
+
+
 def test_loaded_code_keeps_hidden_local_kinds() -> None:
     # 3.12+ inlines comprehensions; in module and class code their variables become hidden fast
     # locals (CO_FAST_HIDDEN, 0x10 in co_localspluskinds), which only marshal shows. Code objects

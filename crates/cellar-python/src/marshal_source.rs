@@ -17,7 +17,8 @@
 //!   object's own); the names inside: 1 (our rebuilt tuple);
 //! - set items: written once standalone for the sort key (CPython 3.11/3.12 borrow the item
 //!   there, 3.13 holds a reference) and then for real (CPython holds a (dump, item) pair);
-//! - a handle promoted before an escape (below): one more.
+//! - an object promoted before an escape (below): one more per promotion, whichever handle
+//!   reaches it later.
 //!
 //! Borrowing and escapes: like CPython's `w_object`, the encoder borrows container items (no
 //! reference count traffic on the common path: every object is touched once, and not dirtied).
@@ -201,6 +202,13 @@ pub(crate) struct PySource<'py> {
     /// [`crate::marshal_code::code_fields`]): `code_field` then reads its fields without
     /// checking again. Null otherwise (reset when used and by `node_escaped`).
     fast_code: *mut ffi::PyObject,
+    /// References taken by promotions, per object (not per handle): an object promoted during
+    /// a set item's standalone dump is written again later through a new handle, which must
+    /// count them too (CPython releases everything its standalone dump held). `None` in a
+    /// dump without escapes, which then pays one branch per object (boxed: the source's other
+    /// fields keep their places; inline, the map made (a) dumps ~5% slower for the same
+    /// instructions).
+    promoted_at: Option<Box<IdMap<u32>>>,
 }
 
 /// `co_localsplusnames` as CPython's compiler shares it. The compiler merges every tuple of
@@ -239,6 +247,16 @@ struct Unit<'py> {
 type Scanned<'py> = [Bound<'py, PyAny>; 4];
 
 impl<'py> PySource<'py> {
+    /// The references promotions took on `v` (out of line: most dumps have none).
+    #[cold]
+    #[inline(never)]
+    fn promotions_of(&self, v: *mut ffi::PyObject) -> u32 {
+        self.promoted_at
+            .as_ref()
+            .and_then(|m| m.get(&(v as usize)).copied())
+            .unwrap_or(0)
+    }
+
     /// A handle on `o`, which is kept until the dump ends; its children get `kids_extra`.
     fn own(&mut self, o: Bound<'py, PyAny>, kids_extra: u32) -> PyObj<'py> {
         let ptr = o.as_ptr();
@@ -424,13 +442,21 @@ impl<'py> Source for PySource<'py> {
         // from_borrowed_ptr takes a new reference, kept until the dump ends.
         self.keep
             .push(unsafe { Bound::from_borrowed_ptr(self.py, o.as_ptr()) });
+        *self
+            .promoted_at
+            .get_or_insert_with(Default::default)
+            .entry(o.as_ptr() as usize)
+            .or_insert(0) += 1;
         true
     }
 
     #[inline(always)]
     fn shared_id(&mut self, o: &PyObj<'py>, extra: u32) -> Option<usize> {
         let v = o.as_ptr();
-        let mut extra = extra + o.promoted.get() as u32;
+        let mut extra = extra;
+        if self.promoted_at.is_some() {
+            extra += self.promotions_of(v);
+        }
         if let Some(u) = &self.unit {
             // Only tuples are ever held (see `Unit::held`).
             // SAFETY: GIL held; a type check on a live object.
@@ -875,6 +901,7 @@ pub(crate) fn dumps<'py>(
         keep: Kept::new(py),
         unit: None,
         fast_code: std::ptr::null_mut(),
+        promoted_at: None,
     };
     // The buffer of this thread's last dump, reused: no regrowing from a guess and no fresh
     // pages to fault in for repeated dumps (taken out of the slot while in use, so a dump
