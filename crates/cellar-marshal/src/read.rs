@@ -353,6 +353,16 @@ pub fn decode<I: Input, S: Sink>(
     d.run()
 }
 
+/// Pushes `x`, the first allocation making room for `first` items (growing from 4 took two
+/// reallocations per small load with a few interned strs, each dearer than the malloc).
+#[inline(always)]
+fn push_from<T>(v: &mut Vec<T>, first: usize, x: T) {
+    if v.len() == v.capacity() {
+        v.reserve(v.len().max(first));
+    }
+    v.push(x);
+}
+
 #[cold]
 fn type_err(msg: &str, at: usize) -> DecodeError {
     DecodeError::new(ErrorKind::Type, msg, at)
@@ -461,23 +471,16 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
         }
     }
 
-    /// Appends a reference slot; the table starts at 16 slots (growing from 4 took two
-    /// reallocations per small load with a few interned strs, each dearer than the malloc).
+    /// Appends a reference slot; the table starts at 16 slots (see [`push_from`]).
     #[inline(always)]
     fn push_ref(&mut self, slot: Slot<S::Value>) {
-        if self.refs.len() == self.refs.capacity() {
-            self.refs.reserve(self.refs.len().max(16));
-        }
-        self.refs.push(slot);
+        push_from(&mut self.refs, 16, slot);
     }
 
-    /// Opens a container frame; the stack starts with room for 8 levels (see `push_ref`).
+    /// Opens a container frame; the stack starts with room for 8 levels.
     #[inline(always)]
     fn push_frame(&mut self, frame: Frame<S>) {
-        if self.stack.len() == self.stack.capacity() {
-            self.stack.reserve(self.stack.len().max(8));
-        }
-        self.stack.push(frame);
+        push_from(&mut self.stack, 8, frame);
     }
 
     #[inline(always)]

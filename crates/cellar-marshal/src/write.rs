@@ -1111,8 +1111,7 @@ impl Writer {
 
     /// Before the source runs foreign code: every handle pending on `stack`, `v`, and
     /// `pending` (held outside the stack: the containers written inline, a dict's value while
-    /// its key is described), promoted
-    /// (see [`Node::Escape`]). A set item's standalone dump runs on its own stack, but the outer
+    /// its key is described), promoted (see [`Node::Escape`]). A set item's standalone dump runs on its own stack, but the outer
     /// stack was promoted when the set was met (sets escape), and nothing is pushed onto it
     /// until the set's items are sorted.
     ///

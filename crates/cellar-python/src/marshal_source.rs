@@ -29,11 +29,12 @@
 //! their public attributes (they allocate objects and call methods). A code object whose
 //! layout the import-time probe verified is read straight from its struct instead, and its
 //! only allocation is `co_code`, CPython's cached bytes (not tracked by the GC, so making it
-//! runs no collection): it does not escape. For the others `node` answers [`Node::Escape`]: the encoder first hands
-//! every handle it holds to [`Source::promote`], which takes a strong reference kept until the
-//! dump ends, and only then is the object described (`node_escaped`). Every reference the source
-//! takes (promotions, new objects from getattr, flagged objects) is released only after the
-//! dump, so no deallocation (and no finalizer) runs in the middle of it either.
+//! runs no collection): it does not escape. For the others `node` answers [`Node::Escape`]:
+//! the encoder first hands every handle it holds to [`Source::promote`], which takes a strong
+//! reference kept until the dump ends, and only then is the object described (`node_escaped`).
+//! Every reference the source takes (promotions, new objects from getattr, flagged objects) is
+//! released only after the dump, so no deallocation (and no finalizer) runs in the middle of it
+//! either.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -575,12 +576,10 @@ impl<'py> Source for PySource<'py> {
         }
         // Borrowed: alive while the code object is (its fields never change), which its
         // container or the stack holds; promoted like any pending handle before an escape.
-        match crate::marshal_code::code_field_ptr(co, i).and_then(|p| PyObj::borrowed(p, 0)) {
-            Some(x) => Ok(Some((x, 0))),
-            None => Err(Fail::Core(EncodeError {
-                message: "code object field missing".into(),
-            })),
-        }
+        // (`None`, which `code_fields` ruled out, is the encoder's "unmarshallable object".)
+        Ok(crate::marshal_code::code_field_ptr(co, i)
+            .and_then(|p| PyObj::borrowed(p, 0))
+            .map(|x| (x, 0)))
     }
 
     fn children(&mut self, o: &PyObj<'py>, out: &mut Vec<(PyObj<'py>, u32)>) -> Result<(), Fail> {
@@ -628,7 +627,7 @@ fn is_code(v: &Bound<'_, PyAny>) -> bool {
 
 impl<'py> PySource<'py> {
     /// A code object's fields through the public attributes only (see [`Unit`]), when the
-    /// struct's layout is not verified (`code_field` answers field 0 with `None`).
+    /// struct's layout is not verified (`code_by_field` declines it).
     fn code_children_public(
         &mut self,
         co: &Bound<'py, PyAny>,
