@@ -4,7 +4,9 @@
 //! program is mostly the reads: the load takes about a tenth of the time).
 //! `cargo run --release -p cellar-engine --example random_reads_profile [DIR] [blocks]`:
 //! with `blocks`, the store is opened as dbm and shelve stores are (compact form, background
-//! compaction) and compacted before the reads, so every read is served from a block.
+//! compaction) and compacted before the reads, so every read is served from a block; with
+//! `reopen`, opened the same way but closed after the load (the close-time fold compacts it)
+//! and reopened, as bench/engine does, so round 0 starts with a cold block cache.
 
 use std::time::Instant;
 
@@ -24,7 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let n = 500_000usize;
     let mut keys = Vec::with_capacity(n);
-    let blocks = std::env::args().nth(2).as_deref() == Some("blocks");
+    let mode = std::env::args().nth(2).unwrap_or_default();
+    let reopen = mode == "reopen";
+    let blocks = mode == "blocks" || reopen;
     let path = dir.join("cellar-c-profile.db");
     let _ = std::fs::remove_file(&path);
     let opts = if blocks {
@@ -36,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         Options::default()
     };
-    let s = Store::open(&path, opts)?;
+    let mut s = Store::open(&path, opts.clone())?;
     for _ in 0..n / 1000 {
         let mut b = Batch::new();
         for _ in 0..1000 {
@@ -51,10 +55,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         s.batch(&b)?;
         s.sync()?;
     }
-    if blocks {
+    if reopen {
+        s.close()?;
+        s = Store::open(&path, opts)?;
+    } else if blocks {
         s.compact()?;
     }
-    let order: Vec<usize> = (0..2 * n).map(|_| (next() % n as u64) as usize).collect();
+    // `once` (a third argument): every key read once, in a shuffled order, as bench/engine (c).
+    let order: Vec<usize> = if std::env::args().nth(3).as_deref() == Some("once") {
+        let mut o: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            o.swap(i, (next() % (i as u64 + 1)) as usize);
+        }
+        o
+    } else {
+        (0..2 * n).map(|_| (next() % n as u64) as usize).collect()
+    };
     for round in 0..3 {
         let t = Instant::now();
         let mut found = 0usize;
