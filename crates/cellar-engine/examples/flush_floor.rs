@@ -4,7 +4,9 @@
 //! - `append`: at the end of the file, then `fsync` (a write-ahead journal such as fjall's).
 //!
 //! Every durable commit costs at least one of these; what an engine adds shows as its (b) figure
-//! above this floor. `cargo run --release -p cellar-engine --example flush_floor [DIR] [N]`.
+//! above this floor. The last line is cellar itself: `Store::put` then `Store::sync` of a
+//! 16-byte key and 100-byte value (a 124-byte record), in a store opened with the defaults.
+//! `cargo run --release -p cellar-engine --example flush_floor [DIR] [N]`.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -70,6 +72,20 @@ fn append(path: &Path, n: usize) -> std::io::Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+fn cellar(path: &Path, n: usize) -> Result<f64, cellar_engine::Error> {
+    let _ = std::fs::remove_file(path);
+    let s = cellar_engine::Store::open(path, cellar_engine::Options::default())?;
+    let t = Instant::now();
+    for i in 0..n as u64 {
+        let k = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes();
+        s.put(&[k, k].concat(), &[0x5a; 100])?;
+        s.sync()?;
+    }
+    let dt = t.elapsed().as_secs_f64();
+    s.close()?;
+    Ok(dt)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args()
         .nth(1)
@@ -85,6 +101,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("overwrite + fdatasync", overwrite(&path, n)?),
             ("the same, file mapped", overwrite_mapped(&path, n)?),
             ("append + fsync", append(&path, n)?),
+            (
+                "cellar put + sync",
+                cellar(&dir.join("cellar-flush-floor.cellar"), n)?,
+            ),
         ] {
             println!(
                 "round {round}: {name:22} {:6.0} commits/s ({:.1} us a commit)",
@@ -94,5 +114,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     std::fs::remove_file(&path)?;
+    std::fs::remove_file(dir.join("cellar-flush-floor.cellar"))?;
     Ok(())
 }
