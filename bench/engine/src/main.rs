@@ -9,7 +9,7 @@
 //! get: the compact form with background compaction on (the engine's default).
 //!
 //! Sizes (e1)-(e3) and (f3) are of closed stores (each engine flushed and done with its own
-//! background work); (a2) is what that close took after (a), and (c)/(d) read the store
+//! background work); (a2) and (e2c) are what those closes took, and (c)/(d) read the store
 //! reopened.
 
 use std::collections::BTreeMap;
@@ -689,7 +689,15 @@ fn main() {
         for chunk in overwrite.chunks(batch) {
             db.batch_durable(chunk);
         }
+        let t = Instant::now();
         db.close();
+        res.add(
+            "(e2c) close after the overwrite",
+            e,
+            secs(t.elapsed()) * 1000.0,
+            "ms",
+            false,
+        );
         res.add(
             "(e2) disk size after overwrite",
             e,
