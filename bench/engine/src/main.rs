@@ -567,6 +567,13 @@ impl Results {
     }
 }
 
+/// Closes `db`; returns how long that took, in milliseconds.
+fn close_timed(db: Box<dyn Engine>) -> f64 {
+    let t = Instant::now();
+    db.close();
+    secs(t.elapsed()) * 1000.0
+}
+
 fn fmt_num(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
@@ -639,15 +646,8 @@ fn main() {
         // flushed and finished its own background work (an open store's size catches whatever
         // a background compaction or flush is writing at that instant). What closing costs is
         // its own row; the store is then reopened for the reads.
-        let t = Instant::now();
-        db.close();
-        res.add(
-            "(a2) close after (a)",
-            e,
-            secs(t.elapsed()) * 1000.0,
-            "ms",
-            false,
-        );
+        let ms = close_timed(db);
+        res.add("(a2) close after (a)", e, ms, "ms", false);
         res.add(
             "(e1) disk size after (a)",
             e,
@@ -689,15 +689,8 @@ fn main() {
         for chunk in overwrite.chunks(batch) {
             db.batch_durable(chunk);
         }
-        let t = Instant::now();
-        db.close();
-        res.add(
-            "(e2c) close after the overwrite",
-            e,
-            secs(t.elapsed()) * 1000.0,
-            "ms",
-            false,
-        );
+        let ms = close_timed(db);
+        res.add("(e2c) close after the overwrite", e, ms, "ms", false);
         res.add(
             "(e2) disk size after overwrite",
             e,
