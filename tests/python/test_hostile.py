@@ -6,6 +6,7 @@ never crash, hang, or allocate in proportion to a claimed length.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import marshal as c_marshal
 import os
@@ -14,6 +15,7 @@ import resource
 import struct
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -587,3 +589,110 @@ def test_dumps_survives_a_finalizer_freeing_pending_objects() -> None:
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="__buffer__ is 3.12+")
 def test_dumps_survives_a_buffer_hook_freeing_pending_objects() -> None:
     assert _run_debug(_BUFFER_SCRIPT).startswith("ok")
+
+
+def _graph_equal(a: object, b: object, seen: dict[int, int] | None = None) -> bool:
+    """Structural equality that follows cycles: `a` and `b` have the same shape, values and
+    identities (a container reached twice on one side is reached twice on the other)."""
+    seen = {} if seen is None else seen
+    if id(a) in seen:
+        return seen[id(a)] == id(b)
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        seen[id(a)] = id(b)
+        return len(a) == len(b) and all(_graph_equal(x, y, seen) for x, y in zip(a, b))  # type: ignore[arg-type]
+    if isinstance(a, dict):
+        seen[id(a)] = id(b)
+        return list(a) == list(b) and all(_graph_equal(a[k], b[k], seen) for k in a)  # type: ignore[index]
+    return bool(a == b)
+
+
+def _inline_shapes() -> list[object]:
+    """Containers whose first items are leaves and whose later items are not: a dict, tuple or
+    list is read without a frame until such an item arrives (reader's `inline`), so these
+    cover every way out of that state."""
+    shapes: list[object] = []
+    d: dict[str, object] = {"a": 1, "b": "x"}
+    d["self"] = d  # a reference to the open dict after leaves
+    shapes.append(d)
+    lst: list[object] = [1, 2.5, "s"]
+    lst.append(lst)  # a reference to the open list after leaves
+    lst.append(3)
+    shapes.append(lst)
+    outer: dict[str, object] = {"k": 1}
+    outer["inner"] = [1, 2, outer]  # a list read one level down refers to the dict above
+    outer["t"] = (1, (2, 3), [4])  # a tuple one level down holding containers
+    shapes.append(outer)
+    t = ("a", "b")
+    shapes.append([{"id": i, "tags": t, "n": None, "f": 1.5} for i in range(50)])  # shared tuple
+    shapes.append({"a": {"b": {"c": (1, 2, {"d": [3, 4]})}}, "e": 5})
+    shapes.append((1, 2, 3, frozenset({1, 2}), "x"))
+    shapes.append([(), [], {}, (1,), [2], {3: 4}])
+    return shapes
+
+
+@contextlib.contextmanager
+def _address_space_cap(extra: int) -> Iterator[None]:
+    """Caps this process's address space at its current size plus `extra` bytes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        current = int(f.read().split()[0]) * resource.getpagesize()
+    cap = current + extra
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+_TYPE_CODES = frozenset(b"0NFTS.iIfgxylstr([{cu<>aA)zZ:")
+
+
+@pytest.mark.parametrize("version", range(5))
+def test_containers_read_inline_match_cpython(version: int) -> None:
+    for v in _inline_shapes():
+        try:
+            data = c_marshal.dumps(v, version)
+        except ValueError:
+            assert version < 3  # a cycle needs references (version 3 on)
+            continue
+        assert _graph_equal(r_marshal.loads(data), c_marshal.loads(data)), (version, data)
+        assert _graph_equal(r_marshal.load(io.BytesIO(data)), c_marshal.loads(data))
+        # Every truncation, and every byte that may be a type code replaced by NULL, an
+        # unknown code or a reference: the same exception type. A shifted read can make CPython
+        # pre-allocate a list or tuple for a claim of up to 2**31 items; with the address space
+        # capped that is a MemoryError, compared as "CPython refused" (cellar never allocates
+        # beyond what the input can fill: test_huge_claimed_size_in_ten_bytes).
+        with _address_space_cap(1 << 30):
+            for i in range(len(data)):
+                ours = outcome(r_marshal.loads, data[:i])
+                assert ours[0] == outcome(c_marshal.loads, data[:i])[0]
+                if data[i] & 0x7F not in _TYPE_CODES:
+                    continue
+                for bad in (b"0", b"?", b"r"):
+                    damaged = data[:i] + bad + data[i + 1 :]
+                    ours, theirs = outcome(r_marshal.loads, damaged), outcome(c_marshal.loads, damaged)
+                    if theirs[0] != "MemoryError":
+                        assert ours[0] == theirs[0], (damaged, ours, theirs)
+                    else:
+                        assert ours[0] in ("EOFError", "ValueError", "TypeError"), (damaged, ours)
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        b"{N)\x02NN0",  # a dict whose value is a tuple of leaves (read one level down)
+        b")\x02N)\x01N",  # a tuple of a leaf and a tuple of a leaf
+        b"[\x02\x00\x00\x00NN",  # a list of leaves
+        b"{NN0",  # a dict of leaves
+    ],
+)
+def test_nesting_limit_with_inline_containers_is_cpythons(inner: bytes) -> None:
+    # `depth` lists around `inner`: the limit falls inside, on, and just outside it.
+    for depth in range(1994, 2001):
+        data = b"[\x01\x00\x00\x00" * depth + inner
+        ours, theirs = outcome(r_marshal.loads, data), outcome(c_marshal.loads, data)
+        assert ours == theirs, (depth, inner, ours, theirs)

@@ -276,29 +276,127 @@ enum Slot<V> {
     Done(V, u32, Shape),
 }
 
+/// An open tuple or list.
+struct SeqFrame<S: Sink> {
+    seq: S::Seq,
+    list: bool,
+    left: usize,
+    len: usize,
+    all_str: bool,
+    slot: Option<usize>,
+    height: u32,
+    reserved: usize,
+}
+
+/// An open dict, with the key read before its value.
+struct DictFrame<S: Sink> {
+    dict: S::Dict,
+    key: Option<S::Value>,
+    slot: Option<usize>,
+    height: u32,
+}
+
+/// A tuple, list or dict: read with its frame on the stack, or without one while its items
+/// are leaves (see `Decoder::inline`); the same methods either way.
+trait InlineFrame<S: Sink>: Sized {
+    /// Takes one item; true when the container is complete (a dict: at the NULL that ends it).
+    fn accept(
+        &mut self,
+        sink: &mut S,
+        max_depth: usize,
+        item: Item<S::Value>,
+        at: usize,
+    ) -> Result<bool, S::Error>;
+    /// The frame it becomes on the stack.
+    fn into_frame(self) -> Frame<S>;
+    /// Closes the complete container.
+    fn close<I: Input>(
+        self,
+        d: &mut Decoder<'_, I, S>,
+        at: usize,
+    ) -> Result<Item<S::Value>, S::Error>;
+}
+
+impl<S: Sink> InlineFrame<S> for SeqFrame<S> {
+    #[inline(always)]
+    fn accept(
+        &mut self,
+        sink: &mut S,
+        _: usize,
+        item: Item<S::Value>,
+        at: usize,
+    ) -> Result<bool, S::Error> {
+        let Some(v) = item.value else {
+            let what = if self.list { "list" } else { "tuple" };
+            return Err(type_err(&format!("NULL object in marshal data for {what}"), at).into());
+        };
+        sink.seq_push(&mut self.seq, v)?;
+        self.all_str &= item.shape == Shape::Str;
+        self.height = self.height.max(item.height.saturating_add(1));
+        self.left -= 1;
+        Ok(self.left == 0)
+    }
+    #[inline(always)]
+    fn into_frame(self) -> Frame<S> {
+        Frame::Seq(self)
+    }
+    #[inline(always)]
+    fn close<I: Input>(
+        self,
+        d: &mut Decoder<'_, I, S>,
+        at: usize,
+    ) -> Result<Item<S::Value>, S::Error> {
+        d.finish_seq(self, at)
+    }
+}
+
+impl<S: Sink> InlineFrame<S> for DictFrame<S> {
+    #[inline(always)]
+    fn accept(
+        &mut self,
+        sink: &mut S,
+        max_depth: usize,
+        item: Item<S::Value>,
+        at: usize,
+    ) -> Result<bool, S::Error> {
+        let Some(v) = item.value else {
+            // NULL ends the dict, whether in key or value position (a pending key is dropped).
+            self.key = None;
+            return Ok(true);
+        };
+        self.height = self.height.max(item.height.saturating_add(1));
+        match self.key.take() {
+            None => {
+                check_hashed(item.height, max_depth, at)?;
+                self.key = Some(v)
+            }
+            Some(k) => sink.dict_set(&mut self.dict, k, v, at)?,
+        }
+        Ok(false)
+    }
+    #[inline(always)]
+    fn into_frame(self) -> Frame<S> {
+        Frame::Dict(self)
+    }
+    #[inline(always)]
+    fn close<I: Input>(
+        self,
+        d: &mut Decoder<'_, I, S>,
+        at: usize,
+    ) -> Result<Item<S::Value>, S::Error> {
+        d.finish_dict(self, at)
+    }
+}
+
 enum Frame<S: Sink> {
-    Seq {
-        seq: S::Seq,
-        list: bool,
-        left: usize,
-        len: usize,
-        all_str: bool,
-        slot: Option<usize>,
-        height: u32,
-        reserved: usize,
-    },
+    Seq(SeqFrame<S>),
     Set {
         set: S::Set,
         left: usize,
         slot: Option<usize>,
         height: u32,
     },
-    Dict {
-        dict: S::Dict,
-        key: Option<S::Value>,
-        slot: Option<usize>,
-        height: u32,
-    },
+    Dict(DictFrame<S>),
     Code {
         ints: [i32; 6],
         objs: Vec<(S::Value, Shape)>,
@@ -521,7 +619,8 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
             if self.stack.len() + 1 > self.opts.max_depth {
                 return Err(value_err("recursion limit exceeded", at).into());
             }
-            let Some(mut item) = self.head(at)? else {
+            let code = self.byte()?;
+            let Some(mut item) = self.head::<1>(code, at)? else {
                 continue;
             };
             // Deliver the finished object to the open containers, closing those it completes.
@@ -552,26 +651,7 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
         at: usize,
     ) -> Result<bool, S::Error> {
         match top {
-            Frame::Seq {
-                seq,
-                list,
-                left,
-                all_str,
-                height,
-                ..
-            } => {
-                let Some(v) = item.value else {
-                    let what = if *list { "list" } else { "tuple" };
-                    return Err(
-                        type_err(&format!("NULL object in marshal data for {what}"), at).into(),
-                    );
-                };
-                sink.seq_push(seq, v)?;
-                *all_str &= item.shape == Shape::Str;
-                *height = (*height).max(item.height.saturating_add(1));
-                *left -= 1;
-                Ok(*left == 0)
-            }
+            Frame::Seq(f) => f.accept(sink, max_depth, item, at),
             Frame::Set {
                 set, left, height, ..
             } => {
@@ -584,24 +664,7 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                 *left -= 1;
                 Ok(*left == 0)
             }
-            Frame::Dict {
-                dict, key, height, ..
-            } => {
-                let Some(v) = item.value else {
-                    // NULL ends the dict, whether in key or value position (a pending key is dropped).
-                    *key = None;
-                    return Ok(true);
-                };
-                *height = (*height).max(item.height.saturating_add(1));
-                match key.take() {
-                    None => {
-                        check_hashed(item.height, max_depth, at)?;
-                        *key = Some(v)
-                    }
-                    Some(k) => sink.dict_set(dict, k, v, at)?,
-                }
-                Ok(false)
-            }
+            Frame::Dict(f) => f.accept(sink, max_depth, item, at),
             Frame::Code {
                 ints, objs, height, ..
             } => {
@@ -632,41 +695,57 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
         }
     }
 
+    /// Closes a complete tuple or list.
+    #[inline(always)]
+    fn finish_seq(&mut self, f: SeqFrame<S>, at: usize) -> Result<Item<S::Value>, S::Error> {
+        self.reserved -= f.reserved;
+        let v = self.sink.seq_close(f.seq)?;
+        let shape = if f.list {
+            Shape::Other
+        } else {
+            Shape::Tuple {
+                len: f.len as u32,
+                all_str: f.all_str,
+            }
+        };
+        self.done(v, f.slot, f.height, shape, at)
+    }
+
+    /// Closes a complete dict.
+    #[inline(always)]
+    fn finish_dict(&mut self, f: DictFrame<S>, at: usize) -> Result<Item<S::Value>, S::Error> {
+        let v = self.sink.dict_close(f.dict)?;
+        self.done(v, f.slot, f.height.max(1), Shape::Other, at)
+    }
+
+    /// A closed container: checked against the depth limit, recorded in its reference slot.
+    #[inline(always)]
+    fn done(
+        &mut self,
+        v: S::Value,
+        slot: Option<usize>,
+        h: u32,
+        shape: Shape,
+        at: usize,
+    ) -> Result<Item<S::Value>, S::Error> {
+        if !S::DEEP_VALUES && h as usize > self.opts.max_depth {
+            return Err(value_err(MSG_DEEP, at).into());
+        }
+        self.fill(slot, &v, h, shape);
+        Ok(Item {
+            value: Some(v),
+            height: h,
+            shape,
+        })
+    }
+
     fn finish(&mut self, frame: Frame<S>, at: usize) -> Result<Item<S::Value>, S::Error> {
         let (v, slot, h, shape) = match frame {
-            Frame::Seq {
-                seq,
-                list,
-                len,
-                all_str,
-                slot,
-                height,
-                reserved,
-                ..
-            } => {
-                self.reserved -= reserved;
-                let v = self.sink.seq_close(seq)?;
-                let shape = if list {
-                    Shape::Other
-                } else {
-                    Shape::Tuple {
-                        len: len as u32,
-                        all_str,
-                    }
-                };
-                (v, slot, height, shape)
-            }
+            Frame::Seq(f) => return self.finish_seq(f, at),
+            Frame::Dict(f) => return self.finish_dict(f, at),
             Frame::Set {
                 set, slot, height, ..
             } => (self.sink.set_close(set)?, slot, height, Shape::Other),
-            Frame::Dict {
-                dict, slot, height, ..
-            } => (
-                self.sink.dict_close(dict)?,
-                slot,
-                height.max(1),
-                Shape::Other,
-            ),
             Frame::Code {
                 ints,
                 mut objs,
@@ -692,83 +771,21 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                 (self.sink.slice(a, b, c)?, slot, height, Shape::Other)
             }
         };
-        if !S::DEEP_VALUES && h as usize > self.opts.max_depth {
-            return Err(value_err(MSG_DEEP, at).into());
-        }
-        self.fill(slot, &v, h, shape);
-        Ok(Item {
-            value: Some(v),
-            height: h,
-            shape,
-        })
+        self.done(v, slot, h, shape, at)
     }
 
-    /// Reads one type code and either a whole object (returned) or the head of a container
-    /// (pushed on the stack; `None` returned).
+    /// Handles the type code `code` (read at `at`): a whole object is returned; a container is
+    /// opened, its frame pushed (`None` returned). With `INLINE`, a dict, tuple or list is first
+    /// read without a frame while its items are leaves (see [`Self::inline`]).
     #[inline(always)]
-    fn head(&mut self, at: usize) -> Result<Option<Item<S::Value>>, S::Error> {
-        let code = self.byte()?;
+    fn head<const INLINE: u8>(
+        &mut self,
+        code: u8,
+        at: usize,
+    ) -> Result<Option<Item<S::Value>>, S::Error> {
         let flag = code & FLAG_REF != 0;
         let t = code & !FLAG_REF;
-        let single = |v: S::Value| {
-            Ok(Some(Item {
-                value: Some(v),
-                height: 1,
-                shape: Shape::Other,
-            }))
-        };
         match t {
-            TYPE_SHORT_ASCII | TYPE_SHORT_ASCII_INTERNED => {
-                let n = self.byte()? as usize;
-                let p = self.input.position();
-                let Some(raw) = self.input.take(n)? else {
-                    return Err(too_short(p).into());
-                };
-                let v = self.sink.str_latin1(raw, t == TYPE_SHORT_ASCII_INTERNED)?;
-                Ok(Some(self.leaf(flag, v, Shape::Str)))
-            }
-            TYPE_REF => {
-                let n = self.i32()?;
-                let idx = usize::try_from(n).ok();
-                match idx.and_then(|i| self.refs.get(i)) {
-                    Some(Slot::Done(v, h, shape)) => {
-                        let (h, shape) = (*h, *shape);
-                        let v = self.sink.share(v);
-                        Ok(Some(Item {
-                            value: Some(v),
-                            height: h,
-                            shape,
-                        }))
-                    }
-                    Some(Slot::OpenMutable(fi)) => {
-                        let fi = *fi;
-                        let v = match self.stack.get_mut(fi) {
-                            Some(Frame::Seq { seq, .. }) => self.sink.seq_ref(seq),
-                            Some(Frame::Dict { dict, .. }) => self.sink.dict_ref(dict),
-                            Some(Frame::Set { set, .. }) => self.sink.set_ref(set),
-                            _ => None,
-                        };
-                        match v {
-                            // The open container's height is not known yet; a cycle through
-                            // a mutable container is never hashed (lists, dicts and sets are
-                            // unhashable) and Python's repr/== guard their own recursion.
-                            Some(v) => Ok(Some(Item {
-                                value: Some(v),
-                                height: 1,
-                                shape: Shape::Other,
-                            })),
-                            None => Err(value_err(MSG_CYCLE, at).into()),
-                        }
-                    }
-                    Some(Slot::OpenTuple) => Err(value_err(MSG_SELF_TUPLE, at).into()),
-                    _ => Err(value_err("bad marshal data (invalid reference)", at).into()),
-                }
-            }
-            TYPE_INT => {
-                let v = self.i32()?;
-                let v = self.sink.int(v as i64)?;
-                Ok(Some(self.leaf(flag, v, Shape::Other)))
-            }
             TYPE_SMALL_TUPLE | TYPE_TUPLE | TYPE_LIST => {
                 let n = match t {
                     TYPE_SMALL_TUPLE => self.byte()? as usize,
@@ -811,7 +828,7 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                         return Err(e);
                     }
                 };
-                self.push_frame(Frame::Seq {
+                let frame = SeqFrame {
                     seq,
                     list,
                     left: n,
@@ -820,86 +837,26 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                     slot,
                     height: 1,
                     reserved: capacity,
-                });
+                };
+                if INLINE > 0 {
+                    return self.inline::<_, INLINE>(frame);
+                }
+                self.push_frame(Frame::Seq(frame));
                 Ok(None)
-            }
-            TYPE_NULL => Ok(Some(Item {
-                value: None,
-                height: 0,
-                shape: Shape::Other,
-            })),
-            TYPE_NONE => single(self.sink.none()?),
-            TYPE_FALSE => single(self.sink.bool(false)?),
-            TYPE_TRUE => single(self.sink.bool(true)?),
-            TYPE_STOPITER => single(self.sink.stop_iteration()?),
-            TYPE_ELLIPSIS => single(self.sink.ellipsis()?),
-            TYPE_INT64 => {
-                let v = i64::from_le_bytes(self.take_array::<8>()?);
-                let v = self.sink.int(v)?;
-                Ok(Some(self.leaf(flag, v, Shape::Other)))
-            }
-            TYPE_LONG => {
-                let v = self.long(at)?;
-                Ok(Some(self.leaf(flag, v, Shape::Other)))
-            }
-            TYPE_FLOAT => {
-                let f = self.text_float()?;
-                let v = self.sink.float(f)?;
-                Ok(Some(self.leaf(flag, v, Shape::Other)))
-            }
-            TYPE_BINARY_FLOAT => {
-                let f = self.f64()?;
-                let v = self.sink.float(f)?;
-                Ok(Some(self.leaf(flag, v, Shape::Other)))
-            }
-            TYPE_COMPLEX => {
-                let re = self.text_float()?;
-                let im = self.text_float()?;
-                let v = self.sink.complex(re, im)?;
-                Ok(Some(self.leaf(flag, v, Shape::Other)))
-            }
-            TYPE_BINARY_COMPLEX => {
-                let re = self.f64()?;
-                let im = self.f64()?;
-                let v = self.sink.complex(re, im)?;
-                Ok(Some(self.leaf(flag, v, Shape::Other)))
-            }
-            TYPE_STRING => {
-                let n = self.size("bytes object")?;
-                let p = self.input.position();
-                let Some(raw) = self.input.take(n)? else {
-                    return Err(too_short(p).into());
-                };
-                let v = self.sink.bytes(raw)?;
-                Ok(Some(self.leaf(flag, v, Shape::Bytes(n as u32))))
-            }
-            TYPE_UNICODE | TYPE_INTERNED => {
-                let n = self.size("string")?;
-                let p = self.input.position();
-                let Some(raw) = self.input.take(n)? else {
-                    return Err(too_short(p).into());
-                };
-                let v = self.sink.str_utf8(raw, t == TYPE_INTERNED, p)?;
-                Ok(Some(self.leaf(flag, v, Shape::Str)))
-            }
-            TYPE_ASCII | TYPE_ASCII_INTERNED => {
-                let n = self.size("string")?;
-                let p = self.input.position();
-                let Some(raw) = self.input.take(n)? else {
-                    return Err(too_short(p).into());
-                };
-                let v = self.sink.str_latin1(raw, t == TYPE_ASCII_INTERNED)?;
-                Ok(Some(self.leaf(flag, v, Shape::Str)))
             }
             TYPE_DICT => {
                 let slot = self.reserve_slot(flag, Slot::OpenMutable(self.stack.len()));
                 let dict = self.sink.dict_open()?;
-                self.push_frame(Frame::Dict {
+                let frame = DictFrame {
                     dict,
                     key: None,
                     slot,
                     height: 1,
-                });
+                };
+                if INLINE > 0 {
+                    return self.inline::<_, INLINE>(frame);
+                }
+                self.push_frame(Frame::Dict(frame));
                 Ok(None)
             }
             TYPE_SET | TYPE_FROZENSET => {
@@ -954,6 +911,216 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
                     height: 1,
                 });
                 Ok(None)
+            }
+            _ => self.leaf_item(code, at).map(Some),
+        }
+    }
+
+    /// Whether `t` (a type code without its flag) opens a container that may take a frame.
+    #[inline(always)]
+    fn opens_frame(t: u8) -> bool {
+        matches!(
+            t,
+            TYPE_SMALL_TUPLE
+                | TYPE_TUPLE
+                | TYPE_LIST
+                | TYPE_DICT
+                | TYPE_SET
+                | TYPE_FROZENSET
+                | TYPE_CODE
+                | TYPE_SLICE
+        )
+    }
+
+    /// Reads the items of the container `f` opens without pushing its frame while they are
+    /// leaves (scalars, strs, bytes, references to finished objects): most dicts and many
+    /// tuples hold nothing else, and a frame's push and pop cost more than their items. The
+    /// first item that is not a leaf pushes the frame, and the main loop takes over from there
+    /// exactly as if it had been pushed at the start: the stack index a reference slot
+    /// recorded for the container is the one the frame gets, and every item goes through the
+    /// same `accept` and close, under the same depth check.
+    #[inline(never)]
+    fn inline<F: InlineFrame<S>, const LEVEL: u8>(
+        &mut self,
+        mut f: F,
+    ) -> Result<Option<Item<S::Value>>, S::Error> {
+        loop {
+            let at = self.input.position();
+            // The container counts as one level, as its frame would.
+            if self.stack.len() + 2 > self.opts.max_depth {
+                return Err(value_err("recursion limit exceeded", at).into());
+            }
+            let code = self.byte()?;
+            let t = code & !FLAG_REF;
+            let item = if t == TYPE_REF {
+                let n = self.i32()?;
+                match usize::try_from(n).ok().and_then(|i| self.refs.get(i)) {
+                    Some(Slot::Done(v, h, shape)) => Item {
+                        value: Some(self.sink.share(v)),
+                        height: *h,
+                        shape: *shape,
+                    },
+                    // An open container (possibly this one), or an error: with the frame in
+                    // place, as the main loop would see it.
+                    _ => {
+                        self.push_frame(f.into_frame());
+                        return self.reference(n, at).map(Some);
+                    }
+                }
+            } else if Self::opens_frame(t) {
+                self.push_frame(f.into_frame());
+                // The item itself may be read inline, one level down (a small tuple in a dict).
+                return if LEVEL == 1 {
+                    self.head::<2>(code, at)
+                } else {
+                    self.head::<0>(code, at)
+                };
+            } else {
+                self.leaf_item(code, at)?
+            };
+            if f.accept(self.sink, self.opts.max_depth, item, at)? {
+                return f.close(self, at).map(Some);
+            }
+        }
+    }
+
+    /// A back-reference to slot `n`.
+    #[inline(always)]
+    fn reference(&mut self, n: i32, at: usize) -> Result<Item<S::Value>, S::Error> {
+        let idx = usize::try_from(n).ok();
+        match idx.and_then(|i| self.refs.get(i)) {
+            Some(Slot::Done(v, h, shape)) => {
+                let (h, shape) = (*h, *shape);
+                let v = self.sink.share(v);
+                Ok(Item {
+                    value: Some(v),
+                    height: h,
+                    shape,
+                })
+            }
+            Some(Slot::OpenMutable(fi)) => {
+                let fi = *fi;
+                let v = match self.stack.get_mut(fi) {
+                    Some(Frame::Seq(f)) => self.sink.seq_ref(&mut f.seq),
+                    Some(Frame::Dict(f)) => self.sink.dict_ref(&mut f.dict),
+                    Some(Frame::Set { set, .. }) => self.sink.set_ref(set),
+                    _ => None,
+                };
+                match v {
+                    // The open container's height is not known yet; a cycle through a mutable
+                    // container is never hashed (lists, dicts and sets are unhashable) and
+                    // Python's repr/== guard their own recursion.
+                    Some(v) => Ok(Item {
+                        value: Some(v),
+                        height: 1,
+                        shape: Shape::Other,
+                    }),
+                    None => Err(value_err(MSG_CYCLE, at).into()),
+                }
+            }
+            Some(Slot::OpenTuple) => Err(value_err(MSG_SELF_TUPLE, at).into()),
+            _ => Err(value_err("bad marshal data (invalid reference)", at).into()),
+        }
+    }
+
+    /// An object that opens no frame: a scalar, str, bytes, a reference or NULL.
+    #[inline(always)]
+    fn leaf_item(&mut self, code: u8, at: usize) -> Result<Item<S::Value>, S::Error> {
+        let flag = code & FLAG_REF != 0;
+        let t = code & !FLAG_REF;
+        let single = |v: S::Value| {
+            Ok(Item {
+                value: Some(v),
+                height: 1,
+                shape: Shape::Other,
+            })
+        };
+        match t {
+            TYPE_SHORT_ASCII | TYPE_SHORT_ASCII_INTERNED => {
+                let n = self.byte()? as usize;
+                let p = self.input.position();
+                let Some(raw) = self.input.take(n)? else {
+                    return Err(too_short(p).into());
+                };
+                let v = self.sink.str_latin1(raw, t == TYPE_SHORT_ASCII_INTERNED)?;
+                Ok(self.leaf(flag, v, Shape::Str))
+            }
+            TYPE_REF => {
+                let n = self.i32()?;
+                self.reference(n, at)
+            }
+            TYPE_INT => {
+                let v = self.i32()?;
+                let v = self.sink.int(v as i64)?;
+                Ok(self.leaf(flag, v, Shape::Other))
+            }
+            TYPE_NULL => Ok(Item {
+                value: None,
+                height: 0,
+                shape: Shape::Other,
+            }),
+            TYPE_NONE => single(self.sink.none()?),
+            TYPE_FALSE => single(self.sink.bool(false)?),
+            TYPE_TRUE => single(self.sink.bool(true)?),
+            TYPE_STOPITER => single(self.sink.stop_iteration()?),
+            TYPE_ELLIPSIS => single(self.sink.ellipsis()?),
+            TYPE_INT64 => {
+                let v = i64::from_le_bytes(self.take_array::<8>()?);
+                let v = self.sink.int(v)?;
+                Ok(self.leaf(flag, v, Shape::Other))
+            }
+            TYPE_LONG => {
+                let v = self.long(at)?;
+                Ok(self.leaf(flag, v, Shape::Other))
+            }
+            TYPE_FLOAT => {
+                let f = self.text_float()?;
+                let v = self.sink.float(f)?;
+                Ok(self.leaf(flag, v, Shape::Other))
+            }
+            TYPE_BINARY_FLOAT => {
+                let f = self.f64()?;
+                let v = self.sink.float(f)?;
+                Ok(self.leaf(flag, v, Shape::Other))
+            }
+            TYPE_COMPLEX => {
+                let re = self.text_float()?;
+                let im = self.text_float()?;
+                let v = self.sink.complex(re, im)?;
+                Ok(self.leaf(flag, v, Shape::Other))
+            }
+            TYPE_BINARY_COMPLEX => {
+                let re = self.f64()?;
+                let im = self.f64()?;
+                let v = self.sink.complex(re, im)?;
+                Ok(self.leaf(flag, v, Shape::Other))
+            }
+            TYPE_STRING => {
+                let n = self.size("bytes object")?;
+                let p = self.input.position();
+                let Some(raw) = self.input.take(n)? else {
+                    return Err(too_short(p).into());
+                };
+                let v = self.sink.bytes(raw)?;
+                Ok(self.leaf(flag, v, Shape::Bytes(n as u32)))
+            }
+            TYPE_UNICODE | TYPE_INTERNED => {
+                let n = self.size("string")?;
+                let p = self.input.position();
+                let Some(raw) = self.input.take(n)? else {
+                    return Err(too_short(p).into());
+                };
+                let v = self.sink.str_utf8(raw, t == TYPE_INTERNED, p)?;
+                Ok(self.leaf(flag, v, Shape::Str))
+            }
+            TYPE_ASCII | TYPE_ASCII_INTERNED => {
+                let n = self.size("string")?;
+                let p = self.input.position();
+                let Some(raw) = self.input.take(n)? else {
+                    return Err(too_short(p).into());
+                };
+                let v = self.sink.str_latin1(raw, t == TYPE_ASCII_INTERNED)?;
+                Ok(self.leaf(flag, v, Shape::Str))
             }
             _ => Err(value_err("bad marshal data (unknown type code)", at).into()),
         }
