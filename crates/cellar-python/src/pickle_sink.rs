@@ -760,9 +760,10 @@ impl<'py> Sink for PySink<'py, '_> {
     fn bool(&mut self, v: bool) -> Res<Obj<'py>> {
         Ok(PyBool::new(self.py, v).to_owned().into_any())
     }
-    #[inline]
+    #[inline(always)]
     fn int(&mut self, v: i64) -> Res<Obj<'py>> {
-        Ok(PyInt::new(self.py, v).into_any())
+        // SAFETY: GIL held; returns a new reference or NULL with an exception set.
+        self.owned(unsafe { ffi::PyLong_FromLongLong(v) })
     }
     fn big_int(&mut self, le: &[u8]) -> Res<Obj<'py>> {
         let py = self.py;
@@ -774,9 +775,11 @@ impl<'py> Sink for PySink<'py, '_> {
             Some(&kwargs),
         )?)
     }
-    #[inline]
+    #[inline(always)]
     fn float(&mut self, v: f64) -> Res<Obj<'py>> {
-        Ok(PyFloat::new(self.py, v).into_any())
+        // SAFETY: GIL held; returns a new reference or NULL with an exception set (pyo3's
+        // `PyFloat::new` is the same call, but out of line: a call per float).
+        self.owned(unsafe { ffi::PyFloat_FromDouble(v) })
     }
     fn complex(&mut self, re: f64, im: f64) -> Res<Obj<'py>> {
         Ok(PyComplex::from_doubles(self.py, re, im).into_any())
