@@ -775,8 +775,10 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
     }
 
     /// Handles the type code `code` (read at `at`): a whole object is returned; a container is
-    /// opened, its frame pushed (`None` returned). With `INLINE`, a dict, tuple or list is first
-    /// read without a frame while its items are leaves (see [`Self::inline`]).
+    /// opened, its frame pushed (`None` returned). With `INLINE` above 0, a dict, tuple or list
+    /// is first read without a frame while its items are leaves (see [`Self::inline`]): 1 from
+    /// the main loop, 2 for an item of a container that was being read that way (whose own
+    /// items then get frames: the native recursion stops there).
     #[inline(always)]
     fn head<const INLINE: u8>(
         &mut self,
@@ -938,7 +940,8 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
     /// first item that is not a leaf pushes the frame, and the main loop takes over from there
     /// exactly as if it had been pushed at the start: the stack index a reference slot
     /// recorded for the container is the one the frame gets, and every item goes through the
-    /// same `accept` and close, under the same depth check.
+    /// same `accept` and close, under the same depth check. `LEVEL` is the `INLINE` of the
+    /// [`Self::head`] that opened it.
     #[inline(never)]
     fn inline<F: InlineFrame<S>, const LEVEL: u8>(
         &mut self,
