@@ -251,6 +251,26 @@ add("frozenset_dict_item", b">\x01\x00\x00\x00{0", "a dict as a frozenset item")
 add("trailing_bytes", b"N" + b"garbage", "trailing bytes are ignored")
 add("slice_v5_nested", b":" + b":" * 1000 + b"NNN" + b"NN" * 1000, "1001 nested slices", "ok")
 
+# Containers whose items are leaves are read without a frame until an item that is not a leaf
+# arrives (read.rs, `inline`): every way out of that state.
+add("inline_dict_self_after_leaves", b"\xfbz\x01ai\x01\x00\x00\x00z\x04selfr" + i32(0) + b"0",
+    "a dict that refers to itself after leaf items", "ok|ValueError")
+add("inline_list_self_after_leaves", b"\xdb" + i32(3) + b"NNr" + i32(0),
+    "a list that refers to itself after leaf items", "ok|ValueError")
+add("inline_list_refers_to_parent_dict", b"\xfbz\x01l[" + i32(2) + b"Nr" + i32(0) + b"0",
+    "a list read one level down refers to the dict holding it", "ok|ValueError")
+add("inline_tuple_key_one_level_down", b"{)\x02NNN0", "a tuple of leaves as a dict key")
+add("inline_null_after_leaves", b"(" + i32(3) + b"NN0", "NULL as the third item of a tuple of leaves")
+add("inline_eof_in_dict", b"{NNN", "the input ends inside a dict of leaves")
+add("inline_unknown_code_after_leaves", b"[" + i32(3) + b"NN\x01", "an unknown type code after leaf items")
+add("inline_ref_invalid_after_leaves", b"[" + i32(2) + b"Nr" + i32(7), "a reference past the table after a leaf")
+for d in (1997, 1998):
+    add(f"inline_depth_{d}_dict_tuple", (b"[" + i32(1)) * d + b"{N)\x02NN0",
+        f"{d} nested lists around a dict whose value is a tuple of leaves")
+for d in (1998, 1999):
+    add(f"inline_depth_{d}_dict_leaves", (b"[" + i32(1)) * d + b"{NN0",
+        f"{d} nested lists around a dict of leaves")
+
 
 def main() -> None:
     if os.path.isdir(OUT):
