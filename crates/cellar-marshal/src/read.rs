@@ -957,19 +957,17 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
             let t = code & !FLAG_REF;
             let item = if t == TYPE_REF {
                 let n = self.i32()?;
-                match usize::try_from(n).ok().and_then(|i| self.refs.get(i)) {
-                    Some(Slot::Done(v, h, shape)) => Item {
-                        value: Some(self.sink.share(v)),
-                        height: *h,
-                        shape: *shape,
-                    },
+                let done = matches!(
+                    usize::try_from(n).ok().and_then(|i| self.refs.get(i)),
+                    Some(Slot::Done(..))
+                );
+                if !done {
                     // An open container (possibly this one), or an error: with the frame in
                     // place, as the main loop would see it.
-                    _ => {
-                        self.push_frame(f.into_frame());
-                        return self.reference(n, at).map(Some);
-                    }
+                    self.push_frame(f.into_frame());
+                    return self.reference(n, at).map(Some);
                 }
+                self.reference(n, at)?
             } else if Self::opens_frame(t) {
                 self.push_frame(f.into_frame());
                 // The item itself may be read inline, one level down (a small tuple in a dict).
