@@ -346,7 +346,17 @@ impl<S: Sink> InlineFrame<S> for SeqFrame<S> {
         d: &mut Decoder<'_, I, S>,
         at: usize,
     ) -> Result<Item<S::Value>, S::Error> {
-        d.finish_seq(self, at)
+        d.reserved -= self.reserved;
+        let v = d.sink.seq_close(self.seq)?;
+        let shape = if self.list {
+            Shape::Other
+        } else {
+            Shape::Tuple {
+                len: self.len as u32,
+                all_str: self.all_str,
+            }
+        };
+        d.done(v, self.slot, self.height, shape, at)
     }
 }
 
@@ -384,7 +394,8 @@ impl<S: Sink> InlineFrame<S> for DictFrame<S> {
         d: &mut Decoder<'_, I, S>,
         at: usize,
     ) -> Result<Item<S::Value>, S::Error> {
-        d.finish_dict(self, at)
+        let v = d.sink.dict_close(self.dict)?;
+        d.done(v, self.slot, self.height.max(1), Shape::Other, at)
     }
 }
 
@@ -695,29 +706,6 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
         }
     }
 
-    /// Closes a complete tuple or list.
-    #[inline(always)]
-    fn finish_seq(&mut self, f: SeqFrame<S>, at: usize) -> Result<Item<S::Value>, S::Error> {
-        self.reserved -= f.reserved;
-        let v = self.sink.seq_close(f.seq)?;
-        let shape = if f.list {
-            Shape::Other
-        } else {
-            Shape::Tuple {
-                len: f.len as u32,
-                all_str: f.all_str,
-            }
-        };
-        self.done(v, f.slot, f.height, shape, at)
-    }
-
-    /// Closes a complete dict.
-    #[inline(always)]
-    fn finish_dict(&mut self, f: DictFrame<S>, at: usize) -> Result<Item<S::Value>, S::Error> {
-        let v = self.sink.dict_close(f.dict)?;
-        self.done(v, f.slot, f.height.max(1), Shape::Other, at)
-    }
-
     /// A closed container: checked against the depth limit, recorded in its reference slot.
     #[inline(always)]
     fn done(
@@ -741,8 +729,8 @@ impl<I: Input, S: Sink> Decoder<'_, I, S> {
 
     fn finish(&mut self, frame: Frame<S>, at: usize) -> Result<Item<S::Value>, S::Error> {
         let (v, slot, h, shape) = match frame {
-            Frame::Seq(f) => return self.finish_seq(f, at),
-            Frame::Dict(f) => return self.finish_dict(f, at),
+            Frame::Seq(f) => return f.close(self, at),
+            Frame::Dict(f) => return f.close(self, at),
             Frame::Set {
                 set, slot, height, ..
             } => (self.sink.set_close(set)?, slot, height, Shape::Other),
